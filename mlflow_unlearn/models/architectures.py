@@ -1,0 +1,68 @@
+"""The built-in architectures: ``mlp``, ``smallcnn`` and torchvision's ``resnet18``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mlflow_unlearn.models.registry import register_model
+
+
+class MLP(nn.Module):
+    """Two hidden layers with ReLU over the flattened input."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv blocks (BatchNorm, ReLU, max-pool where the input allows) and a two-layer head."""
+
+    def __init__(self, in_channels: int, num_classes: int, input_size: int, width: int = 32) -> None:
+        super().__init__()
+        pool = input_size >= 16
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.MaxPool2d(2) if pool else nn.Identity(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.MaxPool2d(2) if pool else nn.Identity(),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@register_model("mlp")
+def mlp(*, in_channels: int, num_classes: int, input_size: int, hidden: int = 256) -> nn.Module:
+    return MLP(in_channels * input_size * input_size, num_classes, hidden)
+
+
+@register_model("smallcnn")
+def smallcnn(*, in_channels: int, num_classes: int, input_size: int, width: int = 32) -> nn.Module:
+    return SmallCNN(in_channels, num_classes, input_size, width)
+
+
+@register_model("resnet18")
+def resnet18(*, in_channels: int, num_classes: int, input_size: int, cifar_stem: bool | None = None) -> nn.Module:
+    """torchvision's ResNet-18 (random init). ``cifar_stem`` (default: input_size <= 64) swaps the 7x7/2
+    stem and max-pool for a 3x3/1 convolution, the usual choice for 32x32 images."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    model = tv_resnet18(weights=None, num_classes=num_classes)
+    if cifar_stem is None:
+        cifar_stem = input_size <= 64
+    if cifar_stem:
+        model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    return model

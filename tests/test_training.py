@@ -1,0 +1,72 @@
+"""The shared training recipe: accuracy bar on digits, determinism, validation, divergence guard."""
+
+import pytest
+import torch
+
+from mlflow_unlearn._runtime import UnlearningDivergedError, resolve_device
+from mlflow_unlearn.data import load_data
+from mlflow_unlearn.models import create_model
+from mlflow_unlearn.training import TrainConfig, train
+
+
+def _test_accuracy(model, data):
+    with torch.no_grad():
+        return (model(data.x).argmax(1) == data.y).float().mean().item()
+
+
+def test_smallcnn_reaches_95_percent_on_digits():
+    split = load_data("digits", seed=0)
+    model = create_model("smallcnn", in_channels=1, num_classes=10, input_size=8)
+    model, history = train(model, split.train, TrainConfig(epochs=8), device="cpu")
+    assert _test_accuracy(model, split.test) >= 0.95
+    assert len(history.records) == 8
+    assert history.records[-1]["loss"] < history.records[0]["loss"]
+    assert history.wall_time_s > 0
+    assert not model.training
+
+
+def test_training_is_deterministic_for_a_seed():
+    split = load_data("digits", seed=0)
+    small = split.train.subset(list(range(200)))
+    states = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        model = create_model("mlp", in_channels=1, num_classes=10, input_size=8)
+        model, _ = train(model, small, TrainConfig(epochs=2, seed=5), device="cpu")
+        states.append(model.state_dict())
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"epochs": 0}, "`epochs` to be a positive int but got 0"),
+        ({"batch_size": -4}, "`batch_size` to be a positive int but got -4"),
+        ({"lr": 0.0}, "`lr` to be a positive float"),
+        ({"optimizer": "lion"}, "Unknown optimizer 'lion'; expected one of: sgd, adam, adamw"),
+        ({"label_smoothing": 1.0}, "`label_smoothing` in \\[0, 1\\)"),
+    ],
+)
+def test_bad_recipes_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_nan_inputs_stop_training_with_a_clear_error():
+    split = load_data("digits", seed=0)
+    bad = split.train.subset(list(range(64)))
+    bad.x[3] = float("nan")
+    model = create_model("mlp", in_channels=1, num_classes=10, input_size=8)
+    with pytest.raises(UnlearningDivergedError, match="loss became nan"):
+        train(model, bad, TrainConfig(epochs=1), device="cpu")
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="`device` to be 'auto', 'cpu' or 'cuda"):
+        resolve_device("tpu:banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            resolve_device("cuda")

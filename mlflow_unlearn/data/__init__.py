@@ -1,7 +1,20 @@
 """Data layer: sources with stable sample IDs, deterministic splits, forget specifications, digests."""
 
-from mlflow_unlearn.data.forget import forget_digest, resolve_forget
-from mlflow_unlearn.data.samples import DataSplit, ForgetSplit, SampleSet
-from mlflow_unlearn.data.sources import load_data
+from mlflow_unlearn.data.forget import forget_digest, list_forget_specs, resolve_forget
+from mlflow_unlearn.data.samples import DataSplit, ForgetSplit, SampleSet, ids_digest
+from mlflow_unlearn.data.sources import RawSamples, describe, list_sources, load_data, register_source
 
-__all__ = ["DataSplit", "ForgetSplit", "SampleSet", "forget_digest", "load_data", "resolve_forget"]
+__all__ = [
+    "DataSplit",
+    "ForgetSplit",
+    "RawSamples",
+    "SampleSet",
+    "describe",
+    "forget_digest",
+    "ids_digest",
+    "list_forget_specs",
+    "list_sources",
+    "load_data",
+    "register_source",
+    "resolve_forget",
+]

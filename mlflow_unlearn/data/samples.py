@@ -7,6 +7,7 @@ A :class:`SampleSet` is a ``torch.utils.data.Dataset`` yielding ``(x, y)`` so th
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,60 @@ def _as_id_array(ids: Any) -> np.ndarray:
     if arr.dtype.kind in ("U", "S", "O"):
         return arr.astype(str)
     raise ValueError(f"Expected sample IDs to be ints or strings but got dtype {arr.dtype}")
+
+
+def canonical_id(value: Any) -> str:
+    """The canonical text form of one sample ID: decimal digits for ints, the string itself for strings.
+
+    >>> canonical_id(7), canonical_id(np.int64(7)), canonical_id("cat/001.png")
+    ('7', '7', 'cat/001.png')
+    """
+    return str(int(value)) if isinstance(value, (int, np.integer)) else str(value)
+
+
+def ids_digest(ids: Any, *, salt: str = "") -> str:
+    """SHA-256 hex digest of a set of sample IDs, independent of their order.
+
+    The IDs are put in :func:`canonical_id` form, sorted by their UTF-8 bytes and hashed after a fixed
+    domain tag and the salt, each item length-prefixed so that no two different ID lists (or salts)
+    hash the same input. Int ``7`` and string ``"7"`` therefore digest alike: the digest names a set of
+    IDs, whatever dtype the dataset gives them.
+
+    Args:
+        ids: sample IDs (ints or strings).
+        salt: optional secret mixed in first, so that a digest cannot be matched against guessed ID lists.
+
+    Returns:
+        64 hex characters.
+
+    >>> ids_digest([3, 1, 2]) == ids_digest(np.array([1, 2, 3]))
+    True
+    """
+    encoded = sorted(canonical_id(v).encode() for v in np.asarray(ids).reshape(-1).tolist())
+    h = hashlib.sha256(b"mlflow-unlearn/sample-ids/v1")
+    for item in (salt.encode(), *encoded):
+        h.update(len(item).to_bytes(8, "big") + item)
+    return h.hexdigest()
+
+
+def seeded_order(ids: np.ndarray, *, seed: int, purpose: str) -> np.ndarray:
+    """A pseudo-random permutation of positions, fixed by ``seed``, ``purpose`` and the IDs themselves.
+
+    Each sample's rank comes from SHA-256 of ``purpose``, ``seed`` and its canonical ID, so a sample's place
+    does not depend on the order in which the source lists the samples nor on the NumPy version, and
+    adding samples does not reshuffle the others. ``purpose`` keeps orders made for different uses
+    (the train/test split, a random forget set) independent.
+
+    >>> order = seeded_order(np.array([10, 11, 12]), seed=0, purpose="doc")
+    >>> sorted(order.tolist())
+    [0, 1, 2]
+    """
+    prefix = f"{purpose}\0{seed}\0".encode()
+    keys = np.fromiter(
+        (int.from_bytes(hashlib.sha256(prefix + canonical_id(v).encode()).digest()[:8], "big") for v in ids.tolist()),
+        dtype=np.uint64, count=len(ids),
+    )
+    return np.argsort(keys, kind="stable")
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +111,11 @@ class SampleSet(Dataset):
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def __repr__(self) -> str:
+        # Never the IDs or the tensors: a repr ends up in logs and tracebacks, and the set may be a forget set.
+        return (f"SampleSet(n={len(self)}, input_shape={self.input_shape}, num_classes={self.num_classes}, "
+                f"id_dtype={'int' if self.ids.dtype.kind == 'i' else 'str'})")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[index], self.y[index]
 
@@ -82,6 +142,7 @@ class SampleSet(Dataset):
         return SampleSet(self.x[idx], self.y[idx], self.ids[np_idx], self.num_classes, dict(self.meta))
 
     def classes_present(self) -> list[int]:
+        """Sorted labels that occur in this set."""
         return sorted(int(c) for c in torch.unique(self.y).tolist())
 
 

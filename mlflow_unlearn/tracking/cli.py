@@ -1,0 +1,227 @@
+"""The ``mlflow-unlearn`` command line: ``train``, ``unlearn``, ``evaluate``, ``methods``, ``report``, ``demo``.
+
+Every command honours ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``; under ``mlflow run`` the
+``train``, ``unlearn`` and ``evaluate`` commands log into the run given by ``MLFLOW_RUN_ID``. User errors
+(unknown model, bad forget spec, malformed config, a refused gate, ...) end with a one-line message on
+stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+from mlflow_unlearn.tracking import cli_args as args
+
+#: Exit code when the acceptance gate refused the unlearned model.
+GATE_FAILED_EXIT_CODE = 3
+
+
+class _UserErrorGroup(click.Group):
+    """Turns the errors a user can fix into one-line messages (exit code 1) instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        from mlflow.exceptions import MlflowException
+
+        from mlflow_unlearn._runtime import UnlearningDivergedError
+
+        try:
+            return super().invoke(ctx)
+        except (ValueError, FileNotFoundError, MlflowException, UnlearningDivergedError) as exc:
+            message = exc.message if isinstance(exc, MlflowException) else str(exc)
+            raise click.ClickException(" ".join(message.split()) or type(exc).__name__) from None
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("mlflow_unlearn")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("mlflow-unlearn: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _run_id() -> str | None:
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def _print_table(metrics, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({str(k): {c: (None if v != v else float(v)) for c, v in row.items()}
+                               for k, row in metrics.iterrows()}, indent=2))
+    else:
+        click.echo(metrics.round(2).to_string())
+
+
+@click.group(cls=_UserErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlflow-unlearn")
+def cli() -> None:
+    """Make a registered PyTorch model forget data, prove it, and register the result in MLflow."""
+    _setup_logging()
+
+
+@cli.command()
+@args.TRAIN_DATA
+@args.ARCH
+@args.REGISTERED_NAME
+@args.EPOCHS
+@args.TEST_FRACTION
+@args.SEED
+@args.DEVICE
+@args.ONNX
+@args.EXPERIMENT
+def train(data, arch, registered_model_name, epochs, test_fraction, seed, device, onnx, experiment) -> None:
+    """Train ARCH on DATA, log it with its lineage and register it (with --name)."""
+    from mlflow_unlearn.tracking.api import train_model
+
+    outcome = train_model(data, arch=arch, registered_model_name=registered_model_name,
+                          config={"epochs": epochs} if epochs else None, seed=seed, test_fraction=test_fraction,
+                          device=device, onnx=onnx, run_id=_run_id(), experiment=experiment)
+    where = f"registered as models:/{outcome.version.name}/{outcome.version.version}" if outcome.version else "logged"
+    click.echo(f"Trained {arch} on {data}: test accuracy {outcome.test_accuracy:.2f}%, {where} (run {outcome.run_id})")
+
+
+@cli.command()
+@args.MODEL_URI
+@args.FORGET
+@args.METHOD
+@args.DATA
+@args.CONFIG
+@args.REFERENCE
+@args.REGISTER
+@args.FORCE
+@args.DEVICE
+@args.SEED
+@args.ONNX
+@args.EXPERIMENT
+@args.OUTPUT_JSON
+def unlearn(model_uri, forget, method, data, config, reference, register, force, device, seed, onnx, experiment,
+            as_json) -> None:
+    """Make MODEL_URI (models:/<name>/<version> or models:/<name>@<alias>) forget a set; register the result."""
+    from mlflow_unlearn.tracking.api import unlearn as run_unlearn
+
+    outcome = run_unlearn(model_uri, forget=forget, method=method, data=data or None, config=config or None,
+                          reference=reference, register=register, force=force, device=device, seed=seed, onnx=onnx,
+                          run_id=_run_id(), experiment=experiment)
+    _report_outcome(outcome, as_json=as_json, register=register)
+
+
+def _report_outcome(outcome, *, as_json: bool, register: bool) -> None:
+    _print_table(outcome.metrics, as_json)
+    if outcome.reused:
+        click.echo(f"Already done: models:/{outcome.version.name}/{outcome.version.version} from run {outcome.run_id}")
+    elif outcome.version is not None:
+        click.echo(f"Registered models:/{outcome.version.name}/{outcome.version.version} (verdict: "
+                   f"{outcome.verdict}, run {outcome.run_id})")
+    click.echo(f"Report: {outcome.report_uri}")
+    if register and outcome.version is None:
+        reasons = "; ".join(outcome.gate.failures()) if outcome.gate is not None else outcome.verdict
+        click.echo(f"Error: the acceptance gate refused the unlearned model ({reasons}); nothing was registered. "
+                   "Use --force to register it anyway.", err=True)
+        sys.exit(GATE_FAILED_EXIT_CODE)
+
+
+@cli.command()
+@args.MODEL_URI
+@args.FORGET
+@args.DATA
+@args.REFERENCE
+@args.DEVICE
+@args.SEED
+@args.OUTPUT_JSON
+def evaluate(model_uri, forget, data, reference, device, seed, as_json) -> None:
+    """Evaluate MODEL_URI on a forget split: accuracies, membership-inference attacks, ZRF (percent)."""
+    from mlflow_unlearn.tracking.api import evaluate_version
+
+    metrics = evaluate_version(model_uri, forget=forget, data=data or None, reference=reference, device=device,
+                               seed=seed, run_id=_run_id())
+    _print_table(metrics, as_json)
+
+
+@cli.command()
+@args.OUTPUT_JSON
+def methods(as_json) -> None:
+    """List the unlearning methods with their hyperparameters and defaults."""
+    import dataclasses
+
+    from mlflow_unlearn.methods import get_method, list_methods
+
+    rows = []
+    for name in list_methods():
+        spec = get_method(name)
+        defaults = {f.name: getattr(spec.config_cls(), f.name) for f in dataclasses.fields(spec.config_cls)}
+        rows.append({"method": name, "reference": spec.is_reference, "distributed": spec.distributed,
+                     "summary": spec.summary, "config": defaults})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        flags = " (reference)" if row["reference"] else ""
+        click.echo(f"{row['method']}{flags}: {row['summary']}")
+        click.echo("    " + ", ".join(f"{k}={v}" for k, v in row["config"].items()))
+
+
+@cli.command()
+@click.argument("target", metavar="MODEL_URI|RUN_ID")
+@args.OUTPUT_JSON
+@click.option("--output-dir", "-o", default=None, type=click.Path(file_okay=False),
+              help="Download the whole report (JSON, Markdown, plots) into this folder.")
+def report(target, as_json, output_dir) -> None:
+    """Print the audit report of an unlearned version (models:/<name>/<version>) or of an unlearning run."""
+    import tempfile
+
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    from mlflow_unlearn.tracking import lineage as lin
+    from mlflow_unlearn.tracking import report as rep
+
+    client = MlflowClient()
+    if target.startswith("models:/"):
+        version = lin.resolve_model_version(client, target)
+        run_id = version.run_id
+        if not (version.tags or {}).get(lin.RUN_ID_TAG):
+            raise click.ClickException(f"{target} is not an unlearned version (no {lin.RUN_ID_TAG} tag); it has no "
+                                       "unlearning report")
+    else:
+        run_id = target
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = download_artifacts(run_id=run_id, artifact_path=rep.REPORT_ARTIFACT_PATH,
+                                       dst_path=output_dir or tmp)
+        except Exception as exc:  # MLflow raises several types for a missing run or artifact
+            raise click.ClickException(f"No unlearning report found for {target}: {type(exc).__name__}") from None
+        name = rep.JSON_REPORT if as_json else rep.MD_REPORT
+        click.echo(open(os.path.join(local, name)).read())
+        if output_dir:
+            click.echo(f"Report files in {local}", err=True)
+
+
+@cli.command()
+@click.option("--data", "-d", default="mnist5k", show_default=True, metavar="SOURCE", help="Data source.")
+@args.ARCH
+@click.option("--name", "registered_model_name", default="mnist5k-smallcnn", show_default=True,
+              help="Registered model name.")
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1), help="Training epochs.")
+@click.option("--forget", "-f", default="classes:3", show_default=True, metavar="SPEC", help="Forget spec.")
+@args.METHOD
+@args.CONFIG
+@args.REFERENCE
+@args.DEVICE
+@args.SEED
+def demo(data, arch, registered_model_name, epochs, forget, method, config, reference, device, seed) -> None:
+    """The end-to-end demo: train and register a model, unlearn a forget set, register the result."""
+    from mlflow_unlearn.tracking.api import train_model
+    from mlflow_unlearn.tracking.api import unlearn as run_unlearn
+
+    trained = train_model(data, arch=arch, registered_model_name=registered_model_name, config={"epochs": epochs},
+                          seed=seed, device=device)
+    uri = f"models:/{trained.version.name}/{trained.version.version}"
+    click.echo(f"Trained {arch} on {data} (test accuracy {trained.test_accuracy:.2f}%), registered {uri}")
+    outcome = run_unlearn(uri, forget=forget, method=method, config=config or None, reference=reference,
+                          device=device, seed=seed, run_id=_run_id())
+    _report_outcome(outcome, as_json=False, register=True)

@@ -1,0 +1,201 @@
+"""Model formats: load a registered version as a trainable ``nn.Module``, save one the same way, ONNX copies.
+
+Unlearning fine-tunes the model, so it needs the eager ``nn.Module`` (MLflow's ``pickle`` serialization
+format of the ``pytorch`` flavor). MLflow 3's default ``pt2`` format (``torch.export``) is an inference
+graph that cannot be trained, and other flavors are not PyTorch modules: both get a clear error that says
+how to re-log the model. New versions are written in the pickle format again, so that chained unlearning
+(v1 -> v2 -> v3) works, together with an ONNX copy checked against onnxruntime.
+
+Pickled models execute code when loaded. MLflow refuses to unpickle unless
+``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` is set; this module loads the versions the caller names in the
+caller's own registry (the same trust as that setting) without changing any environment variable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: Artifact folder names inside a run.
+MODEL_ARTIFACT_PATH = "model"
+ONNX_ARTIFACT_PATH = "onnx_model"
+#: File names MLflow's pytorch flavor writes into the model's data folder.
+PICKLED_MODEL_FILE = "model.pth"
+EXPORTED_MODEL_FILE = "model.pt2"
+PICKLE_MODULE_INFO_FILE = "pickle_module_info.txt"
+#: Pickle modules MLflow's pytorch flavor uses; anything else in ``pickle_module_info.txt`` is refused.
+ALLOWED_PICKLE_MODULES = ("mlflow.pytorch.pickle_module", "cloudpickle", "pickle")
+#: Largest accepted |torch - onnxruntime| difference of the logits on the sample batch.
+ONNX_TOLERANCE = 1e-4
+
+RELOG_HINT = (
+    "Re-log it as a trainable PyTorch module: "
+    "mlflow.pytorch.log_model(model, name='model', serialization_format='pickle', pip_requirements=['torch']) "
+    "and register that version."
+)
+
+
+class ModelFormatError(ValueError):
+    """The model version is not a trainable PyTorch module, or its ONNX copy disagrees with it."""
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """The result of exporting a model to ONNX: the file and the max |torch - onnxruntime| logit difference."""
+
+    path: Path
+    max_abs_diff: float
+
+
+def load_trainable_module(local_model_dir: str | os.PathLike, *, model_uri: str = "") -> nn.Module:
+    """Load the MLflow model in ``local_model_dir`` as an eager, trainable ``nn.Module`` on the CPU.
+
+    Args:
+        local_model_dir: a downloaded MLflow model folder (holding ``MLmodel``).
+        model_uri: the URI it came from, for messages.
+
+    Raises:
+        ModelFormatError: not an MLflow model, not the ``pytorch`` flavor, saved as ``pt2``, or no trainable
+            parameters.
+    """
+    import torch
+    from mlflow.models import Model
+
+    root = Path(local_model_dir)
+    mlmodel = root / "MLmodel"
+    if not mlmodel.is_file():
+        raise ModelFormatError(f"{model_uri or root} is not an MLflow model (no MLmodel file). {RELOG_HINT}")
+    flavors = Model.load(str(mlmodel)).flavors
+    if "pytorch" not in flavors:
+        others = ", ".join(sorted(f for f in flavors if f != "python_function")) or "python_function"
+        raise ModelFormatError(
+            f"{model_uri or root} is a {others} model, but mlflow-unlearn needs a PyTorch (pytorch flavor) model. "
+            f"{RELOG_HINT}"
+        )
+    data = root / flavors["pytorch"].get("model_data", "data")
+    if (data / EXPORTED_MODEL_FILE).is_file():
+        raise ModelFormatError(
+            f"{model_uri or root} was saved in MLflow's 'pt2' (torch.export) format, an inference graph that "
+            f"cannot be trained. {RELOG_HINT}"
+        )
+    weights = data / PICKLED_MODEL_FILE if data.is_dir() else data
+    if not weights.is_file():
+        raise ModelFormatError(f"{model_uri or root} has no serialized PyTorch model at {weights}. {RELOG_HINT}")
+    module_name = "mlflow.pytorch.pickle_module"
+    info = data / PICKLE_MODULE_INFO_FILE
+    if info.is_file():
+        module_name = info.read_text().strip()
+    if module_name not in ALLOWED_PICKLE_MODULES:
+        raise ModelFormatError(f"{model_uri or root} was pickled with {module_name!r}; expected one of "
+                               f"{', '.join(ALLOWED_PICKLE_MODULES)}. {RELOG_HINT}")
+    model = torch.load(weights, map_location="cpu", weights_only=False,
+                       pickle_module=importlib.import_module(module_name))
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        raise ModelFormatError(f"{model_uri or root} does not hold an eager torch.nn.Module. {RELOG_HINT}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ModelFormatError(f"{model_uri or root} has no trainable parameters. {RELOG_HINT}")
+    return model.eval()
+
+
+def pip_requirements(model: nn.Module) -> list[str]:
+    """Pinned requirements of a saved model, stated explicitly (MLflow's inference costs seconds)."""
+    import cloudpickle
+    import torch
+
+    from mlflow_unlearn import __version__
+
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"cloudpickle=={cloudpickle.__version__}"]
+    if type(model).__module__.startswith("mlflow_unlearn."):
+        reqs.append(f"mlflow-unlearn=={__version__}")
+    return reqs
+
+
+def tensor_signature(input_shape: tuple[int, ...], num_classes: int):
+    """An MLflow tensor signature: float32 ``(-1, *input_shape)`` in, float32 ``(-1, num_classes)`` logits out."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape), "x")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "logits")]),
+    )
+
+
+def save_trainable_module(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, ...],
+                          num_classes: int) -> Path:
+    """Save ``model`` as an MLflow pytorch-flavor model in the trainable (pickle) format at ``path``."""
+    import logging
+
+    import mlflow.pytorch
+
+    model = model.cpu().eval()
+    # MLflow warns about pickle on every such save; pickle is chosen on purpose (trainability), so the
+    # warning is silenced for this call only and the logger's level restored.
+    logger = logging.getLogger("mlflow.pytorch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mlflow.pytorch.save_model(model, str(path), serialization_format="pickle",
+                                      pip_requirements=pip_requirements(model),
+                                      signature=tensor_signature(input_shape, num_classes))
+    finally:
+        logger.setLevel(level)
+    return Path(path)
+
+
+def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | os.PathLike) -> OnnxCheck:
+    """Export ``model`` to ONNX (dynamic batch) and compare its logits with onnxruntime's on ``sample``.
+
+    Raises:
+        ModelFormatError: if the export fails or the max absolute difference exceeds :data:`ONNX_TOLERANCE`.
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    model = model.cpu().eval()
+    sample = sample.cpu().float()
+    path = Path(path)
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (sample,), str(path), dynamo=True, verbose=False, input_names=["x"],
+                              output_names=["logits"], dynamic_shapes=({0: batch},), external_data=False)
+    except Exception as exc:  # the exporter raises many types; all mean "this model does not export"
+        raise ModelFormatError(f"ONNX export of {type(model).__name__} failed: {type(exc).__name__}: {exc}") from exc
+    with torch.no_grad():
+        expected = model(sample).float().numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if not diff <= ONNX_TOLERANCE:
+        raise ModelFormatError(
+            f"The ONNX copy disagrees with the PyTorch model: max |torch - onnxruntime| = {diff:.3g} > "
+            f"{ONNX_TOLERANCE:g} on a sample batch."
+        )
+    return OnnxCheck(path, diff)
+
+
+def save_onnx_model(check: OnnxCheck, path: str | os.PathLike, *, input_shape: tuple[int, ...],
+                    num_classes: int) -> Path:
+    """Save the exported ONNX file as an MLflow onnx-flavor model at ``path``."""
+    import mlflow.onnx
+    import onnx
+    import onnxruntime
+
+    mlflow.onnx.save_model(onnx.load(str(check.path)), str(path),
+                           pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+                           signature=tensor_signature(input_shape, num_classes), save_as_external_data=False)
+    return Path(path)

@@ -1,0 +1,191 @@
+"""The audit report of one unlearning run: ``unlearning_report.json``, ``unlearning_report.md`` and plots.
+
+The report states the parent version, the method and its resolved config, the forget set as digest and
+count only, the metrics of every model, the gate's checks and verdict, the code version and timestamps.
+It never contains a sample or a sample ID. Plots are drawn with matplotlib's object API (no ``pyplot``
+state is touched): accuracy per split for each model, and per-sample loss histograms on the forget
+set against the test set for each model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPORT_ARTIFACT_PATH = "report"
+JSON_REPORT = "unlearning_report.json"
+MD_REPORT = "unlearning_report.md"
+ACCURACY_PLOT = "accuracy_per_split.png"
+LOSS_PLOT = "loss_histograms.png"
+REPORT_SCHEMA_VERSION = 1
+
+_SPLITS = ("forget", "retain", "test")
+
+
+def utc_now() -> str:
+    """The current time in ISO-8601 UTC (seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def code_version() -> dict[str, str | None]:
+    """Versions of mlflow-unlearn, torch and mlflow, and the git commit when running from a checkout."""
+    import mlflow
+    import torch
+
+    from mlflow_unlearn import __version__
+
+    commit = None
+    package_dir = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package_dir, capture_output=True, text=True,
+                             timeout=5, check=False)
+        if out.returncode == 0:
+            commit = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"mlflow_unlearn": __version__, "git_commit": commit, "torch": torch.__version__,
+            "mlflow": mlflow.__version__}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return _jsonable(value.item())
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def metrics_to_dict(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """``{model: {metric: value}}`` from the metrics table."""
+    return {str(row): {str(k): float(v) for k, v in values.items()} for row, values in metrics.iterrows()}
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The human-readable report."""
+    parent, result, forget = report["parent"], report.get("result"), report["forget"]
+    lines = [
+        "# Unlearning report",
+        "",
+        f"**Verdict: {report['verdict'].upper()}**"
+        + (" (registered although the gate failed: forced)" if report.get("forced") else ""),
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Parent version | `{parent['name']}/{parent['version']}` (run `{parent.get('run_id') or 'n/a'}`) |",
+        f"| Result version | `{result['name']}/{result['version']}` |" if result else "| Result version | none |",
+        f"| Method | `{report['method']}` |",
+        f"| Forget set | {forget['count']} samples, kind `{forget['kind']}`, SHA-256 `{forget['digest']}` |",
+        f"| Data | `{report['data']['source']}` (split seed {report['data']['seed']}, "
+        f"test fraction {report['data']['test_fraction']}) |",
+        f"| Reference | `{report['reference']}` |",
+        f"| Run | `{report['run_id']}` |",
+        f"| Started / finished (UTC) | {report['started_at']} / {report['finished_at']} |",
+        f"| Code | mlflow-unlearn {report['code_version']['mlflow_unlearn']}, git "
+        f"`{report['code_version'].get('git_commit') or 'n/a'}`, torch {report['code_version']['torch']}, "
+        f"mlflow {report['code_version']['mlflow']} |",
+        "",
+        "The forget set is recorded only as its digest and count; no sample or sample ID is stored.",
+        "",
+        "## Metrics (percent; Avg Gap in percentage points)",
+        "",
+    ]
+    metric_names = sorted({k for values in report["metrics"].values() for k in values})
+    lines.append("| model | " + " | ".join(metric_names) + " |")
+    lines.append("|---" * (len(metric_names) + 1) + "|")
+    for model, values in report["metrics"].items():
+        lines.append(f"| {model} | " + " | ".join(_fmt(values.get(m)) for m in metric_names) + " |")
+    lines += ["", "## Acceptance gate", "", "| check | value | target | limit | result | detail |",
+              "|---|---|---|---|---|---|"]
+    for check in report["gate"]["checks"]:
+        outcome = {True: "pass", False: "FAIL", None: "skipped"}[check["passed"]]
+        lines.append(f"| {check['check']} | {_fmt(check['value'])} | {_fmt(check['target'])} | "
+                     f"{_fmt(check['limit'])} | {outcome} | {check['detail']} |")
+    lines += ["", "Thresholds: " + ", ".join(f"`{k}={v:g}`" for k, v in report["gate"]["thresholds"].items()), ""]
+    lines += ["## Method config", "", "```json", json.dumps(report["config"], indent=2, sort_keys=True), "```", ""]
+    if report.get("onnx"):
+        lines += [f"ONNX copy: max |torch - onnxruntime| logit difference {report['onnx']['max_abs_diff']:.3g} "
+                  f"(tolerance {report['onnx']['tolerance']:g}).", ""]
+    timings = report.get("timings") or {}
+    if timings:
+        lines += ["## Wall times (s)", "", "| step | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in timings.items()]
+        lines.append("")
+    lines += [f"Plots: `{ACCURACY_PLOT}`, `{LOSS_PLOT}`.", ""]
+    return "\n".join(lines)
+
+
+def plot_accuracy(metrics: pd.DataFrame, path: Path) -> Path:
+    """Grouped bars: forget / retain / test accuracy of each model."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(metrics.index))
+    x = np.arange(len(_SPLITS))
+    for i, model in enumerate(metrics.index):
+        values = [float(metrics.loc[model, f"{s}_accuracy"]) for s in _SPLITS]
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=str(model))
+    ax.set_xticks(x, [f"{s}" for s in _SPLITS])
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Accuracy per split")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_loss_histograms(losses: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> Path:
+    """One panel per model: histograms of per-sample cross-entropy on the forget set and on the test set."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.2 * len(losses), 3))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(losses), squeeze=False)[0]
+    for ax, (model, per_split) in zip(axes, losses.items(), strict=True):
+        top = max(float(np.max(v)) for v in per_split.values() if len(v)) if per_split else 1.0
+        bins = np.linspace(0, max(top, 1e-3), 30)
+        for split, values in per_split.items():
+            ax.hist(values, bins=bins, alpha=0.6, density=True, label=split)
+        ax.set_title(str(model))
+        ax.set_xlabel("per-sample loss")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def write_report(report: Mapping[str, Any], metrics: pd.DataFrame,
+                 losses: Mapping[str, Mapping[str, np.ndarray]], out_dir: str | Path) -> Path:
+    """Write the JSON and Markdown reports and both plots into ``out_dir``; return ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clean = _jsonable(dict(report))
+    (out / JSON_REPORT).write_text(json.dumps(clean, indent=2, sort_keys=False, allow_nan=False))
+    (out / MD_REPORT).write_text(render_markdown(clean))
+    plot_accuracy(metrics, out / ACCURACY_PLOT)
+    plot_loss_histograms(losses, out / LOSS_PLOT)
+    return out

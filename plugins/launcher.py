@@ -1,0 +1,405 @@
+"""Run an unlearning request as an MLflow Project job, outside the server's request threads.
+
+The registry store records a request (status ``queued``) and starts this module as a detached process
+(``python -m mlflow_unlearn_plugins.launcher``, its own session, so it outlives a server restart). The launcher:
+
+1. takes the request's lease (exactly one launcher per request, see :mod:`mlflow_unlearn_plugins.ledger`);
+2. persists the request as a run in the ``unlearn-requests`` experiment (reused if it already exists);
+3. checks what needs the engine: the version is a PyTorch model, the method is registered, the config fits the
+   method, the data is allowed and loadable, the forgotten classes or IDs exist. A refused request is marked
+   ``failed`` with the reason and nothing runs;
+4. moves the status to ``running`` and launches the project's ``unlearn`` entry point with
+   ``mlflow.projects.run(..., synchronous=False)`` into that same run, on the ``local`` backend or on
+   ``kubernetes`` (:data:`BACKEND_ENV`);
+5. waits, refreshing its lease heartbeat, and finally moves the status to ``succeeded`` (with
+   ``mlflow_unlearn.result_version``) or ``failed`` (with ``mlflow_unlearn.error``).
+
+If the launcher finds the request already ``running`` (its previous launcher died), it resumes watching the job
+and finalises the status from the run; a job that is gone without a result is marked ``failed`` with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow_unlearn_plugins import ledger
+from mlflow_unlearn_plugins.request import RequestRefused, SecurityPolicy, UnlearnRequest, parse_request
+
+REQUESTS_EXPERIMENT = "unlearn-requests"
+BACKEND_ENV = "MLFLOW_UNLEARN_BACKEND"
+BACKEND_CONFIG_ENV = "MLFLOW_UNLEARN_BACKEND_CONFIG"
+TRACKING_URI_ENV = "MLFLOW_UNLEARN_TRACKING_URI"
+DEVICE_ENV = "MLFLOW_UNLEARN_DEVICE"
+DOCKER_IMAGE_ENV = "MLFLOW_UNLEARN_DOCKER_IMAGE"
+LOG_DIR_ENV = "MLFLOW_UNLEARN_LOG_DIR"
+BACKENDS = ("local", "kubernetes")
+#: Present in every launcher's command line; recovery uses it to recognise a live launcher by its PID.
+LAUNCHER_MARKER = "mlflow_unlearn_plugins.launcher"
+POLL_S = 1.0
+HEARTBEAT_S = 10.0
+_SERVER_BACKEND_URI_ENV = "_MLFLOW_SERVER_FILE_STORE"  # set by `mlflow server` for its workers
+_ERROR_LINE = re.compile(r"(?:^|\b)(?:Error|[A-Za-z]+(?:Error|Exception)):\s*(.+)$")
+
+
+@dataclass(frozen=True)
+class LauncherSettings:
+    """Server-side settings of the launcher, read from environment variables by :meth:`from_env`.
+
+    Args:
+        backend: MLflow Projects backend, ``local`` or ``kubernetes`` (:data:`BACKEND_ENV`).
+        backend_config: JSON file for the backend (``kube-context``, ``repository-uri``,
+            ``kube-job-template-path``); required for ``kubernetes`` (:data:`BACKEND_CONFIG_ENV`).
+        tracking_uri: tracking URI the job uses (:data:`TRACKING_URI_ENV`); default: the server's backend store.
+            Must be the server's ``http(s)://`` address when the server proxies artifacts (``mlflow-artifacts:``)
+            or the job runs on Kubernetes.
+        device: ``device`` parameter of the job (:data:`DEVICE_ENV`, default ``auto``).
+        docker_image: base image of the Kubernetes job (:data:`DOCKER_IMAGE_ENV`).
+        log_dir: where launcher and job output goes (:data:`LOG_DIR_ENV`).
+
+    Raises:
+        ValueError: for an unknown backend, or a Kubernetes backend without its config file or an HTTP tracking URI.
+    """
+
+    backend: str = "local"
+    backend_config: str = ""
+    tracking_uri: str = ""
+    device: str = "auto"
+    docker_image: str = "mlflow-unlearn:latest"
+    log_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"Expected `{BACKEND_ENV}` to be one of {', '.join(BACKENDS)} but got {self.backend!r}")
+        if self.backend == "kubernetes":
+            if not self.backend_config or not Path(self.backend_config).is_file():
+                raise ValueError(
+                    f"The kubernetes backend needs `{BACKEND_CONFIG_ENV}` to name its JSON config file "
+                    f"(kube-context, repository-uri, kube-job-template-path) but got {self.backend_config!r}"
+                )
+            if not self.tracking_uri.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"The kubernetes backend needs `{TRACKING_URI_ENV}` set to the server's http(s):// address so "
+                    f"that the job can reach it from its pod but got {self.tracking_uri!r}"
+                )
+
+    @classmethod
+    def from_env(cls) -> LauncherSettings:
+        """Read the settings from the ``MLFLOW_UNLEARN_*`` environment variables."""
+        env = os.environ
+        return cls(
+            backend=env.get(BACKEND_ENV, "local").strip() or "local",
+            backend_config=env.get(BACKEND_CONFIG_ENV, ""),
+            tracking_uri=env.get(TRACKING_URI_ENV, ""),
+            device=env.get(DEVICE_ENV, "auto"),
+            docker_image=env.get(DOCKER_IMAGE_ENV, "mlflow-unlearn:latest"),
+            log_dir=env.get(LOG_DIR_ENV, "") or os.path.join(tempfile.gettempdir(), "mlflow-unlearn-logs"),
+        )
+
+
+def job_uris(settings: LauncherSettings, registry_db_uri: str, tracking_uri: str | None) -> tuple[str, str]:
+    """The tracking and registry URIs of the job: the configured server address, else the databases directly."""
+    job_tracking = settings.tracking_uri or os.environ.get(_SERVER_BACKEND_URI_ENV) or tracking_uri or ""
+    if job_tracking.startswith(("http://", "https://")):
+        return job_tracking, job_tracking
+    return job_tracking or registry_db_uri, registry_db_uri
+
+
+def spawn(registry_db_uri: str, name: str, version: int | str, request_id: str, *, job_tracking_uri: str,
+          job_registry_uri: str, log_dir: str) -> int:
+    """Start a detached launcher process for one request and return its PID (does not wait)."""
+    os.makedirs(log_dir, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
+    env.update(MLFLOW_TRACKING_URI=job_tracking_uri, MLFLOW_REGISTRY_URI=job_registry_uri)
+    log_path = os.path.join(log_dir, f"{request_id}.log")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", LAUNCHER_MARKER, "--registry-db-uri", registry_db_uri, "--name", name,
+             "--version", str(version), "--request-id", request_id, "--log", log_path],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    return proc.pid
+
+
+def kubernetes_project_dir(project_dir: str, image: str, out_dir: str) -> str:
+    """Derive a Docker-environment copy of the project for the Kubernetes backend.
+
+    The package's MLproject declares a conda environment; MLflow's Kubernetes backend needs ``docker_env``.
+    The derived project has the same entry points (the commands call the installed package), and
+    ``docker_env.image`` set to ``image`` (built from ``docker/Dockerfile``).
+    """
+    import yaml
+
+    spec = yaml.safe_load(Path(project_dir, "MLproject").read_text())
+    for key in ("conda_env", "python_env"):
+        spec.pop(key, None)
+    spec["docker_env"] = {"image": image}
+    os.makedirs(out_dir, exist_ok=True)
+    Path(out_dir, "MLproject").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out_dir
+
+
+class _Launch:
+    """One launcher process working on one request."""
+
+    def __init__(self, registry_db_uri: str, name: str, version: int, request_id: str, log_path: str) -> None:
+        from mlflow import MlflowClient
+        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+        self.store = SqlAlchemyStore(registry_db_uri)
+        self.client = MlflowClient()
+        self.name, self.version, self.request_id, self.log_path = name, version, request_id, log_path
+        self.settings = LauncherSettings.from_env()
+        self._last_beat = time.time()
+
+    # -- bookkeeping -------------------------------------------------------------------------------------------
+    def _beat(self) -> None:
+        if time.time() - self._last_beat >= HEARTBEAT_S:
+            ledger.heartbeat(self.store, self.name, self.version)
+            self._last_beat = time.time()
+
+    def _fail(self, run_id: str | None, reason: str, expect: tuple[str, ...] = ledger.ACTIVE) -> None:
+        from mlflow.entities import RunStatus
+
+        ledger.advance(self.store, self.name, self.version, self.request_id, expect=expect, to="failed",
+                       tags={ledger.ERROR_TAG: reason, ledger.LEASE_TAG: None})
+        if run_id:
+            self.client.set_tag(run_id, ledger.STATUS_TAG, "failed")
+            self.client.set_tag(run_id, ledger.ERROR_TAG, reason[: ledger.MAX_ERROR_CHARS])
+            if not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status)):
+                self.client.set_terminated(run_id, "FAILED")
+
+    def _request_run(self, state: ledger.RequestState) -> str:
+        if state.request_run_id:
+            return state.request_run_id
+        experiment = self.client.get_experiment_by_name(REQUESTS_EXPERIMENT)
+        experiment_id = (experiment.experiment_id if experiment is not None
+                         else self.client.create_experiment(REQUESTS_EXPERIMENT))
+        run = self.client.create_run(experiment_id, run_name=f"unlearn {self.name}/{self.version}", tags={
+            "mlflow_unlearn.parent": f"{self.name}/{self.version}", ledger.REQUEST_ID_TAG: self.request_id,
+            "mlflow_unlearn.request": state.request or "", ledger.STATUS_TAG: "queued",
+        })
+        self.client.update_run(run.info.run_id, status="SCHEDULED")
+        ledger.set_fields(self.store, self.name, self.version, self.request_id,
+                          {ledger.REQUEST_RUN_TAG: run.info.run_id})
+        return run.info.run_id
+
+    # -- checks before anything runs --------------------------------------------------------------------------
+    def _check_flavor(self) -> None:
+        from mlflow.artifacts import download_artifacts
+        from mlflow.models import Model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = download_artifacts(f"models:/{self.name}/{self.version}/MLmodel", dst_path=tmp)
+            except Exception as exc:
+                raise RequestRefused(
+                    f"cannot read the MLmodel file of {self.name}/{self.version} ({type(exc).__name__}); if the "
+                    f"server proxies artifacts, set {TRACKING_URI_ENV} to its http:// address"
+                ) from None
+            flavors = sorted(Model.load(path).flavors)
+        if "pytorch" not in flavors:
+            raise RequestRefused(
+                f"{self.name}/{self.version} is not a PyTorch model (flavors: {', '.join(flavors)}); only versions "
+                "logged with mlflow.pytorch.log_model can be unlearned"
+            )
+
+    def _check_engine(self, request: UnlearnRequest) -> None:
+        from mlflow_unlearn.data import forget as forget_mod
+        from mlflow_unlearn.data import sources
+        from mlflow_unlearn.methods import build_config, list_methods
+
+        if request.method not in list_methods():
+            raise RequestRefused(f"unknown method {request.method!r}; expected one of: {', '.join(list_methods())}")
+        if request.config:
+            import yaml
+
+            try:
+                values = yaml.safe_load(Path(request.config).read_text())
+                build_config(request.method, values or None)
+            except (yaml.YAMLError, TypeError, ValueError) as exc:
+                raise RequestRefused(f"config file {request.config!r} does not fit method {request.method!r}: "
+                                     f"{str(exc).splitlines()[0][:300]}") from None
+        source, seed, test_fraction = request.data, 0, 0.2
+        if not source:
+            lineage = self._parent_lineage()
+            source, seed, test_fraction = lineage.source, lineage.seed, lineage.test_fraction
+        try:
+            split = sources.load_data(source, seed=seed, test_fraction=test_fraction)
+        except (ValueError, OSError, KeyError) as exc:
+            raise RequestRefused(f"data {source!r} cannot be loaded: {str(exc).splitlines()[0][:300]}") from None
+        known = sorted({int(c) for c in split.train.y.unique().tolist()})
+        unknown = [c for c in request.forget_classes if c not in known]
+        if unknown:
+            raise RequestRefused(
+                f"forget classes {unknown} do not occur in the training data of {source!r} (classes {known[0]}.."
+                f"{known[-1]})"
+            )
+        try:
+            forget_mod.resolve_forget(split, request.forget)
+        except (ValueError, OSError, KeyError) as exc:
+            if request.forget_kind == "ids":  # the engine's message may list unknown IDs: never copy it
+                raise RequestRefused("the forget ID file does not match the training data (unknown IDs or a "
+                                     "wrong format); fix the file and submit again") from None
+            raise RequestRefused(f"forget spec {request.forget!r}: {str(exc).splitlines()[0][:300]}") from None
+
+    def _parent_lineage(self):
+        """The data lineage the parent's training run recorded (refuses the request when there is none)."""
+        from mlflow_unlearn.tracking.lineage import LineageError, lineage_from_run
+
+        version = self.client.get_model_version(self.name, str(self.version))
+        try:
+            if not version.run_id:
+                raise LineageError("the version has no source run")
+            return lineage_from_run(self.client.get_run(version.run_id))
+        except LineageError:
+            raise RequestRefused(f"the training data of {self.name}/{self.version} is not recorded; add "
+                                 "data=<source> to the request (e.g. data=digits)") from None
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def _launch(self, request: UnlearnRequest, run_id: str):
+        import mlflow.projects
+
+        from mlflow_unlearn.tracking import project_dir
+
+        uri = str(project_dir())
+        backend_config = None
+        if self.settings.backend == "kubernetes":
+            uri = kubernetes_project_dir(uri, self.settings.docker_image,
+                                         os.path.join(self.settings.log_dir, "kubernetes-project"))
+            backend_config = self.settings.backend_config
+        model_uri = f"models:/{self.name}/{self.version}"
+        return mlflow.projects.run(
+            uri=uri, entry_point="unlearn", parameters=request.project_parameters(model_uri,
+                                                                                  device=self.settings.device),
+            backend=self.settings.backend, backend_config=backend_config, env_manager="local", synchronous=False,
+            run_id=run_id,
+        )
+
+    def _job_error(self, request: UnlearnRequest | None, run_id: str) -> str:
+        generic = f"the unlearn job failed; see run {run_id} in the {REQUESTS_EXPERIMENT!r} experiment"
+        if request is None or request.forget_kind == "ids":
+            return generic
+        try:
+            lines = Path(self.log_path).read_text(errors="replace").splitlines()
+        except OSError:
+            return generic
+        for line in reversed(lines):
+            match = _ERROR_LINE.search(line.strip())
+            if match:
+                return f"{match.group(0)[:500]} (run {run_id})"
+        return generic
+
+    def _finalize(self, request: UnlearnRequest | None, run_id: str, exited_ok: bool | None) -> None:
+        from mlflow.entities import RunStatus
+
+        run = self.client.get_run(run_id)
+        result = run.data.tags.get(ledger.RESULT_TAG)
+        finished = run.info.status == "FINISHED"
+        if (exited_ok is None or exited_ok) and finished and result:
+            if ledger.advance(self.store, self.name, self.version, self.request_id, expect=("running",),
+                              to="succeeded", tags={ledger.RESULT_TAG: result, ledger.LEASE_TAG: None}):
+                self.client.set_tag(run_id, ledger.STATUS_TAG, "succeeded")
+            return
+        if finished:
+            verdict = run.data.tags.get("mlflow_unlearn.verdict", "unknown")
+            reason = (f"the job finished but registered no version (verdict={verdict}): the acceptance gate "
+                      f"refused the result; see run {run_id}")
+        elif RunStatus.is_terminated(RunStatus.from_string(run.info.status)) or exited_ok is False:
+            reason = self._job_error(request, run_id)
+        else:
+            reason = (f"the unlearn job stopped without recording a result (its process ended, e.g. the host "
+                      f"restarted); set the {ledger.REQUEST_TAG!r} tag again to retry (run {run_id})")
+        self._fail(run_id, reason, expect=("running",))
+        if request is not None and request.forget_kind == "ids":
+            Path(self.log_path).unlink(missing_ok=True)
+
+    def _watch_orphan(self, request: UnlearnRequest | None, state: ledger.RequestState) -> None:
+        """Resume a running request whose launcher died: wait for its job, then finalise from the run."""
+        from mlflow.entities import RunStatus
+
+        run_id = state.request_run_id
+        if not run_id:
+            self._fail(None, "the launcher stopped before the job started; set the request tag again to retry",
+                       expect=("running",))
+            return
+        while not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status)):
+            if not _job_alive(state.job, run_id):
+                break
+            self._beat()
+            time.sleep(POLL_S)
+        self._finalize(request, run_id, None)
+
+    def run(self) -> int:
+        if not ledger.claim_lease(self.store, self.name, self.version, self.request_id, LAUNCHER_MARKER):
+            return 0
+        state = ledger.read_state(self.store, self.name, self.version)
+        if state.status == "running":
+            try:
+                request = parse_request(state.request or "", SecurityPolicy.from_env())
+            except RequestRefused:
+                request = None
+            self._watch_orphan(request, state)
+            return 0
+        run_id = self._request_run(state)
+        try:
+            request = parse_request(state.request or "", SecurityPolicy.from_env())
+            self._check_flavor()
+            self._check_engine(request)
+        except RequestRefused as exc:
+            self._fail(run_id, str(exc), expect=("queued",))
+            return 0
+        except ImportError as exc:
+            self._fail(run_id, f"the mlflow-unlearn engine cannot be imported on the server: {exc}", ("queued",))
+            return 1
+        if not ledger.advance(self.store, self.name, self.version, self.request_id, expect=("queued",),
+                              to="running"):
+            return 0
+        self.client.set_tag(run_id, ledger.STATUS_TAG, "running")
+        try:
+            submitted = self._launch(request, run_id)
+        except Exception as exc:
+            self._fail(run_id, f"the job could not be launched: {type(exc).__name__}: {str(exc)[:300]}",
+                       expect=("running",))
+            return 1
+        job = getattr(submitted, "command_proc", None)
+        job_tag = f"{os.uname().nodename}|{job.pid}" if job is not None else f"{self.settings.backend}|{run_id}"
+        ledger.set_fields(self.store, self.name, self.version, self.request_id, {ledger.JOB_TAG: job_tag})
+        while submitted.get_status() in ("RUNNING", "SCHEDULED"):
+            self._beat()
+            time.sleep(POLL_S)
+        self._finalize(request, run_id, submitted.get_status() == "FINISHED")
+        return 0
+
+
+def _job_alive(job: str | None, run_id: str) -> bool:
+    """Whether the job recorded in ``mlflow_unlearn.job`` still runs (local backend, same host only)."""
+    host, _, pid = (job or "").partition("|")
+    if host != os.uname().nodename or not pid.isdigit():
+        return host in BACKENDS  # a remote (Kubernetes) job: rely on its run status
+    return ledger.process_alive(int(pid), run_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the detached launcher process."""
+    parser = argparse.ArgumentParser(prog=LAUNCHER_MARKER, description=__doc__.splitlines()[0])
+    parser.add_argument("--registry-db-uri", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--version", required=True, type=int)
+    parser.add_argument("--request-id", required=True)
+    parser.add_argument("--log", required=True)
+    args = parser.parse_args(argv)
+    launch = _Launch(args.registry_db_uri, args.name, args.version, args.request_id, args.log)
+    return launch.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,321 @@
+"""The durable state of unlearning requests, kept as tags of the parent model version in the registry database.
+
+Every state change is a compare-and-set done by one SQL ``UPDATE ... WHERE value IN (...)`` (or an ``INSERT``
+that the table's primary key makes unique) inside one transaction, so that any number of server workers,
+launcher processes and restarted servers agree on who owns a request:
+
+* :func:`open_request` moves the status from "nothing active" to ``queued`` (or straight to ``failed`` for a
+  refused request). While a request is ``queued`` or ``running`` a *different* request on the same version is
+  refused and the *same* request (identical tag value) is a no-op, so two concurrent requests never produce
+  two jobs.
+* :func:`claim_lease` lets exactly one launcher process work on a request (a lease row with a heartbeat).
+* :func:`advance` moves ``queued -> running -> succeeded | failed`` for one request ID only.
+
+The tags are visible in the version page of the MLflow UI, which is how a person follows a request.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_CONFLICT
+from mlflow_unlearn_plugins.request import REQUEST_TAG
+
+STATUS_TAG = "mlflow_unlearn.status"
+ERROR_TAG = "mlflow_unlearn.error"
+RESULT_TAG = "mlflow_unlearn.result_version"
+REQUEST_ID_TAG = "mlflow_unlearn.request_id"
+REQUEST_RUN_TAG = "mlflow_unlearn.request_run_id"
+LEASE_TAG = "mlflow_unlearn.lease"
+JOB_TAG = "mlflow_unlearn.job"
+
+#: Tags only the plugin writes; a client that tries to set or delete them gets an error.
+RESERVED_TAGS = (STATUS_TAG, ERROR_TAG, RESULT_TAG, REQUEST_ID_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG)
+ACTIVE = ("queued", "running")
+TERMINAL = ("succeeded", "failed")
+#: A lease whose heartbeat is older than this is considered abandoned (its launcher died).
+LEASE_TIMEOUT_S = 60.0
+MAX_ERROR_CHARS = 2000
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RequestState:
+    """The plugin's tags of one model version (``None`` where a tag is absent)."""
+
+    name: str
+    version: int
+    status: str | None
+    request: str | None
+    request_id: str | None
+    request_run_id: str | None
+    error: str | None
+    result_version: str | None
+    lease: str | None
+    job: str | None
+
+    @property
+    def active(self) -> bool:
+        """Whether the request is queued or running."""
+        return self.status in ACTIVE
+
+
+class ActiveRequestError(MlflowException):
+    """Another request is queued or running on this version (HTTP 409, ``RESOURCE_CONFLICT``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=RESOURCE_CONFLICT)
+
+
+def _tag_model():
+    from mlflow.store.model_registry.dbmodels.models import SqlModelVersionTag
+
+    return SqlModelVersionTag
+
+
+def _retrying(fn: Callable[[], T], attempts: int = 5) -> T:
+    """Run one transaction, retrying when a concurrent writer won a unique-key race or held the database lock."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except MlflowException as exc:
+            races = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError)
+            if not isinstance(exc.__cause__, races) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _where(tag, workspace: str, name: str, version: int, key: str) -> list[Any]:
+    return [tag.workspace == workspace, tag.name == name, tag.version == version, tag.key == key]
+
+
+def _read(session, workspace: str, name: str, version: int) -> dict[str, str]:
+    tag = _tag_model()
+    rows = session.query(tag.key, tag.value).filter(
+        tag.workspace == workspace, tag.name == name, tag.version == version, tag.key.like("mlflow_unlearn.%")
+    )
+    return {key: value for key, value in rows}
+
+
+def _put(session, workspace: str, name: str, version: int, values: dict[str, str | None]) -> None:
+    tag = _tag_model()
+    for key, value in values.items():
+        if value is None:
+            session.query(tag).filter(*_where(tag, workspace, name, version, key)).delete()
+        else:
+            session.merge(tag(workspace=workspace, name=name, version=version, key=key, value=value))
+
+
+def _cas(session, workspace: str, name: str, version: int, key: str, new: str, *, expect: Iterable[str] | None,
+         exclude: Iterable[str] = ()) -> bool:
+    """Set tag ``key`` to ``new`` iff its value is in ``expect`` (``None``: absent or not in ``exclude``)."""
+    from sqlalchemy import update
+
+    tag = _tag_model()
+    cond = _where(tag, workspace, name, version, key)
+    cond.append(tag.value.in_(tuple(expect)) if expect is not None else tag.value.notin_(tuple(exclude)))
+    if session.execute(update(tag).where(*cond).values(value=new)).rowcount == 1:
+        return True
+    if expect is not None or session.query(tag).filter(*_where(tag, workspace, name, version, key)).count():
+        return False
+    # Absent: the primary key (workspace, key, name, version) makes a concurrent insert fail; _retrying re-reads.
+    session.add(tag(workspace=workspace, name=name, version=version, key=key, value=new))
+    session.flush()
+    return True
+
+
+def _state(name: str, version: int, tags: dict[str, str]) -> RequestState:
+    return RequestState(name, int(version), tags.get(STATUS_TAG), tags.get(REQUEST_TAG), tags.get(REQUEST_ID_TAG),
+                        tags.get(REQUEST_RUN_TAG), tags.get(ERROR_TAG), tags.get(RESULT_TAG), tags.get(LEASE_TAG),
+                        tags.get(JOB_TAG))
+
+
+def read_state(store, name: str, version: int | str) -> RequestState:
+    """The plugin's tags of ``name``/``version`` (raises MLflow's not-found error for a missing version)."""
+
+    def txn() -> RequestState:
+        with store.ManagedSessionMaker() as session:
+            mv = store._get_sql_model_version(session, name, int(version))
+            return _state(name, int(version), _read(session, mv.workspace, name, int(version)))
+
+    return _retrying(txn)
+
+
+def open_request(store, name: str, version: int | str, value: str | None, *, request_id: str,
+                 refusal: str | None = None) -> bool:
+    """Record a new request on a version: status ``queued``, or ``failed`` with ``refusal`` as the error.
+
+    Args:
+        store: a registry ``SqlAlchemyStore`` (stock or plugin) of the registry database.
+        name: registered model name.
+        version: model version.
+        value: the request tag value to store (``None`` leaves the current tag as it is, ``""`` removes it).
+        request_id: a fresh unique ID for this request.
+        refusal: if given, the request is refused: it is recorded as ``failed`` with this reason and never runs.
+
+    Returns:
+        True if the request was recorded, False if the very same request is already queued or running.
+
+    Raises:
+        ActiveRequestError: if a different request is queued or running on this version.
+        mlflow.exceptions.MlflowException: if the version does not exist.
+    """
+    version = int(version)
+
+    def txn() -> bool:
+        with store.ManagedSessionMaker(read_only=False) as session:
+            ws = store._get_sql_model_version(session, name, version).workspace
+            if not _cas(session, ws, name, version, STATUS_TAG, "failed" if refusal else "queued", expect=None,
+                        exclude=ACTIVE):
+                current = _read(session, ws, name, version)
+                if value is None or current.get(REQUEST_TAG) == value:
+                    return False
+                raise ActiveRequestError(
+                    f"Model version {name}/{version} already has an unlearning request "
+                    f"{current.get(STATUS_TAG)} (request {current.get(REQUEST_ID_TAG)}); wait until its "
+                    f"{STATUS_TAG} tag is succeeded or failed, then submit the new request"
+                )
+            tags = dict.fromkeys((ERROR_TAG, RESULT_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG))
+            tags[REQUEST_ID_TAG] = request_id
+            if value is not None:
+                tags[REQUEST_TAG] = value or None  # "" removes an oversized value instead of storing it
+            if refusal:
+                tags[ERROR_TAG] = refusal[:MAX_ERROR_CHARS]
+            _put(session, ws, name, version, tags)
+            return True
+
+    return _retrying(txn)
+
+
+def advance(store, name: str, version: int | str, request_id: str, *, expect: Iterable[str], to: str,
+            tags: dict[str, str | None] | None = None) -> bool:
+    """Move request ``request_id`` from a status in ``expect`` to ``to`` and write ``tags`` in the same transaction.
+
+    Returns:
+        False (and changes nothing) if the version now holds another request or another status.
+    """
+    version, expect = int(version), tuple(expect)
+
+    def txn() -> bool:
+        with store.ManagedSessionMaker(read_only=False) as session:
+            ws = store._get_sql_model_version(session, name, version).workspace
+            if _read(session, ws, name, version).get(REQUEST_ID_TAG) != request_id:
+                return False
+            if not _cas(session, ws, name, version, STATUS_TAG, to, expect=expect):
+                return False
+            extra = dict(tags or {})
+            if extra.get(ERROR_TAG):
+                extra[ERROR_TAG] = extra[ERROR_TAG][:MAX_ERROR_CHARS]
+            _put(session, ws, name, version, extra)
+            return True
+
+    return _retrying(txn)
+
+
+def set_fields(store, name: str, version: int | str, request_id: str, tags: dict[str, str | None]) -> bool:
+    """Write bookkeeping ``tags`` for an active request ``request_id``; False if it is no longer the active one."""
+    version = int(version)
+
+    def txn() -> bool:
+        with store.ManagedSessionMaker(read_only=False) as session:
+            ws = store._get_sql_model_version(session, name, version).workspace
+            current = _read(session, ws, name, version)
+            if current.get(REQUEST_ID_TAG) != request_id or current.get(STATUS_TAG) not in ACTIVE:
+                return False
+            _put(session, ws, name, version, tags)
+            return True
+
+    return _retrying(txn)
+
+
+def lease_value(pid: int | None = None, now: float | None = None) -> str:
+    """``host|pid|heartbeat-ms`` for this process."""
+    now = time.time() if now is None else now
+    return f"{socket.gethostname()}|{os.getpid() if pid is None else pid}|{int(now * 1000)}"
+
+
+def process_alive(pid: int, marker: str) -> bool:
+    """Whether ``pid`` runs on this host, is not a zombie, and its command line contains ``marker``.
+
+    The marker guards against PID reuse after a restart.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, IndexError):
+        return False
+    return state != b"Z" and marker in cmdline
+
+
+def lease_alive(lease: str | None, marker: str, *, now: float | None = None) -> bool:
+    """Whether the launcher holding ``lease`` is still alive (same host: its process; else: its heartbeat)."""
+    if not lease:
+        return False
+    host, _, rest = lease.partition("|")
+    pid, _, beat = rest.partition("|")
+    if host == socket.gethostname() and pid.isdigit():
+        return process_alive(int(pid), marker)
+    now = time.time() if now is None else now
+    return beat.isdigit() and now - int(beat) / 1000 < LEASE_TIMEOUT_S
+
+
+def claim_lease(store, name: str, version: int | str, request_id: str, marker: str) -> bool:
+    """Make this process the only launcher of request ``request_id`` (steals a lease whose holder is dead)."""
+    version = int(version)
+
+    def txn() -> bool:
+        with store.ManagedSessionMaker(read_only=False) as session:
+            ws = store._get_sql_model_version(session, name, version).workspace
+            current = _read(session, ws, name, version)
+            if current.get(REQUEST_ID_TAG) != request_id or current.get(STATUS_TAG) not in ACTIVE:
+                return False
+            old = current.get(LEASE_TAG)
+            if old is None:
+                return _cas(session, ws, name, version, LEASE_TAG, lease_value(), expect=None)
+            if lease_alive(old, marker):
+                return False
+            return _cas(session, ws, name, version, LEASE_TAG, lease_value(), expect=(old,))
+
+    return _retrying(txn)
+
+
+def heartbeat(store, name: str, version: int | str) -> None:
+    """Refresh this process's lease heartbeat."""
+    version = int(version)
+    mine = lease_value().rsplit("|", 1)[0] + "|"
+
+    def txn() -> None:
+        from sqlalchemy import update
+
+        tag = _tag_model()
+        with store.ManagedSessionMaker(read_only=False) as session:
+            ws = store._get_sql_model_version(session, name, version).workspace
+            cond = [*_where(tag, ws, name, version, LEASE_TAG), tag.value.like(mine + "%")]
+            session.execute(update(tag).where(*cond).values(value=lease_value()))
+
+    _retrying(txn)
+
+
+def active_requests(store) -> list[RequestState]:
+    """All versions whose request is queued or running (what start-up recovery looks at)."""
+    tag = _tag_model()
+
+    def txn() -> list[RequestState]:
+        with store.ManagedSessionMaker() as session:
+            keys = session.query(tag.workspace, tag.name, tag.version).filter(
+                tag.key == STATUS_TAG, tag.value.in_(ACTIVE)).all()
+            return [_state(name, version, _read(session, ws, name, version)) for ws, name, version in keys]
+
+    return _retrying(txn)

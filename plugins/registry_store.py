@@ -1,0 +1,188 @@
+"""Model-registry store plugin: MLflow's SQL registry plus an "Unlearn" request on any model version.
+
+URI scheme: ``unlearn+<SQLAlchemy URI>``, e.g. ``unlearn+sqlite:////srv/mlflow/registry.db`` or
+``unlearn+postgresql://user@db/mlflow``; the wrapped URI is the database MLflow's own
+:class:`~mlflow.store.model_registry.sqlalchemy_store.SqlAlchemyStore` uses, so the plugin can be switched on and
+off on an existing registry. Use it on a server (``mlflow server --registry-store-uri unlearn+sqlite:///...``) or
+in a client (``mlflow.set_registry_uri("unlearn+sqlite:///...")``).
+
+Two triggers submit a request on a version:
+
+* the tag ``mlflow_unlearn.request`` (e.g. ``forget=classes:3; method=nitc``) set from the version page of the
+  stock MLflow UI or through the API: setting it submits the request;
+* ``MlflowClient().transition_model_version_stage(name, version, "Unlearn")`` (or the REST ``transition-stage``
+  call), which submits the request stored in that tag, e.g. one attached when the version was created. The stored
+  stage is left unchanged: MLflow knows only four stages, and this store intercepts ``Unlearn`` before MLflow
+  validates the stage.
+
+A request is parsed and checked at once (see :mod:`mlflow_unlearn_plugins.request`), recorded in the database
+(:mod:`mlflow_unlearn_plugins.ledger`) and handed to a detached launcher process
+(:mod:`mlflow_unlearn_plugins.launcher`); nothing runs in the request thread. On start-up the store resumes every
+request that is queued or running without a live launcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+from mlflow_unlearn_plugins import launcher, ledger
+from mlflow_unlearn_plugins.request import MAX_REQUEST_CHARS, REQUEST_TAG, RequestRefused, SecurityPolicy, parse_request
+
+SCHEME_PREFIX = "unlearn+"
+UNLEARN_STAGE = "Unlearn"
+#: SQLAlchemy dialects of MLflow's SQL stores; each has an entry point ``unlearn+<dialect>``.
+DIALECTS = ("sqlite", "postgresql", "mysql", "mssql")
+
+_logger = logging.getLogger(__name__)
+
+
+def parse_store_uri(store_uri: str) -> str:
+    """Return the wrapped SQLAlchemy URI of ``unlearn+<uri>``; relative SQLite paths are made absolute.
+
+    Raises:
+        MlflowException: if the URI does not start with ``unlearn+`` followed by a supported dialect.
+
+    Example:
+        >>> parse_store_uri("unlearn+postgresql://user@db/mlflow")
+        'postgresql://user@db/mlflow'
+    """
+    inner = store_uri[len(SCHEME_PREFIX):] if store_uri.startswith(SCHEME_PREFIX) else ""
+    dialect = inner.partition(":")[0].partition("+")[0]
+    if dialect not in DIALECTS:
+        raise MlflowException(
+            f"Expected a registry store URI 'unlearn+<dialect>://...' with a dialect in {', '.join(DIALECTS)} "
+            f"(e.g. unlearn+sqlite:///registry.db) but got {store_uri!r}",
+            INVALID_PARAMETER_VALUE,
+        )
+    return absolute_sqlite_uri(inner)
+
+
+def absolute_sqlite_uri(uri: str) -> str:
+    """``sqlite:///relative.db`` -> ``sqlite:////abs/relative.db``: a job runs in another working directory."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
+
+
+class UnlearnRegistryStore(SqlAlchemyStore):
+    """SQL model registry that turns an ``Unlearn`` transition or a request tag into an unlearning job.
+
+    Args:
+        store_uri: ``unlearn+<SQLAlchemy URI>`` of the registry database.
+        tracking_uri: the tracking URI MLflow resolved for this registry; the job logs there unless the server
+            configures another one (``MLFLOW_UNLEARN_TRACKING_URI``).
+
+    Raises:
+        MlflowException: for a malformed URI.
+        ValueError: for invalid ``MLFLOW_UNLEARN_*`` settings (checked at start-up, not at the first request).
+    """
+
+    def __init__(self, store_uri: str, tracking_uri: str | None = None) -> None:
+        db_uri = parse_store_uri(store_uri)
+        super().__init__(db_uri)
+        self.store_uri = store_uri
+        self.policy = SecurityPolicy.from_env()
+        self.settings = launcher.LauncherSettings.from_env()
+        job_tracking, job_registry = launcher.job_uris(self.settings, db_uri, tracking_uri)
+        self.job_tracking_uri = absolute_sqlite_uri(job_tracking)
+        self.job_registry_uri = absolute_sqlite_uri(job_registry)
+        self.recover()
+
+    # -- triggers ---------------------------------------------------------------------------------------------
+    def transition_model_version_stage(self, name, version, stage, archive_existing_versions=False):
+        """``stage="Unlearn"`` submits the version's request tag and leaves the stage as it is; other stages as usual.
+
+        Raises:
+            MlflowException: if the version has no request tag, the request is refused (it is also recorded as
+                ``failed``), or another request is queued or running on the version.
+        """
+        if isinstance(stage, str) and stage.strip().lower() == UNLEARN_STAGE.lower():
+            state = ledger.read_state(self, name, version)
+            if not state.request:
+                raise MlflowException(
+                    f"Model version {name}/{version} has no {REQUEST_TAG!r} tag. Set it first, e.g. "
+                    f"'forget=classes:3; method=nitc', then transition to {UNLEARN_STAGE!r}",
+                    INVALID_PARAMETER_VALUE,
+                )
+            refusal = self.submit(name, version, state.request, store_value=False)
+            if refusal:
+                raise MlflowException(f"Unlearning request refused: {refusal}", INVALID_PARAMETER_VALUE)
+            return self.get_model_version(name, version)
+        return super().transition_model_version_stage(name, version, stage, archive_existing_versions)
+
+    def set_model_version_tag(self, name, version, tag):
+        """Setting ``mlflow_unlearn.request`` submits a request; the plugin's status tags are read-only."""
+        if tag.key == REQUEST_TAG:
+            self.submit(name, version, tag.value)
+            return
+        if tag.key in ledger.RESERVED_TAGS:
+            raise MlflowException(
+                f"Tag {tag.key!r} is written by the unlearning plugin only; set {REQUEST_TAG!r} to submit a request",
+                INVALID_PARAMETER_VALUE,
+            )
+        super().set_model_version_tag(name, version, tag)
+
+    def delete_model_version_tag(self, name, version, key):
+        """The request and status tags cannot be deleted while a request is queued or running."""
+        if key == REQUEST_TAG or key in ledger.RESERVED_TAGS:
+            state = ledger.read_state(self, name, version)
+            if state.active:
+                raise ledger.ActiveRequestError(
+                    f"Tag {key!r} of {name}/{version} belongs to a request that is {state.status}; wait until it "
+                    "has finished"
+                )
+        super().delete_model_version_tag(name, version, key)
+
+    # -- requests ---------------------------------------------------------------------------------------------
+    def submit(self, name: str, version: int | str, value: str, *, store_value: bool = True) -> str | None:
+        """Record a request on ``name``/``version`` and start its launcher; return the refusal reason, if any.
+
+        Args:
+            name: registered model name.
+            version: model version.
+            value: the request tag value.
+            store_value: write ``value`` into the request tag (False when it is already there).
+
+        Raises:
+            MlflowException: if the version does not exist, or a different request is active on it.
+        """
+        version = int(version)
+        refusal = None
+        try:
+            parse_request(value, self.policy)
+        except RequestRefused as exc:
+            refusal = str(exc)
+        stored = value if len(value) <= MAX_REQUEST_CHARS else ""
+        request_id = uuid.uuid4().hex
+        if not ledger.open_request(self, name, version, stored if store_value else None, request_id=request_id,
+                                   refusal=refusal):
+            return None  # the same request is already queued or running
+        if refusal:
+            _logger.info("Unlearning request %s on %s/%s refused: %s", request_id, name, version, refusal)
+            return refusal
+        self._spawn(name, version, request_id)
+        return None
+
+    def recover(self) -> None:
+        """Resume every queued or running request whose launcher is gone (called when the store starts)."""
+        for state in ledger.active_requests(self):
+            if state.request_id and not ledger.lease_alive(state.lease, launcher.LAUNCHER_MARKER):
+                _logger.info("Resuming unlearning request %s on %s/%s (%s)", state.request_id, state.name,
+                             state.version, state.status)
+                self._spawn(state.name, state.version, state.request_id)
+
+    def _spawn(self, name: str, version: int, request_id: str) -> None:
+        try:
+            pid = launcher.spawn(self.db_uri, name, version, request_id, job_tracking_uri=self.job_tracking_uri,
+                                 job_registry_uri=self.job_registry_uri, log_dir=self.settings.log_dir)
+        except OSError as exc:
+            ledger.advance(self, name, version, request_id, expect=ledger.ACTIVE, to="failed",
+                           tags={ledger.ERROR_TAG: f"the launcher process could not start: {exc}"})
+            return
+        _logger.info("Unlearning request %s on %s/%s: launcher PID %s", request_id, name, version, pid)

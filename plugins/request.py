@@ -1,0 +1,286 @@
+"""Strict parsing and security validation of an unlearning request written as a model-version tag.
+
+A request is the value of the tag ``mlflow_unlearn.request`` on a registered model version, for example::
+
+    forget=classes:3; method=nitc
+    forget=ids:/srv/forget/erasure-2024-07.txt; method=scrub; data=digits; config=/srv/unlearn/scrub.yaml
+
+It is a ``;``-separated list of ``key=value`` pairs. ``forget`` is required; ``method`` (default ``nitc``),
+``data``, ``config`` and ``reference`` (``none`` or ``retrain``) are optional. Anyone who may edit tags in the
+MLflow UI can write a request, so the value is treated as untrusted input:
+
+* the value is at most :data:`MAX_REQUEST_CHARS` printable ASCII characters, each key at most once;
+* a method is a bare registered name, never a module path;
+* data is a built-in source name (``digits``) or ``<format>:<absolute path>[?options]`` under one of the allowed
+  roots configured on the server (:data:`ALLOWED_ROOTS_ENV`); URLs and downloads are refused unless
+  :data:`ALLOW_URLS_ENV` is true;
+* files (``ids:`` forget lists, ``config=`` YAML files) must lie under an allowed root; ``..`` and ``~`` are
+  refused before any path is resolved, and symbolic links may not lead outside the roots.
+
+Everything here is pure string and path work, cheap enough to run in a request thread. The checks that need
+the engine (is the method registered, do the forgotten classes exist) run later, in the launcher.
+Error messages never repeat forget IDs: an ``ids:`` request names a file, and only the file is mentioned.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+REQUEST_TAG = "mlflow_unlearn.request"
+ALLOWED_ROOTS_ENV = "MLFLOW_UNLEARN_ALLOWED_ROOTS"
+ALLOW_URLS_ENV = "MLFLOW_UNLEARN_ALLOW_URLS"
+MAX_REQUEST_CHARS = 1000
+DEFAULT_METHOD = "nitc"
+
+REQUEST_KEYS = ("forget", "method", "data", "config", "reference")
+FORGET_KINDS = ("classes", "ids", "random")
+REFERENCES = ("none", "retrain")
+URL_SCHEMES = ("http", "https", "s3", "gs", "gcs", "hdfs", "ftp", "file", "dbfs", "wasbs", "abfss")
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_OPTIONS = re.compile(r"^(?:[a-z_]+=[A-Za-z0-9_./-]*(?:&[a-z_]+=[A-Za-z0-9_./-]*)*)?$")
+
+
+class RequestRefused(ValueError):
+    """A request that must not run; the message says why and how to fix it (and never contains forget IDs)."""
+
+
+@dataclass(frozen=True)
+class SecurityPolicy:
+    """What a request may reference on this server.
+
+    Args:
+        allowed_roots: absolute directories under which data files, forget-ID files and config files may lie.
+            Empty means no file may be referenced at all (built-in data, ``classes:`` and ``random:`` only).
+        allow_urls: whether data sources may be URLs (``https://``, ``s3://`` ...).
+
+    Raises:
+        ValueError: if a root is not an absolute path.
+    """
+
+    allowed_roots: tuple[Path, ...] = ()
+    allow_urls: bool = False
+
+    def __post_init__(self) -> None:
+        for root in self.allowed_roots:
+            if not Path(root).is_absolute():
+                raise ValueError(
+                    f"Expected every entry of `{ALLOWED_ROOTS_ENV}` to be an absolute directory but got {str(root)!r}"
+                )
+        object.__setattr__(self, "allowed_roots", tuple(Path(os.path.realpath(r)) for r in self.allowed_roots))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SecurityPolicy:
+        """Read :data:`ALLOWED_ROOTS_ENV` (``os.pathsep``-separated) and :data:`ALLOW_URLS_ENV` (``true``/``false``)."""
+        environ = os.environ if environ is None else environ
+        roots = tuple(Path(p) for p in environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if p.strip())
+        flag = environ.get(ALLOW_URLS_ENV, "false").strip().lower()
+        if flag not in ("true", "false", "1", "0", ""):
+            raise ValueError(f"Expected `{ALLOW_URLS_ENV}` to be 'true' or 'false' but got {flag!r}")
+        return cls(allowed_roots=roots, allow_urls=flag in ("true", "1"))
+
+    def check_path(self, raw: str, *, what: str, kind: str = "file") -> str:
+        """Return the resolved absolute path of ``raw`` if it exists under an allowed root.
+
+        Args:
+            raw: the path as written in the request.
+            what: how to call it in an error message (``"forget ID file"`` ...).
+            kind: ``"file"``, ``"dir"`` or ``"any"``.
+
+        Raises:
+            RequestRefused: for relative paths, ``..`` or ``~``, paths outside every allowed root, missing paths.
+        """
+        if not raw:
+            raise RequestRefused(f"{what} is empty; give an absolute path")
+        if "\\" in raw or ".." in Path(raw).parts or raw.startswith("~"):
+            raise RequestRefused(f"{what} {raw!r} contains '..', '~' or a backslash; path traversal is not allowed")
+        if not os.path.isabs(raw):
+            raise RequestRefused(f"{what} {raw!r} is not an absolute path; give the full path")
+        if not self.allowed_roots:
+            raise RequestRefused(
+                f"{what} {raw!r} is a path, but this server allows no paths in requests; "
+                f"the server administrator can allow directories with {ALLOWED_ROOTS_ENV}"
+            )
+        resolved = Path(os.path.realpath(raw))
+        if not any(resolved.is_relative_to(root) for root in self.allowed_roots):
+            roots = ", ".join(str(r) for r in self.allowed_roots)
+            raise RequestRefused(f"{what} {raw!r} is outside the allowed roots ({roots}); move it there")
+        exists = {"file": resolved.is_file, "dir": resolved.is_dir, "any": resolved.exists}[kind]
+        if not exists():
+            raise RequestRefused(f"{what} {raw!r} does not exist" + ("" if kind == "any" else f" or is not a {kind}"))
+        return str(resolved)
+
+
+@dataclass(frozen=True)
+class UnlearnRequest:
+    """A parsed request. Paths in ``forget`` (``ids:``), ``data`` and ``config`` are resolved absolute paths.
+
+    Args:
+        forget: forget spec (``classes:3,7``, ``ids:<file>``, ``random:0.1[:seed]``).
+        method: registered unlearning method name.
+        data: data source; ``""`` means the data of the parent version's training run.
+        config: YAML file with method hyperparameters; ``""`` means the method's defaults.
+        reference: ``none`` or ``retrain`` (also train the retrained reference for the report).
+    """
+
+    forget: str
+    method: str = DEFAULT_METHOD
+    data: str = ""
+    config: str = ""
+    reference: str = "none"
+
+    @property
+    def forget_kind(self) -> str:
+        """``classes``, ``ids`` or ``random``."""
+        return self.forget.partition(":")[0]
+
+    @property
+    def forget_classes(self) -> tuple[int, ...]:
+        """The forgotten classes of a ``classes:`` request, else ``()``."""
+        if self.forget_kind != "classes":
+            return ()
+        return tuple(sorted({int(c) for c in self.forget.partition(":")[2].split(",")}))
+
+    def project_parameters(self, model_uri: str, *, device: str) -> dict[str, str]:
+        """The parameters of the project's ``unlearn`` entry point for this request."""
+        return {"model_uri": model_uri, "forget": self.forget, "method": self.method, "data": self.data,
+                "config": self.config, "reference": self.reference, "register": "true", "device": device}
+
+
+def split_request(value: str) -> dict[str, str]:
+    """Split a request value into its ``key=value`` pairs, strictly.
+
+    Raises:
+        RequestRefused: for oversized or non-printable values, empty parts, missing ``=``, unknown or repeated
+            keys, empty values, or a missing ``forget``.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise RequestRefused(f"the request is empty; write e.g. 'forget=classes:3; method={DEFAULT_METHOD}'")
+    if len(value) > MAX_REQUEST_CHARS:
+        raise RequestRefused(
+            f"the request is {len(value)} characters long; the limit is {MAX_REQUEST_CHARS}. "
+            "Put long forget lists in an ids: file under an allowed root"
+        )
+    if not _PRINTABLE.match(value):
+        raise RequestRefused("the request contains non-printable or non-ASCII characters")
+    pairs: dict[str, str] = {}
+    for part in value.strip().removesuffix(";").split(";"):
+        part = part.strip()
+        if not part:
+            raise RequestRefused("the request has an empty part between ';' separators")
+        key, sep, val = part.partition("=")
+        key, val = key.strip(), val.strip()
+        if not sep:
+            raise RequestRefused(f"malformed request part {key[:40]!r}: expected key=value separated by ';'")
+        if key not in REQUEST_KEYS:
+            raise RequestRefused(f"unknown request key {key[:40]!r}; expected one of: {', '.join(REQUEST_KEYS)}")
+        if key in pairs:
+            raise RequestRefused(f"request key {key!r} is given twice")
+        if not val:
+            raise RequestRefused(f"request key {key!r} has an empty value")
+        pairs[key] = val
+    if "forget" not in pairs:
+        raise RequestRefused("the request has no 'forget' key; write e.g. 'forget=classes:3'")
+    return pairs
+
+
+def _check_forget(spec: str, policy: SecurityPolicy) -> str:
+    kind, sep, arg = spec.partition(":")
+    if not sep or kind not in FORGET_KINDS:
+        raise RequestRefused(
+            f"unknown forget spec kind {kind[:40]!r}; expected one of: classes:<c1,c2>, ids:<file>, random:<fraction>"
+        )
+    if kind == "classes":
+        items = [c.strip() for c in arg.split(",")]
+        if not items or not all(c.isdigit() and len(c) <= 6 for c in items):
+            raise RequestRefused("forget=classes: expects non-negative integer class labels, e.g. classes:3,7")
+        return "classes:" + ",".join(str(c) for c in sorted({int(c) for c in items}))
+    if kind == "random":
+        fraction, _, seed = arg.partition(":")
+        try:
+            value = float(fraction)
+        except ValueError:
+            raise RequestRefused(f"forget=random: expects a fraction in (0, 1) but got {fraction[:20]!r}") from None
+        if not 0 < value < 1 or (seed and not seed.isdigit()):
+            raise RequestRefused("forget=random: expects random:<fraction in (0, 1)>[:<integer seed>]")
+        return spec
+    return "ids:" + policy.check_path(arg, what="forget ID file")
+
+
+def _check_data(source: str, policy: SecurityPolicy) -> str:
+    """Built-in names pass; ``name:<path>[?options]`` needs an allowed path; URLs and downloads need allow_urls."""
+    head, _, query = source.partition("?")
+    name, sep, argument = head.partition(":")
+    if _URL.match(source) or name.lower() in URL_SCHEMES:
+        if policy.allow_urls:
+            return source
+        raise RequestRefused(
+            f"data {source[:80]!r} is a URL; this server allows only built-in sources and files under the allowed "
+            f"roots (the administrator can set {ALLOW_URLS_ENV}=true)"
+        )
+    if not _NAME.match(name) or (sep and not argument) or not _OPTIONS.match(query):
+        raise RequestRefused(
+            f"data {source[:80]!r} is neither a built-in source name (e.g. digits) nor <format>:<absolute path>; "
+            "module paths and code references are not allowed"
+        )
+    options = dict(pair.partition("=")[::2] for pair in query.split("&") if pair)
+    if options.get("download", "0") not in ("0", "false") and not policy.allow_urls:
+        raise RequestRefused(f"data {source[:80]!r} asks to download; this server does not allow downloads "
+                             f"(the administrator can set {ALLOW_URLS_ENV}=true)")
+    if "root" in options:
+        options["root"] = policy.check_path(options["root"], what="data root", kind="dir")
+    if sep and name == "torchvision":
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", argument):
+            raise RequestRefused(f"data {source[:80]!r}: expected a torchvision dataset class name")
+    elif sep:
+        argument = policy.check_path(argument, what="data path", kind="any")
+    rebuilt = f"{name}:{argument}" if sep else name
+    return rebuilt + ("?" + "&".join(f"{k}={v}" for k, v in options.items()) if options else "")
+
+
+def parse_request(value: str, policy: SecurityPolicy | None = None) -> UnlearnRequest:
+    """Parse and validate a request tag value.
+
+    Args:
+        value: the tag value, e.g. ``"forget=classes:3; method=nitc"``.
+        policy: what files and URLs may be referenced (default: :meth:`SecurityPolicy.from_env`).
+
+    Returns:
+        The :class:`UnlearnRequest` with paths resolved.
+
+    Raises:
+        RequestRefused: with a message that names the problem and how to fix it.
+
+    Example:
+        >>> parse_request("forget=classes:7,3; method=finetune", SecurityPolicy())
+        UnlearnRequest(forget='classes:3,7', method='finetune', data='', config='', reference='none')
+    """
+    policy = SecurityPolicy.from_env() if policy is None else policy
+    pairs = split_request(value)
+    method = pairs.get("method", DEFAULT_METHOD)
+    if not _NAME.match(method):
+        raise RequestRefused(
+            f"method {method[:40]!r} is not a registered method name (lower-case letters, digits, '_'); "
+            "module paths are not allowed"
+        )
+    reference = pairs.get("reference", "none")
+    if reference not in REFERENCES:
+        raise RequestRefused(f"unknown reference {reference[:40]!r}; expected one of: {', '.join(REFERENCES)}")
+    config = pairs.get("config", "")
+    if config:
+        config = policy.check_path(config, what="config file")
+        if not config.endswith((".yaml", ".yml")):
+            raise RequestRefused("the config file must be a YAML file ending in .yaml or .yml")
+    return UnlearnRequest(
+        forget=_check_forget(pairs["forget"], policy),
+        method=method,
+        data=_check_data(pairs["data"], policy) if "data" in pairs else "",
+        config=config,
+        reference=reference,
+    )

@@ -311,6 +311,18 @@ def test_torchvision_mnist_from_local_root(tmp_path):
             assert np.allclose(subset.x[k, 0].numpy(), images[sample_id] / 255.0)
 
 
+def test_torchvision_dataset_without_in_memory_arrays(tmp_path):
+    written = _write_image_folder(tmp_path / "imgs")
+    split = load_data(f"torchvision:ImageFolder?root={tmp_path / 'imgs'}", test_fraction=0.4)
+    _assert_partition(split, 5)
+    assert split.train.input_shape == (3, 6, 6) and split.train.meta["classes"] == ["cat", "dog"]
+    order = sorted(written)  # ImageFolder lists files sorted by class, then path: the IDs are those positions
+    for k, sample_id in enumerate(split.train.ids.tolist()):
+        assert np.allclose(split.train.x[k].numpy(), written[order[sample_id]] / 255.0)
+    with pytest.raises(ValueError, match=r"torchvision:ImageFolder cannot download.*drop the option download=1"):
+        load_data(f"torchvision:ImageFolder?root={tmp_path / 'imgs'}&download=1")
+
+
 def test_torchvision_root_errors(tmp_path):
     with pytest.raises(ValueError, match=r"needs a local root.*torchvision:MNIST\?root="):
         load_data("torchvision:MNIST")

@@ -428,10 +428,13 @@ def _torchvision_parts(dataset_cls: type) -> list[dict[str, Any]]:
 
 
 def _dataset_arrays(dataset: Any, *, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """All inputs and targets of a torchvision dataset, from its in-memory arrays or else item by item."""
     data = getattr(dataset, "data", None)
     targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
     if data is not None and targets is not None and len(data) == len(dataset) == len(targets):
-        return np.asarray(data), np.asarray(targets)
+        arrays = np.asarray(data)
+        if arrays.dtype.kind in "biuf":  # pixels held in memory (MNIST family, CIFAR, SVHN): no per-item decode
+            return arrays, np.asarray(targets)
     items = [dataset[i] for i in range(len(dataset))]
     shapes = {np.asarray(image).shape for image, _ in items}
     if len(shapes) > 1:

@@ -109,7 +109,7 @@ def _rss_bytes() -> int:
 
 
 class PeakMemory:
-    """Peak extra memory (MiB) used inside a ``with`` block.
+    """Peak extra memory (MiB) used inside a ``with`` block (``peak_mib``; ``peak_total_mib``: the peak itself).
 
     On CUDA: ``torch.cuda.max_memory_allocated`` above the allocation at entry (tensors only, no cache).
     On CPU: the process resident set size sampled every 5 ms, peak minus the value at entry. (tracemalloc
@@ -120,6 +120,7 @@ class PeakMemory:
         self.device = device
         self.interval_s = interval_s
         self.peak_mib = float("nan")
+        self.peak_total_mib = float("nan")
         self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_rss_delta"
 
     def __enter__(self) -> PeakMemory:
@@ -142,12 +143,13 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak_mib, self.peak_total_mib = (peak - self._start) / 2**20, peak / 2**20
             return
         self._stop.set()
         self._thread.join()
         self._peak = max(self._peak, _rss_bytes())
-        self.peak_mib = (self._peak - self._start) / 2**20
+        self.peak_mib, self.peak_total_mib = (self._peak - self._start) / 2**20, self._peak / 2**20
 
 
 @contextlib.contextmanager
@@ -185,11 +187,19 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, object]]:
 
 
 def quick_overrides(name: str) -> dict[str, object]:
-    """Tiny budgets for smoke tests: every ``*epochs`` field of the method's config capped at 1."""
-    fields = dataclasses.fields(get_method(name).config_cls)
+    """Tiny budgets for smoke tests: every int ``*epochs`` / ``*steps`` field of the config capped at 1.
+
+    Falls back to the defaults when the capped values break one of the config's own constraints.
+    """
     defaults = build_config(name)
-    return {f.name: min(1, getattr(defaults, f.name)) for f in fields
-            if f.name.endswith("epochs") and isinstance(getattr(defaults, f.name), int)}
+    capped = {f.name: min(1, getattr(defaults, f.name)) for f in dataclasses.fields(defaults)
+              if f.name.endswith(("epochs", "steps")) and type(getattr(defaults, f.name)) is int}
+    try:
+        build_config(name, capped)
+    except ValueError as exc:
+        print(f"--quick: keeping the defaults of {name!r} ({exc})", flush=True)
+        return {}
+    return capped
 
 
 def method_config(name: str, recipe: TrainConfig, overrides: dict[str, dict[str, object]], quick: bool) -> object:
@@ -540,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default="all", help="comma-separated registered methods, or 'all'")
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent), help="where results go")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: on a shared CPU, OpenMP threads that wait on each "
+                             "other slow everything down many times over; 0 = torch's default)")
     parser.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs of the recipe")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
                         help="override a method's config (repeatable), e.g. --set nitc.lr=0.1")
@@ -553,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = rt.resolve_device(args.device)
     tasks = _csv_list(args.tasks)
     unknown_tasks = sorted(set(tasks) - set(TASKS))

@@ -1,0 +1,101 @@
+"""Smoke tests of the benchmark scripts on tiny budgets (the numbers themselves live in benchmarks/RESULTS.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import run as bench  # noqa: E402
+
+EXPECTED_COLUMNS = {
+    "dataset", "model", "task", "forget_spec", "seed", "method", "forget_count", "forget_accuracy",
+    "retain_accuracy", "test_accuracy", "mia_efficacy", "loss_mia_accuracy", "loss_mia_auc", "avg_gap",
+    "wall_time_s", "time_fraction", "peak_mem_mib", "config", "device", "machine", "date", "command",
+}
+
+
+def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_UNLEARN_QUIET": "1", "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, str(BENCHMARKS / name), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_run_writes_csv_markdown_plot_and_merges(tmp_path: Path) -> None:
+    args = ["--datasets", "digits", "--seeds", "0", "--quick", "--threads", "1", "--out-dir", str(tmp_path)]
+    first = _script("run.py", *args, "--tasks", "A,B", "--methods", "finetune,random_label", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert EXPECTED_COLUMNS <= set(results.columns)
+    assert len(results) == 8  # 2 tasks x (original, retrain, finetune, random_label)
+    assert set(results["method"]) == {"original", "retrain", "finetune", "random_label"}
+    assert set(results["forget_spec"]) == {"classes:0", "random:0.1:0"}
+    reference = results[results["method"] == "retrain"]
+    assert (reference["avg_gap"] == 0).all() and (reference["time_fraction"] == 1).all()
+    assert results["avg_gap"].between(0, 100).all() and (results["wall_time_s"] > 0).all()
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    for needle in ("### digits, task A", "### digits, task B", "| **finetune** |", "## How defaults were chosen",
+                   "## Target check", "torch=", "--methods finetune,random_label"):
+        assert needle in markdown
+    assert (tmp_path / "avg_gap_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = _script("run.py", *args, "--tasks", "A", "--methods", "finetune", "--merge", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    merged = pd.read_csv(tmp_path / "results.csv")
+    assert len(merged) == 8 and merged["command"].nunique() == 2
+    rerun = merged["command"].str.contains("--merge")
+    assert set(merged.loc[rerun, "method"]) == {"original", "retrain", "finetune"}
+    assert set(merged.loc[rerun, "task"]) == {"A"}
+    # The retrain reference came from the run's model cache: the same model, so the same time denominator.
+    before = reference.set_index("task")["wall_time_s"]
+    after = merged[merged["method"] == "retrain"].set_index("task")["wall_time_s"]
+    assert after["A"] == before["A"] and after["B"] == before["B"]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_cpu_and_does_not_append(tmp_path: Path) -> None:
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# results\n")
+    section = tmp_path / "gpu.md"
+    proc = _script("gpu.py", "--device", "cpu", "--budget", "tiny", "--threads", "1", "--markdown-out", str(section),
+                   "--append-results", "--results", str(results_md), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = section.read_text()
+    assert "## GPU check" in text and "PASSED" in text
+    assert "| finetune, 1 epoch |" in text and "| nitc (tiny budget) |" in text
+    assert "Not appending" in proc.stdout
+    assert results_md.read_text() == "# results\n"
+
+
+def _summary(nitc_gap: float, nitc_time: float, task: str = "A") -> pd.DataFrame:
+    rows = [("nitc", nitc_gap, nitc_time), ("finetune", 2.0, 0.2), ("unsir", 0.3, 0.1), ("salun", 0.2, 0.3)]
+    return pd.DataFrame([{"dataset": "d", "task": task, "method": m, "avg_gap": g, "time_fraction": t}
+                         for m, g, t in rows])
+
+
+def test_target_check_states_each_bound() -> None:
+    met = "\n".join(bench.target_check(_summary(0.1, 0.04)))
+    assert "(MET <= 0.5)" in met and "(MET <= 0.1;" in met and "stretch <= 0.05 met" in met
+    assert "nitc better than: unsir, finetune" in met and "not run: bad_teacher" in met
+    assert "scrub/salun beating nitc: no" in met
+    missed = "\n".join(bench.target_check(_summary(0.6, 0.5)))
+    assert "(MISSED <= 0.5)" in missed and "(MISSED <= 0.1;" in missed
+    assert "NOT better than: unsir (0.30)" in missed and "beating nitc: salun (0.20)" in missed
+    assert "(MET <= 1.0)" in "\n".join(bench.target_check(_summary(0.9, 0.05, task="B")))
+
+
+def test_parse_overrides_and_bad_input() -> None:
+    assert bench.parse_overrides(["nitc.lr=0.1", "nitc.difficulty=loss", "scrub.epochs=2"]) == {
+        "nitc": {"lr": 0.1, "difficulty": "loss"}, "scrub": {"epochs": 2}}
+    with pytest.raises(ValueError, match="method.key=value"):
+        bench.parse_overrides(["lr=0.1"])
+    with pytest.raises(SystemExit, match="Unknown method"):
+        bench.main(["--methods", "no_such_method", "--out-dir", "unused"])

@@ -219,12 +219,14 @@ class _Launch:
         if request.method not in list_methods():
             raise RequestRefused(f"unknown method {request.method!r}; expected one of: {', '.join(list_methods())}")
         if request.config:
-            import yaml
+            from mlflow_unlearn.tracking.api import load_config
+            from mlflow_unlearn.tracking.gate import build_gate_config
 
             try:
-                values = yaml.safe_load(Path(request.config).read_text())
+                values, gate = load_config(request.config)
                 build_config(request.method, values or None)
-            except (yaml.YAMLError, TypeError, ValueError) as exc:
+                build_gate_config(gate)
+            except (TypeError, ValueError) as exc:
                 raise RequestRefused(f"config file {request.config!r} does not fit method {request.method!r}: "
                                      f"{str(exc).splitlines()[0][:300]}") from None
         source, seed, test_fraction = request.data, 0, 0.2

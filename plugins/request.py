@@ -210,6 +210,9 @@ def _check_forget(spec: str, policy: SecurityPolicy) -> str:
         if not 0 < value < 1 or (seed and not seed.isdigit()):
             raise RequestRefused("forget=random: expects random:<fraction in (0, 1)>[:<integer seed>]")
         return spec
+    if not arg.startswith("/"):  # never echo it: it may be inline IDs written by mistake
+        raise RequestRefused("forget=ids: expects the absolute path of a file of IDs under an allowed root; IDs "
+                             "written into the request itself are not accepted")
     return "ids:" + policy.check_path(arg, what="forget ID file")
 
 

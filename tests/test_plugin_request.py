@@ -1,0 +1,243 @@
+"""Fast tests of the registry plugin without a server: request parsing and policy, the ledger's compare-and-set,
+the store's triggers on a real SQLite registry (refused requests only, so no job starts), settings, URI parsing."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from mlflow.entities.model_registry import ModelVersionTag
+from mlflow.exceptions import MlflowException
+from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+from mlflow_unlearn_plugins import launcher, ledger
+from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore, absolute_sqlite_uri, parse_store_uri
+from mlflow_unlearn_plugins.request import (
+    MAX_REQUEST_CHARS,
+    RequestRefused,
+    SecurityPolicy,
+    UnlearnRequest,
+    parse_request,
+)
+
+
+@pytest.fixture()
+def roots(tmp_path: Path) -> tuple[Path, SecurityPolicy]:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "forget.txt").write_text("1\n2\n")
+    (allowed / "fast.yaml").write_text("epochs: 1\n")
+    (allowed / "train.npz").write_bytes(b"")
+    (tmp_path / "secret.txt").write_text("x")
+    (allowed / "escape.txt").symlink_to(tmp_path / "secret.txt")
+    return allowed, SecurityPolicy(allowed_roots=(allowed,))
+
+
+def test_good_requests_are_normalised(roots):
+    allowed, policy = roots
+    req = parse_request(f" forget=classes:7,3,3 ;method=scrub; data=npz:{allowed}/train.npz; "
+                        f"config={allowed}/fast.yaml; reference=retrain;", policy)
+    assert req == UnlearnRequest(forget="classes:3,7", method="scrub", data=f"npz:{allowed}/train.npz",
+                                 config=f"{allowed}/fast.yaml", reference="retrain")
+    assert req.forget_classes == (3, 7)
+    assert parse_request("forget=random:0.1:7", policy).method == "nitc"
+    assert parse_request(f"forget=ids:{allowed}/forget.txt", policy).forget == f"ids:{allowed}/forget.txt"
+    assert parse_request("forget=classes:1; data=digits", policy).project_parameters("models:/m/1", device="cpu") == {
+        "model_uri": "models:/m/1", "forget": "classes:1", "method": "nitc", "data": "digits", "config": "",
+        "reference": "none", "register": "true", "device": "cpu"}
+
+
+BAD = [
+    ("", "empty"),
+    ("forget classes:3", "malformed"),
+    ("method=nitc", "no 'forget'"),
+    ("forget=classes:3; forget=classes:4", "twice"),
+    ("forget=classes:3; epochs=3", "unknown request key"),
+    ("forget=classes:3;; method=nitc", "empty part"),
+    ("forget=classes:3; method=", "empty value"),
+    ("forget=classes:x", "integer class labels"),
+    ("forget=classes:-1", "integer class labels"),
+    ("forget=everything", "unknown forget spec"),
+    ("forget=random:1.5", "fraction"),
+    ("forget=classes:3; method=os.system", "module paths"),
+    ("forget=classes:3; method=Nitc", "registered method name"),
+    ("forget=classes:3; reference=oracle", "unknown reference"),
+    ("forget=classes:3; data=https://example.com/x.npz", "is a URL"),
+    ("forget=classes:3; data=s3://bucket/x.npz", "is a URL"),
+    ("forget=classes:3; data=my.module:factory", "module paths"),
+    ("forget=classes:3; data=torchvision:MNIST?root={allowed}&download=1", "download"),
+    ("forget=classes:3; data=digits?opt=$(id)", "neither a built-in"),
+    ("forget=ids:/etc/hostname", "outside the allowed roots"),
+    ("forget=ids:{allowed}/../secret.txt", "traversal"),
+    ("forget=ids:~/forget.txt", "absolute path of a file"),
+    ("forget=ids:forget.txt", "absolute path of a file"),
+    ("forget=classes:3; config=fast.yaml", "not an absolute path"),
+    ("forget=ids:{allowed}/escape.txt", "outside the allowed roots"),
+    ("forget=ids:{allowed}/missing.txt", "does not exist"),
+    ("forget=classes:3; config={allowed}/forget.txt", "YAML"),
+    ("forget=classes:3; config=/etc/passwd", "outside the allowed roots"),
+    ("forget=classes:3; data=npz:{allowed}/../../etc/passwd", "traversal"),
+    ("forget=classes:3\x00", "non-printable"),
+    ("forget=classes:" + "1," * MAX_REQUEST_CHARS + "1", "limit is"),
+]
+
+
+@pytest.mark.parametrize(("value", "reason"), BAD, ids=[f"{i}-{r}" for i, (_, r) in enumerate(BAD)])
+def test_bad_requests_are_refused_with_a_reason(roots, value, reason):
+    allowed, policy = roots
+    with pytest.raises(RequestRefused, match=reason.replace("(", r"\(").replace("$", r"\$")):
+        parse_request(value.format(allowed=allowed), policy)
+
+
+def test_no_paths_without_allowed_roots_and_urls_only_when_allowed(roots):
+    allowed, _ = roots
+    with pytest.raises(RequestRefused, match="allows no paths"):
+        parse_request(f"forget=ids:{allowed}/forget.txt", SecurityPolicy())
+    url = "forget=classes:3; data=https://example.com/x.npz"
+    assert parse_request(url, SecurityPolicy(allow_urls=True)).data == "https://example.com/x.npz"
+    env = {"MLFLOW_UNLEARN_ALLOWED_ROOTS": f"{allowed}:/srv", "MLFLOW_UNLEARN_ALLOW_URLS": "1"}
+    policy = SecurityPolicy.from_env(env)
+    assert policy.allow_urls and len(policy.allowed_roots) == 2
+    with pytest.raises(ValueError, match="absolute directory"):
+        SecurityPolicy.from_env({"MLFLOW_UNLEARN_ALLOWED_ROOTS": "relative/dir"})
+    with pytest.raises(ValueError, match="'true' or 'false'"):
+        SecurityPolicy.from_env({"MLFLOW_UNLEARN_ALLOW_URLS": "maybe"})
+
+
+def test_refusals_never_echo_forget_ids(roots):
+    allowed, policy = roots
+    with pytest.raises(RequestRefused) as info:
+        parse_request("forget=ids:12345,67890", policy)
+    assert "12345" not in str(info.value) and "67890" not in str(info.value)
+
+
+def test_store_uri_parsing(tmp_path, monkeypatch):
+    assert parse_store_uri("unlearn+postgresql://u@db/mlflow") == "postgresql://u@db/mlflow"
+    assert parse_store_uri("unlearn+mysql+pymysql://u@db/m") == "mysql+pymysql://u@db/m"
+    monkeypatch.chdir(tmp_path)
+    assert parse_store_uri("unlearn+sqlite:///r.db") == f"sqlite:///{tmp_path}/r.db"
+    assert absolute_sqlite_uri("sqlite:////abs/r.db") == "sqlite:////abs/r.db"
+    for bad in ("sqlite:///r.db", "unlearn+file:///x", "unlearn+http://host"):
+        with pytest.raises(MlflowException, match="unlearn\\+<dialect>"):
+            parse_store_uri(bad)
+
+
+def test_settings_fail_early(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="MLFLOW_UNLEARN_BACKEND"):
+        launcher.LauncherSettings(backend="slurm")
+    with pytest.raises(ValueError, match="JSON config"):
+        launcher.LauncherSettings(backend="kubernetes")
+    config = tmp_path / "k8s.json"
+    config.write_text("{}")
+    with pytest.raises(ValueError, match="http"):
+        launcher.LauncherSettings(backend="kubernetes", backend_config=str(config), tracking_uri="sqlite:///x.db")
+    ok = launcher.LauncherSettings(backend="kubernetes", backend_config=str(config), tracking_uri="http://mlflow:5000")
+    assert launcher.job_uris(ok, "sqlite:////r.db", None) == ("http://mlflow:5000", "http://mlflow:5000")
+    monkeypatch.delenv("_MLFLOW_SERVER_FILE_STORE", raising=False)
+    assert launcher.job_uris(launcher.LauncherSettings(), "sqlite:////r.db", "sqlite:////t.db") == (
+        "sqlite:////t.db", "sqlite:////r.db")
+
+
+def test_kubernetes_project_keeps_entry_points_and_uses_docker(tmp_path):
+    from mlflow.projects.utils import load_project
+
+    from mlflow_unlearn.tracking import project_dir
+
+    derived = launcher.kubernetes_project_dir(str(project_dir()), "registry.example/mlflow-unlearn:1", str(tmp_path))
+    original, docker = load_project(str(project_dir())), load_project(derived)
+    assert docker.docker_env == {"image": "registry.example/mlflow-unlearn:1"}
+    assert docker.env_type == "docker_env" and original.env_type == "conda_env"
+    params = {"model_uri": "models:/m/1", "forget": "classes:3"}
+    assert (docker.get_entry_point("unlearn").compute_command(params, str(tmp_path))
+            == original.get_entry_point("unlearn").compute_command(params, str(tmp_path)))
+
+
+# -- the ledger and the store on a real SQLite registry --------------------------------------------------------------
+
+@pytest.fixture()
+def registry(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_UNLEARN_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.delenv("MLFLOW_UNLEARN_ALLOWED_ROOTS", raising=False)
+    uri = f"sqlite:///{tmp_path}/registry.db"
+    stock = SqlAlchemyStore(uri)
+    stock.create_registered_model("m")
+    for _ in range(3):
+        stock.create_model_version("m", source=str(tmp_path / "model"))
+    return uri, stock
+
+
+def test_open_request_is_a_compare_and_set_across_threads(registry):
+    _, stock = registry
+    results: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def submit(i: int) -> None:
+        barrier.wait()
+        try:
+            results.append(ledger.open_request(stock, "m", 1, f"forget=classes:{i}", request_id=f"r{i}"))
+        except ledger.ActiveRequestError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    assert sum(isinstance(r, ledger.ActiveRequestError) for r in results) == 7
+    state = ledger.read_state(stock, "m", 1)
+    assert state.status == "queued" and state.request == f"forget=classes:{state.request_id[1:]}"
+    # the same request again is a no-op; another one is refused while this one is active
+    assert ledger.open_request(stock, "m", 1, state.request, request_id="again") is False
+    assert ledger.read_state(stock, "m", 1).request_id == state.request_id
+    # only the owner moves it, only from the expected state
+    assert not ledger.advance(stock, "m", 1, "someone-else", expect=("queued",), to="running")
+    assert not ledger.advance(stock, "m", 1, state.request_id, expect=("running",), to="succeeded")
+    assert ledger.advance(stock, "m", 1, state.request_id, expect=("queued",), to="running")
+    assert ledger.advance(stock, "m", 1, state.request_id, expect=("running",), to="succeeded",
+                          tags={ledger.RESULT_TAG: "m/4"})
+    assert ledger.active_requests(stock) == []
+    # after it finished, a new request may start
+    assert ledger.open_request(stock, "m", 1, "forget=classes:9", request_id="next")
+    assert ledger.read_state(stock, "m", 1).result_version is None
+
+
+def test_only_one_launcher_holds_the_lease(registry):
+    _, stock = registry
+    ledger.open_request(stock, "m", 2, "forget=classes:1", request_id="r")
+    assert ledger.claim_lease(stock, "m", 2, "r", marker="pytest")  # this process runs pytest: alive
+    assert not ledger.claim_lease(stock, "m", 2, "r", marker="pytest")
+    assert not ledger.claim_lease(stock, "m", 2, "other-request", marker="pytest")
+    # a holder that is not alive (marker absent from this PID's command line) loses the lease
+    assert ledger.claim_lease(stock, "m", 2, "r", marker="no-such-launcher-marker")
+    assert ledger.lease_alive("elsewhere|1|0", "x", now=1.0)
+    assert not ledger.lease_alive("elsewhere|1|0", "x", now=1000.0)
+
+
+def test_store_records_refusals_and_protects_its_tags(registry):
+    uri, _ = registry
+    store = UnlearnRegistryStore(store_uri="unlearn+" + uri, tracking_uri=uri)
+    store.set_model_version_tag("m", 1, ModelVersionTag("mlflow_unlearn.request", "forget=classes:x"))
+    tags = store.get_model_version("m", 1).tags
+    assert tags["mlflow_unlearn.status"] == "failed"
+    assert "integer class labels" in tags["mlflow_unlearn.error"]
+    assert tags["mlflow_unlearn.request"] == "forget=classes:x"
+    oversized = "forget=classes:" + "1," * MAX_REQUEST_CHARS + "1"
+    store.set_model_version_tag("m", 2, ModelVersionTag("mlflow_unlearn.request", oversized))
+    tags = store.get_model_version("m", 2).tags
+    assert "limit is" in tags["mlflow_unlearn.error"] and "mlflow_unlearn.request" not in tags
+    with pytest.raises(MlflowException, match="written by the unlearning plugin only"):
+        store.set_model_version_tag("m", 1, ModelVersionTag("mlflow_unlearn.status", "succeeded"))
+    with pytest.raises(MlflowException, match="no 'mlflow_unlearn.request' tag"):
+        store.transition_model_version_stage("m", 3, "Unlearn", False)
+    with pytest.raises(MlflowException, match="Unlearning request refused"):
+        store.transition_model_version_stage("m", 1, "unlearn", False)
+    with pytest.raises(MlflowException, match="not found"):
+        store.set_model_version_tag("m", 99, ModelVersionTag("mlflow_unlearn.request", "forget=classes:1"))
+    # ordinary behaviour is untouched: stage names, other tags
+    assert store.transition_model_version_stage("m", 3, "Staging", False).current_stage == "Staging"
+    with pytest.raises(MlflowException, match="Invalid Model Version stage"):
+        store.transition_model_version_stage("m", 3, "Forgotten", False)
+    store.set_model_version_tag("m", 3, ModelVersionTag("team", "vision"))
+    assert store.get_model_version("m", 3).tags["team"] == "vision"
+    assert store.get_model_version("m", 1).current_stage == "None"

@@ -29,7 +29,7 @@ def fit(
     epochs: int,
     lr: float,
     batch_size: int,
-    optimizer: str = "sgd",
+    optimizer: str | torch.optim.Optimizer = "sgd",
     weight_decay: float = 0.0,
     history: rt.History,
     stage: str,
@@ -41,6 +41,9 @@ def fit(
     """Minimise ``loss_fn(net, x, y)`` over ``data`` for ``epochs`` epochs; return the (unwrapped) model.
 
     Args:
+        optimizer: an optimizer name (see ``training.OPTIMIZERS``), or an optimizer instance over the model's
+            parameters to continue with (its state carries over between calls; ``lr``, ``weight_decay`` and
+            ``params`` are then ignored).
         schedule: ``"constant"`` or ``"cosine"`` (annealed to zero over the run).
         params: the parameters to optimise (default: all of the model's).
         after_backward: called after ``backward`` and before the step (e.g. to mask gradients).
@@ -48,8 +51,11 @@ def fit(
     """
     dev = context.device
     net = rt.wrap_distributed(model, dev)
-    opt = make_optimizer(params if params is not None else net.parameters(), name=optimizer, lr=lr,
-                         weight_decay=weight_decay)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        opt = optimizer
+    else:
+        opt = make_optimizer(params if params is not None else net.parameters(), name=optimizer, lr=lr,
+                             weight_decay=weight_decay)
     steps_per_epoch = len(rt.make_loader(data, batch_size=batch_size, shuffle=True, seed=context.seed))
     total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     sched = (
@@ -84,3 +90,66 @@ def fit(
         if step >= total_steps:
             break
     return rt.unwrap(net)
+
+
+def labels_of(data: Dataset) -> torch.Tensor:
+    """All labels of ``data`` as an int64 CPU tensor (``data.y`` when it has one, else one pass over it)."""
+    labels = getattr(data, "y", None)
+    if isinstance(labels, torch.Tensor):
+        return labels.long().cpu()
+    return torch.as_tensor([int(data[i][1]) for i in range(len(data))], dtype=torch.int64)
+
+
+class Relabeled(Dataset):
+    """``data`` with its labels replaced by ``labels`` (e.g. random labels for the forget set)."""
+
+    def __init__(self, data: Dataset, labels: torch.Tensor) -> None:
+        if len(labels) != len(data):
+            raise ValueError(f"Expected {len(data)} labels but got {len(labels)}")
+        self.data, self.labels = data, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data[index][0], self.labels[index]
+
+
+class Tagged(Dataset):
+    """Forget and retain samples in one dataset; each target is ``[label, is_forget]`` (shape ``(2,)``).
+
+    One loader over both sets lets a loss mix a forget term and a retain term per batch (split with
+    :func:`split_tagged`) without a second loader or a host synchronisation.
+    """
+
+    def __init__(self, forget: Dataset, retain: Dataset | None = None) -> None:
+        self.forget, self.retain = forget, retain
+
+    def __len__(self) -> int:
+        return len(self.forget) + (len(self.retain) if self.retain is not None else 0)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index < len(self.forget):
+            x, y = self.forget[index]
+            return x, torch.stack([torch.as_tensor(y, dtype=torch.int64), torch.ones((), dtype=torch.int64)])
+        x, y = self.retain[index - len(self.forget)]
+        return x, torch.stack([torch.as_tensor(y, dtype=torch.int64), torch.zeros((), dtype=torch.int64)])
+
+
+def split_tagged(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels, forget_mask)`` of a batch of :class:`Tagged` targets; the mask is float (1 = forget)."""
+    return target[:, 0], target[:, 1].float()
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is 1 (0 when the mask is empty), without a host synchronisation."""
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def random_subset(data: Dataset, fraction: float, *, seed: int) -> Dataset:
+    """A seeded random ``fraction`` of ``data`` (at least one sample; ``data`` itself when ``fraction >= 1``)."""
+    if fraction >= 1:
+        return data
+    gen = torch.Generator().manual_seed(seed)
+    count = max(1, round(fraction * len(data)))
+    return torch.utils.data.Subset(data, torch.randperm(len(data), generator=gen)[:count].tolist())

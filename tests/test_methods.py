@@ -31,8 +31,10 @@ TEST_CONFIGS: dict[str, dict] = {"retrain": {"epochs": 8}}
 # Documented exceptions to the default 0.5:
 # - finetune and l1_sparse forget only by not revisiting the forget data; a few epochs on a converged
 #   digits model leave the forgotten class almost fully recognised (measured ~0.99), so only "does not rise".
-# - gradient_ascent at its small default lr forgets part of the class in ~15 steps (measured ~0.4).
-FORGET_RATIO: dict[str, float] = {"finetune": 1.0, "l1_sparse": 1.0, "gradient_ascent": 0.75}
+# - gradient_ascent at its small default lr: how much of the class it forgets in ~15 steps depends on how
+#   saturated the original is (measured 0.41 after 8 training epochs, 0.93 after 15), so only "does not
+#   rise" here, and test_gradient_ascent_raises_the_forget_loss checks the quantity it does optimise.
+FORGET_RATIO: dict[str, float] = {"finetune": 1.0, "l1_sparse": 1.0, "gradient_ascent": 1.0}
 RETAIN_DROP_CLASS = 0.1
 # Random relabelling of scattered samples costs some retain accuracy (measured >= 0.92 of 1.0).
 RETAIN_DROP_SAMPLE = 0.15
@@ -211,6 +213,18 @@ def test_nan_weights_raise_diverged(name, digits):
     with pytest.raises(UnlearningDivergedError):
         run_method(name, broken, forget=split.forget, retain=split.retain.subset(np.arange(128)), device="cpu",
                    forget_kind="class", forget_classes=split.forget_classes, config=TEST_CONFIGS.get(name))
+
+
+def test_gradient_ascent_raises_the_forget_loss(digits, class_results):
+    split = digits.by_class
+
+    def forget_loss(model: nn.Module) -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model(split.forget.x), split.forget.y))
+
+    before, after = forget_loss(digits.model), forget_loss(class_results("gradient_ascent").model)
+    assert after > 5 * before, (before, after)
 
 
 def test_retrain_config_mirrors_the_training_recipe():

@@ -1,8 +1,11 @@
 """Gradient ascent ("GA", also NegGrad): maximise the cross-entropy on the forget set.
 
 Thudi et al., "Unrolling SGD: Understanding Factors Influencing Machine Unlearning", EuroS&P 2022
-(https://arxiv.org/abs/2109.13398); hyperparameters after the "GA" baseline of Jia et al., "Model Sparsity
-Can Simplify Machine Unlearning", NeurIPS 2023 (https://arxiv.org/abs/2304.04934). With
+(https://arxiv.org/abs/2109.13398), as the "GA" baseline of Jia et al., "Model Sparsity Can Simplify Machine
+Unlearning", NeurIPS 2023 (https://arxiv.org/abs/2304.04934): 5 epochs over the forget set, SGD at a small
+learning rate. Jia et al. use 1e-4 on CIFAR-10, where a forgotten class gives hundreds of steps; a small
+forget set gives only a few, hence the default 3e-3 (still small: on a converged model it forgets only
+part of a class, the known weakness of plain GA). With
 ``retain_weight > 0`` a descent term on (part of) the retain set is added, as in NegGrad+ of Kurmanji
 et al., NeurIPS 2023 (https://arxiv.org/abs/2302.09880).
 

@@ -8,8 +8,8 @@ here (fixed random labels for the forget set, trained together with the retain s
 
 Labels are drawn once, before training: for class-wise forgetting uniformly among the *retained* classes
 (so the forgotten classes get no probability mass back), for sample-wise forgetting uniformly among the
-classes other than each sample's true one. To keep the budget small only ``retain_fraction`` of the retain
-set (a seeded random subset) is mixed in.
+classes other than each sample's true one. To keep the budget small (Jia et al. run 10 epochs over all of
+it) only ``retain_fraction`` of the retain set, a seeded random subset, is mixed in, for 3 epochs.
 """
 
 from __future__ import annotations

@@ -203,6 +203,7 @@ def test_nan_inputs_raise_diverged(name, digits):
     assert_untouched(digits)
 
 
+# retrain re-initialises the weights, so NaN weights do not reach it (tested on its own below).
 @pytest.mark.parametrize("name", APPROXIMATE)
 def test_nan_weights_raise_diverged(name, digits):
     broken = create_model("smallcnn", in_channels=1, num_classes=10, input_size=8)
@@ -225,6 +226,16 @@ def test_gradient_ascent_raises_the_forget_loss(digits, class_results):
 
     before, after = forget_loss(digits.model), forget_loss(class_results("gradient_ascent").model)
     assert after > 5 * before, (before, after)
+
+
+def test_retrain_does_not_inherit_the_original_weights(digits):
+    broken = create_model("smallcnn", in_channels=1, num_classes=10, input_size=8)
+    with torch.no_grad():
+        broken.head[-1].weight.fill_(float("nan"))
+    split = digits.by_class
+    result = run_method("retrain", broken, forget=split.forget, retain=split.retain.subset(np.arange(256)),
+                        device="cpu", forget_kind="class", forget_classes=split.forget_classes, config={"epochs": 2})
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
 def test_retrain_config_mirrors_the_training_recipe():

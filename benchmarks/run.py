@@ -26,12 +26,14 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import inspect
 import json
 import os
 import platform
 import re
 import resource
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -218,17 +220,36 @@ def config_json(config: object) -> str:
 
 
 # --------------------------------------------------------------------------------------------- models (cached)
+# The library files an original or a retrain reference depends on: a change to any of them invalidates the cache.
+CACHE_SOURCES = ("_runtime.py", "training.py", "methods/retrain.py", "models/architectures.py", "data/sources.py",
+                 "data/forget.py", "data/samples.py")
+
+
+def _code_digest() -> str:
+    import mlflow_unlearn
+
+    package = Path(mlflow_unlearn.__file__).parent
+    digest = hashlib.sha256()
+    for name in CACHE_SOURCES:
+        path = package / name
+        digest.update(name.encode() + (path.read_bytes() if path.exists() else b""))
+    return digest.hexdigest()
+
+
 class ModelCache:
-    """Originals and retrain references on disk (``*.pt``, ignored by git), keyed by everything they depend on."""
+    """Originals and retrain references on disk (``*.pt``, ignored by git), keyed by everything they depend on:
+    data, seed, recipe, device type, forget spec and the source of the library code that trains them."""
 
     def __init__(self, root: Path | None) -> None:
         self.root = root
+        self.code = _code_digest()
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, **key: object) -> Path | None:
         if self.root is None:
             return None
+        key = {**key, "code": self.code, "torch": torch.__version__}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return self.root / f"{key['role']}-{key['dataset']}-s{key['seed']}-{digest}.pt"
 
@@ -245,6 +266,26 @@ class ModelCache:
         if path is not None:
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             torch.save({"state_dict": state, "measured": measurement, "key": key}, path)
+
+
+def code_version() -> str:
+    """``git describe --always --dirty`` of the checkout (``-dirty``: uncommitted changes were benchmarked)."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def method_source_digest(name: str) -> str:
+    """SHA-256 (12 hex digits) of the module that defines method ``name`` (``original``: the training code),
+    so that a row can be matched to the code that produced it even when the checkout was dirty."""
+    if name == ORIGINAL:
+        from mlflow_unlearn import training as module
+    else:
+        module = sys.modules[get_method(name).fn.__module__]
+    return hashlib.sha256(Path(inspect.getsourcefile(module)).read_bytes()).hexdigest()[:12]
 
 
 def fresh_model(split_like: ForgetSplit) -> torch.nn.Module:
@@ -336,6 +377,7 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
             row["peak_mem_mib"] = timing[name]["peak_mem_mib"]
             row["loadavg_1m"] = loads.get(name, float("nan"))
             row["config"] = configs[name]
+            row["method_source"] = method_source_digest(name)
             rows.append(row)
         top = metrics.loc[[ORIGINAL, REFERENCE], ["test_accuracy", "forget_accuracy"]].round(2).to_dict("index")
         print(f"[{dataset} seed {seed} task {task}] original/retrain: {top}", flush=True)
@@ -438,6 +480,7 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     panels = list(summary.groupby(["dataset", "task"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
@@ -457,10 +500,15 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
             ax.axhline(NITC_GAP_TARGET[task], color="tab:red", linestyle=":", linewidth=1, label="nitc gap target")
         ax.axvline(NITC_TIME_TARGET, color="tab:red", linestyle=":", linewidth=1)
         ax.set_xscale("log")
-        ax.set_xlabel("wall time / retrain wall time")
-        ax.set_ylabel("Avg Gap to retrain (points)")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_yscale("symlog", linthresh=1.0)  # gaps near 0 matter most; the failures reach tens of points
+        ax.set_ylim(0, 2 * max(1.0, float(group["avg_gap"].max())))
+        ax.set_xlabel("wall time / retrain wall time (log)")
+        ax.set_ylabel("Avg Gap to retrain (points, symlog)")
         ax.set_title(f"{dataset}, task {task} ({TASKS[task][0]})", fontsize=9)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -498,7 +546,7 @@ def write_markdown(results: pd.DataFrame, path: Path) -> list[str]:
         text = path.read_text()
         if GPU_SECTION in text:
             kept_gpu = text[text.index(GPU_SECTION):]
-    runs = results.drop_duplicates("command")[["date", "command", "machine", "device"]]
+    runs = results.drop_duplicates("command")
     recipe = sorted({json.dumps({k: v for k, v in json.loads(c).items() if k != "seed"}, sort_keys=True)
                      for c in results.loc[results["method"] == ORIGINAL, "config"]})
     lines = [
@@ -514,7 +562,8 @@ def write_markdown(results: pd.DataFrame, path: Path) -> list[str]:
         "",
     ]
     for _, run in runs.iterrows():
-        lines += [f"- {run['date']} on {run['device']}: `{run['command']}`", f"  - machine: {run['machine']}"]
+        lines += [f"- {run['date']} on {run['device']}, code `{run.get('code_version', 'unknown')}`: "
+                  f"`{run['command']}`", f"  - machine: {run['machine']}"]
     lines += ["", f"Model `{MODEL}`; training recipe of the original and the retrain reference "
               f"(`TrainConfig`, seed = benchmark seed): `{'`, `'.join(recipe)}`", "", MEMORY_TEXT,
               "## Target check (issue 3)", ""]
@@ -594,6 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_benchmark(settings)
     machine = machine_info(device)
     results["device"] = device.type
+    results["code_version"] = code_version()
     results["machine"] = "; ".join(f"{k}={v}" for k, v in machine.items())
     results["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results["command"] = shlex.join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])

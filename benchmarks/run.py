@@ -279,13 +279,34 @@ def code_version() -> str:
 
 
 def method_source_digest(name: str) -> str:
-    """SHA-256 (12 hex digits) of the module that defines method ``name`` (``original``: the training code),
-    so that a row can be matched to the code that produced it even when the checkout was dirty."""
+    """SHA-256 (12 hex digits) of the source of method ``name`` (``original``: the training code): its module
+    and every ``mlflow_unlearn`` module that it uses directly, so that a row can be matched to the code that
+    produced it even when the checkout was dirty (``--methods stale`` re-runs those whose code changed)."""
     if name == ORIGINAL:
         from mlflow_unlearn import training as module
     else:
         module = sys.modules[get_method(name).fn.__module__]
-    return hashlib.sha256(Path(inspect.getsourcefile(module)).read_bytes()).hexdigest()[:12]
+    used = {module.__name__}
+    for value in vars(module).values():
+        owner = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+        if isinstance(owner, str) and owner.startswith("mlflow_unlearn"):
+            used.add(owner)
+    digest = hashlib.sha256()
+    for owner in sorted(used):
+        digest.update(owner.encode() + Path(inspect.getsourcefile(sys.modules[owner])).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def stale_methods(csv_path: Path) -> list[str]:
+    """Registered methods whose rows in ``csv_path`` are missing or were produced by different source code."""
+    if not csv_path.exists():
+        raise SystemExit(f"--methods stale needs an existing {csv_path}; run the benchmark first.")
+    frame = pd.read_csv(csv_path)
+    if "method_source" not in frame.columns:
+        return list_methods(include_reference=False)
+    recorded = frame.groupby("method")["method_source"].agg(set)
+    return [name for name in list_methods(include_reference=False)
+            if recorded.get(name, set()) != {method_source_digest(name)}]
 
 
 def fresh_model(split_like: ForgetSplit) -> torch.nn.Module:
@@ -596,7 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--datasets", default="mnist5k,digits", help="comma-separated data sources")
     parser.add_argument("--tasks", default="A,B", help="comma-separated: A (one class), B (random 10%%)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated reported seeds")
-    parser.add_argument("--methods", default="all", help="comma-separated registered methods, or 'all'")
+    parser.add_argument("--methods", default="all",
+                        help="comma-separated registered methods, 'all', or 'stale' (those whose code changed since "
+                             "results.csv was written; use with --merge)")
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent), help="where results go")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--threads", type=int, default=1,
@@ -623,14 +646,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown_tasks:
         raise SystemExit(f"Unknown task(s) {unknown_tasks}; expected some of: {', '.join(TASKS)}")
     registered = list_methods()
-    methods = registered if args.methods == "all" else _csv_list(args.methods)
+    out_dir = Path(args.out_dir)
+    if args.methods == "stale":
+        methods = stale_methods(out_dir / RESULTS_CSV)
+        print(f"Methods whose code changed since {out_dir / RESULTS_CSV} was written: {', '.join(methods) or 'none'}")
+        if not methods:
+            return 0
+    else:
+        methods = registered if args.methods == "all" else _csv_list(args.methods)
     unknown = sorted(set(methods) - set(registered))
     if unknown:
         raise SystemExit(f"Unknown method(s) {unknown}; registered: {', '.join(registered)}")
     if REFERENCE not in registered:
         raise SystemExit(f"The reference method {REFERENCE!r} is not registered; the benchmark needs it.")
     seeds = [int(s) for s in _csv_list(args.seeds)]
-    out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_root = None if args.no_cache else Path(args.cache_dir or out_dir / ".cache")
     recipe_overrides = {} if args.epochs is None else {"epochs": args.epochs}

@@ -46,6 +46,8 @@ def test_run_writes_csv_markdown_plot_and_merges(tmp_path: Path) -> None:
                    "## Target check", "torch=", "--methods finetune,random_label"):
         assert needle in markdown
     assert (tmp_path / "avg_gap_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stale = bench.stale_methods(tmp_path / "results.csv")  # not run yet, or run by other code
+    assert "finetune" not in stale and "random_label" not in stale and "nitc" in stale
 
     again = _script("run.py", *args, "--tasks", "A", "--methods", "finetune", "--merge", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -154,9 +154,20 @@ def _tag(key: str, value: str):
 
 
 def _client(tracking_uri: str | None, registry_uri: str | None) -> MlflowClient:
+    import mlflow
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    return MlflowClient(tracking_uri=tracking_uri or mlflow.get_tracking_uri(), registry_uri=registry_uri)
+
+
+def _load_version(client: MlflowClient, version: ModelVersion, model_uri: str) -> nn.Module:
+    """Download ``version`` through ``client``'s registry and load it as a trainable module."""
+    from mlflow.artifacts import download_artifacts
+
+    source = client.get_model_version_download_uri(version.name, version.version)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri)
+        return load_trainable_module(local, model_uri=model_uri)
 
 
 def _experiment_id(client: MlflowClient, experiment: str | None, fallback_run: Run | None) -> str:
@@ -563,10 +574,12 @@ def unlearn(
     dev = rt.resolve_device(device)
     client = _client(tracking_uri, registry_uri)
     parent = lin.resolve_model_version(client, model_uri)
+    model = _load_version(client, parent, model_uri)
     parent_run = client.get_run(parent.run_id) if parent.run_id else None
     lineage = _resolve_lineage(data, parent_run)
     split, lineage = _load_split(lineage)
     split_forget = resolve_forget(split, forget)
+    _check_model_fits(model, split, lineage.source)
     recipe = lin.inherited_params(parent_run) if parent_run is not None else {}
     retrain_cfg = _retrain_config(recipe) if reference == "retrain" else None
     cfg_dict = config_to_dict(cfg)
@@ -586,12 +599,6 @@ def unlearn(
                                   f"{run.info.artifact_uri}/{rep.REPORT_ARTIFACT_PATH}/{rep.MD_REPORT}",
                                   existing.tags.get(lin.VERDICT_TAG, ""), reused=True,
                                   onnx_max_abs_diff=run.data.metrics.get("onnx.max_abs_diff"))
-    from mlflow.artifacts import download_artifacts
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = download_artifacts(artifact_uri=f"models:/{parent.name}/{parent.version}", dst_path=tmp)
-        model = load_trainable_module(local, model_uri=model_uri)
-    _check_model_fits(model, split, lineage.source)
     timings["prepare_s"] = time.perf_counter() - t_start
 
     # 2. The run: method, reference, evaluation, gate, report, models; registration last.
@@ -726,7 +733,8 @@ def evaluate_version(
 
     Args:
         model_uri: ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
-        forget: a forget spec, applied to the version's training data.
+        forget: a forget spec, applied to the version's training data; a spec that the version's lineage
+            already forgot is applied to the data as it was before that step (to measure the forgetting).
         data: the data source; None to use the one the version was trained on.
         reference: ``"none"`` or ``"retrain"``.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -741,8 +749,6 @@ def evaluate_version(
     Raises:
         The same input errors as :func:`unlearn`.
     """
-    from mlflow.artifacts import download_artifacts
-
     from mlflow_unlearn import _runtime as rt
     from mlflow_unlearn.data import resolve_forget
     from mlflow_unlearn.methods import run_method
@@ -753,13 +759,16 @@ def evaluate_version(
     dev = rt.resolve_device(device)
     client = _client(tracking_uri, registry_uri)
     version = lin.resolve_model_version(client, model_uri)
+    model = _load_version(client, version, model_uri)
     version_run = client.get_run(version.run_id) if version.run_id else None
     lineage = _resolve_lineage(data, version_run)
+    earlier = [step.spec for step in lineage.chain]
+    if forget in earlier:
+        # Evaluating a version on a set it already forgot: rebuild the data as it was before that step.
+        lineage = lin.DataLineage(lineage.source, lineage.seed, lineage.test_fraction,
+                                  lineage.chain[:earlier.index(forget)])
     split, lineage = _load_split(lineage)
     split_forget = resolve_forget(split, forget)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = load_trainable_module(download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}",
-                                                         dst_path=tmp), model_uri=model_uri)
     _check_model_fits(model, split, lineage.source)
     models = {"model": model}
     if reference == "retrain":

@@ -43,6 +43,9 @@ def _setup_logging() -> None:
         handler.setFormatter(logging.Formatter("mlflow-unlearn: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        logger.propagate = False
+    # Our own progress bars cover the long steps; MLflow's per-file download bar is noise here.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _run_id() -> str | None:

@@ -152,9 +152,9 @@ def resolve_model_version(client: MlflowClient, model_uri: str) -> ModelVersion:
     try:
         return client.get_model_version(name, version)
     except MlflowException as exc:
-        known = ", ".join(sorted((v.version for v in client.search_model_versions(f"name='{name}'")), key=int))
+        known = ", ".join(sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int))
         raise ModelResolutionError(
-            f"Model {name!r} has no version {version}; its versions: {known or 'none'}"
+            f"Model {name!r} has no version {version}; versions: {known or 'none'}"
         ) from exc
 
 

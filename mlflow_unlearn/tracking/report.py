@@ -109,7 +109,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "## Metrics (percent; Avg Gap in percentage points)",
         "",
     ]
-    metric_names = sorted({k for values in report["metrics"].values() for k in values})
+    metric_names = list(dict.fromkeys(k for values in report["metrics"].values() for k in values))
     lines.append("| model | " + " | ".join(metric_names) + " |")
     lines.append("|---" * (len(metric_names) + 1) + "|")
     for model, values in report["metrics"].items():

@@ -1,0 +1,46 @@
+"""``mlflow run . -e unlearn --env-manager local`` as a subprocess, logging into the run it creates."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+from mlflow_unlearn.tracking import lineage as lin
+from mlflow_unlearn.tracking import project_dir
+from mlflow_unlearn.tracking.api import train_model
+
+REPO = project_dir().parent.parent
+
+
+@pytest.mark.slow
+def test_mlflow_run_unlearn_entry_point(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("project", artifact_location=str(tmp_path / "artifacts"))
+    train_model("digits", arch="mlp", registered_model_name="proj", config={"epochs": 3}, onnx=False, device="cpu",
+                tracking_uri=uri, experiment=experiment)
+    config = tmp_path / "finetune.yaml"
+    config.write_text("epochs: 2\nlr: 0.1\ngate:\n  max_test_drop: 100\n  forget_tolerance: 100\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_UNLEARN_QUIET": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "unlearn", "--env-manager", "local",
+         "--experiment-id", experiment, "-P", "model_uri=models:/proj/1", "-P", "forget=classes:3",
+         "-P", "method=finetune", "-P", f"config={config}", "-P", "device=cpu"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Registered models:/proj/2" in proc.stdout
+    runs = client.search_runs([experiment], filter_string="tags.`mlflow.project.entryPoint` = 'unlearn'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[lin.RUN_VERDICT_TAG] == "passed" and run.data.tags[lin.RUN_RESULT_VERSION_TAG] == "proj/2"
+    assert run.data.params["model_uri"] == "models:/proj/1" and run.data.params["unlearn.method"] == "finetune"
+    version = client.get_model_version("proj", "2")
+    assert version.run_id == run.info.run_id and set(version.tags) == set(lin.VERSION_TAG_KEYS)
+    assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"model", "onnx_model", "report"}

@@ -57,6 +57,7 @@ RESULTS_CSV = "results.csv"
 RESULTS_MD = "RESULTS.md"
 PLOT_PNG = "avg_gap_vs_time.png"
 GPU_SECTION = "## GPU check"
+DISCUSSION_SECTION = "## Discussion"
 KEY = ["dataset", "task", "seed", "method"]
 METRIC_COLUMNS = [
     "avg_gap", "forget_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy", "loss_mia_accuracy",
@@ -536,17 +537,24 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-DEFAULTS_TEXT = f"""\
+DEFAULTS_TEXT = """\
 ## How defaults were chosen
 
-The reported rows use seeds 0, 1, 2: the seed sets the train/test split, the original's and the
-retrain's initialisation and shuffling, the forgotten class of task A (`seed mod num_classes`) and the
-forgotten 10% of task B (`random:0.1:<seed>`). Hyperparameter defaults of the methods were chosen only on
-seeds >= {TUNING_SEEDS_FROM} (different splits, initialisations and forget sets), e.g.
-`python benchmarks/run.py --seeds {TUNING_SEEDS_FROM},{TUNING_SEEDS_FROM + 1} --methods nitc --set nitc.<key>=<value>`;
-the benchmark itself tunes nothing and runs every method with its registered defaults (the resolved
-config of every row is in the `config` column of `results.csv`). The original and the retrain
-reference both use the `TrainConfig` recipe given under Runs.
+The reported rows use seeds {seeds}: the seed sets the train/test split, the original's and the
+retrain's initialisation and shuffling, the forgotten class of task A (`seed mod num_classes`) and
+the forgotten 10% of task B (`random:0.1:<seed>`). The project's rule is that
+hyperparameters may be chosen only on seeds >= {tuning} (other splits, initialisations and forget
+sets), e.g. `python benchmarks/run.py --seeds {tuning},{tuning_next} --methods nitc \\
+--set nitc.<key>=<value> --out-dir /tmp/tune`, never on the reported seeds.
+
+- The baselines' defaults are their papers' settings; where a module departs from its paper (mostly to
+  fit a budget of a few epochs), its docstring says how and why.
+- `nitc`'s defaults are set by its author in `mlflow_unlearn/methods/nitc.py`; the benchmark cannot
+  check on which seeds they were chosen (see that module's history).
+- The benchmark itself tunes nothing: every method ran with its registered defaults (the resolved config
+  of every row is in the `config` column of `results.csv`, and `method_source` identifies the exact
+  source of the method that produced it). The original and the retrain reference both use the
+  `TrainConfig` recipe given under Runs.
 """
 
 MEMORY_TEXT = """\
@@ -558,15 +566,25 @@ at the start of each method is recorded in `results.csv` (`loadavg_1m`).
 """
 
 
+def kept_sections(text: str) -> dict[str, str]:
+    """The hand-written or appended sections of an existing RESULTS.md that a rewrite keeps, by heading."""
+    kept = {DISCUSSION_SECTION: "", GPU_SECTION: ""}
+    for chunk in re.split(r"(?m)^(?=## )", text):
+        for heading in kept:
+            if chunk.startswith(heading):
+                kept[heading] += chunk.rstrip("\n") + "\n\n"
+    return kept
+
+
 def write_markdown(results: pd.DataFrame, path: Path) -> list[str]:
-    """Write RESULTS.md from all rows (keeping an existing GPU check section); return the target-check lines."""
+    """Write RESULTS.md from all rows and return the target-check lines.
+
+    A ``## Discussion`` section (written by people, placed after the target check) and ``## GPU check``
+    sections (appended by ``gpu.py``) of an existing file are kept.
+    """
     summary = summarize(results)
     checks = target_check(summary)
-    kept_gpu = ""
-    if path.exists():
-        text = path.read_text()
-        if GPU_SECTION in text:
-            kept_gpu = text[text.index(GPU_SECTION):]
+    kept = kept_sections(path.read_text()) if path.exists() else {DISCUSSION_SECTION: "", GPU_SECTION: ""}
     runs = results.drop_duplicates("command")
     recipe = sorted({json.dumps({k: v for k, v in json.loads(c).items() if k != "seed"}, sort_keys=True)
                      for c in results.loc[results["method"] == ORIGINAL, "config"]})
@@ -589,10 +607,14 @@ def write_markdown(results: pd.DataFrame, path: Path) -> list[str]:
               f"(`TrainConfig`, seed = benchmark seed): `{'`, `'.join(recipe)}`", "", MEMORY_TEXT,
               "## Target check (issue 3)", ""]
     lines += checks or ["- nitc was not run."]
-    lines += ["", "## Results", ""] + summary_tables(summary) + [DEFAULTS_TEXT]
+    if kept[DISCUSSION_SECTION]:
+        lines += ["", kept[DISCUSSION_SECTION].rstrip("\n")]
+    seeds = ", ".join(str(v) for v in sorted(results["seed"].unique()))
+    defaults = DEFAULTS_TEXT.format(seeds=seeds, tuning=TUNING_SEEDS_FROM, tuning_next=TUNING_SEEDS_FROM + 1)
+    lines += ["", "## Results", ""] + summary_tables(summary) + [defaults]
     text = "\n".join(lines)
-    if kept_gpu:
-        text += "\n" + kept_gpu
+    if kept[GPU_SECTION]:
+        text += "\n" + kept[GPU_SECTION].rstrip("\n") + "\n"
     path.write_text(text)
     return checks
 
@@ -632,6 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", default=None,
                         help="where originals/retrain references are cached (default: <out-dir>/.cache)")
     parser.add_argument("--no-cache", action="store_true", help="train originals and references afresh")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rewrite RESULTS.md and the plot from the existing results.csv")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (2 training epochs, 1 per method stage)")
     return parser
 
@@ -647,6 +671,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"Unknown task(s) {unknown_tasks}; expected some of: {', '.join(TASKS)}")
     registered = list_methods()
     out_dir = Path(args.out_dir)
+    if args.report_only:
+        results = pd.read_csv(out_dir / RESULTS_CSV)
+        checks = write_markdown(results, out_dir / RESULTS_MD)
+        plot(summarize(results), out_dir / PLOT_PNG)
+        print("Target check:\n" + "\n".join(checks or ["- nitc was not run."]))
+        return 0
     if args.methods == "stale":
         methods = stale_methods(out_dir / RESULTS_CSV)
         print(f"Methods whose code changed since {out_dir / RESULTS_CSV} was written: {', '.join(methods) or 'none'}")

@@ -49,6 +49,8 @@ def test_run_writes_csv_markdown_plot_and_merges(tmp_path: Path) -> None:
     stale = bench.stale_methods(tmp_path / "results.csv")  # not run yet, or run by other code
     assert "finetune" not in stale and "random_label" not in stale and "nitc" in stale
 
+    with (tmp_path / "RESULTS.md").open("a") as handle:  # hand-written and gpu.py sections survive a rewrite
+        handle.write("\n## Discussion\n\nwhy nitc wins\n\n## GPU check (earlier)\n\nH100 numbers\n")
     again = _script("run.py", *args, "--tasks", "A", "--methods", "finetune", "--merge", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     merged = pd.read_csv(tmp_path / "results.csv")
@@ -60,6 +62,9 @@ def test_run_writes_csv_markdown_plot_and_merges(tmp_path: Path) -> None:
     before = reference.set_index("task")["wall_time_s"]
     after = merged[merged["method"] == "retrain"].set_index("task")["wall_time_s"]
     assert after["A"] == before["A"] and after["B"] == before["B"]
+    rewritten = (tmp_path / "RESULTS.md").read_text()
+    assert rewritten.count("why nitc wins") == 1 and rewritten.count("H100 numbers") == 1
+    assert rewritten.index("## Discussion") < rewritten.index("## Results") < rewritten.index("## GPU check")
 
 
 @pytest.mark.slow

@@ -92,6 +92,41 @@ def fit(
     return rt.unwrap(net)
 
 
+def as_tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs and targets of ``data`` as two CPU tensors, in dataset order.
+
+    Uses the ``x`` / ``y`` attributes of a :class:`~mlflow_unlearn.data.SampleSet` (no copy) and otherwise
+    reads the samples one by one.
+    """
+    x, y = getattr(data, "x", None), getattr(data, "y", None)
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+        return x, y
+    pairs = [data[i] for i in range(len(data))]
+    return torch.stack([torch.as_tensor(p[0]) for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: Dataset | torch.Tensor, *, device: torch.device,
+                   batch_size: int = 512) -> torch.Tensor:
+    """Logits of ``model`` on every sample of ``data`` (a Dataset of ``(x, ...)`` or a tensor of inputs), in
+    order, as float32 on ``device``.
+
+    Eval mode, no gradients and an unshuffled, unsharded loader (every rank sees all samples under
+    ``torchrun``), so that row ``i`` always belongs to sample ``i``. The model's train/eval mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    if isinstance(data, torch.Tensor):
+        data = torch.utils.data.TensorDataset(data)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    outputs = []
+    for batch in loader:
+        with rt.autocast(device):
+            outputs.append(model(rt.to_device(batch[0], device)).float())
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
 def labels_of(data: Dataset) -> torch.Tensor:
     """All labels of ``data`` as an int64 CPU tensor (``data.y`` when it has one, else one pass over it)."""
     labels = getattr(data, "y", None)

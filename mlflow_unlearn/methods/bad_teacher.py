@@ -1,0 +1,121 @@
+"""Bad teaching: distil a competent teacher on retain samples and an incompetent one on forget samples.
+
+Chundawat, Tarun, Mandal & Kankanhalli, "Can Bad Teaching Induce Forgetting? Unlearning in Deep Networks
+Using an Incompetent Teacher", AAAI 2023, https://arxiv.org/abs/2205.08096.
+
+The student starts as the trained model. Every sample of one combined set (all forget samples plus a
+random ``retain_fraction`` of the retain set) carries a flag that selects its teacher: the frozen original
+model (competent) for retain samples, a randomly initialised network of the same architecture
+(incompetent) for forget samples. The student minimises ``KL(teacher || student)`` at temperature ``T``,
+per sample. Teachers are frozen and in eval mode, and the data has no augmentation, so the teacher
+outputs are computed once, before training, and the flag is resolved then: the target of sample ``i`` is
+the output of the teacher that its flag selects.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn.methods._loops import as_tensors, fit, predict_logits, random_subset
+from mlflow_unlearn.methods.registry import UnlearnContext, register_method
+from mlflow_unlearn.methods.validation import check_choice, check_fraction, check_positive
+from mlflow_unlearn.training import OPTIMIZERS
+
+
+def randomly_initialised_copy(model: nn.Module, *, seed: int) -> nn.Module:
+    """A deep copy of ``model`` with every submodule's ``reset_parameters`` called (a fresh, seeded init)."""
+    fresh = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in fresh.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+            if callable(getattr(module, "reset_running_stats", None)):
+                module.reset_running_stats()
+    return fresh.eval()
+
+
+def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``KL(softmax(t / T) || softmax(s / T))`` averaged over the batch, scaled by ``T**2`` (Hinton et al.)."""
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+def distill(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    temperature: float,
+    context: UnlearnContext,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    optimizer: str | torch.optim.Optimizer,
+    history: rt.History,
+    stage: str,
+) -> nn.Module:
+    """Train ``model`` to match the teacher logits of ``data`` (a Dataset of ``(x, teacher_logits)``).
+
+    ``optimizer`` is a name or an optimizer instance to continue with (see :func:`._loops.fit`).
+    """
+    return fit(model, data, lambda net, x, t: kl_to_teacher(net(x), t, temperature), context=context, epochs=epochs,
+               lr=lr, batch_size=batch_size, optimizer=optimizer, history=history, stage=stage)
+
+
+@dataclass
+class BadTeacherConfig:
+    """Bad-teacher hyperparameters (defaults from the paper).
+
+    Args:
+        retain_fraction: fraction of the retain set mixed with the forget set (the paper: 0.3).
+        temperature: distillation temperature (the paper: 1).
+        epochs: epochs over the combined set (the paper: 1).
+        lr: learning rate (the paper: 1e-4 with Adam).
+        optimizer: one of ``sgd``, ``adam``, ``adamw``.
+        batch_size: samples per step (the paper: 256).
+    """
+
+    retain_fraction: float = 0.3
+    temperature: float = 1.0
+    epochs: int = 1
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        check_positive(self, "temperature", "epochs", "lr", "batch_size")
+        check_fraction(self, "retain_fraction", allow_zero=False)
+        check_choice(self, "optimizer", OPTIMIZERS)
+
+
+@register_method("bad_teacher", BadTeacherConfig)
+def bad_teacher(
+    model: nn.Module, *, forget: Dataset, retain: Dataset, config: BadTeacherConfig, context: UnlearnContext
+) -> tuple[nn.Module, rt.History]:
+    """Bad teaching (Chundawat et al., AAAI 2023): KL to the original on retain, to a random network on forget."""
+    history = rt.History()
+    dev = context.device
+    competent = copy.deepcopy(model).eval()
+    incompetent = randomly_initialised_copy(model, seed=context.seed + 1).to(dev)
+    forget_x, _ = as_tensors(forget)
+    retain_x, _ = as_tensors(random_subset(retain, config.retain_fraction, seed=context.seed))
+    # The per-sample teacher flag (forget -> incompetent, retain -> competent) is resolved here, once.
+    targets = torch.cat([
+        predict_logits(incompetent, forget_x, device=dev),
+        predict_logits(competent, retain_x, device=dev),
+    ]).cpu()
+    x = torch.cat([forget_x, retain_x])
+    history.log(stage="targets", forget=len(forget_x), retain=len(retain_x))
+    model = distill(model, TensorDataset(x, targets), temperature=config.temperature, context=context,
+                    epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, optimizer=config.optimizer,
+                    history=history, stage="distill")
+    return model, history

@@ -1,0 +1,182 @@
+"""NITC: noise-impaired teacher, bad-teacher distillation, curriculum.
+
+Our headline method combines three published ideas:
+
+1. **Impaired teacher** (UNSIR, Tarun et al., "Fast Yet Effective Machine Unlearning", IEEE TNNLS 2023,
+   https://arxiv.org/abs/2111.08947): a *copy* of the model is impaired with error-maximizing noise
+   labelled with the real forget labels and repaired on a retain subset (:func:`.unsir.impair_and_repair`).
+2. **Bad-teacher distillation** (Chundawat et al., "Can Bad Teaching Induce Forgetting?", AAAI 2023,
+   https://arxiv.org/abs/2205.08096): the student (the model) matches, by per-sample ``KL(teacher ||
+   student)``, the impaired teacher on forget samples and the frozen original on a retain subset. Unlike
+   the random network of the original paper, the impaired teacher is a *plausible* model of the data that
+   lacks exactly the forget information, so the student is pulled towards what a retrained model outputs
+   rather than towards noise.
+3. **Curriculum** (Bengio et al., ICML 2009; pacing as in Hacohen & Weinshall, ICML 2019; forget order
+   as in RUM, Zhao et al., NeurIPS 2024): each sample's difficulty is the original model's per-sample loss
+   (or ``1 - confidence``), computed in eval mode on an unshuffled pass. Samples are presented easy to
+   hard in ``num_stages`` cumulative stages with linear pacing (stage ``s`` of ``S`` holds the
+   ``ceil(s/S)`` easiest fraction of the forget samples *and* of the retain subset, so every stage keeps
+   the forget/retain mix; one pass per stage, one optimizer carried through). With
+   ``forget_order="memorization"`` (default) the forget samples are ordered instead by a memorization
+   proxy, low to high: the confidence gap between the original and the impaired teacher on the true label
+   (:func:`.curriculum.memorization_proxy`).
+
+**Class-wise forgetting.** The noise is learned for each forgotten class; the impaired teacher, after
+repair on retain data only, gives those classes almost no probability, which is what a model retrained
+without them does (forget accuracy ~0, forget samples look like non-members).
+
+**Sample-wise forgetting.** A retrained model still classifies the forgotten samples about as well as
+unseen test data, because their classes remain in the retain set; driving them to random predictions
+would be *detectable* over-forgetting. So the noise is learned per class *present* in the forget set
+(one error-maximizing batch per label, as many noise samples per label as forget samples with it), and
+the teacher's repair on retain data restores generalisation but not the forget samples' memorised
+detail: on the forget samples the teacher behaves like a model that has never seen them. Distilling it
+there moves their predictions from memorised (near-certain) to generalisation-level confidence, while
+the original, on the retain subset, anchors everything else.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn.methods._loops import as_tensors, predict_logits, random_subset
+from mlflow_unlearn.methods.bad_teacher import distill
+from mlflow_unlearn.methods.curriculum import (
+    DIFFICULTY_CRITERIA,
+    curriculum_order,
+    difficulty_scores,
+    memorization_proxy,
+    staged_subsets,
+)
+from mlflow_unlearn.methods.registry import UnlearnContext, register_method
+from mlflow_unlearn.methods.unsir import impair_and_repair
+from mlflow_unlearn.methods.validation import check_choice, check_fraction, check_non_negative, check_positive
+from mlflow_unlearn.training import OPTIMIZERS, make_optimizer
+
+FORGET_ORDERS = ("memorization", "difficulty")
+
+
+@dataclass
+class NitcConfig:
+    """NITC hyperparameters.
+
+    Impaired teacher (UNSIR on a copy; defaults from the UNSIR paper):
+
+    Args:
+        noise_samples: distinct error-maximizing inputs per forget label.
+        noise_steps: Adam steps of the noise optimisation.
+        noise_lr: Adam learning rate of the noise.
+        noise_l2: weight of the L2 penalty on the noise.
+        teacher_retain_fraction: fraction of the retain set used to impair and repair the teacher.
+        impair_lr: learning rate of the impair step (one epoch).
+        repair_lr: learning rate of the repair step (one epoch).
+        teacher_optimizer: optimizer of the impair and repair steps.
+
+    Distillation and curriculum:
+
+    Args:
+        retain_fraction: fraction of the retain set distilled from the original (bad teaching: 0.3).
+        temperature: distillation temperature.
+        lr: learning rate of the student.
+        optimizer: optimizer of the student.
+        batch_size: samples per step (teacher and student).
+        num_stages: curriculum stages (cumulative, linear pacing); 1 disables the curriculum.
+        difficulty: ``"loss"`` or ``"confidence"`` of the original model.
+        forget_order: ``"memorization"`` (confidence gap original vs impaired teacher, low to high) or
+            ``"difficulty"`` (the same difficulty as the retain samples).
+    """
+
+    noise_samples: int = 32
+    noise_steps: int = 20
+    noise_lr: float = 0.1
+    noise_l2: float = 0.1
+    teacher_retain_fraction: float = 0.3
+    impair_lr: float = 0.02
+    repair_lr: float = 0.01
+    teacher_optimizer: str = "adam"
+    sample_impair_scale: float = 0.02
+    retain_fraction: float = 0.3
+    temperature: float = 1.0
+    lr: float = 5e-4
+    optimizer: str = "adam"
+    batch_size: int = 64
+    num_stages: int = 3
+    difficulty: str = "loss"
+    forget_order: str = "memorization"
+
+    def __post_init__(self) -> None:
+        check_positive(self, "noise_samples", "noise_steps", "noise_lr", "impair_lr", "repair_lr",
+                       "sample_impair_scale", "temperature", "lr", "batch_size", "num_stages")
+        for name in ("noise_samples", "noise_steps", "batch_size", "num_stages"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"Expected argument `{name}` to be a positive int but got {getattr(self, name)!r}")
+        check_non_negative(self, "noise_l2")
+        check_fraction(self, "teacher_retain_fraction", "retain_fraction", allow_zero=False)
+        check_choice(self, "teacher_optimizer", OPTIMIZERS)
+        check_choice(self, "optimizer", OPTIMIZERS)
+        check_choice(self, "difficulty", DIFFICULTY_CRITERIA)
+        check_choice(self, "forget_order", FORGET_ORDERS)
+
+
+def impaired_teacher(model: nn.Module, *, forget_labels: torch.Tensor, retain: Dataset, input_shape: tuple[int, ...],
+                     config: NitcConfig, context: UnlearnContext, history: rt.History) -> nn.Module:
+    """A frozen, eval-mode copy of ``model`` after UNSIR impair and repair (step 1 of NITC).
+
+    For sample-wise forgetting the impair and repair learning rates are multiplied by
+    ``config.sample_impair_scale``: the forget samples' classes must survive in the teacher.
+    """
+    scale = config.sample_impair_scale if context.forget_kind == "sample" else 1.0
+    teacher = impair_and_repair(
+        copy.deepcopy(model), forget_labels=forget_labels, retain=retain, input_shape=input_shape,
+        noise_samples=config.noise_samples, noise_steps=config.noise_steps, noise_lr=config.noise_lr,
+        noise_l2=config.noise_l2, retain_fraction=config.teacher_retain_fraction, impair_epochs=1,
+        impair_lr=config.impair_lr * scale, repair_epochs=1, repair_lr=config.repair_lr * scale,
+        optimizer=config.teacher_optimizer,
+        batch_size=config.batch_size, context=context, history=history, stage_prefix="teacher_",
+    )
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+@register_method("nitc", NitcConfig, distributed=True)
+def nitc(
+    model: nn.Module, *, forget: Dataset, retain: Dataset, config: NitcConfig, context: UnlearnContext
+) -> tuple[nn.Module, rt.History]:
+    """NITC: UNSIR-impaired teacher + bad-teacher distillation, presented as an easy-to-hard curriculum."""
+    history = rt.History()
+    dev = context.device
+    original = copy.deepcopy(model).eval()
+    forget_x, forget_y = as_tensors(forget)
+    teacher = impaired_teacher(model, forget_labels=forget_y, retain=retain, input_shape=tuple(forget_x.shape[1:]),
+                               config=config, context=context, history=history)
+    retain_x, retain_y = as_tensors(random_subset(retain, config.retain_fraction, seed=context.seed + 1))
+
+    # Teacher targets and curriculum scores: eval mode, unshuffled, so row i is sample i.
+    forget_targets = predict_logits(teacher, forget_x, device=dev)
+    retain_targets = predict_logits(original, retain_x, device=dev)
+    forget_original = predict_logits(original, forget_x, device=dev)
+    retain_scores = difficulty_scores(retain_targets, retain_y, criterion=config.difficulty)
+    if config.forget_order == "memorization":
+        forget_scores = memorization_proxy(forget_original, forget_targets, forget_y)
+    else:
+        forget_scores = difficulty_scores(forget_original, forget_y, criterion=config.difficulty)
+    forget_stages = staged_subsets(curriculum_order(forget_scores), config.num_stages)
+    retain_stages = staged_subsets(curriculum_order(retain_scores), config.num_stages)
+    forget_targets, retain_targets = forget_targets.cpu(), retain_targets.cpu()
+
+    opt = make_optimizer(model.parameters(), name=config.optimizer, lr=config.lr, weight_decay=0.0)
+    for stage, (f_idx, r_idx) in enumerate(zip(forget_stages, retain_stages, strict=True)):
+        f_idx, r_idx = torch.as_tensor(f_idx), torch.as_tensor(r_idx)
+        data = TensorDataset(torch.cat([forget_x[f_idx], retain_x[r_idx]]),
+                             torch.cat([forget_targets[f_idx], retain_targets[r_idx]]))
+        model = distill(model, data, temperature=config.temperature, context=context, epochs=1, lr=config.lr,
+                        batch_size=config.batch_size, optimizer=opt, history=history, stage=f"distill_stage{stage}")
+    history.extra.update(forget=len(forget_x), retain_subset=len(retain_x), stages=config.num_stages)
+    return model, history

@@ -1,0 +1,180 @@
+"""NITC and its components: curriculum ordering, UNSIR noise labels, class- and sample-wise forgetting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn.data import load_data, resolve_forget
+from mlflow_unlearn.methods import build_config, run_method
+from mlflow_unlearn.methods.bad_teacher import randomly_initialised_copy
+from mlflow_unlearn.methods.curriculum import (
+    curriculum_order,
+    difficulty_scores,
+    sample_difficulty,
+    staged_subsets,
+)
+from mlflow_unlearn.methods.registry import UnlearnContext
+from mlflow_unlearn.methods.unsir import impair_and_repair, learn_error_max_noise
+from mlflow_unlearn.models import create_model
+from mlflow_unlearn.training import TrainConfig, train
+
+CPU = torch.device("cpu")
+
+
+def _accuracy(model: torch.nn.Module, data) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(data.x).argmax(1) == data.y).float().mean())
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", seed=0)
+
+
+@pytest.fixture(scope="module")
+def original(digits):
+    torch.manual_seed(0)
+    model = create_model("smallcnn", in_channels=1, num_classes=10, input_size=8)
+    model, _ = train(model, digits.train, TrainConfig(epochs=8, seed=0), device="cpu")
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------ curriculum
+def test_curriculum_order_is_by_sample_identity_and_ignores_shuffling(digits, original):
+    data = digits.train.subset(np.arange(300))
+    scores = sample_difficulty(original, data, device=CPU)
+    reference = difficulty_scores(original(data.x).detach(), data.y)
+    assert torch.allclose(scores, reference, atol=1e-5)
+
+    # A shuffled loader must not change which score belongs to which sample.
+    shuffled_loader = DataLoader(data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(sample_difficulty(original, shuffled_loader, device=CPU), scores)
+
+    # Shuffling the dataset itself permutes the scores with the samples: the order by ID is unchanged.
+    perm = np.random.default_rng(1).permutation(len(data))
+    permuted = data.subset(perm)
+    order_ids = data.ids[curriculum_order(scores)]
+    permuted_order_ids = permuted.ids[curriculum_order(sample_difficulty(original, permuted, device=CPU))]
+    ranks = {int(i): r for r, i in enumerate(order_ids)}
+    # Ties (several samples at ~zero loss) may be broken differently; the score sequence must match exactly.
+    assert np.allclose(scores.numpy()[curriculum_order(scores)],
+                       scores.numpy()[[int(np.where(data.ids == i)[0][0]) for i in permuted_order_ids]], atol=1e-6)
+    assert len(ranks) == len(data)
+
+    # Easy to hard: scores along the order never decrease, and the hardest sample comes last.
+    ordered = scores[torch.as_tensor(curriculum_order(scores))]
+    assert bool((ordered[1:] >= ordered[:-1]).all())
+    assert int(curriculum_order(scores)[-1]) == int(scores.argmax())
+
+
+def test_staged_subsets_are_cumulative_easy_first():
+    scores = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, 0.0])
+    stages = staged_subsets(curriculum_order(scores), 3)
+    assert [s.tolist() for s in stages] == [[5, 1], [5, 1, 3, 2], [5, 1, 3, 2, 4, 0]]
+
+
+# ------------------------------------------------------------------------------------------------ unsir noise
+def test_noise_is_labelled_with_the_real_forget_classes(original):
+    noise, labels = learn_error_max_noise(original, [3, 7], input_shape=(1, 8, 8), per_class=4, steps=5, lr=0.1,
+                                          l2=0.1, device=CPU, bounds=(0.0, 1.0))
+    assert sorted(set(labels.tolist())) == [3, 7]
+    assert labels.tolist() == [3] * 4 + [7] * 4
+    assert noise.shape == (8, 1, 8, 8) and float(noise.min()) >= 0.0 and float(noise.max()) <= 1.0
+    with torch.no_grad():
+        loss_noise = torch.nn.functional.cross_entropy(original(noise), labels)
+    start = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        loss_random = torch.nn.functional.cross_entropy(original(start), labels)
+    assert loss_noise > loss_random  # error-maximizing for the forget classes
+
+
+def test_impair_step_trains_on_noise_with_forget_labels(digits, original, monkeypatch):
+    import mlflow_unlearn.methods.unsir as unsir_module
+
+    seen = []
+    real_fit = unsir_module.fit
+
+    def spy(model, data, loss_fn, **kwargs):
+        if kwargs["stage"].endswith("impair"):
+            seen.append(torch.stack([data[i][1] for i in range(len(data))]))
+        return real_fit(model, data, loss_fn, **kwargs)
+
+    monkeypatch.setattr(unsir_module, "fit", spy)
+    split = resolve_forget(digits, "classes:2,5")
+    ctx = UnlearnContext(CPU, 10, "class", (2, 5), 0)
+    impair_and_repair(randomly_initialised_copy(original, seed=0), forget_labels=split.forget.y, retain=split.retain,
+                      input_shape=(1, 8, 8), noise_samples=8, noise_steps=2, noise_lr=0.1, noise_l2=0.1,
+                      retain_fraction=0.1, impair_epochs=1, impair_lr=1e-3, repair_epochs=1, repair_lr=1e-3,
+                      optimizer="adam", batch_size=64, context=ctx, history=rt.History())
+    labels = seen[0]
+    counts = {c: int((split.forget.y == c).sum()) for c in (2, 5)}
+    noise_part = labels[: sum(counts.values())]
+    assert {int(c) for c in noise_part.unique()} == {2, 5}  # never all 0
+    assert int((noise_part == 2).sum()) == counts[2] and int((noise_part == 5).sum()) == counts[5]
+
+
+# ------------------------------------------------------------------------------------------------ nitc
+def test_nitc_class_forgetting_drops_forget_accuracy_and_keeps_retain(digits, original):
+    split = resolve_forget(digits, "classes:3")
+    result = run_method("nitc", original, forget=split.forget, retain=split.retain, device="cpu", forget_kind="class",
+                        forget_classes=split.forget_classes, seed=0)
+    assert _accuracy(original, split.forget) > 0.9
+    assert _accuracy(result.model, split.forget) < 0.1
+    assert _accuracy(result.model, split.retain) > _accuracy(original, split.retain) - 0.03
+    stages = [r["stage"] for r in result.history.records]
+    assert stages[:3] == ["teacher_noise", "teacher_impair", "teacher_repair"]
+    assert [s for s in stages if s.startswith("distill")] == ["distill_stage0", "distill_stage1", "distill_stage2"]
+
+
+def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, original):
+    rng = np.random.default_rng(0)
+    mask = np.zeros(len(digits.train), dtype=bool)
+    mask[rng.permutation(len(mask))[: len(mask) // 10]] = True
+    forget, retain = digits.train.subset(mask), digits.train.subset(~mask)
+    result = run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0)
+    test_acc = _accuracy(result.model, digits.test)
+    forget_acc = _accuracy(result.model, forget)
+    assert forget_acc > 0.85  # not pushed to random predictions (10%)
+    assert abs(forget_acc - test_acc) < 0.06
+    assert _accuracy(result.model, retain) > _accuracy(original, retain) - 0.03
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"lr": -1.0},
+        {"num_stages": 0},
+        {"num_stages": 1.5},
+        {"retain_fraction": 1.5},
+        {"difficulty": "entropy"},
+        {"forget_order": "random"},
+        {"teacher_optimizer": "lbfgs"},
+        {"noise_l2": -0.1},
+        {"no_such_key": 1},
+    ],
+)
+def test_nitc_bad_config_raises(overrides):
+    with pytest.raises(ValueError):
+        build_config("nitc", overrides)
+
+
+@pytest.mark.parametrize("name,overrides", [("unsir", {"impair_lr": 0}), ("bad_teacher", {"retain_fraction": 0.0}),
+                                            ("bad_teacher", {"temperature": -1})])
+def test_component_bad_config_raises(name, overrides):
+    with pytest.raises(ValueError):
+        build_config(name, overrides)
+
+
+def test_nitc_nan_loss_raises_diverged(digits, original):
+    split = resolve_forget(digits, "classes:3")
+    broken = randomly_initialised_copy(original, seed=0)
+    with torch.no_grad():
+        broken.head[-1].weight.fill_(float("nan"))
+    with pytest.raises(rt.UnlearningDivergedError):
+        run_method("nitc", broken, forget=split.forget, retain=split.retain, device="cpu", forget_kind="class",
+                   forget_classes=split.forget_classes)

@@ -169,7 +169,7 @@ class _Launch:
         from mlflow.entities import RunStatus
 
         ledger.advance(self.store, self.name, self.version, self.request_id, expect=expect, to="failed",
-                       tags={ledger.ERROR_TAG: reason, ledger.LEASE_TAG: None})
+                       tags={ledger.ERROR_TAG: reason, ledger.LEASE_TAG: None, ledger.JOB_TAG: None})
         if run_id:
             self.client.set_tag(run_id, ledger.STATUS_TAG, "failed")
             self.client.set_tag(run_id, ledger.ERROR_TAG, reason[: ledger.MAX_ERROR_CHARS])
@@ -307,7 +307,8 @@ class _Launch:
         finished = run.info.status == "FINISHED"
         if (exited_ok is None or exited_ok) and finished and result:
             if ledger.advance(self.store, self.name, self.version, self.request_id, expect=("running",),
-                              to="succeeded", tags={ledger.RESULT_TAG: result, ledger.LEASE_TAG: None}):
+                              to="succeeded",
+                              tags={ledger.RESULT_TAG: result, ledger.LEASE_TAG: None, ledger.JOB_TAG: None}):
                 self.client.set_tag(run_id, ledger.STATUS_TAG, "succeeded")
             return
         if finished:

@@ -1,0 +1,409 @@
+"""End-to-end tests of the registry plugin through a real ``mlflow server`` subprocess on 127.0.0.1.
+
+One server (``--registry-store-uri unlearn+sqlite:///...``, loaded through the plugin's entry point) is shared by
+the module. One small model is trained once and registered as several versions, so that each scenario has its own
+parent version: the REST ``Unlearn`` transition, concurrent tag requests, bad requests, the stock UI in headless
+Chromium, and a server restart while jobs run. Jobs use ``method=finetune`` for one epoch with a permissive gate
+(``config=`` YAML under the allowed root), so they stay small.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.slow
+
+MODEL = "digits-plugin"
+LINEAGE_KEYS = {"mlflow_unlearn.parent", "mlflow_unlearn.method", "mlflow_unlearn.forget_digest",
+                "mlflow_unlearn.forget_count", "mlflow_unlearn.run_id", "mlflow_unlearn.verdict"}
+JOB_TIMEOUT_S = 240
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "unlearn_ui.png"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``mlflow server`` with the plugin registry in a temporary directory, started and stopped by PID."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port, self.proc = root, _free_port(), None
+        self.allowed = root / "allowed"
+        self.allowed.mkdir(parents=True, exist_ok=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
+        env.update(MLFLOW_UNLEARN_ALLOWED_ROOTS=str(self.allowed), MLFLOW_UNLEARN_LOG_DIR=str(self.root / "logs"),
+                   MLFLOW_UNLEARN_DEVICE="cpu")
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--backend-store-uri", f"sqlite:///{self.root}/tracking.db",
+               "--registry-store-uri", f"unlearn+sqlite:///{self.root}/registry.db",
+               "--default-artifact-root", str(self.root / "artifacts"), "--no-serve-artifacts", "--workers", "1"]
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 (kept open for the subprocess)
+        self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).ok:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        pytest.fail(f"mlflow server did not become healthy in 120 s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def log_tail(self) -> str:
+        return (self.root / "server.log").read_text(errors="replace")[-4000:]
+
+
+def _kill_if_ours(pid: int, marker: str) -> None:
+    from mlflow_unlearn_plugins.ledger import process_alive
+
+    if process_alive(pid, marker):
+        os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("plugin-server"))
+    (srv.allowed / "fast.yaml").write_text(
+        "epochs: 1\ngate: {forget_tolerance: 100, max_retain_drop: 100, max_test_drop: 100}\n")
+    srv.start()
+    yield srv
+    # Launchers and jobs run in their own sessions (they outlive a server restart); end the ones still running.
+    from mlflow_unlearn_plugins import ledger
+
+    leftovers = []
+    if srv.proc is not None and srv.proc.poll() is None:
+        for version in _client(srv).search_model_versions(f"name='{MODEL}'"):
+            for key, marker in ((ledger.LEASE_TAG, "mlflow_unlearn_plugins.launcher"), (ledger.JOB_TAG, "--run-id")):
+                pid = version.tags.get(key, "").split("|")[1:2]
+                if pid and pid[0].isdigit():
+                    leftovers.append((int(pid[0]), marker))
+    srv.stop()
+    for pid, marker in leftovers:
+        _kill_if_ours(pid, marker)
+
+
+def _client(srv: Server):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=srv.url, registry_uri=srv.url)
+
+
+@pytest.fixture(scope="module")
+def parent(server):
+    """A smallcnn trained on digits through the server (with its data lineage), registered as version 1."""
+    from mlflow_unlearn.tracking import train_model
+
+    out = train_model("digits", arch="smallcnn", registered_model_name=MODEL, config={"epochs": 2}, onnx=False,
+                      device="cpu", tracking_uri=server.url, registry_uri=server.url)
+    return out.version
+
+
+def _new_version(server: Server, parent, tags: dict[str, str] | None = None) -> str:
+    """Another version of the same logged model (tags given at creation do not trigger anything)."""
+    return _client(server).create_model_version(MODEL, parent.source, parent.run_id, tags=tags).version
+
+
+def _request(server: Server, extra: str = "") -> str:
+    return f"forget=classes:3; method=finetune; config={server.allowed}/fast.yaml{extra}"
+
+
+def _set_tag(server: Server, version: str, value: str) -> requests.Response:
+    return requests.post(f"{server.url}/api/2.0/mlflow/model-versions/set-tag",
+                         json={"name": MODEL, "version": version, "key": "mlflow_unlearn.request", "value": value},
+                         timeout=30)
+
+
+def _wait_done(server: Server, version: str, timeout: float = JOB_TIMEOUT_S) -> dict[str, str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        tags = _client(server).get_model_version(MODEL, version).tags
+        if tags.get("mlflow_unlearn.status") in ("succeeded", "failed"):
+            return tags
+        time.sleep(0.5)
+    pytest.fail(f"request on {MODEL}/{version} not finished after {timeout} s: {tags}\n{server.log_tail()}")
+
+
+def _children(server: Server, version: str) -> list:
+    return [mv for mv in _client(server).search_model_versions(f"name='{MODEL}'")
+            if mv.tags.get("mlflow_unlearn.parent") == f"{MODEL}/{version}"]
+
+
+def _assert_succeeded_with_lineage(server: Server, version: str, tags: dict[str, str]) -> None:
+    assert tags["mlflow_unlearn.status"] == "succeeded", tags.get("mlflow_unlearn.error")
+    children = _children(server, version)
+    assert len(children) == 1, "one request must produce exactly one version"
+    child = children[0]
+    assert tags["mlflow_unlearn.result_version"] == f"{MODEL}/{child.version}"
+    assert LINEAGE_KEYS <= set(child.tags)
+    assert child.tags["mlflow_unlearn.method"] == "finetune"
+    assert child.tags["mlflow_unlearn.run_id"] == tags["mlflow_unlearn.request_run_id"]
+    assert int(child.tags["mlflow_unlearn.forget_count"]) > 0
+    assert len(child.tags["mlflow_unlearn.forget_digest"]) == 64
+    request_run = _client(server).get_run(tags["mlflow_unlearn.request_run_id"])
+    assert request_run.info.status == "FINISHED"
+    assert _client(server).get_experiment(request_run.info.experiment_id).name == "unlearn-requests"
+
+
+@pytest.fixture(scope="module")
+def transition_job(server, parent):
+    """A version created with its request tag, then moved to "Unlearn" through the REST transition-stage call."""
+    version = _new_version(server, parent, tags={"mlflow_unlearn.request": _request(server)})
+    start = time.time()
+    response = requests.post(f"{server.url}/api/2.0/mlflow/model-versions/transition-stage",
+                             json={"name": MODEL, "version": version, "stage": "Unlearn",
+                                   "archive_existing_versions": False}, timeout=30)
+    return version, start, response
+
+
+@pytest.fixture(scope="module")
+def concurrent_job(server, parent):
+    """Eight clients set request tags on one version at the same moment: two send the same value."""
+    version = _new_version(server, parent)
+    values = [_request(server), _request(server)] + [_request(server).replace("classes:3", f"classes:{c}")
+                                                     for c in (0, 1, 2, 4, 5, 6)]
+    barrier = threading.Barrier(len(values))
+    responses: dict[int, requests.Response] = {}
+
+    def send(i: int) -> None:
+        barrier.wait()
+        responses[i] = _set_tag(server, version, values[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(values))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return version, values, responses
+
+
+def test_plugin_is_loaded_through_its_entry_point(server, parent, transition_job, concurrent_job, bad_requests):
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="mlflow.model_registry_store") if e.name == "unlearn+sqlite"]
+    assert ep.value == "mlflow_unlearn_plugins.registry_store:UnlearnRegistryStore"
+    # The server's registry is the plugin: "Unlearn" is understood, other stages behave as in MLflow.
+    url = f"{server.url}/api/2.0/mlflow/model-versions/transition-stage"
+    bogus = requests.post(url, json={"name": MODEL, "version": parent.version, "stage": "Forgotten",
+                                     "archive_existing_versions": False}, timeout=30)
+    assert bogus.status_code == 400 and "Invalid Model Version stage" in bogus.json()["message"]
+    missing_tag = requests.post(url, json={"name": MODEL, "version": parent.version, "stage": "Unlearn",
+                                           "archive_existing_versions": False}, timeout=30)
+    assert missing_tag.status_code == 400 and "no 'mlflow_unlearn.request' tag" in missing_tag.json()["message"]
+
+
+def test_project_is_found_from_the_installed_package():
+    """The launcher runs the project that ships inside the package, whatever the working directory."""
+    code = "from mlflow_unlearn.tracking import project_dir; import mlflow_unlearn, pathlib; " \
+           "d = project_dir(); print(d); print(pathlib.Path(mlflow_unlearn.__file__).parent)"
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True)
+    project, package = (Path(line) for line in out.stdout.split())
+    assert project.parent == package and (project / "MLproject").is_file()
+    from mlflow.projects.utils import load_project
+
+    assert "unlearn" in load_project(str(project))._entry_points
+
+
+def _chromium_or_skip() -> None:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{CHROMIUM} is missing; .ci/run installs Debian's chromium package")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the UI test needs a real browser")
+
+
+def test_request_from_the_stock_ui_creates_a_new_version(server, parent):
+    _chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    version = _new_version(server, parent)
+    value = _request(server)
+    page_url = f"{server.url}/#/models/{MODEL}/versions/{version}"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(page_url)
+            section = page.get_by_role("button", name="Tags", exact=True)
+            section.wait_for(timeout=60_000)
+            if section.get_attribute("aria-expanded") == "false":  # the UI folds an empty Tags table
+                section.click()
+            add = page.get_by_test_id("add-tag-button")
+            add.wait_for(timeout=30_000)
+            page.get_by_placeholder("Name", exact=True).fill("mlflow_unlearn.request")
+            page.get_by_placeholder("Value", exact=True).fill(value)
+            start = time.time()
+            add.click()
+            page.get_by_text("mlflow_unlearn.status").first.wait_for(timeout=30_000)
+            tags = _wait_done(server, version)
+            elapsed = time.time() - start
+            _assert_succeeded_with_lineage(server, version, tags)
+            new_version = tags["mlflow_unlearn.result_version"].split("/")[1]
+            page.reload()
+            page.get_by_text("succeeded").first.wait_for(timeout=60_000)
+            for close in page.get_by_label("Close").all():  # the assistant side panel hides the tags
+                if close.is_visible():
+                    close.click()
+            page.get_by_text("mlflow_unlearn.status").first.scroll_into_view_if_needed()
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            page.goto(f"{server.url}/#/models/{MODEL}")
+            page.get_by_text(f"Version {new_version}").first.wait_for(timeout=60_000)
+        finally:
+            browser.close()
+    print(f"\nUI tag -> new version {new_version}: {elapsed:.1f} s")
+
+
+def test_rest_transition_to_unlearn_registers_a_new_version(server, transition_job):
+    version, start, response = transition_job
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"]["current_stage"] == "None"  # the stage column is left unchanged
+    tags = _wait_done(server, version)
+    elapsed = time.time() - start
+    _assert_succeeded_with_lineage(server, version, tags)
+    assert _client(server).get_model_version(MODEL, version).current_stage == "None"
+    print(f"\nREST transition -> new version: {elapsed:.1f} s")
+
+
+def test_concurrent_tag_requests_run_once(server, concurrent_job):
+    version, values, responses = concurrent_job
+    accepted = [i for i, r in responses.items() if r.status_code == 200]
+    refused = [r for r in responses.values() if r.status_code == 409]
+    assert len(accepted) + len(refused) == len(values)
+    assert all("already has an unlearning request" in r.json()["message"] for r in refused)
+    # one request won; the identical duplicate of the winner (if any) was accepted as a no-op
+    assert len({values[i] for i in accepted}) == 1 and len(accepted) <= 2
+    tags = _client(server).get_model_version(MODEL, version).tags
+    assert tags["mlflow_unlearn.request"] in {values[i] for i in accepted}
+    _assert_succeeded_with_lineage(server, version, _wait_done(server, version))
+
+
+BAD_REQUESTS = {
+    "malformed value": ("forget classes:3 method nitc", "malformed request part"),
+    "unknown method": ("forget=classes:3; method=mystery", "unknown method 'mystery'"),
+    "module path": ("forget=classes:3; method=os.system", "module paths are not allowed"),
+    "disallowed path": ("forget=ids:/etc/hostname", "outside the allowed roots"),
+    "traversal": ("forget=ids:{allowed}/../registry.db", "path traversal is not allowed"),
+    "URL": ("forget=classes:3; data=https://example.com/data.npz", "is a URL"),
+    "unknown classes": ("forget=classes:42; method=finetune", "forget classes [42] do not occur"),
+    "oversized value": ("forget=classes:" + ",".join(["1"] * 600), "the limit is 1000"),
+    "non-PyTorch version": ("forget=classes:3; method=finetune", "is not a PyTorch model"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_requests(server, parent):
+    """Submit every bad request at once, each on its own version (waiting happens in the tests)."""
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    versions = {}
+    for case, (value, _) in BAD_REQUESTS.items():
+        if case == "non-PyTorch version":
+            mlflow.set_tracking_uri(server.url)
+            mlflow.set_registry_uri(server.url)
+            try:
+                with mlflow.start_run():
+                    info = mlflow.sklearn.log_model(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), name="lr",
+                                                    pip_requirements=["scikit-learn"], registered_model_name=MODEL)
+            finally:
+                mlflow.set_tracking_uri(None)
+                mlflow.set_registry_uri(None)
+            versions[case] = str(info.registered_model_version)
+        else:
+            versions[case] = _new_version(server, parent)
+        response = _set_tag(server, versions[case], value.format(allowed=server.allowed))
+        assert response.status_code == 200, response.text  # the tag is accepted; the request is marked failed
+    return versions
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_ui_request_fails_with_a_reason_and_registers_nothing(server, bad_requests, case):
+    version = bad_requests[case]
+    tags = _wait_done(server, version, timeout=120)
+    assert tags["mlflow_unlearn.status"] == "failed"
+    assert BAD_REQUESTS[case][1] in tags["mlflow_unlearn.error"]
+    assert "mlflow_unlearn.result_version" not in tags
+    assert _children(server, version) == []
+    if case == "oversized value":
+        assert "mlflow_unlearn.request" not in tags  # an oversized value is not stored
+    if "mlflow_unlearn.request_run_id" in tags:  # refused in the launcher: the request run records the refusal
+        run = _client(server).get_run(tags["mlflow_unlearn.request_run_id"])
+        assert run.info.status == "FAILED" and run.data.tags["mlflow_unlearn.status"] == "failed"
+
+
+def test_request_on_a_missing_version_is_rejected(server, parent):
+    before = len(_client(server).search_model_versions(f"name='{MODEL}'"))
+    response = _set_tag(server, "999", "forget=classes:3; method=finetune")
+    assert response.status_code == 404 and "not found" in response.json()["message"].lower()
+    transition = requests.post(f"{server.url}/api/2.0/mlflow/model-versions/transition-stage",
+                               json={"name": MODEL, "version": "999", "stage": "Unlearn",
+                                     "archive_existing_versions": False}, timeout=30)
+    assert transition.status_code == 404
+    assert len(_client(server).search_model_versions(f"name='{MODEL}'")) == before
+
+
+def test_server_restart_resumes_or_fails_requests_with_a_reason(server, parent):
+    """Stop the server while two jobs run; one job is also killed (as if its host rebooted). After the restart the
+    surviving request ends succeeded and the killed one failed with a reason; neither is left queued/running."""
+    from mlflow_unlearn_plugins import ledger
+
+    survivor, victim = _new_version(server, parent), _new_version(server, parent)
+    for version in (survivor, victim):
+        assert _set_tag(server, version, _request(server)).status_code == 200
+    deadline = time.time() + JOB_TIMEOUT_S
+    while time.time() < deadline:
+        states = [_client(server).get_model_version(MODEL, v).tags for v in (survivor, victim)]
+        if all(s.get("mlflow_unlearn.status") == "running" and ledger.JOB_TAG in s for s in states):
+            break
+        assert not any(s.get("mlflow_unlearn.status") in ("succeeded", "failed") for s in states), states
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the two requests did not start running: {states}")
+    victim_tags = states[1]
+    server.stop()
+    launcher_pid = int(victim_tags[ledger.LEASE_TAG].split("|")[1])
+    job_pid = int(victim_tags[ledger.JOB_TAG].split("|")[1])
+    _kill_if_ours(launcher_pid, "mlflow_unlearn_plugins.launcher")
+    _kill_if_ours(job_pid, victim_tags["mlflow_unlearn.request_run_id"])
+    server.start()
+    survivor_tags = _wait_done(server, survivor)
+    _assert_succeeded_with_lineage(server, survivor, survivor_tags)
+    victim_tags = _wait_done(server, victim)
+    assert victim_tags["mlflow_unlearn.status"] == "failed"
+    assert "stopped without recording a result" in victim_tags["mlflow_unlearn.error"]
+    assert _children(server, victim) == []
+    run = _client(server).get_run(victim_tags["mlflow_unlearn.request_run_id"])
+    assert run.info.status == "FAILED"

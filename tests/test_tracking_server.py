@@ -54,7 +54,7 @@ def server(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -77,8 +77,3 @@ def test_unlearn_through_a_tracking_server(server, tmp_path):
     assert 0 <= client.get_run(outcome.run_id).data.metrics["onnx.max_abs_diff"] <= 1e-4
     report = client.download_artifacts(outcome.run_id, "report/unlearning_report.md", str(tmp_path))
     assert "Verdict: PASSED" in open(report).read()
-    # Chaining works through the server's artifact proxy as well.
-    again = unlearn("models:/served/2", forget="classes:4", method="finetune", config={"epochs": 2, "lr": 0.1},
-                    gate={"max_test_drop": 100, "forget_tolerance": 100}, onnx=False, device="cpu",
-                    tracking_uri=server)
-    assert client.get_model_version("served", str(again.version.version)).tags[lin.PARENT_TAG] == "served/2"

@@ -100,16 +100,17 @@ def train(data, arch, registered_model_name, epochs, test_fraction, seed, device
 @args.DEVICE
 @args.SEED
 @args.ONNX
+@args.RETAIN_EVAL_SIZE
 @args.EXPERIMENT
 @args.OUTPUT_JSON
-def unlearn(model_uri, forget, method, data, config, reference, register, force, device, seed, onnx, experiment,
-            as_json) -> None:
+def unlearn(model_uri, forget, method, data, config, reference, register, force, device, seed, onnx,
+            retain_eval_size, experiment, as_json) -> None:
     """Make MODEL_URI (models:/<name>/<version> or models:/<name>@<alias>) forget a set; register the result."""
     from mlflow_unlearn.tracking.api import unlearn as run_unlearn
 
     outcome = run_unlearn(model_uri, forget=forget, method=method, data=data or None, config=config or None,
                           reference=reference, register=register, force=force, device=device, seed=seed, onnx=onnx,
-                          run_id=_run_id(), experiment=experiment)
+                          retain_eval_size=retain_eval_size or None, run_id=_run_id(), experiment=experiment)
     _report_outcome(outcome, as_json=as_json, register=register)
 
 

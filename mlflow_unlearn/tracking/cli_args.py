@@ -55,3 +55,7 @@ EPOCHS = click.option("--epochs", default=None, type=click.IntRange(min=1), help
 TEST_FRACTION = click.option("--test-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1,
                              min_open=True, max_open=True), help="Held-out fraction of the data.")
 OUTPUT_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+RETAIN_EVAL_SIZE = click.option(
+    "--retain-eval-size", default=1000, show_default=True, type=click.IntRange(min=0),
+    help="Evaluate retain metrics on a seeded subset of this many retain samples (0: all of them).",
+)

@@ -96,7 +96,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"| Method | `{report['method']}` |",
         f"| Forget set | {forget['count']} samples, kind `{forget['kind']}`, SHA-256 `{forget['digest']}` |",
         f"| Data | `{report['data']['source']}` (split seed {report['data']['seed']}, "
-        f"test fraction {report['data']['test_fraction']}) |",
+        f"test fraction {report['data']['test_fraction']}); retain metrics on {report['data']['retain_evaluated']} "
+        f"of {report['data']['retain_count']} retain samples (seeded subset) |",
         f"| Reference | `{report['reference']}` |",
         f"| Run | `{report['run_id']}` |",
         f"| Started / finished (UTC) | {report['started_at']} / {report['finished_at']} |",

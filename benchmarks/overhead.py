@@ -1,0 +1,161 @@
+"""Overhead of ``mlflow run . -e unlearn`` on the demo task: everything except the unlearning algorithm.
+
+Setup (not timed): a fresh SQLite tracking store in a temporary folder and ``smallcnn`` trained on
+``mnist5k`` and registered as version 1, as the ``main`` entry point does. Then, ``--repeats`` times, a
+different class is unlearned from version 1 by
+
+    mlflow run <repo> -e unlearn --env-manager local -P model_uri=models:/<name>/1 -P forget=classes:<c>
+
+(a different class each time, so that idempotency never short-cuts a repeat). For each repeat:
+
+* ``wall_s``: wall-clock time of the whole ``mlflow run`` command;
+* ``algorithm_s``: the method's own time (``unlearn.wall_time_s``, timed inside ``run_method``);
+* ``overhead_s = wall_s - algorithm_s``: CLI and interpreter start-up, imports, run creation, registry
+  look-up, model download, data loading, forget-set resolution, evaluation of the original and the
+  unlearned model (accuracies, MIAs, ZRF), the gate, the report and plots, logging the trainable model and
+  the checked ONNX copy, registration;
+
+and, from the run's ``time.*`` metrics, the in-process parts. ``mlflow_run_floor_s`` times ``mlflow run``
+of a project whose command is ``python -c pass``: the part of the overhead that belongs to ``mlflow run``
+itself. Results go to ``OVERHEAD.md`` (and ``overhead.json``) next to this file unless ``--out-dir`` is given.
+
+Example::
+
+    python benchmarks/overhead.py --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_S = 5.0
+
+
+def _mlflow_run(args: list[str], env: dict[str, str], cwd: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"mlflow run {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="mnist5k")
+    parser.add_argument("--arch", default="smallcnn")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs of version 1 (setup)")
+    parser.add_argument("--method", default="nitc")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent)
+    args = parser.parse_args(argv)
+
+    from mlflow import MlflowClient
+
+    from mlflow_unlearn.tracking.api import train_model
+
+    work = Path(tempfile.mkdtemp(prefix="mlflow-unlearn-overhead-"))
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("overhead", artifact_location=str(work / "artifacts"))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_UNLEARN_QUIET": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    name = f"{args.data}-{args.arch}"
+    print(f"setup: training {args.arch} on {args.data} ({args.epochs} epochs) in {work}", file=sys.stderr)
+    train_model(args.data, arch=args.arch, registered_model_name=name, config={"epochs": args.epochs},
+                tracking_uri=uri, experiment=experiment)
+
+    floor_project = work / "floor"
+    floor_project.mkdir()
+    (floor_project / "MLproject").write_text("name: floor\nentry_points:\n  main:\n    command: python -c pass\n")
+    floors = [_mlflow_run([str(floor_project), "--env-manager", "local", "--experiment-id", experiment], env, work)
+              for _ in range(args.repeats)]
+
+    rows = []
+    for i in range(args.repeats):
+        forget = f"classes:{(3 + 2 * i) % 10}"
+        wall = _mlflow_run([str(REPO), "-e", "unlearn", "--env-manager", "local", "--experiment-id", experiment,
+                            "-P", f"model_uri=models:/{name}/1", "-P", f"forget={forget}",
+                            "-P", f"method={args.method}"], env, work)
+        run = client.search_runs([experiment], filter_string="tags.`mlflow.project.entryPoint` = 'unlearn'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)[0]
+        metrics = run.data.metrics
+        algorithm = metrics["unlearn.wall_time_s"]
+        rows.append({
+            "forget": forget, "wall_s": wall, "algorithm_s": algorithm, "overhead_s": wall - algorithm,
+            "in_process_total_s": metrics["time.total_s"], "prepare_s": metrics["time.prepare_s"],
+            "evaluate_s": metrics["time.evaluate_s"], "log_models_s": metrics.get("time.log_models_s", 0.0),
+            "report_s": metrics["time.report_s"],
+            "verdict": run.data.tags.get("mlflow_unlearn.verdict"),
+            "onnx_max_abs_diff": metrics.get("onnx.max_abs_diff"),
+        })
+        print(json.dumps(rows[-1]), file=sys.stderr)
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    floor = statistics.median(floors)
+    in_process_rest = med("in_process_total_s") - med("algorithm_s") - med("prepare_s") - med("evaluate_s") \
+        - med("log_models_s") - med("report_s")
+    startup = med("wall_s") - med("in_process_total_s") - floor
+    summary = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+                   f"{os.getloadavg()[0]:.1f} at the end",
+        "task": f"{args.arch} on {args.data}, method {args.method}, forget one class",
+        "repeats": rows, "mlflow_run_floor_s": floors,
+        "median_overhead_s": med("overhead_s"), "target_s": TARGET_S,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "overhead.json").write_text(json.dumps(summary, indent=2))
+    lines = [
+        "# Overhead of `mlflow run . -e unlearn`",
+        "",
+        f"Measured {summary['date']} by `benchmarks/overhead.py` on {summary['machine']}. Task: "
+        f"{summary['task']}; version 1 trained for {args.epochs} epochs. Overhead = wall time of the whole "
+        "`mlflow run` command minus the method's own time.",
+        "",
+        "| forget | wall (s) | algorithm (s) | **overhead (s)** | evaluate (s) | log models + ONNX (s) | verdict | "
+        "ONNX max abs diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| `{r['forget']}` | {r['wall_s']:.2f} | {r['algorithm_s']:.2f} | **{r['overhead_s']:.2f}** | "
+              f"{r['evaluate_s']:.2f} | {r['log_models_s']:.2f} | {r['verdict']} | "
+              f"{r['onnx_max_abs_diff'] if r['onnx_max_abs_diff'] is not None else 'n/a'} |" for r in rows]
+    lines += [
+        "",
+        f"Median overhead: **{med('overhead_s'):.2f} s** (target <= {TARGET_S:g} s: "
+        f"{'met' if med('overhead_s') <= TARGET_S else 'NOT met'}).",
+        "",
+        "Where the median overhead goes:",
+        "",
+        "| part | seconds |",
+        "|---|---|",
+        f"| `mlflow run` itself (a project running `python -c pass`) | {floor:.2f} |",
+        f"| interpreter start-up and imports of the job | {startup:.2f} |",
+        f"| registry look-up, model download, data, forget set | {med('prepare_s'):.2f} |",
+        f"| evaluation (original + unlearned: accuracies, MIAs, ZRF) and gate | {med('evaluate_s'):.2f} |",
+        f"| logging the trainable model and the checked ONNX copy | {med('log_models_s'):.2f} |",
+        f"| audit report: loss histograms, JSON/Markdown, plots, upload | {med('report_s'):.2f} |",
+        f"| params, dataset inputs, registration, run tags | {in_process_rest:.2f} |",
+        "",
+    ]
+    (args.out_dir / "OVERHEAD.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

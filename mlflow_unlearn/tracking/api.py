@@ -331,13 +331,17 @@ def _retrain_config(recipe: Mapping[str, str]) -> Any:
     return build_config("retrain", overrides)
 
 
-def _incompetent(model: nn.Module, seed: int) -> nn.Module:
-    """A randomly re-initialised copy of ``model`` (for ZRF)."""
+def _incompetent(model: nn.Module, seed: int) -> nn.Module | None:
+    """A randomly re-initialised copy of ``model`` for ZRF, or None when a module cannot be re-initialised."""
     import copy
 
     from mlflow_unlearn.methods.retrain import reinitialize
 
-    return reinitialize(copy.deepcopy(model), seed=seed + 1).eval()
+    try:
+        return reinitialize(copy.deepcopy(model), seed=seed + 1).eval()
+    except ValueError:
+        _logger.info("ZRF skipped: %s cannot be re-initialised", type(model).__name__)
+        return None
 
 
 def _evaluation_split(split: ForgetSplit, retain_eval_size: int | None, seed: int) -> ForgetSplit:
@@ -539,7 +543,8 @@ def unlearn(
         register: register the result (when the gate passes).
         force: register even when the gate fails (the version is tagged ``verdict=failed``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        gate: gate thresholds (see :class:`~mlflow_unlearn.tracking.gate.GateConfig`); override the config's.
+        gate: gate thresholds (see :class:`~mlflow_unlearn.tracking.gate.GateConfig`): a mapping overrides the
+            config YAML's ``gate:`` keys one by one, a ``GateConfig`` replaces them.
         seed: seed of the method (and of the reference).
         onnx: log an ONNX copy of the new version.
         retain_eval_size: evaluate retain metrics on a seeded subset of at most this many retain samples
@@ -590,8 +595,10 @@ def unlearn(
         cfg = build_config(method, method_config)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    gate_cfg = gating.build_gate_config({**(gate_overrides or {}), **(
-        gating.build_gate_config(gate).to_dict() if gate is not None else {})})
+    if isinstance(gate, GateConfig):
+        gate_cfg = gate
+    else:
+        gate_cfg = gating.build_gate_config({**(gate_overrides or {}), **dict(gate or {})})
     dev = rt.resolve_device(device)
     client = _client(tracking_uri, registry_uri)
     parent = lin.resolve_model_version(client, model_uri)

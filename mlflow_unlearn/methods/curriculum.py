@@ -43,7 +43,7 @@ def difficulty_scores(logits: torch.Tensor, labels: torch.Tensor, *, criterion: 
     >>> logits = torch.tensor([[4.0, 0.0], [0.0, 0.0], [0.0, 3.0]])
     >>> difficulty_scores(logits, torch.tensor([0, 0, 0])).argsort().tolist()
     [0, 1, 2]
-    >>> difficulty_scores(logits, torch.tensor([0, 0, 0]), criterion="confidence").round(decimals=2).tolist()
+    >>> [round(v, 2) for v in difficulty_scores(logits, torch.tensor([0, 0, 0]), criterion="confidence").tolist()]
     [0.02, 0.5, 0.95]
     """
     if criterion not in DIFFICULTY_CRITERIA:
@@ -69,7 +69,7 @@ def memorization_proxy(original_logits: torch.Tensor, reference_logits: torch.Te
 
     >>> orig = torch.tensor([[5.0, 0.0], [5.0, 0.0]])
     >>> ref = torch.tensor([[5.0, 0.0], [0.0, 0.0]])
-    >>> memorization_proxy(orig, ref, torch.tensor([0, 0])).round(decimals=2).tolist()
+    >>> [round(v, 2) for v in memorization_proxy(orig, ref, torch.tensor([0, 0])).tolist()]
     [0.0, 0.49]
     """
     labels = labels.to(original_logits.device).long()[:, None]

@@ -97,10 +97,10 @@ class NitcConfig:
     noise_lr: float = 0.1
     noise_l2: float = 0.1
     teacher_retain_fraction: float = 0.3
-    impair_lr: float = 0.02
-    repair_lr: float = 0.01
+    impair_lr: float = 0.005
+    repair_lr: float = 0.0025
     teacher_optimizer: str = "adam"
-    sample_impair_scale: float = 0.02
+    sample_impair_scale: float = 0.1
     retain_fraction: float = 0.3
     temperature: float = 1.0
     lr: float = 5e-4

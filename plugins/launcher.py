@@ -43,6 +43,8 @@ LOG_DIR_ENV = "MLFLOW_UNLEARN_LOG_DIR"
 BACKENDS = ("local", "kubernetes")
 #: Present in every launcher's command line; recovery uses it to recognise a live launcher by its PID.
 LAUNCHER_MARKER = "mlflow_unlearn_plugins.launcher"
+#: Tag of the request run naming the job's own run when the backend created one (Kubernetes).
+JOB_RUN_TAG = "mlflow_unlearn.job_run_id"
 POLL_S = 1.0
 HEARTBEAT_S = 10.0
 _SERVER_BACKEND_URI_ENV = "_MLFLOW_SERVER_FILE_STORE"  # set by `mlflow server` for its workers
@@ -282,7 +284,7 @@ class _Launch:
             uri=uri, entry_point="unlearn", parameters=request.project_parameters(model_uri,
                                                                                   device=self.settings.device),
             backend=self.settings.backend, backend_config=backend_config, env_manager="local", synchronous=False,
-            run_id=run_id,
+            run_id=run_id, experiment_id=self.client.get_run(run_id).info.experiment_id,
         )
 
     def _job_error(self, request: UnlearnRequest | None, run_id: str) -> str:
@@ -299,10 +301,12 @@ class _Launch:
                 return f"{match.group(0)[:500]} (run {run_id})"
         return generic
 
-    def _finalize(self, request: UnlearnRequest | None, run_id: str, exited_ok: bool | None) -> None:
+    def _finalize(self, request: UnlearnRequest | None, run_id: str, exited_ok: bool | None,
+                  job_run_id: str | None = None) -> None:
+        """Set the final status from the job's run (the request run itself, except on Kubernetes)."""
         from mlflow.entities import RunStatus
 
-        run = self.client.get_run(run_id)
+        run = self.client.get_run(job_run_id or run_id)
         result = run.data.tags.get(ledger.RESULT_TAG)
         finished = run.info.status == "FINISHED"
         if (exited_ok is None or exited_ok) and finished and result:
@@ -310,6 +314,9 @@ class _Launch:
                               to="succeeded",
                               tags={ledger.RESULT_TAG: result, ledger.LEASE_TAG: None, ledger.JOB_TAG: None}):
                 self.client.set_tag(run_id, ledger.STATUS_TAG, "succeeded")
+                if job_run_id and job_run_id != run_id:
+                    self.client.set_tag(run_id, ledger.RESULT_TAG, result)
+                    self.client.set_terminated(run_id, "FINISHED")
             return
         if finished:
             verdict = run.data.tags.get("mlflow_unlearn.verdict", "unknown")
@@ -333,12 +340,13 @@ class _Launch:
             self._fail(None, "the launcher stopped before the job started; set the request tag again to retry",
                        expect=("running",))
             return
-        while not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status)):
-            if not _job_alive(state.job, run_id):
+        job_run_id = self.client.get_run(run_id).data.tags.get(JOB_RUN_TAG, run_id)
+        while not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(job_run_id).info.status)):
+            if not _job_alive(state.job, job_run_id):
                 break
             self._beat()
             time.sleep(POLL_S)
-        self._finalize(request, run_id, None)
+        self._finalize(request, run_id, None, job_run_id)
 
     def run(self) -> int:
         if not ledger.claim_lease(self.store, self.name, self.version, self.request_id, LAUNCHER_MARKER):
@@ -372,13 +380,16 @@ class _Launch:
             self._fail(run_id, f"the job could not be launched: {type(exc).__name__}: {str(exc)[:300]}",
                        expect=("running",))
             return 1
+        job_run_id = submitted.run_id
+        if job_run_id != run_id:  # the Kubernetes backend always creates its own run
+            self.client.set_tag(run_id, JOB_RUN_TAG, job_run_id)
         job = getattr(submitted, "command_proc", None)
-        job_tag = f"{os.uname().nodename}|{job.pid}" if job is not None else f"{self.settings.backend}|{run_id}"
+        job_tag = f"{os.uname().nodename}|{job.pid}" if job is not None else f"{self.settings.backend}|{job_run_id}"
         ledger.set_fields(self.store, self.name, self.version, self.request_id, {ledger.JOB_TAG: job_tag})
         while submitted.get_status() in ("RUNNING", "SCHEDULED"):
             self._beat()
             time.sleep(POLL_S)
-        self._finalize(request, run_id, submitted.get_status() == "FINISHED")
+        self._finalize(request, run_id, submitted.get_status() == "FINISHED", job_run_id)
         return 0
 
 

@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 from mlflow_unlearn_plugins import launcher, ledger
-from mlflow_unlearn_plugins.request import MAX_REQUEST_CHARS, REQUEST_TAG, RequestRefused, SecurityPolicy, parse_request
+from mlflow_unlearn_plugins.request import REQUEST_TAG, RequestRefused, SecurityPolicy, parse_request
 
 SCHEME_PREFIX = "unlearn+"
 UNLEARN_STAGE = "Unlearn"
@@ -153,12 +153,11 @@ class UnlearnRegistryStore(SqlAlchemyStore):
             MlflowException: if the version does not exist, or a different request is active on it.
         """
         version = int(version)
-        refusal = None
+        refusal, stored = None, value
         try:
             parse_request(value, self.policy)
         except RequestRefused as exc:
-            refusal = str(exc)
-        stored = value if len(value) <= MAX_REQUEST_CHARS else ""
+            refusal, stored = str(exc), (value if exc.keep_value else "")
         request_id = uuid.uuid4().hex
         if not ledger.open_request(self, name, version, stored if store_value else None, request_id=request_id,
                                    refusal=refusal):

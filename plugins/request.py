@@ -48,7 +48,16 @@ _OPTIONS = re.compile(r"^(?:[a-z_]+=[A-Za-z0-9_./-]*(?:&[a-z_]+=[A-Za-z0-9_./-]*
 
 
 class RequestRefused(ValueError):
-    """A request that must not run; the message says why and how to fix it (and never contains forget IDs)."""
+    """A request that must not run; the message says why and how to fix it (and never contains forget IDs).
+
+    Args:
+        message: the reason.
+        keep_value: False when the tag value itself must not be stored (oversized, or inline forget IDs).
+    """
+
+    def __init__(self, message: str, *, keep_value: bool = True) -> None:
+        super().__init__(message)
+        self.keep_value = keep_value
 
 
 @dataclass(frozen=True)
@@ -165,7 +174,8 @@ def split_request(value: str) -> dict[str, str]:
     if len(value) > MAX_REQUEST_CHARS:
         raise RequestRefused(
             f"the request is {len(value)} characters long; the limit is {MAX_REQUEST_CHARS}. "
-            "Put long forget lists in an ids: file under an allowed root"
+            "Put long forget lists in an ids: file under an allowed root",
+            keep_value=False,
         )
     if not _PRINTABLE.match(value):
         raise RequestRefused("the request contains non-printable or non-ASCII characters")
@@ -212,7 +222,7 @@ def _check_forget(spec: str, policy: SecurityPolicy) -> str:
         return spec
     if not arg.startswith("/"):  # never echo it: it may be inline IDs written by mistake
         raise RequestRefused("forget=ids: expects the absolute path of a file of IDs under an allowed root; IDs "
-                             "written into the request itself are not accepted")
+                             "written into the request itself are not accepted (nor stored)", keep_value=False)
     return "ids:" + policy.check_path(arg, what="forget ID file")
 
 

@@ -226,6 +226,10 @@ def test_store_records_refusals_and_protects_its_tags(registry):
     store.set_model_version_tag("m", 2, ModelVersionTag("mlflow_unlearn.request", oversized))
     tags = store.get_model_version("m", 2).tags
     assert "limit is" in tags["mlflow_unlearn.error"] and "mlflow_unlearn.request" not in tags
+    store.set_model_version_tag("m", 2, ModelVersionTag("mlflow_unlearn.request", "forget=ids:1017,2044"))
+    tags = store.get_model_version("m", 2).tags
+    assert "nor stored" in tags["mlflow_unlearn.error"] and "mlflow_unlearn.request" not in tags
+    assert not any("1017" in v for v in tags.values())
     with pytest.raises(MlflowException, match="written by the unlearning plugin only"):
         store.set_model_version_tag("m", 1, ModelVersionTag("mlflow_unlearn.status", "succeeded"))
     with pytest.raises(MlflowException, match="no 'mlflow_unlearn.request' tag"):
@@ -241,3 +245,17 @@ def test_store_records_refusals_and_protects_its_tags(registry):
     store.set_model_version_tag("m", 3, ModelVersionTag("team", "vision"))
     assert store.get_model_version("m", 3).tags["team"] == "vision"
     assert store.get_model_version("m", 1).current_stage == "None"
+
+
+@pytest.mark.filterwarnings("ignore:.*transition_model_version_stage.*:FutureWarning")
+def test_python_api_reaches_the_plugin_through_its_entry_point(registry):
+    from mlflow import MlflowClient
+
+    uri, stock = registry
+    stock.set_model_version_tag("m", 3, ModelVersionTag("mlflow_unlearn.request", "forget=nothing"))  # no trigger
+    client = MlflowClient(tracking_uri=uri, registry_uri="unlearn+" + uri)
+    assert type(client._get_registry_client().store) is UnlearnRegistryStore
+    with pytest.raises(MlflowException, match="unknown forget spec kind 'nothing'"):
+        client.transition_model_version_stage("m", 3, "Unlearn")
+    version = client.get_model_version("m", 3)
+    assert version.tags["mlflow_unlearn.status"] == "failed" and version.current_stage == "None"

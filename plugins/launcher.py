@@ -178,6 +178,11 @@ class _Launch:
             if not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status)):
                 self.client.set_terminated(run_id, "FAILED")
 
+    def fail_request(self, reason: str) -> None:
+        """Mark this request failed, whatever its active state, and its request run (if any) too."""
+        if self.request_id == ledger.read_state(self.store, self.name, self.version).request_id:
+            self._fail(ledger.read_state(self.store, self.name, self.version).request_run_id, reason)
+
     def _request_run(self, state: ledger.RequestState) -> str:
         if state.request_run_id:
             return state.request_run_id
@@ -411,7 +416,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", required=True)
     args = parser.parse_args(argv)
     launch = _Launch(args.registry_db_uri, args.name, args.version, args.request_id, args.log)
-    return launch.run()
+    try:
+        return launch.run()
+    except Exception as exc:  # never leave the request queued or running behind a dead launcher
+        state = ledger.read_state(launch.store, args.name, args.version)
+        try:
+            ids = parse_request(state.request or "", SecurityPolicy.from_env()).forget_kind == "ids"
+        except RequestRefused:
+            ids = False
+        detail = "" if ids else f": {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        launch.fail_request(f"the launcher failed{detail}")
+        raise
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 One server (``--registry-store-uri unlearn+sqlite:///...``, loaded through the plugin's entry point) is shared by
 the module. One small model is trained once and registered as several versions, so that each scenario has its own
 parent version: the REST ``Unlearn`` transition, concurrent tag requests, bad requests, the stock UI in headless
-Chromium, and a server restart while jobs run. Jobs use ``method=finetune`` for one epoch with a permissive gate
-(``config=`` YAML under the allowed root), so they stay small.
+Chromium, and a server restart. The first test submits the requests at once so the jobs overlap; the restart
+happens while they are in flight (the REST transition's job must survive it, a killed one must end failed).
+Jobs use ``method=finetune`` for one epoch with a permissive gate (``config=`` YAML under the allowed root), so
+they stay small.
 """
 
 from __future__ import annotations
@@ -65,9 +67,9 @@ class Server:
             if self.proc.poll() is not None:
                 pytest.fail(f"mlflow server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/health", timeout=2).ok:
+                if requests.get(f"{self.url}/health", timeout=5).ok:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.5)
         self.stop()
@@ -78,7 +80,7 @@ class Server:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(20)
+            self.proc.wait(5)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
@@ -124,10 +126,10 @@ def _client(srv: Server):
 
 @pytest.fixture(scope="module")
 def parent(server):
-    """A smallcnn trained on digits through the server (with its data lineage), registered as version 1."""
+    """An MLP trained on digits through the server (with its data lineage), registered as version 1."""
     from mlflow_unlearn.tracking import train_model
 
-    out = train_model("digits", arch="smallcnn", registered_model_name=MODEL, config={"epochs": 2}, onnx=False,
+    out = train_model("digits", arch="mlp", registered_model_name=MODEL, config={"epochs": 2}, onnx=False,
                       device="cpu", tracking_uri=server.url, registry_uri=server.url)
     return out.version
 
@@ -210,7 +212,16 @@ def concurrent_job(server, parent):
     return version, values, responses
 
 
-def test_plugin_is_loaded_through_its_entry_point(server, parent, transition_job, concurrent_job, bad_requests):
+@pytest.fixture(scope="module")
+def victim_job(server, parent):
+    """A request whose launcher and job the restart test kills, as if the host had rebooted."""
+    version = _new_version(server, parent)
+    assert _set_tag(server, version, _request(server)).status_code == 200
+    return version
+
+
+def test_plugin_is_loaded_through_its_entry_point(server, parent, transition_job, victim_job, concurrent_job,
+                                                 bad_requests):
     from importlib.metadata import entry_points
 
     (ep,) = [e for e in entry_points(group="mlflow.model_registry_store") if e.name == "unlearn+sqlite"]
@@ -235,6 +246,34 @@ def test_project_is_found_from_the_installed_package():
     from mlflow.projects.utils import load_project
 
     assert "unlearn" in load_project(str(project))._entry_points
+
+
+def test_server_restart_resumes_or_fails_requests_with_a_reason(server, transition_job, victim_job):
+    """Stop the server while jobs run; one job is also killed (as if its host had rebooted). After the restart the
+    surviving request ends succeeded and the killed one failed with a reason; none is left queued or running."""
+    from mlflow_unlearn_plugins import ledger
+
+    survivor, victim = transition_job[0], victim_job
+    deadline = time.time() + JOB_TIMEOUT_S
+    while time.time() < deadline:
+        states = [_client(server).get_model_version(MODEL, v).tags for v in (survivor, victim)]
+        if all(s.get("mlflow_unlearn.status") == "running" and ledger.JOB_TAG in s for s in states):
+            break
+        assert not any(s.get("mlflow_unlearn.status") in ("succeeded", "failed") for s in states), states
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the two requests did not start running: {states}")
+    victim_tags = states[1]
+    server.stop()
+    _kill_if_ours(int(victim_tags[ledger.LEASE_TAG].split("|")[1]), "mlflow_unlearn_plugins.launcher")
+    _kill_if_ours(int(victim_tags[ledger.JOB_TAG].split("|")[1]), victim_tags["mlflow_unlearn.request_run_id"])
+    server.start()
+    victim_tags = _wait_done(server, victim)
+    assert victim_tags["mlflow_unlearn.status"] == "failed"
+    assert "stopped without recording a result" in victim_tags["mlflow_unlearn.error"]
+    assert _children(server, victim) == []
+    assert _client(server).get_run(victim_tags["mlflow_unlearn.request_run_id"]).info.status == "FAILED"
+    _assert_succeeded_with_lineage(server, survivor, _wait_done(server, survivor))
 
 
 def _chromium_or_skip() -> None:
@@ -373,37 +412,3 @@ def test_request_on_a_missing_version_is_rejected(server, parent):
                                      "archive_existing_versions": False}, timeout=30)
     assert transition.status_code == 404
     assert len(_client(server).search_model_versions(f"name='{MODEL}'")) == before
-
-
-def test_server_restart_resumes_or_fails_requests_with_a_reason(server, parent):
-    """Stop the server while two jobs run; one job is also killed (as if its host rebooted). After the restart the
-    surviving request ends succeeded and the killed one failed with a reason; neither is left queued/running."""
-    from mlflow_unlearn_plugins import ledger
-
-    survivor, victim = _new_version(server, parent), _new_version(server, parent)
-    for version in (survivor, victim):
-        assert _set_tag(server, version, _request(server)).status_code == 200
-    deadline = time.time() + JOB_TIMEOUT_S
-    while time.time() < deadline:
-        states = [_client(server).get_model_version(MODEL, v).tags for v in (survivor, victim)]
-        if all(s.get("mlflow_unlearn.status") == "running" and ledger.JOB_TAG in s for s in states):
-            break
-        assert not any(s.get("mlflow_unlearn.status") in ("succeeded", "failed") for s in states), states
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"the two requests did not start running: {states}")
-    victim_tags = states[1]
-    server.stop()
-    launcher_pid = int(victim_tags[ledger.LEASE_TAG].split("|")[1])
-    job_pid = int(victim_tags[ledger.JOB_TAG].split("|")[1])
-    _kill_if_ours(launcher_pid, "mlflow_unlearn_plugins.launcher")
-    _kill_if_ours(job_pid, victim_tags["mlflow_unlearn.request_run_id"])
-    server.start()
-    survivor_tags = _wait_done(server, survivor)
-    _assert_succeeded_with_lineage(server, survivor, survivor_tags)
-    victim_tags = _wait_done(server, victim)
-    assert victim_tags["mlflow_unlearn.status"] == "failed"
-    assert "stopped without recording a result" in victim_tags["mlflow_unlearn.error"]
-    assert _children(server, victim) == []
-    run = _client(server).get_run(victim_tags["mlflow_unlearn.request_run_id"])
-    assert run.info.status == "FAILED"

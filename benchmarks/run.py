@@ -328,6 +328,7 @@ class Settings:
     overrides: dict[str, dict[str, object]]
     quick: bool
     cache: ModelCache
+    sources: dict[str, str]  # method -> source digest, taken at start-up: the code this process imported
 
     def recipe(self, seed: int) -> TrainConfig:
         base = {"epochs": 2} if self.quick else {}
@@ -399,7 +400,7 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
             row["peak_mem_mib"] = timing[name]["peak_mem_mib"]
             row["loadavg_1m"] = loads.get(name, float("nan"))
             row["config"] = configs[name]
-            row["method_source"] = method_source_digest(name)
+            row["method_source"] = settings.sources[name]
             rows.append(row)
         top = metrics.loc[[ORIGINAL, REFERENCE], ["test_accuracy", "forget_accuracy"]].round(2).to_dict("index")
         print(f"[{dataset} seed {seed} task {task}] original/retrain: {top}", flush=True)
@@ -696,13 +697,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = parse_overrides(args.overrides)
     for name, values in overrides.items():
         build_config(name, values)  # fail before any training on a bad --set
-    settings = Settings(_csv_list(args.datasets), tasks, seeds, [m for m in methods if m != REFERENCE], device,
-                        recipe_overrides, overrides, args.quick, ModelCache(cache_root))
+    methods = [m for m in methods if m != REFERENCE]
+    version = code_version()
+    sources = {name: method_source_digest(name) for name in (ORIGINAL, REFERENCE, *methods)}
+    settings = Settings(_csv_list(args.datasets), tasks, seeds, methods, device, recipe_overrides, overrides,
+                        args.quick, ModelCache(cache_root), sources)
     started = time.perf_counter()
     results = run_benchmark(settings)
     machine = machine_info(device)
     results["device"] = device.type
-    results["code_version"] = code_version()
+    results["code_version"] = version
     results["machine"] = "; ".join(f"{k}={v}" for k, v in machine.items())
     results["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results["command"] = shlex.join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])

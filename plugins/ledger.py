@@ -310,12 +310,17 @@ def heartbeat(store, name: str, version: int | str) -> None:
 
 def active_requests(store) -> list[RequestState]:
     """All versions whose request is queued or running (what start-up recovery looks at)."""
+    from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
+    from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
+
     tag = _tag_model()
 
     def txn() -> list[RequestState]:
         with store.ManagedSessionMaker() as session:
-            keys = session.query(tag.workspace, tag.name, tag.version).filter(
-                tag.key == STATUS_TAG, tag.value.in_(ACTIVE)).all()
+            keys = session.query(tag.workspace, tag.name, tag.version).join(
+                SqlModelVersion, (SqlModelVersion.name == tag.name) & (SqlModelVersion.version == tag.version)
+            ).filter(tag.key == STATUS_TAG, tag.value.in_(ACTIVE),
+                     SqlModelVersion.current_stage != STAGE_DELETED_INTERNAL).all()
             return [_state(name, version, _read(session, ws, name, version)) for ws, name, version in keys]
 
     return _retrying(txn)

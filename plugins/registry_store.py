@@ -139,6 +139,16 @@ class UnlearnRegistryStore(SqlAlchemyStore):
                 )
         super().delete_model_version_tag(name, version, key)
 
+    def delete_model_version(self, name, version):
+        """A version cannot be deleted while its unlearning request is queued or running."""
+        state = ledger.read_state(self, name, version)
+        if state.active:
+            raise ledger.ActiveRequestError(
+                f"Model version {name}/{version} has an unlearning request that is {state.status}; delete it after "
+                "the request has finished"
+            )
+        super().delete_model_version(name, version)
+
     # -- requests ---------------------------------------------------------------------------------------------
     def submit(self, name: str, version: int | str, value: str, *, store_value: bool = True) -> str | None:
         """Record a request on ``name``/``version`` and start its launcher; return the refusal reason, if any.

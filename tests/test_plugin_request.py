@@ -238,6 +238,12 @@ def test_store_records_refusals_and_protects_its_tags(registry):
         store.transition_model_version_stage("m", 1, "unlearn", False)
     with pytest.raises(MlflowException, match="not found"):
         store.set_model_version_tag("m", 99, ModelVersionTag("mlflow_unlearn.request", "forget=classes:1"))
+    # a version with an active request cannot be deleted (the request would be orphaned)
+    ledger.open_request(store, "m", 3, "forget=classes:1", request_id="held")
+    assert [s.version for s in ledger.active_requests(store)] == [3]
+    with pytest.raises(MlflowException, match="delete it after the request has finished"):
+        store.delete_model_version("m", 3)
+    ledger.advance(store, "m", 3, "held", expect=("queued",), to="failed", tags={ledger.ERROR_TAG: "test"})
     # ordinary behaviour is untouched: stage names, other tags
     assert store.transition_model_version_stage("m", 3, "Staging", False).current_stage == "Staging"
     with pytest.raises(MlflowException, match="Invalid Model Version stage"):
@@ -245,6 +251,8 @@ def test_store_records_refusals_and_protects_its_tags(registry):
     store.set_model_version_tag("m", 3, ModelVersionTag("team", "vision"))
     assert store.get_model_version("m", 3).tags["team"] == "vision"
     assert store.get_model_version("m", 1).current_stage == "None"
+    store.delete_model_version("m", 3)
+    assert ledger.active_requests(store) == []
 
 
 @pytest.mark.filterwarnings("ignore:.*transition_model_version_stage.*:FutureWarning")

@@ -354,11 +354,18 @@ def _evaluation_split(split: ForgetSplit, retain_eval_size: int | None, seed: in
     return dataclasses.replace(split, retain=split.retain.subset(keep))
 
 
-def _losses(models: Mapping[str, nn.Module], split: ForgetSplit, device: torch.device) -> dict[str, dict[str, Any]]:
+def _losses(models: Mapping[str, nn.Module], split: ForgetSplit, device: torch.device,
+            seed: int) -> dict[str, dict[str, Any]]:
+    """Per-sample losses on the forget set and on a seeded test subset of comparable size (for the report)."""
+    import numpy as np
+
     from mlflow_unlearn.metrics import collect_outputs, per_sample_loss
 
-    return {name: {part: per_sample_loss(*collect_outputs(model, getattr(split, part), device=device)).numpy()
-                   for part in ("forget", "test")} for name, model in models.items()}
+    size = min(len(split.test), max(len(split.forget), 200))
+    test = split.test.subset(np.sort(np.random.default_rng(seed).choice(len(split.test), size=size, replace=False)))
+    parts = {"forget": split.forget, "test": test}
+    return {name: {part: per_sample_loss(*collect_outputs(model, data, device=device)).numpy()
+                   for part, data in parts.items()} for name, model in models.items()}
 
 
 def _metric_dict(metrics: pd.DataFrame) -> dict[str, float]:
@@ -702,7 +709,7 @@ def unlearn(
                                                            f"forgot {split_forget.count} samples (digest "
                                                            f"{split_forget.digest[:12]}), gate {verdict.verdict}.")
             t = time.perf_counter()
-            losses = _losses(models, split_forget, dev)
+            losses = _losses(models, split_forget, dev, seed)
             report = {
                 "schema_version": rep.REPORT_SCHEMA_VERSION,
                 "run_id": logger.run_id,

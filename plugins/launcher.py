@@ -43,6 +43,8 @@ LOG_DIR_ENV = "MLFLOW_UNLEARN_LOG_DIR"
 BACKENDS = ("local", "kubernetes")
 #: Present in every launcher's command line; recovery uses it to recognise a live launcher by its PID.
 LAUNCHER_MARKER = "mlflow_unlearn_plugins.launcher"
+#: Tag of the request run recording which project folder was launched (the installed package's).
+PROJECT_TAG = "mlflow_unlearn.project_uri"
 #: Tag of the request run naming the job's own run when the backend created one (Kubernetes).
 JOB_RUN_TAG = "mlflow_unlearn.job_run_id"
 POLL_S = 1.0
@@ -285,6 +287,7 @@ class _Launch:
                                          os.path.join(self.settings.log_dir, "kubernetes-project"))
             backend_config = self.settings.backend_config
         model_uri = f"models:/{self.name}/{self.version}"
+        self.client.set_tag(run_id, PROJECT_TAG, uri)
         return mlflow.projects.run(
             uri=uri, entry_point="unlearn", parameters=request.project_parameters(model_uri,
                                                                                   device=self.settings.device),

@@ -12,6 +12,7 @@ they stay small.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,8 +46,8 @@ def _free_port() -> int:
 class Server:
     """``mlflow server`` with the plugin registry in a temporary directory, started and stopped by PID."""
 
-    def __init__(self, root: Path) -> None:
-        self.root, self.port, self.proc = root, _free_port(), None
+    def __init__(self, root: Path, site: Path) -> None:
+        self.root, self.site, self.port, self.proc = root, site, _free_port(), None
         self.allowed = root / "allowed"
         self.allowed.mkdir(parents=True, exist_ok=True)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -54,7 +55,7 @@ class Server:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
         env.update(MLFLOW_UNLEARN_ALLOWED_ROOTS=str(self.allowed), MLFLOW_UNLEARN_LOG_DIR=str(self.root / "logs"),
-                   MLFLOW_UNLEARN_DEVICE="cpu")
+                   MLFLOW_UNLEARN_DEVICE="cpu", PYTHONPATH=str(self.site))
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--backend-store-uri", f"sqlite:///{self.root}/tracking.db",
                "--registry-store-uri", f"unlearn+sqlite:///{self.root}/registry.db",
@@ -97,8 +98,27 @@ def _kill_if_ours(pid: int, marker: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("plugin-server"))
+def installed_site(tmp_path_factory) -> Path:
+    """The package built as a wheel and installed into its own folder: the server runs from there, not the checkout."""
+    root = tmp_path_factory.mktemp("installed")
+    repo, source = Path(__file__).resolve().parent.parent, root / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("mlflow_unlearn", "plugins"):  # build from a copy: nothing is written into the checkout
+        shutil.copytree(repo / name, source / name, ignore=ignore)
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        if (repo / name).exists():
+            shutil.copy(repo / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(root / "wheel")], check=True, capture_output=True)
+    (wheel,) = (root / "wheel").glob("mlflow_unlearn-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(root / "site"),
+                    str(wheel)], check=True, capture_output=True)
+    return root / "site"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, installed_site) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("plugin-server"), installed_site)
     (srv.allowed / "fast.yaml").write_text(
         "epochs: 1\ngate: {forget_tolerance: 100, max_retain_drop: 100, max_test_drop: 100}\n")
     srv.start()
@@ -177,6 +197,7 @@ def _assert_succeeded_with_lineage(server: Server, version: str, tags: dict[str,
     assert len(child.tags["mlflow_unlearn.forget_digest"]) == 64
     request_run = _client(server).get_run(tags["mlflow_unlearn.request_run_id"])
     assert request_run.info.status == "FINISHED"
+    assert Path(request_run.data.tags["mlflow_unlearn.project_uri"]).is_relative_to(server.site)  # not the checkout
     assert _client(server).get_experiment(request_run.info.experiment_id).name == "unlearn-requests"
 
 
@@ -236,13 +257,14 @@ def test_plugin_is_loaded_through_its_entry_point(server, parent, transition_job
     assert missing_tag.status_code == 400 and "no 'mlflow_unlearn.request' tag" in missing_tag.json()["message"]
 
 
-def test_project_is_found_from_the_installed_package():
-    """The launcher runs the project that ships inside the package, whatever the working directory."""
-    code = "from mlflow_unlearn.tracking import project_dir; import mlflow_unlearn, pathlib; " \
-           "d = project_dir(); print(d); print(pathlib.Path(mlflow_unlearn.__file__).parent)"
-    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True)
-    project, package = (Path(line) for line in out.stdout.split())
-    assert project.parent == package and (project / "MLproject").is_file()
+def test_project_is_found_from_the_installed_package(installed_site):
+    """The launcher runs the project shipped inside the installed package, whatever the working directory."""
+    code = ("from mlflow_unlearn.tracking import project_dir; import mlflow_unlearn_plugins as p; "
+            "print(project_dir()); print(p.__file__)")
+    env = {**os.environ, "PYTHONPATH": str(installed_site)}
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True, check=True)
+    project, plugin = (Path(line) for line in out.stdout.split())
+    assert project == installed_site / "mlflow_unlearn" / "project" and plugin.is_relative_to(installed_site)
     from mlflow.projects.utils import load_project
 
     assert "unlearn" in load_project(str(project))._entry_points

@@ -21,11 +21,14 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_CONFLICT
 from mlflow_unlearn_plugins.request import REQUEST_TAG
+
+if TYPE_CHECKING:
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
 STATUS_TAG = "mlflow_unlearn.status"
 ERROR_TAG = "mlflow_unlearn.error"
@@ -140,7 +143,7 @@ def _state(name: str, version: int, tags: dict[str, str]) -> RequestState:
                         tags.get(JOB_TAG))
 
 
-def read_state(store, name: str, version: int | str) -> RequestState:
+def read_state(store: SqlAlchemyStore, name: str, version: int | str) -> RequestState:
     """The plugin's tags of ``name``/``version`` (raises MLflow's not-found error for a missing version)."""
 
     def txn() -> RequestState:
@@ -151,7 +154,7 @@ def read_state(store, name: str, version: int | str) -> RequestState:
     return _retrying(txn)
 
 
-def open_request(store, name: str, version: int | str, value: str | None, *, request_id: str,
+def open_request(store: SqlAlchemyStore, name: str, version: int | str, value: str | None, *, request_id: str,
                  refusal: str | None = None) -> bool:
     """Record a new request on a version: status ``queued``, or ``failed`` with ``refusal`` as the error.
 
@@ -197,7 +200,7 @@ def open_request(store, name: str, version: int | str, value: str | None, *, req
     return _retrying(txn)
 
 
-def advance(store, name: str, version: int | str, request_id: str, *, expect: Iterable[str], to: str,
+def advance(store: SqlAlchemyStore, name: str, version: int | str, request_id: str, *, expect: Iterable[str], to: str,
             tags: dict[str, str | None] | None = None) -> bool:
     """Move request ``request_id`` from a status in ``expect`` to ``to`` and write ``tags`` in the same transaction.
 
@@ -222,7 +225,8 @@ def advance(store, name: str, version: int | str, request_id: str, *, expect: It
     return _retrying(txn)
 
 
-def set_fields(store, name: str, version: int | str, request_id: str, tags: dict[str, str | None]) -> bool:
+def set_fields(store: SqlAlchemyStore, name: str, version: int | str, request_id: str,
+               tags: dict[str, str | None]) -> bool:
     """Write bookkeeping ``tags`` for an active request ``request_id``; False if it is no longer the active one."""
     version = int(version)
 
@@ -238,10 +242,9 @@ def set_fields(store, name: str, version: int | str, request_id: str, tags: dict
     return _retrying(txn)
 
 
-def lease_value(pid: int | None = None, now: float | None = None) -> str:
-    """``host|pid|heartbeat-ms`` for this process."""
-    now = time.time() if now is None else now
-    return f"{socket.gethostname()}|{os.getpid() if pid is None else pid}|{int(now * 1000)}"
+def lease_value() -> str:
+    """``host|pid|heartbeat-ms`` for this process, now."""
+    return f"{socket.gethostname()}|{os.getpid()}|{int(time.time() * 1000)}"
 
 
 def process_alive(pid: int, marker: str) -> bool:
@@ -271,7 +274,7 @@ def lease_alive(lease: str | None, marker: str, *, now: float | None = None) -> 
     return beat.isdigit() and now - int(beat) / 1000 < LEASE_TIMEOUT_S
 
 
-def claim_lease(store, name: str, version: int | str, request_id: str, marker: str) -> bool:
+def claim_lease(store: SqlAlchemyStore, name: str, version: int | str, request_id: str, marker: str) -> bool:
     """Make this process the only launcher of request ``request_id`` (steals a lease whose holder is dead)."""
     version = int(version)
 
@@ -291,7 +294,7 @@ def claim_lease(store, name: str, version: int | str, request_id: str, marker: s
     return _retrying(txn)
 
 
-def heartbeat(store, name: str, version: int | str) -> None:
+def heartbeat(store: SqlAlchemyStore, name: str, version: int | str) -> None:
     """Refresh this process's lease heartbeat."""
     version = int(version)
     mine = lease_value().rsplit("|", 1)[0] + "|"
@@ -308,7 +311,7 @@ def heartbeat(store, name: str, version: int | str) -> None:
     _retrying(txn)
 
 
-def active_requests(store) -> list[RequestState]:
+def active_requests(store: SqlAlchemyStore) -> list[RequestState]:
     """All versions whose request is queued or running (what start-up recovery looks at)."""
     from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
     from mlflow.store.model_registry.dbmodels.models import SqlModelVersion

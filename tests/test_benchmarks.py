@@ -18,7 +18,8 @@ import run as bench  # noqa: E402
 EXPECTED_COLUMNS = {
     "dataset", "model", "task", "forget_spec", "seed", "method", "forget_count", "forget_accuracy",
     "retain_accuracy", "test_accuracy", "mia_efficacy", "loss_mia_accuracy", "loss_mia_auc", "avg_gap",
-    "wall_time_s", "time_fraction", "peak_mem_mib", "config", "device", "machine", "date", "command",
+    "wall_time_s", "time_fraction", "cpu_time_s", "cpu_time_fraction", "peak_mem_mib", "method_source", "config",
+    "device", "machine", "date", "command",
 }
 
 

@@ -116,6 +116,26 @@ def job_uris(settings: LauncherSettings, registry_db_uri: str, tracking_uri: str
     return job_tracking or registry_db_uri, registry_db_uri
 
 
+def proxied_server_address() -> str:
+    """The ``http://`` address of the ``mlflow server`` command running in this process, if it proxies artifacts.
+
+    A server that proxies artifacts (``mlflow server`` without ``--default-artifact-root``) gives experiments
+    ``mlflow-artifacts:`` locations, which only a client of the server can use; the job must then talk to the
+    server. Read from the command's click context, so only the ``mlflow server`` process itself finds it.
+    """
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.info_name != "server" or ctx.params.get("default_artifact_root"):
+        return ""
+    if not ctx.params.get("serve_artifacts") or ctx.params.get("artifacts_only"):
+        return ""
+    host = ctx.params.get("host") or "127.0.0.1"
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    prefix = (ctx.params.get("static_prefix") or "").rstrip("/")
+    return f"http://{host}:{ctx.params.get('port') or 5000}{prefix}"
+
+
 def spawn(registry_db_uri: str, name: str, version: int | str, request_id: str, *, job_tracking_uri: str,
           job_registry_uri: str, log_dir: str) -> int:
     """Start a detached launcher process for one request and return its PID (does not wait)."""

@@ -23,6 +23,7 @@ request that is queued or running without a live launcher.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import uuid
@@ -89,6 +90,10 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         self.store_uri = store_uri
         self.policy = SecurityPolicy.from_env()
         self.settings = launcher.LauncherSettings.from_env()
+        if not self.settings.tracking_uri and (address := launcher.proxied_server_address()):
+            # `mlflow server` starts its workers after this: they inherit the address through the environment.
+            os.environ[launcher.TRACKING_URI_ENV] = address
+            self.settings = dataclasses.replace(self.settings, tracking_uri=address)
         job_tracking, job_registry = launcher.job_uris(self.settings, db_uri, tracking_uri)
         self.job_tracking_uri = absolute_sqlite_uri(job_tracking)
         self.job_registry_uri = absolute_sqlite_uri(job_registry)

@@ -267,3 +267,17 @@ def test_python_api_reaches_the_plugin_through_its_entry_point(registry):
         client.transition_model_version_stage("m", 3, "Unlearn")
     version = client.get_model_version("m", 3)
     assert version.tags["mlflow_unlearn.status"] == "failed" and version.current_stage == "None"
+
+
+def test_job_talks_to_the_server_when_it_proxies_artifacts():
+    import click
+
+    with click.Context(click.Command("server"), info_name="server") as ctx:
+        ctx.params.update(host="0.0.0.0", port=5005, serve_artifacts=True, default_artifact_root=None,
+                          static_prefix="/ml/")
+        assert launcher.proxied_server_address() == "http://127.0.0.1:5005/ml"
+        ctx.params["default_artifact_root"] = "/srv/artifacts"  # artifacts written directly: no need
+        assert launcher.proxied_server_address() == ""
+    with click.Context(click.Command("run"), info_name="run"):
+        assert launcher.proxied_server_address() == ""
+    assert launcher.proxied_server_address() == ""

@@ -44,7 +44,10 @@ def _free_port() -> int:
 
 
 class Server:
-    """``mlflow server`` with the plugin registry in a temporary directory, started and stopped by PID."""
+    """``mlflow server`` with the plugin registry in a temporary directory, started and stopped by PID.
+
+    The server proxies artifacts (MLflow's default), so jobs are ordinary HTTP clients of it.
+    """
 
     def __init__(self, root: Path, site: Path) -> None:
         self.root, self.site, self.port, self.proc = root, site, _free_port(), None
@@ -59,7 +62,7 @@ class Server:
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--backend-store-uri", f"sqlite:///{self.root}/tracking.db",
                "--registry-store-uri", f"unlearn+sqlite:///{self.root}/registry.db",
-               "--default-artifact-root", str(self.root / "artifacts"), "--no-serve-artifacts", "--workers", "1"]
+               "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"]
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 (kept open for the subprocess)
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -198,6 +201,9 @@ def _assert_succeeded_with_lineage(server: Server, version: str, tags: dict[str,
     request_run = _client(server).get_run(tags["mlflow_unlearn.request_run_id"])
     assert request_run.info.status == "FINISHED"
     assert Path(request_run.data.tags["mlflow_unlearn.project_uri"]).is_relative_to(server.site)  # not the checkout
+    # the server proxies artifacts: the job logged its report through the server
+    assert request_run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert _client(server).list_artifacts(request_run.info.run_id)
     assert _client(server).get_experiment(request_run.info.experiment_id).name == "unlearn-requests"
 
 

@@ -31,8 +31,8 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import resource
+import shutil
 import statistics
 import subprocess
 import sys

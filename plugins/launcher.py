@@ -192,13 +192,13 @@ class _Launch:
     def _fail(self, run_id: str | None, reason: str, expect: tuple[str, ...] = ledger.ACTIVE) -> None:
         from mlflow.entities import RunStatus
 
-        ledger.advance(self.store, self.name, self.version, self.request_id, expect=expect, to="failed",
-                       tags={ledger.ERROR_TAG: reason, ledger.LEASE_TAG: None, ledger.JOB_TAG: None})
-        if run_id:
+        if run_id:  # the run first: once the version says failed, everything else already does
             self.client.set_tag(run_id, ledger.STATUS_TAG, "failed")
             self.client.set_tag(run_id, ledger.ERROR_TAG, reason[: ledger.MAX_ERROR_CHARS])
             if not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status)):
                 self.client.set_terminated(run_id, "FAILED")
+        ledger.advance(self.store, self.name, self.version, self.request_id, expect=expect, to="failed",
+                       tags={ledger.ERROR_TAG: reason, ledger.LEASE_TAG: None, ledger.JOB_TAG: None})
 
     def fail_request(self, reason: str) -> None:
         """Mark this request failed, whatever its active state, and its request run (if any) too."""
@@ -338,13 +338,13 @@ class _Launch:
         result = run.data.tags.get(ledger.RESULT_TAG)
         finished = run.info.status == "FINISHED"
         if (exited_ok is None or exited_ok) and finished and result:
-            if ledger.advance(self.store, self.name, self.version, self.request_id, expect=("running",),
-                              to="succeeded",
-                              tags={ledger.RESULT_TAG: result, ledger.LEASE_TAG: None, ledger.JOB_TAG: None}):
-                self.client.set_tag(run_id, ledger.STATUS_TAG, "succeeded")
-                if job_run_id and job_run_id != run_id:
-                    self.client.set_tag(run_id, ledger.RESULT_TAG, result)
-                    self.client.set_terminated(run_id, "FINISHED")
+            self.client.set_tag(run_id, ledger.STATUS_TAG, "succeeded")
+            if job_run_id and job_run_id != run_id:
+                self.client.set_tag(run_id, ledger.RESULT_TAG, result)
+                self.client.set_terminated(run_id, "FINISHED")
+            ledger.advance(self.store, self.name, self.version, self.request_id, expect=("running",),
+                           to="succeeded", tags={ledger.RESULT_TAG: result, ledger.LEASE_TAG: None,
+                                                 ledger.JOB_TAG: None})
             return
         if finished:
             verdict = run.data.tags.get("mlflow_unlearn.verdict", "unknown")

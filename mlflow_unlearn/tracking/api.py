@@ -268,6 +268,14 @@ def _load_split(lineage: lin.DataLineage) -> tuple[DataSplit, lin.DataLineage]:
     return split, lineage
 
 
+def _absolute_forget_spec(forget: str) -> str:
+    """``ids:<relative path>`` made absolute, so that the lineage can replay it from any working directory."""
+    kind, _, argument = forget.partition(":")
+    if kind == "ids" and argument and not os.path.isabs(argument):
+        return f"ids:{os.path.abspath(argument)}"
+    return forget
+
+
 def _resolve_lineage(data: str | None, parent_run: Run | None) -> lin.DataLineage:
     recorded = None
     if parent_run is not None:
@@ -613,7 +621,7 @@ def unlearn(
     parent_run = client.get_run(parent.run_id) if parent.run_id else None
     lineage = _resolve_lineage(data, parent_run)
     split, lineage = _load_split(lineage)
-    split_forget = resolve_forget(split, forget)
+    split_forget = resolve_forget(split, _absolute_forget_spec(forget))
     _check_model_fits(model, split, lineage.source)
     recipe = lin.inherited_params(parent_run) if parent_run is not None else {}
     retrain_cfg = _retrain_config(recipe) if reference == "retrain" else None

@@ -1,0 +1,6 @@
+"""MLflow plugin glue of mlflow-unlearn, installed as ``mlflow_unlearn_plugins``.
+
+``registry_store``: the ``unlearn+<dialect>`` model-registry store (entry points in ``setup.cfg``);
+``request``: parsing and security checks of request tags; ``ledger``: the requests' durable state;
+``launcher``: the detached process that runs a request as an MLflow Projects job. See docs/registry_plugin.md.
+"""

@@ -60,6 +60,7 @@ from mlflow_unlearn.methods.validation import check_choice, check_fraction, chec
 from mlflow_unlearn.training import OPTIMIZERS, make_optimizer
 
 FORGET_ORDERS = ("memorization", "difficulty")
+STUDENT_LR = {"adam": 5e-4, "adamw": 5e-4, "sgd": 0.01}
 
 
 @dataclass
@@ -92,9 +93,14 @@ class NitcConfig:
     Args:
         retain_fraction: fraction of the retain set distilled from the original (bad teaching: 0.3).
         temperature: distillation temperature (bad teaching: 1).
-        lr: Adam learning rate of the student. Teacher targets are eval-mode outputs; the student trains
-            in train mode, as in bad teaching.
-        optimizer: optimizer of the student.
+        optimizer: optimizer of the student; ``"auto"`` picks Adam for class-wise and SGD (momentum 0.9)
+            for sample-wise forgetting. Class-wise forgetting remaps a whole class, a large change that
+            Adam's normalised steps make within the budget; sample-wise forgetting is a small correction
+            of a converged model, where Adam's sign-like first steps perturb every weight (test accuracy
+            fell ~1 point on mnist5k at any Adam rate down to 1e-4) and SGD's gradient-proportional steps
+            change only what the forget targets ask for (Avg Gap 0.74 vs 1.2 on mnist5k, tuning seeds).
+        lr: learning rate of the student; ``None`` = 5e-4 with Adam, 0.01 with SGD (or the default of the
+            explicitly chosen optimizer: 5e-4 for adam/adamw, 0.01 for sgd).
         batch_size: samples per step (teacher and student).
         num_stages: curriculum stages (cumulative, linear pacing, one pass per stage); 1 disables the
             curriculum (one pass over everything).
@@ -114,8 +120,8 @@ class NitcConfig:
     sample_impair_scale: float = 0.05
     retain_fraction: float = 0.3
     temperature: float = 1.0
-    lr: float = 5e-4
-    optimizer: str = "adam"
+    lr: float | None = None
+    optimizer: str = "auto"
     batch_size: int = 64
     num_stages: int = 3
     difficulty: str = "loss"
@@ -123,14 +129,16 @@ class NitcConfig:
 
     def __post_init__(self) -> None:
         check_positive(self, "noise_samples", "noise_steps", "noise_lr", "impair_lr", "repair_lr",
-                       "sample_impair_scale", "temperature", "lr", "batch_size", "num_stages")
+                       "sample_impair_scale", "temperature", "batch_size", "num_stages")
         for name in ("noise_samples", "noise_steps", "batch_size", "num_stages"):
             if not isinstance(getattr(self, name), int):
                 raise ValueError(f"Expected argument `{name}` to be a positive int but got {getattr(self, name)!r}")
         check_non_negative(self, "noise_l2")
         check_fraction(self, "teacher_retain_fraction", "retain_fraction", allow_zero=False)
         check_choice(self, "teacher_optimizer", OPTIMIZERS)
-        check_choice(self, "optimizer", OPTIMIZERS)
+        check_choice(self, "optimizer", ("auto", *OPTIMIZERS))
+        if self.lr is not None:
+            check_positive(self, "lr")
         check_choice(self, "difficulty", DIFFICULTY_CRITERIA)
         check_choice(self, "forget_order", FORGET_ORDERS)
 
@@ -182,12 +190,16 @@ def nitc(
     retain_stages = staged_subsets(curriculum_order(retain_scores), config.num_stages)
     forget_targets, retain_targets = forget_targets.cpu(), retain_targets.cpu()
 
-    opt = make_optimizer(model.parameters(), name=config.optimizer, lr=config.lr, weight_decay=0.0)
+    name = config.optimizer
+    if name == "auto":
+        name = "sgd" if context.forget_kind == "sample" else "adam"
+    lr = config.lr if config.lr is not None else STUDENT_LR[name]
+    opt = make_optimizer(model.parameters(), name=name, lr=lr, weight_decay=0.0)
     for stage, (f_idx, r_idx) in enumerate(zip(forget_stages, retain_stages, strict=True)):
         f_idx, r_idx = torch.as_tensor(f_idx), torch.as_tensor(r_idx)
         data = TensorDataset(torch.cat([forget_x[f_idx], retain_x[r_idx]]),
                              torch.cat([forget_targets[f_idx], retain_targets[r_idx]]))
-        model = distill(model, data, temperature=config.temperature, context=context, epochs=1, lr=config.lr,
+        model = distill(model, data, temperature=config.temperature, context=context, epochs=1, lr=lr,
                         batch_size=config.batch_size, optimizer=opt, history=history, stage=f"distill_stage{stage}")
     history.extra.update(forget=len(forget_x), retain_subset=len(retain_x), stages=config.num_stages)
     return model, history

@@ -508,7 +508,13 @@ def summary_tables(summary: pd.DataFrame) -> list[str]:
 
 
 def plot(summary: pd.DataFrame, path: Path) -> None:
-    """Avg Gap against time as a fraction of retraining, one panel per (dataset, task), error bars = std."""
+    """Avg Gap against time as a fraction of retraining, one panel per (dataset, task), error bars = std.
+
+    The time axis is the CPU-time fraction when every row has one (wall times on a shared CPU depend on the
+    other jobs' load, which differs between a full run and a ``--merge`` re-run), else the wall-time fraction.
+    """
+    use_cpu = "cpu_time_fraction" in summary.columns and summary["cpu_time_fraction"].notna().all()
+    x_col = "cpu_time_fraction" if use_cpu else "time_fraction"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -516,14 +522,18 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     panels = list(summary.groupby(["dataset", "task"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
-    for ax, ((dataset, task), group) in zip(axes[0], panels, strict=True):
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.5 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, ((dataset, task), group) in zip(axes.flat, panels, strict=False):
         methods = group[~group["method"].isin([ORIGINAL, REFERENCE])]
         for _, row in methods.iterrows():
-            ax.errorbar(row["time_fraction"], row["avg_gap"], xerr=row.get("time_fraction_std"),
+            ax.errorbar(row[x_col], row["avg_gap"], xerr=row.get(f"{x_col}_std"),
                         yerr=row.get("avg_gap_std"), fmt="o", capsize=2,
                         color="tab:red" if row["method"] == "nitc" else "tab:blue")
-            ax.annotate(row["method"], (row["time_fraction"], row["avg_gap"]), textcoords="offset points",
+            ax.annotate(row["method"], (row[x_col], row["avg_gap"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
         orig = group[group["method"] == ORIGINAL]
         if len(orig):
@@ -538,7 +548,7 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_yscale("symlog", linthresh=1.0)  # gaps near 0 matter most; the failures reach tens of points
         ax.set_ylim(0, 2 * max(1.0, float(group["avg_gap"].max())))
-        ax.set_xlabel("wall time / retrain wall time (log)")
+        ax.set_xlabel(f"{'CPU' if use_cpu else 'wall'} time / retrain {'CPU' if use_cpu else 'wall'} time (log)")
         ax.set_ylabel("Avg Gap to retrain (points, symlog)")
         ax.set_title(f"{dataset}, task {task} ({TASKS[task][0]})", fontsize=9)
         ax.legend(fontsize=7, loc="best")

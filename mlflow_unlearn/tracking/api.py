@@ -418,6 +418,24 @@ def _log_models(logger: _RunLogger, model: nn.Module, *, sample: torch.Tensor, n
     return diff
 
 
+
+def _log_inputs(client, run_id: str, datasets: list) -> None:
+    """``client.log_inputs`` that survives a concurrent job inserting the same dataset row first.
+
+    Jobs on one experiment share the test split, so two of them may race on MLflow's unique dataset row
+    (``UNIQUE constraint failed`` / ``Duplicate entry``); the second attempt reuses the row the other inserted.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=datasets)
+            return
+        except MlflowException as exc:
+            duplicate = any(m in str(exc) for m in ("UNIQUE constraint", "Duplicate entry", "duplicate key"))
+            if attempt == 2 or not duplicate:
+                raise
+
 def train_model(
     data: str = "digits",
     *,
@@ -488,7 +506,7 @@ def train_model(
             "data.test_fraction": test_fraction, "data.n_train": info["n_train"], "data.n_test": info["n_test"],
             **{f"train.{k}": v for k, v in recipe.to_dict().items()},
         })
-        client.log_inputs(logger.run_id, datasets=[
+        _log_inputs(client, logger.run_id, [
             lin.lineage_dataset_input(lineage, context=lin.TRAIN_CONTEXT, name=f"{data}-train",
                                       digest=info["train_ids_digest"], count=info["n_train"]),
             lin.lineage_dataset_input(lineage, context=lin.TEST_CONTEXT, name=f"{data}-test",
@@ -666,7 +684,7 @@ def unlearn(
             **{f"config.{k}": v for k, v in cfg_dict.items()},
             **{f"gate.{k}": v for k, v in gate_cfg.to_dict().items()},
         })
-        client.log_inputs(logger.run_id, datasets=[
+        _log_inputs(client, logger.run_id, [
             lin.lineage_dataset_input(new_lineage, context=lin.RETAIN_CONTEXT, name=f"{lineage.source}-retain",
                                       digest=ids_digest(split_forget.retain.ids), count=len(split_forget.retain)),
             lin.lineage_dataset_input(new_lineage, context=lin.TEST_CONTEXT, name=f"{lineage.source}-test",

@@ -73,23 +73,28 @@ def distill(
 
 @dataclass
 class BadTeacherConfig:
-    """Bad-teacher hyperparameters (defaults from the paper).
+    """Bad-teacher hyperparameters (defaults from the paper, except the step size and batch).
+
+    The paper's batch of 256 at lr 1e-4 gives ~80 Adam steps per epoch on CIFAR-10 (forget class plus 30% of
+    retain); on data sets of a few thousand samples the same setting gives 2-5 steps and leaves the model
+    unchanged (measured on digits: forget accuracy 0.99 after the epoch). Batch 32 at lr 1e-3 keeps the one
+    epoch of the paper and forgets (digits ``classes:3``: forget accuracy 0.0, retain 0.99).
 
     Args:
         retain_fraction: fraction of the retain set mixed with the forget set (the paper: 0.3).
         temperature: distillation temperature (the paper: 1).
         epochs: epochs over the combined set (the paper: 1).
-        lr: learning rate (the paper: 1e-4 with Adam).
+        lr: learning rate (the paper: 1e-4 with Adam at batch 256; see above).
         optimizer: one of ``sgd``, ``adam``, ``adamw``.
-        batch_size: samples per step (the paper: 256).
+        batch_size: samples per step (the paper: 256; see above).
     """
 
     retain_fraction: float = 0.3
     temperature: float = 1.0
     epochs: int = 1
-    lr: float = 1e-4
+    lr: float = 1e-3
     optimizer: str = "adam"
-    batch_size: int = 256
+    batch_size: int = 32
 
     def __post_init__(self) -> None:
         check_positive(self, "temperature", "epochs", "lr", "batch_size")

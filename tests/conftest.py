@@ -1,0 +1,29 @@
+"""Suite-wide isolation: no test may leak MLflow tracking/registry URIs into the next one.
+
+``mlflow.set_registry_uri(None)`` leaves the ``MLFLOW_REGISTRY_URI`` environment variable set, so a test that
+pointed the registry at a (since stopped) server would send every later test's registry calls there.
+"""
+
+import os
+
+import pytest
+
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uris():
+    saved = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    try:
+        import mlflow.tracking._model_registry.utils as registry_utils
+        import mlflow.tracking._tracking_service.utils as tracking_utils
+    except ImportError:
+        return
+    registry_utils._registry_uri = None
+    tracking_utils._tracking_uri = None

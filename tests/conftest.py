@@ -11,8 +11,7 @@ import pytest
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
-@pytest.fixture(autouse=True)
-def _restore_mlflow_uris():
+def _isolate():
     saved = {name: os.environ.get(name) for name in _URI_VARIABLES}
     yield
     for name, value in saved.items():
@@ -27,3 +26,14 @@ def _restore_mlflow_uris():
         return
     registry_utils._registry_uri = None
     tracking_utils._tracking_uri = None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_mlflow_uris_per_module():
+    """Also after module-scoped fixtures, which are set up before (and torn down after) per-test fixtures."""
+    yield from _isolate()
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uris():
+    yield from _isolate()

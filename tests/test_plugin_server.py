@@ -408,6 +408,7 @@ def bad_requests(server, parent):
             finally:
                 mlflow.set_tracking_uri(None)
                 mlflow.set_registry_uri(None)
+                os.environ.pop("MLFLOW_REGISTRY_URI", None)  # set_registry_uri(None) leaves it set
             versions[case] = str(info.registered_model_version)
         else:
             versions[case] = _new_version(server, parent)

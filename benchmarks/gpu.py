@@ -9,6 +9,10 @@ original on both paths. Forget / retain / test accuracies must agree within ``--
 class 3 forgotten. After a warm-up epoch, one plain fine-tune epoch over the retain set and one ``nitc``
 run with its defaults are timed (synchronised) with their peak memory (CUDA: ``max_memory_allocated``).
 
+(c) Every registered method runs once on the device under test (``digits``, class 3 forgotten, its
+defaults, from one original trained there): forget / retain / test accuracy, wall time, and whether its
+outputs are finite. This exercises each method's CUDA and bf16-autocast path.
+
 The whole run takes under 5 minutes on one CUDA GPU. ``--device cpu`` runs the same script on the CPU
 with tiny sizes (``--budget tiny``: 1 training epoch, 1 epoch per method stage, 32 images at 16x16), so
 it is tested without a GPU; there part (a) compares the CPU path with itself (a determinism check).
@@ -34,7 +38,7 @@ import torch.nn.functional as F
 
 from mlflow_unlearn import _runtime as rt
 from mlflow_unlearn.data import DataSplit, SampleSet, load_data, resolve_forget
-from mlflow_unlearn.methods import run_method
+from mlflow_unlearn.methods import list_methods, run_method
 from mlflow_unlearn.metrics import accuracy, collect_outputs
 from mlflow_unlearn.models import create_model
 from mlflow_unlearn.training import TrainConfig, train
@@ -133,6 +137,31 @@ def throughput_check(device: torch.device, budget: str) -> pd.DataFrame:
     return frame.reset_index()
 
 
+def methods_check(device: torch.device, budget: str) -> pd.DataFrame:
+    """Every registered method once on ``device`` from one original trained there: accuracies and wall time."""
+    split = load_data("digits", seed=0)
+    fsplit = resolve_forget(split, FORGET_SPEC)
+    original, _ = train(_fresh(split.train, "smallcnn", 0), split.train,
+                        TrainConfig(epochs=BUDGETS[budget][0], seed=0), device=device, desc=f"{device} original")
+    rows = []
+    for name in list_methods():
+        start = time.perf_counter()
+        model = run_method(name, original, forget=fsplit.forget, retain=fsplit.retain,
+                           config=_method_config(name, budget), device=device, forget_kind=fsplit.kind,
+                           forget_classes=fsplit.forget_classes, seed=0).model
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        row = {"method": name, "wall_time_s": time.perf_counter() - start}
+        finite = True
+        for part, data in (("forget", fsplit.forget), ("retain", fsplit.retain), ("test", fsplit.test)):
+            logits, labels = collect_outputs(model, data, device=device)
+            finite = finite and bool(torch.isfinite(logits).all())
+            row[f"{part}_accuracy"] = 100 * accuracy(logits, labels)
+        row["finite_outputs"] = finite
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def markdown_table(frame: pd.DataFrame, digits: int = 2) -> str:
     """A pipe table of ``frame`` (floats with ``digits`` significant decimals), without extra dependencies."""
     def cell(value: object) -> str:
@@ -143,8 +172,8 @@ def markdown_table(frame: pd.DataFrame, digits: int = 2) -> str:
     return "\n".join(lines)
 
 
-def markdown_section(consistency: pd.DataFrame, throughput: pd.DataFrame, device: torch.device, budget: str,
-                     tolerance: float, command: str) -> str:
+def markdown_section(consistency: pd.DataFrame, throughput: pd.DataFrame, methods: pd.DataFrame,
+                     device: torch.device, budget: str, tolerance: float, command: str) -> str:
     """The GPU check as a markdown section (the one appended to RESULTS.md)."""
     machine = "; ".join(f"{k}={v}" for k, v in machine_info(device).items())
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -158,6 +187,9 @@ def markdown_section(consistency: pd.DataFrame, throughput: pd.DataFrame, device
         "Peak memory: extra above the start of the run (`peak_mem_mib`) and in total (`peak_mem_total_mib`); "
         "CUDA: `torch.cuda.max_memory_allocated`, CPU: sampled resident set size.", "",
         markdown_table(throughput), "",
+        f"### (c) every registered method on {device.type} (digits, {FORGET_SPEC} forgotten, "
+        f"{'defaults' if budget == 'full' else 'tiny budget'})", "",
+        markdown_table(methods), "",
     ]
     return "\n".join(lines)
 
@@ -185,8 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     consistency = consistency_check(device, budget, args.tolerance)
     throughput = throughput_check(device, budget)
+    methods = methods_check(device, budget)
     command = " ".join(["python", "benchmarks/gpu.py", *(argv if argv is not None else sys.argv[1:])])
-    section = markdown_section(consistency, throughput, device, budget, args.tolerance, command)
+    section = markdown_section(consistency, throughput, methods, device, budget, args.tolerance, command)
     print(section)
     print(f"Total wall time: {time.perf_counter() - started:.1f} s")
     if args.markdown_out:
@@ -199,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Appended the GPU check to {results}")
         else:
             print("Not appending to RESULTS.md: this run was on the CPU, not on a CUDA GPU.")
-    return 0 if consistency["ok"].all() else 1
+    return 0 if consistency["ok"].all() and methods["finite_outputs"].all() else 1
 
 
 if __name__ == "__main__":

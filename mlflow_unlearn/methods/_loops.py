@@ -107,7 +107,7 @@ def as_tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: Dataset | torch.Tensor, *, device: torch.device,
-                   batch_size: int = 512) -> torch.Tensor:
+                   batch_size: int = 256) -> torch.Tensor:
     """Logits of ``model`` on every sample of ``data`` (a Dataset of ``(x, ...)`` or a tensor of inputs), in
     order, as float32 on ``device``.
 

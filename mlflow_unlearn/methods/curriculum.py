@@ -113,7 +113,7 @@ def staged_subsets(order: np.ndarray, num_stages: int) -> list[np.ndarray]:
 
 
 def sample_difficulty(model: nn.Module, data: Dataset | DataLoader, *, criterion: str = "loss",
-                      device: torch.device | str = "cpu", batch_size: int = 512) -> torch.Tensor:
+                      device: torch.device | str = "cpu", batch_size: int = 256) -> torch.Tensor:
     """Difficulty of every sample of ``data`` under ``model``, in dataset order, as a CPU tensor.
 
     Runs ``model`` in eval mode over an *unshuffled* loader of its own. If a ``DataLoader`` is passed, its

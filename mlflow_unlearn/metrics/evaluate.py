@@ -154,7 +154,7 @@ def collect_outputs(
     data: Dataset,
     *,
     device: str | torch.device | None = None,
-    batch_size: int = 512,
+    batch_size: int = 256,
 ) -> ModelOutputs:
     """Run ``model`` over ``data`` (``(x, y)`` pairs) in order and return its logits and the labels.
 
@@ -240,7 +240,7 @@ def evaluate(
     incompetent: nn.Module | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
-    batch_size: int = 512,
+    batch_size: int = 256,
 ) -> pd.DataFrame:
     """All metrics of each model on a forget split, one row per model (see :data:`METRIC_INFO`).
 

@@ -143,15 +143,33 @@ def _state(name: str, version: int, tags: dict[str, str]) -> RequestState:
                         tags.get(JOB_TAG))
 
 
-def read_state(store: SqlAlchemyStore, name: str, version: int | str) -> RequestState:
-    """The plugin's tags of ``name``/``version`` (raises MLflow's not-found error for a missing version)."""
+def _transaction(store: SqlAlchemyStore, name: str, version: int, body: Callable[[Any, str], T], *,
+                 read_only: bool = False) -> T:
+    """Run ``body(session, workspace)`` in one transaction on ``name``/``version``, retried on races.
 
-    def txn() -> RequestState:
-        with store.ManagedSessionMaker() as session:
-            mv = store._get_sql_model_version(session, name, int(version))
-            return _state(name, int(version), _read(session, mv.workspace, name, int(version)))
+    Raises MLflow's not-found error for a missing version.
+    """
+
+    def txn() -> T:
+        with store.ManagedSessionMaker(read_only=read_only) as session:
+            return body(session, store._get_sql_model_version(session, name, version).workspace)
 
     return _retrying(txn)
+
+
+def _active_request(session, ws: str, name: str, version: int, request_id: str) -> dict[str, str] | None:
+    """The plugin's tags of the version if ``request_id`` is its queued or running request, else None."""
+    current = _read(session, ws, name, version)
+    if current.get(REQUEST_ID_TAG) != request_id or current.get(STATUS_TAG) not in ACTIVE:
+        return None
+    return current
+
+
+def read_state(store: SqlAlchemyStore, name: str, version: int | str) -> RequestState:
+    """The plugin's tags of ``name``/``version`` (raises MLflow's not-found error for a missing version)."""
+    version = int(version)
+    return _transaction(store, name, version,
+                        lambda session, ws: _state(name, version, _read(session, ws, name, version)), read_only=True)
 
 
 def open_request(store: SqlAlchemyStore, name: str, version: int | str, value: str | None, *, request_id: str,
@@ -175,29 +193,27 @@ def open_request(store: SqlAlchemyStore, name: str, version: int | str, value: s
     """
     version = int(version)
 
-    def txn() -> bool:
-        with store.ManagedSessionMaker(read_only=False) as session:
-            ws = store._get_sql_model_version(session, name, version).workspace
-            if not _cas(session, ws, name, version, STATUS_TAG, "failed" if refusal else "queued", expect=None,
-                        exclude=ACTIVE):
-                current = _read(session, ws, name, version)
-                if value is None or current.get(REQUEST_TAG) == value:
-                    return False
-                raise ActiveRequestError(
-                    f"Model version {name}/{version} already has an unlearning request "
-                    f"{current.get(STATUS_TAG)} (request {current.get(REQUEST_ID_TAG)}); wait until its "
-                    f"{STATUS_TAG} tag is succeeded or failed, then submit the new request"
-                )
-            tags = dict.fromkeys((ERROR_TAG, RESULT_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG))
-            tags[REQUEST_ID_TAG] = request_id
-            if value is not None:
-                tags[REQUEST_TAG] = value or None  # "" removes an oversized value instead of storing it
-            if refusal:
-                tags[ERROR_TAG] = refusal[:MAX_ERROR_CHARS]
-            _put(session, ws, name, version, tags)
-            return True
+    def body(session, ws: str) -> bool:
+        if not _cas(session, ws, name, version, STATUS_TAG, "failed" if refusal else "queued", expect=None,
+                    exclude=ACTIVE):
+            current = _read(session, ws, name, version)
+            if value is None or current.get(REQUEST_TAG) == value:
+                return False
+            raise ActiveRequestError(
+                f"Model version {name}/{version} already has an unlearning request "
+                f"{current.get(STATUS_TAG)} (request {current.get(REQUEST_ID_TAG)}); wait until its "
+                f"{STATUS_TAG} tag is succeeded or failed, then submit the new request"
+            )
+        tags = dict.fromkeys((ERROR_TAG, RESULT_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG))
+        tags[REQUEST_ID_TAG] = request_id
+        if value is not None:
+            tags[REQUEST_TAG] = value or None  # "" removes an oversized value instead of storing it
+        if refusal:
+            tags[ERROR_TAG] = refusal[:MAX_ERROR_CHARS]
+        _put(session, ws, name, version, tags)
+        return True
 
-    return _retrying(txn)
+    return _transaction(store, name, version, body)
 
 
 def advance(store: SqlAlchemyStore, name: str, version: int | str, request_id: str, *, expect: Iterable[str], to: str,
@@ -209,20 +225,18 @@ def advance(store: SqlAlchemyStore, name: str, version: int | str, request_id: s
     """
     version, expect = int(version), tuple(expect)
 
-    def txn() -> bool:
-        with store.ManagedSessionMaker(read_only=False) as session:
-            ws = store._get_sql_model_version(session, name, version).workspace
-            if _read(session, ws, name, version).get(REQUEST_ID_TAG) != request_id:
-                return False
-            if not _cas(session, ws, name, version, STATUS_TAG, to, expect=expect):
-                return False
-            extra = dict(tags or {})
-            if extra.get(ERROR_TAG):
-                extra[ERROR_TAG] = extra[ERROR_TAG][:MAX_ERROR_CHARS]
-            _put(session, ws, name, version, extra)
-            return True
+    def body(session, ws: str) -> bool:
+        if _read(session, ws, name, version).get(REQUEST_ID_TAG) != request_id:
+            return False
+        if not _cas(session, ws, name, version, STATUS_TAG, to, expect=expect):
+            return False
+        extra = dict(tags or {})
+        if extra.get(ERROR_TAG):
+            extra[ERROR_TAG] = extra[ERROR_TAG][:MAX_ERROR_CHARS]
+        _put(session, ws, name, version, extra)
+        return True
 
-    return _retrying(txn)
+    return _transaction(store, name, version, body)
 
 
 def set_fields(store: SqlAlchemyStore, name: str, version: int | str, request_id: str,
@@ -230,16 +244,13 @@ def set_fields(store: SqlAlchemyStore, name: str, version: int | str, request_id
     """Write bookkeeping ``tags`` for an active request ``request_id``; False if it is no longer the active one."""
     version = int(version)
 
-    def txn() -> bool:
-        with store.ManagedSessionMaker(read_only=False) as session:
-            ws = store._get_sql_model_version(session, name, version).workspace
-            current = _read(session, ws, name, version)
-            if current.get(REQUEST_ID_TAG) != request_id or current.get(STATUS_TAG) not in ACTIVE:
-                return False
-            _put(session, ws, name, version, tags)
-            return True
+    def body(session, ws: str) -> bool:
+        if _active_request(session, ws, name, version, request_id) is None:
+            return False
+        _put(session, ws, name, version, tags)
+        return True
 
-    return _retrying(txn)
+    return _transaction(store, name, version, body)
 
 
 def lease_value() -> str:
@@ -278,20 +289,16 @@ def claim_lease(store: SqlAlchemyStore, name: str, version: int | str, request_i
     """Make this process the only launcher of request ``request_id`` (steals a lease whose holder is dead)."""
     version = int(version)
 
-    def txn() -> bool:
-        with store.ManagedSessionMaker(read_only=False) as session:
-            ws = store._get_sql_model_version(session, name, version).workspace
-            current = _read(session, ws, name, version)
-            if current.get(REQUEST_ID_TAG) != request_id or current.get(STATUS_TAG) not in ACTIVE:
-                return False
-            old = current.get(LEASE_TAG)
-            if old is None:
-                return _cas(session, ws, name, version, LEASE_TAG, lease_value(), expect=None)
-            if lease_alive(old, marker):
-                return False
-            return _cas(session, ws, name, version, LEASE_TAG, lease_value(), expect=(old,))
+    def body(session, ws: str) -> bool:
+        current = _active_request(session, ws, name, version, request_id)
+        if current is None:
+            return False
+        old = current.get(LEASE_TAG)
+        if old is not None and lease_alive(old, marker):
+            return False
+        return _cas(session, ws, name, version, LEASE_TAG, lease_value(), expect=None if old is None else (old,))
 
-    return _retrying(txn)
+    return _transaction(store, name, version, body)
 
 
 def heartbeat(store: SqlAlchemyStore, name: str, version: int | str) -> None:
@@ -299,16 +306,14 @@ def heartbeat(store: SqlAlchemyStore, name: str, version: int | str) -> None:
     version = int(version)
     mine = lease_value().rsplit("|", 1)[0] + "|"
 
-    def txn() -> None:
+    def body(session, ws: str) -> None:
         from sqlalchemy import update
 
         tag = _tag_model()
-        with store.ManagedSessionMaker(read_only=False) as session:
-            ws = store._get_sql_model_version(session, name, version).workspace
-            cond = [*_where(tag, ws, name, version, LEASE_TAG), tag.value.like(mine + "%")]
-            session.execute(update(tag).where(*cond).values(value=lease_value()))
+        cond = [*_where(tag, ws, name, version, LEASE_TAG), tag.value.like(mine + "%")]
+        session.execute(update(tag).where(*cond).values(value=lease_value()))
 
-    _retrying(txn)
+    _transaction(store, name, version, body)
 
 
 def active_requests(store: SqlAlchemyStore) -> list[RequestState]:

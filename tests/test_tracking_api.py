@@ -227,3 +227,35 @@ def test_project_dir_holds_the_mlproject_and_the_root_links_to_it():
     text = (project_dir() / "MLproject").read_text()
     for entry in ("main:", "train:", "unlearn:", "evaluate:"):
         assert entry in text
+
+
+def test_metrics_from_collected_outputs_equal_metrics_evaluate_and_feed_the_report_losses():
+    import numpy as np
+    import pandas as pd
+    import torch
+    from torch import nn
+
+    from mlflow_unlearn.data import DataSplit
+    from mlflow_unlearn.metrics import collect_outputs, evaluate, per_sample_loss
+    from mlflow_unlearn.tracking import evaluation
+
+    full = load_data("digits")
+    small = DataSplit(full.train.subset(np.arange(400)), full.test.subset(np.arange(150)), "digits", 0, 0.2)
+    split = resolve_forget(small, "classes:3")
+    torch.manual_seed(0)
+    nets = {name: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)) for name in ("unlearned", "retrain")}
+    incompetent = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    expected = evaluate(nets, split, reference="retrain", incompetent=incompetent, device="cpu", seed=3)
+    outputs = evaluation.collect_split_outputs(nets, split, device=torch.device("cpu"))
+    got = evaluation.metrics_from_outputs(outputs, reference="retrain", seed=3,
+                                          incompetent_forget=collect_outputs(incompetent, split.forget, device="cpu"))
+    pd.testing.assert_frame_equal(got, expected)
+    with pytest.raises(ValueError, match="Unknown reference"):
+        evaluation.metrics_from_outputs(outputs, reference="nope", incompetent_forget=None, seed=3)
+
+    losses = evaluation.report_losses(outputs, num_test=len(split.test), seed=0)
+    forget_loss = per_sample_loss(*collect_outputs(nets["unlearned"], split.forget, device="cpu")).numpy()
+    np.testing.assert_allclose(losses["unlearned"]["forget"], forget_loss, rtol=1e-6)
+    assert len(losses["retrain"]["test"]) == min(len(split.test), max(split.count, 200))
+    test_loss = per_sample_loss(*collect_outputs(nets["retrain"], split.test, device="cpu")).numpy()
+    assert set(np.round(losses["retrain"]["test"], 6)) <= set(np.round(test_loss, 6))

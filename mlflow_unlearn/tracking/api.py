@@ -111,7 +111,12 @@ class TrainOutcome:
 
 
 class _RunLogger:
-    """Logs into one run through an MlflowClient: a given run (e.g. ``MLFLOW_RUN_ID``) or a new one it owns."""
+    """Logs into one run through an MlflowClient: a given run (e.g. ``MLFLOW_RUN_ID``) or a new one it owns.
+
+    Use it as a context manager around the run's work: on success an owned run ends ``FINISHED``; on any
+    error the version :meth:`register` created in it is deleted again and an owned run ends ``FAILED``, so
+    that a failure leaves nothing half-registered.
+    """
 
     def __init__(self, client: MlflowClient, *, run_id: str | None, experiment_id: str, run_name: str,
                  parent_run_id: str | None = None) -> None:
@@ -122,6 +127,16 @@ class _RunLogger:
             run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         self.run_id = run_id
         self.artifact_uri = client.get_run(run_id).info.artifact_uri
+        self.registered: ModelVersion | None = None
+
+    def __enter__(self) -> _RunLogger:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and self.registered is not None:
+            self.client.delete_model_version(self.registered.name, self.registered.version)
+        if self.owned:
+            self.client.set_terminated(self.run_id, "FINISHED" if exc_type is None else "FAILED")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -146,9 +161,18 @@ class _RunLogger:
     def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
-    def finish(self, status: str) -> None:
-        if self.owned:
-            self.client.set_terminated(self.run_id, status)
+    def register(self, name: str, *, tags: Mapping[str, str] | None, description: str) -> ModelVersion:
+        """Register the run's logged model as the next version of ``name`` (created if missing)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name)
+        self.registered = self.client.create_model_version(name, f"{self.artifact_uri}/{MODEL_ARTIFACT_PATH}",
+                                                           run_id=self.run_id, tags=dict(tags or {}),
+                                                           description=description)
+        return self.registered
 
 
 def _tag(key: str, value: str):
@@ -362,20 +386,6 @@ def _evaluation_split(split: ForgetSplit, retain_eval_size: int | None, seed: in
     return dataclasses.replace(split, retain=split.retain.subset(keep))
 
 
-def _losses(models: Mapping[str, nn.Module], split: ForgetSplit, device: torch.device,
-            seed: int) -> dict[str, dict[str, Any]]:
-    """Per-sample losses on the forget set and on a seeded test subset of comparable size (for the report)."""
-    import numpy as np
-
-    from mlflow_unlearn.metrics import collect_outputs, per_sample_loss
-
-    size = min(len(split.test), max(len(split.forget), 200))
-    test = split.test.subset(np.sort(np.random.default_rng(seed).choice(len(split.test), size=size, replace=False)))
-    parts = {"forget": split.forget, "test": test}
-    return {name: {part: per_sample_loss(*collect_outputs(model, data, device=device)).numpy()
-                   for part, data in parts.items()} for name, model in models.items()}
-
-
 def _metric_dict(metrics: pd.DataFrame) -> dict[str, float]:
     return {f"{row}.{col}": float(value) for row, values in metrics.iterrows() for col, value in values.items()}
 
@@ -389,17 +399,6 @@ def _metrics_from_run(run: Run) -> pd.DataFrame:
         if row in (ORIGINAL, UNLEARNED, REFERENCE):
             rows.setdefault(row, {})[col] = value
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
-
-
-def _register(client: MlflowClient, *, name: str, source: str, run_id: str, tags: Mapping[str, str] | None,
-              description: str) -> ModelVersion:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name)
-    return client.create_model_version(name, source, run_id=run_id, tags=dict(tags or {}), description=description)
 
 
 def _log_models(logger: _RunLogger, model: nn.Module, *, sample: torch.Tensor, num_classes: int,
@@ -497,7 +496,7 @@ def train_model(
     logger = _RunLogger(client, run_id=run_id, experiment_id=_experiment_id(client, experiment, None),
                         run_name=f"train-{arch}-{data}", parent_run_id=_parent_run_id())
     version = None
-    try:
+    with logger:
         info = describe(split)
         lineage = lin.DataLineage(split.source, split.seed, split.test_fraction)
         logger.log_params({
@@ -521,17 +520,10 @@ def train_model(
             diff = _log_models(logger, model, sample=split.test.x[:ONNX_SAMPLE_SIZE], num_classes=split.num_classes,
                                onnx=onnx, tmp=Path(tmp))
         if registered_model_name:
-            version = _register(client, name=registered_model_name,
-                                source=f"{logger.artifact_uri}/{MODEL_ARTIFACT_PATH}", run_id=logger.run_id, tags=None,
-                                description=f"{arch} trained on {data} by mlflow-unlearn (test accuracy "
-                                            f"{test_acc:.2f}%)")
+            version = logger.register(registered_model_name, tags=None,
+                                      description=f"{arch} trained on {data} by mlflow-unlearn (test accuracy "
+                                                  f"{test_acc:.2f}%)")
             logger.set_tags({lin.RUN_RESULT_VERSION_TAG: lin.version_ref(version)})
-        logger.finish("FINISHED")
-    except BaseException:
-        if version is not None:
-            client.delete_model_version(version.name, version.version)
-        logger.finish("FAILED")
-        raise
     return TrainOutcome(version, logger.run_id, model, test_acc, diff)
 
 
@@ -605,7 +597,8 @@ def unlearn(
     from mlflow_unlearn.data import ids_digest, resolve_forget
     from mlflow_unlearn.methods import build_config, get_method, run_method
     from mlflow_unlearn.methods.registry import config_to_dict
-    from mlflow_unlearn.metrics import evaluate
+    from mlflow_unlearn.metrics import collect_outputs
+    from mlflow_unlearn.tracking import evaluation
     from mlflow_unlearn.tracking import gate as gating
     from mlflow_unlearn.tracking import report as rep
 
@@ -666,7 +659,7 @@ def unlearn(
     logger = _RunLogger(client, run_id=run_id, experiment_id=_experiment_id(client, experiment, parent_run),
                         run_name=f"unlearn-{parent.name}-v{parent.version}-{method}", parent_run_id=_parent_run_id())
     version = None
-    try:
+    with logger:
         step = lin.ForgetStep(split_forget.spec, split_forget.digest, split_forget.count)
         new_lineage = lineage.then(step)
         logger.set_tags({lin.RUN_CONFIG_HASH_TAG: chash})
@@ -705,8 +698,13 @@ def unlearn(
             timings["reference_s"] = reference_result.wall_time_s
         t = time.perf_counter()
         eval_split = _evaluation_split(split_forget, retain_eval_size, seed)
-        metrics = evaluate(models, eval_split, reference=REFERENCE if REFERENCE in models else None,
-                           incompetent=_incompetent(model, seed), device=dev, seed=seed)
+        # One forward pass per (model, split) feeds both the metrics and the report's loss histograms.
+        outputs = evaluation.collect_split_outputs(models, eval_split, device=dev)
+        incompetent = _incompetent(model, seed)
+        metrics = evaluation.metrics_from_outputs(
+            outputs, reference=REFERENCE if REFERENCE in models else None, seed=seed,
+            incompetent_forget=None if incompetent is None else collect_outputs(incompetent, eval_split.forget,
+                                                                                device=dev))
         test_share = float(np.isin(split_forget.test.y.numpy(), split_forget.forget_classes).mean())
         verdict = gating.apply_gate(metrics, config=gate_cfg, forget_kind=split_forget.kind,
                                     num_classes=split.num_classes, test_forget_share=test_share)
@@ -729,13 +727,12 @@ def unlearn(
                 tags = lin.version_tags(parent=parent, method=method, forget_digest=split_forget.digest,
                                         forget_count=split_forget.count, run_id=logger.run_id,
                                         verdict=verdict.verdict)
-                version = _register(client, name=parent.name,
-                                    source=f"{logger.artifact_uri}/{MODEL_ARTIFACT_PATH}", run_id=logger.run_id,
-                                    tags=tags, description=f"Unlearned from {lin.version_ref(parent)} with {method}: "
-                                                           f"forgot {split_forget.count} samples (digest "
-                                                           f"{split_forget.digest[:12]}), gate {verdict.verdict}.")
+                version = logger.register(parent.name, tags=tags,
+                                          description=f"Unlearned from {lin.version_ref(parent)} with {method}: "
+                                                      f"forgot {split_forget.count} samples (digest "
+                                                      f"{split_forget.digest[:12]}), gate {verdict.verdict}.")
             t = time.perf_counter()
-            losses = _losses(models, split_forget, dev, seed)
+            losses = evaluation.report_losses(outputs, num_test=len(eval_split.test), seed=seed)
             report = {
                 "schema_version": rep.REPORT_SCHEMA_VERSION,
                 "run_id": logger.run_id,
@@ -771,12 +768,6 @@ def unlearn(
         logger.log_metrics({f"time.{k}": v for k, v in timings.items()})
         if version is not None:
             logger.set_tags({lin.RUN_RESULT_VERSION_TAG: lin.version_ref(version)})
-        logger.finish("FINISHED")
-    except BaseException:
-        if version is not None:
-            client.delete_model_version(version.name, version.version)
-        logger.finish("FAILED")
-        raise
     return UnlearnOutcome(version, logger.run_id, metrics,
                           f"{logger.artifact_uri}/{rep.REPORT_ARTIFACT_PATH}/{rep.MD_REPORT}", verdict.verdict,
                           gate=verdict, onnx_max_abs_diff=diff, model=result.model)

@@ -100,3 +100,21 @@ def test_the_module_entry_point_exits_non_zero_with_one_line(env):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert lines == [lines[0]] and "'missing' not found" in lines[0]
+
+
+def test_main_freezes_the_imported_modules_and_keeps_collecting_while_cli_alone_changes_nothing(env):
+    import gc
+
+    frozen, enabled = gc.get_freeze_count(), gc.isenabled()
+    assert CliRunner().invoke(cli, ["methods"]).exit_code == 0
+    assert (gc.get_freeze_count(), gc.isenabled()) == (frozen, enabled)
+    probe = ("import atexit, gc, sys\n"
+             "from mlflow_unlearn.tracking import cli\n"
+             "atexit.register(lambda: print('gc', gc.isenabled(), gc.get_freeze_count(), file=sys.stderr))\n"
+             "sys.argv = ['mlflow-unlearn', 'methods']\n"
+             "cli.main()\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ),
+                          timeout=120)
+    assert proc.returncode == 0 and "nitc" in proc.stdout
+    _, enabled_after, frozen_after = proc.stderr.strip().splitlines()[-1].split()
+    assert enabled_after == "True" and int(frozen_after) > 100_000  # torch's and MLflow's objects

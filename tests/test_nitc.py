@@ -17,6 +17,7 @@ from mlflow_unlearn.methods.curriculum import (
     sample_difficulty,
     staged_subsets,
 )
+from mlflow_unlearn.methods.nitc import mask_classes
 from mlflow_unlearn.methods.registry import UnlearnContext
 from mlflow_unlearn.methods.unsir import impair_and_repair, learn_error_max_noise
 from mlflow_unlearn.models import create_model
@@ -77,6 +78,34 @@ def test_staged_subsets_are_cumulative_easy_first():
     scores = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, 0.0])
     stages = staged_subsets(curriculum_order(scores), 3)
     assert [s.tolist() for s in stages] == [[5, 1], [5, 1, 3, 2], [5, 1, 3, 2, 4, 0]]
+
+
+def test_partitioned_stages_are_easy_to_hard_slices_covering_each_sample_once():
+    scores = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, 0.0, 0.2])
+    stages = staged_subsets(curriculum_order(scores), 3, cumulative=False)
+    assert [s.tolist() for s in stages] == [[5, 1, 6], [3, 2], [4, 0]]
+    assert sorted(np.concatenate(stages).tolist()) == list(range(7))
+
+
+def test_mask_classes_leaves_no_mass_on_forgotten_classes_and_keeps_the_rest():
+    logits = torch.tensor([[5.0, 1.0, 0.0, -2.0], [0.0, 9.0, 3.0, 1.0]])
+    masked = mask_classes(logits, (0, 1))
+    probs = masked.softmax(1)
+    assert torch.isfinite(masked).all()
+    assert float(probs[:, :2].max()) < 1e-12
+    assert torch.equal(masked[:, 2:], logits[:, 2:])
+    assert torch.equal(logits[0], torch.tensor([5.0, 1.0, 0.0, -2.0]))  # input not modified
+
+
+def test_class_mask_makes_forgetting_independent_of_the_impair_strength(digits, original):
+    split = resolve_forget(digits, "classes:3")
+    weak = {"impair_lr": 1e-7, "repair_lr": 1e-7}  # a teacher that is not impaired at all
+    kwargs = dict(forget=split.forget, retain=split.retain, device="cpu", forget_kind="class",
+                  forget_classes=split.forget_classes, seed=0)
+    masked = run_method("nitc", original, config=weak, **kwargs).model
+    unmasked = run_method("nitc", original, config={**weak, "mask_forget_classes": False}, **kwargs).model
+    assert _accuracy(unmasked, split.forget) > 0.5  # the student copies a teacher that still knows class 3
+    assert _accuracy(masked, split.forget) < 0.1
 
 
 # ------------------------------------------------------------------------------------------------ unsir noise
@@ -154,6 +183,8 @@ def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, or
         {"retain_fraction": 1.5},
         {"difficulty": "entropy"},
         {"forget_order": "random"},
+        {"retain_pacing": "geometric"},
+        {"temperature": 0.0},
         {"teacher_optimizer": "lbfgs"},
         {"noise_l2": -0.1},
         {"no_such_key": 1},

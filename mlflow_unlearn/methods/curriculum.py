@@ -103,13 +103,20 @@ def pacing_sizes(n: int, num_stages: int) -> list[int]:
     return [min(n, max(1 if n else 0, math.ceil(s * n / num_stages))) for s in range(1, num_stages + 1)]
 
 
-def staged_subsets(order: np.ndarray, num_stages: int) -> list[np.ndarray]:
-    """Cumulative curriculum stages: stage ``s`` holds the first :func:`pacing_sizes` positions of ``order``.
+def staged_subsets(order: np.ndarray, num_stages: int, *, cumulative: bool = True) -> list[np.ndarray]:
+    """Curriculum stages over ``order`` (easiest first), sized by :func:`pacing_sizes`.
+
+    Cumulative (the usual pacing): stage ``s`` holds the first ``pacing_sizes[s]`` positions. Otherwise
+    stage ``s`` holds only the positions added at ``s``: consecutive slices, each sample in one stage.
 
     >>> [s.tolist() for s in staged_subsets(np.array([3, 1, 0, 2]), 2)]
     [[3, 1], [3, 1, 0, 2]]
+    >>> [s.tolist() for s in staged_subsets(np.array([3, 1, 0, 2]), 2, cumulative=False)]
+    [[3, 1], [0, 2]]
     """
-    return [np.asarray(order[:size]) for size in pacing_sizes(len(order), num_stages)]
+    sizes = pacing_sizes(len(order), num_stages)
+    starts = [0] * len(sizes) if cumulative else [0, *sizes[:-1]]
+    return [np.asarray(order[start:size]) for start, size in zip(starts, sizes, strict=True)]
 
 
 def sample_difficulty(model: nn.Module, data: Dataset | DataLoader, *, criterion: str = "loss",

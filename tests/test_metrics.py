@@ -31,6 +31,7 @@ from mlflow_unlearn.metrics import (
     describe_metrics,
     entropy,
     evaluate,
+    evaluate_outputs,
     js_divergence,
     js_divergence_per_sample,
     loss_mia,
@@ -320,6 +321,22 @@ def test_evaluate_table(small_split):
     assert set(table.columns) <= set(METRIC_INFO)
     again = evaluate({"method": models["method"]}, small_split, device="cpu", seed=0)
     pd.testing.assert_frame_equal(table.loc[["method"], again.columns], again)  # seeded: same numbers again
+
+
+def test_evaluate_outputs_gives_the_table_of_evaluate_from_collected_outputs(small_split):
+    models = {"original": CountingNet(0), "retrain": CountingNet(1)}
+    table = evaluate(models, small_split, incompetent=CountingNet(3), device="cpu", seed=4)
+    outputs = {name: {part: collect_outputs(net, getattr(small_split, part), device="cpu")
+                      for part in ("forget", "retain", "test")} for name, net in models.items()}
+    random_forget = collect_outputs(CountingNet(3), small_split.forget, device="cpu")
+    from_outputs = evaluate_outputs(outputs, reference="retrain", incompetent_forget=random_forget, seed=4)
+    pd.testing.assert_frame_equal(from_outputs, table)
+    with pytest.raises(ValueError, match="Unknown reference 'gold'"):
+        evaluate_outputs(outputs, reference="gold")
+    with pytest.raises(ValueError, match="lack the test set"):
+        evaluate_outputs({"original": {k: v for k, v in outputs["original"].items() if k != "test"}})
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        evaluate_outputs({})
 
 
 def test_evaluate_optional_columns_and_single_sample_forget(small_split):

@@ -2,7 +2,8 @@
 
 Pure functions on collected outputs live in :mod:`~mlflow_unlearn.metrics.functional` and
 :mod:`~mlflow_unlearn.metrics.mia`; :func:`collect_outputs` runs a model once over a set and
-:func:`evaluate` returns the whole table (one row per model, see :data:`METRIC_INFO`).
+:func:`evaluate` returns the whole table (one row per model, see :data:`METRIC_INFO`);
+:func:`evaluate_outputs` builds the same table from outputs already collected.
 """
 
 from mlflow_unlearn.metrics.evaluate import (
@@ -13,6 +14,7 @@ from mlflow_unlearn.metrics.evaluate import (
     collect_outputs,
     describe_metrics,
     evaluate,
+    evaluate_outputs,
 )
 from mlflow_unlearn.metrics.functional import (
     ModelOutputs,
@@ -44,6 +46,7 @@ __all__ = [
     "describe_metrics",
     "entropy",
     "evaluate",
+    "evaluate_outputs",
     "js_divergence",
     "js_divergence_per_sample",
     "loss_mia",

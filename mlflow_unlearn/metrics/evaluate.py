@@ -296,18 +296,50 @@ def evaluate(
         reference = None
     dev = rt.resolve_device(device)
 
-    forget_probs: dict[str, torch.Tensor] = {}
-    rows: dict[str, dict[str, float]] = {}
+    outputs: dict[str, dict[str, ModelOutputs]] = {}
     for name, model in rt.progress(models.items(), desc="evaluate", total=len(models)):
         with _inference_on(model, dev):
-            outputs = {part: collect_outputs(model, getattr(split, part), device=dev, batch_size=batch_size)
-                       for part in SPLITS}
-        rows[name] = _model_metrics(outputs, seed=seed)
-        forget_probs[name] = softmax(outputs["forget"].logits)
-    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
-
+            outputs[name] = {part: collect_outputs(model, getattr(split, part), device=dev, batch_size=batch_size)
+                             for part in SPLITS}
+    random_forget = None
     if incompetent is not None:
-        random_probs = softmax(collect_outputs(incompetent, split.forget, device=dev, batch_size=batch_size).logits)
+        random_forget = collect_outputs(incompetent, split.forget, device=dev, batch_size=batch_size)
+    return evaluate_outputs(outputs, reference=reference, incompetent_forget=random_forget, seed=seed)
+
+
+def evaluate_outputs(
+    outputs: Mapping[str, Mapping[str, ModelOutputs]],
+    *,
+    reference: str | None = None,
+    incompetent_forget: ModelOutputs | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The table of :func:`evaluate` from outputs already collected (one forward pass per model and set).
+
+    For callers that also need the outputs themselves (e.g. loss histograms in a report).
+
+    Args:
+        outputs: ``{model: {"forget"|"retain"|"test": ModelOutputs}}`` (see :func:`collect_outputs`).
+        reference: the row the gap columns compare to, or None.
+        incompetent_forget: a randomly initialised model's outputs on the forget set, for ``zrf``.
+        seed: seeds the attacks' subsampling and folds.
+
+    Raises:
+        ValueError: for no models, a missing set, or a ``reference`` that names no model.
+    """
+    if not outputs:
+        raise ValueError("Expected argument `outputs` to be a non-empty mapping of model -> outputs per set")
+    for name, per_split in outputs.items():
+        missing = [part for part in SPLITS if part not in per_split]
+        if missing:
+            raise ValueError(f"Outputs of model {name!r} lack the {', '.join(missing)} set(s)")
+    if reference is not None and reference not in outputs:
+        raise ValueError(f"Unknown reference {reference!r}; the models are: {', '.join(outputs)}")
+    rows = {name: _model_metrics(per_split, seed=seed) for name, per_split in outputs.items()}
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
+    forget_probs = {name: softmax(per_split["forget"].logits) for name, per_split in outputs.items()}
+    if incompetent_forget is not None:
+        random_probs = softmax(incompetent_forget.logits)
         table["zrf"] = [zrf_score(forget_probs[name], random_probs) for name in table.index]
     if reference is not None:
         table["avg_gap"] = avg_gap(table, reference)

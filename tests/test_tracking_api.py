@@ -236,7 +236,7 @@ def test_metrics_from_collected_outputs_equal_metrics_evaluate_and_feed_the_repo
     from torch import nn
 
     from mlflow_unlearn.data import DataSplit
-    from mlflow_unlearn.metrics import collect_outputs, evaluate, per_sample_loss
+    from mlflow_unlearn.metrics import collect_outputs, evaluate, evaluate_outputs, per_sample_loss
     from mlflow_unlearn.tracking import evaluation
 
     full = load_data("digits")
@@ -247,11 +247,11 @@ def test_metrics_from_collected_outputs_equal_metrics_evaluate_and_feed_the_repo
     incompetent = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     expected = evaluate(nets, split, reference="retrain", incompetent=incompetent, device="cpu", seed=3)
     outputs = evaluation.collect_split_outputs(nets, split, device=torch.device("cpu"))
-    got = evaluation.metrics_from_outputs(outputs, reference="retrain", seed=3,
-                                          incompetent_forget=collect_outputs(incompetent, split.forget, device="cpu"))
+    got = evaluate_outputs(outputs, reference="retrain", seed=3,
+                           incompetent_forget=collect_outputs(incompetent, split.forget, device="cpu"))
     pd.testing.assert_frame_equal(got, expected)
     with pytest.raises(ValueError, match="Unknown reference"):
-        evaluation.metrics_from_outputs(outputs, reference="nope", incompetent_forget=None, seed=3)
+        evaluate_outputs(outputs, reference="nope", incompetent_forget=None, seed=3)
 
     losses = evaluation.report_losses(outputs, num_test=len(split.test), seed=0)
     forget_loss = per_sample_loss(*collect_outputs(nets["unlearned"], split.forget, device="cpu")).numpy()

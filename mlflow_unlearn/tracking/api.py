@@ -597,7 +597,7 @@ def unlearn(
     from mlflow_unlearn.data import ids_digest, resolve_forget
     from mlflow_unlearn.methods import build_config, get_method, run_method
     from mlflow_unlearn.methods.registry import config_to_dict
-    from mlflow_unlearn.metrics import collect_outputs
+    from mlflow_unlearn.metrics import collect_outputs, evaluate_outputs
     from mlflow_unlearn.tracking import evaluation
     from mlflow_unlearn.tracking import gate as gating
     from mlflow_unlearn.tracking import report as rep
@@ -701,7 +701,7 @@ def unlearn(
         # One forward pass per (model, split) feeds both the metrics and the report's loss histograms.
         outputs = evaluation.collect_split_outputs(models, eval_split, device=dev)
         incompetent = _incompetent(model, seed)
-        metrics = evaluation.metrics_from_outputs(
+        metrics = evaluate_outputs(
             outputs, reference=REFERENCE if REFERENCE in models else None, seed=seed,
             incompetent_forget=None if incompetent is None else collect_outputs(incompetent, eval_split.forget,
                                                                                 device=dev))

@@ -2,9 +2,9 @@
 
 :func:`mlflow_unlearn.metrics.evaluate` runs every model over the forget, retain and test sets and returns
 the metrics table; the audit report also needs per-sample losses on the forget and test sets. Collecting
-the outputs once (:func:`collect_split_outputs`) and deriving both the table (:func:`metrics_from_outputs`,
-the same columns and values as ``metrics.evaluate``) and the report's losses (:func:`report_losses`) from
-them saves the second forward pass over those sets.
+the outputs once (:func:`collect_split_outputs`) and deriving both the table
+(:func:`mlflow_unlearn.metrics.evaluate_outputs`, the same columns and values as ``metrics.evaluate``) and
+the report's losses (:func:`report_losses`) from them saves the second forward pass over those sets.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
     import torch
     from torch import nn
 
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
 
 SPLITS = ("forget", "retain", "test")
 #: Samples per forward pass of the evaluation.
-EVAL_BATCH_SIZE = 512
+EVAL_BATCH_SIZE = 256
 #: Fewest test samples in the report's loss histograms (the forget set's size when it is larger).
 MIN_REPORT_TEST_SAMPLES = 200
 
@@ -41,46 +40,6 @@ def collect_split_outputs(models: Mapping[str, nn.Module], split: ForgetSplit, *
     return {name: {part: collect_outputs(model, getattr(split, part), device=device, batch_size=batch_size)
                    for part in SPLITS}
             for name, model in rt.progress(models.items(), desc="evaluate", total=len(models))}
-
-
-def metrics_from_outputs(outputs: Mapping[str, Mapping[str, ModelOutputs]], *, reference: str | None,
-                         incompetent_forget: ModelOutputs | None, seed: int) -> pd.DataFrame:
-    """The table of :func:`mlflow_unlearn.metrics.evaluate` from outputs collected by :func:`collect_split_outputs`.
-
-    Args:
-        outputs: ``{model: {"forget"|"retain"|"test": outputs}}``.
-        reference: the row the gap columns (``avg_gap``, ``js_to_reference``,
-            ``activation_distance_to_reference``) compare to, or None.
-        incompetent_forget: a randomly initialised model's outputs on the forget set, for ``zrf`` (None: no
-            ``zrf`` column).
-        seed: seeds the membership attacks (the same for every model).
-
-    Returns:
-        One row per model, the columns of :data:`mlflow_unlearn.metrics.METRIC_INFO`.
-
-    Raises:
-        ValueError: if ``reference`` names no model.
-    """
-    import pandas as pd
-
-    from mlflow_unlearn.metrics import activation_distance, avg_gap, js_divergence, softmax, zrf_score
-    from mlflow_unlearn.metrics.evaluate import _model_metrics
-
-    if reference is not None and reference not in outputs:
-        raise ValueError(f"Unknown reference {reference!r}; the models are: {', '.join(outputs)}")
-    rows = {name: _model_metrics(per_split, seed=seed) for name, per_split in outputs.items()}
-    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
-    forget_probs = {name: softmax(per_split["forget"].logits) for name, per_split in outputs.items()}
-    if incompetent_forget is not None:
-        random_probs = softmax(incompetent_forget.logits)
-        table["zrf"] = [zrf_score(forget_probs[name], random_probs) for name in table.index]
-    if reference is not None:
-        table["avg_gap"] = avg_gap(table, reference)
-        table["js_to_reference"] = [js_divergence(forget_probs[n], forget_probs[reference]) for n in table.index]
-        table["activation_distance_to_reference"] = [
-            activation_distance(forget_probs[n], forget_probs[reference]) for n in table.index
-        ]
-    return table
 
 
 def report_losses(outputs: Mapping[str, Mapping[str, ModelOutputs]], *, num_test: int,

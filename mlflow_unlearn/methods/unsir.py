@@ -130,12 +130,13 @@ def impair_and_repair(
     context: UnlearnContext,
     history: rt.History,
     stage_prefix: str = "",
+    noise_per_forget: float = 1.0,
 ) -> nn.Module:
     """The UNSIR procedure (noise, impair, repair) on ``model`` in place; returns the (unwrapped) model.
 
-    ``forget_labels`` are the labels of the forget samples: one noise class per distinct label, and as many
-    noise samples per class as forget samples with that label. The impair and repair sets use the same
-    seeded ``retain_fraction`` subset of ``retain``.
+    ``forget_labels`` are the labels of the forget samples: one noise class per distinct label, and
+    ``noise_per_forget`` noise rows per forget sample with that label (at least one per label). The impair
+    and repair sets use the same seeded ``retain_fraction`` subset of ``retain``.
     """
     dev = context.device
     retain_x, retain_y = as_tensors(random_subset(retain, retain_fraction, seed=context.seed))
@@ -149,7 +150,8 @@ def impair_and_repair(
     )
     history.log(stage=f"{stage_prefix}noise", classes=len(classes), noise_samples=len(noise_y))
     # Repeat each class's noise rows cyclically up to the number of forget samples of that class.
-    picks = [i * per_class + torch.arange(int(count)) % per_class for i, count in enumerate(counts.tolist())]
+    rows = [max(1, round(count * noise_per_forget)) for count in counts.tolist()]
+    picks = [i * per_class + torch.arange(n) % per_class for i, n in enumerate(rows)]
     pick = torch.cat(picks)
     impair_set = TensorDataset(torch.cat([noise[pick], retain_x]), torch.cat([noise_y[pick], retain_y]))
     repair_set = TensorDataset(retain_x, retain_y)

@@ -69,6 +69,27 @@ def test_run_writes_csv_markdown_plot_and_merges(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_tune_scores_variants_on_cached_tuning_cells_and_refuses_reported_seeds(tmp_path: Path) -> None:
+    built = _script("run.py", "--datasets", "digits", "--seeds", "100", "--tasks", "A", "--methods", "finetune",
+                    "--quick", "--threads", "1", "--out-dir", str(tmp_path), cwd=tmp_path)
+    assert built.returncode == 0, built.stderr[-3000:]
+    cache = ["--cache-dir", str(tmp_path / ".cache"), "--epochs", "2"]
+    tuned = _script("tune.py", *cache, "--cells", "digits:A:100", "one:finetune:{\"epochs\": 1}",
+                    "two:finetune:{\"epochs\": 2}", cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    lines = [line.split() for line in tuned.stdout.splitlines()]
+    rows = {row[2]: row for row in lines if len(row) > 3 and row[1] == "digits:A:100"}
+    assert set(rows) == {"original", "retrain", "one", "two"}
+    assert float(rows["retrain"][3]) == 0.0 and float(rows["original"][3]) > 10  # avg_gap column
+    refused = _script("tune.py", *cache, "--cells", "digits:A:0", "one:finetune:", cwd=tmp_path)
+    assert refused.returncode != 0 and "reported seed" in refused.stderr
+    missing = _script("tune.py", *cache, "--cells", "digits:B:100", "one:finetune:", cwd=tmp_path)
+    assert missing.returncode != 0 and "No cached original/reference" in missing.stderr
+    bad = _script("tune.py", *cache, "--cells", "digits:A:100", "no-method-here", cwd=tmp_path)
+    assert bad.returncode != 0 and "label:method:json" in bad.stderr
+
+
+@pytest.mark.slow
 def test_gpu_check_runs_on_cpu_and_does_not_append(tmp_path: Path) -> None:
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text("# results\n")

@@ -1,0 +1,127 @@
+"""Compare config variants of unlearning methods on tuning cells (seeds >= 100 only), scored like ``run.py``.
+
+The originals and retrain references come from the cache that ``run.py`` writes, so build it first::
+
+    python benchmarks/run.py --datasets mnist5k,digits --tasks A,B --seeds 100,101 --methods nitc --out-dir /tmp/tune
+    python benchmarks/tune.py --cache-dir /tmp/tune/.cache \\
+        'defaults:nitc:' 'two-stages:nitc:{"num_stages": 2}' 'rl:random_label:'
+
+Each variant is ``label:method:json-config`` (an empty config means the method's defaults). Every variant
+runs on every cell (``dataset:task:seed``) from the same original; the table gives per-cell and mean Avg Gap,
+forget / retain / test accuracy, MIA-efficacy and the CPU time as a fraction of the reference's (measured in
+this process, so only comparable between variants of one call). Seeds below 100 are refused: they are the
+reported ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn.data import load_data, resolve_forget
+from mlflow_unlearn.methods import run_method
+from mlflow_unlearn.metrics import evaluate
+from mlflow_unlearn.training import TrainConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as bench  # noqa: E402
+
+DEFAULT_CELLS = ",".join(f"{dataset}:{task}:{seed}" for task in "AB" for dataset in ("mnist5k", "digits")
+                         for seed in (100, 101))
+
+
+def parse_variant(text: str) -> tuple[str, str, dict]:
+    """``label:method:json`` -> ``(label, method, config)``."""
+    parts = text.split(":", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise SystemExit(f"Bad variant {text!r}: expected label:method:json-config (the config may be empty)")
+    try:
+        config = json.loads(parts[2]) if parts[2].strip() else {}
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"Bad config in variant {text!r}: {exc}") from None
+    return parts[0], parts[1], config
+
+
+def parse_cell(text: str) -> tuple[str, str, int]:
+    """``dataset:task:seed`` -> its parts; refuses the reported seeds (< 100)."""
+    try:
+        dataset, task, seed = text.split(":")
+        seed_value = int(seed)
+    except ValueError:
+        raise SystemExit(f"Bad cell {text!r}: expected dataset:task:seed, e.g. mnist5k:A:100") from None
+    if task not in bench.TASKS:
+        raise SystemExit(f"Bad cell {text!r}: task must be one of {', '.join(bench.TASKS)}")
+    if seed_value < bench.TUNING_SEEDS_FROM:
+        raise SystemExit(f"Seed {seed_value} is a reported seed; tune on seeds >= {bench.TUNING_SEEDS_FROM}")
+    return dataset, task, seed_value
+
+
+def load_cell(cache: bench.ModelCache, dataset: str, task: str, seed: int, epochs: int | None = None):
+    """The forget split, original and retrain reference (eval mode) and the reference's CPU time."""
+    dev = torch.device("cpu")
+    split = load_data(dataset, seed=seed)
+    recipe = TrainConfig(seed=seed) if epochs is None else TrainConfig(epochs=epochs, seed=seed)
+    original = bench.create_model(bench.MODEL, in_channels=split.train.in_channels, num_classes=split.num_classes,
+                                  input_size=split.train.input_size)
+    key = {"role": bench.ORIGINAL, "measures": ("wall", "cpu", "memory"), "dataset": dataset, "seed": seed,
+           "architecture": bench.MODEL, "recipe": recipe.to_dict(), "device": dev.type}
+    spec = bench.TASKS[task][1](seed, split.num_classes)
+    fsplit = resolve_forget(split, spec)
+    ref_cfg = bench.method_config(bench.REFERENCE, recipe, {}, False)
+    reference = bench.fresh_model(fsplit)
+    ref_measured = cache.load(reference, **{**key, "role": bench.REFERENCE, "spec": spec,
+                                            "config": bench.config_json(ref_cfg)})
+    if cache.load(original, **key) is None or ref_measured is None:
+        raise SystemExit(f"No cached original/reference for {dataset}:{task}:{seed} in {cache.root}; build them with "
+                         f"run.py --datasets {dataset} --tasks {task} --seeds {seed} --out-dir <dir> first")
+    return fsplit, original.eval(), reference.eval(), ref_measured["cpu_time_s"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("variants", nargs="+", help="label:method:json-config")
+    parser.add_argument("--cells", default=DEFAULT_CELLS, help="comma-separated dataset:task:seed (seeds >= 100)")
+    parser.add_argument("--cache-dir", default="/tmp/tune/.cache", help="the cache that run.py wrote")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs of the cached originals, as given to run.py (--quick: 2)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    variants = [parse_variant(v) for v in args.variants]
+    cells = [parse_cell(c) for c in args.cells.split(",")]
+    cache = bench.ModelCache(Path(args.cache_dir))
+    rows = []
+    for dataset, task, seed in cells:
+        fsplit, original, reference, ref_cpu = load_cell(cache, dataset, task, seed, args.epochs)
+        models = {bench.ORIGINAL: original, bench.REFERENCE: reference}
+        cpu_fraction = {}
+        for label, method, config in variants:
+            start = time.process_time()
+            result = run_method(method, original, forget=fsplit.forget, retain=fsplit.retain, config=config,
+                                device="cpu", forget_kind=fsplit.kind, forget_classes=fsplit.forget_classes, seed=seed)
+            cpu_fraction[label] = (time.process_time() - start) / ref_cpu
+            models[label] = result.model.eval()
+        rt.seed_everything(seed)
+        table = evaluate(models, fsplit, reference=bench.REFERENCE, incompetent=bench.fresh_model(fsplit).eval(),
+                         device="cpu", seed=seed)
+        for name, metrics in table.iterrows():
+            rows.append({"task": task, "cell": f"{dataset}:{task}:{seed}", "model": name, "avg_gap": metrics["avg_gap"],
+                         "forget": metrics["forget_accuracy"], "retain": metrics["retain_accuracy"],
+                         "test": metrics["test_accuracy"], "mia": metrics["mia_efficacy"],
+                         "cpu_fraction": cpu_fraction.get(name, float("nan"))})
+    frame = pd.DataFrame(rows)
+    with pd.option_context("display.width", 200):
+        print(frame.round(3).to_string(index=False))
+        print(frame.groupby(["task", "model"], sort=False).mean(numeric_only=True).round(3).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -72,6 +72,10 @@ def _running(pid: int) -> bool:
         return False
 
 
+ANALYSIS_HEADING = "## Measurement conditions and analysis"
+"""The hand-written part of OVERHEAD.md, from this heading on, is kept when the tables are regenerated."""
+
+
 def _mlflow_run(args: list[str], env: dict[str, str], cwd: Path, *,
                 job_marker: bytes | None = None) -> dict[str, float | None]:
     """Run ``mlflow run ARGS``; return its wall time, the CPU time (user + system) of its process tree and,
@@ -230,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         f"mlflow\"` takes {import_floor:.2f} s.",
         "",
     ]
-    (args.out_dir / "OVERHEAD.md").write_text("\n".join(lines))
+    target = args.out_dir / "OVERHEAD.md"
+    previous = target.read_text() if target.exists() else ""
+    kept = previous[previous.index(ANALYSIS_HEADING):] if ANALYSIS_HEADING in previous else ""
+    target.write_text("\n".join(lines).rstrip("\n") + ("\n\n" + kept if kept else "\n"))
     print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)
     return 0

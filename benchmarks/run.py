@@ -570,8 +570,9 @@ sets), e.g. `python benchmarks/run.py --seeds {tuning},{tuning_next} --methods n
 
 - The baselines' defaults are their papers' settings; where a module departs from its paper (mostly to
   fit a budget of a few epochs), its docstring says how and why.
-- `nitc`'s defaults are set by its author in `mlflow_unlearn/methods/nitc.py`; the benchmark cannot
-  check on which seeds they were chosen (see that module's history).
+- `nitc`'s defaults are set in `mlflow_unlearn/methods/nitc.py`, whose docstring gives the tuning-cell
+  numbers behind each; `benchmarks/tune.py` compares config variants on such cells (seeds >= 100 only, it
+  refuses the reported ones) against the originals and references that `run.py` cached for them.
 - The benchmark itself tunes nothing: every method ran with its registered defaults (the resolved config
   of every row is in the `config` column of `results.csv`, and `method_source` identifies the exact
   source of the method that produced it). The original and the retrain reference both use the

@@ -31,7 +31,8 @@ MODEL = "digits-plugin"
 LINEAGE_KEYS = {"mlflow_unlearn.parent", "mlflow_unlearn.method", "mlflow_unlearn.forget_digest",
                 "mlflow_unlearn.forget_count", "mlflow_unlearn.run_id", "mlflow_unlearn.verdict"}
 JOB_TIMEOUT_S = 240
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "unlearn_ui.png"
+DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "unlearn_ui.png"
+UPDATE_SCREENSHOT_ENV = "MLFLOW_UNLEARN_UPDATE_SCREENSHOT"  # =1: the UI test refreshes the README's screenshot
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -311,7 +312,7 @@ def _chromium_or_skip() -> None:
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the UI test needs a real browser")
 
 
-def test_request_from_the_stock_ui_creates_a_new_version(server, parent):
+def test_request_from_the_stock_ui_creates_a_new_version(server, parent, tmp_path):
     _chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
@@ -344,8 +345,9 @@ def test_request_from_the_stock_ui_creates_a_new_version(server, parent):
                 if close.is_visible():
                     close.click()
             page.get_by_text("mlflow_unlearn.status").first.scroll_into_view_if_needed()
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            shot = DOCS_SCREENSHOT if os.environ.get(UPDATE_SCREENSHOT_ENV) == "1" else tmp_path / "unlearn_ui.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             page.goto(f"{server.url}/#/models/{MODEL}")
             page.get_by_text(f"Version {new_version}").first.wait_for(timeout=60_000)
         finally:

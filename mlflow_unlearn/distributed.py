@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = load_data(args.data, seed=args.data_seed)
         fsplit = resolve_forget(split, args.forget)
         model = create_model(args.model_arch, in_channels=split.train.in_channels, num_classes=split.num_classes,
-                             input_size=split.train.input_size)
+                             input_size=split.train.input_size, input_shape=split.train.input_shape)
         model.load_state_dict(torch.load(args.model_in, map_location="cpu", weights_only=True))
         device = None if args.device == "auto" else args.device
         result = run_method(args.method, model, forget=fsplit.forget, retain=fsplit.retain, config=overrides,

@@ -259,3 +259,30 @@ def test_metrics_from_collected_outputs_equal_metrics_evaluate_and_feed_the_repo
     assert len(losses["retrain"]["test"]) == min(len(split.test), max(split.count, 200))
     test_loss = per_sample_loss(*collect_outputs(nets["retrain"], split.test, device="cpu")).numpy()
     assert set(np.round(losses["retrain"]["test"], 6)) <= set(np.round(test_loss, 6))
+
+
+@pytest.mark.slow
+def test_flat_feature_data_trains_an_mlp_and_unlearns_with_nitc(uris, tmp_path):
+    """Tabular samples (N x F, here digits' 64 pixels as features with non-image IDs) through the whole slice."""
+    import numpy as np
+
+    digits = load_data("digits").train
+    features = np.concatenate([digits.x.flatten(1).numpy(), load_data("digits").test.x.flatten(1).numpy()])
+    labels = np.concatenate([digits.y.numpy(), load_data("digits").test.y.numpy()])
+    path = tmp_path / "flat.npz"
+    np.savez(path, x=features, y=labels, ids=np.array([f"row-{i}" for i in range(len(labels))]))
+    data = f"npz:{path}"
+    assert load_data(data).train.input_shape == (64,)
+    with pytest.raises(ValueError, match="use 'mlp' for flat feature vectors"):
+        train_model(data, arch="smallcnn", registered_model_name="flat-cnn", config=FAST, device="cpu", **uris)
+    client = MlflowClient(uris["tracking_uri"], uris["registry_uri"])
+    assert not client.search_registered_models("name='flat-cnn'")
+
+    base = train_model(data, arch="mlp", registered_model_name="flat-mlp", config={"epochs": 5}, device="cpu",
+                       **uris)
+    assert base.test_accuracy > 80
+    outcome = unlearn("models:/flat-mlp/1", forget="classes:4", method="nitc", device="cpu", **uris)
+    assert outcome.verdict == "passed" and outcome.version is not None
+    assert outcome.metrics.loc["unlearned", "forget_accuracy"] < 10 < 80 < outcome.metrics.loc["original",
+                                                                                                "forget_accuracy"]
+    assert 0 <= outcome.onnx_max_abs_diff <= 1e-4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -41,22 +43,36 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+def _require_images(name: str, input_shape: tuple[int, ...] | None) -> None:
+    if input_shape is not None and len(input_shape) != 3:
+        raise ValueError(f"Model {name!r} needs image samples (channels x height x width) but the samples have "
+                         f"shape {tuple(input_shape)}; use 'mlp' for flat feature vectors")
+
+
 @register_model("mlp")
-def mlp(*, in_channels: int, num_classes: int, input_size: int, hidden: int = 256) -> nn.Module:
-    return MLP(in_channels * input_size * input_size, num_classes, hidden)
+def mlp(*, in_channels: int, num_classes: int, input_size: int, hidden: int = 256,
+        input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """Two hidden layers over the flattened sample: any ``input_shape`` (flat features or images)."""
+    features = math.prod(input_shape) if input_shape is not None else in_channels * input_size * input_size
+    return MLP(features, num_classes, hidden)
 
 
 @register_model("smallcnn")
-def smallcnn(*, in_channels: int, num_classes: int, input_size: int, width: int = 32) -> nn.Module:
-    return SmallCNN(in_channels, num_classes, input_size, width)
+def smallcnn(*, in_channels: int, num_classes: int, input_size: int, width: int = 32,
+             input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    _require_images("smallcnn", input_shape)
+    side = min(input_shape[1:]) if input_shape is not None else input_size
+    return SmallCNN(in_channels, num_classes, side, width)
 
 
 @register_model("resnet18")
-def resnet18(*, in_channels: int, num_classes: int, input_size: int, cifar_stem: bool | None = None) -> nn.Module:
+def resnet18(*, in_channels: int, num_classes: int, input_size: int, cifar_stem: bool | None = None,
+             input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """torchvision's ResNet-18 (random init). ``cifar_stem`` (default: input_size <= 64) swaps the 7x7/2
     stem and max-pool for a 3x3/1 convolution, the usual choice for 32x32 images."""
     from torchvision.models import resnet18 as tv_resnet18
 
+    _require_images("resnet18", input_shape)
     model = tv_resnet18(weights=None, num_classes=num_classes)
     if cifar_stem is None:
         cifar_stem = input_size <= 64

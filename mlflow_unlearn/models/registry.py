@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -31,14 +32,23 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, *, in_channels: int, num_classes: int, input_size: int, **kwargs) -> nn.Module:
+def create_model(name: str, *, in_channels: int, num_classes: int, input_size: int,
+                 input_shape: tuple[int, ...] | None = None, **kwargs) -> nn.Module:
     """Build architecture ``name`` for inputs of ``in_channels x input_size x input_size``.
 
+    ``input_shape`` (one sample's shape, e.g. ``SampleSet.input_shape``) describes inputs that are not square
+    images: flat feature vectors ``(F,)`` or ``C x H x W`` with ``H != W``. It is passed on to factories that
+    accept it (all built-in ones do); the convolutional ones refuse flat inputs with a message.
+
     Raises:
-        ValueError: for an unknown name (the message lists the known ones) or non-positive sizes.
+        ValueError: for an unknown name (the message lists the known ones), non-positive sizes, or inputs the
+            architecture cannot take.
 
     >>> create_model("mlp", in_channels=1, num_classes=10, input_size=8).__class__.__name__
     'MLP'
+    >>> import torch
+    >>> create_model("mlp", in_channels=1, num_classes=3, input_size=20, input_shape=(20,))(torch.zeros(2, 20)).shape
+    torch.Size([2, 3])
     """
     if name not in _MODELS:
         raise ValueError(f"Unknown model {name!r}; expected one of: {', '.join(list_models())}")
@@ -47,4 +57,14 @@ def create_model(name: str, *, in_channels: int, num_classes: int, input_size: i
             raise ValueError(f"Expected argument `{arg}` to be a positive int but got {value!r}")
     if num_classes < 2:
         raise ValueError(f"Expected argument `num_classes` to be at least 2 but got {num_classes}")
-    return _MODELS[name](in_channels=in_channels, num_classes=num_classes, input_size=input_size, **kwargs)
+    factory = _MODELS[name]
+    if input_shape is not None:
+        input_shape = tuple(input_shape)
+        if not input_shape or not all(isinstance(v, int) and v >= 1 for v in input_shape):
+            raise ValueError(f"Expected argument `input_shape` to be a tuple of positive ints but got {input_shape!r}")
+        if "input_shape" in inspect.signature(factory).parameters:
+            kwargs["input_shape"] = input_shape
+        elif input_shape != (in_channels, input_size, input_size):
+            raise ValueError(f"Model {name!r} takes square images ({in_channels}x{input_size}x{input_size}) but the "
+                             f"samples have shape {input_shape}")
+    return factory(in_channels=in_channels, num_classes=num_classes, input_size=input_size, **kwargs)

@@ -491,7 +491,7 @@ def train_model(
     dev = rt.resolve_device(device)
     split = load_data(data, seed=seed, test_fraction=test_fraction)
     model = create_model(arch, in_channels=split.train.in_channels, num_classes=split.num_classes,
-                         input_size=split.train.input_size)
+                         input_size=split.train.input_size, input_shape=split.train.input_shape)
     client = _client(tracking_uri, registry_uri)
     logger = _RunLogger(client, run_id=run_id, experiment_id=_experiment_id(client, experiment, None),
                         run_name=f"train-{arch}-{data}", parent_run_id=_parent_run_id())

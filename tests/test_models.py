@@ -48,3 +48,17 @@ def test_bad_model_arguments_are_named(kwargs, match):
 def test_duplicate_registration_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         register_model("mlp")(lambda **kw: None)
+
+
+def test_sample_shape_flat_features_and_non_square_images():
+    flat = create_model("mlp", in_channels=1, num_classes=3, input_size=20, input_shape=(20,))
+    assert flat(torch.zeros(4, 20)).shape == (4, 3)
+    wide = create_model("mlp", in_channels=2, num_classes=5, input_size=12, input_shape=(2, 6, 12))
+    assert wide(torch.zeros(4, 2, 6, 12)).shape == (4, 5)
+    cnn = create_model("smallcnn", in_channels=1, num_classes=4, input_size=28, input_shape=(1, 20, 28))
+    assert cnn(torch.zeros(2, 1, 20, 28)).shape == (2, 4)
+    for name in ("smallcnn", "resnet18"):
+        with pytest.raises(ValueError, match="use 'mlp' for flat feature vectors"):
+            create_model(name, in_channels=1, num_classes=3, input_size=20, input_shape=(20,))
+    with pytest.raises(ValueError, match="`input_shape` to be a tuple of positive ints"):
+        create_model("mlp", in_channels=1, num_classes=3, input_size=20, input_shape=(0, 20))

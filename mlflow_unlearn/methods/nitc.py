@@ -32,7 +32,7 @@ the impair step having been long enough for the data at hand.
 **Sample-wise forgetting.** A retrained model still classifies the forgotten samples about as well as
 unseen test data, because their classes remain in the retain set; driving them to random predictions
 would be *detectable* over-forgetting. So the noise is learned per class *present* in the forget set
-(one error-maximizing batch per label, as many noise samples per label as forget samples with it), and
+(one error-maximizing batch per label, ``noise_per_forget`` noise rows per forget sample with it), and
 the teacher's repair on retain data restores generalisation but not the forget samples' memorised
 detail. Distilling it there moves the forget samples' predictions from memorised (near-certain) towards
 generalisation-level confidence, while the original, on the retain subset, anchors everything else.

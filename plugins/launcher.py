@@ -38,6 +38,7 @@ BACKEND_ENV = "MLFLOW_UNLEARN_BACKEND"
 BACKEND_CONFIG_ENV = "MLFLOW_UNLEARN_BACKEND_CONFIG"
 TRACKING_URI_ENV = "MLFLOW_UNLEARN_TRACKING_URI"
 DEVICE_ENV = "MLFLOW_UNLEARN_DEVICE"
+NPROC_ENV = "MLFLOW_UNLEARN_NPROC"
 DOCKER_IMAGE_ENV = "MLFLOW_UNLEARN_DOCKER_IMAGE"
 LOG_DIR_ENV = "MLFLOW_UNLEARN_LOG_DIR"
 BACKENDS = ("local", "kubernetes")
@@ -65,6 +66,9 @@ class LauncherSettings:
             Must be the server's ``http(s)://`` address when the server proxies artifacts (``mlflow-artifacts:``)
             or the job runs on Kubernetes.
         device: ``device`` parameter of the job (:data:`DEVICE_ENV`, default ``auto``).
+        nproc: processes of the job (:data:`NPROC_ENV`, default 1); above 1 the job is the project's
+            ``unlearn_distributed`` entry point (``torchrun``, DistributedDataParallel, rank 0 registers), which
+            only methods that support it accept.
         docker_image: base image of the Kubernetes job (:data:`DOCKER_IMAGE_ENV`).
         log_dir: where launcher and job output goes (:data:`LOG_DIR_ENV`).
 
@@ -76,10 +80,13 @@ class LauncherSettings:
     backend_config: str = ""
     tracking_uri: str = ""
     device: str = "auto"
+    nproc: int = 1
     docker_image: str = "mlflow-unlearn:latest"
     log_dir: str = ""
 
     def __post_init__(self) -> None:
+        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
+            raise ValueError(f"Expected `{NPROC_ENV}` to be a positive int but got {self.nproc!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"Expected `{BACKEND_ENV}` to be one of {', '.join(BACKENDS)} but got {self.backend!r}")
         if self.backend == "kubernetes":
@@ -103,9 +110,17 @@ class LauncherSettings:
             backend_config=env.get(BACKEND_CONFIG_ENV, ""),
             tracking_uri=env.get(TRACKING_URI_ENV, ""),
             device=env.get(DEVICE_ENV, "auto"),
+            nproc=_positive_int(env.get(NPROC_ENV, "1"), NPROC_ENV),
             docker_image=env.get(DOCKER_IMAGE_ENV, "mlflow-unlearn:latest"),
             log_dir=env.get(LOG_DIR_ENV, "") or os.path.join(tempfile.gettempdir(), "mlflow-unlearn-logs"),
         )
+
+
+def _positive_int(text: str, name: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"Expected `{name}` to be a positive int but got {text!r}") from None
 
 
 def job_uris(settings: LauncherSettings, registry_db_uri: str, tracking_uri: str | None) -> tuple[str, str]:
@@ -308,9 +323,12 @@ class _Launch:
             backend_config = self.settings.backend_config
         model_uri = f"models:/{self.name}/{self.version}"
         self.client.set_tag(run_id, PROJECT_TAG, uri)
+        parameters = request.project_parameters(model_uri, device=self.settings.device)
+        entry_point = "unlearn"
+        if self.settings.nproc > 1:
+            entry_point, parameters["nproc"] = "unlearn_distributed", str(self.settings.nproc)
         return mlflow.projects.run(
-            uri=uri, entry_point="unlearn", parameters=request.project_parameters(model_uri,
-                                                                                  device=self.settings.device),
+            uri=uri, entry_point=entry_point, parameters=parameters,
             backend=self.settings.backend, backend_config=backend_config, env_manager="local", synchronous=False,
             run_id=run_id, experiment_id=self.client.get_run(run_id).info.experiment_id,
         )

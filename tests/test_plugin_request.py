@@ -136,6 +136,14 @@ def test_settings_fail_early(monkeypatch, tmp_path):
     monkeypatch.delenv("_MLFLOW_SERVER_FILE_STORE", raising=False)
     assert launcher.job_uris(launcher.LauncherSettings(), "sqlite:////r.db", "sqlite:////t.db") == (
         "sqlite:////t.db", "sqlite:////r.db")
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("MLFLOW_UNLEARN_NPROC", bad)
+        with pytest.raises(ValueError, match="MLFLOW_UNLEARN_NPROC"):
+            launcher.LauncherSettings.from_env()
+    monkeypatch.setenv("MLFLOW_UNLEARN_NPROC", " 4 ")
+    assert launcher.LauncherSettings.from_env().nproc == 4
+    monkeypatch.delenv("MLFLOW_UNLEARN_NPROC")
+    assert launcher.LauncherSettings.from_env().nproc == 1
 
 
 def test_kubernetes_project_keeps_entry_points_and_uses_docker(tmp_path):

@@ -44,3 +44,29 @@ def test_mlflow_run_unlearn_entry_point(tmp_path):
     version = client.get_model_version("proj", "2")
     assert version.run_id == run.info.run_id and set(version.tags) == set(lin.VERSION_TAG_KEYS)
     assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"model", "onnx_model", "report"}
+
+
+@pytest.mark.slow
+def test_mlflow_run_unlearn_distributed_entry_point_registers_once(tmp_path):
+    """``-e unlearn_distributed -P nproc=2``: two gloo processes, one run, one new version."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("project-ddp", artifact_location=str(tmp_path / "artifacts"))
+    train_model("digits", arch="smallcnn", registered_model_name="ddp", config={"epochs": 3}, onnx=False,
+                device="cpu", tracking_uri=uri, experiment=experiment)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_UNLEARN_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "unlearn_distributed", "--env-manager", "local",
+         "--experiment-id", experiment, "-P", "model_uri=models:/ddp/1", "-P", "forget=classes:3",
+         "-P", "nproc=2", "-P", "device=cpu"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Registered models:/ddp/2") == 1
+    runs = client.search_runs([experiment], filter_string="tags.`mlflow.project.entryPoint` = 'unlearn_distributed'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run = runs[0]
+    assert run.data.params["unlearn.method"] == "nitc" and run.data.tags[lin.RUN_RESULT_VERSION_TAG] == "ddp/2"
+    assert sorted(int(v.version) for v in client.search_model_versions("name='ddp'")) == [1, 2]
+    assert client.get_model_version("ddp", "2").run_id == run.info.run_id

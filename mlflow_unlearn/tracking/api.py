@@ -557,6 +557,11 @@ def unlearn(
     (trainable pickle + checked ONNX copy); register it as the next version of the same registered model
     with the six lineage tags. Nothing records a forget sample or ID: only the forget digest and count.
 
+    Under ``torchrun`` (an initialised process group; the ``mlflow-unlearn unlearn`` command initialises it
+    from the environment) every rank prepares the same way and runs the method, and the retrain reference,
+    with DistributedDataParallel; rank 0 alone evaluates, logs and registers. The other ranks return an
+    outcome with no version, no run and an empty metrics table, holding the unlearned ``model``.
+
     Args:
         model_uri: ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
         forget: a forget spec: ``classes:3,7``, ``ids:<file>``, ``random:0.1[:seed]``.
@@ -589,7 +594,8 @@ def unlearn(
         LineageError: the training data cannot be found or rebuilt.
         DataResolutionError: the data cannot be loaded or does not fit the model (class count, input shape).
         ConfigError: a missing or malformed config.
-        ValueError: unknown method, reference, invalid thresholds, bad forget spec (unknown IDs, empty set).
+        ValueError: unknown method, reference, invalid thresholds, bad forget spec (unknown IDs, empty set), or
+            a method that does not support DistributedDataParallel under ``torchrun``.
     """
     import numpy as np
 
@@ -606,7 +612,13 @@ def unlearn(
     timings: dict[str, float] = {}
 
     # 1. Everything cheap first: arguments, config, registry, data, forget set, model format.
-    get_method(method)
+    spec = get_method(method)
+    if rt.is_distributed() and not spec.distributed:
+        from mlflow_unlearn.methods import list_methods
+
+        supported = [m for m in list_methods(include_reference=False) if get_method(m).distributed]
+        raise ValueError(f"Method {method!r} does not run under torchrun (DistributedDataParallel); methods that "
+                         f"do: {', '.join(supported)}")
     if reference not in REFERENCES:
         raise ValueError(f"Unknown reference {reference!r}; expected one of: {', '.join(REFERENCES)}")
     if not isinstance(forget, str) or not forget.strip():
@@ -655,6 +667,25 @@ def unlearn(
                                   onnx_max_abs_diff=run.data.metrics.get("onnx.max_abs_diff"))
     timings["prepare_s"] = time.perf_counter() - t_start
 
+    def run_methods():
+        """The method and, if asked for, the retrain reference (collective steps under ``torchrun``)."""
+        _logger.info("Unlearning %d samples (%s) with %s", split_forget.count, split_forget.kind, method)
+        done = run_method(method, model, forget=split_forget.forget, retain=split_forget.retain, config=cfg,
+                          device=dev, forget_kind=split_forget.kind, forget_classes=split_forget.forget_classes,
+                          seed=seed)
+        if retrain_cfg is None:
+            return done, None
+        _logger.info("Training the retrain reference on the retain set")
+        return done, run_method("retrain", model, forget=split_forget.forget, retain=split_forget.retain,
+                                config=retrain_cfg, device=dev, forget_kind=split_forget.kind,
+                                forget_classes=split_forget.forget_classes, seed=seed)
+
+    if rt.rank() != 0:  # another torchrun rank: the collective work only; rank 0 evaluates, logs, registers
+        import pandas as pd
+
+        result, _ = run_methods()
+        return UnlearnOutcome(None, "", pd.DataFrame(), "", "", model=result.model)
+
     # 2. The run: method, reference, evaluation, gate, report, models; registration last.
     logger = _RunLogger(client, run_id=run_id, experiment_id=_experiment_id(client, experiment, parent_run),
                         run_name=f"unlearn-{parent.name}-v{parent.version}-{method}", parent_run_id=_parent_run_id())
@@ -683,17 +714,10 @@ def unlearn(
             lin.lineage_dataset_input(new_lineage, context=lin.TEST_CONTEXT, name=f"{lineage.source}-test",
                                       digest=ids_digest(split_forget.test.ids), count=len(split_forget.test)),
         ])
-        _logger.info("Unlearning %d samples (%s) with %s", split_forget.count, split_forget.kind, method)
-        result = run_method(method, model, forget=split_forget.forget, retain=split_forget.retain, config=cfg,
-                            device=dev, forget_kind=split_forget.kind, forget_classes=split_forget.forget_classes,
-                            seed=seed)
+        result, reference_result = run_methods()
         timings["unlearn_s"] = result.wall_time_s
         models = {ORIGINAL: model, UNLEARNED: result.model}
-        if retrain_cfg is not None:
-            _logger.info("Training the retrain reference on the retain set")
-            reference_result = run_method("retrain", model, forget=split_forget.forget, retain=split_forget.retain,
-                                          config=retrain_cfg, device=dev, forget_kind=split_forget.kind,
-                                          forget_classes=split_forget.forget_classes, seed=seed)
+        if reference_result is not None:
             models[REFERENCE] = reference_result.model
             timings["reference_s"] = reference_result.wall_time_s
         t = time.perf_counter()

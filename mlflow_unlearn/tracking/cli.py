@@ -114,13 +114,28 @@ def train(data, arch, registered_model_name, epochs, test_fraction, seed, device
 @args.OUTPUT_JSON
 def unlearn(model_uri, forget, method, data, config, reference, register, force, device, seed, onnx,
             retain_eval_size, experiment, as_json) -> None:
-    """Make MODEL_URI (models:/<name>/<version> or models:/<name>@<alias>) forget a set; register the result."""
+    """Make MODEL_URI (models:/<name>/<version> or models:/<name>@<alias>) forget a set; register the result.
+
+    Under ``torchrun --nproc_per_node=N`` the method runs on N processes (DistributedDataParallel; NCCL on
+    GPUs, gloo on CPUs) and rank 0 alone evaluates, logs, registers and prints.
+    """
+    from mlflow_unlearn import _runtime as rt
     from mlflow_unlearn.tracking.api import unlearn as run_unlearn
 
-    outcome = run_unlearn(model_uri, forget=forget, method=method, data=data or None, config=config or None,
-                          reference=reference, register=register, force=force, device=device, seed=seed, onnx=onnx,
-                          retain_eval_size=retain_eval_size or None, run_id=_run_id(), experiment=experiment)
-    _report_outcome(outcome, as_json=as_json, register=register)
+    distributed = rt.init_distributed_from_env()
+    primary = rt.rank() == 0
+    try:
+        outcome = run_unlearn(model_uri, forget=forget, method=method, data=data or None, config=config or None,
+                              reference=reference, register=register, force=force, device=device, seed=seed,
+                              onnx=onnx, retain_eval_size=retain_eval_size or None, run_id=_run_id(),
+                              experiment=experiment)
+    finally:
+        if distributed:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if primary:
+        _report_outcome(outcome, as_json=as_json, register=register)
 
 
 def _report_outcome(outcome, *, as_json: bool, register: bool) -> None:

@@ -236,7 +236,13 @@ def test_metrics_from_collected_outputs_equal_metrics_evaluate_and_feed_the_repo
     from torch import nn
 
     from mlflow_unlearn.data import DataSplit
-    from mlflow_unlearn.metrics import collect_outputs, evaluate, evaluate_outputs, per_sample_loss
+    from mlflow_unlearn.metrics import (
+        collect_outputs,
+        collect_split_outputs,
+        evaluate,
+        evaluate_outputs,
+        per_sample_loss,
+    )
     from mlflow_unlearn.tracking import evaluation
 
     full = load_data("digits")
@@ -246,7 +252,7 @@ def test_metrics_from_collected_outputs_equal_metrics_evaluate_and_feed_the_repo
     nets = {name: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)) for name in ("unlearned", "retrain")}
     incompetent = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     expected = evaluate(nets, split, reference="retrain", incompetent=incompetent, device="cpu", seed=3)
-    outputs = evaluation.collect_split_outputs(nets, split, device=torch.device("cpu"))
+    outputs = collect_split_outputs(nets, split, device=torch.device("cpu"))
     got = evaluate_outputs(outputs, reference="retrain", seed=3,
                            incompetent_forget=collect_outputs(incompetent, split.forget, device="cpu"))
     pd.testing.assert_frame_equal(got, expected)

@@ -149,7 +149,7 @@ def impair_and_repair(
         lr=noise_lr, l2=noise_l2, device=dev, bounds=bounds, seed=context.seed,
     )
     history.log(stage=f"{stage_prefix}noise", classes=len(classes), noise_samples=len(noise_y))
-    # Repeat each class's noise rows cyclically up to the number of forget samples of that class.
+    # Repeat each class's noise rows cyclically: noise_per_forget rows per forget sample of that class.
     rows = [max(1, round(count * noise_per_forget)) for count in counts.tolist()]
     picks = [i * per_class + torch.arange(n) % per_class for i, n in enumerate(rows)]
     pick = torch.cat(picks)

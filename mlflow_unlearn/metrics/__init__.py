@@ -3,7 +3,7 @@
 Pure functions on collected outputs live in :mod:`~mlflow_unlearn.metrics.functional` and
 :mod:`~mlflow_unlearn.metrics.mia`; :func:`collect_outputs` runs a model once over a set and
 :func:`evaluate` returns the whole table (one row per model, see :data:`METRIC_INFO`);
-:func:`evaluate_outputs` builds the same table from outputs already collected.
+:func:`evaluate_outputs` builds the same table from outputs already collected (:func:`collect_split_outputs`).
 """
 
 from mlflow_unlearn.metrics.evaluate import (
@@ -12,6 +12,7 @@ from mlflow_unlearn.metrics.evaluate import (
     MetricInfo,
     avg_gap,
     collect_outputs,
+    collect_split_outputs,
     describe_metrics,
     evaluate,
     evaluate_outputs,
@@ -42,6 +43,7 @@ __all__ = [
     "activation_distance",
     "avg_gap",
     "collect_outputs",
+    "collect_split_outputs",
     "confidence",
     "describe_metrics",
     "entropy",

@@ -296,15 +296,33 @@ def evaluate(
         reference = None
     dev = rt.resolve_device(device)
 
+    outputs = collect_split_outputs(models, split, device=dev, batch_size=batch_size)
+    random_forget = None
+    if incompetent is not None:
+        random_forget = collect_outputs(incompetent, split.forget, device=dev, batch_size=batch_size)
+    return evaluate_outputs(outputs, reference=reference, incompetent_forget=random_forget, seed=seed)
+
+
+def collect_split_outputs(
+    models: Mapping[str, nn.Module],
+    split: ForgetSplit,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+) -> dict[str, dict[str, ModelOutputs]]:
+    """Each model's outputs on the forget, retain and test sets, ``{model: {set: ModelOutputs}}``: one pass
+    per model and set, for :func:`evaluate_outputs` and for callers that need the outputs too.
+
+    Raises:
+        ValueError: for an empty set (see :func:`collect_outputs`).
+    """
+    dev = rt.resolve_device(device)
     outputs: dict[str, dict[str, ModelOutputs]] = {}
     for name, model in rt.progress(models.items(), desc="evaluate", total=len(models)):
         with _inference_on(model, dev):
             outputs[name] = {part: collect_outputs(model, getattr(split, part), device=dev, batch_size=batch_size)
                              for part in SPLITS}
-    random_forget = None
-    if incompetent is not None:
-        random_forget = collect_outputs(incompetent, split.forget, device=dev, batch_size=batch_size)
-    return evaluate_outputs(outputs, reference=reference, incompetent_forget=random_forget, seed=seed)
+    return outputs
 
 
 def evaluate_outputs(

@@ -417,7 +417,6 @@ def _log_models(logger: _RunLogger, model: nn.Module, *, sample: torch.Tensor, n
     return diff
 
 
-
 def _log_inputs(client, run_id: str, datasets: list) -> None:
     """``client.log_inputs`` that survives a concurrent job inserting the same dataset row first.
 
@@ -434,6 +433,7 @@ def _log_inputs(client, run_id: str, datasets: list) -> None:
             duplicate = any(m in str(exc) for m in ("UNIQUE constraint", "Duplicate entry", "duplicate key"))
             if attempt == 2 or not duplicate:
                 raise
+
 
 def train_model(
     data: str = "digits",
@@ -603,7 +603,7 @@ def unlearn(
     from mlflow_unlearn.data import ids_digest, resolve_forget
     from mlflow_unlearn.methods import build_config, get_method, run_method
     from mlflow_unlearn.methods.registry import config_to_dict
-    from mlflow_unlearn.metrics import collect_outputs, evaluate_outputs
+    from mlflow_unlearn.metrics import collect_outputs, collect_split_outputs, evaluate_outputs
     from mlflow_unlearn.tracking import evaluation
     from mlflow_unlearn.tracking import gate as gating
     from mlflow_unlearn.tracking import report as rep
@@ -723,7 +723,7 @@ def unlearn(
         t = time.perf_counter()
         eval_split = _evaluation_split(split_forget, retain_eval_size, seed)
         # One forward pass per (model, split) feeds both the metrics and the report's loss histograms.
-        outputs = evaluation.collect_split_outputs(models, eval_split, device=dev)
+        outputs = collect_split_outputs(models, eval_split, device=dev)
         incompetent = _incompetent(model, seed)
         metrics = evaluate_outputs(
             outputs, reference=REFERENCE if REFERENCE in models else None, seed=seed,

@@ -2,7 +2,7 @@
 
 :func:`mlflow_unlearn.metrics.evaluate` runs every model over the forget, retain and test sets and returns
 the metrics table; the audit report also needs per-sample losses on the forget and test sets. Collecting
-the outputs once (:func:`collect_split_outputs`) and deriving both the table
+the outputs once (:func:`mlflow_unlearn.metrics.collect_split_outputs`) and deriving both the table
 (:func:`mlflow_unlearn.metrics.evaluate_outputs`, the same columns and values as ``metrics.evaluate``) and
 the report's losses (:func:`report_losses`) from them saves the second forward pass over those sets.
 """
@@ -14,32 +14,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
-    from torch import nn
 
-    from mlflow_unlearn.data import ForgetSplit
     from mlflow_unlearn.metrics import ModelOutputs
 
-SPLITS = ("forget", "retain", "test")
-#: Samples per forward pass of the evaluation.
-EVAL_BATCH_SIZE = 256
 #: Fewest test samples in the report's loss histograms (the forget set's size when it is larger).
 MIN_REPORT_TEST_SAMPLES = 200
-
-
-def collect_split_outputs(models: Mapping[str, nn.Module], split: ForgetSplit, *, device: torch.device,
-                          batch_size: int = EVAL_BATCH_SIZE) -> dict[str, dict[str, ModelOutputs]]:
-    """Each model's logits and labels on the forget, retain and test sets (``{model: {split: outputs}}``).
-
-    Raises:
-        ValueError: for an empty set.
-    """
-    from mlflow_unlearn import _runtime as rt
-    from mlflow_unlearn.metrics import collect_outputs
-
-    return {name: {part: collect_outputs(model, getattr(split, part), device=device, batch_size=batch_size)
-                   for part in SPLITS}
-            for name, model in rt.progress(models.items(), desc="evaluate", total=len(models))}
 
 
 def report_losses(outputs: Mapping[str, Mapping[str, ModelOutputs]], *, num_test: int,

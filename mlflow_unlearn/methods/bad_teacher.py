@@ -109,14 +109,14 @@ def bad_teacher(
     """Bad teaching (Chundawat et al., AAAI 2023): KL to the original on retain, to a random network on forget."""
     history = rt.History()
     dev = context.device
-    competent = copy.deepcopy(model).eval()
     incompetent = randomly_initialised_copy(model, seed=context.seed + 1).to(dev)
     forget_x, _ = as_tensors(forget)
     retain_x, _ = as_tensors(random_subset(retain, config.retain_fraction, seed=context.seed))
-    # The per-sample teacher flag (forget -> incompetent, retain -> competent) is resolved here, once.
+    # The per-sample teacher flag (forget -> incompetent, retain -> competent) is resolved here, once. The
+    # competent teacher is the original: the student before its first step (no frozen copy is needed).
     targets = torch.cat([
         predict_logits(incompetent, forget_x, device=dev),
-        predict_logits(competent, retain_x, device=dev),
+        predict_logits(model, retain_x, device=dev),
     ]).cpu()
     x = torch.cat([forget_x, retain_x])
     history.log(stage="targets", forget=len(forget_x), retain=len(retain_x))

@@ -237,16 +237,16 @@ def nitc(
     """NITC: UNSIR-impaired teacher + bad-teacher distillation, presented as an easy-to-hard curriculum."""
     history = rt.History()
     dev = context.device
-    original = copy.deepcopy(model).eval()
     forget_x, forget_y = as_tensors(forget)
     teacher = impaired_teacher(model, forget_labels=forget_y, retain=retain, input_shape=tuple(forget_x.shape[1:]),
                                config=config, context=context, history=history)
     retain_x, retain_y = as_tensors(random_subset(retain, config.retain_fraction, seed=context.seed + 1))
 
-    # Teacher targets and curriculum scores: eval mode, unshuffled, so row i is sample i.
+    # Teacher targets and curriculum scores: eval mode, unshuffled, so row i is sample i. The student is still
+    # the original here (it changes only in the distillation below), so it stands in for a frozen copy.
     forget_targets = predict_logits(teacher, forget_x, device=dev)
-    retain_targets = predict_logits(original, retain_x, device=dev)
-    forget_original = predict_logits(original, forget_x, device=dev)
+    retain_targets = predict_logits(model, retain_x, device=dev)
+    forget_original = predict_logits(model, forget_x, device=dev)
     retain_scores = difficulty_scores(retain_targets, retain_y, criterion=config.difficulty)
     if config.forget_order == "memorization":
         forget_scores = memorization_proxy(forget_original, forget_targets, forget_y)

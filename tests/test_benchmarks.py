@@ -69,6 +69,33 @@ def test_run_writes_csv_markdown_plot_and_merges(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_noise_floor_row_is_the_reference_recipe_with_another_seed_and_is_cached(tmp_path: Path) -> None:
+    args = ["--datasets", "digits", "--seeds", "0", "--tasks", "B", "--quick", "--threads", "1", "--out-dir",
+            str(tmp_path), "--methods", bench.FLOOR]
+    first = _script("run.py", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = pd.read_csv(tmp_path / "results.csv").set_index("method")
+    assert set(results.index) == {"original", "retrain", bench.FLOOR}
+    floor, reference = results.loc[bench.FLOOR], results.loc["retrain"]
+    assert floor["config"] == reference["config"] and floor["seed"] == reference["seed"] == 0
+    assert floor["method_source"] == reference["method_source"]
+    # Another initialisation and shuffling order: a different model, so a non-zero gap to the reference.
+    assert floor["avg_gap"] > 0
+    assert bench.FLOOR not in bench.stale_methods(tmp_path / "results.csv")
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert f"| *{bench.FLOOR}* |" in markdown and f"| **{bench.FLOOR}** |" not in markdown
+
+    again = _script("run.py", *args, "--merge", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{bench.FLOOR} ..." not in again.stdout  # loaded from the cache, not retrained
+    rerun = pd.read_csv(tmp_path / "results.csv").set_index("method").loc[bench.FLOOR]
+    assert rerun["wall_time_s"] == floor["wall_time_s"] and rerun["avg_gap"] == floor["avg_gap"]
+
+    unknown = _script("run.py", *args[:-2], "--methods", "retrain_twice", cwd=tmp_path)
+    assert unknown.returncode != 0 and bench.FLOOR in unknown.stderr
+
+
+@pytest.mark.slow
 def test_tune_scores_variants_on_cached_tuning_cells_and_refuses_reported_seeds(tmp_path: Path) -> None:
     built = _script("run.py", "--datasets", "digits", "--seeds", "100", "--tasks", "A", "--methods", "finetune",
                     "--quick", "--threads", "1", "--out-dir", str(tmp_path), cwd=tmp_path)

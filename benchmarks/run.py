@@ -60,6 +60,7 @@ FLOOR = "retrain_reseeded"
 """Not a method: the reference recipe retrained with another initialisation and shuffling seed, scored against the
 reference like a method. Its Avg Gap is what exact unlearning itself scores, i.e. the noise floor of the measure."""
 FLOOR_SEED_OFFSET = 7919
+"""Added to the recipe's seed (initialisation and shuffling) for the ``retrain_reseeded`` row."""
 BASELINE_ROWS = (ORIGINAL, REFERENCE, FLOOR)
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "RESULTS.md"
@@ -391,18 +392,19 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
         loads = {}
         if FLOOR in settings.methods:
             # Cached like the reference (same recipe and data, another seed), timed for the record.
-            floor_key = {**ref_key, "role": FLOOR, "seed_offset": FLOOR_SEED_OFFSET}
+            floor_cfg = dataclasses.replace(ref_cfg, seed=ref_cfg.seed + FLOOR_SEED_OFFSET)
+            floor_key = {**ref_key, "role": FLOOR, "config": config_json(floor_cfg)}
             floor = fresh_model(fsplit)
             timing[FLOOR] = settings.cache.load(floor, **floor_key)
             if timing[FLOOR] is None:
                 print(f"[{dataset} seed {seed} task {task}] {FLOOR} ...", flush=True)
                 with measured(dev) as timing[FLOOR]:
                     floor = run_method(REFERENCE, original, forget=fsplit.forget, retain=fsplit.retain,
-                                       config=ref_cfg, device=dev, forget_kind=fsplit.kind,
-                                       forget_classes=fsplit.forget_classes, seed=seed + FLOOR_SEED_OFFSET).model
+                                       config=floor_cfg, device=dev, forget_kind=fsplit.kind,
+                                       forget_classes=fsplit.forget_classes, seed=floor_cfg.seed).model
                 settings.cache.save(floor, timing[FLOOR], **floor_key)
             models[FLOOR] = rt.prepare_model(floor, dev).eval()
-            configs[FLOOR] = config_json(ref_cfg)
+            configs[FLOOR] = config_json(floor_cfg)
         for name in settings.methods:
             if name in (REFERENCE, FLOOR):
                 continue

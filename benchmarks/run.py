@@ -352,6 +352,34 @@ class Settings:
         return TrainConfig(**{**base, **self.recipe_overrides, "seed": seed})
 
 
+def original_key(dataset: str, seed: int, recipe: TrainConfig, device: torch.device) -> dict[str, object]:
+    """The cache key of the original of one (dataset, seed)."""
+    return {"role": ORIGINAL, "measures": ("wall", "cpu", "memory"), "dataset": dataset, "seed": seed,
+            "architecture": MODEL, "recipe": recipe.to_dict(), "device": device.type}
+
+
+def retrain_key(original: dict[str, object], role: str, spec: str, config: object) -> dict[str, object]:
+    """The cache key of a model retrained (``role``: the reference or the noise floor) from the data of
+    ``original``'s key, on forget spec ``spec`` with the retrain ``config``."""
+    return {**original, "role": role, "spec": spec, "config": config_json(config)}
+
+
+def cached_retrain(settings: Settings, original: torch.nn.Module, fsplit: ForgetSplit, key: dict[str, object],
+                   config: object, *, label: str) -> tuple[torch.nn.Module, dict[str, float]]:
+    """The retrain recipe ``config`` run on ``fsplit`` (seeded by ``config.seed``), or its cached copy under
+    ``key``; returns the model (eval mode, on the device) and its measured time and memory."""
+    model = fresh_model(fsplit)
+    measurement = settings.cache.load(model, **key)
+    if measurement is None:
+        print(f"{label} ...", flush=True)
+        with measured(settings.device) as measurement:
+            model = run_method(REFERENCE, original, forget=fsplit.forget, retain=fsplit.retain, config=config,
+                               device=settings.device, forget_kind=fsplit.kind,
+                               forget_classes=fsplit.forget_classes, seed=config.seed).model
+        settings.cache.save(model, measurement, **key)
+    return rt.prepare_model(model, settings.device).eval(), measurement
+
+
 def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
     """All rows for one dataset and seed: the original once, then per task a retrain and every method."""
     dev = settings.device
@@ -360,8 +388,7 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
     rows: list[dict] = []
     original = create_model(MODEL, in_channels=split.train.in_channels, num_classes=split.num_classes,
                             input_size=split.train.input_size)
-    key = {"role": ORIGINAL, "measures": ("wall", "cpu", "memory"), "dataset": dataset, "seed": seed,
-           "architecture": MODEL, "recipe": recipe.to_dict(), "device": dev.type}
+    key = original_key(dataset, seed, recipe, dev)
     orig_measured = settings.cache.load(original, **key)
     if orig_measured is None:
         with measured(dev) as orig_measured:
@@ -376,35 +403,14 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
         models = {ORIGINAL: original}
         timing = {ORIGINAL: orig_measured}
         configs = {ORIGINAL: json.dumps(recipe.to_dict(), sort_keys=True)}
-        ref_key = {**key, "role": REFERENCE, "spec": spec, "config": config_json(ref_cfg)}
-        reference = fresh_model(fsplit)
-        ref_measured = settings.cache.load(reference, **ref_key)
-        if ref_measured is None:
-            with measured(dev) as ref_measured:
-                result = run_method(REFERENCE, original, forget=fsplit.forget, retain=fsplit.retain, config=ref_cfg,
-                                    device=dev, forget_kind=fsplit.kind, forget_classes=fsplit.forget_classes,
-                                    seed=seed)
-            reference = result.model
-            settings.cache.save(reference, ref_measured, **ref_key)
-        models[REFERENCE] = rt.prepare_model(reference, dev).eval()
-        timing[REFERENCE] = ref_measured
-        configs[REFERENCE] = config_json(ref_cfg)
+        retrains = {REFERENCE: ref_cfg}
+        if FLOOR in settings.methods:  # the same recipe and data with another seed: the noise floor of Avg Gap
+            retrains[FLOOR] = dataclasses.replace(ref_cfg, seed=ref_cfg.seed + FLOOR_SEED_OFFSET)
+        for role, cfg in retrains.items():
+            models[role], timing[role] = cached_retrain(settings, original, fsplit, retrain_key(key, role, spec, cfg),
+                                                        cfg, label=f"[{dataset} seed {seed} task {task}] {role}")
+            configs[role] = config_json(cfg)
         loads = {}
-        if FLOOR in settings.methods:
-            # Cached like the reference (same recipe and data, another seed), timed for the record.
-            floor_cfg = dataclasses.replace(ref_cfg, seed=ref_cfg.seed + FLOOR_SEED_OFFSET)
-            floor_key = {**ref_key, "role": FLOOR, "config": config_json(floor_cfg)}
-            floor = fresh_model(fsplit)
-            timing[FLOOR] = settings.cache.load(floor, **floor_key)
-            if timing[FLOOR] is None:
-                print(f"[{dataset} seed {seed} task {task}] {FLOOR} ...", flush=True)
-                with measured(dev) as timing[FLOOR]:
-                    floor = run_method(REFERENCE, original, forget=fsplit.forget, retain=fsplit.retain,
-                                       config=floor_cfg, device=dev, forget_kind=fsplit.kind,
-                                       forget_classes=fsplit.forget_classes, seed=floor_cfg.seed).model
-                settings.cache.save(floor, timing[FLOOR], **floor_key)
-            models[FLOOR] = rt.prepare_model(floor, dev).eval()
-            configs[FLOOR] = config_json(floor_cfg)
         for name in settings.methods:
             if name in (REFERENCE, FLOOR):
                 continue

@@ -72,14 +72,12 @@ def load_cell(cache: bench.ModelCache, dataset: str, task: str, seed: int, epoch
     recipe = TrainConfig(seed=seed) if epochs is None else TrainConfig(epochs=epochs, seed=seed)
     original = bench.create_model(bench.MODEL, in_channels=split.train.in_channels, num_classes=split.num_classes,
                                   input_size=split.train.input_size)
-    key = {"role": bench.ORIGINAL, "measures": ("wall", "cpu", "memory"), "dataset": dataset, "seed": seed,
-           "architecture": bench.MODEL, "recipe": recipe.to_dict(), "device": dev.type}
+    key = bench.original_key(dataset, seed, recipe, dev)
     spec = bench.TASKS[task][1](seed, split.num_classes)
     fsplit = resolve_forget(split, spec)
     ref_cfg = bench.method_config(bench.REFERENCE, recipe, {}, False)
     reference = bench.fresh_model(fsplit)
-    ref_measured = cache.load(reference, **{**key, "role": bench.REFERENCE, "spec": spec,
-                                            "config": bench.config_json(ref_cfg)})
+    ref_measured = cache.load(reference, **bench.retrain_key(key, bench.REFERENCE, spec, ref_cfg))
     if cache.load(original, **key) is None or ref_measured is None:
         raise SystemExit(f"No cached original/reference for {dataset}:{task}:{seed} in {cache.root}; build them with "
                          f"run.py --datasets {dataset} --tasks {task} --seeds {seed} --out-dir <dir> first")

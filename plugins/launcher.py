@@ -223,10 +223,8 @@ class _Launch:
     def _request_run(self, state: ledger.RequestState) -> str:
         if state.request_run_id:
             return state.request_run_id
-        experiment = self.client.get_experiment_by_name(REQUESTS_EXPERIMENT)
-        experiment_id = (experiment.experiment_id if experiment is not None
-                         else self.client.create_experiment(REQUESTS_EXPERIMENT))
-        run = self.client.create_run(experiment_id, run_name=f"unlearn {self.name}/{self.version}", tags={
+        run_name = f"unlearn {self.name}/{self.version}"
+        run = self.client.create_run(requests_experiment_id(self.client), run_name=run_name, tags={
             "mlflow_unlearn.parent": f"{self.name}/{self.version}", ledger.REQUEST_ID_TAG: self.request_id,
             "mlflow_unlearn.request": state.request or "", ledger.STATUS_TAG: "queued",
         })
@@ -437,6 +435,25 @@ class _Launch:
             time.sleep(POLL_S)
         self._finalize(request, run_id, submitted.get_status() == "FINISHED", job_run_id)
         return 0
+
+
+def requests_experiment_id(client) -> str:
+    """The ID of the requests experiment, created on first use.
+
+    Launchers of requests submitted together start together: when another one created the experiment between our
+    look-up and our create, the create fails with RESOURCE_ALREADY_EXISTS and the experiment is looked up again.
+    """
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(REQUESTS_EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(REQUESTS_EXPERIMENT)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(REQUESTS_EXPERIMENT).experiment_id
 
 
 def _job_alive(job: str | None, run_id: str) -> bool:

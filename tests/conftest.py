@@ -37,3 +37,26 @@ def _restore_mlflow_uris_per_module():
 @pytest.fixture(autouse=True)
 def _restore_mlflow_uris():
     yield from _isolate()
+
+
+class LateLookupClient:
+    """A real ``MlflowClient`` whose first experiment look-up answers "none", as it did for a job that looked the
+    experiment up just before a concurrent job created it (the window of the race, which timing cannot force)."""
+
+    def __init__(self, client) -> None:
+        self._client, self._looked = client, False
+
+    def get_experiment_by_name(self, name: str):
+        if not self._looked:
+            self._looked = True
+            return None
+        return self._client.get_experiment_by_name(name)
+
+    def __getattr__(self, attr: str):
+        return getattr(self._client, attr)
+
+
+@pytest.fixture()
+def late_lookup_client():
+    """Wraps a client so that its first experiment look-up misses (see :class:`LateLookupClient`)."""
+    return LateLookupClient

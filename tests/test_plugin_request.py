@@ -210,6 +210,18 @@ def test_open_request_is_a_compare_and_set_across_threads(registry):
     assert ledger.read_state(stock, "m", 1).result_version is None
 
 
+def test_launchers_started_together_share_the_requests_experiment(tmp_path, late_lookup_client):
+    """A launcher that looked the experiment up just before another one created it uses that experiment (the
+    create fails with RESOURCE_ALREADY_EXISTS) instead of failing its request."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/tracking.db")
+    first = launcher.requests_experiment_id(client)
+    assert launcher.requests_experiment_id(late_lookup_client(client)) == first
+    assert client.get_experiment(first).name == launcher.REQUESTS_EXPERIMENT
+    assert [e.name for e in client.search_experiments()].count(launcher.REQUESTS_EXPERIMENT) == 1
+
+
 def test_only_one_launcher_holds_the_lease(registry):
     _, stock = registry
     ledger.open_request(stock, "m", 2, "forget=classes:1", request_id="r")

@@ -288,7 +288,10 @@ def test_server_restart_resumes_or_fails_requests_with_a_reason(server, transiti
         states = [_client(server).get_model_version(MODEL, v).tags for v in (survivor, victim)]
         if all(s.get("mlflow_unlearn.status") == "running" and ledger.JOB_TAG in s for s in states):
             break
-        assert not any(s.get("mlflow_unlearn.status") in ("succeeded", "failed") for s in states), states
+        ended = {v: (s.get("mlflow_unlearn.status"), s.get("mlflow_unlearn.error"))
+                 for v, s in zip((survivor, victim), states, strict=True)
+                 if s.get("mlflow_unlearn.status") in ("succeeded", "failed")}
+        assert not ended, f"requests ended before the restart (version: status, error): {ended}"
         time.sleep(0.2)
     else:
         pytest.fail(f"the two requests did not start running: {states}")

@@ -219,6 +219,16 @@ def test_current_tracking_uri_is_used_and_no_global_state_changes(uris, base, mo
     assert child.data.tags["mlflow.parentRunId"] == outer.info.run_id
 
 
+def test_jobs_started_together_share_a_named_experiment(tmp_path, late_lookup_client):
+    """A job that looked its experiment up just before a concurrent job created it uses that experiment."""
+    from mlflow_unlearn.tracking.api import _experiment_id
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/tracking.db")
+    first = _experiment_id(client, "deletion-requests", None)
+    assert _experiment_id(late_lookup_client(client), "deletion-requests", None) == first
+    assert [e.name for e in client.search_experiments()].count("deletion-requests") == 1
+
+
 def test_project_dir_holds_the_mlproject_and_the_root_links_to_it():
     assert (project_dir() / "MLproject").is_file() and (project_dir() / "conda.yaml").is_file()
     root = project_dir().parent.parent

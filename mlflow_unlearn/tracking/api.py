@@ -208,14 +208,28 @@ def _experiment_id(client: MlflowClient, experiment: str | None, fallback_run: R
     if not experiment and os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return os.environ["MLFLOW_EXPERIMENT_ID"]
     if name:
-        found = client.get_experiment_by_name(name)
-        return found.experiment_id if found else client.create_experiment(name)
+        return _get_or_create_experiment(client, name)
     active = mlflow.active_run()
     if active is not None:
         return active.info.experiment_id
     if fallback_run is not None:
         return fallback_run.info.experiment_id
     return "0"
+
+
+def _get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's ID; created if missing, and looked up again if a concurrent job created it first."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def _parent_run_id() -> str | None:

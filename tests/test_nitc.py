@@ -181,6 +181,27 @@ def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, or
     assert _accuracy(result.model, retain) > _accuracy(original, retain) - 0.03
 
 
+@pytest.mark.parametrize("kind,norm_stats,kept", [("sample", "frozen", True), ("class", "frozen", True),
+                                                   ("sample", "update", False), ("class", "update", False)])
+def test_batchnorm_statistics_are_kept_only_when_frozen(digits, original, kind, norm_stats, kept):
+    if kind == "class":
+        split = resolve_forget(digits, "classes:3")
+        forget, retain, classes = split.forget, split.retain, split.forget_classes
+    else:
+        mask = np.zeros(len(digits.train), dtype=bool)
+        mask[np.random.default_rng(1).permutation(len(mask))[: len(mask) // 10]] = True
+        forget, retain, classes = digits.train.subset(mask), digits.train.subset(~mask), ()
+    result = run_method("nitc", original, forget=forget, retain=retain, config={"norm_stats": norm_stats},
+                        device="cpu", forget_kind=kind, forget_classes=classes, seed=0)
+    before, after = dict(original.named_buffers()), dict(result.model.named_buffers())
+    running = [name for name in before if "running_" in name]
+    assert running  # smallcnn has BatchNorm layers
+    assert all(torch.equal(before[n], after[n]) for n in running) is kept
+    weights = [n for n, _ in original.named_parameters() if n.startswith("features.1.")]  # the first BatchNorm
+    params = dict(result.model.named_parameters())
+    assert any(not torch.equal(dict(original.named_parameters())[n], params[n]) for n in weights)  # affine trains
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -194,6 +215,9 @@ def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, or
         {"temperature": 0.0},
         {"teacher_optimizer": "lbfgs"},
         {"noise_l2": -0.1},
+        {"teacher_batch_size": 0},
+        {"teacher_batch_size": 32.5},
+        {"norm_stats": "running"},
         {"no_such_key": 1},
     ],
 )

@@ -37,6 +37,7 @@ def fit(
     params: list[torch.nn.Parameter] | None = None,
     after_backward: Callable[[nn.Module], None] | None = None,
     max_steps: int | None = None,
+    freeze_norm_stats: bool = False,
 ) -> nn.Module:
     """Minimise ``loss_fn(net, x, y)`` over ``data`` for ``epochs`` epochs; return the (unwrapped) model.
 
@@ -48,6 +49,9 @@ def fit(
         params: the parameters to optimise (default: all of the model's).
         after_backward: called after ``backward`` and before the step (e.g. to mask gradients).
         max_steps: stop after this many optimiser steps in total (for sub-epoch budgets).
+        freeze_norm_stats: keep normalization layers with running statistics (BatchNorm) in eval mode: they
+            normalise with, and keep, the model's running statistics, so the loss is that of the model as it
+            is evaluated; their affine weights still train.
     """
     dev = context.device
     net = rt.wrap_distributed(model, dev)
@@ -66,6 +70,10 @@ def fit(
     step = 0
     for epoch in range(epochs):
         net.train()
+        if freeze_norm_stats:
+            for module in net.modules():
+                if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+                    module.eval()
         loader = rt.make_loader(data, batch_size=batch_size, shuffle=True, seed=context.seed, epoch=epoch)
         total = torch.zeros((), device=dev)
         seen = 0

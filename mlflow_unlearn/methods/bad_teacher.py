@@ -62,13 +62,16 @@ def distill(
     optimizer: str | torch.optim.Optimizer,
     history: rt.History,
     stage: str,
+    freeze_norm_stats: bool = False,
 ) -> nn.Module:
     """Train ``model`` to match the teacher logits of ``data`` (a Dataset of ``(x, teacher_logits)``).
 
-    ``optimizer`` is a name or an optimizer instance to continue with (see :func:`._loops.fit`).
+    ``optimizer`` is a name or an optimizer instance to continue with; ``freeze_norm_stats``: see
+    :func:`._loops.fit`.
     """
     return fit(model, data, lambda net, x, t: kl_to_teacher(net(x), t, temperature), context=context, epochs=epochs,
-               lr=lr, batch_size=batch_size, optimizer=optimizer, history=history, stage=stage)
+               lr=lr, batch_size=batch_size, optimizer=optimizer, history=history, stage=stage,
+               freeze_norm_stats=freeze_norm_stats)
 
 
 @dataclass

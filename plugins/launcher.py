@@ -442,11 +442,20 @@ def requests_experiment_id(client) -> str:
 
     Launchers of requests submitted together start together: when another one created the experiment between our
     look-up and our create, the create fails with RESOURCE_ALREADY_EXISTS and the experiment is looked up again.
+
+    Raises:
+        MlflowException: if the experiment was deleted (its name stays taken until it is restored or purged).
     """
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(REQUESTS_EXPERIMENT)
     if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise MlflowException(
+                f"the {REQUESTS_EXPERIMENT!r} experiment (ID {experiment.experiment_id}) that records unlearning "
+                f"requests is deleted; restore it (mlflow experiments restore --experiment-id "
+                f"{experiment.experiment_id}) and set the request tag again"
+            )
         return experiment.experiment_id
     try:
         return client.create_experiment(REQUESTS_EXPERIMENT)

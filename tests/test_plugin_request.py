@@ -220,6 +220,9 @@ def test_launchers_started_together_share_the_requests_experiment(tmp_path, late
     assert launcher.requests_experiment_id(late_lookup_client(client)) == first
     assert client.get_experiment(first).name == launcher.REQUESTS_EXPERIMENT
     assert [e.name for e in client.search_experiments()].count(launcher.REQUESTS_EXPERIMENT) == 1
+    client.delete_experiment(first)  # its name stays taken: the request cannot record its run, and says why
+    with pytest.raises(MlflowException, match=f"experiment \\(ID {first}\\) .* is deleted; restore it"):
+        launcher.requests_experiment_id(client)
 
 
 def test_only_one_launcher_holds_the_lease(registry):

@@ -9,6 +9,7 @@ import os
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from mlflow_unlearn.data import load_data, resolve_forget
 from mlflow_unlearn.tracking import lineage as lin
@@ -227,6 +228,9 @@ def test_jobs_started_together_share_a_named_experiment(tmp_path, late_lookup_cl
     first = _experiment_id(client, "deletion-requests", None)
     assert _experiment_id(late_lookup_client(client), "deletion-requests", None) == first
     assert [e.name for e in client.search_experiments()].count("deletion-requests") == 1
+    client.delete_experiment(first)
+    with pytest.raises(MlflowException, match=f"'deletion-requests' \\(ID {first}\\) is deleted; restore it"):
+        _experiment_id(client, "deletion-requests", None)
 
 
 def test_project_dir_holds_the_mlproject_and_the_root_links_to_it():

@@ -218,11 +218,18 @@ def _experiment_id(client: MlflowClient, experiment: str | None, fallback_run: R
 
 
 def _get_or_create_experiment(client: MlflowClient, name: str) -> str:
-    """The experiment's ID; created if missing, and looked up again if a concurrent job created it first."""
+    """The experiment's ID; created if missing, and looked up again if a concurrent job created it first.
+
+    Raises:
+        MlflowException: if the experiment was deleted (its name stays taken until it is restored or purged).
+    """
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.lifecycle_stage == "deleted":
+            raise MlflowException(f"Experiment {name!r} (ID {found.experiment_id}) is deleted; restore it (mlflow "
+                                  f"experiments restore --experiment-id {found.experiment_id}) or name another one")
         return found.experiment_id
     try:
         return client.create_experiment(name)

@@ -168,6 +168,22 @@ def test_nitc_class_forgetting_drops_forget_accuracy_and_keeps_retain(digits, or
     assert [s for s in stages if s.startswith("distill")] == ["distill_stage0", "distill_stage1"]
 
 
+def test_masked_original_teacher_forgets_classes_without_the_unsir_step(digits, original):
+    split = resolve_forget(digits, "classes:3")
+    result = run_method("nitc", original, forget=split.forget, retain=split.retain,
+                        config={"class_teacher": "original"}, device="cpu", forget_kind="class",
+                        forget_classes=split.forget_classes, seed=0)
+    assert _accuracy(result.model, split.forget) < 0.1
+    assert _accuracy(result.model, split.retain) > _accuracy(original, split.retain) - 0.03
+    assert [r["stage"] for r in result.history.records] == ["distill_stage0", "distill_stage1"]
+    # sample-wise forgetting has no classes to mask: it keeps the impaired teacher
+    mask = np.zeros(len(digits.train), dtype=bool)
+    mask[::10] = True
+    sample = run_method("nitc", original, forget=digits.train.subset(mask), retain=digits.train.subset(~mask),
+                        config={"class_teacher": "original"}, device="cpu", forget_kind="sample", seed=0)
+    assert sample.history.records[0]["stage"] == "teacher_noise"
+
+
 def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, original):
     rng = np.random.default_rng(0)
     mask = np.zeros(len(digits.train), dtype=bool)
@@ -218,6 +234,8 @@ def test_batchnorm_statistics_are_kept_only_when_frozen(digits, original, kind, 
         {"teacher_batch_size": 0},
         {"teacher_batch_size": 32.5},
         {"norm_stats": "running"},
+        {"class_teacher": "random"},
+        {"class_teacher": "original", "mask_forget_classes": False},
         {"no_such_key": 1},
     ],
 )

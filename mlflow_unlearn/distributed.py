@@ -79,13 +79,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.distributed.barrier()
     finally:
         if distributed:
-            # The methods' DistributedDataParallel wrappers sit in reference cycles (reducer hooks): collect them
-            # now, or they and the gloo process group they hold are destroyed during interpreter shutdown, where
-            # gloo's threads can abort a rank whose work had finished ("terminate called without an active
-            # exception", seen once in CI).
-            gc.collect()
-            torch.distributed.destroy_process_group()
+            shutdown_distributed()
     return 0
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group once nothing holds it any more.
+
+    DistributedDataParallel wrappers sit in reference cycles (reducer hooks), so the methods' wrappers outlive
+    their loops until a garbage collection. Without one here they, and the process group they hold, are
+    destroyed during interpreter shutdown, where gloo's threads can abort a rank whose work had finished
+    ("terminate called without an active exception", seen once in CI).
+    """
+    gc.collect()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

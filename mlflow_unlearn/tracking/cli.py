@@ -131,9 +131,9 @@ def unlearn(model_uri, forget, method, data, config, reference, register, force,
                               experiment=experiment)
     finally:
         if distributed:
-            import torch.distributed
+            from mlflow_unlearn.distributed import shutdown_distributed
 
-            torch.distributed.destroy_process_group()
+            shutdown_distributed()
     if primary:
         _report_outcome(outcome, as_json=as_json, register=register)
 

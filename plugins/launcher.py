@@ -438,31 +438,16 @@ class _Launch:
 
 
 def requests_experiment_id(client) -> str:
-    """The ID of the requests experiment, created on first use.
-
-    Launchers of requests submitted together start together: when another one created the experiment between our
-    look-up and our create, the create fails with RESOURCE_ALREADY_EXISTS and the experiment is looked up again.
+    """The ID of the requests experiment, created on first use (safe when launchers start together).
 
     Raises:
         MlflowException: if the experiment was deleted (its name stays taken until it is restored or purged).
     """
-    from mlflow.exceptions import MlflowException
+    from mlflow_unlearn.tracking.experiments import get_or_create_experiment
 
-    experiment = client.get_experiment_by_name(REQUESTS_EXPERIMENT)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise MlflowException(
-                f"the {REQUESTS_EXPERIMENT!r} experiment (ID {experiment.experiment_id}) that records unlearning "
-                f"requests is deleted; restore it (mlflow experiments restore --experiment-id "
-                f"{experiment.experiment_id}) and set the request tag again"
-            )
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(REQUESTS_EXPERIMENT)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return client.get_experiment_by_name(REQUESTS_EXPERIMENT).experiment_id
+    return get_or_create_experiment(client, REQUESTS_EXPERIMENT, deleted_message=lambda experiment_id: (
+        f"the {REQUESTS_EXPERIMENT!r} experiment (ID {experiment_id}) that records unlearning requests is deleted; "
+        f"restore it (mlflow experiments restore --experiment-id {experiment_id}) and set the request tag again"))
 
 
 def _job_alive(job: str | None, run_id: str) -> bool:

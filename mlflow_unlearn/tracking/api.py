@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow_unlearn.tracking import lineage as lin
+from mlflow_unlearn.tracking.experiments import get_or_create_experiment
 from mlflow_unlearn.tracking.formats import (
     MODEL_ARTIFACT_PATH,
     ONNX_ARTIFACT_PATH,
@@ -208,35 +209,13 @@ def _experiment_id(client: MlflowClient, experiment: str | None, fallback_run: R
     if not experiment and os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return os.environ["MLFLOW_EXPERIMENT_ID"]
     if name:
-        return _get_or_create_experiment(client, name)
+        return get_or_create_experiment(client, name)
     active = mlflow.active_run()
     if active is not None:
         return active.info.experiment_id
     if fallback_run is not None:
         return fallback_run.info.experiment_id
     return "0"
-
-
-def _get_or_create_experiment(client: MlflowClient, name: str) -> str:
-    """The experiment's ID; created if missing, and looked up again if a concurrent job created it first.
-
-    Raises:
-        MlflowException: if the experiment was deleted (its name stays taken until it is restored or purged).
-    """
-    from mlflow.exceptions import MlflowException
-
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        if found.lifecycle_stage == "deleted":
-            raise MlflowException(f"Experiment {name!r} (ID {found.experiment_id}) is deleted; restore it (mlflow "
-                                  f"experiments restore --experiment-id {found.experiment_id}) or name another one")
-        return found.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return client.get_experiment_by_name(name).experiment_id
 
 
 def _parent_run_id() -> str | None:

@@ -119,18 +119,22 @@ def predict_logits(model: nn.Module, data: Dataset | torch.Tensor, *, device: to
     """Logits of ``model`` on every sample of ``data`` (a Dataset of ``(x, ...)`` or a tensor of inputs), in
     order, as float32 on ``device``.
 
-    Eval mode, no gradients and an unshuffled, unsharded loader (every rank sees all samples under
-    ``torchrun``), so that row ``i`` always belongs to sample ``i``. The model's train/eval mode is restored.
+    Eval mode, no gradients and an unshuffled, unsharded pass (every rank sees all samples under ``torchrun``),
+    so that row ``i`` always belongs to sample ``i``; the batches run through
+    :class:`mlflow_unlearn._runtime.InferenceRunner` (BatchNorm folded, channels_last). The model's train/eval mode
+    is restored.
     """
     was_training = model.training
     model.eval()
-    if isinstance(data, torch.Tensor):
-        data = torch.utils.data.TensorDataset(data)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    if isinstance(data, torch.Tensor):  # slicing beats collating one sample at a time
+        batches = (data[start:start + batch_size] for start in range(0, len(data), batch_size))
+    else:
+        batches = (batch[0] for batch in torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False))
+    run = rt.InferenceRunner(model)
     outputs = []
-    for batch in loader:
+    for x in batches:
         with rt.autocast(device):
-            outputs.append(model(rt.to_device(batch[0], device)).float())
+            outputs.append(run(rt.to_device(x, device)).float())
     model.train(was_training)
     return torch.cat(outputs)
 

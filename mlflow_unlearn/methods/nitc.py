@@ -296,8 +296,8 @@ def nitc(
 
     # Teacher targets and curriculum scores: eval mode, unshuffled, so row i is sample i. The student is still
     # the original here (it changes only in the distillation below), so it stands in for a frozen copy.
-    retain_targets = predict_logits(model, retain_x, device=dev)
-    forget_original = predict_logits(model, forget_x, device=dev)
+    retain_targets, forget_original = predict_logits(model, torch.cat([retain_x, forget_x]), device=dev).split(
+        [len(retain_x), len(forget_x)])
     forget_targets = forget_original if teacher is None else predict_logits(teacher, forget_x, device=dev)
     retain_scores = difficulty_scores(retain_targets, retain_y, criterion=config.difficulty)
     if config.forget_order == "memorization" and teacher is not None:

@@ -188,8 +188,9 @@ def collect_outputs(
     dev = rt.resolve_device(device)
     logits, labels = [], []
     with _inference_on(model, dev) as net:
+        run = rt.InferenceRunner(net)
         for x, y in _batches(data, batch_size):
-            logits.append(net(rt.to_device(x, dev)).float())
+            logits.append(run(rt.to_device(x, dev)).float())
             labels.append(torch.as_tensor(y))
     # One device-to-host copy at the end instead of one synchronisation per batch.
     return ModelOutputs(torch.cat(logits).cpu(), torch.cat(labels).long().cpu())

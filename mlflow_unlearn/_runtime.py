@@ -134,7 +134,8 @@ class InferenceRunner:
     copy or the copy fails on the first batch (code that depends on the memory layout, such as ``.view`` on a
     convolution's output, raises there).
 
-    The caller puts ``model`` in eval mode on its device and disables gradients before creating the runner.
+    The caller puts ``model`` in eval mode on its device before creating the runner. The copy's parameters take no
+    gradient; gradients still flow to the inputs (the error-maximizing noise of UNSIR is learned through it).
     """
 
     def __init__(self, model: nn.Module) -> None:

@@ -175,9 +175,6 @@ class NitcConfig:
             Frozen statistics did not help: class-wise (12 tuning cells per data set, seeds 100-105) Avg Gap
             0.27 vs 0.24 on digits and 0.41 vs 0.34 on mnist5k, where forgetting a class changes the
             distribution; sample-wise on mnist5k 0.87 vs 0.95 on seeds 100-105 but 1.07 vs 0.92 on 106-111.
-            Recomputing the running statistics on retain samples after distillation (not an option) gave
-            mnist5k task B 0.88-0.91 vs 0.93 (12 cells) for a pass over 256 samples to 20% of the retain set,
-            digits task B no gain, and class-wise 0.38 vs 0.30.
         class_teacher: the forget samples' teacher for class-wise forgetting: ``"impaired"`` (step 1 of NITC,
             the UNSIR-impaired copy, masked) or ``"original"``: the original itself with the forgotten classes
             masked, so there is no noise, impair or repair step, and the forget samples follow the curriculum's

@@ -28,6 +28,7 @@ import ast
 import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import hashlib
 import inspect
 import json
@@ -165,14 +166,32 @@ class PeakMemory:
 
 
 @contextlib.contextmanager
+def settled_heap() -> Iterator[None]:
+    """Collect garbage before a timed block and freeze the survivors (``gc.freeze``) until it ends.
+
+    This process holds ~200,000 tracked objects (imports, earlier cells' models and results), and a full collection
+    over them took ~0.1 s here: landing inside a digits ``nitc`` run (0.25 s, against 2.6 s of retraining) it
+    would add ~0.04 to its time fraction. Collected before and frozen during the block, the earlier objects are
+    not scanned, which is also how the ``mlflow-unlearn`` command runs a job (it freezes what it imported).
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@contextlib.contextmanager
 def measured(device: torch.device) -> Iterator[dict[str, float]]:
     """Wall time (s, synchronised on CUDA), CPU time of this process and peak extra memory of a block.
 
     On a CPU shared with other jobs, wall time grows with their load; the process CPU time (all threads of
     this process) does much less so, and equals the wall time of a single-threaded run on an idle machine.
+    Earlier garbage is collected before the block and earlier objects are frozen during it (:func:`settled_heap`).
     """
     out: dict[str, float] = {}
-    with PeakMemory(device) as mem:
+    with settled_heap(), PeakMemory(device) as mem:
         start, start_cpu = time.perf_counter(), time.process_time()
         yield out
         if device.type == "cuda":

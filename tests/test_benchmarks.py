@@ -162,3 +162,25 @@ def test_parse_overrides_and_bad_input() -> None:
         bench.parse_overrides(["lr=0.1"])
     with pytest.raises(SystemExit, match="Unknown method"):
         bench.main(["--methods", "no_such_method", "--out-dir", "unused"])
+
+
+def test_timed_blocks_start_from_a_collected_frozen_heap():
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    gc.disable()  # no automatic collection between here and the block
+    try:
+        node = Node()
+        node.self = node  # a reference cycle: only the cyclic collector frees it
+        ref = weakref.ref(node)
+        del node
+        assert ref() is not None and gc.get_freeze_count() == 0
+        with bench.settled_heap():
+            assert ref() is None  # collected before the block
+            assert gc.get_freeze_count() > 0  # the survivors are frozen during it
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.enable()

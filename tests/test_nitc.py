@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from torch.utils.data import DataLoader
 from mlflow_unlearn import _runtime as rt
 from mlflow_unlearn.data import load_data, resolve_forget
 from mlflow_unlearn.methods import build_config, run_method
-from mlflow_unlearn.methods.bad_teacher import randomly_initialised_copy
+from mlflow_unlearn.methods.bad_teacher import distill, kl_to_teacher, randomly_initialised_copy, with_temperatures
 from mlflow_unlearn.methods.curriculum import (
     curriculum_order,
     difficulty_scores,
@@ -197,6 +199,69 @@ def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, or
     assert _accuracy(result.model, retain) > _accuracy(original, retain) - 0.03
 
 
+def test_per_sample_temperatures_take_each_samples_kl_at_its_own_temperature():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    temps = torch.tensor([1.0, 1.0, 1.0, 4.0, 4.0, 4.0])
+    per_sample = kl_to_teacher(student, teacher, temps)
+    by_group = (kl_to_teacher(student[:3], teacher[:3], 1.0) + kl_to_teacher(student[3:], teacher[3:], 4.0)) / 2
+    assert torch.allclose(per_sample, by_group, atol=1e-6)
+    assert torch.allclose(kl_to_teacher(student, teacher, torch.full((6,), 2.0)), kl_to_teacher(student, teacher, 2.0),
+                          atol=1e-6)
+    assert with_temperatures(teacher, 4.0).shape == (6, 5)
+    assert with_temperatures(teacher, 4.0)[:, -1].eq(4.0).all()
+
+
+def _distilled_confidence(original, x, targets, temperature):
+    """Mean probability of the original's label after one SGD pass of distillation towards ``targets``."""
+    student = copy.deepcopy(original)
+    context = UnlearnContext(CPU, 10, "sample", (), 0)
+    data = torch.utils.data.TensorDataset(x, targets)
+    student = distill(student, data, temperature=temperature, context=context, epochs=1, lr=0.01, batch_size=32,
+                      optimizer="sgd", history=rt.History(), stage="distill")
+    labels = original(x).argmax(1)
+    with torch.no_grad():
+        return float(student.eval()(x).softmax(1).gather(1, labels[:, None]).mean())
+
+
+def test_a_higher_forget_temperature_moves_a_near_certain_student_towards_its_teacher(digits, original):
+    """At T=1 the KL gradient vanishes on memorised (near-certain) samples; softening both sides restores it."""
+    x = digits.train.x[:256]
+    with torch.no_grad():
+        logits = original(x)
+    teacher = logits / 1.5  # agrees on every label and is confident, only less so than the student
+    before = float(logits.softmax(1).max(1).values.mean())
+    at_one = _distilled_confidence(original, x, teacher, 1.0)
+    at_four = _distilled_confidence(original, x, with_temperatures(teacher, 4.0), None)
+    assert before > 0.98 and float(teacher.softmax(1).max(1).values.mean()) > 0.95
+    assert at_one > before - 0.01  # at T=1 the student barely moves
+    assert at_four < at_one - 0.03
+
+
+def test_sample_wise_nitc_distils_forget_samples_at_the_forget_temperature(digits, original, monkeypatch):
+    import mlflow_unlearn.methods.nitc as nitc_module
+
+    seen = []
+
+    def spy(model, data, *, temperature, **kwargs):
+        seen.append((temperature, data.tensors[1]))
+        return model
+
+    monkeypatch.setattr(nitc_module, "distill", spy)
+    mask = np.zeros(len(digits.train), dtype=bool)
+    mask[np.random.default_rng(2).permutation(len(mask))[: len(mask) // 10]] = True
+    forget, retain = digits.train.subset(mask), digits.train.subset(~mask)
+    run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0)
+    temperature, targets = seen[-1]
+    assert temperature is None and targets.shape[1] == 11  # 10 logits + each row's temperature
+    n_forget = len(forget)  # the last stage holds every forget sample, then its retain slice
+    assert targets[:n_forget, -1].eq(4.0).all() and targets[n_forget:, -1].eq(1.0).all()
+    seen.clear()
+    run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0,
+               config={"forget_temperature": 1.0})
+    assert seen[-1][0] == 1.0 and seen[-1][1].shape[1] == 10  # one temperature: plain targets
+
+
 @pytest.mark.parametrize("kind,norm_stats,kept", [("sample", "frozen", True), ("class", "frozen", True),
                                                    ("sample", "update", False), ("class", "update", False)])
 def test_batchnorm_statistics_are_kept_only_when_frozen(digits, original, kind, norm_stats, kept):
@@ -229,6 +294,7 @@ def test_batchnorm_statistics_are_kept_only_when_frozen(digits, original, kind, 
         {"forget_order": "random"},
         {"retain_pacing": "geometric"},
         {"temperature": 0.0},
+        {"forget_temperature": -4.0},
         {"teacher_optimizer": "lbfgs"},
         {"noise_l2": -0.1},
         {"teacher_batch_size": 0},

@@ -42,19 +42,39 @@ def randomly_initialised_copy(model: nn.Module, *, seed: int) -> nn.Module:
     return fresh.eval()
 
 
-def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``KL(softmax(t / T) || softmax(s / T))`` averaged over the batch, scaled by ``T**2`` (Hinton et al.)."""
+def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                  temperature: float | torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(t / T) || softmax(s / T))`` averaged over the batch, scaled by ``T**2`` (Hinton et al.).
+
+    ``temperature`` is one float for the batch or a tensor of ``N`` per-sample temperatures (each sample's KL
+    is then taken at, and scaled by the square of, its own).
+    """
+    if isinstance(temperature, torch.Tensor):
+        temps = temperature.float()[:, None]
+        log_p_student = F.log_softmax(student_logits.float() / temps, dim=1)
+        log_p_teacher = F.log_softmax(teacher_logits.float() / temps, dim=1)
+        kl = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(1)
+        return (kl * temps.squeeze(1) ** 2).mean()
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
 
 
+def with_temperatures(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``teacher_logits`` with one more column holding ``temperature``: targets for ``distill(temperature=None)``."""
+    return torch.cat([teacher_logits, teacher_logits.new_full((len(teacher_logits), 1), float(temperature))], dim=1)
+
+
+def _kl_per_sample_temperature(net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return kl_to_teacher(net(x), target[:, :-1], target[:, -1])
+
+
 def distill(
     model: nn.Module,
     data: Dataset,
     *,
-    temperature: float,
+    temperature: float | None,
     context: UnlearnContext,
     epochs: int,
     lr: float,
@@ -66,12 +86,14 @@ def distill(
 ) -> nn.Module:
     """Train ``model`` to match the teacher logits of ``data`` (a Dataset of ``(x, teacher_logits)``).
 
-    ``optimizer`` is a name or an optimizer instance to continue with; ``freeze_norm_stats``: see
-    :func:`._loops.fit`.
+    ``temperature``: the distillation temperature of every sample, or ``None`` when each target row carries
+    its own in a last column (see :func:`with_temperatures`). ``optimizer`` is a name or an optimizer instance
+    to continue with; ``freeze_norm_stats``: see :func:`._loops.fit`.
     """
-    return fit(model, data, lambda net, x, t: kl_to_teacher(net(x), t, temperature), context=context, epochs=epochs,
-               lr=lr, batch_size=batch_size, optimizer=optimizer, history=history, stage=stage,
-               freeze_norm_stats=freeze_norm_stats)
+    loss = (_kl_per_sample_temperature if temperature is None
+            else lambda net, x, t: kl_to_teacher(net(x), t, temperature))
+    return fit(model, data, loss, context=context, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+               history=history, stage=stage, freeze_norm_stats=freeze_norm_stats)
 
 
 @dataclass

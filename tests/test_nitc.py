@@ -255,7 +255,7 @@ def test_sample_wise_nitc_distils_forget_samples_at_the_forget_temperature(digit
     temperature, targets = seen[-1]
     assert temperature is None and targets.shape[1] == 11  # 10 logits + each row's temperature
     n_forget = len(forget)  # the last stage holds every forget sample, then its retain slice
-    assert targets[:n_forget, -1].eq(4.0).all() and targets[n_forget:, -1].eq(1.0).all()
+    assert targets[:n_forget, -1].eq(3.0).all() and targets[n_forget:, -1].eq(1.0).all()
     seen.clear()
     run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0,
                config={"forget_temperature": 1.0})

@@ -19,7 +19,8 @@ import run as bench  # noqa: E402
 EXPECTED_COLUMNS = {
     "dataset", "model", "task", "forget_spec", "seed", "method", "forget_count", "forget_accuracy",
     "retain_accuracy", "test_accuracy", "mia_efficacy", "loss_mia_accuracy", "loss_mia_auc", "avg_gap",
-    "wall_time_s", "time_fraction", "cpu_time_s", "cpu_time_fraction", "peak_mem_mib", "method_source", "config",
+    "wall_time_s", "time_fraction", "cpu_time_s", "cpu_time_fraction", "peak_mem_mib", "timed_runs", "method_source",
+    "config",
     "device", "machine", "date", "command",
 }
 
@@ -184,3 +185,27 @@ def test_timed_blocks_start_from_a_collected_frozen_heap():
         assert gc.get_freeze_count() == 0
     finally:
         gc.enable()
+
+
+def test_short_runs_are_timed_three_times_and_report_the_median(monkeypatch):
+    import time
+
+    durations = iter([0.02, 0.06, 0.04])
+    calls = []
+
+    def short():
+        calls.append(1)
+        time.sleep(next(durations))
+        return len(calls)
+
+    result, timing = bench.timed_run(short, bench.torch.device("cpu"))
+    assert result == 1  # the first run's result
+    assert len(calls) == 3 and timing["timed_runs"] == 3
+    assert 0.035 <= timing["wall_time_s"] < 0.055  # the median of ~0.02, ~0.06 and ~0.04 s
+    assert "cpu_time_s" in timing and "peak_mem_mib" in timing
+
+    monkeypatch.setattr(bench, "SHORT_RUN_S", 0.01)  # now every run counts as long: timed once
+    calls.clear()
+    durations = iter([0.02])
+    result, timing = bench.timed_run(short, bench.torch.device("cpu"))
+    assert len(calls) == 1 and timing["timed_runs"] == 1 and timing["wall_time_s"] >= 0.02

@@ -210,6 +210,8 @@ def test_nan_weights_raise_diverged(name, digits):
     broken.load_state_dict(digits.state)
     with torch.no_grad():
         broken.head[-1].weight.fill_(float("nan"))
+        # eu_k re-initialises the head, so the layers below it are poisoned too.
+        broken.features[0].weight.fill_(float("nan"))
     split = digits.by_class
     with pytest.raises(UnlearningDivergedError):
         run_method(name, broken, forget=split.forget, retain=split.retain.subset(np.arange(128)), device="cpu",

@@ -2,6 +2,7 @@
 
 from mlflow_unlearn.methods import (
     bad_teacher,  # noqa: F401
+    eu_k,  # noqa: F401
     finetune,  # noqa: F401  (each import registers a method)
     gradient_ascent,  # noqa: F401
     l1_sparse,  # noqa: F401

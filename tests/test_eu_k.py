@@ -1,0 +1,92 @@
+"""EU-k specifics: only the classifier module is retrained, found by name, and misuse is refused clearly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mlflow_unlearn.data import load_data, resolve_forget
+from mlflow_unlearn.methods import run_method
+from mlflow_unlearn.methods.eu_k import EuKConfig
+from mlflow_unlearn.models import create_model
+from mlflow_unlearn.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data("digits", seed=0)
+
+
+@pytest.fixture(scope="module")
+def split(data):
+    return resolve_forget(data, "classes:3")
+
+
+@pytest.fixture(scope="module")
+def smallcnn(data):
+    torch.manual_seed(0)
+    model = create_model("smallcnn", in_channels=1, num_classes=10, input_size=8)
+    return train(model, data.train, TrainConfig(epochs=3), device="cpu")[0].eval()
+
+
+def unlearn(model, split, **config):
+    return run_method("eu_k", model, forget=split.forget, retain=split.retain, device="cpu", forget_kind="class",
+                      forget_classes=split.forget_classes, config=config or None)
+
+
+def test_only_the_classifier_is_retrained(smallcnn, split):
+    result = unlearn(smallcnn, split, epochs=3)
+    before, after = smallcnn.state_dict(), result.model.state_dict()
+    for key in before:
+        same = torch.equal(before[key], after[key])
+        assert same != key.startswith("head."), key  # the body (weights and BatchNorm statistics) is untouched
+    assert result.history.extra["module"] == "head"
+    assert 0.8 < result.history.extra["module_weight_fraction"] < 0.95  # smallcnn's head holds most weights
+    with torch.no_grad():
+        predicted = result.model(split.forget.x).argmax(1)
+    assert not (predicted == 3).any(), "a classifier trained without the class must never predict it"
+
+
+def test_a_named_module_of_any_model(data, split):
+    torch.manual_seed(0)
+    mlp = train(create_model("mlp", in_channels=1, num_classes=10, input_size=8), data.train,
+                TrainConfig(epochs=2), device="cpu")[0].eval()
+    with pytest.raises(ValueError, match="no classifier submodule named head, fc, classifier in MLP.*net"):
+        unlearn(mlp, split)
+    result = unlearn(mlp, split, module="net.5", epochs=2)
+    changed = {k for k, v in result.model.state_dict().items() if not torch.equal(v, mlp.state_dict()[k])}
+    assert changed == {"net.5.weight", "net.5.bias"}
+
+
+class Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        self.fc = nn.Linear(10, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.fc(self.body(x)))
+
+
+class AfterHead(Twice):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x)) * 2
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    (Twice(), "called once; it was called 2 time"),
+    (AfterHead(), "its output is not the model's output"),
+])
+def test_a_classifier_that_is_not_the_last_step_is_refused(split, model, message):
+    with pytest.raises(ValueError, match=message):
+        unlearn(model, split)
+
+
+def test_bad_module_names_are_refused(smallcnn, split):
+    with pytest.raises(ValueError, match="has no submodule 'heads'.*features, head"):
+        unlearn(smallcnn, split, module="heads")
+    with pytest.raises(ValueError, match="no parameters"):
+        unlearn(smallcnn, split, module="head.0")  # the Flatten
+    with pytest.raises(ValueError, match="retrain"):
+        EuKConfig(module="")

@@ -29,7 +29,7 @@ CLASSIFIER = {"smallcnn": "head", "mlp": "net.5"}
 METHODS = ("nitc", "eu_k")
 
 
-def run_cell(dataset: str, model_name: str, seed: int) -> list[dict]:
+def run_cell(dataset: str, model_name: str, seed: int, epochs: int | None = None) -> list[dict]:
     split = load_data(dataset, seed=seed)
     fsplit = resolve_forget(split, f"random:0.1:{seed}")
 
@@ -37,12 +37,13 @@ def run_cell(dataset: str, model_name: str, seed: int) -> list[dict]:
         return create_model(model_name, in_channels=split.train.in_channels, num_classes=split.num_classes,
                             input_size=split.train.input_size)
 
+    recipe = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
     rt.seed_everything(seed)
-    original = train(fresh(), split.train, TrainConfig(seed=seed), device="cpu")[0]
+    original = train(fresh(), split.train, recipe, device="cpu")[0]
     models = {"original": original.eval()}
     times = {}
     reference = run_method("retrain", fresh(), forget=fsplit.forget, retain=fsplit.retain, device="cpu",
-                           config={"seed": seed}, seed=seed)
+                           config=recipe.to_dict(), seed=seed)
     models["retrain"], times["retrain"] = reference.model, reference.history.wall_time_s
     for method in METHODS:
         config = {"module": CLASSIFIER[model_name]} if method == "eu_k" else None
@@ -65,11 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--models", default="smallcnn,mlp")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs of the recipe")
     parser.add_argument("--out", default=None, help="CSV of every cell (default: print only)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = [row for model_name in args.models.split(",") for seed in map(int, args.seeds.split(","))
-            for row in run_cell(args.dataset, model_name, seed)]
+            for row in run_cell(args.dataset, model_name, seed, args.epochs)]
     frame = pd.DataFrame(rows)
     if args.out:
         frame.to_csv(args.out, index=False)

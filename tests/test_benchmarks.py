@@ -121,6 +121,20 @@ def test_tune_scores_variants_on_cached_tuning_cells_and_refuses_reported_seeds(
 
 
 @pytest.mark.slow
+def test_head_share_compares_eu_k_and_nitc_per_model(tmp_path: Path) -> None:
+    out = tmp_path / "share.csv"
+    proc = _script("head_share.py", "--dataset", "digits", "--models", "smallcnn,mlp", "--seeds", "100",
+                   "--epochs", "2", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pd.read_csv(out)
+    assert set(rows.groupby("model")["method"].agg(frozenset)) == {frozenset({"original", "retrain", "nitc", "eu_k"})}
+    share = rows.groupby("model")["eu_k_weight_share"].first()
+    assert share["smallcnn"] > 0.8 and share["mlp"] < 0.1  # smallcnn's head vs the mlp's last layer
+    assert (rows.loc[rows["method"] == "retrain", "avg_gap"] == 0).all()
+    assert (rows.loc[rows["method"] == "original", "avg_gap"] > 0).all()
+
+
+@pytest.mark.slow
 def test_gpu_check_runs_on_cpu_and_does_not_append(tmp_path: Path) -> None:
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text("# results\n")

@@ -33,7 +33,7 @@ from mlflow_unlearn.methods._loops import as_tensors, fit
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.retrain import reinitialize
 from mlflow_unlearn.methods.validation import check_choice, check_positive
-from mlflow_unlearn.training import OPTIMIZERS
+from mlflow_unlearn.training import OPTIMIZERS, TrainConfig
 
 CLASSIFIER_NAMES = ("head", "fc", "classifier")
 """Submodule names tried, in order, when ``module`` is not given (smallcnn, torchvision ResNets, VGG...)."""
@@ -53,12 +53,12 @@ class EuKConfig:
     """
 
     module: str | None = None
-    epochs: int = 15
-    lr: float = 0.05
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
+    epochs: int = TrainConfig.epochs
+    lr: float = TrainConfig.lr
+    batch_size: int = TrainConfig.batch_size
+    optimizer: str = TrainConfig.optimizer
+    weight_decay: float = TrainConfig.weight_decay
+    label_smoothing: float = TrainConfig.label_smoothing
 
     def __post_init__(self) -> None:
         check_positive(self, "epochs", "lr", "batch_size")
@@ -122,10 +122,12 @@ def classifier_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.T
             outputs.clear()
             with rt.autocast(device):
                 logits = model(rt.to_device(x[start:start + batch_size], device))
-            if len(captured) != 1 or outputs[0] is not logits:
+            if len(captured) != 1:
                 raise ValueError(f"eu_k: submodule {name!r} must be the last step of the model's forward pass, "
-                                 f"called once; it was called {len(captured)} time(s)"
-                                 + ("" if len(captured) != 1 else " and its output is not the model's output"))
+                                 f"called once; it was called {len(captured)} time(s)")
+            if outputs[0] is not logits:
+                raise ValueError(f"eu_k: submodule {name!r} must be the last step of the model's forward pass; "
+                                 "its output is not the model's output")
             inputs.append(captured[0])
     finally:
         for handle in handles:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import pandas as pd
 import torch
 
 from mlflow_unlearn import _runtime as rt
-from mlflow_unlearn.data import load_data, resolve_forget
+from mlflow_unlearn.data import ForgetSplit, load_data, resolve_forget
 from mlflow_unlearn.methods import run_method
 from mlflow_unlearn.metrics import evaluate
 from mlflow_unlearn.models import create_model
@@ -29,7 +30,19 @@ CLASSIFIER = {"smallcnn": "head", "mlp": "net.5"}
 METHODS = ("nitc", "eu_k")
 
 
-def run_cell(dataset: str, model_name: str, seed: int, epochs: int | None = None) -> list[dict]:
+class Cell(NamedTuple):
+    """One task-B cell: the forget split, a fresh-model factory, the original and its retrain reference."""
+
+    fsplit: ForgetSplit
+    num_classes: int
+    fresh: Callable[[], torch.nn.Module]
+    original: torch.nn.Module
+    reference: torch.nn.Module
+    retrain_time_s: float
+
+
+def train_cell(dataset: str, model_name: str, seed: int, epochs: int | None = None) -> Cell:
+    """Forget a random 10% of ``dataset``; train the original and the retrain reference with the default recipe."""
     split = load_data(dataset, seed=seed)
     fsplit = resolve_forget(split, f"random:0.1:{seed}")
 
@@ -40,11 +53,15 @@ def run_cell(dataset: str, model_name: str, seed: int, epochs: int | None = None
     recipe = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
     rt.seed_everything(seed)
     original = train(fresh(), split.train, recipe, device="cpu")[0]
-    models = {"original": original.eval()}
-    times = {}
     reference = run_method("retrain", fresh(), forget=fsplit.forget, retain=fsplit.retain, device="cpu",
                            config=recipe.to_dict(), seed=seed)
-    models["retrain"], times["retrain"] = reference.model, reference.history.wall_time_s
+    return Cell(fsplit, split.num_classes, fresh, original.eval(), reference.model.eval(), reference.history.wall_time_s)
+
+
+def run_cell(dataset: str, model_name: str, seed: int, epochs: int | None = None) -> list[dict]:
+    fsplit, _, fresh, original, reference, retrain_time = train_cell(dataset, model_name, seed, epochs)
+    models = {"original": original, "retrain": reference}
+    times = {"retrain": retrain_time}
     for method in METHODS:
         config = {"module": CLASSIFIER[model_name]} if method == "eu_k" else None
         result = run_method(method, original, forget=fsplit.forget, retain=fsplit.retain, device="cpu",

@@ -134,6 +134,24 @@ def test_head_share_compares_eu_k_and_nitc_per_model(tmp_path: Path) -> None:
     assert (rows.loc[rows["method"] == "original", "avg_gap"] > 0).all()
 
 
+def test_teacher_selectivity_scores_each_split_per_scale(tmp_path: Path) -> None:
+    out = tmp_path / "teacher.csv"
+    proc = _script("teacher_selectivity.py", "--dataset", "digits", "--models", "smallcnn", "--seeds", "100",
+                   "--epochs", "2", "--scales", "0.05,0.5", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pd.read_csv(out)
+    assert rows["which"].tolist() == ["original", "retrain", "teacher", "teacher"]
+    assert rows.loc[rows["which"] == "teacher", "scale"].tolist() == [0.05, 0.5]
+    ratio = rows["forget_loss"] / rows["retain_loss"]
+    assert ratio.round(6).tolist() == rows["forget_retain_loss_ratio"].round(6).tolist()
+    assert rows.filter(like="_accuracy").stack().between(0, 100).all()
+    # The teachers differ from the original and from each other: each scale really impairs a copy.
+    losses = rows.set_index(["which", "scale"])["retain_loss"]
+    assert losses.nunique() == len(losses)
+    bad = _script("teacher_selectivity.py", "--scales", "0.05,-1", cwd=tmp_path)
+    assert bad.returncode == 2 and "--scales must be positive" in bad.stderr
+
+
 @pytest.mark.slow
 def test_gpu_check_runs_on_cpu_and_does_not_append(tmp_path: Path) -> None:
     results_md = tmp_path / "RESULTS.md"

@@ -55,7 +55,8 @@ def train_cell(dataset: str, model_name: str, seed: int, epochs: int | None = No
     original = train(fresh(), split.train, recipe, device="cpu")[0]
     reference = run_method("retrain", fresh(), forget=fsplit.forget, retain=fsplit.retain, device="cpu",
                            config=recipe.to_dict(), seed=seed)
-    return Cell(fsplit, split.num_classes, fresh, original.eval(), reference.model.eval(), reference.history.wall_time_s)
+    return Cell(fsplit, split.num_classes, fresh, original.eval(), reference.model.eval(),
+                reference.history.wall_time_s)
 
 
 def run_cell(dataset: str, model_name: str, seed: int, epochs: int | None = None) -> list[dict]:

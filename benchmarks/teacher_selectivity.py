@@ -46,7 +46,8 @@ def split_scores(model: torch.nn.Module, fsplit) -> dict[str, float]:
     return scores
 
 
-def run_cell(dataset: str, model_name: str, seed: int, scales: Sequence[float], epochs: int | None = None) -> list[dict]:
+def run_cell(dataset: str, model_name: str, seed: int, scales: Sequence[float],
+             epochs: int | None = None) -> list[dict]:
     fsplit, num_classes, _, original, reference, _ = train_cell(dataset, model_name, seed, epochs)
     forget_x, forget_y = as_tensors(fsplit.forget)
     context = UnlearnContext(device=torch.device("cpu"), num_classes=num_classes, forget_kind="sample",

@@ -21,27 +21,26 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from mlflow_unlearn import _runtime as rt
-from mlflow_unlearn.methods._loops import as_tensors, predict_logits
+from mlflow_unlearn.methods._loops import as_tensors
 from mlflow_unlearn.methods.nitc import NitcConfig, impaired_teacher
 from mlflow_unlearn.methods.registry import UnlearnContext
+from mlflow_unlearn.metrics import accuracy, collect_split_outputs, per_sample_loss
+from mlflow_unlearn.metrics.evaluate import SPLITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_share import train_cell  # noqa: E402
 
-SPLITS = ("forget", "retain", "test")
 
-
-def split_scores(model: torch.nn.Module, fsplit) -> dict[str, float]:
-    """Accuracy (percent) and mean cross-entropy of ``model`` on the forget, retain and test samples."""
+def split_scores(outputs) -> dict[str, float]:
+    """Accuracy (percent) and mean cross-entropy on the forget, retain and test samples, from one model's
+    :func:`~mlflow_unlearn.metrics.collect_split_outputs` entry."""
     scores = {}
     for name in SPLITS:
-        x, y = as_tensors(getattr(fsplit, name))
-        logits = predict_logits(model, x, device=torch.device("cpu"))
-        scores[f"{name}_accuracy"] = (logits.argmax(dim=1) == y).double().mean().item() * 100
-        scores[f"{name}_loss"] = F.cross_entropy(logits, y).item()
+        logits, labels = outputs[name]
+        scores[f"{name}_accuracy"] = accuracy(logits, labels) * 100
+        scores[f"{name}_loss"] = per_sample_loss(logits, labels).mean().item()
     scores["forget_retain_loss_ratio"] = scores["forget_loss"] / scores["retain_loss"]
     return scores
 
@@ -52,16 +51,21 @@ def run_cell(dataset: str, model_name: str, seed: int, scales: Sequence[float],
     forget_x, forget_y = as_tensors(fsplit.forget)
     context = UnlearnContext(device=torch.device("cpu"), num_classes=num_classes, forget_kind="sample",
                              seed=seed)
-    cell = {"dataset": dataset, "model": model_name, "seed": seed}
-    rows = [{**cell, "which": "original", "scale": float("nan"), **split_scores(original, fsplit)},
-            {**cell, "which": "retrain", "scale": float("nan"), **split_scores(reference, fsplit)}]
+    models = {"original": original, "retrain": reference}
+    scale_of = {}
     for scale in scales:
+        label = f"teacher@{scale}"
         rt.seed_everything(seed)
-        teacher = impaired_teacher(original, forget_labels=forget_y, retain=fsplit.retain,
-                                   input_shape=tuple(forget_x.shape[1:]), config=NitcConfig(sample_impair_scale=scale),
-                                   context=context, history=rt.History())
-        rows.append({**cell, "which": "teacher", "scale": scale, **split_scores(teacher, fsplit)})
-    return rows
+        models[label] = impaired_teacher(original, forget_labels=forget_y, retain=fsplit.retain,
+                                         input_shape=tuple(forget_x.shape[1:]),
+                                         config=NitcConfig(sample_impair_scale=scale), context=context,
+                                         history=rt.History())
+        scale_of[label] = scale
+    outputs = collect_split_outputs(models, fsplit, device="cpu")
+    return [{"dataset": dataset, "model": model_name, "seed": seed,
+             "which": "teacher" if label in scale_of else label, "scale": scale_of.get(label, float("nan")),
+             **split_scores(outputs[label])}
+            for label in models]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from mlflow_unlearn import _runtime as rt
 from mlflow_unlearn.methods._loops import as_tensors, fit
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.retrain import reinitialize
-from mlflow_unlearn.methods.validation import check_choice, check_positive
+from mlflow_unlearn.methods.validation import check_choice, check_non_negative, check_positive
 from mlflow_unlearn.training import OPTIMIZERS, TrainConfig
 
 CLASSIFIER_NAMES = ("head", "fc", "classifier")
@@ -63,8 +63,7 @@ class EuKConfig:
     def __post_init__(self) -> None:
         check_positive(self, "epochs", "lr", "batch_size")
         check_choice(self, "optimizer", OPTIMIZERS)
-        if self.weight_decay < 0:
-            raise ValueError(f"Expected argument `weight_decay` to be >= 0 but got {self.weight_decay!r}")
+        check_non_negative(self, "weight_decay")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"Expected argument `label_smoothing` in [0, 1) but got {self.label_smoothing!r}")
         if self.module is not None and not (isinstance(self.module, str) and self.module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.data import SampleSet
 from mlflow_unlearn.methods._loops import predict_logits
 from mlflow_unlearn.metrics import collect_outputs

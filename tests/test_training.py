@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from mlflow_unlearn._runtime import UnlearningDivergedError, resolve_device
 from mlflow_unlearn.data import load_data
 from mlflow_unlearn.models import create_model
+from mlflow_unlearn.runtime import UnlearningDivergedError, resolve_device
 from mlflow_unlearn.training import TrainConfig, train
 
 

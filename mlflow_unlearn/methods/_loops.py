@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods.registry import UnlearnContext
 from mlflow_unlearn.training import make_optimizer
 
@@ -121,7 +121,7 @@ def predict_logits(model: nn.Module, data: Dataset | torch.Tensor, *, device: to
 
     Eval mode, no gradients and an unshuffled, unsharded pass (every rank sees all samples under ``torchrun``),
     so that row ``i`` always belongs to sample ``i``; the batches run through
-    :class:`mlflow_unlearn._runtime.InferenceRunner` (BatchNorm folded, channels_last). The model's train/eval mode
+    :class:`mlflow_unlearn.runtime.InferenceRunner` (BatchNorm folded, channels_last). The model's train/eval mode
     is restored.
     """
     was_training = model.training

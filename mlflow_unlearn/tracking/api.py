@@ -476,7 +476,7 @@ def train_model(
     Raises:
         ValueError: unknown data source or architecture, invalid config.
     """
-    from mlflow_unlearn import _runtime as rt
+    from mlflow_unlearn import runtime as rt
     from mlflow_unlearn.data import describe, ids_digest, load_data
     from mlflow_unlearn.metrics import accuracy, collect_outputs
     from mlflow_unlearn.models import create_model
@@ -599,7 +599,7 @@ def unlearn(
     """
     import numpy as np
 
-    from mlflow_unlearn import _runtime as rt
+    from mlflow_unlearn import runtime as rt
     from mlflow_unlearn.data import ids_digest, resolve_forget
     from mlflow_unlearn.methods import build_config, get_method, run_method
     from mlflow_unlearn.methods.registry import config_to_dict
@@ -829,7 +829,7 @@ def evaluate_version(
     Raises:
         The same input errors as :func:`unlearn`.
     """
-    from mlflow_unlearn import _runtime as rt
+    from mlflow_unlearn import runtime as rt
     from mlflow_unlearn.data import resolve_forget
     from mlflow_unlearn.methods import run_method
     from mlflow_unlearn.metrics import evaluate

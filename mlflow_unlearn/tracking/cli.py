@@ -32,7 +32,7 @@ class _UserErrorGroup(click.Group):
     def invoke(self, ctx: click.Context):
         from mlflow.exceptions import MlflowException
 
-        from mlflow_unlearn._runtime import UnlearningDivergedError
+        from mlflow_unlearn.runtime import UnlearningDivergedError
 
         if _own_process:
             # torch and MLflow are imported now: their objects live as long as the process.
@@ -119,7 +119,7 @@ def unlearn(model_uri, forget, method, data, config, reference, register, force,
     Under ``torchrun --nproc_per_node=N`` the method runs on N processes (DistributedDataParallel; NCCL on
     GPUs, gloo on CPUs) and rank 0 alone evaluates, logs, registers and prints.
     """
-    from mlflow_unlearn import _runtime as rt
+    from mlflow_unlearn import runtime as rt
     from mlflow_unlearn.tracking.api import unlearn as run_unlearn
 
     distributed = rt.init_distributed_from_env()
@@ -131,7 +131,7 @@ def unlearn(model_uri, forget, method, data, config, reference, register, force,
                               experiment=experiment)
     finally:
         if distributed:
-            from mlflow_unlearn.distributed import shutdown_distributed
+            from mlflow_unlearn.runtime import shutdown_distributed
 
             shutdown_distributed()
     if primary:

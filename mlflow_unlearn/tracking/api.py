@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow_unlearn.tracking import lineage as lin
+from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.experiments import get_or_create_experiment
 from mlflow_unlearn.tracking.formats import (
     MODEL_ARTIFACT_PATH,
@@ -41,7 +42,7 @@ from mlflow_unlearn.tracking.formats import (
     save_onnx_model,
     save_trainable_module,
 )
-from mlflow_unlearn.tracking.gate import ORIGINAL, REFERENCE, UNLEARNED, GateConfig, GateResult
+from mlflow_unlearn.tracking.gate import GateConfig, GateResult
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger("mlflow_unlearn")
 
-REFERENCES = ("none", "retrain")
 #: Samples of the test set used to compare the ONNX copy with the PyTorch model.
 ONNX_SAMPLE_SIZE = 32
 _MAX_PARAM_LENGTH = 6000
@@ -396,7 +396,7 @@ def _metrics_from_run(run: Run) -> pd.DataFrame:
     rows: dict[str, dict[str, float]] = {}
     for key, value in run.data.metrics.items():
         row, _, col = key.partition(".")
-        if row in (ORIGINAL, UNLEARNED, REFERENCE):
+        if row in (vocab.ORIGINAL_ROW, vocab.UNLEARNED_ROW, vocab.RETRAIN_ROW):
             rows.setdefault(row, {})[col] = value
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
@@ -506,9 +506,9 @@ def train_model(
             **{f"train.{k}": v for k, v in recipe.to_dict().items()},
         })
         _log_inputs(client, logger.run_id, [
-            lin.lineage_dataset_input(lineage, context=lin.TRAIN_CONTEXT, name=f"{data}-train",
+            lin.lineage_dataset_input(lineage, context=vocab.TRAIN_CONTEXT, name=f"{data}-train",
                                       digest=info["train_ids_digest"], count=info["n_train"]),
-            lin.lineage_dataset_input(lineage, context=lin.TEST_CONTEXT, name=f"{data}-test",
+            lin.lineage_dataset_input(lineage, context=vocab.TEST_CONTEXT, name=f"{data}-test",
                                       digest=ids_digest(split.test.ids), count=info["n_test"]),
         ])
         model, history = train(model, split.train, recipe, device=dev)
@@ -523,7 +523,7 @@ def train_model(
             version = logger.register(registered_model_name, tags=None,
                                       description=f"{arch} trained on {data} by mlflow-unlearn (test accuracy "
                                                   f"{test_acc:.2f}%)")
-            logger.set_tags({lin.RUN_RESULT_VERSION_TAG: lin.version_ref(version)})
+            logger.set_tags({vocab.RESULT_VERSION_TAG: vocab.version_ref(version)})
     return TrainOutcome(version, logger.run_id, model, test_acc, diff)
 
 
@@ -531,7 +531,7 @@ def unlearn(
     model_uri: str,
     *,
     forget: str,
-    method: str = "nitc",
+    method: str = vocab.DEFAULT_METHOD,
     data: str | None = None,
     config: Any = None,
     reference: str = "none",
@@ -619,8 +619,7 @@ def unlearn(
         supported = [m for m in list_methods(include_reference=False) if get_method(m).distributed]
         raise ValueError(f"Method {method!r} does not run under torchrun (DistributedDataParallel); methods that "
                          f"do: {', '.join(supported)}")
-    if reference not in REFERENCES:
-        raise ValueError(f"Unknown reference {reference!r}; expected one of: {', '.join(REFERENCES)}")
+    vocab.check_reference(reference)
     if not isinstance(forget, str) or not forget.strip():
         raise ValueError("Expected `forget` to be a forget spec such as 'classes:3' or 'ids:forget.csv' but got "
                          f"{forget!r}")
@@ -639,7 +638,7 @@ def unlearn(
         gate_cfg = gating.build_gate_config({**(gate_overrides or {}), **dict(gate or {})})
     dev = rt.resolve_device(device)
     client = _client(tracking_uri, registry_uri)
-    parent = lin.resolve_model_version(client, model_uri)
+    parent = vocab.resolve_model_version(client, model_uri)
     model = _load_version(client, parent, model_uri)
     parent_run = client.get_run(parent.run_id) if parent.run_id else None
     lineage = _resolve_lineage(data, parent_run)
@@ -658,12 +657,12 @@ def unlearn(
             _logger.info("Reusing %s/%s: the same unlearning was done in run %s", existing.name, existing.version,
                          existing.run_id)
             if run_id:
-                client.log_batch(run_id, tags=[_tag(lin.RUN_VERDICT_TAG, existing.tags.get(lin.VERDICT_TAG, "")),
-                                               _tag(lin.RUN_RESULT_VERSION_TAG, lin.version_ref(existing)),
-                                               _tag(lin.RUN_REUSED_FROM_TAG, existing.run_id)])
+                client.log_batch(run_id, tags=[_tag(vocab.VERDICT_TAG, existing.tags.get(vocab.VERDICT_TAG, "")),
+                                               _tag(vocab.RESULT_VERSION_TAG, vocab.version_ref(existing)),
+                                               _tag(vocab.REUSED_FROM_TAG, existing.run_id)])
             return UnlearnOutcome(existing, existing.run_id, _metrics_from_run(run),
                                   f"{run.info.artifact_uri}/{rep.REPORT_ARTIFACT_PATH}/{rep.MD_REPORT}",
-                                  existing.tags.get(lin.VERDICT_TAG, ""), reused=True,
+                                  existing.tags.get(vocab.VERDICT_TAG, ""), reused=True,
                                   onnx_max_abs_diff=run.data.metrics.get("onnx.max_abs_diff"))
     timings["prepare_s"] = time.perf_counter() - t_start
 
@@ -693,9 +692,9 @@ def unlearn(
     with logger:
         step = lin.ForgetStep(split_forget.spec, split_forget.digest, split_forget.count)
         new_lineage = lineage.then(step)
-        logger.set_tags({lin.RUN_CONFIG_HASH_TAG: chash})
+        logger.set_tags({vocab.CONFIG_HASH_TAG: chash})
         logger.log_params({
-            "unlearn.parent": lin.version_ref(parent), "unlearn.parent_run_id": parent.run_id or "",
+            "unlearn.parent": vocab.version_ref(parent), "unlearn.parent_run_id": parent.run_id or "",
             "unlearn.method": method, "unlearn.reference": reference, "unlearn.seed": seed,
             "unlearn.device": str(dev), "unlearn.register": register, "unlearn.force": force,
             "data.source": lineage.source, "data.seed": lineage.seed, "data.test_fraction": lineage.test_fraction,
@@ -709,16 +708,16 @@ def unlearn(
             **{f"gate.{k}": v for k, v in gate_cfg.to_dict().items()},
         })
         _log_inputs(client, logger.run_id, [
-            lin.lineage_dataset_input(new_lineage, context=lin.RETAIN_CONTEXT, name=f"{lineage.source}-retain",
+            lin.lineage_dataset_input(new_lineage, context=vocab.RETAIN_CONTEXT, name=f"{lineage.source}-retain",
                                       digest=ids_digest(split_forget.retain.ids), count=len(split_forget.retain)),
-            lin.lineage_dataset_input(new_lineage, context=lin.TEST_CONTEXT, name=f"{lineage.source}-test",
+            lin.lineage_dataset_input(new_lineage, context=vocab.TEST_CONTEXT, name=f"{lineage.source}-test",
                                       digest=ids_digest(split_forget.test.ids), count=len(split_forget.test)),
         ])
         result, reference_result = run_methods()
         timings["unlearn_s"] = result.wall_time_s
-        models = {ORIGINAL: model, UNLEARNED: result.model}
+        models = {vocab.ORIGINAL_ROW: model, vocab.UNLEARNED_ROW: result.model}
         if reference_result is not None:
-            models[REFERENCE] = reference_result.model
+            models[vocab.RETRAIN_ROW] = reference_result.model
             timings["reference_s"] = reference_result.wall_time_s
         t = time.perf_counter()
         eval_split = _evaluation_split(split_forget, retain_eval_size, seed)
@@ -726,7 +725,7 @@ def unlearn(
         outputs = collect_split_outputs(models, eval_split, device=dev)
         incompetent = _incompetent(model, seed)
         metrics = evaluate_outputs(
-            outputs, reference=REFERENCE if REFERENCE in models else None, seed=seed,
+            outputs, reference=vocab.RETRAIN_ROW if vocab.RETRAIN_ROW in models else None, seed=seed,
             incompetent_forget=None if incompetent is None else collect_outputs(incompetent, eval_split.forget,
                                                                                 device=dev))
         test_share = float(np.isin(split_forget.test.y.numpy(), split_forget.forget_classes).mean())
@@ -735,7 +734,7 @@ def unlearn(
         timings["evaluate_s"] = time.perf_counter() - t
         logger.log_metrics({**_metric_dict(metrics), "unlearn.wall_time_s": result.wall_time_s,
                             "gate.passed": float(verdict.passed)})
-        logger.set_tags({lin.RUN_VERDICT_TAG: verdict.verdict})
+        logger.set_tags({vocab.VERDICT_TAG: verdict.verdict})
         will_register = register and (verdict.passed or force)
         diff = None
         with tempfile.TemporaryDirectory() as tmp_dir:
@@ -752,7 +751,7 @@ def unlearn(
                                         forget_count=split_forget.count, run_id=logger.run_id,
                                         verdict=verdict.verdict)
                 version = logger.register(parent.name, tags=tags,
-                                          description=f"Unlearned from {lin.version_ref(parent)} with {method}: "
+                                          description=f"Unlearned from {vocab.version_ref(parent)} with {method}: "
                                                       f"forgot {split_forget.count} samples (digest "
                                                       f"{split_forget.digest[:12]}), gate {verdict.verdict}.")
             t = time.perf_counter()
@@ -791,7 +790,7 @@ def unlearn(
         timings["total_s"] = time.perf_counter() - t_start
         logger.log_metrics({f"time.{k}": v for k, v in timings.items()})
         if version is not None:
-            logger.set_tags({lin.RUN_RESULT_VERSION_TAG: lin.version_ref(version)})
+            logger.set_tags({vocab.RESULT_VERSION_TAG: vocab.version_ref(version)})
     return UnlearnOutcome(version, logger.run_id, metrics,
                           f"{logger.artifact_uri}/{rep.REPORT_ARTIFACT_PATH}/{rep.MD_REPORT}", verdict.verdict,
                           gate=verdict, onnx_max_abs_diff=diff, model=result.model)
@@ -834,11 +833,10 @@ def evaluate_version(
     from mlflow_unlearn.methods import run_method
     from mlflow_unlearn.metrics import evaluate
 
-    if reference not in REFERENCES:
-        raise ValueError(f"Unknown reference {reference!r}; expected one of: {', '.join(REFERENCES)}")
+    vocab.check_reference(reference)
     dev = rt.resolve_device(device)
     client = _client(tracking_uri, registry_uri)
-    version = lin.resolve_model_version(client, model_uri)
+    version = vocab.resolve_model_version(client, model_uri)
     model = _load_version(client, version, model_uri)
     version_run = client.get_run(version.run_id) if version.run_id else None
     lineage = _resolve_lineage(data, version_run)
@@ -850,13 +848,13 @@ def evaluate_version(
     split, lineage = _load_split(lineage)
     split_forget = resolve_forget(split, forget)
     _check_model_fits(model, split, lineage.source)
-    models = {"model": model}
+    models = {vocab.MODEL_ROW: model}
     if reference == "retrain":
         recipe = lin.inherited_params(version_run) if version_run is not None else {}
-        models[REFERENCE] = run_method("retrain", model, forget=split_forget.forget, retain=split_forget.retain,
+        models[vocab.RETRAIN_ROW] = run_method("retrain", model, forget=split_forget.forget, retain=split_forget.retain,
                                        config=_retrain_config(recipe), device=dev, forget_kind=split_forget.kind,
                                        forget_classes=split_forget.forget_classes, seed=seed).model
-    metrics = evaluate(models, split_forget, reference=REFERENCE if REFERENCE in models else None,
+    metrics = evaluate(models, split_forget, reference=vocab.RETRAIN_ROW if vocab.RETRAIN_ROW in models else None,
                        incompetent=_incompetent(model, seed), device=dev, seed=seed)
     if run_id:
         logger = _RunLogger(client, run_id=run_id, experiment_id="", run_name="")

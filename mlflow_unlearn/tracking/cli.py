@@ -205,15 +205,15 @@ def report(target, as_json, output_dir) -> None:
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
 
-    from mlflow_unlearn.tracking import lineage as lin
     from mlflow_unlearn.tracking import report as rep
+    from mlflow_unlearn.tracking import vocabulary as vocab
 
     client = MlflowClient()
     if target.startswith("models:/"):
-        version = lin.resolve_model_version(client, target)
+        version = vocab.resolve_model_version(client, target)
         run_id = version.run_id
-        if not (version.tags or {}).get(lin.RUN_ID_TAG):
-            raise click.ClickException(f"{target} is not an unlearned version (no {lin.RUN_ID_TAG} tag); it has no "
+        if not (version.tags or {}).get(vocab.RUN_ID_TAG):
+            raise click.ClickException(f"{target} is not an unlearned version (no {vocab.RUN_ID_TAG} tag); it has no "
                                        "unlearning report")
     else:
         run_id = target

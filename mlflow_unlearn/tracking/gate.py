@@ -30,12 +30,11 @@ from typing import Any
 
 import pandas as pd
 
+from mlflow_unlearn.tracking.vocabulary import ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
+
 PASSED = "passed"
 FAILED = "failed"
 
-ORIGINAL = "original"
-UNLEARNED = "unlearned"
-REFERENCE = "retrain"
 
 
 @dataclass
@@ -121,8 +120,8 @@ def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, n
     Returns:
         The verdict and the table of checks.
     """
-    new, old = metrics.loc[UNLEARNED], metrics.loc[ORIGINAL]
-    ref = metrics.loc[REFERENCE] if REFERENCE in metrics.index else None
+    new, old = metrics.loc[UNLEARNED_ROW], metrics.loc[ORIGINAL_ROW]
+    ref = metrics.loc[RETRAIN_ROW] if RETRAIN_ROW in metrics.index else None
     rows = []
     forget = float(new["forget_accuracy"])
     if ref is not None:

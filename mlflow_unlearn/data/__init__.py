@@ -2,9 +2,17 @@
 
 from mlflow_unlearn.data.forget import ForgetSpec, forget_digest, list_forget_specs, parse_forget_spec, resolve_forget
 from mlflow_unlearn.data.samples import DataSplit, ForgetSplit, SampleSet, ids_digest
-from mlflow_unlearn.data.sources import RawSamples, describe, list_sources, load_data, register_source
+from mlflow_unlearn.data.sources import (
+    SPLIT_VALUES,
+    RawSamples,
+    describe,
+    list_sources,
+    load_data,
+    register_source,
+)
 
 __all__ = [
+    "SPLIT_VALUES",
     "DataSplit",
     "ForgetSplit",
     "ForgetSpec",

@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-REQUEST_TAG = "mlflow_unlearn.request"
+from mlflow_unlearn.tracking.vocabulary import DEFAULT_METHOD, NO_REFERENCE, REFERENCES
+
 ALLOWED_ROOTS_ENV = "MLFLOW_UNLEARN_ALLOWED_ROOTS"
 ALLOW_URLS_ENV = "MLFLOW_UNLEARN_ALLOW_URLS"
 MAX_REQUEST_CHARS = 1000
-DEFAULT_METHOD = "nitc"
 
 REQUEST_KEYS = ("forget", "method", "data", "config", "reference")
 FORGET_KINDS = ("classes", "ids", "random")
-REFERENCES = ("none", "retrain")
 URL_SCHEMES = ("http", "https", "s3", "gs", "gcs", "hdfs", "ftp", "file", "dbfs", "wasbs", "abfss")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -62,7 +60,8 @@ class RequestRefused(ValueError):
 
 @dataclass(frozen=True)
 class SecurityPolicy:
-    """What a request may reference on this server.
+    """What a request may reference on this server (read from the environment by
+    :func:`mlflow_unlearn_plugins.settings.read_settings`).
 
     Args:
         allowed_roots: absolute directories under which data files, forget-ID files and config files may lie.
@@ -83,16 +82,6 @@ class SecurityPolicy:
                     f"Expected every entry of `{ALLOWED_ROOTS_ENV}` to be an absolute directory but got {str(root)!r}"
                 )
         object.__setattr__(self, "allowed_roots", tuple(Path(os.path.realpath(r)) for r in self.allowed_roots))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SecurityPolicy:
-        """Read :data:`ALLOWED_ROOTS_ENV` (``os.pathsep``-separated) and :data:`ALLOW_URLS_ENV` (``true``/``false``)."""
-        environ = os.environ if environ is None else environ
-        roots = tuple(Path(p) for p in environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if p.strip())
-        flag = environ.get(ALLOW_URLS_ENV, "false").strip().lower()
-        if flag not in ("true", "false", "1", "0", ""):
-            raise ValueError(f"Expected `{ALLOW_URLS_ENV}` to be 'true' or 'false' but got {flag!r}")
-        return cls(allowed_roots=roots, allow_urls=flag in ("true", "1"))
 
     def check_path(self, raw: str, *, what: str, kind: str = "file") -> str:
         """Return the resolved absolute path of ``raw`` if it exists under an allowed root.
@@ -142,7 +131,7 @@ class UnlearnRequest:
     method: str = DEFAULT_METHOD
     data: str = ""
     config: str = ""
-    reference: str = "none"
+    reference: str = NO_REFERENCE
 
     @property
     def forget_kind(self) -> str:
@@ -257,12 +246,12 @@ def _check_data(source: str, policy: SecurityPolicy) -> str:
     return rebuilt + ("?" + "&".join(f"{k}={v}" for k, v in options.items()) if options else "")
 
 
-def parse_request(value: str, policy: SecurityPolicy | None = None) -> UnlearnRequest:
+def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:
     """Parse and validate a request tag value.
 
     Args:
         value: the tag value, e.g. ``"forget=classes:3; method=nitc"``.
-        policy: what files and URLs may be referenced (default: :meth:`SecurityPolicy.from_env`).
+        policy: what files and URLs may be referenced (the server's settings).
 
     Returns:
         The :class:`UnlearnRequest` with paths resolved.
@@ -274,7 +263,6 @@ def parse_request(value: str, policy: SecurityPolicy | None = None) -> UnlearnRe
         >>> parse_request("forget=classes:7,3; method=finetune", SecurityPolicy())
         UnlearnRequest(forget='classes:3,7', method='finetune', data='', config='', reference='none')
     """
-    policy = SecurityPolicy.from_env() if policy is None else policy
     pairs = split_request(value)
     method = pairs.get("method", DEFAULT_METHOD)
     if not _NAME.match(method):
@@ -282,7 +270,7 @@ def parse_request(value: str, policy: SecurityPolicy | None = None) -> UnlearnRe
             f"method {method[:40]!r} is not a registered method name (lower-case letters, digits, '_'); "
             "module paths are not allowed"
         )
-    reference = pairs.get("reference", "none")
+    reference = pairs.get("reference", NO_REFERENCE)
     if reference not in REFERENCES:
         raise RequestRefused(f"unknown reference {reference[:40]!r}; expected one of: {', '.join(REFERENCES)}")
     config = pairs.get("config", "")

@@ -10,7 +10,7 @@ import pytest
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
-from mlflow_unlearn_plugins import launcher, ledger
+from mlflow_unlearn_plugins import launcher, ledger, registry_store, settings
 from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore, absolute_sqlite_uri, parse_store_uri
 from mlflow_unlearn_plugins.request import (
     MAX_REQUEST_CHARS,
@@ -96,12 +96,12 @@ def test_no_paths_without_allowed_roots_and_urls_only_when_allowed(roots):
     url = "forget=classes:3; data=https://example.com/x.npz"
     assert parse_request(url, SecurityPolicy(allow_urls=True)).data == "https://example.com/x.npz"
     env = {"MLFLOW_UNLEARN_ALLOWED_ROOTS": f"{allowed}:/srv", "MLFLOW_UNLEARN_ALLOW_URLS": "1"}
-    policy = SecurityPolicy.from_env(env)
+    policy = settings.read_settings(env).policy
     assert policy.allow_urls and len(policy.allowed_roots) == 2
     with pytest.raises(ValueError, match="absolute directory"):
-        SecurityPolicy.from_env({"MLFLOW_UNLEARN_ALLOWED_ROOTS": "relative/dir"})
+        settings.read_settings({"MLFLOW_UNLEARN_ALLOWED_ROOTS": "relative/dir"})
     with pytest.raises(ValueError, match="'true' or 'false'"):
-        SecurityPolicy.from_env({"MLFLOW_UNLEARN_ALLOW_URLS": "maybe"})
+        settings.read_settings({"MLFLOW_UNLEARN_ALLOW_URLS": "maybe"})
 
 
 def test_refusals_never_echo_forget_ids(roots):
@@ -122,28 +122,32 @@ def test_store_uri_parsing(tmp_path, monkeypatch):
             parse_store_uri(bad)
 
 
-def test_settings_fail_early(monkeypatch, tmp_path):
+def test_settings_fail_early(tmp_path):
     with pytest.raises(ValueError, match="MLFLOW_UNLEARN_BACKEND"):
-        launcher.LauncherSettings(backend="slurm")
+        settings.LauncherSettings(backend="slurm")
     with pytest.raises(ValueError, match="JSON config"):
-        launcher.LauncherSettings(backend="kubernetes")
+        settings.LauncherSettings(backend="kubernetes")
     config = tmp_path / "k8s.json"
     config.write_text("{}")
     with pytest.raises(ValueError, match="http"):
-        launcher.LauncherSettings(backend="kubernetes", backend_config=str(config), tracking_uri="sqlite:///x.db")
-    ok = launcher.LauncherSettings(backend="kubernetes", backend_config=str(config), tracking_uri="http://mlflow:5000")
-    assert launcher.job_uris(ok, "sqlite:////r.db", None) == ("http://mlflow:5000", "http://mlflow:5000")
-    monkeypatch.delenv("_MLFLOW_SERVER_FILE_STORE", raising=False)
-    assert launcher.job_uris(launcher.LauncherSettings(), "sqlite:////r.db", "sqlite:////t.db") == (
+        settings.LauncherSettings(backend="kubernetes", backend_config=str(config), tracking_uri="sqlite:///x.db")
+    ok = settings.LauncherSettings(backend="kubernetes", backend_config=str(config), tracking_uri="http://mlflow:5000")
+    assert settings.PluginSettings(launcher=ok).job_uris("sqlite:////r.db", None) == (
+        "http://mlflow:5000", "http://mlflow:5000")
+    assert settings.PluginSettings().job_uris("sqlite:////r.db", "sqlite:////t.db") == (
         "sqlite:////t.db", "sqlite:////r.db")
+    server_store = settings.read_settings({"_MLFLOW_SERVER_FILE_STORE": "sqlite:////srv/tracking.db"})
+    assert server_store.job_uris("sqlite:////r.db", "sqlite:////t.db") == ("sqlite:////srv/tracking.db",
+                                                                         "sqlite:////r.db")
     for bad in ("0", "two", "-1"):
-        monkeypatch.setenv("MLFLOW_UNLEARN_NPROC", bad)
         with pytest.raises(ValueError, match="MLFLOW_UNLEARN_NPROC"):
-            launcher.LauncherSettings.from_env()
-    monkeypatch.setenv("MLFLOW_UNLEARN_NPROC", " 4 ")
-    assert launcher.LauncherSettings.from_env().nproc == 4
-    monkeypatch.delenv("MLFLOW_UNLEARN_NPROC")
-    assert launcher.LauncherSettings.from_env().nproc == 1
+            settings.read_settings({"MLFLOW_UNLEARN_NPROC": bad})
+    assert settings.read_settings({"MLFLOW_UNLEARN_NPROC": " 4 "}).launcher.nproc == 4
+    assert settings.read_settings({}).launcher.nproc == 1
+    full = settings.read_settings({"MLFLOW_UNLEARN_ALLOWED_ROOTS": str(tmp_path), "MLFLOW_UNLEARN_DEVICE": "cpu",
+                                   "MLFLOW_UNLEARN_BACKEND": "kubernetes", "MLFLOW_UNLEARN_BACKEND_CONFIG": str(config),
+                                   "MLFLOW_UNLEARN_TRACKING_URI": "http://mlflow:5000"})
+    assert settings.PluginSettings.from_json(full.to_json()) == full  # how a launcher receives them
 
 
 def test_kubernetes_project_keeps_entry_points_and_uses_docker(tmp_path):
@@ -203,7 +207,7 @@ def test_open_request_is_a_compare_and_set_across_threads(registry):
     assert not ledger.advance(stock, "m", 1, state.request_id, expect=("running",), to="succeeded")
     assert ledger.advance(stock, "m", 1, state.request_id, expect=("queued",), to="running")
     assert ledger.advance(stock, "m", 1, state.request_id, expect=("running",), to="succeeded",
-                          tags={ledger.RESULT_TAG: "m/4"})
+                          tags={ledger.RESULT_VERSION_TAG: "m/4"})
     assert ledger.active_requests(stock) == []
     # after it finished, a new request may start
     assert ledger.open_request(stock, "m", 1, "forget=classes:9", request_id="next")
@@ -293,14 +297,54 @@ def test_python_api_reaches_the_plugin_through_its_entry_point(registry):
 
 
 def test_job_talks_to_the_server_when_it_proxies_artifacts():
-    import click
+    """A server that proxies artifacts (MLflow's default) tells its workers through ``_MLFLOW_SERVER_*``; the job
+    then uses the address on which the server received the request, with the static prefix."""
+    import flask
 
-    with click.Context(click.Command("server"), info_name="server") as ctx:
-        ctx.params.update(host="0.0.0.0", port=5005, serve_artifacts=True, default_artifact_root=None,
-                          static_prefix="/ml/")
-        assert launcher.proxied_server_address() == "http://127.0.0.1:5005/ml"
-        ctx.params["default_artifact_root"] = "/srv/artifacts"  # artifacts written directly: no need
-        assert launcher.proxied_server_address() == ""
-    with click.Context(click.Command("run"), info_name="run"):
-        assert launcher.proxied_server_address() == ""
-    assert launcher.proxied_server_address() == ""
+    proxied = settings.read_settings({"_MLFLOW_SERVER_ARTIFACT_ROOT": "mlflow-artifacts:/",
+                                      "_MLFLOW_STATIC_PREFIX": "/ml", "_MLFLOW_SGI_NAME": "uvicorn"})
+    assert proxied.job_uris("sqlite:////r.db", None, "http://127.0.0.1:5005") == (
+        "http://127.0.0.1:5005/ml", "http://127.0.0.1:5005/ml")
+    with pytest.raises(ValueError, match="set MLFLOW_UNLEARN_TRACKING_URI"):
+        proxied.job_uris("sqlite:////r.db", None, "")  # outside a request the address is unknown
+    direct = settings.read_settings({"_MLFLOW_SERVER_ARTIFACT_ROOT": "/srv/artifacts",
+                                     "_MLFLOW_SERVER_FILE_STORE": "sqlite:////srv/t.db"})
+    assert direct.job_uris("sqlite:////r.db", None, "http://127.0.0.1:5005") == ("sqlite:////srv/t.db",
+                                                                               "sqlite:////r.db")
+    with pytest.raises(ValueError, match="runs under gunicorn"):  # its SERVER_NAME may come from the Host header
+        settings.read_settings({"_MLFLOW_SERVER_ARTIFACT_ROOT": "mlflow-artifacts:/", "_MLFLOW_SGI_NAME": "gunicorn"})
+    app = flask.Flask("test")
+    with app.test_request_context(environ_overrides={"SERVER_NAME": "10.0.0.5", "SERVER_PORT": "5005"}):
+        assert registry_store.request_address() == "http://10.0.0.5:5005"
+    with app.test_request_context(environ_overrides={"SERVER_NAME": "::1", "SERVER_PORT": "5005"}):
+        assert registry_store.request_address() == "http://[::1]:5005"
+    assert registry_store.request_address() == ""
+
+
+def test_store_constructor_only_constructs_and_recovery_runs_once(registry, monkeypatch):
+    """Constructing the store starts no process and writes no environment; interrupted requests are resumed at the
+    store's first registry call, once."""
+    import os
+
+    uri, stock = registry
+    ledger.open_request(stock, "m", 1, "forget=classes:1", request_id="interrupted")  # no launcher holds it
+    spawned: list[tuple] = []
+    monkeypatch.setattr(launcher, "spawn", lambda *args, **kwargs: spawned.append((args, kwargs)) or 4242)
+    environ = dict(os.environ)
+    store = UnlearnRegistryStore(store_uri="unlearn+" + uri, tracking_uri=uri)
+    assert spawned == [] and dict(os.environ) == environ
+    assert store.get_model_version("m", 1).tags["mlflow_unlearn.status"] == "queued"
+    assert [args[1:4] for args, _ in spawned] == [("m", 1, "interrupted")]
+    assert spawned[0][1]["settings"] == store.settings and spawned[0][1]["job_tracking_uri"] == uri
+    store.search_model_versions("name='m'")
+    store.recover_once()
+    assert len(spawned) == 1
+
+
+def test_plugin_doctests():
+    import doctest
+
+    from mlflow_unlearn_plugins import request
+
+    for module in (settings, request, registry_store):
+        assert doctest.testmod(module).failed == 0

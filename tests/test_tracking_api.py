@@ -223,15 +223,15 @@ def test_current_tracking_uri_is_used_and_no_global_state_changes(uris, base, mo
 
 def test_jobs_started_together_share_a_named_experiment(tmp_path, late_lookup_client):
     """A job that looked its experiment up just before a concurrent job created it uses that experiment."""
-    from mlflow_unlearn.tracking.api import _experiment_id
+    from mlflow_unlearn.tracking.runlog import experiment_id
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/tracking.db")
-    first = _experiment_id(client, "deletion-requests", None)
-    assert _experiment_id(late_lookup_client(client), "deletion-requests", None) == first
+    first = experiment_id(client, "deletion-requests", None)
+    assert experiment_id(late_lookup_client(client), "deletion-requests", None) == first
     assert [e.name for e in client.search_experiments()].count("deletion-requests") == 1
     client.delete_experiment(first)
     with pytest.raises(MlflowException, match=f"'deletion-requests' \\(ID {first}\\) is deleted; restore it"):
-        _experiment_id(client, "deletion-requests", None)
+        experiment_id(client, "deletion-requests", None)
 
 
 def test_project_dir_holds_the_mlproject_and_the_root_links_to_it():

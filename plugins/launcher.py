@@ -5,9 +5,9 @@ The registry store records a request (status ``queued``) and starts this module 
 
 1. takes the request's lease (exactly one launcher per request, see :mod:`mlflow_unlearn_plugins.ledger`);
 2. persists the request as a run in the ``unlearn-requests`` experiment (reused if it already exists);
-3. checks what needs the engine: the version is a PyTorch model, the method is registered, the config fits the
-   method, the data is allowed and loadable, the forgotten classes or IDs exist. A refused request is marked
-   ``failed`` with the reason and nothing runs;
+3. prepares the request as its job will (:func:`preflight`, i.e. :func:`mlflow_unlearn.tracking.plan.prepare`,
+   the checks of every door: model version and format, method, config, data and lineage, forget set). A refused
+   request is marked ``failed`` with the API's message and nothing runs;
 4. moves the status to ``running`` and launches the project's ``unlearn`` entry point with
    ``mlflow.projects.run(..., synchronous=False)`` into that same run, on the ``local`` backend or on
    ``kubernetes`` (``MLFLOW_UNLEARN_BACKEND``);
@@ -25,7 +25,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -82,6 +81,47 @@ def kubernetes_project_dir(project_dir: str, image: str, out_dir: str) -> str:
     return out_dir
 
 
+def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1) -> None:
+    """Prepare ``request`` on ``model_uri`` as its job will (:func:`mlflow_unlearn.tracking.plan.prepare`).
+
+    The job prepares it again in its own process (an MLflow Projects run, maybe on another host): this call only
+    makes sure a request that cannot run is refused before anything is launched, with the API's own message.
+
+    Args:
+        request: the parsed request.
+        model_uri: ``models:/<name>/<version>`` of the version the request is on.
+        client: the MLflow client of the job's tracking and registry URIs.
+        nproc: processes of the job; above 1 a method without DistributedDataParallel support is refused.
+
+    Raises:
+        RequestRefused: with the message of :func:`~mlflow_unlearn.tracking.plan.prepare` (for an ``ids:``
+            request, a generic one when the message concerns the ID file, which the engine may quote).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_unlearn.tracking.plan import prepare
+
+    try:
+        prepare(model_uri, forget=request.forget, method=request.method, data=request.data or None,
+                config=request.config or None, reference=request.reference, device="cpu", distributed=nproc > 1,
+                client=client)
+    except (ValueError, OSError, KeyError) as exc:
+        raise RequestRefused(_refusal_message(exc, request)) from None
+    except MlflowException as exc:
+        raise RequestRefused(
+            f"cannot read {model_uri} from the registry ({exc.error_code}); if the server proxies artifacts, set "
+            f"{TRACKING_URI_ENV} to its http:// address"
+        ) from None
+
+
+def _refusal_message(exc: BaseException, request: UnlearnRequest) -> str:
+    message = str(exc) or type(exc).__name__
+    if request.names_ids and ("IDs" in message or request.forget.removeprefix("ids:") in message):
+        return ("the forget ID file does not match the training data (unknown IDs, a wrong format or an empty "
+                "set); fix the file and submit again")
+    return message
+
+
 class _Launch:
     """One launcher process working on one request."""
 
@@ -131,80 +171,6 @@ class _Launch:
                           {vocab.REQUEST_RUN_TAG: run.info.run_id})
         return run.info.run_id
 
-    # -- checks before anything runs --------------------------------------------------------------------------
-    def _check_flavor(self) -> None:
-        from mlflow.artifacts import download_artifacts
-        from mlflow.models import Model
-
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = download_artifacts(f"models:/{self.name}/{self.version}/MLmodel", dst_path=tmp)
-            except Exception as exc:
-                raise RequestRefused(
-                    f"cannot read the MLmodel file of {self.name}/{self.version} ({type(exc).__name__}); if the "
-                    f"server proxies artifacts, set {TRACKING_URI_ENV} to its http:// address"
-                ) from None
-            flavors = sorted(Model.load(path).flavors)
-        if "pytorch" not in flavors:
-            raise RequestRefused(
-                f"{self.name}/{self.version} is not a PyTorch model (flavors: {', '.join(flavors)}); only versions "
-                "logged with mlflow.pytorch.log_model can be unlearned"
-            )
-
-    def _check_engine(self, request: UnlearnRequest) -> None:
-        from mlflow_unlearn.data import forget as forget_mod
-        from mlflow_unlearn.data import sources
-        from mlflow_unlearn.methods import build_config, list_methods
-
-        if request.method not in list_methods():
-            raise RequestRefused(f"unknown method {request.method!r}; expected one of: {', '.join(list_methods())}")
-        if request.config:
-            from mlflow_unlearn.tracking.api import load_config
-            from mlflow_unlearn.tracking.gate import build_gate_config
-
-            try:
-                values, gate = load_config(request.config)
-                build_config(request.method, values or None)
-                build_gate_config(gate)
-            except (TypeError, ValueError) as exc:
-                raise RequestRefused(f"config file {request.config!r} does not fit method {request.method!r}: "
-                                     f"{str(exc).splitlines()[0][:300]}") from None
-        source, seed, test_fraction = request.data, 0, 0.2
-        if not source:
-            lineage = self._parent_lineage()
-            source, seed, test_fraction = lineage.source, lineage.seed, lineage.test_fraction
-        try:
-            split = sources.load_data(source, seed=seed, test_fraction=test_fraction)
-        except (ValueError, OSError, KeyError) as exc:
-            raise RequestRefused(f"data {source!r} cannot be loaded: {str(exc).splitlines()[0][:300]}") from None
-        known = sorted({int(c) for c in split.train.y.unique().tolist()})
-        unknown = [c for c in request.forget_classes if c not in known]
-        if unknown:
-            raise RequestRefused(
-                f"forget classes {unknown} do not occur in the training data of {source!r} (classes {known[0]}.."
-                f"{known[-1]})"
-            )
-        try:
-            forget_mod.resolve_forget(split, request.forget)
-        except (ValueError, OSError, KeyError) as exc:
-            if request.forget_kind == "ids":  # the engine's message may list unknown IDs: never copy it
-                raise RequestRefused("the forget ID file does not match the training data (unknown IDs or a "
-                                     "wrong format); fix the file and submit again") from None
-            raise RequestRefused(f"forget spec {request.forget!r}: {str(exc).splitlines()[0][:300]}") from None
-
-    def _parent_lineage(self):
-        """The data lineage the parent's training run recorded (refuses the request when there is none)."""
-        from mlflow_unlearn.tracking.lineage import LineageError, lineage_from_run
-
-        version = self.client.get_model_version(self.name, str(self.version))
-        try:
-            if not version.run_id:
-                raise LineageError("the version has no source run")
-            return lineage_from_run(self.client.get_run(version.run_id))
-        except LineageError:
-            raise RequestRefused(f"the training data of {self.name}/{self.version} is not recorded; add "
-                                 "data=<source> to the request (e.g. data=digits)") from None
-
     # -- running ----------------------------------------------------------------------------------------------
     def _launch(self, request: UnlearnRequest, run_id: str):
         import mlflow.projects
@@ -217,7 +183,7 @@ class _Launch:
             uri = kubernetes_project_dir(uri, self.settings.docker_image,
                                          os.path.join(self.settings.log_dir, "kubernetes-project"))
             backend_config = self.settings.backend_config
-        model_uri = f"models:/{self.name}/{self.version}"
+        model_uri = vocab.model_uri(self.name, self.version)
         self.client.set_tag(run_id, vocab.PROJECT_TAG, uri)
         parameters = request.project_parameters(model_uri, device=self.settings.device)
         entry_point = "unlearn"
@@ -231,7 +197,7 @@ class _Launch:
 
     def _job_error(self, request: UnlearnRequest | None, run_id: str) -> str:
         generic = f"the unlearn job failed; see run {run_id} in the {REQUESTS_EXPERIMENT!r} experiment"
-        if request is None or request.forget_kind == "ids":
+        if request is None or request.names_ids:
             return generic
         try:
             lines = Path(self.log_path).read_text(errors="replace").splitlines()
@@ -270,7 +236,7 @@ class _Launch:
             reason = (f"the unlearn job stopped without recording a result (its process ended, e.g. the host "
                       f"restarted); set the {vocab.REQUEST_TAG!r} tag again to retry (run {run_id})")
         self._fail(run_id, reason, expect=("running",))
-        if request is not None and request.forget_kind == "ids":
+        if request is not None and request.names_ids:
             Path(self.log_path).unlink(missing_ok=True)
 
     def _watch_orphan(self, request: UnlearnRequest | None, state: ledger.RequestState) -> None:
@@ -304,8 +270,8 @@ class _Launch:
         run_id = self._request_run(state)
         try:
             request = parse_request(state.request or "", self.policy)
-            self._check_flavor()
-            self._check_engine(request)
+            preflight(request, vocab.model_uri(self.name, self.version), client=self.client,
+                      nproc=self.settings.nproc)
         except RequestRefused as exc:
             self._fail(run_id, str(exc), expect=("queued",))
             return 0
@@ -372,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # never leave the request queued or running behind a dead launcher
         state = ledger.read_state(launch.store, args.name, args.version)
         try:
-            ids = parse_request(state.request or "", args.settings.policy).forget_kind == "ids"
+            ids = parse_request(state.request or "", args.settings.policy).names_ids
         except RequestRefused:
             ids = False
         detail = "" if ids else f": {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"

@@ -39,8 +39,8 @@ def test_good_requests_are_normalised(roots):
                         f"config={allowed}/fast.yaml; reference=retrain;", policy)
     assert req == UnlearnRequest(forget="classes:3,7", method="scrub", data=f"npz:{allowed}/train.npz",
                                  config=f"{allowed}/fast.yaml", reference="retrain")
-    assert req.forget_classes == (3, 7)
     assert parse_request("forget=random:0.1:7", policy).method == "nitc"
+    assert parse_request("forget=random:100", policy).forget == "random:100"  # a count, as on the command line
     assert parse_request(f"forget=ids:{allowed}/forget.txt", policy).forget == f"ids:{allowed}/forget.txt"
     assert parse_request("forget=classes:1; data=digits", policy).project_parameters("models:/m/1", device="cpu") == {
         "model_uri": "models:/m/1", "forget": "classes:1", "method": "nitc", "data": "digits", "config": "",
@@ -55,19 +55,21 @@ BAD = [
     ("forget=classes:3; epochs=3", "unknown request key"),
     ("forget=classes:3;; method=nitc", "empty part"),
     ("forget=classes:3; method=", "empty value"),
-    ("forget=classes:x", "integer class labels"),
-    ("forget=classes:-1", "integer class labels"),
-    ("forget=everything", "unknown forget spec"),
+    ("forget=classes:x", "expected comma-separated ints"),
+    ("forget=classes:", "expected comma-separated ints"),
+    ("forget=everything", "Expected a forget spec like 'classes:3,7'"),
+    ("forget=everything:1", "Unknown forget spec kind 'everything'"),
     ("forget=random:1.5", "fraction"),
     ("forget=classes:3; method=os.system", "module paths"),
     ("forget=classes:3; method=Nitc", "registered method name"),
-    ("forget=classes:3; reference=oracle", "unknown reference"),
+    ("forget=classes:3; reference=oracle", "Unknown reference 'oracle'; expected one of: none, retrain"),
     ("forget=classes:3; data=https://example.com/x.npz", "is a URL"),
     ("forget=classes:3; data=s3://bucket/x.npz", "is a URL"),
     ("forget=classes:3; data=my.module:factory", "module paths"),
     ("forget=classes:3; data=torchvision:MNIST?root={allowed}&download=1", "download"),
     ("forget=classes:3; data=digits?opt=$(id)", "neither a built-in"),
-    ("forget=ids:/etc/hostname", "outside the allowed roots"),
+    ("forget=ids:/etc/forget.txt", "outside the allowed roots"),
+    ("forget=ids:/etc/hostname", "not a file name"),
     ("forget=ids:{allowed}/../secret.txt", "traversal"),
     ("forget=ids:~/forget.txt", "absolute path of a file"),
     ("forget=ids:forget.txt", "absolute path of a file"),
@@ -104,11 +106,14 @@ def test_no_paths_without_allowed_roots_and_urls_only_when_allowed(roots):
         settings.read_settings({"MLFLOW_UNLEARN_ALLOW_URLS": "maybe"})
 
 
-def test_refusals_never_echo_forget_ids(roots):
-    allowed, policy = roots
+@pytest.mark.parametrize("value", ["forget=ids:12345,67890", "forget=ids: 12345 67890", "forget=ids:/12345,67890",
+                                   "forget=ids:12345;67890", "forget=ids:[12345, 67890]"])
+def test_inline_ids_are_refused_in_every_form_and_never_echoed_or_stored(roots, value):
+    _, policy = roots
     with pytest.raises(RequestRefused) as info:
-        parse_request("forget=ids:12345,67890", policy)
+        parse_request(value, policy)
     assert "12345" not in str(info.value) and "67890" not in str(info.value)
+    assert info.value.keep_value is False
 
 
 def test_store_uri_parsing(tmp_path, monkeypatch):
@@ -247,7 +252,7 @@ def test_store_records_refusals_and_protects_its_tags(registry):
     store.set_model_version_tag("m", 1, ModelVersionTag("mlflow_unlearn.request", "forget=classes:x"))
     tags = store.get_model_version("m", 1).tags
     assert tags["mlflow_unlearn.status"] == "failed"
-    assert "integer class labels" in tags["mlflow_unlearn.error"]
+    assert "expected comma-separated ints" in tags["mlflow_unlearn.error"]
     assert tags["mlflow_unlearn.request"] == "forget=classes:x"
     oversized = "forget=classes:" + "1," * MAX_REQUEST_CHARS + "1"
     store.set_model_version_tag("m", 2, ModelVersionTag("mlflow_unlearn.request", oversized))
@@ -255,7 +260,7 @@ def test_store_records_refusals_and_protects_its_tags(registry):
     assert "limit is" in tags["mlflow_unlearn.error"] and "mlflow_unlearn.request" not in tags
     store.set_model_version_tag("m", 2, ModelVersionTag("mlflow_unlearn.request", "forget=ids:1017,2044"))
     tags = store.get_model_version("m", 2).tags
-    assert "nor stored" in tags["mlflow_unlearn.error"] and "mlflow_unlearn.request" not in tags
+    assert "not stored" in tags["mlflow_unlearn.error"] and "mlflow_unlearn.request" not in tags
     assert not any("1017" in v for v in tags.values())
     with pytest.raises(MlflowException, match="written by the unlearning plugin only"):
         store.set_model_version_tag("m", 1, ModelVersionTag("mlflow_unlearn.status", "succeeded"))
@@ -290,7 +295,7 @@ def test_python_api_reaches_the_plugin_through_its_entry_point(registry):
     stock.set_model_version_tag("m", 3, ModelVersionTag("mlflow_unlearn.request", "forget=nothing"))  # no trigger
     client = MlflowClient(tracking_uri=uri, registry_uri="unlearn+" + uri)
     assert type(client._get_registry_client().store) is UnlearnRegistryStore
-    with pytest.raises(MlflowException, match="unknown forget spec kind 'nothing'"):
+    with pytest.raises(MlflowException, match="Expected a forget spec like 'classes:3,7' but got 'nothing'"):
         client.transition_model_version_stage("m", 3, "Unlearn")
     version = client.get_model_version("m", 3)
     assert version.tags["mlflow_unlearn.status"] == "failed" and version.current_stage == "None"

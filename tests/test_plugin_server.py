@@ -384,14 +384,14 @@ def test_concurrent_tag_requests_run_once(server, concurrent_job):
 
 BAD_REQUESTS = {
     "malformed value": ("forget classes:3 method nitc", "malformed request part"),
-    "unknown method": ("forget=classes:3; method=mystery", "unknown method 'mystery'"),
+    "unknown method": ("forget=classes:3; method=mystery", "Unknown unlearning method 'mystery'"),
     "module path": ("forget=classes:3; method=os.system", "module paths are not allowed"),
-    "disallowed path": ("forget=ids:/etc/hostname", "outside the allowed roots"),
-    "traversal": ("forget=ids:{allowed}/../registry.db", "path traversal is not allowed"),
+    "disallowed path": ("forget=ids:/etc/forget.txt", "outside the allowed roots"),
+    "traversal": ("forget=ids:{allowed}/../forget.txt", "path traversal is not allowed"),
     "URL": ("forget=classes:3; data=https://example.com/data.npz", "is a URL"),
-    "unknown classes": ("forget=classes:42; method=finetune", "forget classes [42] do not occur"),
+    "unknown classes": ("forget=classes:42; method=finetune", "Unknown classes [42] in the forget spec"),
     "oversized value": ("forget=classes:" + ",".join(["1"] * 600), "the limit is 1000"),
-    "non-PyTorch version": ("forget=classes:3; method=finetune", "is not a PyTorch model"),
+    "non-PyTorch version": ("forget=classes:3; method=finetune", "needs a PyTorch (pytorch flavor) model"),
 }
 
 

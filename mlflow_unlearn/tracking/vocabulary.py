@@ -32,63 +32,42 @@ if TYPE_CHECKING:
 #: Prefix of every tag key this project writes.
 TAG_PREFIX = "mlflow_unlearn."
 
-# -- model-version tags: the lineage of an unlearned version -------------------------------------------------
-PARENT_TAG = TAG_PREFIX + "parent"
-METHOD_TAG = TAG_PREFIX + "method"
-FORGET_DIGEST_TAG = TAG_PREFIX + "forget_digest"
-FORGET_COUNT_TAG = TAG_PREFIX + "forget_count"
-RUN_ID_TAG = TAG_PREFIX + "run_id"
-#: The gate verdict (``passed``/``failed``): a tag of the unlearned version and of its run.
-VERDICT_TAG = TAG_PREFIX + "verdict"
-#: The tags of an unlearned model version, exactly these keys.
-VERSION_TAG_KEYS = (PARENT_TAG, METHOD_TAG, FORGET_DIGEST_TAG, FORGET_COUNT_TAG, RUN_ID_TAG, VERDICT_TAG)
 
-# -- run tags -------------------------------------------------------------------------------------------------
-#: The registered result (``name/version``): a tag of the run that registered it, and of a request's version.
-RESULT_VERSION_TAG = TAG_PREFIX + "result_version"
-#: The hash of method + config + seed that makes unlearning idempotent.
-CONFIG_HASH_TAG = TAG_PREFIX + "config_hash"
-#: Set on a run whose unlearning was found done already: the run that did it.
-REUSED_FROM_TAG = TAG_PREFIX + "reused_from_run"
+def _tags(*names: str) -> tuple[str, ...]:
+    return tuple(TAG_PREFIX + name for name in names)
 
-# -- registry requests (the plugin): the request a person writes, and the state the plugin keeps --------------
-#: The request a person writes on a version, e.g. ``forget=classes:3; method=nitc``.
-REQUEST_TAG = TAG_PREFIX + "request"
-STATUS_TAG = TAG_PREFIX + "status"
-ERROR_TAG = TAG_PREFIX + "error"
-REQUEST_ID_TAG = TAG_PREFIX + "request_id"
-REQUEST_RUN_TAG = TAG_PREFIX + "request_run_id"
-LEASE_TAG = TAG_PREFIX + "lease"
-JOB_TAG = TAG_PREFIX + "job"
-#: Tag of a request run recording which project folder was launched.
-PROJECT_TAG = TAG_PREFIX + "project_uri"
-#: Tag of a request run naming the job's own run when the backend created one (Kubernetes).
-JOB_RUN_TAG = TAG_PREFIX + "job_run_id"
 
-# -- dataset inputs -------------------------------------------------------------------------------------------
+#: The tags of an unlearned model version, exactly these keys: the parent (``name/version``), the method, the
+#: forget digest and count, the run that made it, and the gate verdict (``passed``/``failed``, also a run tag).
+VERSION_TAG_KEYS = (PARENT_TAG, METHOD_TAG, FORGET_DIGEST_TAG, FORGET_COUNT_TAG, RUN_ID_TAG, VERDICT_TAG) = _tags(
+    "parent", "method", "forget_digest", "forget_count", "run_id", "verdict")
+
+#: Run tags: the registered result (``name/version``, also on a request's version), the hash of method +
+#: config + seed that makes unlearning idempotent, and on a run whose unlearning was found done already, the
+#: run that did it.
+RESULT_VERSION_TAG, CONFIG_HASH_TAG, REUSED_FROM_TAG = _tags("result_version", "config_hash", "reused_from_run")
+
+#: Registry requests (the plugin): the request a person writes on a version (e.g. ``forget=classes:3;
+#: method=nitc``); the state the plugin keeps on it (status, error, request ID, request run, launcher lease,
+#: job); on a request run, the project folder launched and the job's own run (Kubernetes).
+(REQUEST_TAG, STATUS_TAG, ERROR_TAG, REQUEST_ID_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG, PROJECT_TAG,
+ JOB_RUN_TAG) = _tags("request", "status", "error", "request_id", "request_run_id", "lease", "job", "project_uri",
+                      "job_run_id")
+
 #: Context tag values of the dataset inputs we log.
-TRAIN_CONTEXT = "train"
-RETAIN_CONTEXT = "retain"
-TEST_CONTEXT = "test"
+TRAIN_CONTEXT, RETAIN_CONTEXT, TEST_CONTEXT = "train", "retain", "test"
 
-# -- the metrics table ----------------------------------------------------------------------------------------
 #: Rows of the table :func:`~mlflow_unlearn.tracking.api.unlearn` returns (and metric-key prefixes in its run).
-ORIGINAL_ROW = "original"
-UNLEARNED_ROW = "unlearned"
-RETRAIN_ROW = "retrain"
-METRIC_ROWS = (ORIGINAL_ROW, UNLEARNED_ROW, RETRAIN_ROW)
+METRIC_ROWS = (ORIGINAL_ROW, UNLEARNED_ROW, RETRAIN_ROW) = ("original", "unlearned", "retrain")
 #: The row of the version under test in :func:`~mlflow_unlearn.tracking.api.evaluate_version`'s table.
 MODEL_ROW = "model"
 
-# -- choices --------------------------------------------------------------------------------------------------
 #: The unlearning method used when none is named.
 DEFAULT_METHOD = "nitc"
 #: The engine's method that retrains from scratch on the retain set (the exact-unlearning reference).
 RETRAIN_METHOD = "retrain"
-NO_REFERENCE = "none"
-RETRAIN_REFERENCE = "retrain"
 #: What an unlearning is compared against: nothing, or a model retrained without the forget set.
-REFERENCES = (NO_REFERENCE, RETRAIN_REFERENCE)
+REFERENCES = (NO_REFERENCE, RETRAIN_REFERENCE) = ("none", "retrain")
 
 # -- registered-model URIs ------------------------------------------------------------------------------------
 #: The accepted forms of a registered model URI.

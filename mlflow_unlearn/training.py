@@ -165,7 +165,8 @@ def train_epochs(
         where: names the loop in the divergence error.
 
     Returns:
-        An iterator of one :class:`EpochStats` per epoch; the training happens as it is consumed.
+        An iterator of one :class:`EpochStats` per epoch; the training happens as it is consumed (the names,
+        the optimizer and the schedule are checked and built before it is returned).
 
     Raises:
         ValueError: if ``optimizer`` or ``schedule`` is not a registered name.
@@ -182,6 +183,28 @@ def train_epochs(
     steps_per_epoch = len(rt.make_loader(data, batch_size=batch_size, shuffle=True, seed=seed))
     total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     sched = SCHEDULES[schedule](opt, lr=lr, total_steps=total_steps)
+    return _epochs(net, data, loss_fn, opt, sched, device=device, seed=seed, epochs=epochs, batch_size=batch_size,
+                   total_steps=total_steps, after_backward=after_backward, freeze_norm_stats=freeze_norm_stats,
+                   where=where)
+
+
+def _epochs(
+    net: nn.Module,
+    data: Dataset,
+    loss_fn: BatchLoss,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler | None,
+    *,
+    device: torch.device,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    total_steps: int,
+    after_backward: Callable[[nn.Module], None] | None,
+    freeze_norm_stats: bool,
+    where: str,
+) -> Iterator[EpochStats]:
+    """The epochs of :func:`train_epochs`, which validated and built everything they use."""
     step = 0
     for epoch in range(epochs):
         net.train()

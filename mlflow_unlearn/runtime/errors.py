@@ -28,7 +28,7 @@ def check_finite(loss: torch.Tensor, *, where: str) -> None:
         UnlearningDivergedError: if the loss is NaN or infinite.
 
     >>> check_finite(torch.tensor(0.5), where="finetune")
-    >>> check_finite(torch.tensor(float("nan")), where="finetune")
+    >>> check_finite(torch.tensor(float("nan")), where="finetune")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     mlflow_unlearn.runtime.errors.UnlearningDivergedError: finetune: the loss became nan; ...

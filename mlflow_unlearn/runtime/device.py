@@ -20,8 +20,14 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     Args:
         device: ``None`` or ``"auto"`` to choose automatically, or any string ``torch.device`` accepts.
 
+    Returns:
+        The device; under ``torchrun`` with CUDA, this process's ``LOCAL_RANK`` GPU.
+
     Raises:
         ValueError: if CUDA is asked for but not available, or the string is not a device.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
     """
     if device is None or (isinstance(device, str) and device == "auto"):
         if torch.cuda.is_available():

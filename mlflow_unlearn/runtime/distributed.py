@@ -15,7 +15,11 @@ from torch import nn
 
 
 def is_distributed() -> bool:
-    """True inside an initialised ``torch.distributed`` process group (e.g. under ``torchrun``)."""
+    """True inside an initialised ``torch.distributed`` process group (e.g. under ``torchrun``).
+
+    >>> is_distributed(), world_size(), rank()  # a plain process
+    (False, 1, 0)
+    """
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
@@ -58,7 +62,12 @@ def shutdown_distributed() -> None:
 
 
 def wrap_distributed(model: nn.Module, device: torch.device) -> nn.Module:
-    """Wrap ``model`` in DistributedDataParallel when a process group is initialised, else return it."""
+    """Wrap ``model`` in DistributedDataParallel when a process group is initialised, else return it.
+
+    >>> net = nn.Linear(2, 2)
+    >>> unwrap(wrap_distributed(net, torch.device("cpu"))) is net
+    True
+    """
     if not is_distributed():
         return model
     if device.type == "cuda":

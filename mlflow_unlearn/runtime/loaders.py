@@ -20,6 +20,9 @@ def make_loader(
     """A DataLoader that shards across ranks with a DistributedSampler when distributed.
 
     Shuffling is seeded (``seed`` + ``epoch``) so that runs are reproducible.
+
+    >>> [batch.tolist() for batch in make_loader(list(range(5)), batch_size=2, shuffle=False)]
+    [[0, 1], [2, 3], [4]]
     """
     if is_distributed():
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)

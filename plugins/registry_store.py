@@ -234,12 +234,19 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         """Run :meth:`recover` the first time this store serves a registry call (thread-safe; later calls return).
 
         In ``mlflow server`` that is a worker's first request, so the job address is known (:func:`request_address`).
+        A recovery that fails (e.g. the database is briefly locked) is logged and tried again at the next call; the
+        call itself goes on.
         """
         with self._recovery_lock:
             if self._recovery_started:
                 return
             self._recovery_started = True
-        self.recover()
+        try:
+            self.recover()
+        except MlflowException:
+            _logger.exception("Resuming interrupted unlearning requests failed; trying again at the next call")
+            with self._recovery_lock:
+                self._recovery_started = False
 
     def recover(self) -> None:
         """Resume every queued or running request whose launcher is gone (a server restart, a killed launcher)."""

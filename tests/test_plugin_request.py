@@ -346,6 +346,27 @@ def test_store_constructor_only_constructs_and_recovery_runs_once(registry, monk
     assert len(spawned) == 1
 
 
+def test_a_failed_recovery_is_tried_again_at_the_next_call(registry, monkeypatch):
+    uri, stock = registry
+    ledger.open_request(stock, "m", 2, "forget=classes:1", request_id="interrupted")
+    spawned: list[tuple] = []
+    monkeypatch.setattr(launcher, "spawn", lambda *args, **kwargs: spawned.append(args) or 4242)
+    real, calls = ledger.active_requests, []
+
+    def locked_once(store):
+        calls.append(store)
+        if len(calls) == 1:
+            raise MlflowException("database is locked")
+        return real(store)
+
+    monkeypatch.setattr(ledger, "active_requests", locked_once)
+    store = UnlearnRegistryStore(store_uri="unlearn+" + uri, tracking_uri=uri)
+    assert store.get_model_version("m", 2).version == 2  # the call itself goes on
+    assert spawned == []
+    store.get_model_version("m", 2)
+    assert [args[1:4] for args in spawned] == [("m", 2, "interrupted")] and len(calls) == 2
+
+
 def test_plugin_doctests():
     import doctest
 

@@ -94,8 +94,8 @@ def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1
         nproc: processes of the job; above 1 a method without DistributedDataParallel support is refused.
 
     Raises:
-        RequestRefused: with the message of :func:`~mlflow_unlearn.tracking.plan.prepare` (for an ``ids:``
-            request, a generic one when the message concerns the ID file, which the engine may quote).
+        RequestRefused: with the message of :func:`~mlflow_unlearn.tracking.plan.prepare` (a generic one when
+            the message concerns an ID file, which the engine may quote).
     """
     from mlflow.exceptions import MlflowException
 
@@ -115,10 +115,14 @@ def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1
 
 
 def _refusal_message(exc: BaseException, request: UnlearnRequest) -> str:
+    """The API's message, unless it concerns an ID file (this request's or an earlier forget step's): the
+    engine may quote IDs, and a refusal is stored in a tag anyone can read."""
     message = str(exc) or type(exc).__name__
-    if request.names_ids and ("IDs" in message or request.forget.removeprefix("ids:") in message):
-        return ("the forget ID file does not match the training data (unknown IDs, a wrong format or an empty "
-                "set); fix the file and submit again")
+    id_file = request.forget.removeprefix("ids:") if request.names_ids else None
+    if "IDs" in message or "ids:" in message or (id_file and id_file in message):
+        return ("a forget ID file (this request's, or one of an earlier forget step in the version's lineage) does "
+                "not match the training data (unknown IDs, a wrong format or an empty set); fix the file and submit "
+                "again")
     return message
 
 

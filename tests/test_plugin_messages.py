@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow_unlearn_plugins import launcher
 from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore
+from mlflow_unlearn_plugins.request import SecurityPolicy
 from mlflow_unlearn_plugins.settings import PluginSettings
 
 from mlflow_unlearn.tracking import vocabulary as vocab
@@ -56,7 +57,7 @@ def _registry_error(uri: str, root, version, kwargs: dict, monkeypatch) -> str:
     """Set the request tag on a fresh version through the plugin's store; the launcher runs in this process."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # what spawn() gives a launcher process
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
-    settings = PluginSettings()
+    settings = PluginSettings(policy=SecurityPolicy(allowed_roots=(root,)))
 
     def run_launcher(db_uri, name, number, request_id, **_):
         log = root / f"{request_id}.log"
@@ -79,3 +80,13 @@ def test_the_same_bad_input_gets_the_same_message_from_every_door(registry, case
     assert message and "\n" not in message
     assert f"Error: {message}" in _cli_output(uri, version, kwargs)
     assert _registry_error(uri, root, version, kwargs, monkeypatch) == message
+
+
+def test_a_registry_refusal_never_quotes_forget_ids(registry, monkeypatch):
+    """Whatever the engine's message for unknown IDs says, the refusal stored in a tag quotes no ID."""
+    uri, root, version = registry
+    ids_file = root / "unknown_ids.txt"
+    ids_file.write_text("99999\n100000\n")
+    kwargs = dict(forget=f"ids:{ids_file}", method="finetune")
+    error = _registry_error(uri, root, version, kwargs, monkeypatch)
+    assert "forget ID file" in error and "99999" not in error and "100000" not in error

@@ -365,12 +365,3 @@ def test_a_failed_recovery_is_tried_again_at_the_next_call(registry, monkeypatch
     assert spawned == []
     store.get_model_version("m", 2)
     assert [args[1:4] for args in spawned] == [("m", 2, "interrupted")] and len(calls) == 2
-
-
-def test_plugin_doctests():
-    import doctest
-
-    from mlflow_unlearn_plugins import request
-
-    for module in (settings, request, registry_store):
-        assert doctest.testmod(module).failed == 0

@@ -129,12 +129,12 @@ class UnlearnRegistryStore(SqlAlchemyStore):
     def __init__(self, store_uri: str, tracking_uri: str | None = None, settings: PluginSettings | None = None
                  ) -> None:
         db_uri = parse_store_uri(store_uri)
+        self._recovery_lock = threading.Lock()
+        self._recovery_started = False
+        self.settings = read_settings() if settings is None else settings
         super().__init__(db_uri)
         self.store_uri = store_uri
         self.tracking_uri = tracking_uri
-        self.settings = read_settings() if settings is None else settings
-        self._recovery_lock = threading.Lock()
-        self._recovery_started = False
 
     # The registry calls through which a server (and its UI) first reads a restarted registry.
     get_model_version = _first_call_recovers(SqlAlchemyStore.get_model_version)

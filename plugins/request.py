@@ -123,7 +123,7 @@ class UnlearnRequest:
     """A parsed request. Paths in ``forget`` (``ids:``), ``data`` and ``config`` are resolved absolute paths.
 
     Args:
-        forget: forget spec (``classes:3,7``, ``ids:<file>``, ``random:0.1[:seed]``).
+        forget: forget spec, canonical (``classes:3,7``, ``ids:<file>``, ``random:<fraction|count>[:seed]``).
         method: registered unlearning method name.
         data: data source; ``""`` means the data of the parent version's training run.
         config: YAML file with method hyperparameters; ``""`` means the method's defaults.

@@ -417,7 +417,7 @@ def test_no_zombie_processes_remain(server, server_b, busy_job, victim_job, shar
     for srv, version in ((server, busy_job[0]), (server, victim_job), (server_b, shared_jobs[0]),
                          (server_b, shared_jobs[3])):
         _wait_done(srv, version)
-    deadline = time.time() + 20  # launchers exit a moment after their final status
+    deadline = time.time() + 10  # launchers exit a moment after their final status
     while time.time() < deadline and (zombies := _zombie_descendants(os.getpid())):
         time.sleep(0.5)
     assert zombies == [], f"zombie processes under the test process (pid {os.getpid()}): {zombies}"

@@ -14,6 +14,9 @@ The registry store records a request (status ``queued``) and starts this module 
 5. waits, refreshing its lease heartbeat, and finally moves the status to ``succeeded`` (with
    ``mlflow_unlearn.result_version``) or ``failed`` (with ``mlflow_unlearn.error``).
 
+When it ends (whatever the outcome), the launcher admits the next waiting requests (:func:`dispatch`), so the
+queue moves on without the server; a launcher killed before that is replaced by the store's recovery.
+
 If the launcher finds the request already ``running`` (its previous launcher died), it resumes watching the job
 and finalises the status from the run; a job that is gone without a result is marked ``failed`` with the reason.
 """
@@ -25,6 +28,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,7 +64,35 @@ def spawn(registry_db_uri: str, name: str, version: int | str, request_id: str, 
              "--settings", settings.to_json()],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
+    # Reap the launcher when it exits, so that no zombie stays under a long-lived server.
+    threading.Thread(target=proc.wait, name=f"reap-launcher-{proc.pid}", daemon=True).start()
     return proc.pid
+
+
+def dispatch(store, registry_db_uri: str, settings: PluginSettings, *, job_tracking_uri: str,
+             job_registry_uri: str, on_error=None) -> list[int]:
+    """Admit waiting requests while fewer than ``settings.launcher.max_jobs`` hold a slot; start their launchers.
+
+    Args:
+        store: a registry ``SqlAlchemyStore`` of ``registry_db_uri``.
+        registry_db_uri: the registry database.
+        settings: the plugin's settings.
+        job_tracking_uri: tracking URI of the jobs.
+        job_registry_uri: registry URI of the jobs.
+        on_error: called as ``on_error(state, exc)`` when a launcher cannot start (default: the request fails).
+
+    Returns:
+        The PIDs of the launchers started.
+    """
+    pids = []
+    for state in ledger.dispatch(store, settings.launcher.max_jobs):
+        try:
+            pids.append(spawn(registry_db_uri, state.name, state.version, state.request_id or "", settings=settings,
+                              job_tracking_uri=job_tracking_uri, job_registry_uri=job_registry_uri))
+        except (OSError, ValueError) as exc:
+            ledger.advance(store, state.name, state.version, state.request_id or "", expect=ledger.ACTIVE,
+                           to="failed", tags={vocab.ERROR_TAG: f"the launcher process could not start: {exc}"})
+    return pids
 
 
 def kubernetes_project_dir(project_dir: str, image: str, out_dir: str) -> str:
@@ -340,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return launch.run()
     except Exception as exc:  # never leave the request queued or running behind a dead launcher
+        if _is_contention(exc):
+            print(f"the launcher gave up after {ledger.contention_retries()} lock retries: "
+                  f"{str(exc).splitlines()[0][:200]}", flush=True)
+            return 1
         state = ledger.read_state(launch.store, args.name, args.version)
         try:
             ids = parse_request(state.request or "", args.settings.policy).names_ids
@@ -348,6 +384,29 @@ def main(argv: list[str] | None = None) -> int:
         detail = "" if ids else f": {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         launch.fail_request(f"the launcher failed{detail}")
         raise
+    finally:
+        _next_jobs(launch, args)
+
+
+def _is_contention(exc: BaseException) -> bool:
+    import sqlalchemy.exc
+
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    return isinstance(cause, sqlalchemy.exc.OperationalError)
+
+
+def _next_jobs(launch: _Launch, args) -> None:
+    """Start the next waiting requests now that this one holds no slot; log the ledger's lock retries."""
+    try:
+        pids = dispatch(launch.store, args.registry_db_uri, args.settings,
+                        job_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),
+                        job_registry_uri=os.environ.get("MLFLOW_REGISTRY_URI", ""))
+        if pids:
+            print(f"started the launchers of the next queued requests: PIDs {pids}", flush=True)
+    except Exception as exc:  # the store's next call (recovery) admits them instead
+        print(f"could not start the next queued requests ({type(exc).__name__}); the server's next registry call "
+              "will", flush=True)
+    print(f"ledger lock retries: {ledger.contention_retries()}", flush=True)
 
 
 if __name__ == "__main__":

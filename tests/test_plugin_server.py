@@ -50,8 +50,9 @@ class Server:
     The server proxies artifacts (MLflow's default), so jobs are ordinary HTTP clients of it.
     """
 
-    def __init__(self, root: Path, site: Path, backend_uri: str = "", registry_uri: str = "") -> None:
-        self.root, self.site, self.port, self.proc = root, site, _free_port(), None
+    def __init__(self, root: Path, site: Path, backend_uri: str = "", registry_uri: str = "", max_jobs: int = 8
+                 ) -> None:
+        self.root, self.site, self.port, self.proc, self.max_jobs = root, site, _free_port(), None, max_jobs
         self.backend_uri = backend_uri or f"sqlite:///{root}/tracking.db"
         self.registry_uri = registry_uri or f"unlearn+sqlite:///{root}/registry.db"
         self.allowed = root / "allowed"
@@ -61,7 +62,7 @@ class Server:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
         env.update(MLFLOW_UNLEARN_ALLOWED_ROOTS=str(self.allowed), MLFLOW_UNLEARN_LOG_DIR=str(self.root / "logs"),
-                   MLFLOW_UNLEARN_DEVICE="cpu", PYTHONPATH=str(self.site))
+                   MLFLOW_UNLEARN_DEVICE="cpu", MLFLOW_UNLEARN_MAX_JOBS=str(self.max_jobs), PYTHONPATH=str(self.site))
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--backend-store-uri", self.backend_uri, "--registry-store-uri", self.registry_uri,
                "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"]

@@ -53,6 +53,8 @@ RESULT_VERSION_TAG, CONFIG_HASH_TAG, REUSED_FROM_TAG = _tags("result_version", "
 (REQUEST_TAG, STATUS_TAG, ERROR_TAG, REQUEST_ID_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG, PROJECT_TAG,
  JOB_RUN_TAG) = _tags("request", "status", "error", "request_id", "request_run_id", "lease", "job", "project_uri",
                       "job_run_id")
+#: A request waiting for a job slot (``MLFLOW_UNLEARN_MAX_JOBS``): its place in the queue, 1 = next to start.
+QUEUE_POSITION_TAG = TAG_PREFIX + "queue_position"
 
 #: Context tag values of the dataset inputs we log.
 TRAIN_CONTEXT, RETAIN_CONTEXT, TEST_CONTEXT = "train", "retain", "test"

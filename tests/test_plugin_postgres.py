@@ -14,9 +14,7 @@ SQLite end-to-end tests) are reused, so the flows and their assertions are the s
 * the ledger's transactions (compare-and-set, lease, advance) straight on PostgreSQL, from racing threads;
 * no zombie process is left under the test process.
 
-Two of these fail today because of the plugin and are strict xfails that name the cause: a lease taken while
-another launcher had read "no lease" is overwritten (also on SQLite), and exited launchers stay zombies under the
-server. Not covered: the bounded job queue under load (issue 18, item 1), which does not exist yet.
+The bounded job queue under load is tested on both databases in ``test_plugin_queue``.
 Without the PostgreSQL binaries (Debian's ``postgresql``) these tests skip, except under ``CI=true``.
 """
 
@@ -349,11 +347,6 @@ def test_ledger_advance_has_one_winner(ledger_store):
     assert ledger.read_state(ledger_store, LEDGER_MODEL, version).status == "queued"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "ledger.claim_lease on an absent lease calls _cas(expect=None, exclude=()): its UPDATE ... WHERE value NOT IN () "
-    "matches any row, so a launcher that read 'no lease' overwrites the lease another launcher committed meanwhile "
-    "and both return True (measured on PostgreSQL and SQLite; with 8 racing threads PostgreSQL had 1-3 winners per "
-    "round). The absent case must only INSERT (the primary key makes it unique)."))
 def test_ledger_lease_is_a_compare_and_set_when_absent(ledger_store, monkeypatch):
     """Launcher L2 reads 'no lease', L1 takes the lease and commits, then L2 writes: L2 must lose."""
     from mlflow_unlearn_plugins import ledger
@@ -408,11 +401,6 @@ def _zombie_descendants(root: int) -> list[str]:
     return found
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the registry store starts each launcher with subprocess.Popen (launcher.spawn, called from "
-    "UnlearnRegistryStore._spawn) and never waits for it: an exited launcher stays a zombie under the server's "
-    "uvicorn worker until a later Popen in that process reaps it or the server stops; measured 2 (one under each "
-    "server) after every request had ended"))
 def test_no_zombie_processes_remain(server, server_b, busy_job, victim_job, shared_jobs):
     for srv, version in ((server, busy_job[0]), (server, victim_job), (server_b, shared_jobs[0]),
                          (server_b, shared_jobs[3])):

@@ -1,6 +1,14 @@
 """Data layer: sources with stable sample IDs, deterministic splits, forget specifications, digests."""
 
-from mlflow_unlearn.data.forget import ForgetSpec, forget_digest, list_forget_specs, parse_forget_spec, resolve_forget
+from mlflow_unlearn.data.forget import (
+    ForgetSpec,
+    forget_by_digests,
+    forget_digest,
+    id_digests,
+    list_forget_specs,
+    parse_forget_spec,
+    resolve_forget,
+)
 from mlflow_unlearn.data.samples import DataSplit, ForgetSplit, SampleSet, ids_digest
 from mlflow_unlearn.data.sources import (
     SPLIT_VALUES,
@@ -19,7 +27,9 @@ __all__ = [
     "RawSamples",
     "SampleSet",
     "describe",
+    "forget_by_digests",
     "forget_digest",
+    "id_digests",
     "ids_digest",
     "list_forget_specs",
     "list_sources",

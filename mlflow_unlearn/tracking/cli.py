@@ -192,6 +192,20 @@ def evaluate(state: CliState, model_uri, forget, data, reference, device, seed, 
 
 
 @cli.command()
+@args.MODEL_URI
+@args.FORGET
+def verify(model_uri, forget) -> None:
+    """For the holder of the digest key: did MODEL_URI forget exactly the IDs of --forget ids:<file> in its
+    lineage? One line; exit code 0 if so, 1 if not."""
+    from mlflow_unlearn.tracking.verify import verify as verify_version
+
+    answer = verify_version(model_uri, forget=forget)
+    click.echo(answer.message)
+    if not answer:
+        sys.exit(1)
+
+
+@cli.command()
 @args.OUTPUT_JSON
 def methods(as_json) -> None:
     """List the unlearning methods with their hyperparameters and defaults."""

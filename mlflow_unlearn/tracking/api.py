@@ -141,6 +141,7 @@ def train_model(data: str = "digits", *, arch: str = "smallcnn", registered_mode
     dev = rt.resolve_device(device)
     split = load_data(data, seed=seed, test_fraction=test_fraction)
     model = create_model(arch, in_channels=split.train.in_channels, num_classes=split.num_classes,
+    rt.seed_everything(recipe.seed)  # the initial weights too, so that one seed gives one model
                          input_size=split.train.input_size, input_shape=split.train.input_shape)
     client = tracking_client(tracking_uri, registry_uri)
     with RunLogger(client, run_id=run_id, experiment_id=experiment_id(client, experiment, None),

@@ -54,8 +54,13 @@ def spawn(registry_db_uri: str, name: str, version: int | str, request_id: str, 
     """
     log_dir = settings.launcher.log_dir
     os.makedirs(log_dir, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
+    from mlflow_unlearn.tracking.keys import DIGEST_KEY_ENV, DIGEST_KEY_FILE_ENV
+
+    dropped = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", DIGEST_KEY_ENV, DIGEST_KEY_FILE_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(MLFLOW_TRACKING_URI=job_tracking_uri, MLFLOW_REGISTRY_URI=job_registry_uri)
+    if settings.digest_key is not None:  # the settings' key, in the environment: never on a command line
+        env[DIGEST_KEY_ENV] = settings.digest_key.secret.decode()
     log_path = os.path.join(log_dir, f"{request_id}.log")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -87,12 +92,23 @@ def dispatch(store, registry_db_uri: str, settings: PluginSettings, *, job_track
     pids = []
     for state in ledger.dispatch(store, settings.launcher.max_jobs):
         try:
-            pids.append(spawn(registry_db_uri, state.name, state.version, state.request_id or "", settings=settings,
-                              job_tracking_uri=job_tracking_uri, job_registry_uri=job_registry_uri))
+            pid = spawn(registry_db_uri, state.name, state.version, state.request_id or "", settings=settings,
+                        job_tracking_uri=job_tracking_uri, job_registry_uri=job_registry_uri)
         except (OSError, ValueError) as exc:
             ledger.advance(store, state.name, state.version, state.request_id or "", expect=ledger.ACTIVE,
                            to="failed", tags={vocab.ERROR_TAG: f"the launcher process could not start: {exc}"})
+            continue
+        provisional_lease(store, state.name, state.version, state.request_id or "", pid)
+        pids.append(pid)
     return pids
+
+
+def provisional_lease(store, name: str, version: int, request_id: str, pid: int) -> None:
+    """Write the lease of launcher ``pid`` just started, unless a launcher holds it already (the new one takes
+    it over when it starts: :func:`ledger.claim_lease` accepts its own PID). A launcher killed before it claims
+    its lease then looks dead to recovery instead of leaving its request admitted forever."""
+    if ledger.read_state(store, name, version).lease is None:
+        ledger.set_fields(store, name, version, request_id, {vocab.LEASE_TAG: ledger.lease_value(pid)})
 
 
 def kubernetes_project_dir(project_dir: str, image: str, out_dir: str) -> str:
@@ -200,7 +216,7 @@ class _Launch:
         run_name = f"unlearn {self.name}/{self.version}"
         run = self.client.create_run(requests_experiment_id(self.client), run_name=run_name, tags={
             vocab.PARENT_TAG: f"{self.name}/{self.version}", vocab.REQUEST_ID_TAG: self.request_id,
-            vocab.REQUEST_TAG: state.request or "", vocab.STATUS_TAG: "queued",
+            vocab.REQUEST_TAG: recorded_request(state.request or ""), vocab.STATUS_TAG: "queued",
         })
         self.client.update_run(run.info.run_id, status="SCHEDULED")
         ledger.set_fields(self.store, self.name, self.version, self.request_id,
@@ -222,6 +238,8 @@ class _Launch:
         model_uri = vocab.model_uri(self.name, self.version)
         self.client.set_tag(run_id, vocab.PROJECT_TAG, uri)
         parameters = request.project_parameters(model_uri, device=self.settings.device)
+        if request.names_ids:  # MLflow Projects logs every parameter: the job reads the file through a neutral link
+            parameters["forget"] = "ids:" + self._neutral_link(request.forget.removeprefix("ids:"))
         entry_point = "unlearn"
         if self.settings.nproc > 1:
             entry_point, parameters["nproc"] = "unlearn_distributed", str(self.settings.nproc)
@@ -230,6 +248,15 @@ class _Launch:
             backend=self.settings.backend, backend_config=backend_config, env_manager="local", synchronous=False,
             run_id=run_id, experiment_id=self.client.get_run(run_id).info.experiment_id,
         )
+
+    def _neutral_link(self, path: str) -> str:
+        """A symbolic link to ``path`` named after the request ID (no part of the original path), in the log dir."""
+        folder = Path(self.settings.log_dir, "forget-requests")
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / f"{self.request_id}{Path(path).suffix}"
+        link.unlink(missing_ok=True)
+        link.symlink_to(path)
+        return str(link)
 
     def _job_error(self, request: UnlearnRequest | None, run_id: str) -> str:
         generic = f"the unlearn job failed; see run {run_id} in the {REQUESTS_EXPERIMENT!r} experiment"
@@ -249,6 +276,9 @@ class _Launch:
                   job_run_id: str | None = None) -> None:
         """Set the final status from the job's run (the request run itself, except on Kubernetes)."""
         from mlflow.entities import RunStatus
+
+        for link in Path(self.settings.log_dir, "forget-requests").glob(f"{self.request_id}.*"):
+            link.unlink(missing_ok=True)  # the job is over: its neutral link to the forget file goes
 
         run = self.client.get_run(job_run_id or run_id)
         result = run.data.tags.get(vocab.RESULT_VERSION_TAG)
@@ -274,6 +304,7 @@ class _Launch:
         self._fail(run_id, reason, expect=("running",))
         if request is not None and request.names_ids:
             Path(self.log_path).unlink(missing_ok=True)
+
 
     def _watch_orphan(self, request: UnlearnRequest | None, state: ledger.RequestState) -> None:
         """Resume a running request whose launcher died: wait for its job, then finalise from the run."""
@@ -335,6 +366,15 @@ class _Launch:
             time.sleep(POLL_S)
         self._finalize(request, run_id, submitted.get_status() == "FINISHED", job_run_id)
         return 0
+
+
+def recorded_request(value: str) -> str:
+    """A request as the request run records it: an ``ids:`` file's path replaced (paths can reveal whose data it is).
+
+    >>> recorded_request("forget=ids:/srv/erasure-alice.txt; method=nitc")
+    'forget=ids:<file, not recorded>; method=nitc'
+    """
+    return re.sub(r"ids:[^;]*", "ids:<file, not recorded>", value)
 
 
 def requests_experiment_id(client) -> str:

@@ -213,6 +213,12 @@ def read_state(store: SqlAlchemyStore, name: str, version: int | str) -> Request
                         lambda session, ws: _state(name, version, _read(session, ws, name, version)), read_only=True)
 
 
+def read_tags(store: SqlAlchemyStore, name: str, version: int | str) -> dict[str, str]:
+    """Every ``mlflow_unlearn.*`` tag of ``name``/``version`` (MLflow's not-found error for a missing version)."""
+    version = int(version)
+    return _transaction(store, name, version, lambda session, ws: _read(session, ws, name, version), read_only=True)
+
+
 def open_request(store: SqlAlchemyStore, name: str, version: int | str, value: str | None, *, request_id: str,
                  refusal: str | None = None) -> bool:
     """Record a new request on a version: status ``queued`` at the end of the queue, or ``failed`` with ``refusal``.
@@ -288,6 +294,30 @@ def advance(store: SqlAlchemyStore, name: str, version: int | str, request_id: s
     return _transaction(store, name, version, body)
 
 
+def repair_foreign(store: SqlAlchemyStore, name: str, version: int | str) -> bool:
+    """Mark ``failed`` a version whose status says queued or running although no request of the plugin is on it
+    (no request ID: tags planted outside the plugin, e.g. before it was switched on), so that it can be used,
+    re-requested or deleted again. Its other plugin tags are removed.
+
+    Returns:
+        True if the version was repaired.
+    """
+    version = int(version)
+
+    def body(session, ws: str) -> bool:
+        current = _read(session, ws, name, version)
+        if current.get(REQUEST_ID_TAG) or current.get(STATUS_TAG) not in ACTIVE:
+            return False
+        tags: dict[str, str | None] = dict.fromkeys(k for k in RESERVED_TAGS if k != STATUS_TAG)
+        tags[STATUS_TAG] = "failed"
+        tags[ERROR_TAG] = ("the plugin's tags on this version were not written by the plugin (no request ID); "
+                           f"they were cleared by recovery. Set {REQUEST_TAG!r} to submit a request")
+        _put(session, ws, name, version, tags)
+        return True
+
+    return _transaction(store, name, version, body)
+
+
 def set_fields(store: SqlAlchemyStore, name: str, version: int | str, request_id: str,
                tags: dict[str, str | None]) -> bool:
     """Write bookkeeping ``tags`` for an active request ``request_id``; False if it is no longer the active one."""
@@ -302,9 +332,21 @@ def set_fields(store: SqlAlchemyStore, name: str, version: int | str, request_id
     return _transaction(store, name, version, body)
 
 
-def lease_value() -> str:
-    """``host|pid|heartbeat-ms`` for this process, now."""
-    return f"{socket.gethostname()}|{os.getpid()}|{int(time.time() * 1000)}"
+def lease_value(spawned: int | None = None) -> str:
+    """``host|pid|heartbeat-ms`` for this process, now; or ``host|pid|ms|spawned`` for a launcher just started here.
+
+    A launcher's starter writes the launcher's lease at once, so that a launcher killed before it claims its lease
+    is seen as dead (and replaced) like any other; the launcher itself takes that lease over.
+    """
+    now = int(time.time() * 1000)
+    if spawned is not None:
+        return f"{socket.gethostname()}|{spawned}|{now}|spawned"
+    return f"{socket.gethostname()}|{os.getpid()}|{now}"
+
+
+def _spawned_for_me(lease: str) -> bool:
+    host, pid, *_ = lease.split("|") + [""]
+    return host == socket.gethostname() and pid == str(os.getpid()) and lease.endswith("|spawned")
 
 
 def process_alive(pid: int, marker: str) -> bool:
@@ -343,7 +385,7 @@ def claim_lease(store: SqlAlchemyStore, name: str, version: int | str, request_i
         if current is None:
             return False
         old = current.get(LEASE_TAG)
-        if old is not None and lease_alive(old, marker):
+        if old is not None and lease_alive(old, marker) and not _spawned_for_me(old):
             return False
         if old is None:  # insert only: a lease committed since the read makes the insert fail; the retry re-reads
             session.add(_tag_model()(workspace=ws, name=name, version=version, key=LEASE_TAG, value=lease_value()))

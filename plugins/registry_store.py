@@ -149,7 +149,27 @@ class UnlearnRegistryStore(SqlAlchemyStore):
     get_registered_model = _first_call_recovers(SqlAlchemyStore.get_registered_model)
     search_registered_models = _first_call_recovers(SqlAlchemyStore.search_registered_models)
     get_latest_versions = _first_call_recovers(SqlAlchemyStore.get_latest_versions)
-    create_model_version = _first_call_recovers(SqlAlchemyStore.create_model_version)
+
+    def create_model_version(self, name, source, run_id=None, tags=None, *args, **kwargs):
+        """MLflow's ``create_model_version``, refusing the plugin's own tags (:data:`ledger.RESERVED_TAGS`) and a
+        request tag that would be refused: nothing is created, and the refused value is never stored.
+
+        Raises:
+            MlflowException: ``INVALID_PARAMETER_VALUE`` with one line that repeats no tag value.
+        """
+        self.recover_once()
+        for tag in tags or ():
+            if tag.key in ledger.RESERVED_TAGS:
+                raise MlflowException(f"Tag {tag.key!r} is written by the unlearning plugin only; create the version "
+                                      f"without it (set {REQUEST_TAG!r} to submit a request)",
+                                      INVALID_PARAMETER_VALUE)
+            if tag.key == REQUEST_TAG:
+                try:
+                    parse_request(tag.value, self.settings.policy)
+                except RequestRefused as exc:
+                    raise MlflowException(f"Unlearning request refused, the version is not created: {exc}",
+                                          INVALID_PARAMETER_VALUE) from None
+        return super().create_model_version(name, source, run_id, tags, *args, **kwargs)
 
     # -- triggers ---------------------------------------------------------------------------------------------
     def transition_model_version_stage(self, name, version, stage, archive_existing_versions=False):
@@ -232,14 +252,15 @@ class UnlearnRegistryStore(SqlAlchemyStore):
             MlflowException: if the version does not exist, or a different request is active on it.
         """
         version = int(version)
-        refusal, stored = None, value
+        refusal, keep = None, True
         try:
             parse_request(value, self.settings.policy)
         except RequestRefused as exc:
-            refusal, stored = str(exc), (value if exc.keep_value else "")
+            refusal, keep = str(exc), exc.keep_value
         request_id = uuid.uuid4().hex
-        if not ledger.open_request(self, name, version, stored if store_value else None, request_id=request_id,
-                                   refusal=refusal):
+        # a refused value that may be IDs is removed, also when it was stored before (e.g. at creation)
+        stored = (value if store_value else None) if keep else ""
+        if not ledger.open_request(self, name, version, stored, request_id=request_id, refusal=refusal):
             return None  # the same request is already queued or running
         if refusal:
             _logger.info("Unlearning request %s on %s/%s refused: %s", request_id, name, version, refusal)
@@ -277,7 +298,12 @@ class UnlearnRegistryStore(SqlAlchemyStore):
                 launcher just started may not hold its lease yet).
         """
         for state in ledger.active_requests(self):
-            if not state.request_id or state.waiting or (leased_only and not state.lease):
+            if not state.request_id:  # not written by the plugin (which always writes a request ID): repair
+                if ledger.repair_foreign(self, state.name, state.version):
+                    _logger.warning("Model version %s/%s had plugin tags the plugin did not write; marked failed",
+                                    state.name, state.version)
+                continue
+            if state.waiting or (leased_only and not state.lease):
                 continue
             if not ledger.lease_alive(state.lease, launcher.LAUNCHER_MARKER):
                 _logger.info("Resuming unlearning request %s on %s/%s (%s)", state.request_id, state.name,
@@ -308,4 +334,5 @@ class UnlearnRegistryStore(SqlAlchemyStore):
             ledger.advance(self, name, version, request_id, expect=ledger.ACTIVE, to="failed",
                            tags={ERROR_TAG: f"the launcher process could not start: {exc}"})
             return
+        launcher.provisional_lease(self, name, version, request_id, pid)
         _logger.info("Unlearning request %s on %s/%s: launcher PID %s", request_id, name, version, pid)

@@ -45,8 +45,9 @@ SIGNATURE_HEADER, TIMESTAMP_HEADER, DELIVERY_ID_HEADER = "X-MLflow-Signature", "
 REPLAY_WINDOW_S = 300
 SYNC_S = 1.0
 MAX_BODY = 64 * 1024
-#: The status tags copied to the server (the request tag is the server's already).
-MIRRORED_TAGS = ledger.RESERVED_TAGS
+#: The status tags copied to the server (the request tag is the server's already; the lease's heartbeat stays in
+#: the state database, or every heartbeat would be a tag write and a webhook).
+MIRRORED_TAGS = tuple(key for key in ledger.RESERVED_TAGS if key != ledger.LEASE_TAG)
 
 _logger = logging.getLogger(__name__)
 
@@ -166,12 +167,8 @@ class WebhookService:
             keys = [(mv.name, int(mv.version)) for mv in session.query(SqlModelVersion).all()]
         client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         for name, version in keys:
-            state = ledger.read_state(self.store, name, version)
-            tags = {key: value for key, value in zip(
-                (ledger.STATUS_TAG, ledger.ERROR_TAG, ledger.RESULT_VERSION_TAG, ledger.REQUEST_ID_TAG,
-                 ledger.REQUEST_RUN_TAG, ledger.LEASE_TAG, ledger.JOB_TAG, ledger.QUEUE_POSITION_TAG),
-                (state.status, state.error, state.result_version, state.request_id, state.request_run_id,
-                 state.lease, state.job, state.queue_position), strict=True) if value is not None}
+            tags = {key: value for key, value in ledger.read_tags(self.store, name, version).items()
+                    if key in MIRRORED_TAGS}
             before = self._pushed.get((name, version), {})
             if tags == before:
                 continue

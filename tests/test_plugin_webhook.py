@@ -92,7 +92,7 @@ def test_stock_server_tag_through_the_webhook_makes_a_new_version(server, parent
     assert "unlearn+sqlite" in {e.name for e in entry_points(group="mlflow.model_registry_store")}  # not used here
     version = _new_version(server, parent)
     assert _set_tag(server, version, _request(server)).status_code == 200
-    tags = _wait_done(server, version)
+    tags = _wait_done(server, version, timeout=900)  # one job; 4-5 min measured on a loaded 2-core machine
     _assert_succeeded_with_lineage(server, version, tags)
     assert "mlflow_unlearn.queue_position" not in tags
 

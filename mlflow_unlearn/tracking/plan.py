@@ -72,6 +72,8 @@ class UnlearnPlan:
         seed: seed of the method, the reference and the attacks.
         device: where to run.
         retain_eval_size: how many retain samples are evaluated at most (None: all of them).
+        code: the files of the model's logged ``code_paths`` (relative path -> content), saved again with the
+            unlearned model so that it loads where the parent does.
     """
 
     model_uri: str
@@ -92,6 +94,7 @@ class UnlearnPlan:
     seed: int
     device: torch.device
     retain_eval_size: int | None
+    code: Mapping[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -118,6 +121,7 @@ class UnlearnPlan:
             "unlearn.method": self.method, "unlearn.reference": self.reference, "unlearn.seed": self.seed,
             "unlearn.device": str(self.device), **{f"unlearn.{k}": v for k, v in flags.items()},
             "data.source": lineage.source, "data.seed": lineage.seed, "data.test_fraction": lineage.test_fraction,
+            "data.split": "explicit" if self.split.explicit else "seeded",
             "data.forget_steps_before": len(lineage.chain), "data.retain_eval_count": self.retain_eval_count,
             "forget.spec": fs.spec, "forget.kind": fs.kind, "forget.count": fs.count, "forget.digest": fs.digest,
             "forget.classes": ",".join(map(str, fs.forget_classes)),
@@ -194,6 +198,7 @@ def prepare(
     from mlflow_unlearn.methods.registry import config_to_dict
 
     _check_arguments(method, reference, retain_eval_size, rt.is_distributed() if distributed is None else distributed)
+    _check_seed(seed)
     spec = parse_forget_spec(forget).absolute()
     method_values, gate_from_file = load_config(config)
     cfg = method_config(method, method_values)
@@ -201,7 +206,7 @@ def prepare(
     dev = rt.resolve_device(device)
     client = client or tracking_client(tracking_uri, registry_uri)
     parent = vocab.resolve_model_version(client, model_uri)
-    model = load_version(client, parent, model_uri)
+    model, code = load_version(client, parent, model_uri)
     parent_run = client.get_run(parent.run_id) if parent.run_id else None
     lineage, split, forget_split = resolve_data(model, data, parent_run, spec.text, forgotten=forgotten)
     recipe = lin.inherited_params(parent_run) if parent_run is not None else {}
@@ -210,8 +215,20 @@ def prepare(
         split=split, forget=forget_split, method=method, config=cfg,
         config_hash=lin.config_hash(method, config_to_dict(cfg), seed), gate=gate_cfg, reference=reference,
         retrain_config=retrain_config(recipe) if reference == vocab.RETRAIN_REFERENCE else None, recipe=recipe,
-        seed=seed, device=dev, retain_eval_size=retain_eval_size,
+        seed=seed, device=dev, retain_eval_size=retain_eval_size, code=code,
     )
+
+
+def _check_seed(seed: Any) -> None:
+    """The seed is a non-negative int (numpy and torch take nothing else).
+
+    >>> _check_seed("a")
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected argument `seed` to be a non-negative int but got 'a'
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"Expected argument `seed` to be a non-negative int but got {seed!r}"[:200])
 
 
 def _check_arguments(method: str, reference: str, retain_eval_size: Any, distributed: bool) -> None:
@@ -250,7 +267,11 @@ def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spe
     if forgotten:
         lineage = lineage_before(lineage, spec)
     split = load_split(lineage)
-    forget_split = resolve_forget(split, spec)
+    try:
+        forget_split = resolve_forget(split, spec)
+    except OSError as exc:  # e.g. a path longer than the OS allows; the path itself is not repeated
+        raise ValueError(f"Cannot read the forget request file: {exc.strerror or type(exc).__name__}; give the "
+                         "path of a readable .csv, .parquet or .txt file of sample IDs") from None
     check_model_fits(model, split, lineage.source)
     return lineage, split, forget_split
 
@@ -263,20 +284,24 @@ def tracking_client(tracking_uri: str | None, registry_uri: str | None) -> Mlflo
     return MlflowClient(tracking_uri=tracking_uri or mlflow.get_tracking_uri(), registry_uri=registry_uri)
 
 
-def load_version(client: MlflowClient, version: ModelVersion, model_uri: str) -> nn.Module:
-    """Download ``version`` through ``client``'s registry and load it as a trainable module.
+def load_version(client: MlflowClient, version: ModelVersion, model_uri: str) -> tuple[nn.Module, dict[str, bytes]]:
+    """Download ``version`` through ``client``'s registry; load it as a trainable module, with its logged code.
+
+    Returns:
+        The module, and the files of its logged ``code_paths`` (see :func:`~.formats.read_code`).
 
     Raises:
-        ModelFormatError: not a PyTorch model, or one that cannot be trained (``pt2``).
+        ModelFormatError: not a PyTorch model, one that cannot be trained (``pt2``), or one whose class
+            cannot be imported (a module neither installed nor logged with ``code_paths``).
     """
     from mlflow.artifacts import download_artifacts
 
-    from mlflow_unlearn.tracking.formats import load_trainable_module
+    from mlflow_unlearn.tracking.formats import load_trainable_module, read_code
 
     source = client.get_model_version_download_uri(version.name, version.version)
     with tempfile.TemporaryDirectory() as tmp:
         local = download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri)
-        return load_trainable_module(local, model_uri=model_uri)
+        return load_trainable_module(local, model_uri=model_uri), read_code(local)
 
 
 def resolve_lineage(data: str | None, parent_run: Run | None) -> lin.DataLineage:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["UnlearningDivergedError", "__version__", "log_model", "unlearn"]
+__all__ = ["UnlearningDivergedError", "__version__", "log_model", "unlearn", "verify"]
 
 
 def __getattr__(name: str):
@@ -17,6 +17,10 @@ def __getattr__(name: str):
         from mlflow_unlearn.tracking.api import unlearn
 
         return unlearn
+    if name == "verify":
+        from mlflow_unlearn.tracking.verify import verify
+
+        return verify
     if name == "log_model":
         from mlflow_unlearn.tracking.api import log_model
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from mlflow_unlearn_plugins.request import ALLOW_URLS_ENV, ALLOWED_ROOTS_ENV, SecurityPolicy
 
+from mlflow_unlearn.tracking.keys import DigestKey, read_digest_key
+
 BACKEND_ENV = "MLFLOW_UNLEARN_BACKEND"
 BACKEND_CONFIG_ENV = "MLFLOW_UNLEARN_BACKEND_CONFIG"
 TRACKING_URI_ENV = "MLFLOW_UNLEARN_TRACKING_URI"
@@ -120,11 +122,14 @@ class PluginSettings:
         policy: what files and URLs a request may reference.
         launcher: how a request's job runs.
         server: what the ``mlflow server`` process hosting the store said about itself.
+        digest_key: the deployment's digest key (read by :func:`mlflow_unlearn.tracking.keys.read_digest_key`, the
+            one reader), handed to each launcher and job in its environment, never in JSON or on a command line.
     """
 
     policy: SecurityPolicy = field(default_factory=SecurityPolicy)
     launcher: LauncherSettings = field(default_factory=LauncherSettings)
     server: ServerFacts = field(default_factory=ServerFacts)
+    digest_key: DigestKey | None = field(default=None, repr=False, compare=False)
 
     def job_uris(self, registry_db_uri: str, tracking_uri: str | None, server_address: str = "") -> tuple[str, str]:
         """The tracking and registry URIs of a job.
@@ -161,12 +166,14 @@ class PluginSettings:
     def to_json(self) -> str:
         """The settings as one JSON string (how the store hands them to a launcher process)."""
         values = dataclasses.asdict(self)
+        values.pop("digest_key")
         values["policy"]["allowed_roots"] = [str(root) for root in self.policy.allowed_roots]
         return json.dumps(values, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> PluginSettings:
-        """Inverse of :meth:`to_json`."""
+        """Inverse of :meth:`to_json`; the digest key, which the JSON never holds, comes from the environment that
+        :func:`mlflow_unlearn_plugins.launcher.spawn` gave this process (through the one reader)."""
         values = json.loads(text)
         policy = values["policy"]
         return cls(
@@ -174,6 +181,7 @@ class PluginSettings:
                                   allow_urls=policy["allow_urls"]),
             launcher=LauncherSettings(**values["launcher"]),
             server=ServerFacts(**values["server"]),
+            digest_key=read_digest_key(),
         )
 
 
@@ -254,4 +262,5 @@ def read_settings(environ: Mapping[str, str] | None = None) -> PluginSettings:
         log_dir=env.get(LOG_DIR_ENV, "") or os.path.join(tempfile.gettempdir(), "mlflow-unlearn-logs"),
         max_jobs=_positive_int(max_jobs, MAX_JOBS_ENV) if max_jobs else default_max_jobs(env, nproc),
     )
-    return PluginSettings(policy=_read_policy(env), launcher=launcher, server=_read_server(env, launcher.tracking_uri))
+    return PluginSettings(policy=_read_policy(env), launcher=launcher, server=_read_server(env, launcher.tracking_uri),
+                          digest_key=read_digest_key(env))

@@ -56,7 +56,7 @@ def test_prepare_returns_one_frozen_plan_with_everything_checked(registry):
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
     ({"distributed": True, "method": "eu_k"}, ValueError, "does not run under torchrun"),
     ({"forget": "ids:1,2,3"}, ValueError, "not a file name"),
-    ({"forget": "random:100:x"}, ValueError, "seed in random:100:x"),
+    ({"forget": "random:100:x"}, ValueError, "seed in random:<amount>:<seed>"),
     ({"config": {"nope": 1}}, ConfigError, "Unknown config key"),
     ({"reference": "oracle"}, ValueError, "Unknown reference 'oracle'"),
     ({"retain_eval_size": 0}, ValueError, "`retain_eval_size` to be a positive int"),

@@ -48,8 +48,8 @@ from mlflow_unlearn.data.samples import DataSplit, ForgetSplit, ids_digest, seed
 CLASS_FORGETTING = "class"
 SAMPLE_FORGETTING = "sample"
 FORGETTING_KINDS = (CLASS_FORGETTING, SAMPLE_FORGETTING)
-#: How much of the user's text a grammar error repeats (a spec may be pasted IDs).
-_MAX_ECHO = 16
+#: Why a grammar error does not repeat the user's text.
+_NOT_REPEATED = "not repeated: it may be sample IDs"
 
 
 @dataclass(frozen=True)
@@ -134,11 +134,11 @@ def _register_spec_form(name: str, syntax: str, parse: _Parse) -> Callable[[_Sel
     return decorator
 
 
-def _echo(text: Any) -> str:
-    """``repr`` of what the user wrote, cut to :data:`_MAX_ECHO` characters."""
-    if isinstance(text, str) and len(text) > _MAX_ECHO:
-        return repr(text[:_MAX_ECHO]) + "..."
-    return repr(text)
+def _shape(text: Any) -> str:
+    """What the user wrote, described without repeating it (a spec may be pasted IDs)."""
+    if not isinstance(text, str):
+        return f"a {type(text).__name__}"
+    return f"{len(text)} characters, {_NOT_REPEATED}" if text else "an empty text"
 
 
 def list_forget_specs() -> list[str]:
@@ -222,8 +222,8 @@ def parse_forget_spec(text: str) -> ForgetSpec:
         The :class:`ForgetSpec`.
 
     Raises:
-        ValueError: one line naming the bad part and the accepted forms; it repeats at most
-            16 characters of ``text``, and nothing of an ``ids:`` argument that is not a file name.
+        ValueError: one line naming the bad part and the accepted forms; it repeats nothing of ``text`` but a
+            number that parsed (a bad fraction), since a malformed spec may be sample IDs.
 
     >>> parse_forget_spec("classes:7,3")
     ForgetSpec(text='classes:7,3', form='classes', classes=(3, 7), path='', fraction=None, count=None, seed=0)
@@ -233,14 +233,15 @@ def parse_forget_spec(text: str) -> ForgetSpec:
     >>> parse_forget_spec("3,7")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: Expected a forget spec like 'classes:3,7' but got '3,7'; accepted forms: ...
+    ValueError: Expected a forget spec like 'classes:3,7' but got text without a '<kind>:' prefix (3 characters, ...
     """
     accepted = f"accepted forms: {', '.join(list_forget_specs())}"
     if not isinstance(text, str) or ":" not in text:
-        raise ValueError(f"Expected a forget spec like 'classes:3,7' but got {_echo(text)}; {accepted}")
+        raise ValueError(f"Expected a forget spec like 'classes:3,7' but got text without a '<kind>:' prefix "
+                         f"({_shape(text)}); {accepted}")
     form, _, argument = text.partition(":")
     if form not in _SPEC_FORMS:
-        raise ValueError(f"Unknown forget spec kind {_echo(form)}; {accepted}")
+        raise ValueError(f"Unknown forget spec kind before ':' ({_shape(form)}); {accepted}")
     return _SPEC_FORMS[form].parse(text, argument)
 
 
@@ -318,9 +319,10 @@ def _forget_split(split: DataSplit, selection: _Selection, spec: str, *, salt: s
 
 def _parse_classes(text: str, argument: str) -> ForgetSpec:
     items = [item.strip() for item in argument.split(",")]
-    if not all(re.fullmatch(r"-?\d+", item) for item in items):
-        raise ValueError(f"Malformed class list {_echo(argument)} in the forget spec; expected comma-separated ints, "
-                         "e.g. classes:3,7")
+    bad = sum(not re.fullmatch(r"-?\d+", item) for item in items)
+    if bad:
+        raise ValueError(f"Malformed class list in the forget spec: {bad} of its {len(items)} comma-separated items "
+                         f"are not ints ({_NOT_REPEATED}); expected comma-separated ints, e.g. classes:3,7")
     return ForgetSpec(text, "classes", classes=tuple(sorted({int(item) for item in items})))
 
 
@@ -388,11 +390,12 @@ def _parse_random(text: str, argument: str) -> ForgetSpec:
         except ValueError:
             fraction = float("nan")
         if not 0 < fraction < 1:
-            raise ValueError(f"Expected the amount in random:{argument[:_MAX_ECHO]} to be a fraction in (0, 1) such "
-                             f"as 0.1 or a count of samples such as 100 but got {_echo(amount)}")
+            got = repr(amount) if re.fullmatch(r"-?\d*\.?\d+(?:[eE]-?\d+)?", amount) else f"({_shape(amount)})"
+            raise ValueError("Expected the amount in random:<amount>[:<seed>] to be a fraction in (0, 1) such as 0.1 "
+                             f"or a count of samples such as 100 but got {got}")
     if seed_text and not re.fullmatch(r"\d+", seed_text):
-        raise ValueError(f"Expected the seed in random:{argument[:_MAX_ECHO]} to be a non-negative int but got "
-                         f"{_echo(seed_text)}")
+        raise ValueError("Expected the seed in random:<amount>:<seed> to be a non-negative int but got "
+                         f"({_shape(seed_text)})")
     return ForgetSpec(text, "random", fraction=fraction, count=count, seed=int(seed_text or 0))
 
 

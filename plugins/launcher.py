@@ -37,6 +37,7 @@ from mlflow_unlearn_plugins.request import RequestRefused, UnlearnRequest, parse
 from mlflow_unlearn_plugins.settings import BACKENDS, TRACKING_URI_ENV, PluginSettings
 
 from mlflow_unlearn.tracking import vocabulary as vocab
+from mlflow_unlearn.tracking.keys import DigestKeyError
 
 REQUESTS_EXPERIMENT = "unlearn-requests"
 #: Present in every launcher's command line; recovery uses it to recognise a live launcher by its PID.
@@ -166,6 +167,8 @@ def _refusal_message(exc: BaseException, request: UnlearnRequest) -> str:
     """The API's message, unless it concerns an ID file (this request's or an earlier forget step's): the
     engine may quote IDs, and a refusal is stored in a tag anyone can read."""
     message = str(exc) or type(exc).__name__
+    if isinstance(exc, DigestKeyError):  # no ID, no path: the API's own words (how to set a key)
+        return message
     id_file = request.forget.removeprefix("ids:") if request.names_ids else None
     if "IDs" in message or "ids:" in message or (id_file and id_file in message):
         return ("a forget ID file (this request's, or one of an earlier forget step in the version's lineage) does "

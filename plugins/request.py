@@ -198,7 +198,9 @@ def _check_forget(text: str, policy: SecurityPolicy) -> str:
     try:
         spec = vocab.parse_forget_spec(text)
     except ValueError as exc:  # the grammar's message repeats nothing of the text, which may be pasted IDs
-        raise RequestRefused(f"{exc} (the request is not stored)", keep_value=False) from None
+        # classes: and random: errors read as the API's (one message for every door); the value is never stored
+        same = text.partition(":")[0] in ("classes", "random")
+        raise RequestRefused(str(exc) + ("" if same else " (the request is not stored)"), keep_value=False) from None
     if spec.form != "ids":
         return spec.canonical
     if not os.path.isabs(spec.path):

@@ -59,18 +59,29 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
-def _job_processes() -> list[int]:
-    """PIDs of launchers and unlearning jobs (their command lines name the package)."""
-    pids = []
+def _job_processes(root: Path) -> list[int]:
+    """PIDs of this run's launchers (their command line names their log file under ``root``) and of their
+    descendants (the jobs); processes of anyone else are never counted nor touched."""
+    parents, launchers = {}, []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and entry.name != str(os.getpid()):
-            try:
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"mlflow_unlearn" in cmd and b"load.py" not in cmd:
-                pids.append(int(entry.name))
-    return pids
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+        if b"mlflow_unlearn_plugins.launcher" in cmd and str(root).encode() in cmd:
+            launchers.append(int(entry.name))
+    ours = set(launchers)
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor and ancestor not in ours and ancestor in parents:
+            ancestor = parents.get(ancestor)
+        if ancestor in ours:
+            ours.add(pid)
+    return sorted(ours)
 
 
 class Server:
@@ -150,7 +161,7 @@ class Monitor(threading.Thread):
                 self.peak_queue = max(self.peak_queue, waiting)
             except Exception:  # noqa: BLE001 (the server is down during the fault; counted)
                 self.health_failures += 1
-            self.peak_jobs_mib = max(self.peak_jobs_mib, sum(_rss_mib(p) for p in _job_processes()))
+            self.peak_jobs_mib = max(self.peak_jobs_mib, sum(_rss_mib(p) for p in _job_processes(self.server.root)))
             self.peak_server_mib = max(self.peak_server_mib, self.server.tree_rss_mib())
             self.peak_load = max(self.peak_load, os.getloadavg()[0])
             time.sleep(self.period)
@@ -256,14 +267,14 @@ def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float
             "health_failures": monitor.health_failures, "peak_load_1min": round(monitor.peak_load, 1),
         }
     finally:
-        _end_jobs()
+        _end_jobs(root)
         server.kill(signal.SIGTERM)
         if cluster is not None:
             cluster.stop()
 
 
-def _end_jobs() -> None:
-    for pid in _job_processes():
+def _end_jobs(root: Path) -> None:
+    for pid in _job_processes(root):
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:

@@ -62,14 +62,15 @@ def test_registry_reveals_no_forgotten_id_to_an_exhaustive_search_and_verify_con
     forgotten = [int(train_ids[17])]  # one user's deletion request: the case an unsalted digest exposed
     request = tmp_path / "request.txt"
     request.write_text("\n".join(map(str, forgotten)))
-    outcome = unlearn(MODEL, forget=f"ids:{request}", method="finetune", config=FAST, gate=LENIENT, onnx=False,
-                      device="cpu", **uris)
+    outcome = unlearn(MODEL, forget=f"ids:{request}", method="finetune", config=FAST, gate=LENIENT, force=True,
+                      onnx=False, device="cpu", **uris)  # forced: about the records, not the gate
     uri = f"models:/digits-mlp/{outcome.version.version}"
     # everything a reader of the registry sees, without the key
     tags = client.get_model_version("digits-mlp", outcome.version.version).tags
     run = client.get_run(outcome.run_id)
     tombstones = json.loads(Path(download_artifacts(run_id=outcome.run_id, artifact_path=vocab.TOMBSTONES_ARTIFACT,
-                                                    dst_path=str(tmp_path / "t"))).read_text())
+                                                    dst_path=str(tmp_path / "t"),
+                                                    tracking_uri=uris["tracking_uri"])).read_text())
     published = {tags[vocab.FORGET_DIGEST_TAG], run.data.params["forget.digest"], tombstones["forget_digest"],
                  *tombstones["id_digests"]}
     dataset_digests = {d.dataset.digest for d in run.inputs.dataset_inputs}

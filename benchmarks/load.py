@@ -121,7 +121,11 @@ class Server:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
-            self.proc.wait(30)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:  # a loaded server may take longer to shut down gracefully
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
 
     def tree_rss_mib(self) -> float:
         if self.proc is None or self.proc.poll() is not None:

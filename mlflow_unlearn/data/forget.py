@@ -36,12 +36,14 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlflow_unlearn.data._files import id_column, read_table, table_format
-from mlflow_unlearn.data.samples import DataSplit, ForgetSplit, ids_digest, seeded_order
+
+if TYPE_CHECKING:  # samples imports torch; the grammar (parse_forget_spec) must load without it
+    from mlflow_unlearn.data.samples import DataSplit, ForgetSplit
 
 #: Forgetting kinds, what the engine does (``ForgetSplit.kind``, a method's ``forget_kind``): forget whole
 #: classes, or individual samples.
@@ -113,7 +115,7 @@ class _Selection:
 
 
 _Parse = Callable[[str, str], ForgetSpec]
-_Select = Callable[[DataSplit, ForgetSpec], _Selection]
+_Select = Callable[["DataSplit", ForgetSpec], _Selection]
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,8 @@ def forget_digest(ids: Any, *, salt: str = "", key: bytes | None = None) -> str:
     if not isinstance(salt, str):
         raise ValueError(f"Expected argument `salt` to be a string but got {type(salt).__name__}")
     _check_key(key)
+    from mlflow_unlearn.data.samples import ids_digest
+
     return ids_digest(ids, salt=salt, key=key)
 
 
@@ -313,6 +317,8 @@ def _forget_split(split: DataSplit, selection: _Selection, spec: str, *, salt: s
         raise ValueError(f"{what} selects the whole training set ({count} samples); nothing would be left to "
                          "retain. Name a proper subset")
     forget, retain = split.train.subset(selection.mask), split.train.subset(~selection.mask)
+    from mlflow_unlearn.data.samples import ForgetSplit
+
     return ForgetSplit(forget, retain, split.test, selection.kind, spec, forget_digest(forget.ids, salt=salt, key=key),
                        count, selection.classes)
 
@@ -403,6 +409,8 @@ def _parse_random(text: str, argument: str) -> ForgetSpec:
 def _random(split: DataSplit, spec: ForgetSpec) -> _Selection:
     n_train = len(split.train)
     count = spec.count if spec.count is not None else round(spec.fraction * n_train)
+    from mlflow_unlearn.data.samples import seeded_order
+
     order = seeded_order(split.train.ids, seed=spec.seed, purpose="random-forget")
     mask = np.zeros(n_train, dtype=bool)
     mask[order[:count]] = True

@@ -57,7 +57,7 @@ def memorised(tmp_path_factory):
     digits = load_digits()
     rng = np.random.default_rng(0)
     n = len(digits.target)
-    split = np.full(n, "test")
+    split = np.full(n, "test", dtype="<U5")
     split[rng.choice(n, size=N_TRAIN, replace=False)] = "train"
     labels = digits.target.copy()
     train_idx = np.flatnonzero(split == "train")

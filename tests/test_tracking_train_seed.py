@@ -23,5 +23,5 @@ def test_train_model_is_a_function_of_its_seed(tmp_path):
     torch.rand(17)
     again = _weights(tmp_path, seed=3)
     other = _weights(tmp_path, seed=4)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))

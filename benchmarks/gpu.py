@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.data import DataSplit, SampleSet, load_data, resolve_forget
 from mlflow_unlearn.methods import list_methods, run_method
 from mlflow_unlearn.metrics import accuracy, collect_outputs

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import pandas as pd
 import torch
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.data import ForgetSplit, load_data, resolve_forget
 from mlflow_unlearn.methods import run_method
 from mlflow_unlearn.metrics import evaluate

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.data import DataSplit, ForgetSplit, forget_digest, load_data, resolve_forget
 from mlflow_unlearn.data.samples import seeded_order
 from mlflow_unlearn.methods import build_config, get_method, list_methods, run_method
@@ -339,8 +339,9 @@ def config_json(config: object) -> str:
 
 # --------------------------------------------------------------------------------------------- models (cached)
 # The library files an original or a retrain reference depends on: a change to any of them invalidates the cache.
-CACHE_SOURCES = ("_runtime.py", "training.py", "methods/retrain.py", "models/architectures.py", "data/sources.py",
-                 "data/forget.py", "data/samples.py")
+CACHE_SOURCES = ("runtime/__init__.py", "runtime/device.py", "runtime/distributed.py", "runtime/errors.py",
+                 "runtime/history.py", "runtime/loaders.py", "runtime/seeding.py", "training.py", "methods/retrain.py",
+                 "models/architectures.py", "data/sources.py", "data/forget.py", "data/samples.py")
 
 
 def _code_digest() -> str:
@@ -411,6 +412,9 @@ def method_source_digest(name: str) -> str:
         owner = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
         if isinstance(owner, str) and owner.startswith("mlflow_unlearn"):
             used.add(owner)
+    for owner in list(used):  # a package used as a module (``runtime as rt``): the code is in its submodules
+        if hasattr(sys.modules[owner], "__path__"):
+            used.update(name for name in sys.modules if name.startswith(owner + "."))
     digest = hashlib.sha256()
     for owner in sorted(used):
         digest.update(owner.encode() + Path(inspect.getsourcefile(sys.modules[owner])).read_bytes())

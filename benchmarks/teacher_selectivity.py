@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import as_tensors
 from mlflow_unlearn.methods.nitc import NitcConfig, impaired_teacher
 from mlflow_unlearn.methods.registry import UnlearnContext

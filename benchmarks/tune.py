@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.data import load_data
 from mlflow_unlearn.methods import run_method
 from mlflow_unlearn.metrics import evaluate

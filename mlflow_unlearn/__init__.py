@@ -1,15 +1,15 @@
 """mlflow-unlearn: make a registered PyTorch model forget data, prove it, and register the result.
 
-The engine (``data``, ``models``, ``training``, ``methods``, ``metrics``) never imports MLflow; the MLflow
-layer lives in ``mlflow_unlearn.tracking``. ``unlearn`` is imported lazily to keep ``import
-mlflow_unlearn`` cheap.
+The engine (``data``, ``models``, ``training``, ``methods``, ``metrics``, ``runtime``) never imports MLflow;
+the MLflow layer lives in ``mlflow_unlearn.tracking``. ``unlearn`` and the errors (``UnlearningDivergedError``)
+are imported lazily to keep ``import mlflow_unlearn`` cheap.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "unlearn"]
+__all__ = ["UnlearningDivergedError", "__version__", "unlearn"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from mlflow_unlearn.tracking.api import unlearn
 
         return unlearn
+    if name == "UnlearningDivergedError":
+        from mlflow_unlearn.runtime.errors import UnlearningDivergedError
+
+        return UnlearningDivergedError
     raise AttributeError(f"module 'mlflow_unlearn' has no attribute {name!r}")

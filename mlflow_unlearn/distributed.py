@@ -4,7 +4,7 @@ This is how a model or a dataset that outgrows one device scales: every process 
 (small) forget set, the training loops shard their data with a ``DistributedSampler`` and all-reduce the
 gradients of the trained model (only the student is wrapped in DDP; teachers stay plain, frozen
 modules that every rank evaluates on the full data, so that every rank builds identical targets).
-The process group uses NCCL on GPUs and gloo on CPUs (:func:`mlflow_unlearn._runtime.init_distributed_from_env`).
+The process group uses NCCL on GPUs and gloo on CPUs (:func:`mlflow_unlearn.runtime.init_distributed_from_env`).
 
 Example::
 
@@ -19,14 +19,13 @@ themselves are never written anywhere. Without ``torchrun`` the same command run
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 from collections.abc import Sequence
 
 import torch
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,20 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.distributed.barrier()
     finally:
         if distributed:
-            shutdown_distributed()
+            rt.shutdown_distributed()
     return 0
-
-
-def shutdown_distributed() -> None:
-    """Destroy the default process group once nothing holds it any more.
-
-    DistributedDataParallel wrappers sit in reference cycles (reducer hooks), so the methods' wrappers outlive
-    their loops until a garbage collection. Without one here they, and the process group they hold, are
-    destroyed during interpreter shutdown, where gloo's threads can abort a rank whose work had finished
-    ("terminate called without an active exception", seen once in CI).
-    """
-    gc.collect()
-    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

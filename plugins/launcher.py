@@ -5,12 +5,12 @@ The registry store records a request (status ``queued``) and starts this module 
 
 1. takes the request's lease (exactly one launcher per request, see :mod:`mlflow_unlearn_plugins.ledger`);
 2. persists the request as a run in the ``unlearn-requests`` experiment (reused if it already exists);
-3. checks what needs the engine: the version is a PyTorch model, the method is registered, the config fits the
-   method, the data is allowed and loadable, the forgotten classes or IDs exist. A refused request is marked
-   ``failed`` with the reason and nothing runs;
+3. prepares the request as its job will (:func:`preflight`, i.e. :func:`mlflow_unlearn.tracking.plan.prepare`,
+   the checks of every door: model version and format, method, config, data and lineage, forget set). A refused
+   request is marked ``failed`` with the API's message and nothing runs;
 4. moves the status to ``running`` and launches the project's ``unlearn`` entry point with
    ``mlflow.projects.run(..., synchronous=False)`` into that same run, on the ``local`` backend or on
-   ``kubernetes`` (:data:`BACKEND_ENV`);
+   ``kubernetes`` (``MLFLOW_UNLEARN_BACKEND``);
 5. waits, refreshing its lease heartbeat, and finally moves the status to ``succeeded`` (with
    ``mlflow_unlearn.result_version``) or ``failed`` (with ``mlflow_unlearn.error``).
 
@@ -25,135 +25,30 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_unlearn_plugins import ledger
-from mlflow_unlearn_plugins.request import RequestRefused, SecurityPolicy, UnlearnRequest, parse_request
+from mlflow_unlearn_plugins.request import RequestRefused, UnlearnRequest, parse_request
+from mlflow_unlearn_plugins.settings import BACKENDS, TRACKING_URI_ENV, PluginSettings
+
+from mlflow_unlearn.tracking import vocabulary as vocab
 
 REQUESTS_EXPERIMENT = "unlearn-requests"
-BACKEND_ENV = "MLFLOW_UNLEARN_BACKEND"
-BACKEND_CONFIG_ENV = "MLFLOW_UNLEARN_BACKEND_CONFIG"
-TRACKING_URI_ENV = "MLFLOW_UNLEARN_TRACKING_URI"
-DEVICE_ENV = "MLFLOW_UNLEARN_DEVICE"
-NPROC_ENV = "MLFLOW_UNLEARN_NPROC"
-DOCKER_IMAGE_ENV = "MLFLOW_UNLEARN_DOCKER_IMAGE"
-LOG_DIR_ENV = "MLFLOW_UNLEARN_LOG_DIR"
-BACKENDS = ("local", "kubernetes")
 #: Present in every launcher's command line; recovery uses it to recognise a live launcher by its PID.
 LAUNCHER_MARKER = "mlflow_unlearn_plugins.launcher"
-#: Tag of the request run recording which project folder was launched (the installed package's).
-PROJECT_TAG = "mlflow_unlearn.project_uri"
-#: Tag of the request run naming the job's own run when the backend created one (Kubernetes).
-JOB_RUN_TAG = "mlflow_unlearn.job_run_id"
 POLL_S = 1.0
 HEARTBEAT_S = 10.0
-_SERVER_BACKEND_URI_ENV = "_MLFLOW_SERVER_FILE_STORE"  # set by `mlflow server` for its workers
 _ERROR_LINE = re.compile(r"(?:^|\b)(?:Error|[A-Za-z]+(?:Error|Exception)):\s*(.+)$")
 
 
-@dataclass(frozen=True)
-class LauncherSettings:
-    """Server-side settings of the launcher, read from environment variables by :meth:`from_env`.
+def spawn(registry_db_uri: str, name: str, version: int | str, request_id: str, *, settings: PluginSettings,
+          job_tracking_uri: str, job_registry_uri: str) -> int:
+    """Start a detached launcher process for one request and return its PID (does not wait).
 
-    Args:
-        backend: MLflow Projects backend, ``local`` or ``kubernetes`` (:data:`BACKEND_ENV`).
-        backend_config: JSON file for the backend (``kube-context``, ``repository-uri``,
-            ``kube-job-template-path``); required for ``kubernetes`` (:data:`BACKEND_CONFIG_ENV`).
-        tracking_uri: tracking URI the job uses (:data:`TRACKING_URI_ENV`); default: the server's backend store.
-            Must be the server's ``http(s)://`` address when the server proxies artifacts (``mlflow-artifacts:``)
-            or the job runs on Kubernetes.
-        device: ``device`` parameter of the job (:data:`DEVICE_ENV`, default ``auto``).
-        nproc: processes of the job (:data:`NPROC_ENV`, default 1); above 1 the job is the project's
-            ``unlearn_distributed`` entry point (``torchrun``, DistributedDataParallel, rank 0 registers), which
-            only methods that support it accept.
-        docker_image: base image of the Kubernetes job (:data:`DOCKER_IMAGE_ENV`).
-        log_dir: where launcher and job output goes (:data:`LOG_DIR_ENV`).
-
-    Raises:
-        ValueError: for an unknown backend, or a Kubernetes backend without its config file or an HTTP tracking URI.
+    The launcher gets ``settings`` on its command line and reads no setting from its environment.
     """
-
-    backend: str = "local"
-    backend_config: str = ""
-    tracking_uri: str = ""
-    device: str = "auto"
-    nproc: int = 1
-    docker_image: str = "mlflow-unlearn:latest"
-    log_dir: str = ""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
-            raise ValueError(f"Expected `{NPROC_ENV}` to be a positive int but got {self.nproc!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"Expected `{BACKEND_ENV}` to be one of {', '.join(BACKENDS)} but got {self.backend!r}")
-        if self.backend == "kubernetes":
-            if not self.backend_config or not Path(self.backend_config).is_file():
-                raise ValueError(
-                    f"The kubernetes backend needs `{BACKEND_CONFIG_ENV}` to name its JSON config file "
-                    f"(kube-context, repository-uri, kube-job-template-path) but got {self.backend_config!r}"
-                )
-            if not self.tracking_uri.startswith(("http://", "https://")):
-                raise ValueError(
-                    f"The kubernetes backend needs `{TRACKING_URI_ENV}` set to the server's http(s):// address so "
-                    f"that the job can reach it from its pod but got {self.tracking_uri!r}"
-                )
-
-    @classmethod
-    def from_env(cls) -> LauncherSettings:
-        """Read the settings from the ``MLFLOW_UNLEARN_*`` environment variables."""
-        env = os.environ
-        return cls(
-            backend=env.get(BACKEND_ENV, "local").strip() or "local",
-            backend_config=env.get(BACKEND_CONFIG_ENV, ""),
-            tracking_uri=env.get(TRACKING_URI_ENV, ""),
-            device=env.get(DEVICE_ENV, "auto"),
-            nproc=_positive_int(env.get(NPROC_ENV, "1"), NPROC_ENV),
-            docker_image=env.get(DOCKER_IMAGE_ENV, "mlflow-unlearn:latest"),
-            log_dir=env.get(LOG_DIR_ENV, "") or os.path.join(tempfile.gettempdir(), "mlflow-unlearn-logs"),
-        )
-
-
-def _positive_int(text: str, name: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError(f"Expected `{name}` to be a positive int but got {text!r}") from None
-
-
-def job_uris(settings: LauncherSettings, registry_db_uri: str, tracking_uri: str | None) -> tuple[str, str]:
-    """The tracking and registry URIs of the job: the configured server address, else the databases directly."""
-    job_tracking = settings.tracking_uri or os.environ.get(_SERVER_BACKEND_URI_ENV) or tracking_uri or ""
-    if job_tracking.startswith(("http://", "https://")):
-        return job_tracking, job_tracking
-    return job_tracking or registry_db_uri, registry_db_uri
-
-
-def proxied_server_address() -> str:
-    """The ``http://`` address of the ``mlflow server`` command running in this process, if it proxies artifacts.
-
-    A server that proxies artifacts (``mlflow server`` without ``--default-artifact-root``) gives experiments
-    ``mlflow-artifacts:`` locations, which only a client of the server can use; the job must then talk to the
-    server. Read from the command's click context, so only the ``mlflow server`` process itself finds it.
-    """
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is None or ctx.info_name != "server" or ctx.params.get("default_artifact_root"):
-        return ""
-    if not ctx.params.get("serve_artifacts") or ctx.params.get("artifacts_only"):
-        return ""
-    host = ctx.params.get("host") or "127.0.0.1"
-    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    prefix = (ctx.params.get("static_prefix") or "").rstrip("/")
-    return f"http://{host}:{ctx.params.get('port') or 5000}{prefix}"
-
-
-def spawn(registry_db_uri: str, name: str, version: int | str, request_id: str, *, job_tracking_uri: str,
-          job_registry_uri: str, log_dir: str) -> int:
-    """Start a detached launcher process for one request and return its PID (does not wait)."""
+    log_dir = settings.launcher.log_dir
     os.makedirs(log_dir, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
     env.update(MLFLOW_TRACKING_URI=job_tracking_uri, MLFLOW_REGISTRY_URI=job_registry_uri)
@@ -161,7 +56,8 @@ def spawn(registry_db_uri: str, name: str, version: int | str, request_id: str, 
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", LAUNCHER_MARKER, "--registry-db-uri", registry_db_uri, "--name", name,
-             "--version", str(version), "--request-id", request_id, "--log", log_path],
+             "--version", str(version), "--request-id", request_id, "--log", log_path,
+             "--settings", settings.to_json()],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
     return proc.pid
@@ -185,17 +81,63 @@ def kubernetes_project_dir(project_dir: str, image: str, out_dir: str) -> str:
     return out_dir
 
 
+def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1) -> None:
+    """Prepare ``request`` on ``model_uri`` as its job will (:func:`mlflow_unlearn.tracking.plan.prepare`).
+
+    The job prepares it again in its own process (an MLflow Projects run, maybe on another host): this call only
+    makes sure a request that cannot run is refused before anything is launched, with the API's own message.
+
+    Args:
+        request: the parsed request.
+        model_uri: ``models:/<name>/<version>`` of the version the request is on.
+        client: the MLflow client of the job's tracking and registry URIs.
+        nproc: processes of the job; above 1 a method without DistributedDataParallel support is refused.
+
+    Raises:
+        RequestRefused: with the message of :func:`~mlflow_unlearn.tracking.plan.prepare` (a generic one when
+            the message concerns an ID file, which the engine may quote).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_unlearn.tracking.plan import prepare
+
+    try:
+        prepare(model_uri, forget=request.forget, method=request.method, data=request.data or None,
+                config=request.config or None, reference=request.reference, device="cpu", distributed=nproc > 1,
+                client=client)
+    except (ValueError, OSError, KeyError) as exc:
+        raise RequestRefused(_refusal_message(exc, request)) from None
+    except MlflowException as exc:
+        raise RequestRefused(
+            f"cannot read {model_uri} from the registry ({exc.error_code}); if the server proxies artifacts, set "
+            f"{TRACKING_URI_ENV} to its http:// address"
+        ) from None
+
+
+def _refusal_message(exc: BaseException, request: UnlearnRequest) -> str:
+    """The API's message, unless it concerns an ID file (this request's or an earlier forget step's): the
+    engine may quote IDs, and a refusal is stored in a tag anyone can read."""
+    message = str(exc) or type(exc).__name__
+    id_file = request.forget.removeprefix("ids:") if request.names_ids else None
+    if "IDs" in message or "ids:" in message or (id_file and id_file in message):
+        return ("a forget ID file (this request's, or one of an earlier forget step in the version's lineage) does "
+                "not match the training data (unknown IDs, a wrong format or an empty set); fix the file and submit "
+                "again")
+    return message
+
+
 class _Launch:
     """One launcher process working on one request."""
 
-    def __init__(self, registry_db_uri: str, name: str, version: int, request_id: str, log_path: str) -> None:
+    def __init__(self, registry_db_uri: str, name: str, version: int, request_id: str, log_path: str,
+                 settings: PluginSettings) -> None:
         from mlflow import MlflowClient
         from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
         self.store = SqlAlchemyStore(registry_db_uri)
         self.client = MlflowClient()
         self.name, self.version, self.request_id, self.log_path = name, version, request_id, log_path
-        self.settings = LauncherSettings.from_env()
+        self.policy, self.settings = settings.policy, settings.launcher
         self._last_beat = time.time()
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
@@ -208,12 +150,12 @@ class _Launch:
         from mlflow.entities import RunStatus
 
         if run_id:  # the run first: once the version says failed, everything else already does
-            self.client.set_tag(run_id, ledger.STATUS_TAG, "failed")
-            self.client.set_tag(run_id, ledger.ERROR_TAG, reason[: ledger.MAX_ERROR_CHARS])
+            self.client.set_tag(run_id, vocab.STATUS_TAG, "failed")
+            self.client.set_tag(run_id, vocab.ERROR_TAG, reason[: ledger.MAX_ERROR_CHARS])
             if not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status)):
                 self.client.set_terminated(run_id, "FAILED")
         ledger.advance(self.store, self.name, self.version, self.request_id, expect=expect, to="failed",
-                       tags={ledger.ERROR_TAG: reason, ledger.LEASE_TAG: None, ledger.JOB_TAG: None})
+                       tags={vocab.ERROR_TAG: reason, vocab.LEASE_TAG: None, vocab.JOB_TAG: None})
 
     def fail_request(self, reason: str) -> None:
         """Mark this request failed, whatever its active state, and its request run (if any) too."""
@@ -225,87 +167,13 @@ class _Launch:
             return state.request_run_id
         run_name = f"unlearn {self.name}/{self.version}"
         run = self.client.create_run(requests_experiment_id(self.client), run_name=run_name, tags={
-            "mlflow_unlearn.parent": f"{self.name}/{self.version}", ledger.REQUEST_ID_TAG: self.request_id,
-            "mlflow_unlearn.request": state.request or "", ledger.STATUS_TAG: "queued",
+            vocab.PARENT_TAG: f"{self.name}/{self.version}", vocab.REQUEST_ID_TAG: self.request_id,
+            vocab.REQUEST_TAG: state.request or "", vocab.STATUS_TAG: "queued",
         })
         self.client.update_run(run.info.run_id, status="SCHEDULED")
         ledger.set_fields(self.store, self.name, self.version, self.request_id,
-                          {ledger.REQUEST_RUN_TAG: run.info.run_id})
+                          {vocab.REQUEST_RUN_TAG: run.info.run_id})
         return run.info.run_id
-
-    # -- checks before anything runs --------------------------------------------------------------------------
-    def _check_flavor(self) -> None:
-        from mlflow.artifacts import download_artifacts
-        from mlflow.models import Model
-
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = download_artifacts(f"models:/{self.name}/{self.version}/MLmodel", dst_path=tmp)
-            except Exception as exc:
-                raise RequestRefused(
-                    f"cannot read the MLmodel file of {self.name}/{self.version} ({type(exc).__name__}); if the "
-                    f"server proxies artifacts, set {TRACKING_URI_ENV} to its http:// address"
-                ) from None
-            flavors = sorted(Model.load(path).flavors)
-        if "pytorch" not in flavors:
-            raise RequestRefused(
-                f"{self.name}/{self.version} is not a PyTorch model (flavors: {', '.join(flavors)}); only versions "
-                "logged with mlflow.pytorch.log_model can be unlearned"
-            )
-
-    def _check_engine(self, request: UnlearnRequest) -> None:
-        from mlflow_unlearn.data import forget as forget_mod
-        from mlflow_unlearn.data import sources
-        from mlflow_unlearn.methods import build_config, list_methods
-
-        if request.method not in list_methods():
-            raise RequestRefused(f"unknown method {request.method!r}; expected one of: {', '.join(list_methods())}")
-        if request.config:
-            from mlflow_unlearn.tracking.api import load_config
-            from mlflow_unlearn.tracking.gate import build_gate_config
-
-            try:
-                values, gate = load_config(request.config)
-                build_config(request.method, values or None)
-                build_gate_config(gate)
-            except (TypeError, ValueError) as exc:
-                raise RequestRefused(f"config file {request.config!r} does not fit method {request.method!r}: "
-                                     f"{str(exc).splitlines()[0][:300]}") from None
-        source, seed, test_fraction = request.data, 0, 0.2
-        if not source:
-            lineage = self._parent_lineage()
-            source, seed, test_fraction = lineage.source, lineage.seed, lineage.test_fraction
-        try:
-            split = sources.load_data(source, seed=seed, test_fraction=test_fraction)
-        except (ValueError, OSError, KeyError) as exc:
-            raise RequestRefused(f"data {source!r} cannot be loaded: {str(exc).splitlines()[0][:300]}") from None
-        known = sorted({int(c) for c in split.train.y.unique().tolist()})
-        unknown = [c for c in request.forget_classes if c not in known]
-        if unknown:
-            raise RequestRefused(
-                f"forget classes {unknown} do not occur in the training data of {source!r} (classes {known[0]}.."
-                f"{known[-1]})"
-            )
-        try:
-            forget_mod.resolve_forget(split, request.forget)
-        except (ValueError, OSError, KeyError) as exc:
-            if request.forget_kind == "ids":  # the engine's message may list unknown IDs: never copy it
-                raise RequestRefused("the forget ID file does not match the training data (unknown IDs or a "
-                                     "wrong format); fix the file and submit again") from None
-            raise RequestRefused(f"forget spec {request.forget!r}: {str(exc).splitlines()[0][:300]}") from None
-
-    def _parent_lineage(self):
-        """The data lineage the parent's training run recorded (refuses the request when there is none)."""
-        from mlflow_unlearn.tracking.lineage import LineageError, lineage_from_run
-
-        version = self.client.get_model_version(self.name, str(self.version))
-        try:
-            if not version.run_id:
-                raise LineageError("the version has no source run")
-            return lineage_from_run(self.client.get_run(version.run_id))
-        except LineageError:
-            raise RequestRefused(f"the training data of {self.name}/{self.version} is not recorded; add "
-                                 "data=<source> to the request (e.g. data=digits)") from None
 
     # -- running ----------------------------------------------------------------------------------------------
     def _launch(self, request: UnlearnRequest, run_id: str):
@@ -319,8 +187,8 @@ class _Launch:
             uri = kubernetes_project_dir(uri, self.settings.docker_image,
                                          os.path.join(self.settings.log_dir, "kubernetes-project"))
             backend_config = self.settings.backend_config
-        model_uri = f"models:/{self.name}/{self.version}"
-        self.client.set_tag(run_id, PROJECT_TAG, uri)
+        model_uri = vocab.model_uri(self.name, self.version)
+        self.client.set_tag(run_id, vocab.PROJECT_TAG, uri)
         parameters = request.project_parameters(model_uri, device=self.settings.device)
         entry_point = "unlearn"
         if self.settings.nproc > 1:
@@ -333,7 +201,7 @@ class _Launch:
 
     def _job_error(self, request: UnlearnRequest | None, run_id: str) -> str:
         generic = f"the unlearn job failed; see run {run_id} in the {REQUESTS_EXPERIMENT!r} experiment"
-        if request is None or request.forget_kind == "ids":
+        if request is None or request.names_ids:
             return generic
         try:
             lines = Path(self.log_path).read_text(errors="replace").splitlines()
@@ -351,28 +219,28 @@ class _Launch:
         from mlflow.entities import RunStatus
 
         run = self.client.get_run(job_run_id or run_id)
-        result = run.data.tags.get(ledger.RESULT_TAG)
+        result = run.data.tags.get(vocab.RESULT_VERSION_TAG)
         finished = run.info.status == "FINISHED"
         if (exited_ok is None or exited_ok) and finished and result:
-            self.client.set_tag(run_id, ledger.STATUS_TAG, "succeeded")
+            self.client.set_tag(run_id, vocab.STATUS_TAG, "succeeded")
             if job_run_id and job_run_id != run_id:
-                self.client.set_tag(run_id, ledger.RESULT_TAG, result)
+                self.client.set_tag(run_id, vocab.RESULT_VERSION_TAG, result)
                 self.client.set_terminated(run_id, "FINISHED")
             ledger.advance(self.store, self.name, self.version, self.request_id, expect=("running",),
-                           to="succeeded", tags={ledger.RESULT_TAG: result, ledger.LEASE_TAG: None,
-                                                 ledger.JOB_TAG: None})
+                           to="succeeded", tags={vocab.RESULT_VERSION_TAG: result, vocab.LEASE_TAG: None,
+                                                 vocab.JOB_TAG: None})
             return
         if finished:
-            verdict = run.data.tags.get("mlflow_unlearn.verdict", "unknown")
+            verdict = run.data.tags.get(vocab.VERDICT_TAG, "unknown")
             reason = (f"the job finished but registered no version (verdict={verdict}): the acceptance gate "
                       f"refused the result; see run {run_id}")
         elif RunStatus.is_terminated(RunStatus.from_string(run.info.status)) or exited_ok is False:
             reason = self._job_error(request, run_id)
         else:
             reason = (f"the unlearn job stopped without recording a result (its process ended, e.g. the host "
-                      f"restarted); set the {ledger.REQUEST_TAG!r} tag again to retry (run {run_id})")
+                      f"restarted); set the {vocab.REQUEST_TAG!r} tag again to retry (run {run_id})")
         self._fail(run_id, reason, expect=("running",))
-        if request is not None and request.forget_kind == "ids":
+        if request is not None and request.names_ids:
             Path(self.log_path).unlink(missing_ok=True)
 
     def _watch_orphan(self, request: UnlearnRequest | None, state: ledger.RequestState) -> None:
@@ -384,7 +252,7 @@ class _Launch:
             self._fail(None, "the launcher stopped before the job started; set the request tag again to retry",
                        expect=("running",))
             return
-        job_run_id = self.client.get_run(run_id).data.tags.get(JOB_RUN_TAG, run_id)
+        job_run_id = self.client.get_run(run_id).data.tags.get(vocab.JOB_RUN_TAG, run_id)
         while not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(job_run_id).info.status)):
             if not _job_alive(state.job, job_run_id):
                 break
@@ -398,16 +266,16 @@ class _Launch:
         state = ledger.read_state(self.store, self.name, self.version)
         if state.status == "running":
             try:
-                request = parse_request(state.request or "", SecurityPolicy.from_env())
+                request = parse_request(state.request or "", self.policy)
             except RequestRefused:
                 request = None
             self._watch_orphan(request, state)
             return 0
         run_id = self._request_run(state)
         try:
-            request = parse_request(state.request or "", SecurityPolicy.from_env())
-            self._check_flavor()
-            self._check_engine(request)
+            request = parse_request(state.request or "", self.policy)
+            preflight(request, vocab.model_uri(self.name, self.version), client=self.client,
+                      nproc=self.settings.nproc)
         except RequestRefused as exc:
             self._fail(run_id, str(exc), expect=("queued",))
             return 0
@@ -417,7 +285,7 @@ class _Launch:
         if not ledger.advance(self.store, self.name, self.version, self.request_id, expect=("queued",),
                               to="running"):
             return 0
-        self.client.set_tag(run_id, ledger.STATUS_TAG, "running")
+        self.client.set_tag(run_id, vocab.STATUS_TAG, "running")
         try:
             submitted = self._launch(request, run_id)
         except Exception as exc:
@@ -426,10 +294,10 @@ class _Launch:
             return 1
         job_run_id = submitted.run_id
         if job_run_id != run_id:  # the Kubernetes backend always creates its own run
-            self.client.set_tag(run_id, JOB_RUN_TAG, job_run_id)
+            self.client.set_tag(run_id, vocab.JOB_RUN_TAG, job_run_id)
         job = getattr(submitted, "command_proc", None)
         job_tag = f"{os.uname().nodename}|{job.pid}" if job is not None else f"{self.settings.backend}|{job_run_id}"
-        ledger.set_fields(self.store, self.name, self.version, self.request_id, {ledger.JOB_TAG: job_tag})
+        ledger.set_fields(self.store, self.name, self.version, self.request_id, {vocab.JOB_TAG: job_tag})
         while submitted.get_status() in ("RUNNING", "SCHEDULED"):
             self._beat()
             time.sleep(POLL_S)
@@ -466,14 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", required=True, type=int)
     parser.add_argument("--request-id", required=True)
     parser.add_argument("--log", required=True)
+    parser.add_argument("--settings", required=True, type=PluginSettings.from_json, help="PluginSettings.to_json()")
     args = parser.parse_args(argv)
-    launch = _Launch(args.registry_db_uri, args.name, args.version, args.request_id, args.log)
+    launch = _Launch(args.registry_db_uri, args.name, args.version, args.request_id, args.log, args.settings)
     try:
         return launch.run()
     except Exception as exc:  # never leave the request queued or running behind a dead launcher
         state = ledger.read_state(launch.store, args.name, args.version)
         try:
-            ids = parse_request(state.request or "", SecurityPolicy.from_env()).forget_kind == "ids"
+            ids = parse_request(state.request or "", args.settings.policy).names_ids
         except RequestRefused:
             ids = False
         detail = "" if ids else f": {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"

@@ -25,21 +25,24 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_CONFLICT
-from mlflow_unlearn_plugins.request import REQUEST_TAG
+
+from mlflow_unlearn.tracking.vocabulary import (
+    ERROR_TAG,
+    JOB_TAG,
+    LEASE_TAG,
+    REQUEST_ID_TAG,
+    REQUEST_RUN_TAG,
+    REQUEST_TAG,
+    RESULT_VERSION_TAG,
+    STATUS_TAG,
+    TAG_PREFIX,
+)
 
 if TYPE_CHECKING:
     from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
-STATUS_TAG = "mlflow_unlearn.status"
-ERROR_TAG = "mlflow_unlearn.error"
-RESULT_TAG = "mlflow_unlearn.result_version"
-REQUEST_ID_TAG = "mlflow_unlearn.request_id"
-REQUEST_RUN_TAG = "mlflow_unlearn.request_run_id"
-LEASE_TAG = "mlflow_unlearn.lease"
-JOB_TAG = "mlflow_unlearn.job"
-
 #: Tags only the plugin writes; a client that tries to set or delete them gets an error.
-RESERVED_TAGS = (STATUS_TAG, ERROR_TAG, RESULT_TAG, REQUEST_ID_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG)
+RESERVED_TAGS = (STATUS_TAG, ERROR_TAG, RESULT_VERSION_TAG, REQUEST_ID_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG)
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed")
 #: A lease whose heartbeat is older than this is considered abandoned (its launcher died).
@@ -105,7 +108,7 @@ def _where(tag, workspace: str, name: str, version: int, key: str) -> list[Any]:
 def _read(session, workspace: str, name: str, version: int) -> dict[str, str]:
     tag = _tag_model()
     rows = session.query(tag.key, tag.value).filter(
-        tag.workspace == workspace, tag.name == name, tag.version == version, tag.key.like("mlflow_unlearn.%")
+        tag.workspace == workspace, tag.name == name, tag.version == version, tag.key.like(TAG_PREFIX + "%")
     )
     return {key: value for key, value in rows}
 
@@ -138,9 +141,8 @@ def _cas(session, workspace: str, name: str, version: int, key: str, new: str, *
 
 
 def _state(name: str, version: int, tags: dict[str, str]) -> RequestState:
-    return RequestState(name, int(version), tags.get(STATUS_TAG), tags.get(REQUEST_TAG), tags.get(REQUEST_ID_TAG),
-                        tags.get(REQUEST_RUN_TAG), tags.get(ERROR_TAG), tags.get(RESULT_TAG), tags.get(LEASE_TAG),
-                        tags.get(JOB_TAG))
+    keys = (STATUS_TAG, REQUEST_TAG, REQUEST_ID_TAG, REQUEST_RUN_TAG, ERROR_TAG, RESULT_VERSION_TAG, LEASE_TAG, JOB_TAG)
+    return RequestState(name, int(version), *(tags.get(key) for key in keys))
 
 
 def _transaction(store: SqlAlchemyStore, name: str, version: int, body: Callable[[Any, str], T], *,
@@ -204,7 +206,7 @@ def open_request(store: SqlAlchemyStore, name: str, version: int | str, value: s
                 f"{current.get(STATUS_TAG)} (request {current.get(REQUEST_ID_TAG)}); wait until its "
                 f"{STATUS_TAG} tag is succeeded or failed, then submit the new request"
             )
-        tags = dict.fromkeys((ERROR_TAG, RESULT_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG))
+        tags = dict.fromkeys((ERROR_TAG, RESULT_VERSION_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG))
         tags[REQUEST_ID_TAG] = request_id
         if value is not None:
             tags[REQUEST_TAG] = value or None  # "" removes an oversized value instead of storing it

@@ -17,22 +17,34 @@ Two triggers submit a request on a version:
 
 A request is parsed and checked at once (see :mod:`mlflow_unlearn_plugins.request`), recorded in the database
 (:mod:`mlflow_unlearn_plugins.ledger`) and handed to a detached launcher process
-(:mod:`mlflow_unlearn_plugins.launcher`); nothing runs in the request thread. On start-up the store resumes every
-request that is queued or running without a live launcher.
+(:mod:`mlflow_unlearn_plugins.launcher`); nothing runs in the request thread.
+
+The constructor only constructs: it parses the URI, opens the database and reads the settings
+(:func:`mlflow_unlearn_plugins.settings.read_settings`). ``mlflow server`` constructs the store once in its own
+process (to check the URI) and once in each worker, at the worker's first request; a worker's store resumes every
+request that is queued or running without a live launcher (:meth:`UnlearnRegistryStore.recover`) at its first
+registry call (:meth:`UnlearnRegistryStore.recover_once`), so a restarted server resumes as soon as anyone, the UI
+included, reads the registry.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import logging
 import os
+import threading
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 from mlflow_unlearn_plugins import launcher, ledger
-from mlflow_unlearn_plugins.request import REQUEST_TAG, RequestRefused, SecurityPolicy, parse_request
+from mlflow_unlearn_plugins.request import RequestRefused, parse_request
+from mlflow_unlearn_plugins.settings import PluginSettings, read_settings
+
+from mlflow_unlearn.tracking.vocabulary import ERROR_TAG, REQUEST_TAG
 
 SCHEME_PREFIX = "unlearn+"
 UNLEARN_STAGE = "Unlearn"
@@ -71,33 +83,66 @@ def absolute_sqlite_uri(uri: str) -> str:
     return uri
 
 
+def request_address() -> str:
+    """``http://host:port`` of the socket on which the server received the current request ('' outside one).
+
+    Under uvicorn (``mlflow server``'s default) the WSGI ``SERVER_NAME``/``SERVER_PORT`` are the local address of
+    the connection, never the client's ``Host`` header (see :func:`mlflow_unlearn_plugins.settings.read_settings`).
+    """
+    try:
+        from flask import has_request_context, request
+    except ImportError:  # a client-side store without the server extras
+        return ""
+    if not has_request_context():
+        return ""
+    host, port = request.environ.get("SERVER_NAME", ""), str(request.environ.get("SERVER_PORT") or "")
+    if not host or not port.isdigit():
+        return ""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _first_call_recovers(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` of :class:`SqlAlchemyStore`, preceded by :meth:`UnlearnRegistryStore.recover_once`."""
+
+    @functools.wraps(method)
+    def wrapper(self: UnlearnRegistryStore, *args: Any, **kwargs: Any) -> Any:
+        self.recover_once()
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class UnlearnRegistryStore(SqlAlchemyStore):
     """SQL model registry that turns an ``Unlearn`` transition or a request tag into an unlearning job.
 
     Args:
         store_uri: ``unlearn+<SQLAlchemy URI>`` of the registry database.
         tracking_uri: the tracking URI MLflow resolved for this registry; the job logs there unless the server
-            configures another one (``MLFLOW_UNLEARN_TRACKING_URI``).
+            says otherwise (see :meth:`~mlflow_unlearn_plugins.settings.PluginSettings.job_uris`).
+        settings: the plugin's settings (default: read from the environment, once, here).
 
     Raises:
         MlflowException: for a malformed URI.
         ValueError: for invalid ``MLFLOW_UNLEARN_*`` settings (checked at start-up, not at the first request).
     """
 
-    def __init__(self, store_uri: str, tracking_uri: str | None = None) -> None:
+    def __init__(self, store_uri: str, tracking_uri: str | None = None, settings: PluginSettings | None = None
+                 ) -> None:
         db_uri = parse_store_uri(store_uri)
+        self._recovery_lock = threading.Lock()
+        self._recovery_started = False
+        self.settings = read_settings() if settings is None else settings
         super().__init__(db_uri)
         self.store_uri = store_uri
-        self.policy = SecurityPolicy.from_env()
-        self.settings = launcher.LauncherSettings.from_env()
-        if not self.settings.tracking_uri and (address := launcher.proxied_server_address()):
-            # `mlflow server` starts its workers after this: they inherit the address through the environment.
-            os.environ[launcher.TRACKING_URI_ENV] = address
-            self.settings = dataclasses.replace(self.settings, tracking_uri=address)
-        job_tracking, job_registry = launcher.job_uris(self.settings, db_uri, tracking_uri)
-        self.job_tracking_uri = absolute_sqlite_uri(job_tracking)
-        self.job_registry_uri = absolute_sqlite_uri(job_registry)
-        self.recover()
+        self.tracking_uri = tracking_uri
+
+    # The registry calls through which a server (and its UI) first reads a restarted registry.
+    get_model_version = _first_call_recovers(SqlAlchemyStore.get_model_version)
+    search_model_versions = _first_call_recovers(SqlAlchemyStore.search_model_versions)
+    get_registered_model = _first_call_recovers(SqlAlchemyStore.get_registered_model)
+    search_registered_models = _first_call_recovers(SqlAlchemyStore.search_registered_models)
+    get_latest_versions = _first_call_recovers(SqlAlchemyStore.get_latest_versions)
+    create_model_version = _first_call_recovers(SqlAlchemyStore.create_model_version)
 
     # -- triggers ---------------------------------------------------------------------------------------------
     def transition_model_version_stage(self, name, version, stage, archive_existing_versions=False):
@@ -107,6 +152,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
             MlflowException: if the version has no request tag, the request is refused (it is also recorded as
                 ``failed``), or another request is queued or running on the version.
         """
+        self.recover_once()
         if isinstance(stage, str) and stage.strip().lower() == UNLEARN_STAGE.lower():
             state = ledger.read_state(self, name, version)
             if not state.request:
@@ -123,6 +169,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
 
     def set_model_version_tag(self, name, version, tag):
         """Setting ``mlflow_unlearn.request`` submits a request; the plugin's status tags are read-only."""
+        self.recover_once()
         if tag.key == REQUEST_TAG:
             self.submit(name, version, tag.value)
             return
@@ -170,7 +217,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         version = int(version)
         refusal, stored = None, value
         try:
-            parse_request(value, self.policy)
+            parse_request(value, self.settings.policy)
         except RequestRefused as exc:
             refusal, stored = str(exc), (value if exc.keep_value else "")
         request_id = uuid.uuid4().hex
@@ -183,8 +230,26 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         self._spawn(name, version, request_id)
         return None
 
+    def recover_once(self) -> None:
+        """Run :meth:`recover` the first time this store serves a registry call (thread-safe; later calls return).
+
+        In ``mlflow server`` that is a worker's first request, so the job address is known (:func:`request_address`).
+        A recovery that fails (e.g. the database is briefly locked) is logged and tried again at the next call; the
+        call itself goes on.
+        """
+        with self._recovery_lock:
+            if self._recovery_started:
+                return
+            self._recovery_started = True
+        try:
+            self.recover()
+        except MlflowException:
+            _logger.exception("Resuming interrupted unlearning requests failed; trying again at the next call")
+            with self._recovery_lock:
+                self._recovery_started = False
+
     def recover(self) -> None:
-        """Resume every queued or running request whose launcher is gone (called when the store starts)."""
+        """Resume every queued or running request whose launcher is gone (a server restart, a killed launcher)."""
         for state in ledger.active_requests(self):
             if state.request_id and not ledger.lease_alive(state.lease, launcher.LAUNCHER_MARKER):
                 _logger.info("Resuming unlearning request %s on %s/%s (%s)", state.request_id, state.name,
@@ -193,10 +258,12 @@ class UnlearnRegistryStore(SqlAlchemyStore):
 
     def _spawn(self, name: str, version: int, request_id: str) -> None:
         try:
-            pid = launcher.spawn(self.db_uri, name, version, request_id, job_tracking_uri=self.job_tracking_uri,
-                                 job_registry_uri=self.job_registry_uri, log_dir=self.settings.log_dir)
-        except OSError as exc:
+            tracking, registry = self.settings.job_uris(self.db_uri, self.tracking_uri, request_address())
+            pid = launcher.spawn(self.db_uri, name, version, request_id, settings=self.settings,
+                                 job_tracking_uri=absolute_sqlite_uri(tracking),
+                                 job_registry_uri=absolute_sqlite_uri(registry))
+        except (OSError, ValueError) as exc:
             ledger.advance(self, name, version, request_id, expect=ledger.ACTIVE, to="failed",
-                           tags={ledger.ERROR_TAG: f"the launcher process could not start: {exc}"})
+                           tags={ERROR_TAG: f"the launcher process could not start: {exc}"})
             return
         _logger.info("Unlearning request %s on %s/%s: launcher PID %s", request_id, name, version, pid)

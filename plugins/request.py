@@ -10,6 +10,9 @@ It is a ``;``-separated list of ``key=value`` pairs. ``forget`` is required; ``m
 MLflow UI can write a request, so the value is treated as untrusted input:
 
 * the value is at most :data:`MAX_REQUEST_CHARS` printable ASCII characters, each key at most once;
+* ``forget`` follows the one forget grammar of the project (:func:`mlflow_unlearn.data.forget.parse_forget_spec`,
+  the same as on the command line and in the API); an ``ids:`` file must be an absolute path, and a spec that
+  fails the grammar other than as ``classes:`` or ``random:`` is not stored (it may be pasted IDs);
 * a method is a bare registered name, never a module path;
 * data is a built-in source name (``digits``) or ``<format>:<absolute path>[?options]`` under one of the allowed
   roots configured on the server (:data:`ALLOWED_ROOTS_ENV`); URLs and downloads are refused unless
@@ -18,7 +21,8 @@ MLflow UI can write a request, so the value is treated as untrusted input:
   refused before any path is resolved, and symbolic links may not lead outside the roots.
 
 Everything here is pure string and path work, cheap enough to run in a request thread. The checks that need
-the engine (is the method registered, do the forgotten classes exist) run later, in the launcher.
+the engine (is the method registered, do the forgotten classes exist) run later, in the launcher, through
+:func:`mlflow_unlearn.tracking.plan.prepare`.
 Error messages never repeat forget IDs: an ``ids:`` request names a file, and only the file is mentioned.
 """
 
@@ -26,19 +30,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-REQUEST_TAG = "mlflow_unlearn.request"
+from mlflow_unlearn.tracking import vocabulary as vocab
+
 ALLOWED_ROOTS_ENV = "MLFLOW_UNLEARN_ALLOWED_ROOTS"
 ALLOW_URLS_ENV = "MLFLOW_UNLEARN_ALLOW_URLS"
 MAX_REQUEST_CHARS = 1000
-DEFAULT_METHOD = "nitc"
 
 REQUEST_KEYS = ("forget", "method", "data", "config", "reference")
-FORGET_KINDS = ("classes", "ids", "random")
-REFERENCES = ("none", "retrain")
 URL_SCHEMES = ("http", "https", "s3", "gs", "gcs", "hdfs", "ftp", "file", "dbfs", "wasbs", "abfss")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -62,7 +63,8 @@ class RequestRefused(ValueError):
 
 @dataclass(frozen=True)
 class SecurityPolicy:
-    """What a request may reference on this server.
+    """What a request may reference on this server (read from the environment by
+    :func:`mlflow_unlearn_plugins.settings.read_settings`).
 
     Args:
         allowed_roots: absolute directories under which data files, forget-ID files and config files may lie.
@@ -83,16 +85,6 @@ class SecurityPolicy:
                     f"Expected every entry of `{ALLOWED_ROOTS_ENV}` to be an absolute directory but got {str(root)!r}"
                 )
         object.__setattr__(self, "allowed_roots", tuple(Path(os.path.realpath(r)) for r in self.allowed_roots))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SecurityPolicy:
-        """Read :data:`ALLOWED_ROOTS_ENV` (``os.pathsep``-separated) and :data:`ALLOW_URLS_ENV` (``true``/``false``)."""
-        environ = os.environ if environ is None else environ
-        roots = tuple(Path(p) for p in environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if p.strip())
-        flag = environ.get(ALLOW_URLS_ENV, "false").strip().lower()
-        if flag not in ("true", "false", "1", "0", ""):
-            raise ValueError(f"Expected `{ALLOW_URLS_ENV}` to be 'true' or 'false' but got {flag!r}")
-        return cls(allowed_roots=roots, allow_urls=flag in ("true", "1"))
 
     def check_path(self, raw: str, *, what: str, kind: str = "file") -> str:
         """Return the resolved absolute path of ``raw`` if it exists under an allowed root.
@@ -131,7 +123,7 @@ class UnlearnRequest:
     """A parsed request. Paths in ``forget`` (``ids:``), ``data`` and ``config`` are resolved absolute paths.
 
     Args:
-        forget: forget spec (``classes:3,7``, ``ids:<file>``, ``random:0.1[:seed]``).
+        forget: forget spec, canonical (``classes:3,7``, ``ids:<file>``, ``random:<fraction|count>[:seed]``).
         method: registered unlearning method name.
         data: data source; ``""`` means the data of the parent version's training run.
         config: YAML file with method hyperparameters; ``""`` means the method's defaults.
@@ -139,22 +131,15 @@ class UnlearnRequest:
     """
 
     forget: str
-    method: str = DEFAULT_METHOD
+    method: str = vocab.DEFAULT_METHOD
     data: str = ""
     config: str = ""
-    reference: str = "none"
+    reference: str = vocab.NO_REFERENCE
 
     @property
-    def forget_kind(self) -> str:
-        """``classes``, ``ids`` or ``random``."""
-        return self.forget.partition(":")[0]
-
-    @property
-    def forget_classes(self) -> tuple[int, ...]:
-        """The forgotten classes of a ``classes:`` request, else ``()``."""
-        if self.forget_kind != "classes":
-            return ()
-        return tuple(sorted({int(c) for c in self.forget.partition(":")[2].split(",")}))
+    def names_ids(self) -> bool:
+        """Whether the forget spec is an ``ids:`` file, whose contents no message may repeat."""
+        return self.forget.startswith("ids:")
 
     def project_parameters(self, model_uri: str, *, device: str) -> dict[str, str]:
         """The parameters of the project's ``unlearn`` entry point for this request."""
@@ -170,7 +155,7 @@ def split_request(value: str) -> dict[str, str]:
             keys, empty values, or a missing ``forget``.
     """
     if not isinstance(value, str) or not value.strip():
-        raise RequestRefused(f"the request is empty; write e.g. 'forget=classes:3; method={DEFAULT_METHOD}'")
+        raise RequestRefused(f"the request is empty; write e.g. 'forget=classes:3; method={vocab.DEFAULT_METHOD}'")
     if len(value) > MAX_REQUEST_CHARS:
         raise RequestRefused(
             f"the request is {len(value)} characters long; the limit is {MAX_REQUEST_CHARS}. "
@@ -180,14 +165,16 @@ def split_request(value: str) -> dict[str, str]:
     if not _PRINTABLE.match(value):
         raise RequestRefused("the request contains non-printable or non-ASCII characters")
     pairs: dict[str, str] = {}
-    for part in value.strip().removesuffix(";").split(";"):
+    for position, part in enumerate(value.strip().removesuffix(";").split(";"), start=1):
         part = part.strip()
         if not part:
             raise RequestRefused("the request has an empty part between ';' separators")
         key, sep, val = part.partition("=")
         key, val = key.strip(), val.strip()
         if not sep:
-            raise RequestRefused(f"malformed request part {key[:40]!r}: expected key=value separated by ';'")
+            # never repeated nor stored: a part without '=' may be IDs pasted into the request
+            raise RequestRefused(f"malformed request part (part {position}): expected key=value separated by ';' "
+                                 "(the request is not stored)", keep_value=False)
         if key not in REQUEST_KEYS:
             raise RequestRefused(f"unknown request key {key[:40]!r}; expected one of: {', '.join(REQUEST_KEYS)}")
         if key in pairs:
@@ -200,30 +187,18 @@ def split_request(value: str) -> dict[str, str]:
     return pairs
 
 
-def _check_forget(spec: str, policy: SecurityPolicy) -> str:
-    kind, sep, arg = spec.partition(":")
-    if not sep or kind not in FORGET_KINDS:
-        raise RequestRefused(
-            f"unknown forget spec kind {kind[:40]!r}; expected one of: classes:<c1,c2>, ids:<file>, random:<fraction>"
-        )
-    if kind == "classes":
-        items = [c.strip() for c in arg.split(",")]
-        if not items or not all(c.isdigit() and len(c) <= 6 for c in items):
-            raise RequestRefused("forget=classes: expects non-negative integer class labels, e.g. classes:3,7")
-        return "classes:" + ",".join(str(c) for c in sorted({int(c) for c in items}))
-    if kind == "random":
-        fraction, _, seed = arg.partition(":")
-        try:
-            value = float(fraction)
-        except ValueError:
-            raise RequestRefused(f"forget=random: expects a fraction in (0, 1) but got {fraction[:20]!r}") from None
-        if not 0 < value < 1 or (seed and not seed.isdigit()):
-            raise RequestRefused("forget=random: expects random:<fraction in (0, 1)>[:<integer seed>]")
-        return spec
-    if not arg.startswith("/"):  # never echo it: it may be inline IDs written by mistake
-        raise RequestRefused("forget=ids: expects the absolute path of a file of IDs under an allowed root; IDs "
-                             "written into the request itself are not accepted (nor stored)", keep_value=False)
-    return "ids:" + policy.check_path(arg, what="forget ID file")
+def _check_forget(text: str, policy: SecurityPolicy) -> str:
+    """The forget spec in its canonical spelling, with the ``ids:`` file resolved under an allowed root."""
+    try:
+        spec = vocab.parse_forget_spec(text)
+    except ValueError as exc:
+        keep = text.partition(":")[0] in ("classes", "random")  # anything else may be IDs pasted into the request
+        raise RequestRefused(str(exc) + ("" if keep else " (the request is not stored)"), keep_value=keep) from None
+    if spec.form != "ids":
+        return spec.canonical
+    if not os.path.isabs(spec.path):
+        raise RequestRefused("forget=ids: expects the absolute path of a file of IDs under an allowed root")
+    return "ids:" + policy.check_path(spec.path, what="forget ID file")
 
 
 def _check_data(source: str, policy: SecurityPolicy) -> str:
@@ -257,12 +232,12 @@ def _check_data(source: str, policy: SecurityPolicy) -> str:
     return rebuilt + ("?" + "&".join(f"{k}={v}" for k, v in options.items()) if options else "")
 
 
-def parse_request(value: str, policy: SecurityPolicy | None = None) -> UnlearnRequest:
+def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:
     """Parse and validate a request tag value.
 
     Args:
         value: the tag value, e.g. ``"forget=classes:3; method=nitc"``.
-        policy: what files and URLs may be referenced (default: :meth:`SecurityPolicy.from_env`).
+        policy: what files and URLs may be referenced (the server's settings).
 
     Returns:
         The :class:`UnlearnRequest` with paths resolved.
@@ -274,17 +249,17 @@ def parse_request(value: str, policy: SecurityPolicy | None = None) -> UnlearnRe
         >>> parse_request("forget=classes:7,3; method=finetune", SecurityPolicy())
         UnlearnRequest(forget='classes:3,7', method='finetune', data='', config='', reference='none')
     """
-    policy = SecurityPolicy.from_env() if policy is None else policy
     pairs = split_request(value)
-    method = pairs.get("method", DEFAULT_METHOD)
+    method = pairs.get("method", vocab.DEFAULT_METHOD)
     if not _NAME.match(method):
         raise RequestRefused(
             f"method {method[:40]!r} is not a registered method name (lower-case letters, digits, '_'); "
             "module paths are not allowed"
         )
-    reference = pairs.get("reference", "none")
-    if reference not in REFERENCES:
-        raise RequestRefused(f"unknown reference {reference[:40]!r}; expected one of: {', '.join(REFERENCES)}")
+    try:
+        reference = vocab.check_reference(pairs.get("reference", vocab.NO_REFERENCE))
+    except ValueError as exc:
+        raise RequestRefused(str(exc)) from None
     config = pairs.get("config", "")
     if config:
         config = policy.check_path(config, what="config file")

@@ -124,7 +124,8 @@ def test_describe_is_lineage_without_ids(tmp_path):
     split = load_data(source, seed=2, test_fraction=0.3)
     info = describe(split)
     assert info == {
-        "source": source, "seed": 2, "test_fraction": 0.3, "n_train": len(split.train), "n_test": len(split.test),
+        "source": source, "seed": 2, "test_fraction": 0.3, "split": "seeded", "n_train": len(split.train),
+        "n_test": len(split.test),
         "num_classes": 3, "input_shape": "1x4x4",
         "train_ids_digest": ids_digest(split.train.ids), "test_ids_digest": ids_digest(split.test.ids),
     }

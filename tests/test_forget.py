@@ -8,7 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlflow_unlearn.data import DataSplit, describe, forget_digest, list_forget_specs, load_data, resolve_forget
+from mlflow_unlearn.data import (
+    DataSplit,
+    ForgetSpec,
+    describe,
+    forget_digest,
+    list_forget_specs,
+    load_data,
+    parse_forget_spec,
+    resolve_forget,
+)
+from mlflow_unlearn.data.forget import CLASS_FORGETTING, FORGETTING_KINDS, SAMPLE_FORGETTING, SPEC_FORMS
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +221,57 @@ def test_bad_forget_specs_raise_clear_errors(digits, tmp_path):
 def test_bad_salt(digits):
     with pytest.raises(ValueError, match=r"`salt` to be a string but got bytes"):
         resolve_forget(digits, "classes:1", salt=b"x")
+
+
+# ---------------------------------------------------------------------------------------------- the grammar alone
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("classes:7, 3,7", ForgetSpec("classes:7, 3,7", "classes", classes=(3, 7))),
+    ("ids:/srv/forget.csv", ForgetSpec("ids:/srv/forget.csv", "ids", path="/srv/forget.csv")),
+    ("ids:requests/r.parquet", ForgetSpec("ids:requests/r.parquet", "ids", path="requests/r.parquet")),
+    ("random:0.1", ForgetSpec("random:0.1", "random", fraction=0.1)),
+    ("random:0.25:7", ForgetSpec("random:0.25:7", "random", fraction=0.25, seed=7)),
+    ("random:100", ForgetSpec("random:100", "random", count=100)),
+    ("random:100:3", ForgetSpec("random:100:3", "random", count=100, seed=3)),
+])
+def test_parse_forget_spec_reads_every_form_without_data(text, expected):
+    spec = parse_forget_spec(text)
+    assert spec == expected
+    assert spec.forgetting_kind == (CLASS_FORGETTING if spec.form == "classes" else SAMPLE_FORGETTING)
+    assert spec.form in SPEC_FORMS and spec.forgetting_kind in FORGETTING_KINDS
+    assert SPEC_FORMS == ("classes", "ids", "random")
+
+
+def test_parse_forget_spec_canonical_and_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert parse_forget_spec("classes:7,3,3").canonical == "classes:3,7"
+    assert parse_forget_spec("random:0.1:2").canonical == "random:0.1:2"
+    relative = parse_forget_spec("ids:r.txt")
+    assert relative.absolute() == ForgetSpec(f"ids:{tmp_path / 'r.txt'}", "ids", path=str(tmp_path / "r.txt"))
+    assert relative.absolute().absolute() == relative.absolute()
+    assert parse_forget_spec("classes:3").absolute() == parse_forget_spec("classes:3")
+
+
+def test_parse_and_resolve_give_the_same_message(digits):
+    for text in ("3,7", "forget:3", "classes:a", "random:1.5", "random:0.1:x", "ids:x.json"):
+        with pytest.raises(ValueError) as parsed:
+            parse_forget_spec(text)
+        with pytest.raises(ValueError) as resolved:
+            resolve_forget(digits, text)
+        assert str(parsed.value) == str(resolved.value)
+
+
+def test_grammar_errors_never_repeat_inline_ids_or_long_text(digits):
+    secrets = [f"patient-{i:04d}" for i in range(30)]
+    inline = ",".join(secrets)
+    for text in (f"ids:{inline}", f"ids:{secrets[0]}", inline, f"{inline}:x", f"classes:{inline}",
+                 f"random:{inline}"):
+        with pytest.raises(ValueError, match="accepted forms|file name|Malformed class list|fraction in") as info:
+            parse_forget_spec(text)
+        message = str(info.value)
+        assert len(message) < 400 and "\n" not in message
+        assert not any(secret in message for secret in secrets[1:]), message
+    with pytest.raises(ValueError, match="not a file name; write the IDs into such a file") as info:
+        resolve_forget(digits, "ids:1,2,3")
+    assert "1,2,3" not in str(info.value)

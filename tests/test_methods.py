@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from mlflow_unlearn._runtime import UnlearningDivergedError
 from mlflow_unlearn.data import ForgetSplit, SampleSet, forget_digest, load_data, resolve_forget
 from mlflow_unlearn.methods import UnlearnContext, build_config, get_method, list_methods, run_method
 from mlflow_unlearn.methods.random_label import random_relabel
 from mlflow_unlearn.methods.retrain import RetrainConfig, reinitialize
 from mlflow_unlearn.models import create_model
+from mlflow_unlearn.runtime import UnlearningDivergedError
 from mlflow_unlearn.training import TrainConfig, train
 
 METHODS = list_methods()

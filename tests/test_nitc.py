@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.data import load_data, resolve_forget
 from mlflow_unlearn.methods import build_config, run_method
 from mlflow_unlearn.methods.bad_teacher import distill, kl_to_teacher, randomly_initialised_copy, with_temperatures

@@ -10,7 +10,7 @@ import pytest
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
-from mlflow_unlearn_plugins import launcher, ledger
+from mlflow_unlearn_plugins import launcher, ledger, registry_store, settings
 from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore, absolute_sqlite_uri, parse_store_uri
 from mlflow_unlearn_plugins.request import (
     MAX_REQUEST_CHARS,
@@ -39,8 +39,8 @@ def test_good_requests_are_normalised(roots):
                         f"config={allowed}/fast.yaml; reference=retrain;", policy)
     assert req == UnlearnRequest(forget="classes:3,7", method="scrub", data=f"npz:{allowed}/train.npz",
                                  config=f"{allowed}/fast.yaml", reference="retrain")
-    assert req.forget_classes == (3, 7)
     assert parse_request("forget=random:0.1:7", policy).method == "nitc"
+    assert parse_request("forget=random:100", policy).forget == "random:100"  # a count, as on the command line
     assert parse_request(f"forget=ids:{allowed}/forget.txt", policy).forget == f"ids:{allowed}/forget.txt"
     assert parse_request("forget=classes:1; data=digits", policy).project_parameters("models:/m/1", device="cpu") == {
         "model_uri": "models:/m/1", "forget": "classes:1", "method": "nitc", "data": "digits", "config": "",
@@ -55,19 +55,21 @@ BAD = [
     ("forget=classes:3; epochs=3", "unknown request key"),
     ("forget=classes:3;; method=nitc", "empty part"),
     ("forget=classes:3; method=", "empty value"),
-    ("forget=classes:x", "integer class labels"),
-    ("forget=classes:-1", "integer class labels"),
-    ("forget=everything", "unknown forget spec"),
+    ("forget=classes:x", "expected comma-separated ints"),
+    ("forget=classes:", "expected comma-separated ints"),
+    ("forget=everything", "Expected a forget spec like 'classes:3,7'"),
+    ("forget=everything:1", "Unknown forget spec kind 'everything'"),
     ("forget=random:1.5", "fraction"),
     ("forget=classes:3; method=os.system", "module paths"),
     ("forget=classes:3; method=Nitc", "registered method name"),
-    ("forget=classes:3; reference=oracle", "unknown reference"),
+    ("forget=classes:3; reference=oracle", "Unknown reference 'oracle'; expected one of: none, retrain"),
     ("forget=classes:3; data=https://example.com/x.npz", "is a URL"),
     ("forget=classes:3; data=s3://bucket/x.npz", "is a URL"),
     ("forget=classes:3; data=my.module:factory", "module paths"),
     ("forget=classes:3; data=torchvision:MNIST?root={allowed}&download=1", "download"),
     ("forget=classes:3; data=digits?opt=$(id)", "neither a built-in"),
-    ("forget=ids:/etc/hostname", "outside the allowed roots"),
+    ("forget=ids:/etc/forget.txt", "outside the allowed roots"),
+    ("forget=ids:/etc/hostname", "not a file name"),
     ("forget=ids:{allowed}/../secret.txt", "traversal"),
     ("forget=ids:~/forget.txt", "absolute path of a file"),
     ("forget=ids:forget.txt", "absolute path of a file"),
@@ -96,19 +98,22 @@ def test_no_paths_without_allowed_roots_and_urls_only_when_allowed(roots):
     url = "forget=classes:3; data=https://example.com/x.npz"
     assert parse_request(url, SecurityPolicy(allow_urls=True)).data == "https://example.com/x.npz"
     env = {"MLFLOW_UNLEARN_ALLOWED_ROOTS": f"{allowed}:/srv", "MLFLOW_UNLEARN_ALLOW_URLS": "1"}
-    policy = SecurityPolicy.from_env(env)
+    policy = settings.read_settings(env).policy
     assert policy.allow_urls and len(policy.allowed_roots) == 2
     with pytest.raises(ValueError, match="absolute directory"):
-        SecurityPolicy.from_env({"MLFLOW_UNLEARN_ALLOWED_ROOTS": "relative/dir"})
+        settings.read_settings({"MLFLOW_UNLEARN_ALLOWED_ROOTS": "relative/dir"})
     with pytest.raises(ValueError, match="'true' or 'false'"):
-        SecurityPolicy.from_env({"MLFLOW_UNLEARN_ALLOW_URLS": "maybe"})
+        settings.read_settings({"MLFLOW_UNLEARN_ALLOW_URLS": "maybe"})
 
 
-def test_refusals_never_echo_forget_ids(roots):
-    allowed, policy = roots
+@pytest.mark.parametrize("value", ["forget=ids:12345,67890", "forget=ids: 12345 67890", "forget=ids:/12345,67890",
+                                   "forget=ids:12345;67890", "forget=ids:[12345, 67890]"])
+def test_inline_ids_are_refused_in_every_form_and_never_echoed_or_stored(roots, value):
+    _, policy = roots
     with pytest.raises(RequestRefused) as info:
-        parse_request("forget=ids:12345,67890", policy)
+        parse_request(value, policy)
     assert "12345" not in str(info.value) and "67890" not in str(info.value)
+    assert info.value.keep_value is False
 
 
 def test_store_uri_parsing(tmp_path, monkeypatch):
@@ -122,28 +127,32 @@ def test_store_uri_parsing(tmp_path, monkeypatch):
             parse_store_uri(bad)
 
 
-def test_settings_fail_early(monkeypatch, tmp_path):
+def test_settings_fail_early(tmp_path):
     with pytest.raises(ValueError, match="MLFLOW_UNLEARN_BACKEND"):
-        launcher.LauncherSettings(backend="slurm")
+        settings.LauncherSettings(backend="slurm")
     with pytest.raises(ValueError, match="JSON config"):
-        launcher.LauncherSettings(backend="kubernetes")
+        settings.LauncherSettings(backend="kubernetes")
     config = tmp_path / "k8s.json"
     config.write_text("{}")
     with pytest.raises(ValueError, match="http"):
-        launcher.LauncherSettings(backend="kubernetes", backend_config=str(config), tracking_uri="sqlite:///x.db")
-    ok = launcher.LauncherSettings(backend="kubernetes", backend_config=str(config), tracking_uri="http://mlflow:5000")
-    assert launcher.job_uris(ok, "sqlite:////r.db", None) == ("http://mlflow:5000", "http://mlflow:5000")
-    monkeypatch.delenv("_MLFLOW_SERVER_FILE_STORE", raising=False)
-    assert launcher.job_uris(launcher.LauncherSettings(), "sqlite:////r.db", "sqlite:////t.db") == (
+        settings.LauncherSettings(backend="kubernetes", backend_config=str(config), tracking_uri="sqlite:///x.db")
+    ok = settings.LauncherSettings(backend="kubernetes", backend_config=str(config), tracking_uri="http://mlflow:5000")
+    assert settings.PluginSettings(launcher=ok).job_uris("sqlite:////r.db", None) == (
+        "http://mlflow:5000", "http://mlflow:5000")
+    assert settings.PluginSettings().job_uris("sqlite:////r.db", "sqlite:////t.db") == (
         "sqlite:////t.db", "sqlite:////r.db")
+    server_store = settings.read_settings({"_MLFLOW_SERVER_FILE_STORE": "sqlite:////srv/tracking.db"})
+    assert server_store.job_uris("sqlite:////r.db", "sqlite:////t.db") == ("sqlite:////srv/tracking.db",
+                                                                         "sqlite:////r.db")
     for bad in ("0", "two", "-1"):
-        monkeypatch.setenv("MLFLOW_UNLEARN_NPROC", bad)
         with pytest.raises(ValueError, match="MLFLOW_UNLEARN_NPROC"):
-            launcher.LauncherSettings.from_env()
-    monkeypatch.setenv("MLFLOW_UNLEARN_NPROC", " 4 ")
-    assert launcher.LauncherSettings.from_env().nproc == 4
-    monkeypatch.delenv("MLFLOW_UNLEARN_NPROC")
-    assert launcher.LauncherSettings.from_env().nproc == 1
+            settings.read_settings({"MLFLOW_UNLEARN_NPROC": bad})
+    assert settings.read_settings({"MLFLOW_UNLEARN_NPROC": " 4 "}).launcher.nproc == 4
+    assert settings.read_settings({}).launcher.nproc == 1
+    full = settings.read_settings({"MLFLOW_UNLEARN_ALLOWED_ROOTS": str(tmp_path), "MLFLOW_UNLEARN_DEVICE": "cpu",
+                                   "MLFLOW_UNLEARN_BACKEND": "kubernetes", "MLFLOW_UNLEARN_BACKEND_CONFIG": str(config),
+                                   "MLFLOW_UNLEARN_TRACKING_URI": "http://mlflow:5000"})
+    assert settings.PluginSettings.from_json(full.to_json()) == full  # how a launcher receives them
 
 
 def test_kubernetes_project_keeps_entry_points_and_uses_docker(tmp_path):
@@ -203,7 +212,7 @@ def test_open_request_is_a_compare_and_set_across_threads(registry):
     assert not ledger.advance(stock, "m", 1, state.request_id, expect=("running",), to="succeeded")
     assert ledger.advance(stock, "m", 1, state.request_id, expect=("queued",), to="running")
     assert ledger.advance(stock, "m", 1, state.request_id, expect=("running",), to="succeeded",
-                          tags={ledger.RESULT_TAG: "m/4"})
+                          tags={ledger.RESULT_VERSION_TAG: "m/4"})
     assert ledger.active_requests(stock) == []
     # after it finished, a new request may start
     assert ledger.open_request(stock, "m", 1, "forget=classes:9", request_id="next")
@@ -243,7 +252,7 @@ def test_store_records_refusals_and_protects_its_tags(registry):
     store.set_model_version_tag("m", 1, ModelVersionTag("mlflow_unlearn.request", "forget=classes:x"))
     tags = store.get_model_version("m", 1).tags
     assert tags["mlflow_unlearn.status"] == "failed"
-    assert "integer class labels" in tags["mlflow_unlearn.error"]
+    assert "expected comma-separated ints" in tags["mlflow_unlearn.error"]
     assert tags["mlflow_unlearn.request"] == "forget=classes:x"
     oversized = "forget=classes:" + "1," * MAX_REQUEST_CHARS + "1"
     store.set_model_version_tag("m", 2, ModelVersionTag("mlflow_unlearn.request", oversized))
@@ -251,7 +260,7 @@ def test_store_records_refusals_and_protects_its_tags(registry):
     assert "limit is" in tags["mlflow_unlearn.error"] and "mlflow_unlearn.request" not in tags
     store.set_model_version_tag("m", 2, ModelVersionTag("mlflow_unlearn.request", "forget=ids:1017,2044"))
     tags = store.get_model_version("m", 2).tags
-    assert "nor stored" in tags["mlflow_unlearn.error"] and "mlflow_unlearn.request" not in tags
+    assert "not stored" in tags["mlflow_unlearn.error"] and "mlflow_unlearn.request" not in tags
     assert not any("1017" in v for v in tags.values())
     with pytest.raises(MlflowException, match="written by the unlearning plugin only"):
         store.set_model_version_tag("m", 1, ModelVersionTag("mlflow_unlearn.status", "succeeded"))
@@ -286,21 +295,73 @@ def test_python_api_reaches_the_plugin_through_its_entry_point(registry):
     stock.set_model_version_tag("m", 3, ModelVersionTag("mlflow_unlearn.request", "forget=nothing"))  # no trigger
     client = MlflowClient(tracking_uri=uri, registry_uri="unlearn+" + uri)
     assert type(client._get_registry_client().store) is UnlearnRegistryStore
-    with pytest.raises(MlflowException, match="unknown forget spec kind 'nothing'"):
+    with pytest.raises(MlflowException, match="Expected a forget spec like 'classes:3,7' but got 'nothing'"):
         client.transition_model_version_stage("m", 3, "Unlearn")
     version = client.get_model_version("m", 3)
     assert version.tags["mlflow_unlearn.status"] == "failed" and version.current_stage == "None"
 
 
 def test_job_talks_to_the_server_when_it_proxies_artifacts():
-    import click
+    """A server that proxies artifacts (MLflow's default) tells its workers through ``_MLFLOW_SERVER_*``; the job
+    then uses the address on which the server received the request, with the static prefix."""
+    import flask
 
-    with click.Context(click.Command("server"), info_name="server") as ctx:
-        ctx.params.update(host="0.0.0.0", port=5005, serve_artifacts=True, default_artifact_root=None,
-                          static_prefix="/ml/")
-        assert launcher.proxied_server_address() == "http://127.0.0.1:5005/ml"
-        ctx.params["default_artifact_root"] = "/srv/artifacts"  # artifacts written directly: no need
-        assert launcher.proxied_server_address() == ""
-    with click.Context(click.Command("run"), info_name="run"):
-        assert launcher.proxied_server_address() == ""
-    assert launcher.proxied_server_address() == ""
+    proxied = settings.read_settings({"_MLFLOW_SERVER_ARTIFACT_ROOT": "mlflow-artifacts:/",
+                                      "_MLFLOW_STATIC_PREFIX": "/ml", "_MLFLOW_SGI_NAME": "uvicorn"})
+    assert proxied.job_uris("sqlite:////r.db", None, "http://127.0.0.1:5005") == (
+        "http://127.0.0.1:5005/ml", "http://127.0.0.1:5005/ml")
+    with pytest.raises(ValueError, match="set MLFLOW_UNLEARN_TRACKING_URI"):
+        proxied.job_uris("sqlite:////r.db", None, "")  # outside a request the address is unknown
+    direct = settings.read_settings({"_MLFLOW_SERVER_ARTIFACT_ROOT": "/srv/artifacts",
+                                     "_MLFLOW_SERVER_FILE_STORE": "sqlite:////srv/t.db"})
+    assert direct.job_uris("sqlite:////r.db", None, "http://127.0.0.1:5005") == ("sqlite:////srv/t.db",
+                                                                               "sqlite:////r.db")
+    with pytest.raises(ValueError, match="runs under gunicorn"):  # its SERVER_NAME may come from the Host header
+        settings.read_settings({"_MLFLOW_SERVER_ARTIFACT_ROOT": "mlflow-artifacts:/", "_MLFLOW_SGI_NAME": "gunicorn"})
+    app = flask.Flask("test")
+    with app.test_request_context(environ_overrides={"SERVER_NAME": "10.0.0.5", "SERVER_PORT": "5005"}):
+        assert registry_store.request_address() == "http://10.0.0.5:5005"
+    with app.test_request_context(environ_overrides={"SERVER_NAME": "::1", "SERVER_PORT": "5005"}):
+        assert registry_store.request_address() == "http://[::1]:5005"
+    assert registry_store.request_address() == ""
+
+
+def test_store_constructor_only_constructs_and_recovery_runs_once(registry, monkeypatch):
+    """Constructing the store starts no process and writes no environment; interrupted requests are resumed at the
+    store's first registry call, once."""
+    import os
+
+    uri, stock = registry
+    ledger.open_request(stock, "m", 1, "forget=classes:1", request_id="interrupted")  # no launcher holds it
+    spawned: list[tuple] = []
+    monkeypatch.setattr(launcher, "spawn", lambda *args, **kwargs: spawned.append((args, kwargs)) or 4242)
+    environ = dict(os.environ)
+    store = UnlearnRegistryStore(store_uri="unlearn+" + uri, tracking_uri=uri)
+    assert spawned == [] and dict(os.environ) == environ
+    assert store.get_model_version("m", 1).tags["mlflow_unlearn.status"] == "queued"
+    assert [args[1:4] for args, _ in spawned] == [("m", 1, "interrupted")]
+    assert spawned[0][1]["settings"] == store.settings and spawned[0][1]["job_tracking_uri"] == uri
+    store.search_model_versions("name='m'")
+    store.recover_once()
+    assert len(spawned) == 1
+
+
+def test_a_failed_recovery_is_tried_again_at_the_next_call(registry, monkeypatch):
+    uri, stock = registry
+    ledger.open_request(stock, "m", 2, "forget=classes:1", request_id="interrupted")
+    spawned: list[tuple] = []
+    monkeypatch.setattr(launcher, "spawn", lambda *args, **kwargs: spawned.append(args) or 4242)
+    real, calls = ledger.active_requests, []
+
+    def locked_once(store):
+        calls.append(store)
+        if len(calls) == 1:
+            raise MlflowException("database is locked")
+        return real(store)
+
+    monkeypatch.setattr(ledger, "active_requests", locked_once)
+    store = UnlearnRegistryStore(store_uri="unlearn+" + uri, tracking_uri=uri)
+    assert store.get_model_version("m", 2).version == 2  # the call itself goes on
+    assert spawned == []
+    store.get_model_version("m", 2)
+    assert [args[1:4] for args in spawned] == [("m", 2, "interrupted")] and len(calls) == 2

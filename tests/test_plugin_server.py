@@ -50,8 +50,10 @@ class Server:
     The server proxies artifacts (MLflow's default), so jobs are ordinary HTTP clients of it.
     """
 
-    def __init__(self, root: Path, site: Path) -> None:
+    def __init__(self, root: Path, site: Path, backend_uri: str = "", registry_uri: str = "") -> None:
         self.root, self.site, self.port, self.proc = root, site, _free_port(), None
+        self.backend_uri = backend_uri or f"sqlite:///{root}/tracking.db"
+        self.registry_uri = registry_uri or f"unlearn+sqlite:///{root}/registry.db"
         self.allowed = root / "allowed"
         self.allowed.mkdir(parents=True, exist_ok=True)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -61,8 +63,7 @@ class Server:
         env.update(MLFLOW_UNLEARN_ALLOWED_ROOTS=str(self.allowed), MLFLOW_UNLEARN_LOG_DIR=str(self.root / "logs"),
                    MLFLOW_UNLEARN_DEVICE="cpu", PYTHONPATH=str(self.site))
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--backend-store-uri", f"sqlite:///{self.root}/tracking.db",
-               "--registry-store-uri", f"unlearn+sqlite:///{self.root}/registry.db",
+               "--backend-store-uri", self.backend_uri, "--registry-store-uri", self.registry_uri,
                "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"]
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 (kept open for the subprocess)
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -384,14 +385,14 @@ def test_concurrent_tag_requests_run_once(server, concurrent_job):
 
 BAD_REQUESTS = {
     "malformed value": ("forget classes:3 method nitc", "malformed request part"),
-    "unknown method": ("forget=classes:3; method=mystery", "unknown method 'mystery'"),
+    "unknown method": ("forget=classes:3; method=mystery", "Unknown unlearning method 'mystery'"),
     "module path": ("forget=classes:3; method=os.system", "module paths are not allowed"),
-    "disallowed path": ("forget=ids:/etc/hostname", "outside the allowed roots"),
-    "traversal": ("forget=ids:{allowed}/../registry.db", "path traversal is not allowed"),
+    "disallowed path": ("forget=ids:/etc/forget.txt", "outside the allowed roots"),
+    "traversal": ("forget=ids:{allowed}/../forget.txt", "path traversal is not allowed"),
     "URL": ("forget=classes:3; data=https://example.com/data.npz", "is a URL"),
-    "unknown classes": ("forget=classes:42; method=finetune", "forget classes [42] do not occur"),
+    "unknown classes": ("forget=classes:42; method=finetune", "Unknown classes [42] in the forget spec"),
     "oversized value": ("forget=classes:" + ",".join(["1"] * 600), "the limit is 1000"),
-    "non-PyTorch version": ("forget=classes:3; method=finetune", "is not a PyTorch model"),
+    "non-PyTorch version": ("forget=classes:3; method=finetune", "needs a PyTorch (pytorch flavor) model"),
 }
 
 

@@ -127,7 +127,7 @@ class IdentityConfig:
 
 def test_a_method_that_returns_the_model_unchanged_fails_the_check(toy: Toy) -> None:
     def identity(model, *, forget, retain, config, context):
-        from mlflow_unlearn import _runtime as rt
+        from mlflow_unlearn import runtime as rt
 
         return model, rt.History()
 

@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow_unlearn.data import load_data, resolve_forget
 from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import project_dir
+from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.api import train_model, unlearn
 from mlflow_unlearn.tracking.formats import load_trainable_module
 
@@ -55,7 +56,7 @@ def test_train_logs_recipe_dataset_input_and_a_trainable_version(uris, base, tmp
     params = run.data.params
     assert params["model.arch"] == "mlp" and params["model.num_classes"] == "10" and params["data.source"] == "digits"
     assert params["train.epochs"] == "5" and params["data.test_fraction"] == "0.2"
-    assert run.data.tags[lin.RUN_RESULT_VERSION_TAG] == "digits-mlp/1"
+    assert run.data.tags[vocab.RESULT_VERSION_TAG] == "digits-mlp/1"
     assert lin.lineage_from_run(run) == lin.DataLineage("digits", 0, 0.2)
     contexts = sorted({t.value for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"})
     assert contexts == ["test", "train"]
@@ -77,17 +78,17 @@ def test_unlearn_registers_next_version_with_exact_lineage_tags_report_and_onnx(
     version = outcome.version
     assert version.name == "digits-mlp" and int(version.version) > 1
     tags = client.get_model_version("digits-mlp", version.version).tags
-    assert set(tags) == set(lin.VERSION_TAG_KEYS)
-    assert tags[lin.PARENT_TAG] == "digits-mlp/1" and tags[lin.METHOD_TAG] == "finetune"
-    assert tags[lin.RUN_ID_TAG] == outcome.run_id and tags[lin.VERDICT_TAG] == "passed"
+    assert set(tags) == set(vocab.VERSION_TAG_KEYS)
+    assert tags[vocab.PARENT_TAG] == "digits-mlp/1" and tags[vocab.METHOD_TAG] == "finetune"
+    assert tags[vocab.RUN_ID_TAG] == outcome.run_id and tags[vocab.VERDICT_TAG] == "passed"
     expected = resolve_forget(load_data("digits"), "classes:3")
-    assert tags[lin.FORGET_COUNT_TAG] == str(expected.count) and tags[lin.FORGET_DIGEST_TAG] == expected.digest
+    assert tags[vocab.FORGET_COUNT_TAG] == str(expected.count) and tags[vocab.FORGET_DIGEST_TAG] == expected.digest
     assert dict(client.get_model_version("digits-mlp", "1").tags) == parent_tags
 
     run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags[lin.RUN_VERDICT_TAG] == "passed"
-    assert run.data.tags[lin.RUN_RESULT_VERSION_TAG] == f"digits-mlp/{version.version}"
+    assert run.data.tags[vocab.VERDICT_TAG] == "passed"
+    assert run.data.tags[vocab.RESULT_VERSION_TAG] == f"digits-mlp/{version.version}"
     assert run.data.params["config.epochs"] == "2" and run.data.params["forget.kind"] == "class"
     assert run.data.params["model.arch"] == "mlp"  # the recipe is inherited for later retrain references
     # The method made the model forget class 3 while keeping the rest.
@@ -105,8 +106,8 @@ def test_unlearn_registers_next_version_with_exact_lineage_tags_report_and_onnx(
     report = json.load(open(os.path.join(local, "unlearning_report.json")))
     assert report["parent"]["version"] == "1" and report["result"]["version"] == str(version.version)
     assert report["method"] == "finetune" and report["config"]["epochs"] == 2 and report["verdict"] == "passed"
-    assert report["forget"]["digest"] == tags[lin.FORGET_DIGEST_TAG]
-    assert str(report["forget"]["count"]) == tags[lin.FORGET_COUNT_TAG]
+    assert report["forget"]["digest"] == tags[vocab.FORGET_DIGEST_TAG]
+    assert str(report["forget"]["count"]) == tags[vocab.FORGET_COUNT_TAG]
     assert report["code_version"]["mlflow_unlearn"] and report["started_at"] <= report["finished_at"]
     assert set(report["metrics"]) == {"original", "unlearned"}
     markdown = open(os.path.join(local, "unlearning_report.md")).read()
@@ -130,7 +131,7 @@ def test_chained_unlearning_replays_the_forget_chain(uris, base):
                     config=FAST, onnx=False, gate=LENIENT, device="cpu", **uris)
     assert int(first.version.version) < int(second.version.version) < int(third.version.version)
     tags = client.get_model_version("digits-mlp", third.version.version).tags
-    assert tags[lin.PARENT_TAG] == f"digits-mlp/{second.version.version}"
+    assert tags[vocab.PARENT_TAG] == f"digits-mlp/{second.version.version}"
     run = client.get_run(third.run_id)
     chain = lin.lineage_from_run(run).chain
     assert [step.spec for step in chain] == ["classes:5", "classes:6", "classes:7"]
@@ -176,13 +177,13 @@ def test_alias_gate_failure_force_and_no_register(uris, base):
     assert any(f.startswith("forget:") for f in refused.gate.failures())
     assert _versions(client, "digits-mlp") == before
     run = client.get_run(refused.run_id)
-    assert run.data.tags[lin.RUN_VERDICT_TAG] == "failed" and lin.RUN_RESULT_VERSION_TAG not in run.data.tags
+    assert run.data.tags[vocab.VERDICT_TAG] == "failed" and vocab.RESULT_VERSION_TAG not in run.data.tags
     assert not client.list_artifacts(refused.run_id, "model")  # a refused model is not logged
     forced = unlearn("models:/digits-mlp@champion", forget="classes:2", method="finetune", config=weak, gate=strict,
                      force=True, onnx=False, device="cpu", **uris)
     assert forced.version is not None and forced.verdict == "failed"
-    assert client.get_model_version("digits-mlp", forced.version.version).tags[lin.VERDICT_TAG] == "failed"
-    assert client.get_model_version("digits-mlp", forced.version.version).tags[lin.PARENT_TAG] == "digits-mlp/1"
+    assert client.get_model_version("digits-mlp", forced.version.version).tags[vocab.VERDICT_TAG] == "failed"
+    assert client.get_model_version("digits-mlp", forced.version.version).tags[vocab.PARENT_TAG] == "digits-mlp/1"
     unregistered = unlearn("models:/digits-mlp/1", forget="classes:4", method="finetune", config=FAST,
                            gate=LENIENT, register=False, onnx=False, device="cpu", **uris)
     assert unregistered.version is None and unregistered.verdict == "passed"
@@ -222,15 +223,15 @@ def test_current_tracking_uri_is_used_and_no_global_state_changes(uris, base, mo
 
 def test_jobs_started_together_share_a_named_experiment(tmp_path, late_lookup_client):
     """A job that looked its experiment up just before a concurrent job created it uses that experiment."""
-    from mlflow_unlearn.tracking.api import _experiment_id
+    from mlflow_unlearn.tracking.runlog import experiment_id
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/tracking.db")
-    first = _experiment_id(client, "deletion-requests", None)
-    assert _experiment_id(late_lookup_client(client), "deletion-requests", None) == first
+    first = experiment_id(client, "deletion-requests", None)
+    assert experiment_id(late_lookup_client(client), "deletion-requests", None) == first
     assert [e.name for e in client.search_experiments()].count("deletion-requests") == 1
     client.delete_experiment(first)
     with pytest.raises(MlflowException, match=f"'deletion-requests' \\(ID {first}\\) is deleted; restore it"):
-        _experiment_id(client, "deletion-requests", None)
+        experiment_id(client, "deletion-requests", None)
 
 
 def test_project_dir_holds_the_mlproject_and_the_root_links_to_it():

@@ -8,7 +8,8 @@ from mlflow import MlflowClient
 
 from mlflow_unlearn.tracking.api import ConfigError, DataResolutionError, train_model, unlearn
 from mlflow_unlearn.tracking.formats import ModelFormatError
-from mlflow_unlearn.tracking.lineage import LineageError, ModelResolutionError
+from mlflow_unlearn.tracking.lineage import LineageError
+from mlflow_unlearn.tracking.vocabulary import ModelResolutionError
 
 
 @pytest.fixture(scope="module")

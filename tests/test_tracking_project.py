@@ -9,8 +9,8 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import project_dir
+from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.api import train_model
 
 REPO = project_dir().parent.parent
@@ -39,10 +39,10 @@ def test_mlflow_run_unlearn_entry_point(tmp_path):
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.tags[lin.RUN_VERDICT_TAG] == "passed" and run.data.tags[lin.RUN_RESULT_VERSION_TAG] == "proj/2"
+    assert run.data.tags[vocab.VERDICT_TAG] == "passed" and run.data.tags[vocab.RESULT_VERSION_TAG] == "proj/2"
     assert run.data.params["model_uri"] == "models:/proj/1" and run.data.params["unlearn.method"] == "finetune"
     version = client.get_model_version("proj", "2")
-    assert version.run_id == run.info.run_id and set(version.tags) == set(lin.VERSION_TAG_KEYS)
+    assert version.run_id == run.info.run_id and set(version.tags) == set(vocab.VERSION_TAG_KEYS)
     assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"model", "onnx_model", "report"}
 
 
@@ -67,6 +67,6 @@ def test_mlflow_run_unlearn_distributed_entry_point_registers_once(tmp_path):
     runs = client.search_runs([experiment], filter_string="tags.`mlflow.project.entryPoint` = 'unlearn_distributed'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run = runs[0]
-    assert run.data.params["unlearn.method"] == "nitc" and run.data.tags[lin.RUN_RESULT_VERSION_TAG] == "ddp/2"
+    assert run.data.params["unlearn.method"] == "nitc" and run.data.tags[vocab.RESULT_VERSION_TAG] == "ddp/2"
     assert sorted(int(v.version) for v in client.search_model_versions("name='ddp'")) == [1, 2]
     assert client.get_model_version("ddp", "2").run_id == run.info.run_id

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from mlflow import MlflowClient
 
-from mlflow_unlearn.tracking import lineage as lin
+from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.api import train_model, unlearn
 
 
@@ -71,9 +71,9 @@ def test_unlearn_through_a_tracking_server(server, tmp_path):
     assert str(outcome.version.version) == "2" and outcome.verdict == "passed"
     assert outcome.report_uri.startswith("mlflow-artifacts:/")
     version = client.get_model_version("served", "2")
-    assert set(version.tags) == set(lin.VERSION_TAG_KEYS) and version.tags[lin.PARENT_TAG] == "served/1"
+    assert set(version.tags) == set(vocab.VERSION_TAG_KEYS) and version.tags[vocab.PARENT_TAG] == "served/1"
     assert version.run_id == outcome.run_id != trained.run_id
-    assert client.get_run(outcome.run_id).data.tags[lin.RUN_RESULT_VERSION_TAG] == "served/2"
+    assert client.get_run(outcome.run_id).data.tags[vocab.RESULT_VERSION_TAG] == "served/2"
     assert 0 <= client.get_run(outcome.run_id).data.metrics["onnx.max_abs_diff"] <= 1e-4
     report = client.download_artifacts(outcome.run_id, "report/unlearning_report.md", str(tmp_path))
     assert "Verdict: PASSED" in open(report).read()

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+from torch import nn
 
-from mlflow_unlearn._runtime import UnlearningDivergedError, resolve_device
 from mlflow_unlearn.data import load_data
 from mlflow_unlearn.models import create_model
-from mlflow_unlearn.training import TrainConfig, train
+from mlflow_unlearn.runtime import UnlearningDivergedError
+from mlflow_unlearn.training import TrainConfig, make_optimizer, train, train_epochs
 
 
 def _test_accuracy(model, data):
@@ -62,11 +63,9 @@ def test_nan_inputs_stop_training_with_a_clear_error():
         train(model, bad, TrainConfig(epochs=1), device="cpu")
 
 
-def test_device_resolution():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="`device` to be 'auto', 'cpu' or 'cuda"):
-        resolve_device("tpu:banana")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA device is available"):
-            resolve_device("cuda")
+def test_unknown_optimizer_and_schedule_names_list_the_registered_ones():
+    with pytest.raises(ValueError, match="expected one of: sgd, adam, adamw"):
+        make_optimizer([torch.zeros(1, requires_grad=True)], name="lbfgs", lr=0.1, weight_decay=0.0)
+    with pytest.raises(ValueError, match="expected one of: constant, cosine, onecycle"):
+        train_epochs(nn.Linear(2, 2), [], lambda net, x, y: net(x).sum(), device=torch.device("cpu"), seed=0,
+                     epochs=1, lr=0.1, batch_size=1, schedule="step")

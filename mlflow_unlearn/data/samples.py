@@ -148,13 +148,25 @@ class SampleSet(Dataset):
 
 @dataclass(frozen=True)
 class DataSplit:
-    """A train/test split of one source, with the information needed to reproduce it."""
+    """A train/test split of one source, with the information needed to reproduce it.
+
+    Args:
+        train: the training side.
+        test: the held-out side.
+        source: the source string it was loaded from.
+        seed: the seed of the seeded split (as passed to ``load_data``).
+        test_fraction: the held-out fraction of the seeded split (as passed to ``load_data``).
+        explicit: True when the source carries its own split (a ``split`` array or column, ``train/`` and
+            ``test/`` folders), which the source's data decide alone: ``seed`` and ``test_fraction`` are then
+            unused, and loading the source again with any seed gives the same split.
+    """
 
     train: SampleSet
     test: SampleSet
     source: str
     seed: int
     test_fraction: float
+    explicit: bool = False
 
     @property
     def num_classes(self) -> int:

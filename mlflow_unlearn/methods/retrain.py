@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.training import TrainConfig, train
 

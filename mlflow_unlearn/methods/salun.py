@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import fit
 from mlflow_unlearn.methods.random_label import cross_entropy, relabeled_mix
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import as_tensors, fit, random_subset
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.validation import check_choice, check_fraction, check_non_negative, check_positive

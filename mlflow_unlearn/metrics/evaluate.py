@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.data.samples import ForgetSplit, SampleSet
 from mlflow_unlearn.metrics.functional import (
     ModelOutputs,

@@ -1,4 +1,8 @@
-"""The MLflow layer: the ``unlearn`` API, lineage, model formats, the audit report, the gate and the CLI.
+"""The MLflow layer: the plan, the ``unlearn`` API, lineage, vocabulary, model formats, report, gate and CLI.
+
+Every door (API, CLI, ``mlflow run``, the registry plugin) calls :func:`~mlflow_unlearn.tracking.plan.prepare`,
+which checks a request once and returns a frozen :class:`~mlflow_unlearn.tracking.plan.UnlearnPlan`; tag keys,
+metric rows, reference options and the default method come from :mod:`mlflow_unlearn.tracking.vocabulary`.
 
 Everything that touches MLflow lives here; the engine (``data``, ``models``, ``training``, ``methods``,
 ``metrics``) never imports it. Submodules import MLflow and torch lazily where they can, so that
@@ -9,7 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["UnlearnOutcome", "TrainOutcome", "evaluate_version", "project_dir", "train_model", "unlearn"]
+__all__ = ["TrainOutcome", "UnlearnOutcome", "UnlearnPlan", "evaluate_version", "prepare", "project_dir", "train_model",
+           "unlearn"]
+_LAZY = {"TrainOutcome": "api", "UnlearnOutcome": "api", "evaluate_version": "api", "train_model": "api",
+         "unlearn": "api", "UnlearnPlan": "plan", "prepare": "plan"}
 
 
 def project_dir() -> Path:
@@ -22,8 +29,8 @@ def project_dir() -> Path:
 
 
 def __getattr__(name: str):
-    if name in ("UnlearnOutcome", "TrainOutcome", "evaluate_version", "train_model", "unlearn"):
-        from mlflow_unlearn.tracking import api
+    if name in _LAZY:
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(f"mlflow_unlearn.tracking.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'mlflow_unlearn.tracking' has no attribute {name!r}")

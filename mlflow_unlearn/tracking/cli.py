@@ -3,7 +3,8 @@
 Every command honours ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``; under ``mlflow run`` the
 ``train``, ``unlearn`` and ``evaluate`` commands log into the run given by ``MLFLOW_RUN_ID``. User errors
 (unknown model, bad forget spec, malformed config, a refused gate, ...) end with a one-line message on
-stderr and a non-zero exit code, never a traceback.
+stderr and a non-zero exit code, never a traceback. The state of one invocation (whether it owns its process,
+the environment's MLflow settings, read once) lives in click's context object, :class:`CliState`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,30 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 
 import click
 
 from mlflow_unlearn.tracking import cli_args as args
+from mlflow_unlearn.tracking import vocabulary as vocab
+from mlflow_unlearn.tracking.runlog import TrackingEnv
 
 #: Exit code when the acceptance gate refused the unlearned model.
 GATE_FAILED_EXIT_CODE = 3
 
-#: Set by :func:`main`: the command runs in a process of its own, whose garbage collector it may tune.
-_own_process = False
+
+@dataclass
+class CliState:
+    """The state of one ``mlflow-unlearn`` invocation, kept in click's context object (``ctx.obj``).
+
+    Args:
+        own_process: the command runs in a process of its own (:func:`main`), whose garbage collector it
+            may tune.
+        env: the MLflow settings of the environment, read once when the command starts.
+    """
+
+    own_process: bool = False
+    env: TrackingEnv = field(default_factory=TrackingEnv)
 
 
 class _UserErrorGroup(click.Group):
@@ -32,9 +47,9 @@ class _UserErrorGroup(click.Group):
     def invoke(self, ctx: click.Context):
         from mlflow.exceptions import MlflowException
 
-        from mlflow_unlearn._runtime import UnlearningDivergedError
+        from mlflow_unlearn.runtime import UnlearningDivergedError
 
-        if _own_process:
+        if ctx.obj is not None and ctx.obj.own_process:
             # torch and MLflow are imported now: their objects live as long as the process.
             gc.freeze()
             gc.enable()
@@ -57,8 +72,8 @@ def _setup_logging() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def _run_id() -> str | None:
-    return os.environ.get("MLFLOW_RUN_ID") or None
+def _uri(version) -> str:
+    return vocab.model_uri(version.name, version.version)
 
 
 def _print_table(metrics, as_json: bool) -> None:
@@ -71,9 +86,11 @@ def _print_table(metrics, as_json: bool) -> None:
 
 @click.group(cls=_UserErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlflow-unlearn")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Make a registered PyTorch model forget data, prove it, and register the result in MLflow."""
     _setup_logging()
+    ctx.ensure_object(CliState).env = TrackingEnv.read()
 
 
 @cli.command()
@@ -86,14 +103,16 @@ def cli() -> None:
 @args.DEVICE
 @args.ONNX
 @args.EXPERIMENT
-def train(data, arch, registered_model_name, epochs, test_fraction, seed, device, onnx, experiment) -> None:
+@click.pass_obj
+def train(state: CliState, data, arch, registered_model_name, epochs, test_fraction, seed, device, onnx,
+          experiment) -> None:
     """Train ARCH on DATA, log it with its lineage and register it (with --name)."""
     from mlflow_unlearn.tracking.api import train_model
 
     outcome = train_model(data, arch=arch, registered_model_name=registered_model_name,
                           config={"epochs": epochs} if epochs else None, seed=seed, test_fraction=test_fraction,
-                          device=device, onnx=onnx, run_id=_run_id(), experiment=experiment)
-    where = f"registered as models:/{outcome.version.name}/{outcome.version.version}" if outcome.version else "logged"
+                          device=device, onnx=onnx, run_id=state.env.run_id, experiment=experiment)
+    where = f"registered as {_uri(outcome.version)}" if outcome.version else "logged"
     click.echo(f"Trained {arch} on {data}: test accuracy {outcome.test_accuracy:.2f}%, {where} (run {outcome.run_id})")
 
 
@@ -112,14 +131,15 @@ def train(data, arch, registered_model_name, epochs, test_fraction, seed, device
 @args.RETAIN_EVAL_SIZE
 @args.EXPERIMENT
 @args.OUTPUT_JSON
-def unlearn(model_uri, forget, method, data, config, reference, register, force, device, seed, onnx,
+@click.pass_obj
+def unlearn(state: CliState, model_uri, forget, method, data, config, reference, register, force, device, seed, onnx,
             retain_eval_size, experiment, as_json) -> None:
     """Make MODEL_URI (models:/<name>/<version> or models:/<name>@<alias>) forget a set; register the result.
 
     Under ``torchrun --nproc_per_node=N`` the method runs on N processes (DistributedDataParallel; NCCL on
     GPUs, gloo on CPUs) and rank 0 alone evaluates, logs, registers and prints.
     """
-    from mlflow_unlearn import _runtime as rt
+    from mlflow_unlearn import runtime as rt
     from mlflow_unlearn.tracking.api import unlearn as run_unlearn
 
     distributed = rt.init_distributed_from_env()
@@ -127,11 +147,11 @@ def unlearn(model_uri, forget, method, data, config, reference, register, force,
     try:
         outcome = run_unlearn(model_uri, forget=forget, method=method, data=data or None, config=config or None,
                               reference=reference, register=register, force=force, device=device, seed=seed,
-                              onnx=onnx, retain_eval_size=retain_eval_size or None, run_id=_run_id(),
+                              onnx=onnx, retain_eval_size=retain_eval_size or None, run_id=state.env.run_id,
                               experiment=experiment)
     finally:
         if distributed:
-            from mlflow_unlearn.distributed import shutdown_distributed
+            from mlflow_unlearn.runtime import shutdown_distributed
 
             shutdown_distributed()
     if primary:
@@ -141,9 +161,9 @@ def unlearn(model_uri, forget, method, data, config, reference, register, force,
 def _report_outcome(outcome, *, as_json: bool, register: bool) -> None:
     _print_table(outcome.metrics, as_json)
     if outcome.reused:
-        click.echo(f"Already done: models:/{outcome.version.name}/{outcome.version.version} from run {outcome.run_id}")
+        click.echo(f"Already done: {_uri(outcome.version)} from run {outcome.run_id}")
     elif outcome.version is not None:
-        click.echo(f"Registered models:/{outcome.version.name}/{outcome.version.version} (verdict: "
+        click.echo(f"Registered {_uri(outcome.version)} (verdict: "
                    f"{outcome.verdict}, run {outcome.run_id})")
     click.echo(f"Report: {outcome.report_uri}")
     if register and outcome.version is None:
@@ -161,12 +181,13 @@ def _report_outcome(outcome, *, as_json: bool, register: bool) -> None:
 @args.DEVICE
 @args.SEED
 @args.OUTPUT_JSON
-def evaluate(model_uri, forget, data, reference, device, seed, as_json) -> None:
+@click.pass_obj
+def evaluate(state: CliState, model_uri, forget, data, reference, device, seed, as_json) -> None:
     """Evaluate MODEL_URI on a forget split: accuracies, membership-inference attacks, ZRF (percent)."""
     from mlflow_unlearn.tracking.api import evaluate_version
 
     metrics = evaluate_version(model_uri, forget=forget, data=data or None, reference=reference, device=device,
-                               seed=seed, run_id=_run_id())
+                               seed=seed, run_id=state.env.run_id)
     _print_table(metrics, as_json)
 
 
@@ -205,15 +226,14 @@ def report(target, as_json, output_dir) -> None:
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
 
-    from mlflow_unlearn.tracking import lineage as lin
     from mlflow_unlearn.tracking import report as rep
 
     client = MlflowClient()
     if target.startswith("models:/"):
-        version = lin.resolve_model_version(client, target)
+        version = vocab.resolve_model_version(client, target)
         run_id = version.run_id
-        if not (version.tags or {}).get(lin.RUN_ID_TAG):
-            raise click.ClickException(f"{target} is not an unlearned version (no {lin.RUN_ID_TAG} tag); it has no "
+        if not (version.tags or {}).get(vocab.RUN_ID_TAG):
+            raise click.ClickException(f"{target} is not an unlearned version (no {vocab.RUN_ID_TAG} tag); it has no "
                                        "unlearning report")
     else:
         run_id = target
@@ -241,17 +261,19 @@ def report(target, as_json, output_dir) -> None:
 @args.REFERENCE
 @args.DEVICE
 @args.SEED
-def demo(data, arch, registered_model_name, epochs, forget, method, config, reference, device, seed) -> None:
+@click.pass_obj
+def demo(state: CliState, data, arch, registered_model_name, epochs, forget, method, config, reference, device,
+         seed) -> None:
     """The end-to-end demo: train and register a model, unlearn a forget set, register the result."""
     from mlflow_unlearn.tracking.api import train_model
     from mlflow_unlearn.tracking.api import unlearn as run_unlearn
 
     trained = train_model(data, arch=arch, registered_model_name=registered_model_name, config={"epochs": epochs},
                           seed=seed, device=device)
-    uri = f"models:/{trained.version.name}/{trained.version.version}"
+    uri = _uri(trained.version)
     click.echo(f"Trained {arch} on {data} (test accuracy {trained.test_accuracy:.2f}%), registered {uri}")
     outcome = run_unlearn(uri, forget=forget, method=method, config=config or None, reference=reference,
-                          device=device, seed=seed, run_id=_run_id())
+                          device=device, seed=seed, run_id=state.env.run_id)
     _report_outcome(outcome, as_json=False, register=True)
 
 
@@ -267,8 +289,6 @@ def main() -> None:
     the job itself creates run as usual. :func:`cli` alone (the library's and the tests' entry) changes
     nothing of this.
     """
-    global _own_process
-    _own_process = True
     gc.disable()
     atexit.register(gc.freeze)
-    cli(prog_name="mlflow-unlearn")
+    cli(prog_name="mlflow-unlearn", obj=CliState(own_process=True))

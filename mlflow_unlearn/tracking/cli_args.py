@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from mlflow_unlearn.tracking import vocabulary as vocab
+
 MODEL_URI = click.argument("model_uri", metavar="MODEL_URI")
 
 FORGET = click.option(
@@ -16,7 +18,7 @@ FORGET = click.option(
          "Use a file for IDs: the spec is logged, the IDs never are.",
 )
 METHOD = click.option(
-    "--method", "-m", default="nitc", show_default=True, metavar="NAME",
+    "--method", "-m", default=vocab.DEFAULT_METHOD, show_default=True, metavar="NAME",
     help="Unlearning method (see `mlflow-unlearn methods`).",
 )
 DATA = click.option(
@@ -32,7 +34,7 @@ CONFIG = click.option(
     help="YAML file of method hyperparameters (optionally with a `gate:` section of thresholds).",
 )
 REFERENCE = click.option(
-    "--reference", type=click.Choice(["none", "retrain"]), default="none", show_default=True,
+    "--reference", type=click.Choice(vocab.REFERENCES), default=vocab.NO_REFERENCE, show_default=True,
     help="Also train the retrain-from-scratch reference and compare against it (slower).",
 )
 REGISTER = click.option(

@@ -30,12 +30,11 @@ from typing import Any
 
 import pandas as pd
 
+from mlflow_unlearn.tracking.vocabulary import ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
+
 PASSED = "passed"
 FAILED = "failed"
 
-ORIGINAL = "original"
-UNLEARNED = "unlearned"
-REFERENCE = "retrain"
 
 
 @dataclass
@@ -114,15 +113,18 @@ def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, n
     Args:
         metrics: the evaluation table in percent.
         config: thresholds.
-        forget_kind: ``"class"`` or ``"sample"``.
+        forget_kind: the forgetting kind, ``"class"`` or ``"sample"`` (``vocabulary.FORGETTING_KINDS``).
         num_classes: the number of classes (for the chance level).
         test_forget_share: fraction of the test set in the forgotten classes (class-wise forgetting).
 
     Returns:
         The verdict and the table of checks.
     """
-    new, old = metrics.loc[UNLEARNED], metrics.loc[ORIGINAL]
-    ref = metrics.loc[REFERENCE] if REFERENCE in metrics.index else None
+    from mlflow_unlearn.tracking.vocabulary import CLASS_FORGETTING
+
+    class_wise = forget_kind == CLASS_FORGETTING
+    new, old = metrics.loc[UNLEARNED_ROW], metrics.loc[ORIGINAL_ROW]
+    ref = metrics.loc[RETRAIN_ROW] if RETRAIN_ROW in metrics.index else None
     rows = []
     forget = float(new["forget_accuracy"])
     if ref is not None:
@@ -132,7 +134,7 @@ def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, n
                            f"forget accuracy {forget:.2f}% is {gap:.2f} pp from the reference's {target:.2f}% "
                            f"(limit {config.forget_tolerance:g} pp)"))
     else:
-        if forget_kind == "class":
+        if class_wise:
             target, what = 100.0 / num_classes, "chance"
         else:
             target, what = float(new["test_accuracy"]), "its test accuracy"
@@ -140,7 +142,7 @@ def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, n
                            forget <= target + config.forget_tolerance,
                            f"forget accuracy {forget:.2f}% vs {what} {target:.2f}% "
                            f"(limit +{config.forget_tolerance:g} pp)"))
-    test_limit = config.max_test_drop + (100.0 * test_forget_share if forget_kind == "class" else 0.0)
+    test_limit = config.max_test_drop + (100.0 * test_forget_share if class_wise else 0.0)
     for split, limit in (("retain", config.max_retain_drop), ("test", test_limit)):
         before, after = float(old[f"{split}_accuracy"]), float(new[f"{split}_accuracy"])
         rows.append(_check(split, after, before, limit, before - after <= limit,

@@ -2,8 +2,8 @@
 
 Three kinds of record carry the lineage, and nothing in them names a forgotten sample:
 
-* the new model version's tags, exactly :data:`VERSION_TAG_KEYS` (parent ``name/version``, method, forget
-  digest and count, run id, gate verdict);
+* the new model version's tags, exactly :data:`~mlflow_unlearn.tracking.vocabulary.VERSION_TAG_KEYS`
+  (parent ``name/version``, method, forget digest and count, run id, gate verdict);
 * the run's dataset inputs (``mlflow.log_input``): a metadata-only dataset whose source records the data
   source, split seed, test fraction and the chain of forget specifications applied so far, each with its
   digest, so that ``unlearn`` can rebuild the retain data of any version without being told the data;
@@ -15,44 +15,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from mlflow_unlearn.tracking.vocabulary import (
+    CONFIG_HASH_TAG,
+    FORGET_COUNT_TAG,
+    FORGET_DIGEST_TAG,
+    METHOD_TAG,
+    PARENT_TAG,
+    RETAIN_CONTEXT,
+    RUN_ID_TAG,
+    TAG_PREFIX,
+    TRAIN_CONTEXT,
+    VERDICT_TAG,
+    version_ref,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import DatasetInput, Run
     from mlflow.entities.model_registry import ModelVersion
 
-PARENT_TAG = "mlflow_unlearn.parent"
-METHOD_TAG = "mlflow_unlearn.method"
-FORGET_DIGEST_TAG = "mlflow_unlearn.forget_digest"
-FORGET_COUNT_TAG = "mlflow_unlearn.forget_count"
-RUN_ID_TAG = "mlflow_unlearn.run_id"
-VERDICT_TAG = "mlflow_unlearn.verdict"
-#: The tags of an unlearned model version, exactly these keys.
-VERSION_TAG_KEYS = (PARENT_TAG, METHOD_TAG, FORGET_DIGEST_TAG, FORGET_COUNT_TAG, RUN_ID_TAG, VERDICT_TAG)
 
-#: Run tags: the gate verdict (``passed``/``failed``), the registered result (``name/version``), the hash
-#: of method + config + seed that makes unlearning idempotent.
-RUN_VERDICT_TAG = VERDICT_TAG
-RUN_RESULT_VERSION_TAG = "mlflow_unlearn.result_version"
-RUN_CONFIG_HASH_TAG = "mlflow_unlearn.config_hash"
-#: Set on a run whose unlearning was found done already: the run that did it.
-RUN_REUSED_FROM_TAG = "mlflow_unlearn.reused_from_run"
-
-#: Context tag values of the dataset inputs we log.
-TRAIN_CONTEXT = "train"
-RETAIN_CONTEXT = "retain"
-TEST_CONTEXT = "test"
 _LINEAGE_CONTEXTS = (TRAIN_CONTEXT, RETAIN_CONTEXT)
-_SOURCE_TAG_PREFIX = "mlflow_unlearn"
-
-_URI_RE = re.compile(r"^models:/(?P<name>[^/@]+?)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))$")
-
-
-class ModelResolutionError(ValueError):
-    """The model URI does not name an existing registered model version."""
+_SOURCE_TAG_PREFIX = TAG_PREFIX.rstrip(".")
 
 
 class LineageError(ValueError):
@@ -104,68 +91,9 @@ class DataLineage:
                    chain)
 
 
-def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
-    """Split ``models:/name/version`` or ``models:/name@alias`` into ``(name, version, alias)``.
-
-    Raises:
-        ModelResolutionError: for any other form.
-
-    >>> parse_model_uri("models:/mnist/3")
-    ('mnist', '3', None)
-    >>> parse_model_uri("models:/mnist@champion")
-    ('mnist', None, 'champion')
-    """
-    match = _URI_RE.match(model_uri or "")
-    if not match:
-        raise ModelResolutionError(
-            f"Expected a registered model URI 'models:/<name>/<version>' or 'models:/<name>@<alias>' "
-            f"but got {model_uri!r}"
-        )
-    return match["name"], match["version"], match["alias"]
-
-
-def resolve_model_version(client: MlflowClient, model_uri: str) -> ModelVersion:
-    """The registered :class:`ModelVersion` that ``model_uri`` names.
-
-    Raises:
-        ModelResolutionError: malformed URI, unknown model, unknown version or unknown alias; the
-            message lists what exists.
-    """
-    from mlflow.exceptions import MlflowException
-
-    name, version, alias = parse_model_uri(model_uri)
-    try:
-        registered = client.get_registered_model(name)
-    except MlflowException as exc:
-        raise ModelResolutionError(
-            f"Registered model {name!r} not found in the model registry; register it first or check the name "
-            "and the tracking/registry URI."
-        ) from exc
-    if alias is not None:
-        try:
-            return client.get_model_version_by_alias(name, alias)
-        except MlflowException as exc:
-            known = ", ".join(sorted(registered.aliases)) or "none"
-            raise ModelResolutionError(f"Model {name!r} has no alias {alias!r}; its aliases: {known}") from exc
-    if not version.isdigit():
-        raise ModelResolutionError(f"Expected a version number in {model_uri!r} but got {version!r}")
-    try:
-        return client.get_model_version(name, version)
-    except MlflowException as exc:
-        known = ", ".join(sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int))
-        raise ModelResolutionError(
-            f"Model {name!r} has no version {version}; versions: {known or 'none'}"
-        ) from exc
-
-
-def version_ref(version: ModelVersion) -> str:
-    """``name/version`` of a model version, the form used in lineage tags."""
-    return f"{version.name}/{version.version}"
-
-
 def version_tags(*, parent: ModelVersion, method: str, forget_digest: str, forget_count: int, run_id: str,
                  verdict: str) -> dict[str, str]:
-    """The six lineage tags of an unlearned version (:data:`VERSION_TAG_KEYS`)."""
+    """The six lineage tags of an unlearned version (:data:`~mlflow_unlearn.tracking.vocabulary.VERSION_TAG_KEYS`)."""
     return {
         PARENT_TAG: version_ref(parent),
         METHOD_TAG: method,
@@ -191,7 +119,7 @@ def find_existing_version(client: MlflowClient, *, parent: ModelVersion, method:
         if (tags.get(PARENT_TAG) == parent_ref and tags.get(METHOD_TAG) == method
                 and tags.get(FORGET_DIGEST_TAG) == forget_digest and candidate.run_id):
             run = client.get_run(candidate.run_id)
-            if run.data.tags.get(RUN_CONFIG_HASH_TAG) == chash:
+            if run.data.tags.get(CONFIG_HASH_TAG) == chash:
                 return client.get_model_version(candidate.name, candidate.version)
     return None
 

@@ -13,12 +13,19 @@ import json
 import math
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+    from mlflow_unlearn.tracking.gate import GateResult
+    from mlflow_unlearn.tracking.plan import UnlearnPlan
 
 REPORT_ARTIFACT_PATH = "report"
 JSON_REPORT = "unlearning_report.json"
@@ -28,6 +35,87 @@ LOSS_PLOT = "loss_histograms.png"
 REPORT_SCHEMA_VERSION = 1
 
 _SPLITS = ("forget", "retain", "test")
+
+
+@dataclass
+class RunResult:
+    """What one unlearning run produced, as far as the report tells it (filled in step by step).
+
+    Args:
+        run_id: the run.
+        started_at: when :func:`~mlflow_unlearn.tracking.api.unlearn` started (ISO-8601 UTC).
+        metrics: the metrics table (percent).
+        losses: per-sample losses for the histograms, ``{model: {"forget"|"test": losses}}``.
+        retain_evaluated: how many retain samples were evaluated.
+        version: the registered version, or None.
+        forced: registered although the gate failed.
+        onnx_diff: the ONNX copy's max abs logit difference, if one was logged.
+        timings: seconds per step.
+    """
+
+    run_id: str
+    started_at: str
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+    losses: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    retain_evaluated: int = 0
+    version: ModelVersion | None = None
+    forced: bool = False
+    onnx_diff: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def build_report(plan: UnlearnPlan, result: RunResult, verdict: GateResult) -> dict[str, Any]:
+    """The audit report of one unlearning run, as the dict written to ``unlearning_report.json``.
+
+    Args:
+        plan: what was asked and checked (parent, method, config, data, forget set as digest and count).
+        result: what the run produced.
+        verdict: the acceptance gate's decision.
+
+    Returns:
+        The report (schema :data:`REPORT_SCHEMA_VERSION`); no sample and no sample ID is in it.
+    """
+    from mlflow_unlearn.tracking.formats import ONNX_TOLERANCE
+
+    fs, lineage, version = plan.forget, plan.lineage, result.version
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "run_id": result.run_id,
+        "started_at": result.started_at,
+        "finished_at": utc_now(),
+        "parent": {"name": plan.parent.name, "version": str(plan.parent.version), "uri": plan.model_uri,
+                   "run_id": plan.parent.run_id},
+        "result": {"name": version.name, "version": str(version.version)} if version is not None else None,
+        "method": plan.method,
+        "config": plan.config_dict,
+        "config_hash": plan.config_hash,
+        "seed": plan.seed,
+        "device": str(plan.device),
+        "reference": plan.reference,
+        "data": {"source": lineage.source, "seed": lineage.seed, "test_fraction": lineage.test_fraction,
+                 "forget_steps_before": len(lineage.chain), "retain_count": len(fs.retain),
+                 "retain_evaluated": result.retain_evaluated, "test_count": len(fs.test)},
+        "forget": {"spec": fs.spec, "kind": fs.kind, "digest": fs.digest, "count": fs.count,
+                   "classes": list(fs.forget_classes)},
+        "metrics": metrics_to_dict(result.metrics),
+        "verdict": verdict.verdict,
+        "forced": result.forced,
+        "gate": {"verdict": verdict.verdict, "thresholds": plan.gate.to_dict(),
+                 "checks": verdict.checks.to_dict(orient="records")},
+        "onnx": {"max_abs_diff": result.onnx_diff, "tolerance": ONNX_TOLERANCE} if result.onnx_diff is not None
+        else None,
+        "timings": result.timings,
+        "code_version": code_version(),
+    }
+
+
+def report_uri(artifact_uri: str) -> str:
+    """The URI of the Markdown report among a run's artifacts at ``artifact_uri``.
+
+    >>> report_uri("file:///mlruns/0/abc/artifacts")
+    'file:///mlruns/0/abc/artifacts/report/unlearning_report.md'
+    """
+    return f"{artifact_uri}/{REPORT_ARTIFACT_PATH}/{MD_REPORT}"
 
 
 def utc_now() -> str:

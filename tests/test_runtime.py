@@ -1,4 +1,5 @@
-"""The fast inference copy behind every inference pass (teacher targets, curriculum scores, evaluation)."""
+"""mlflow_unlearn.runtime: device resolution, and the fast inference copy behind every inference pass (teacher
+targets, curriculum scores, evaluation)."""
 
 import copy
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mlflow_unlearn import _runtime as rt
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.data import SampleSet
 from mlflow_unlearn.methods._loops import predict_logits
 from mlflow_unlearn.metrics import collect_outputs
@@ -116,3 +117,20 @@ def test_predict_logits_and_collect_outputs_match_a_plain_eval_pass():
     out = collect_outputs(model, data, device="cpu", batch_size=64)
     torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-4)
     assert model.training
+
+
+def test_device_resolution():
+    assert rt.resolve_device("cpu").type == "cpu"
+    assert rt.resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="`device` to be 'auto', 'cpu' or 'cuda"):
+        rt.resolve_device("tpu:banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            rt.resolve_device("cuda")
+
+
+def test_errors_are_exported_from_the_package_root():
+    import mlflow_unlearn
+
+    assert mlflow_unlearn.UnlearningDivergedError is rt.UnlearningDivergedError
+    assert "UnlearningDivergedError" in mlflow_unlearn.__all__

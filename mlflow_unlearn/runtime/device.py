@@ -1,28 +1,17 @@
-"""Execution plumbing shared by training and every unlearning method.
-
-Device choice, bf16 autocast on CUDA, seeding, data loaders that become distributed under ``torchrun``,
-DistributedDataParallel wrapping and the finite-loss guard live here, once, so that each method module
-only states its algorithm.
+"""Where and how a model runs: device choice, bf16 autocast on CUDA, memory layout, and the faster inference
+copy (BatchNorm folded into the preceding layer, channels_last) with its fall-back runner.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
-import random
-from collections.abc import Iterator
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-
-class UnlearningDivergedError(RuntimeError):
-    """Raised when a loss becomes NaN or infinite: the result would be garbage, so nothing is returned."""
+from mlflow_unlearn.runtime.distributed import is_distributed, unwrap
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -31,8 +20,14 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     Args:
         device: ``None`` or ``"auto"`` to choose automatically, or any string ``torch.device`` accepts.
 
+    Returns:
+        The device; under ``torchrun`` with CUDA, this process's ``LOCAL_RANK`` GPU.
+
     Raises:
         ValueError: if CUDA is asked for but not available, or the string is not a device.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
     """
     if device is None or (isinstance(device, str) and device == "auto"):
         if torch.cuda.is_available():
@@ -156,125 +151,3 @@ class InferenceRunner:
             return self.model(x)
         self.proven = True
         return out
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return a CPU generator seeded the same way for loaders."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    gen = torch.Generator()
-    gen.manual_seed(seed)
-    return gen
-
-
-def is_distributed() -> bool:
-    """True inside an initialised ``torch.distributed`` process group (e.g. under ``torchrun``)."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def world_size() -> int:
-    return torch.distributed.get_world_size() if is_distributed() else 1
-
-
-def rank() -> int:
-    return torch.distributed.get_rank() if is_distributed() else 0
-
-
-def init_distributed_from_env() -> bool:
-    """Initialise the default process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
-
-    Uses NCCL when CUDA is available, gloo otherwise. Returns True if a group is (now) initialised.
-    """
-    if is_distributed():
-        return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group(backend=backend)
-    return True
-
-
-def make_loader(
-    dataset: Dataset,
-    *,
-    batch_size: int,
-    shuffle: bool,
-    seed: int = 0,
-    drop_last: bool = False,
-    epoch: int = 0,
-) -> DataLoader:
-    """A DataLoader that shards across ranks with a DistributedSampler when distributed.
-
-    Shuffling is seeded (``seed`` + ``epoch``) so that runs are reproducible.
-    """
-    if is_distributed():
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        sampler.set_epoch(epoch)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
-    gen = torch.Generator()
-    gen.manual_seed(seed + 7919 * epoch)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last)
-
-
-def wrap_distributed(model: nn.Module, device: torch.device) -> nn.Module:
-    """Wrap ``model`` in DistributedDataParallel when a process group is initialised, else return it."""
-    if not is_distributed():
-        return model
-    if device.type == "cuda":
-        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
-    return nn.parallel.DistributedDataParallel(model)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside a DistributedDataParallel wrapper."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def check_finite(loss: torch.Tensor, *, where: str) -> None:
-    """Raise :class:`UnlearningDivergedError` if ``loss`` is NaN/inf.
-
-    This reads one scalar from the device, so call it once per epoch on an accumulated tensor (or every
-    N steps), never per batch inside hot loops on CUDA.
-    """
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise UnlearningDivergedError(
-            f"{where}: the loss became {value}; the method diverged and its result was discarded. "
-            "Lower the learning rate or check the data for NaN values."
-        )
-
-
-def progress(iterable: Any, *, desc: str, total: int | None = None, enabled: bool | None = None) -> Iterator:
-    """A tqdm progress bar for people, silent under CI (``CI`` set), on non-zero ranks, or when disabled."""
-    from tqdm.auto import tqdm
-
-    if enabled is None:
-        enabled = not os.environ.get("CI") and rank() == 0 and not os.environ.get("MLFLOW_UNLEARN_QUIET")
-    return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=False)
-
-
-class History:
-    """Per-step records (losses, timings) of a training or unlearning run.
-
-    ``records`` is a list of flat dicts (one per epoch or stage); ``wall_time_s`` the total wall time.
-    """
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.wall_time_s: float = 0.0
-        self.extra: dict[str, Any] = {}
-
-    def log(self, **values: Any) -> None:
-        self.records.append({k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in values.items()})
-
-    def to_frame(self):
-        """The records as a pandas DataFrame."""
-        import pandas as pd
-
-        return pd.DataFrame(self.records)
-
-    def __repr__(self) -> str:
-        return f"History(records={len(self.records)}, wall_time_s={self.wall_time_s:.2f})"

@@ -1,0 +1,372 @@
+"""One plan for every door: :func:`prepare` checks an unlearning request once and returns a frozen plan.
+
+The API (:func:`~mlflow_unlearn.tracking.api.unlearn`, :func:`~mlflow_unlearn.tracking.api.evaluate_version`),
+the ``mlflow-unlearn`` CLI, the MLflow Project and the registry plugin's launcher all call :func:`prepare`,
+so the same bad input gets the same error from each of them, before anything expensive or anything logged:
+
+1. the arguments alone: the method (and, under ``torchrun``, whether it runs distributed), the reference,
+   the forget spec's grammar, the retain evaluation size, the method and gate configs;
+2. the registry: the model version, its format (a trainable PyTorch model);
+3. the data: the version's lineage (or the given source), its earlier forget steps replayed, the forget
+   set resolved against it, and the model's fit to the data (input shape, class count).
+
+Nothing downstream re-parses or re-checks: it reads the :class:`UnlearnPlan`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mlflow_unlearn.tracking import lineage as lin
+from mlflow_unlearn.tracking import vocabulary as vocab
+from mlflow_unlearn.tracking.configs import gate_config, load_config, method_config, retrain_config
+from mlflow_unlearn.tracking.gate import GateConfig
+
+if TYPE_CHECKING:
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion
+    from torch import nn
+
+    from mlflow_unlearn.data import DataSplit, ForgetSplit
+
+_logger = logging.getLogger("mlflow_unlearn")
+
+#: Default cap on the retain samples that are evaluated (seeded subset): the retain set is most of the
+#: data, and its accuracy is estimated to about +-1 pp from 1000 samples; the membership attack already
+#: subsamples it to the test-set size.
+RETAIN_EVAL_SIZE = 1000
+
+
+class DataResolutionError(ValueError):
+    """The data source cannot be loaded or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class UnlearnPlan:
+    """Everything one unlearning (or evaluation) needs, checked: the output of :func:`prepare`.
+
+    Args:
+        model_uri: the URI as given.
+        client: the MLflow client that resolved the version (and that logs the run).
+        parent: the registered version to unlearn (or evaluate).
+        parent_run: the run that logged ``parent`` (None for a version without one).
+        model: ``parent`` loaded as a trainable module.
+        lineage: the data lineage of ``parent``: source, split seed, test fraction, earlier forget steps.
+        split: the train/test split ``parent`` was trained on (earlier forget steps applied).
+        forget: the forget set resolved against ``split``: forget, retain and test subsets, forgetting kind,
+            spec (an ``ids:`` path made absolute), digest and count.
+        method: the registered unlearning method.
+        config: the method's validated config dataclass.
+        config_hash: the hash of method, config and seed (the idempotency key).
+        gate: the acceptance gate's thresholds.
+        reference: :data:`~mlflow_unlearn.tracking.vocabulary.REFERENCES`, ``none`` or ``retrain``.
+        retrain_config: the retrain reference's config (the parent's recipe), None without a reference.
+        recipe: the parent's ``model.*`` and ``train.*`` params, inherited by the result.
+        seed: seed of the method, the reference and the attacks.
+        device: where to run.
+        retain_eval_size: how many retain samples are evaluated at most (None: all of them).
+    """
+
+    model_uri: str
+    client: MlflowClient = field(repr=False)
+    parent: ModelVersion = field(repr=False)
+    parent_run: Run | None = field(repr=False)
+    model: nn.Module = field(repr=False)
+    lineage: lin.DataLineage
+    split: DataSplit = field(repr=False)
+    forget: ForgetSplit
+    method: str
+    config: Any
+    config_hash: str
+    gate: GateConfig
+    reference: str
+    retrain_config: Any
+    recipe: Mapping[str, str] = field(repr=False)
+    seed: int
+    device: torch.device
+    retain_eval_size: int | None
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        """The method config as a plain dict (what is logged and hashed)."""
+        from mlflow_unlearn.methods.registry import config_to_dict
+
+        return config_to_dict(self.config)
+
+    @property
+    def new_lineage(self) -> lin.DataLineage:
+        """The lineage of the unlearned model: this plan's forget step appended (digest and count, no IDs)."""
+        return self.lineage.then(lin.ForgetStep(self.forget.spec, self.forget.digest, self.forget.count))
+
+    @property
+    def retain_eval_count(self) -> int:
+        """How many retain samples are evaluated."""
+        return min(len(self.forget.retain), self.retain_eval_size or len(self.forget.retain))
+
+    def params(self, **flags: Any) -> dict[str, Any]:
+        """The run params of this plan (and of ``flags`` as ``unlearn.<flag>``): no sample, no ID."""
+        fs, lineage = self.forget, self.lineage
+        return {
+            "unlearn.parent": vocab.version_ref(self.parent), "unlearn.parent_run_id": self.parent.run_id or "",
+            "unlearn.method": self.method, "unlearn.reference": self.reference, "unlearn.seed": self.seed,
+            "unlearn.device": str(self.device), **{f"unlearn.{k}": v for k, v in flags.items()},
+            "data.source": lineage.source, "data.seed": lineage.seed, "data.test_fraction": lineage.test_fraction,
+            "data.forget_steps_before": len(lineage.chain), "data.retain_eval_count": self.retain_eval_count,
+            "forget.spec": fs.spec, "forget.kind": fs.kind, "forget.count": fs.count, "forget.digest": fs.digest,
+            "forget.classes": ",".join(map(str, fs.forget_classes)),
+            **self.recipe,
+            **{f"config.{k}": v for k, v in self.config_dict.items()},
+            **{f"gate.{k}": v for k, v in self.gate.to_dict().items()},
+        }
+
+    @property
+    def test_forget_share(self) -> float:
+        """The share of the test set in the forgotten classes (0 for sample-wise forgetting)."""
+        import numpy as np
+
+        return float(np.isin(self.forget.test.y.numpy(), self.forget.forget_classes).mean())
+
+
+def prepare(
+    model_uri: str,
+    *,
+    forget: str,
+    method: str = vocab.DEFAULT_METHOD,
+    data: str | None = None,
+    config: Any = None,
+    reference: str = vocab.NO_REFERENCE,
+    gate: GateConfig | Mapping[str, Any] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    retain_eval_size: int | None = RETAIN_EVAL_SIZE,
+    distributed: bool | None = None,
+    forgotten: bool = False,
+    client: MlflowClient | None = None,
+    tracking_uri: str | None = None,
+    registry_uri: str | None = None,
+) -> UnlearnPlan:
+    """Check an unlearning request once, cheapest checks first, and return the frozen :class:`UnlearnPlan`.
+
+    Args:
+        model_uri: ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
+        forget: a forget spec: ``classes:3,7``, ``ids:<file>``, ``random:<fraction|count>[:<seed>]``; a
+            relative ``ids:`` path is made absolute (that is how the lineage records it).
+        method: a registered method (see :func:`mlflow_unlearn.methods.list_methods`).
+        data: the data source; None to use the one the version was trained on.
+        config: method hyperparameters: None, a mapping, the method's config dataclass, or a YAML path (which
+            may hold a ``gate:`` section of thresholds).
+        reference: ``"none"`` or ``"retrain"`` (also train the exact-unlearning reference).
+        gate: gate thresholds: a mapping overrides the config YAML's ``gate:`` keys one by one, a
+            :class:`~mlflow_unlearn.tracking.gate.GateConfig` replaces them.
+        seed: seed of the method, the reference and the attacks.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        retain_eval_size: evaluate retain metrics on a seeded subset of at most this many retain samples
+            (None: all of them).
+        distributed: whether the method will run under ``torchrun`` (None: whether a process group is
+            initialised in this process); a method without DistributedDataParallel support is refused.
+        forgotten: the forget set may be one the version's lineage already forgot (to evaluate a version):
+            the data is then rebuilt as it was before that step.
+        client: the MLflow client to use (default: one for ``tracking_uri`` and ``registry_uri``).
+        tracking_uri: tracking URI (default: the current one).
+        registry_uri: registry URI (default: the current one).
+
+    Returns:
+        The :class:`UnlearnPlan`.
+
+    Raises:
+        ModelResolutionError: unknown model, version or alias, malformed URI.
+        ModelFormatError: not a PyTorch model, or a ``pt2`` model.
+        LineageError: the training data cannot be found or rebuilt.
+        DataResolutionError: the data cannot be loaded or does not fit the model (class count, input shape).
+        ConfigError: a missing, malformed or invalid method config.
+        ValueError: unknown method or reference, invalid thresholds, a bad forget spec (grammar, unknown
+            classes or IDs, an empty set), or a method that does not run under ``torchrun``.
+    """
+    from mlflow_unlearn import runtime as rt
+    from mlflow_unlearn.data import parse_forget_spec
+    from mlflow_unlearn.methods.registry import config_to_dict
+
+    _check_arguments(method, reference, retain_eval_size, rt.is_distributed() if distributed is None else distributed)
+    spec = parse_forget_spec(forget).absolute()
+    method_values, gate_from_file = load_config(config)
+    cfg = method_config(method, method_values)
+    gate_cfg = gate_config(gate, gate_from_file)
+    dev = rt.resolve_device(device)
+    client = client or tracking_client(tracking_uri, registry_uri)
+    parent = vocab.resolve_model_version(client, model_uri)
+    model = load_version(client, parent, model_uri)
+    parent_run = client.get_run(parent.run_id) if parent.run_id else None
+    lineage, split, forget_split = resolve_data(model, data, parent_run, spec.text, forgotten=forgotten)
+    recipe = lin.inherited_params(parent_run) if parent_run is not None else {}
+    return UnlearnPlan(
+        model_uri=model_uri, client=client, parent=parent, parent_run=parent_run, model=model, lineage=lineage,
+        split=split, forget=forget_split, method=method, config=cfg,
+        config_hash=lin.config_hash(method, config_to_dict(cfg), seed), gate=gate_cfg, reference=reference,
+        retrain_config=retrain_config(recipe) if reference == vocab.RETRAIN_REFERENCE else None, recipe=recipe,
+        seed=seed, device=dev, retain_eval_size=retain_eval_size,
+    )
+
+
+def _check_arguments(method: str, reference: str, retain_eval_size: Any, distributed: bool) -> None:
+    """The checks of the arguments alone: the method (DDP support under ``torchrun``), reference, eval size."""
+    from mlflow_unlearn.methods import get_method, list_methods
+
+    if distributed and not get_method(method).distributed:
+        supported = [m for m in list_methods(include_reference=False) if get_method(m).distributed]
+        raise ValueError(f"Method {method!r} does not run under torchrun (DistributedDataParallel); methods that "
+                         f"do: {', '.join(supported)}")
+    get_method(method)
+    vocab.check_reference(reference)
+    if retain_eval_size is not None and (isinstance(retain_eval_size, bool) or not isinstance(retain_eval_size, int)
+                                         or retain_eval_size < 1):
+        raise ValueError(f"Expected argument `retain_eval_size` to be a positive int or None but got "
+                         f"{retain_eval_size!r}")
+
+
+def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spec: str, *,
+                 forgotten: bool = False) -> tuple[lin.DataLineage, DataSplit, ForgetSplit]:
+    """The lineage, the training split and the forget split of a version's data, checked against ``model``.
+
+    Args:
+        model: the version's model.
+        data: the data source; None for the one ``parent_run`` recorded.
+        parent_run: the run that logged the version.
+        spec: the forget spec (an ``ids:`` path already absolute).
+        forgotten: if the lineage already forgot ``spec``, rebuild the data as it was before that step.
+
+    Raises:
+        LineageError, DataResolutionError, ValueError: see :func:`prepare`.
+    """
+    from mlflow_unlearn.data import resolve_forget
+
+    lineage = resolve_lineage(data, parent_run)
+    if forgotten:
+        lineage = lineage_before(lineage, spec)
+    split = load_split(lineage)
+    forget_split = resolve_forget(split, spec)
+    check_model_fits(model, split, lineage.source)
+    return lineage, split, forget_split
+
+
+def tracking_client(tracking_uri: str | None, registry_uri: str | None) -> MlflowClient:
+    """An :class:`MlflowClient` for the given URIs (default: the current tracking URI)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri or mlflow.get_tracking_uri(), registry_uri=registry_uri)
+
+
+def load_version(client: MlflowClient, version: ModelVersion, model_uri: str) -> nn.Module:
+    """Download ``version`` through ``client``'s registry and load it as a trainable module.
+
+    Raises:
+        ModelFormatError: not a PyTorch model, or one that cannot be trained (``pt2``).
+    """
+    from mlflow.artifacts import download_artifacts
+
+    from mlflow_unlearn.tracking.formats import load_trainable_module
+
+    source = client.get_model_version_download_uri(version.name, version.version)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri)
+        return load_trainable_module(local, model_uri=model_uri)
+
+
+def resolve_lineage(data: str | None, parent_run: Run | None) -> lin.DataLineage:
+    """The lineage of the data: the one ``parent_run`` recorded, or ``data`` (keeping the recorded split).
+
+    Raises:
+        LineageError: no data given and none recorded.
+    """
+    recorded = None
+    if parent_run is not None:
+        try:
+            recorded = lin.lineage_from_run(parent_run)
+        except lin.LineageError:
+            if not data:
+                raise
+    if not data:
+        if recorded is None:
+            raise lin.LineageError("The model version has no source run, so its training data is unknown. Pass the "
+                                   "data explicitly (data='digits', 'npz:<path>', ...).")
+        return recorded
+    if recorded is not None and recorded.source == data:
+        return recorded
+    if recorded is not None:
+        return lin.DataLineage(data, recorded.seed, recorded.test_fraction)
+    return lin.DataLineage(data)
+
+
+def lineage_before(lineage: lin.DataLineage, spec: str) -> lin.DataLineage:
+    """``lineage`` cut before its forget step ``spec`` if it has one (to evaluate a version on a set it forgot).
+
+    >>> chain = (lin.ForgetStep("classes:3", "d1", 5), lin.ForgetStep("classes:4", "d2", 6))
+    >>> lineage_before(lin.DataLineage("digits", chain=chain), "classes:4").chain == chain[:1]
+    True
+    """
+    earlier = [step.spec for step in lineage.chain]
+    if spec not in earlier:
+        return lineage
+    return dataclasses.replace(lineage, chain=lineage.chain[:earlier.index(spec)])
+
+
+def load_split(lineage: lin.DataLineage) -> DataSplit:
+    """Load the lineage's source and replay its forget chain; return the split the model was trained on.
+
+    Raises:
+        DataResolutionError: the source cannot be loaded.
+        LineageError: an earlier forget step fails or selects other samples than it did (digest mismatch).
+    """
+    from mlflow_unlearn.data import load_data, resolve_forget
+
+    try:
+        split = load_data(lineage.source, seed=lineage.seed, test_fraction=lineage.test_fraction)
+    except (ValueError, OSError) as exc:
+        raise DataResolutionError(f"Cannot load the data source {lineage.source!r}: {exc}") from None
+    for step in lineage.chain:
+        try:
+            done = resolve_forget(split, step.spec)
+        except (ValueError, OSError) as exc:
+            raise lin.LineageError(f"Cannot replay the earlier forget step {step.spec!r} of this model's lineage: "
+                                   f"{exc}") from None
+        if done.digest != step.digest:
+            raise lin.LineageError(
+                f"The earlier forget step {step.spec!r} no longer selects the samples it selected then (digest "
+                "mismatch), so the data this model was trained on cannot be rebuilt. Restore that forget "
+                "request file or unlearn from an earlier version."
+            )
+        split = dataclasses.replace(split, train=done.retain)
+    return split
+
+
+def check_model_fits(model: nn.Module, split: DataSplit, source: str) -> None:
+    """Fail early when the model cannot take the data's inputs or has another number of classes.
+
+    Raises:
+        DataResolutionError: with the shapes or class counts that disagree.
+    """
+    import torch
+
+    sample = split.train.x[:2]
+    try:
+        with torch.no_grad():
+            was_training = model.training
+            out = model.eval()(sample)
+            model.train(was_training)
+    except (RuntimeError, ValueError) as exc:
+        raise DataResolutionError(f"The model cannot take the inputs of {source!r} (shape "
+                                  f"{tuple(split.train.input_shape)}): {str(exc).splitlines()[0]}") from None
+    if out.dim() != 2:
+        raise DataResolutionError(f"Expected the model to return (batch, classes) logits but got {tuple(out.shape)}")
+    if int(out.shape[1]) != split.num_classes:
+        raise DataResolutionError(
+            f"Class-count mismatch: the model outputs {int(out.shape[1])} classes but the data {source!r} has "
+            f"{split.num_classes}. Use the data the model was trained on."
+        )

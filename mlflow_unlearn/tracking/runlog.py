@@ -1,0 +1,221 @@
+"""Logging one run through an :class:`mlflow.MlflowClient`, without touching MLflow's global (fluent) state.
+
+:class:`RunLogger` logs params, metrics, tags, artifacts, dataset inputs and models into one run and registers
+its model last; :class:`TrackingEnv` is the one place where the MLflow settings of the environment
+(``MLFLOW_RUN_ID``, ``MLFLOW_EXPERIMENT_NAME``/``_ID``) are read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow_unlearn.tracking import vocabulary as vocab
+from mlflow_unlearn.tracking.experiments import get_or_create_experiment
+from mlflow_unlearn.tracking.formats import (
+    MODEL_ARTIFACT_PATH,
+    ONNX_ARTIFACT_PATH,
+    export_onnx,
+    save_onnx_model,
+    save_trainable_module,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.entities import DatasetInput, Run
+    from mlflow.entities.model_registry import ModelVersion
+    from torch import nn
+
+#: Samples of the test set used to compare the ONNX copy with the PyTorch model.
+ONNX_SAMPLE_SIZE = 32
+#: Metric key of the ONNX copy's max |torch - onnxruntime| logit difference.
+ONNX_DIFF_METRIC = "onnx.max_abs_diff"
+_MAX_PARAM_LENGTH = 6000
+_DUPLICATE_ROW_ERRORS = ("UNIQUE constraint", "Duplicate entry", "duplicate key")
+
+
+@dataclass(frozen=True)
+class TrackingEnv:
+    """The MLflow settings of the environment, read once by :meth:`read`.
+
+    Args:
+        run_id: ``MLFLOW_RUN_ID``: the run to log into (``mlflow run`` sets it), or None.
+        experiment_id: ``MLFLOW_EXPERIMENT_ID``, or None.
+        experiment_name: ``MLFLOW_EXPERIMENT_NAME``, or None.
+
+    >>> TrackingEnv.read({"MLFLOW_RUN_ID": "abc", "MLFLOW_EXPERIMENT_NAME": ""})
+    TrackingEnv(run_id='abc', experiment_id=None, experiment_name=None)
+    """
+
+    run_id: str | None = None
+    experiment_id: str | None = None
+    experiment_name: str | None = None
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> TrackingEnv:
+        """Read the settings from ``environ`` (default: ``os.environ``); empty values count as unset."""
+        environ = os.environ if environ is None else environ
+        return cls(run_id=environ.get("MLFLOW_RUN_ID") or None,
+                   experiment_id=environ.get("MLFLOW_EXPERIMENT_ID") or None,
+                   experiment_name=environ.get("MLFLOW_EXPERIMENT_NAME") or None)
+
+
+def experiment_id(client: MlflowClient, experiment: str | None, fallback_run: Run | None,
+                  env: TrackingEnv | None = None) -> str:
+    """``experiment`` (name or id) > the environment's id or name > the active run's > ``fallback_run``'s > "0"."""
+    import mlflow
+
+    env = TrackingEnv.read() if env is None else env
+    if experiment and experiment.isdigit():
+        return experiment
+    if not experiment and env.experiment_id:
+        return env.experiment_id
+    name = experiment or env.experiment_name
+    if name:
+        return get_or_create_experiment(client, name)
+    active = mlflow.active_run()
+    if active is not None:
+        return active.info.experiment_id
+    if fallback_run is not None:
+        return fallback_run.info.experiment_id
+    return "0"
+
+
+def parent_run_id() -> str | None:
+    """The active fluent run's ID (the new run becomes its child), or None."""
+    import mlflow
+
+    active = mlflow.active_run()
+    return active.info.run_id if active is not None else None
+
+
+def metric_dict(metrics: pd.DataFrame) -> dict[str, float]:
+    """The metrics table as run metrics ``<row>.<column>``."""
+    return {f"{row}.{col}": float(value) for row, values in metrics.iterrows() for col, value in values.items()}
+
+
+def metrics_from_run(run: Run) -> pd.DataFrame:
+    """The metrics table an unlearning run logged (the inverse of :func:`metric_dict`)."""
+    import pandas as pd
+
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in run.data.metrics.items():
+        row, _, col = key.partition(".")
+        if row in vocab.METRIC_ROWS:
+            rows.setdefault(row, {})[col] = value
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
+
+
+class RunLogger:
+    """Logs into one run through an MlflowClient: a given run (e.g. ``MLFLOW_RUN_ID``) or a new one it owns.
+
+    Use it as a context manager around the run's work: on success an owned run ends ``FINISHED``; on any
+    error the version :meth:`register` created in it is deleted again and an owned run ends ``FAILED``, so
+    that a failure leaves nothing half-registered. Constructing it starts nothing; entering it creates the
+    run when none was given.
+    """
+
+    def __init__(self, client: MlflowClient, *, run_id: str | None, experiment_id: str = "", run_name: str = "",
+                 parent_run_id: str | None = None) -> None:
+        self.client = client
+        self.owned = run_id is None
+        self.run_id = run_id
+        self._create = {"experiment_id": experiment_id, "run_name": run_name,
+                        "tags": {"mlflow.parentRunId": parent_run_id} if parent_run_id else None}
+        self.artifact_uri = ""
+        self.registered: ModelVersion | None = None
+
+    def __enter__(self) -> RunLogger:
+        if self.run_id is None:
+            self.run_id = self.client.create_run(**self._create).info.run_id
+        self.artifact_uri = self.client.get_run(self.run_id).info.artifact_uri
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and self.registered is not None:
+            self.client.delete_model_version(self.registered.name, self.registered.version)
+        if self.owned:
+            self.client.set_terminated(self.run_id, "FINISHED" if exc_type is None else "FAILED")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        set_run_tags(self.client, self.run_id, tags)
+
+    def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def log_inputs(self, datasets: list[DatasetInput]) -> None:
+        """``client.log_inputs`` that survives a concurrent job inserting the same dataset row first.
+
+        Jobs on one experiment share the test split, so two of them may race on MLflow's unique dataset row
+        (``UNIQUE constraint failed`` / ``Duplicate entry``); the second attempt reuses the row the other
+        inserted.
+        """
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=datasets)
+                return
+            except MlflowException as exc:
+                if attempt == 2 or not any(m in str(exc) for m in _DUPLICATE_ROW_ERRORS):
+                    raise
+
+    def log_models(self, model: nn.Module, *, sample: torch.Tensor, num_classes: int, onnx: bool,
+                   tmp: Path) -> float | None:
+        """Log the trainable model (and its checked ONNX copy); return the ONNX max abs diff."""
+        input_shape = tuple(sample.shape[1:])
+        save_trainable_module(model, tmp / MODEL_ARTIFACT_PATH, input_shape=input_shape, num_classes=num_classes)
+        self.log_artifacts(tmp / MODEL_ARTIFACT_PATH, MODEL_ARTIFACT_PATH)
+        if not onnx:
+            return None
+        check = export_onnx(model, sample, tmp / "model.onnx")
+        save_onnx_model(check, tmp / ONNX_ARTIFACT_PATH, input_shape=input_shape, num_classes=num_classes)
+        self.log_artifacts(tmp / ONNX_ARTIFACT_PATH, ONNX_ARTIFACT_PATH)
+        self.log_metrics({ONNX_DIFF_METRIC: check.max_abs_diff})
+        return check.max_abs_diff
+
+    def register(self, name: str, *, tags: Mapping[str, str] | None, description: str) -> ModelVersion:
+        """Register the run's logged model as the next version of ``name`` (created if missing)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name)
+        self.registered = self.client.create_model_version(name, f"{self.artifact_uri}/{MODEL_ARTIFACT_PATH}",
+                                                           run_id=self.run_id, tags=dict(tags or {}),
+                                                           description=description)
+        return self.registered
+
+    def tag_result(self, version: ModelVersion) -> None:
+        """Name the registered ``version`` in the run's result tag (last: the run is complete)."""
+        self.set_tags({vocab.RESULT_VERSION_TAG: vocab.version_ref(version)})
+
+
+def set_run_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set ``tags`` on run ``run_id`` in one batch."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

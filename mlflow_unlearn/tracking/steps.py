@@ -1,0 +1,143 @@
+"""The steps of one unlearning run after :func:`~mlflow_unlearn.tracking.plan.prepare`, in order.
+
+:func:`~mlflow_unlearn.tracking.api.unlearn` calls them one after the other: :func:`log_plan`, :func:`run`,
+:func:`evaluate`, :func:`gate`, :func:`log_evaluation`, :func:`log_model`, :func:`register`, :func:`report`,
+:func:`finish`. Each reads the frozen plan and records what it produced (and how long it took) in the
+:class:`~mlflow_unlearn.tracking.report.RunResult` that the report is built from.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow_unlearn.tracking import lineage as lin
+from mlflow_unlearn.tracking import report as rep
+from mlflow_unlearn.tracking import vocabulary as vocab
+from mlflow_unlearn.tracking.evaluation import Evaluation, evaluate_models, report_losses
+from mlflow_unlearn.tracking.gate import GateResult, apply_gate
+from mlflow_unlearn.tracking.runlog import ONNX_SAMPLE_SIZE, RunLogger, metric_dict
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+    from torch import nn
+
+    from mlflow_unlearn.methods.registry import UnlearnResult
+    from mlflow_unlearn.tracking.plan import UnlearnPlan
+
+_logger = logging.getLogger("mlflow_unlearn")
+
+
+def log_plan(logger: RunLogger, plan: UnlearnPlan, *, register: bool, force: bool) -> None:
+    """The plan as the run's config-hash tag, params and retain/test dataset inputs (the new lineage)."""
+    from mlflow_unlearn.data import ids_digest
+
+    fs, source = plan.forget, plan.lineage.source
+    logger.set_tags({vocab.CONFIG_HASH_TAG: plan.config_hash})
+    logger.log_params(plan.params(register=register, force=force))
+    logger.log_inputs([
+        lin.lineage_dataset_input(plan.new_lineage, context=vocab.RETAIN_CONTEXT, name=f"{source}-retain",
+                                  digest=ids_digest(fs.retain.ids), count=len(fs.retain)),
+        lin.lineage_dataset_input(plan.new_lineage, context=vocab.TEST_CONTEXT, name=f"{source}-test",
+                                  digest=ids_digest(fs.test.ids), count=len(fs.test)),
+    ])
+
+
+def run_method(plan: UnlearnPlan, method: str, config: Any) -> UnlearnResult:
+    """Run ``method`` with ``config`` on a copy of the plan's model, forget and retain sets."""
+    from mlflow_unlearn.methods import run_method as run_engine_method
+
+    fs = plan.forget
+    return run_engine_method(method, plan.model, forget=fs.forget, retain=fs.retain, config=config,
+                             device=plan.device, forget_kind=fs.kind, forget_classes=fs.forget_classes, seed=plan.seed)
+
+
+def run(plan: UnlearnPlan, result: rep.RunResult | None = None) -> tuple[UnlearnResult, UnlearnResult | None]:
+    """The method and, if the plan asks for it, the retrain reference (collective steps under ``torchrun``)."""
+    _logger.info("Unlearning %d samples (%s) with %s", plan.forget.count, plan.forget.kind, plan.method)
+    done = run_method(plan, plan.method, plan.config)
+    reference = None
+    if plan.retrain_config is not None:
+        _logger.info("Training the retrain reference on the retain set")
+        reference = run_method(plan, vocab.RETRAIN_METHOD, plan.retrain_config)
+    if result is not None:
+        result.timings["unlearn_s"] = done.wall_time_s
+        if reference is not None:
+            result.timings["reference_s"] = reference.wall_time_s
+    return done, reference
+
+
+def evaluate(plan: UnlearnPlan, unlearned: UnlearnResult, reference: UnlearnResult | None,
+             result: rep.RunResult) -> Evaluation:
+    """The metrics of the original, the unlearned and (if trained) the reference model."""
+    t = time.perf_counter()
+    models = {vocab.ORIGINAL_ROW: plan.model, vocab.UNLEARNED_ROW: unlearned.model}
+    if reference is not None:
+        models[vocab.RETRAIN_ROW] = reference.model
+    evaluation = evaluate_models(plan, models)
+    result.metrics, result.retain_evaluated = evaluation.metrics, len(evaluation.split.retain)
+    result.timings["evaluate_s"] = time.perf_counter() - t
+    return evaluation
+
+
+def gate(plan: UnlearnPlan, evaluation: Evaluation, result: rep.RunResult) -> GateResult:
+    """The acceptance gate's verdict on the metrics, with the plan's thresholds (timed with the evaluation)."""
+    t = time.perf_counter()
+    verdict = apply_gate(evaluation.metrics, config=plan.gate, forget_kind=plan.forget.kind,
+                         num_classes=plan.split.num_classes, test_forget_share=plan.test_forget_share)
+    result.timings["evaluate_s"] += time.perf_counter() - t
+    return verdict
+
+
+def log_evaluation(logger: RunLogger, unlearned: UnlearnResult, result: rep.RunResult, verdict: GateResult) -> None:
+    """The metrics table, the method's wall time and the verdict, as run metrics and the verdict tag."""
+    logger.log_metrics({**metric_dict(result.metrics), "unlearn.wall_time_s": unlearned.wall_time_s,
+                        "gate.passed": float(verdict.passed)})
+    logger.set_tags({vocab.VERDICT_TAG: verdict.verdict})
+
+
+def log_model(logger: RunLogger, plan: UnlearnPlan, model: nn.Module, result: rep.RunResult, *, onnx: bool,
+              tmp: Path) -> None:
+    """Log the unlearned model (and its checked ONNX copy) as the run's model artifacts."""
+    t = time.perf_counter()
+    result.onnx_diff = logger.log_models(model, sample=plan.forget.test.x[:ONNX_SAMPLE_SIZE],
+                                         num_classes=plan.split.num_classes, onnx=onnx, tmp=tmp)
+    result.timings["log_models_s"] = time.perf_counter() - t
+
+
+def register(logger: RunLogger, plan: UnlearnPlan, verdict: GateResult, result: rep.RunResult) -> ModelVersion:
+    """Register the logged model as the parent's next version, with the six lineage tags.
+
+    Registered after everything that can fail on bad input; if the report fails, the run logger deletes the
+    version again, so the report can name the new version.
+    """
+    fs, parent = plan.forget, plan.parent
+    result.forced = not verdict.passed
+    tags = lin.version_tags(parent=parent, method=plan.method, forget_digest=fs.digest, forget_count=fs.count,
+                            run_id=logger.run_id, verdict=verdict.verdict)
+    result.version = logger.register(parent.name, tags=tags,
+                                     description=f"Unlearned from {vocab.version_ref(parent)} with {plan.method}: "
+                                                 f"forgot {fs.count} samples (digest {fs.digest[:12]}), gate "
+                                                 f"{verdict.verdict}.")
+    return result.version
+
+
+def report(logger: RunLogger, plan: UnlearnPlan, result: rep.RunResult, verdict: GateResult,
+           evaluation: Evaluation, *, tmp: Path) -> None:
+    """Write the audit report (JSON, Markdown, plots) and log it as the run's ``report`` artifacts."""
+    t = time.perf_counter()
+    result.losses = report_losses(evaluation.outputs, num_test=len(evaluation.split.test), seed=plan.seed)
+    rep.write_report(rep.build_report(plan, result, verdict), result.metrics, result.losses,
+                     tmp / rep.REPORT_ARTIFACT_PATH)
+    logger.log_artifacts(tmp / rep.REPORT_ARTIFACT_PATH, rep.REPORT_ARTIFACT_PATH)
+    result.timings["report_s"] = time.perf_counter() - t
+
+
+def finish(logger: RunLogger, result: rep.RunResult, t_start: float) -> None:
+    """The step timings as ``time.*`` metrics; the result tag last, once the run is complete."""
+    result.timings["total_s"] = time.perf_counter() - t_start
+    logger.log_metrics({f"time.{k}": v for k, v in result.timings.items()})
+    if result.version is not None:
+        logger.tag_result(result.version)

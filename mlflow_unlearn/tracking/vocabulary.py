@@ -1,0 +1,171 @@
+"""The words shared by the MLflow layer and the registry plugin, each defined once.
+
+Tag keys (of model versions and runs), the rows of the metrics table, the reference options, the default
+method and the registered-model URI forms live here, so that ``tracking`` and ``plugins`` import them instead
+of repeating string literals. Importing this module is cheap: no MLflow, torch or engine import happens
+until a function needs one.
+
+Two words called "kind" elsewhere get two names here:
+
+* a **forgetting kind** (:data:`FORGETTING_KINDS`) is what the engine does: ``class`` (class-wise) or
+  ``sample`` (sample-wise) forgetting (``ForgetSplit.kind``, the methods' ``forget_kind`` argument);
+* a **spec form** (:data:`SPEC_FORMS`) is how a forget spec is written: ``classes:...``, ``ids:...`` or
+  ``random:...`` (``ForgetSpec.form``). These two are re-exported from the engine
+  (:mod:`mlflow_unlearn.data.forget`), which defines them, on first use.
+
+>>> from mlflow_unlearn.tracking import vocabulary as vocab
+>>> vocab.DEFAULT_METHOD, vocab.REFERENCES, vocab.METRIC_ROWS
+('nitc', ('none', 'retrain'), ('original', 'unlearned', 'retrain'))
+>>> vocab.model_uri("mnist", 3), vocab.parse_model_uri("models:/mnist@champion")
+('models:/mnist/3', ('mnist', None, 'champion'))
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+#: Prefix of every tag key this project writes.
+TAG_PREFIX = "mlflow_unlearn."
+
+
+def _tags(*names: str) -> tuple[str, ...]:
+    return tuple(TAG_PREFIX + name for name in names)
+
+
+#: The tags of an unlearned model version, exactly these keys: the parent (``name/version``), the method, the
+#: forget digest and count, the run that made it, and the gate verdict (``passed``/``failed``, also a run tag).
+VERSION_TAG_KEYS = (PARENT_TAG, METHOD_TAG, FORGET_DIGEST_TAG, FORGET_COUNT_TAG, RUN_ID_TAG, VERDICT_TAG) = _tags(
+    "parent", "method", "forget_digest", "forget_count", "run_id", "verdict")
+
+#: Run tags: the registered result (``name/version``, also on a request's version), the hash of method +
+#: config + seed that makes unlearning idempotent, and on a run whose unlearning was found done already, the
+#: run that did it.
+RESULT_VERSION_TAG, CONFIG_HASH_TAG, REUSED_FROM_TAG = _tags("result_version", "config_hash", "reused_from_run")
+
+#: Registry requests (the plugin): the request a person writes on a version (e.g. ``forget=classes:3;
+#: method=nitc``); the state the plugin keeps on it (status, error, request ID, request run, launcher lease,
+#: job); on a request run, the project folder launched and the job's own run (Kubernetes).
+(REQUEST_TAG, STATUS_TAG, ERROR_TAG, REQUEST_ID_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG, PROJECT_TAG,
+ JOB_RUN_TAG) = _tags("request", "status", "error", "request_id", "request_run_id", "lease", "job", "project_uri",
+                      "job_run_id")
+
+#: Context tag values of the dataset inputs we log.
+TRAIN_CONTEXT, RETAIN_CONTEXT, TEST_CONTEXT = "train", "retain", "test"
+
+#: Rows of the table :func:`~mlflow_unlearn.tracking.api.unlearn` returns (and metric-key prefixes in its run).
+METRIC_ROWS = (ORIGINAL_ROW, UNLEARNED_ROW, RETRAIN_ROW) = ("original", "unlearned", "retrain")
+#: The row of the version under test in :func:`~mlflow_unlearn.tracking.api.evaluate_version`'s table.
+MODEL_ROW = "model"
+
+#: The unlearning method used when none is named.
+DEFAULT_METHOD = "nitc"
+#: The engine's method that retrains from scratch on the retain set (the exact-unlearning reference).
+RETRAIN_METHOD = "retrain"
+#: What an unlearning is compared against: nothing, or a model retrained without the forget set.
+REFERENCES = (NO_REFERENCE, RETRAIN_REFERENCE) = ("none", "retrain")
+
+# -- registered-model URIs ------------------------------------------------------------------------------------
+#: The accepted forms of a registered model URI.
+MODEL_URI_FORMS = ("models:/<name>/<version>", "models:/<name>@<alias>")
+_URI_RE = re.compile(r"^models:/(?P<name>[^/@]+?)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))$")
+
+#: Names re-exported from the engine on first use (importing it costs torch).
+_ENGINE_NAMES = ("FORGETTING_KINDS", "CLASS_FORGETTING", "SAMPLE_FORGETTING", "SPEC_FORMS", "ForgetSpec",
+                 "parse_forget_spec")
+
+
+class ModelResolutionError(ValueError):
+    """The model URI does not name an existing registered model version."""
+
+
+def check_reference(reference: Any) -> str:
+    """Return ``reference`` if it is one of :data:`REFERENCES`.
+
+    Raises:
+        ValueError: otherwise, listing the accepted ones.
+
+    >>> check_reference("retrain")
+    'retrain'
+    """
+    if reference not in REFERENCES:
+        raise ValueError(f"Unknown reference {reference!r}; expected one of: {', '.join(REFERENCES)}")
+    return reference
+
+
+def model_uri(name: str, version: int | str) -> str:
+    """``models:/<name>/<version>``.
+
+    >>> model_uri("mnist", "2")
+    'models:/mnist/2'
+    """
+    return f"models:/{name}/{version}"
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """Split ``models:/name/version`` or ``models:/name@alias`` into ``(name, version, alias)``.
+
+    Raises:
+        ModelResolutionError: for any other form.
+
+    >>> parse_model_uri("models:/mnist/3")
+    ('mnist', '3', None)
+    >>> parse_model_uri("models:/mnist@champion")
+    ('mnist', None, 'champion')
+    """
+    match = _URI_RE.match(uri or "")
+    if not match:
+        raise ModelResolutionError(f"Expected a registered model URI {' or '.join(map(repr, MODEL_URI_FORMS))} "
+                                   f"but got {uri!r}")
+    return match["name"], match["version"], match["alias"]
+
+
+def version_ref(version: ModelVersion) -> str:
+    """``name/version`` of a model version, the form used in lineage tags."""
+    return f"{version.name}/{version.version}"
+
+
+def resolve_model_version(client: MlflowClient, uri: str) -> ModelVersion:
+    """The registered :class:`ModelVersion` that ``uri`` names.
+
+    Raises:
+        ModelResolutionError: malformed URI, unknown model, unknown version or unknown alias; the
+            message lists what exists.
+    """
+    from mlflow.exceptions import MlflowException
+
+    name, version, alias = parse_model_uri(uri)
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        raise ModelResolutionError(
+            f"Registered model {name!r} not found in the model registry; register it first or check the name "
+            "and the tracking/registry URI."
+        ) from exc
+    if alias is not None:
+        try:
+            return client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            known = ", ".join(sorted(registered.aliases)) or "none"
+            raise ModelResolutionError(f"Model {name!r} has no alias {alias!r}; its aliases: {known}") from exc
+    if not version.isdigit():
+        raise ModelResolutionError(f"Expected a version number in {uri!r} but got {version!r}")
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        known = ", ".join(sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int))
+        raise ModelResolutionError(
+            f"Model {name!r} has no version {version}; versions: {known or 'none'}"
+        ) from exc
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ENGINE_NAMES:
+        from mlflow_unlearn.data import forget
+
+        return getattr(forget, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,219 @@
+"""Server-side settings of the registry plugin, read once from the environment by :func:`read_settings`.
+
+Every ``MLFLOW_UNLEARN_*`` variable (and the ``_MLFLOW_SERVER_*`` variables that ``mlflow server`` sets for its
+workers) is read here and nowhere else. The store reads the settings when it is constructed and hands them to
+each launcher process explicitly, as JSON on its command line (:meth:`PluginSettings.to_json`).
+
+Example:
+    >>> settings = read_settings({"MLFLOW_UNLEARN_NPROC": "2", "MLFLOW_UNLEARN_LOG_DIR": "/srv/logs"})
+    >>> settings.launcher.nproc, settings.policy.allowed_roots
+    (2, ())
+    >>> PluginSettings.from_json(settings.to_json()) == settings
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow_unlearn_plugins.request import ALLOW_URLS_ENV, ALLOWED_ROOTS_ENV, SecurityPolicy
+
+BACKEND_ENV = "MLFLOW_UNLEARN_BACKEND"
+BACKEND_CONFIG_ENV = "MLFLOW_UNLEARN_BACKEND_CONFIG"
+TRACKING_URI_ENV = "MLFLOW_UNLEARN_TRACKING_URI"
+DEVICE_ENV = "MLFLOW_UNLEARN_DEVICE"
+NPROC_ENV = "MLFLOW_UNLEARN_NPROC"
+DOCKER_IMAGE_ENV = "MLFLOW_UNLEARN_DOCKER_IMAGE"
+LOG_DIR_ENV = "MLFLOW_UNLEARN_LOG_DIR"
+BACKENDS = ("local", "kubernetes")
+# Set by `mlflow server` for its workers (mlflow.server.constants and mlflow.server.handlers).
+_SERVER_BACKEND_URI_ENV = "_MLFLOW_SERVER_FILE_STORE"
+_SERVER_ARTIFACT_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
+_SERVER_STATIC_PREFIX_ENV = "_MLFLOW_STATIC_PREFIX"
+_SERVER_SGI_ENV = "_MLFLOW_SGI_NAME"
+_PROXIED_ARTIFACTS = "mlflow-artifacts:"
+
+
+@dataclass(frozen=True)
+class LauncherSettings:
+    """How a launcher runs a request's job.
+
+    Args:
+        backend: MLflow Projects backend, ``local`` or ``kubernetes`` (:data:`BACKEND_ENV`).
+        backend_config: JSON file for the backend (``kube-context``, ``repository-uri``,
+            ``kube-job-template-path``); required for ``kubernetes`` (:data:`BACKEND_CONFIG_ENV`).
+        tracking_uri: tracking URI the job uses (:data:`TRACKING_URI_ENV`); default: the server's own address when
+            it proxies artifacts, else its backend store. Must be an ``http(s)://`` address on Kubernetes.
+        device: ``device`` parameter of the job (:data:`DEVICE_ENV`, default ``auto``).
+        nproc: processes of the job (:data:`NPROC_ENV`, default 1); above 1 the job is the project's
+            ``unlearn_distributed`` entry point (``torchrun``, DistributedDataParallel, rank 0 registers), which
+            only methods that support it accept.
+        docker_image: base image of the Kubernetes job (:data:`DOCKER_IMAGE_ENV`).
+        log_dir: where launcher and job output goes (:data:`LOG_DIR_ENV`).
+
+    Raises:
+        ValueError: for an unknown backend, or a Kubernetes backend without its config file or an HTTP tracking URI.
+    """
+
+    backend: str = "local"
+    backend_config: str = ""
+    tracking_uri: str = ""
+    device: str = "auto"
+    nproc: int = 1
+    docker_image: str = "mlflow-unlearn:latest"
+    log_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
+            raise ValueError(f"Expected `{NPROC_ENV}` to be a positive int but got {self.nproc!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"Expected `{BACKEND_ENV}` to be one of {', '.join(BACKENDS)} but got {self.backend!r}")
+        if self.backend == "kubernetes":
+            if not self.backend_config or not Path(self.backend_config).is_file():
+                raise ValueError(
+                    f"The kubernetes backend needs `{BACKEND_CONFIG_ENV}` to name its JSON config file "
+                    f"(kube-context, repository-uri, kube-job-template-path) but got {self.backend_config!r}"
+                )
+            if not self.tracking_uri.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"The kubernetes backend needs `{TRACKING_URI_ENV}` set to the server's http(s):// address so "
+                    f"that the job can reach it from its pod but got {self.tracking_uri!r}"
+                )
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What ``mlflow server`` tells its workers through ``_MLFLOW_SERVER_*`` variables (all empty in a client).
+
+    Args:
+        backend_store_uri: the server's tracking backend store.
+        proxies_artifacts: the server proxies artifacts (``mlflow-artifacts:`` locations), so a job must be an HTTP
+            client of the server.
+        static_prefix: the server's ``--static-prefix``.
+        sgi: the server program (``uvicorn``, ``gunicorn``, ``waitress``).
+    """
+
+    backend_store_uri: str = ""
+    proxies_artifacts: bool = False
+    static_prefix: str = ""
+    sgi: str = ""
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """All settings of the plugin: the request policy, the launcher's settings and the server's facts.
+
+    Args:
+        policy: what files and URLs a request may reference.
+        launcher: how a request's job runs.
+        server: what the ``mlflow server`` process hosting the store said about itself.
+    """
+
+    policy: SecurityPolicy = field(default_factory=SecurityPolicy)
+    launcher: LauncherSettings = field(default_factory=LauncherSettings)
+    server: ServerFacts = field(default_factory=ServerFacts)
+
+    def job_uris(self, registry_db_uri: str, tracking_uri: str | None, server_address: str = "") -> tuple[str, str]:
+        """The tracking and registry URIs of a job.
+
+        Args:
+            registry_db_uri: the registry database of the store.
+            tracking_uri: the tracking URI MLflow resolved for the store's process.
+            server_address: the ``http://host:port`` on which the server received the current request, if any.
+
+        Returns:
+            The configured tracking URI or, when the server proxies artifacts, its own address (for both); else the
+            server's backend store (or ``tracking_uri``) and the registry database.
+
+        Raises:
+            ValueError: if the server proxies artifacts, no tracking URI is configured and its address is unknown.
+
+        Example:
+            >>> PluginSettings().job_uris("sqlite:////r.db", "sqlite:////t.db")
+            ('sqlite:////t.db', 'sqlite:////r.db')
+        """
+        job_tracking = self.launcher.tracking_uri
+        if not job_tracking and self.server.proxies_artifacts:
+            if not server_address:
+                raise ValueError(
+                    f"this server proxies artifacts, so the job must talk to it over HTTP, but its address is unknown "
+                    f"outside a request; set {TRACKING_URI_ENV} to the server's http:// address"
+                )
+            job_tracking = server_address + self.server.static_prefix.rstrip("/")
+        job_tracking = job_tracking or self.server.backend_store_uri or tracking_uri or ""
+        if job_tracking.startswith(("http://", "https://")):
+            return job_tracking, job_tracking
+        return job_tracking or registry_db_uri, registry_db_uri
+
+    def to_json(self) -> str:
+        """The settings as one JSON string (how the store hands them to a launcher process)."""
+        values = dataclasses.asdict(self)
+        values["policy"]["allowed_roots"] = [str(root) for root in self.policy.allowed_roots]
+        return json.dumps(values, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PluginSettings:
+        """Inverse of :meth:`to_json`."""
+        values = json.loads(text)
+        policy = values["policy"]
+        return cls(
+            policy=SecurityPolicy(allowed_roots=tuple(Path(p) for p in policy["allowed_roots"]),
+                                  allow_urls=policy["allow_urls"]),
+            launcher=LauncherSettings(**values["launcher"]),
+            server=ServerFacts(**values["server"]),
+        )
+
+
+def _positive_int(text: str, name: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"Expected `{name}` to be a positive int but got {text!r}") from None
+
+
+def _read_policy(env: Mapping[str, str]) -> SecurityPolicy:
+    roots = tuple(Path(p) for p in env.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if p.strip())
+    flag = env.get(ALLOW_URLS_ENV, "false").strip().lower()
+    if flag not in ("true", "false", "1", "0", ""):
+        raise ValueError(f"Expected `{ALLOW_URLS_ENV}` to be 'true' or 'false' but got {flag!r}")
+    return SecurityPolicy(allowed_roots=roots, allow_urls=flag in ("true", "1"))
+
+
+def _read_server(env: Mapping[str, str], tracking_uri: str) -> ServerFacts:
+    facts = ServerFacts(
+        backend_store_uri=env.get(_SERVER_BACKEND_URI_ENV, ""),
+        proxies_artifacts=env.get(_SERVER_ARTIFACT_ROOT_ENV, "").startswith(_PROXIED_ARTIFACTS),
+        static_prefix=env.get(_SERVER_STATIC_PREFIX_ENV, ""),
+        sgi=env.get(_SERVER_SGI_ENV, ""),
+    )
+    if facts.proxies_artifacts and not tracking_uri and facts.sgi not in ("", "uvicorn"):
+        # Under uvicorn the request's local socket address is the server's; other servers may take it from the
+        # client's Host header, which must not choose where a job downloads a model from.
+        raise ValueError(f"This server proxies artifacts and runs under {facts.sgi}: set `{TRACKING_URI_ENV}` to "
+                         "the server's http:// address so that unlearning jobs can reach it")
+    return facts
+
+
+def read_settings(environ: Mapping[str, str] | None = None) -> PluginSettings:
+    """Read every setting of the plugin from ``environ`` (default: this process's environment), once.
+
+    Raises:
+        ValueError: for an invalid ``MLFLOW_UNLEARN_*`` value; the message names the variable and how to fix it.
+    """
+    env = os.environ if environ is None else environ
+    launcher = LauncherSettings(
+        backend=env.get(BACKEND_ENV, "local").strip() or "local",
+        backend_config=env.get(BACKEND_CONFIG_ENV, ""),
+        tracking_uri=env.get(TRACKING_URI_ENV, ""),
+        device=env.get(DEVICE_ENV, "auto"),
+        nproc=_positive_int(env.get(NPROC_ENV, "1"), NPROC_ENV),
+        docker_image=env.get(DOCKER_IMAGE_ENV, "mlflow-unlearn:latest"),
+        log_dir=env.get(LOG_DIR_ENV, "") or os.path.join(tempfile.gettempdir(), "mlflow-unlearn-logs"),
+    )
+    return PluginSettings(policy=_read_policy(env), launcher=launcher, server=_read_server(env, launcher.tracking_uri))

@@ -135,7 +135,7 @@ class NitcConfig:
     class_teacher: str = "impaired"
     sample_student: str = "head"
     head_module: str | None = None
-    head_epochs: int = 10
+    head_epochs: int = 20
     head_lr: float = 3e-3
     head_batch_size: int = 128
     head_retain_fraction: float = 1.0

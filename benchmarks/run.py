@@ -806,16 +806,18 @@ DEFAULTS_TEXT = """\
 
 The reported rows use seeds {seeds}: the seed sets the train/test split, the original's and the
 retrain's initialisation and shuffling, the forgotten class of task A (`seed mod num_classes`) and
-the forgotten 10% of task B (`random:0.1:<seed>`). The project's rule is that
+the forgotten 10% of tasks B and B-mem (`random:0.1:<seed>`), the quarter of the training split of tasks B-mem
+and C and the mislabelled 10% of task C. The project's rule is that
 hyperparameters may be chosen only on seeds >= {tuning} (other splits, initialisations and forget
 sets), e.g. `python benchmarks/run.py --seeds {tuning},{tuning_next} --methods nitc \\
 --set nitc.<key>=<value> --out-dir /tmp/tune`, never on the reported seeds.
 
 - The baselines' defaults are their papers' settings; where a module departs from its paper (mostly to
   fit a budget of a few epochs), its docstring says how and why.
-- `nitc`'s defaults are set in `mlflow_unlearn/methods/nitc.py`, whose docstring gives the tuning-cell
-  numbers behind each; `benchmarks/tune.py` compares config variants on such cells (seeds >= 100 only, it
-  refuses the reported ones) against the originals and references that `run.py` cached for them.
+- `nitc`'s defaults are set in `mlflow_unlearn/methods/nitc.py`; the tuning-cell numbers behind each are in
+  the Discussion above ("NITC's tuning history" and the issue-15 table); `benchmarks/tune.py` compares config
+  variants on such cells (seeds >= 100 only, it refuses the reported ones) against the originals and references
+  that `run.py` cached for them.
 - The benchmark itself tunes nothing: every method ran with its registered defaults (the resolved config
   of every row is in the `config` column of `results.csv`, and `method_source` identifies the exact
   source of the method that produced it). The original and the retrain reference both use the

@@ -1,15 +1,15 @@
 """mlflow-unlearn: make a registered PyTorch model forget data, prove it, and register the result.
 
 The engine (``data``, ``models``, ``training``, ``methods``, ``metrics``, ``runtime``) never imports MLflow;
-the MLflow layer lives in ``mlflow_unlearn.tracking``. ``unlearn`` and the errors (``UnlearningDivergedError``)
-are imported lazily to keep ``import mlflow_unlearn`` cheap.
+the MLflow layer lives in ``mlflow_unlearn.tracking``. ``unlearn``, ``log_model`` and the errors
+(``UnlearningDivergedError``) are imported lazily to keep ``import mlflow_unlearn`` cheap.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["UnlearningDivergedError", "__version__", "unlearn"]
+__all__ = ["UnlearningDivergedError", "__version__", "log_model", "unlearn", "verify"]
 
 
 def __getattr__(name: str):
@@ -17,6 +17,14 @@ def __getattr__(name: str):
         from mlflow_unlearn.tracking.api import unlearn
 
         return unlearn
+    if name == "verify":
+        from mlflow_unlearn.tracking.verify import verify
+
+        return verify
+    if name == "log_model":
+        from mlflow_unlearn.tracking.api import log_model
+
+        return log_model
     if name == "UnlearningDivergedError":
         from mlflow_unlearn.runtime.errors import UnlearningDivergedError
 

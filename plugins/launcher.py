@@ -14,6 +14,9 @@ The registry store records a request (status ``queued``) and starts this module 
 5. waits, refreshing its lease heartbeat, and finally moves the status to ``succeeded`` (with
    ``mlflow_unlearn.result_version``) or ``failed`` (with ``mlflow_unlearn.error``).
 
+When it ends (whatever the outcome), the launcher admits the next waiting requests (:func:`dispatch`), so the
+queue moves on without the server; a launcher killed before that is replaced by the store's recovery.
+
 If the launcher finds the request already ``running`` (its previous launcher died), it resumes watching the job
 and finalises the status from the run; a job that is gone without a result is marked ``failed`` with the reason.
 """
@@ -25,6 +28,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +37,7 @@ from mlflow_unlearn_plugins.request import RequestRefused, UnlearnRequest, parse
 from mlflow_unlearn_plugins.settings import BACKENDS, TRACKING_URI_ENV, PluginSettings
 
 from mlflow_unlearn.tracking import vocabulary as vocab
+from mlflow_unlearn.tracking.keys import DigestKeyError
 
 REQUESTS_EXPERIMENT = "unlearn-requests"
 #: Present in every launcher's command line; recovery uses it to recognise a live launcher by its PID.
@@ -50,8 +55,13 @@ def spawn(registry_db_uri: str, name: str, version: int | str, request_id: str, 
     """
     log_dir = settings.launcher.log_dir
     os.makedirs(log_dir, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
+    from mlflow_unlearn.tracking.keys import DIGEST_KEY_ENV, DIGEST_KEY_FILE_ENV
+
+    dropped = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", DIGEST_KEY_ENV, DIGEST_KEY_FILE_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(MLFLOW_TRACKING_URI=job_tracking_uri, MLFLOW_REGISTRY_URI=job_registry_uri)
+    if settings.digest_key is not None:  # the settings' key, in the environment: never on a command line
+        env[DIGEST_KEY_ENV] = settings.digest_key.secret.decode()
     log_path = os.path.join(log_dir, f"{request_id}.log")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -60,7 +70,46 @@ def spawn(registry_db_uri: str, name: str, version: int | str, request_id: str, 
              "--settings", settings.to_json()],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
+    # Reap the launcher when it exits, so that no zombie stays under a long-lived server.
+    threading.Thread(target=proc.wait, name=f"reap-launcher-{proc.pid}", daemon=True).start()
     return proc.pid
+
+
+def dispatch(store, registry_db_uri: str, settings: PluginSettings, *, job_tracking_uri: str,
+             job_registry_uri: str, on_error=None) -> list[int]:
+    """Admit waiting requests while fewer than ``settings.launcher.max_jobs`` hold a slot; start their launchers.
+
+    Args:
+        store: a registry ``SqlAlchemyStore`` of ``registry_db_uri``.
+        registry_db_uri: the registry database.
+        settings: the plugin's settings.
+        job_tracking_uri: tracking URI of the jobs.
+        job_registry_uri: registry URI of the jobs.
+        on_error: called as ``on_error(state, exc)`` when a launcher cannot start (default: the request fails).
+
+    Returns:
+        The PIDs of the launchers started.
+    """
+    pids = []
+    for state in ledger.dispatch(store, settings.launcher.max_jobs):
+        try:
+            pid = spawn(registry_db_uri, state.name, state.version, state.request_id or "", settings=settings,
+                        job_tracking_uri=job_tracking_uri, job_registry_uri=job_registry_uri)
+        except (OSError, ValueError) as exc:
+            ledger.advance(store, state.name, state.version, state.request_id or "", expect=ledger.ACTIVE,
+                           to="failed", tags={vocab.ERROR_TAG: f"the launcher process could not start: {exc}"})
+            continue
+        provisional_lease(store, state.name, state.version, state.request_id or "", pid)
+        pids.append(pid)
+    return pids
+
+
+def provisional_lease(store, name: str, version: int, request_id: str, pid: int) -> None:
+    """Write the lease of launcher ``pid`` just started, unless a launcher holds it already (the new one takes
+    it over when it starts: :func:`ledger.claim_lease` accepts its own PID). A launcher killed before it claims
+    its lease then looks dead to recovery instead of leaving its request admitted forever."""
+    if ledger.read_state(store, name, version).lease is None:
+        ledger.set_fields(store, name, version, request_id, {vocab.LEASE_TAG: ledger.lease_value(pid)})
 
 
 def kubernetes_project_dir(project_dir: str, image: str, out_dir: str) -> str:
@@ -118,6 +167,8 @@ def _refusal_message(exc: BaseException, request: UnlearnRequest) -> str:
     """The API's message, unless it concerns an ID file (this request's or an earlier forget step's): the
     engine may quote IDs, and a refusal is stored in a tag anyone can read."""
     message = str(exc) or type(exc).__name__
+    if isinstance(exc, DigestKeyError):  # no ID, no path: the API's own words (how to set a key)
+        return message
     id_file = request.forget.removeprefix("ids:") if request.names_ids else None
     if "IDs" in message or "ids:" in message or (id_file and id_file in message):
         return ("a forget ID file (this request's, or one of an earlier forget step in the version's lineage) does "
@@ -168,7 +219,7 @@ class _Launch:
         run_name = f"unlearn {self.name}/{self.version}"
         run = self.client.create_run(requests_experiment_id(self.client), run_name=run_name, tags={
             vocab.PARENT_TAG: f"{self.name}/{self.version}", vocab.REQUEST_ID_TAG: self.request_id,
-            vocab.REQUEST_TAG: state.request or "", vocab.STATUS_TAG: "queued",
+            vocab.REQUEST_TAG: recorded_request(state.request or ""), vocab.STATUS_TAG: "queued",
         })
         self.client.update_run(run.info.run_id, status="SCHEDULED")
         ledger.set_fields(self.store, self.name, self.version, self.request_id,
@@ -190,6 +241,8 @@ class _Launch:
         model_uri = vocab.model_uri(self.name, self.version)
         self.client.set_tag(run_id, vocab.PROJECT_TAG, uri)
         parameters = request.project_parameters(model_uri, device=self.settings.device)
+        if request.names_ids:  # MLflow Projects logs every parameter: the job reads the file through a neutral link
+            parameters["forget"] = "ids:" + self._neutral_link(request.forget.removeprefix("ids:"))
         entry_point = "unlearn"
         if self.settings.nproc > 1:
             entry_point, parameters["nproc"] = "unlearn_distributed", str(self.settings.nproc)
@@ -198,6 +251,15 @@ class _Launch:
             backend=self.settings.backend, backend_config=backend_config, env_manager="local", synchronous=False,
             run_id=run_id, experiment_id=self.client.get_run(run_id).info.experiment_id,
         )
+
+    def _neutral_link(self, path: str) -> str:
+        """A symbolic link to ``path`` named after the request ID (no part of the original path), in the log dir."""
+        folder = Path(self.settings.log_dir, "forget-requests")
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / f"{self.request_id}{Path(path).suffix}"
+        link.unlink(missing_ok=True)
+        link.symlink_to(path)
+        return str(link)
 
     def _job_error(self, request: UnlearnRequest | None, run_id: str) -> str:
         generic = f"the unlearn job failed; see run {run_id} in the {REQUESTS_EXPERIMENT!r} experiment"
@@ -217,6 +279,9 @@ class _Launch:
                   job_run_id: str | None = None) -> None:
         """Set the final status from the job's run (the request run itself, except on Kubernetes)."""
         from mlflow.entities import RunStatus
+
+        for link in Path(self.settings.log_dir, "forget-requests").glob(f"{self.request_id}.*"):
+            link.unlink(missing_ok=True)  # the job is over: its neutral link to the forget file goes
 
         run = self.client.get_run(job_run_id or run_id)
         result = run.data.tags.get(vocab.RESULT_VERSION_TAG)
@@ -242,6 +307,7 @@ class _Launch:
         self._fail(run_id, reason, expect=("running",))
         if request is not None and request.names_ids:
             Path(self.log_path).unlink(missing_ok=True)
+
 
     def _watch_orphan(self, request: UnlearnRequest | None, state: ledger.RequestState) -> None:
         """Resume a running request whose launcher died: wait for its job, then finalise from the run."""
@@ -305,6 +371,15 @@ class _Launch:
         return 0
 
 
+def recorded_request(value: str) -> str:
+    """A request as the request run records it: an ``ids:`` file's path replaced (paths can reveal whose data it is).
+
+    >>> recorded_request("forget=ids:/srv/erasure-alice.txt; method=nitc")
+    'forget=ids:<file, not recorded>; method=nitc'
+    """
+    return re.sub(r"ids:[^;]*", "ids:<file, not recorded>", value)
+
+
 def requests_experiment_id(client) -> str:
     """The ID of the requests experiment, created on first use (safe when launchers start together).
 
@@ -340,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return launch.run()
     except Exception as exc:  # never leave the request queued or running behind a dead launcher
+        if _is_contention(exc):
+            print(f"the launcher gave up after {ledger.contention_retries()} lock retries: "
+                  f"{str(exc).splitlines()[0][:200]}", flush=True)
+            return 1
         state = ledger.read_state(launch.store, args.name, args.version)
         try:
             ids = parse_request(state.request or "", args.settings.policy).names_ids
@@ -348,6 +427,29 @@ def main(argv: list[str] | None = None) -> int:
         detail = "" if ids else f": {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         launch.fail_request(f"the launcher failed{detail}")
         raise
+    finally:
+        _next_jobs(launch, args)
+
+
+def _is_contention(exc: BaseException) -> bool:
+    import sqlalchemy.exc
+
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    return isinstance(cause, sqlalchemy.exc.OperationalError)
+
+
+def _next_jobs(launch: _Launch, args) -> None:
+    """Start the next waiting requests now that this one holds no slot; log the ledger's lock retries."""
+    try:
+        pids = dispatch(launch.store, args.registry_db_uri, args.settings,
+                        job_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),
+                        job_registry_uri=os.environ.get("MLFLOW_REGISTRY_URI", ""))
+        if pids:
+            print(f"started the launchers of the next queued requests: PIDs {pids}", flush=True)
+    except Exception as exc:  # the store's next call (recovery) admits them instead
+        print(f"could not start the next queued requests ({type(exc).__name__}); the server's next registry call "
+              "will", flush=True)
+    print(f"ledger lock retries: {ledger.contention_retries()}", flush=True)
 
 
 if __name__ == "__main__":

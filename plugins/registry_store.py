@@ -24,7 +24,10 @@ The constructor only constructs: it parses the URI, opens the database and reads
 process (to check the URI) and once in each worker, at the worker's first request; a worker's store resumes every
 request that is queued or running without a live launcher (:meth:`UnlearnRegistryStore.recover`) at its first
 registry call (:meth:`UnlearnRegistryStore.recover_once`), so a restarted server resumes as soon as anyone, the UI
-included, reads the registry.
+included, reads the registry; it checks again every :data:`RECOVERY_INTERVAL_S` seconds of registry calls.
+
+At most ``MLFLOW_UNLEARN_MAX_JOBS`` requests run at once (:func:`mlflow_unlearn_plugins.ledger.dispatch`); the
+others wait as ``queued`` with a ``mlflow_unlearn.queue_position`` tag, and start when a job ends.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +54,8 @@ SCHEME_PREFIX = "unlearn+"
 UNLEARN_STAGE = "Unlearn"
 #: SQLAlchemy dialects of MLflow's SQL stores; each has an entry point ``unlearn+<dialect>``.
 DIALECTS = ("sqlite", "postgresql", "mysql", "mssql")
+#: After the first recovery, registry calls look again for dead launchers and free job slots this often.
+RECOVERY_INTERVAL_S = 30.0
 
 _logger = logging.getLogger(__name__)
 
@@ -131,6 +137,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         db_uri = parse_store_uri(store_uri)
         self._recovery_lock = threading.Lock()
         self._recovery_started = False
+        self._recovered_at = 0.0
         self.settings = read_settings() if settings is None else settings
         super().__init__(db_uri)
         self.store_uri = store_uri
@@ -142,7 +149,27 @@ class UnlearnRegistryStore(SqlAlchemyStore):
     get_registered_model = _first_call_recovers(SqlAlchemyStore.get_registered_model)
     search_registered_models = _first_call_recovers(SqlAlchemyStore.search_registered_models)
     get_latest_versions = _first_call_recovers(SqlAlchemyStore.get_latest_versions)
-    create_model_version = _first_call_recovers(SqlAlchemyStore.create_model_version)
+
+    def create_model_version(self, name, source, run_id=None, tags=None, *args, **kwargs):
+        """MLflow's ``create_model_version``, refusing the plugin's own tags (:data:`ledger.RESERVED_TAGS`) and a
+        request tag that would be refused: nothing is created, and the refused value is never stored.
+
+        Raises:
+            MlflowException: ``INVALID_PARAMETER_VALUE`` with one line that repeats no tag value.
+        """
+        self.recover_once()
+        for tag in tags or ():
+            if tag.key in ledger.RESERVED_TAGS:
+                raise MlflowException(f"Tag {tag.key!r} is written by the unlearning plugin only; create the version "
+                                      f"without it (set {REQUEST_TAG!r} to submit a request)",
+                                      INVALID_PARAMETER_VALUE)
+            if tag.key == REQUEST_TAG:
+                try:
+                    parse_request(tag.value, self.settings.policy)
+                except RequestRefused as exc:
+                    raise MlflowException(f"Unlearning request refused, the version is not created: {exc}",
+                                          INVALID_PARAMETER_VALUE) from None
+        return super().create_model_version(name, source, run_id, tags, *args, **kwargs)
 
     # -- triggers ---------------------------------------------------------------------------------------------
     def transition_model_version_stage(self, name, version, stage, archive_existing_versions=False):
@@ -191,6 +218,16 @@ class UnlearnRegistryStore(SqlAlchemyStore):
                 )
         super().delete_model_version_tag(name, version, key)
 
+    def delete_registered_model(self, name):
+        """A registered model cannot be deleted while an unlearning request on one of its versions is active."""
+        busy = sorted(f"{s.name}/{s.version} ({s.status})" for s in ledger.active_requests(self) if s.name == name)
+        if busy:
+            raise ledger.ActiveRequestError(
+                f"Registered model {name!r} has unlearning requests that are queued or running on "
+                f"{', '.join(busy[:10])}; delete it after they have finished"
+            )
+        super().delete_registered_model(name)
+
     def delete_model_version(self, name, version):
         """A version cannot be deleted while its unlearning request is queued or running."""
         state = ledger.read_state(self, name, version)
@@ -215,19 +252,20 @@ class UnlearnRegistryStore(SqlAlchemyStore):
             MlflowException: if the version does not exist, or a different request is active on it.
         """
         version = int(version)
-        refusal, stored = None, value
+        refusal, keep = None, True
         try:
             parse_request(value, self.settings.policy)
         except RequestRefused as exc:
-            refusal, stored = str(exc), (value if exc.keep_value else "")
+            refusal, keep = str(exc), exc.keep_value
         request_id = uuid.uuid4().hex
-        if not ledger.open_request(self, name, version, stored if store_value else None, request_id=request_id,
-                                   refusal=refusal):
+        # a refused value that may be IDs is removed, also when it was stored before (e.g. at creation)
+        stored = (value if store_value else None) if keep else ""
+        if not ledger.open_request(self, name, version, stored, request_id=request_id, refusal=refusal):
             return None  # the same request is already queued or running
         if refusal:
             _logger.info("Unlearning request %s on %s/%s refused: %s", request_id, name, version, refusal)
             return refusal
-        self._spawn(name, version, request_id)
+        self._dispatch()
         return None
 
     def recover_once(self) -> None:
@@ -238,23 +276,53 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         call itself goes on.
         """
         with self._recovery_lock:
-            if self._recovery_started:
+            first = not self._recovery_started
+            if not first and time.monotonic() - self._recovered_at < RECOVERY_INTERVAL_S:
                 return
-            self._recovery_started = True
+            self._recovery_started, self._recovered_at = True, time.monotonic()
         try:
-            self.recover()
-        except MlflowException:
-            _logger.exception("Resuming interrupted unlearning requests failed; trying again at the next call")
+            self.recover(leased_only=not first)
+        except Exception as exc:  # noqa: BLE001 (a locked database must not fail the registry call)
+            _logger.warning("Resuming interrupted unlearning requests failed (%s: %s); trying again at the next call",
+                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
             with self._recovery_lock:
-                self._recovery_started = False
+                self._recovery_started = self._recovery_started and not first
+                self._recovered_at = 0.0
 
-    def recover(self) -> None:
-        """Resume every queued or running request whose launcher is gone (a server restart, a killed launcher)."""
+    def recover(self, *, leased_only: bool = False) -> None:
+        """Resume every admitted or running request whose launcher is gone (a server restart, a killed launcher),
+        then admit waiting requests into the free job slots.
+
+        Args:
+            leased_only: resume only requests whose launcher took its lease and died (the periodic check: a
+                launcher just started may not hold its lease yet).
+        """
         for state in ledger.active_requests(self):
-            if state.request_id and not ledger.lease_alive(state.lease, launcher.LAUNCHER_MARKER):
+            if not state.request_id:  # not written by the plugin (which always writes a request ID): repair
+                if ledger.repair_foreign(self, state.name, state.version):
+                    _logger.warning("Model version %s/%s had plugin tags the plugin did not write; marked failed",
+                                    state.name, state.version)
+                continue
+            if state.waiting or (leased_only and not state.lease):
+                continue
+            if not ledger.lease_alive(state.lease, launcher.LAUNCHER_MARKER):
                 _logger.info("Resuming unlearning request %s on %s/%s (%s)", state.request_id, state.name,
                              state.version, state.status)
                 self._spawn(state.name, state.version, state.request_id)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Start the launchers of the waiting requests that fit in the free job slots."""
+        try:
+            tracking, registry = self.settings.job_uris(self.db_uri, self.tracking_uri, request_address())
+        except ValueError as exc:
+            for state in ledger.dispatch(self, self.settings.launcher.max_jobs):
+                ledger.advance(self, state.name, state.version, state.request_id or "", expect=ledger.ACTIVE,
+                               to="failed", tags={ERROR_TAG: f"the launcher process could not start: {exc}"})
+            return
+        for pid in launcher.dispatch(self, self.db_uri, self.settings, job_tracking_uri=absolute_sqlite_uri(tracking),
+                                     job_registry_uri=absolute_sqlite_uri(registry)):
+            _logger.info("Unlearning request admitted: launcher PID %s", pid)
 
     def _spawn(self, name: str, version: int, request_id: str) -> None:
         try:
@@ -266,4 +334,5 @@ class UnlearnRegistryStore(SqlAlchemyStore):
             ledger.advance(self, name, version, request_id, expect=ledger.ACTIVE, to="failed",
                            tags={ERROR_TAG: f"the launcher process could not start: {exc}"})
             return
+        launcher.provisional_lease(self, name, version, request_id, pid)
         _logger.info("Unlearning request %s on %s/%s: launcher PID %s", request_id, name, version, pid)

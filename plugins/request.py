@@ -23,7 +23,10 @@ MLflow UI can write a request, so the value is treated as untrusted input:
 Everything here is pure string and path work, cheap enough to run in a request thread. The checks that need
 the engine (is the method registered, do the forgotten classes exist) run later, in the launcher, through
 :func:`mlflow_unlearn.tracking.plan.prepare`.
-Error messages never repeat forget IDs: an ``ids:`` request names a file, and only the file is mentioned.
+Error messages never repeat forget IDs: an ``ids:`` request names a file, and only the file is mentioned. A value
+that fails the grammar (an unknown key, a forget spec, method or reference outside the grammar, non-ASCII text, an
+oversized value) is refused without repeating any of it, and is not stored (``RequestRefused.keep_value`` is
+False): it may be sample IDs pasted into the request.
 """
 
 from __future__ import annotations
@@ -163,7 +166,8 @@ def split_request(value: str) -> dict[str, str]:
             keep_value=False,
         )
     if not _PRINTABLE.match(value):
-        raise RequestRefused("the request contains non-printable or non-ASCII characters")
+        raise RequestRefused("the request contains non-printable or non-ASCII characters (the request is not "
+                             "stored)", keep_value=False)
     pairs: dict[str, str] = {}
     for position, part in enumerate(value.strip().removesuffix(";").split(";"), start=1):
         part = part.strip()
@@ -176,7 +180,9 @@ def split_request(value: str) -> dict[str, str]:
             raise RequestRefused(f"malformed request part (part {position}): expected key=value separated by ';' "
                                  "(the request is not stored)", keep_value=False)
         if key not in REQUEST_KEYS:
-            raise RequestRefused(f"unknown request key {key[:40]!r}; expected one of: {', '.join(REQUEST_KEYS)}")
+            raise RequestRefused(f"unknown request key in part {position} (not repeated, and the request is not "
+                                 f"stored: it may be sample IDs); expected one of: {', '.join(REQUEST_KEYS)}",
+                                 keep_value=False)
         if key in pairs:
             raise RequestRefused(f"request key {key!r} is given twice")
         if not val:
@@ -191,9 +197,10 @@ def _check_forget(text: str, policy: SecurityPolicy) -> str:
     """The forget spec in its canonical spelling, with the ``ids:`` file resolved under an allowed root."""
     try:
         spec = vocab.parse_forget_spec(text)
-    except ValueError as exc:
-        keep = text.partition(":")[0] in ("classes", "random")  # anything else may be IDs pasted into the request
-        raise RequestRefused(str(exc) + ("" if keep else " (the request is not stored)"), keep_value=keep) from None
+    except ValueError as exc:  # the grammar's message repeats nothing of the text, which may be pasted IDs
+        # classes: and random: errors read as the API's (one message for every door); the value is never stored
+        same = text.partition(":")[0] in ("classes", "random")
+        raise RequestRefused(str(exc) + ("" if same else " (the request is not stored)"), keep_value=False) from None
     if spec.form != "ids":
         return spec.canonical
     if not os.path.isabs(spec.path):
@@ -253,13 +260,13 @@ def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:
     method = pairs.get("method", vocab.DEFAULT_METHOD)
     if not _NAME.match(method):
         raise RequestRefused(
-            f"method {method[:40]!r} is not a registered method name (lower-case letters, digits, '_'); "
-            "module paths are not allowed"
+            "the method is not a registered method name (lower-case letters, digits, '_'; not repeated, and the "
+            "request is not stored); module paths are not allowed", keep_value=False
         )
-    try:
-        reference = vocab.check_reference(pairs.get("reference", vocab.NO_REFERENCE))
-    except ValueError as exc:
-        raise RequestRefused(str(exc)) from None
+    reference = pairs.get("reference", vocab.NO_REFERENCE)
+    if reference not in vocab.REFERENCES:
+        raise RequestRefused(f"Unknown reference (not repeated, and the request is not stored); expected one of: "
+                             f"{', '.join(vocab.REFERENCES)}", keep_value=False)
     config = pairs.get("config", "")
     if config:
         config = policy.check_path(config, what="config file")

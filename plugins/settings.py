@@ -24,6 +24,8 @@ from pathlib import Path
 
 from mlflow_unlearn_plugins.request import ALLOW_URLS_ENV, ALLOWED_ROOTS_ENV, SecurityPolicy
 
+from mlflow_unlearn.tracking.keys import DigestKey, read_digest_key
+
 BACKEND_ENV = "MLFLOW_UNLEARN_BACKEND"
 BACKEND_CONFIG_ENV = "MLFLOW_UNLEARN_BACKEND_CONFIG"
 TRACKING_URI_ENV = "MLFLOW_UNLEARN_TRACKING_URI"
@@ -31,6 +33,7 @@ DEVICE_ENV = "MLFLOW_UNLEARN_DEVICE"
 NPROC_ENV = "MLFLOW_UNLEARN_NPROC"
 DOCKER_IMAGE_ENV = "MLFLOW_UNLEARN_DOCKER_IMAGE"
 LOG_DIR_ENV = "MLFLOW_UNLEARN_LOG_DIR"
+MAX_JOBS_ENV = "MLFLOW_UNLEARN_MAX_JOBS"
 BACKENDS = ("local", "kubernetes")
 # Set by `mlflow server` for its workers (mlflow.server.constants and mlflow.server.handlers).
 _SERVER_BACKEND_URI_ENV = "_MLFLOW_SERVER_FILE_STORE"
@@ -56,9 +59,12 @@ class LauncherSettings:
             only methods that support it accept.
         docker_image: base image of the Kubernetes job (:data:`DOCKER_IMAGE_ENV`).
         log_dir: where launcher and job output goes (:data:`LOG_DIR_ENV`).
+        max_jobs: requests whose job runs at once (:data:`MAX_JOBS_ENV`; default :func:`default_max_jobs`); the
+            others wait as ``queued``, first in first out, with a ``mlflow_unlearn.queue_position`` tag.
 
     Raises:
-        ValueError: for an unknown backend, or a Kubernetes backend without its config file or an HTTP tracking URI.
+        ValueError: for a max_jobs or nproc below 1, an unknown backend, or a Kubernetes backend without its
+            config file or an HTTP tracking URI.
     """
 
     backend: str = "local"
@@ -68,10 +74,13 @@ class LauncherSettings:
     nproc: int = 1
     docker_image: str = "mlflow-unlearn:latest"
     log_dir: str = ""
+    max_jobs: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
             raise ValueError(f"Expected `{NPROC_ENV}` to be a positive int but got {self.nproc!r}")
+        if isinstance(self.max_jobs, bool) or not isinstance(self.max_jobs, int) or self.max_jobs < 1:
+            raise ValueError(f"Expected `{MAX_JOBS_ENV}` to be a positive int but got {self.max_jobs!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"Expected `{BACKEND_ENV}` to be one of {', '.join(BACKENDS)} but got {self.backend!r}")
         if self.backend == "kubernetes":
@@ -113,11 +122,14 @@ class PluginSettings:
         policy: what files and URLs a request may reference.
         launcher: how a request's job runs.
         server: what the ``mlflow server`` process hosting the store said about itself.
+        digest_key: the deployment's digest key (read by :func:`mlflow_unlearn.tracking.keys.read_digest_key`, the
+            one reader), handed to each launcher and job in its environment, never in JSON or on a command line.
     """
 
     policy: SecurityPolicy = field(default_factory=SecurityPolicy)
     launcher: LauncherSettings = field(default_factory=LauncherSettings)
     server: ServerFacts = field(default_factory=ServerFacts)
+    digest_key: DigestKey | None = field(default=None, repr=False, compare=False)
 
     def job_uris(self, registry_db_uri: str, tracking_uri: str | None, server_address: str = "") -> tuple[str, str]:
         """The tracking and registry URIs of a job.
@@ -154,12 +166,14 @@ class PluginSettings:
     def to_json(self) -> str:
         """The settings as one JSON string (how the store hands them to a launcher process)."""
         values = dataclasses.asdict(self)
+        values.pop("digest_key")
         values["policy"]["allowed_roots"] = [str(root) for root in self.policy.allowed_roots]
         return json.dumps(values, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> PluginSettings:
-        """Inverse of :meth:`to_json`."""
+        """Inverse of :meth:`to_json`; the digest key, which the JSON never holds, comes from the environment that
+        :func:`mlflow_unlearn_plugins.launcher.spawn` gave this process (through the one reader)."""
         values = json.loads(text)
         policy = values["policy"]
         return cls(
@@ -167,6 +181,7 @@ class PluginSettings:
                                   allow_urls=policy["allow_urls"]),
             launcher=LauncherSettings(**values["launcher"]),
             server=ServerFacts(**values["server"]),
+            digest_key=read_digest_key(),
         )
 
 
@@ -175,6 +190,34 @@ def _positive_int(text: str, name: str) -> int:
         return int(text.strip())
     except ValueError:
         raise ValueError(f"Expected `{name}` to be a positive int but got {text!r}") from None
+
+
+def visible_gpus(env: Mapping[str, str]) -> int:
+    """GPUs a job on this host may use, counted without importing torch.
+
+    ``CUDA_VISIBLE_DEVICES`` when set (empty or ``-1``: none), else the ``/dev/nvidia<N>`` device files.
+
+    Example:
+        >>> visible_gpus({"CUDA_VISIBLE_DEVICES": "0,2"}), visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"})
+        (2, 0)
+    """
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [d for d in visible.split(",") if d.strip()]
+        return 0 if not ids or ids[0].strip().startswith("-") else len(ids)
+    return sum(1 for p in Path("/dev").glob("nvidia[0-9]*") if p.name[len("nvidia"):].isdigit())
+
+
+def default_max_jobs(env: Mapping[str, str], nproc: int = 1) -> int:
+    """One job per visible GPU (``nproc`` GPUs per distributed job), else 1 on a CPU-only host.
+
+    Example:
+        >>> default_max_jobs({"CUDA_VISIBLE_DEVICES": "0,1,2,3"}, nproc=2)
+        2
+        >>> default_max_jobs({"CUDA_VISIBLE_DEVICES": ""})
+        1
+    """
+    return max(1, visible_gpus(env) // max(1, nproc))
 
 
 def _read_policy(env: Mapping[str, str]) -> SecurityPolicy:
@@ -207,13 +250,17 @@ def read_settings(environ: Mapping[str, str] | None = None) -> PluginSettings:
         ValueError: for an invalid ``MLFLOW_UNLEARN_*`` value; the message names the variable and how to fix it.
     """
     env = os.environ if environ is None else environ
+    nproc = _positive_int(env.get(NPROC_ENV, "1"), NPROC_ENV)
+    max_jobs = env.get(MAX_JOBS_ENV, "").strip()
     launcher = LauncherSettings(
         backend=env.get(BACKEND_ENV, "local").strip() or "local",
         backend_config=env.get(BACKEND_CONFIG_ENV, ""),
         tracking_uri=env.get(TRACKING_URI_ENV, ""),
         device=env.get(DEVICE_ENV, "auto"),
-        nproc=_positive_int(env.get(NPROC_ENV, "1"), NPROC_ENV),
+        nproc=nproc,
         docker_image=env.get(DOCKER_IMAGE_ENV, "mlflow-unlearn:latest"),
         log_dir=env.get(LOG_DIR_ENV, "") or os.path.join(tempfile.gettempdir(), "mlflow-unlearn-logs"),
+        max_jobs=_positive_int(max_jobs, MAX_JOBS_ENV) if max_jobs else default_max_jobs(env, nproc),
     )
-    return PluginSettings(policy=_read_policy(env), launcher=launcher, server=_read_server(env, launcher.tracking_uri))
+    return PluginSettings(policy=_read_policy(env), launcher=launcher, server=_read_server(env, launcher.tracking_uri),
+                          digest_key=read_digest_key(env))

@@ -9,6 +9,10 @@ import os
 import pytest
 
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+#: The suite's deployment digest key (ids: requests need one); servers and jobs the tests start inherit it.
+TEST_DIGEST_KEY = "test-suite-digest-key-0123456789"
+os.environ["MLFLOW_UNLEARN_DIGEST_KEY"] = TEST_DIGEST_KEY
+os.environ.pop("MLFLOW_UNLEARN_DIGEST_KEY_FILE", None)
 
 
 def _isolate():

@@ -135,7 +135,8 @@ class PostgresCluster:
             self.port = _free_port()
             settings = {"listen_addresses": "127.0.0.1", "port": str(self.port),
                         "unix_socket_directories": str(self.dir), "max_connections": "100", "fsync": "off",
-                        "synchronous_commit": "off", "full_page_writes": "off", **self.settings}
+                        "synchronous_commit": "off", "full_page_writes": "off", "log_lock_waits": "on",
+                        "deadlock_timeout": "1s", **self.settings}
             args = [arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")]
             with open(self.dir / "server.log", "ab") as log:
                 self.proc = subprocess.Popen([self.binaries["postgres"], "-D", str(data), *args], cwd=self.dir,
@@ -161,8 +162,11 @@ class PostgresCluster:
                 time.sleep(0.2)
         return False
 
-    def stop(self) -> None:
+    def stop(self, keep_log: Path | None = None) -> None:
         """Fast shutdown by PID (SIGINT), SIGKILL after a timeout; then check the PID is gone and clean up.
+
+        Args:
+            keep_log: where to copy the server's log (lock waits, errors) before the directory is removed.
 
         Raises:
             RuntimeError: if the server process is still there afterwards.
@@ -180,6 +184,8 @@ class PostgresCluster:
                 raise RuntimeError(f"PostgreSQL server PID {pid} is still there after it was stopped")
             self.proc = None
         if self.dir is not None:
+            if keep_log is not None and (self.dir / "server.log").exists():
+                shutil.copy(self.dir / "server.log", keep_log)
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 

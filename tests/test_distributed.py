@@ -103,7 +103,7 @@ def test_registered_version_unlearned_by_two_processes_is_registered_once(tmp_pa
     from mlflow import MlflowClient
 
     from mlflow_unlearn.tracking.api import train_model
-    from mlflow_unlearn.tracking.lineage import VERSION_TAG_KEYS
+    from mlflow_unlearn.tracking.vocabulary import VERSION_TAG_KEYS
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri, uri)

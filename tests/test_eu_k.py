@@ -52,11 +52,40 @@ def test_a_named_module_of_any_model(data, split):
     torch.manual_seed(0)
     mlp = train(create_model("mlp", in_channels=1, num_classes=10, input_size=8), data.train,
                 TrainConfig(epochs=2), device="cpu")[0].eval()
-    with pytest.raises(ValueError, match="no classifier submodule named head, fc, classifier in MLP.*net"):
-        unlearn(mlp, split)
-    result = unlearn(mlp, split, module="net.5", epochs=2)
-    changed = {k for k, v in result.model.state_dict().items() if not torch.equal(v, mlp.state_dict()[k])}
-    assert changed == {"net.5.weight", "net.5.bias"}
+    for config in ({"module": "net.5", "epochs": 2}, {"epochs": 2}):  # named, or found: the last Linear's output
+        result = unlearn(mlp, split, **config)
+        changed = {k for k, v in result.model.state_dict().items() if not torch.equal(v, mlp.state_dict()[k])}
+        assert changed == {"net.5.weight", "net.5.bias"}
+        assert result.history.extra["module"] == "net.5"
+
+
+class _OddlyNamed(nn.Module):
+    """A user's class: a hidden layer named ``fc`` (not the output) and the classifier named ``out_proj``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out_proj = nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.out_proj(self.fc(x.flatten(1)).relu())
+
+
+class _NoLinearOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.body(x.flatten(1)) * 2
+
+
+def test_the_classifier_is_found_by_what_returns_the_output(data, split):
+    torch.manual_seed(0)
+    model = train(_OddlyNamed(), data.train, TrainConfig(epochs=2), device="cpu")[0].eval()
+    result = unlearn(model, split, epochs=2)
+    assert result.history.extra["module"] == "out_proj"  # not `fc`, a hidden layer despite its name
+    with pytest.raises(ValueError, match="no nn.Linear returns the model's output.*set config `module`"):
+        unlearn(_NoLinearOutput(), split)
 
 
 class Twice(nn.Module):
@@ -74,13 +103,14 @@ class AfterHead(Twice):
         return self.fc(self.body(x)) * 2
 
 
-@pytest.mark.parametrize(("model", "message"), [
-    (Twice(), "called once; it was called 2 time"),
-    (AfterHead(), "its output is not the model's output"),
+@pytest.mark.parametrize(("model", "config", "message"), [
+    (Twice(), {}, "called once; it was called 2 time"),
+    (AfterHead(), {"module": "fc"}, "its output is not the model's output"),
+    (AfterHead(), {}, "found no classifier in AfterHead: .* no nn.Linear returns the model's output"),
 ])
-def test_a_classifier_that_is_not_the_last_step_is_refused(split, model, message):
+def test_a_classifier_that_is_not_the_last_step_is_refused(split, model, config, message):
     with pytest.raises(ValueError, match=message):
-        unlearn(model, split)
+        unlearn(model, split, **config)
 
 
 def test_bad_module_names_are_refused(smallcnn, split):

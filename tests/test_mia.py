@@ -89,3 +89,39 @@ def test_mia_efficacy_other_features_rank_seen_below_unseen(setting, features):
     seen = mia_efficacy(retain, heldout, setting["member_plus", "forget"], features=features, seed=0)
     unseen = mia_efficacy(retain, heldout, setting["member_plus", "unseen"], features=features, seed=0)
     assert seen < unseen
+
+
+def test_membership_auc_separates_members_and_is_class_matched():
+    from mlflow_unlearn.metrics.mia import membership_auc
+
+    rng = np.random.default_rng(1)
+    members, unseen = rng.exponential(0.05, 300), rng.exponential(0.5, 300)
+    test = membership_auc(members, unseen, seed=3)
+    assert test.low > 0.5 and test.low <= test.auc <= test.high and test.n_forget == 300
+    assert membership_auc(members, unseen, seed=3) == test  # seeded
+    same = membership_auc(unseen[:150], unseen[150:])
+    assert same.low <= 0.5 <= same.high  # two samples of one distribution: chance is inside the interval
+    # Forget set all of class 1, which is hard for every sample: without matching it looks like a non-member
+    # signal in one direction, matched to class-1 non-members it is chance.
+    labels = np.array([0, 1] * 200)
+    losses = np.where(labels == 1, 2.0, 0.1) + rng.random(400) * 0.01
+    forget = labels == 1
+    forget_idx = np.flatnonzero(forget)[:50]
+    heldout = np.setdiff1d(np.arange(400), forget_idx)
+    unmatched = membership_auc(losses[forget_idx], losses[heldout])
+    matched = membership_auc(losses[forget_idx], losses[heldout], forget_labels=labels[forget_idx],
+                             heldout_labels=labels[heldout])
+    assert unmatched.high < 0.5 and matched.low <= 0.5 <= matched.high and matched.n_heldout == 150
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"n_bootstrap": 10}, "n_bootstrap"),
+    ({"confidence": 1.0}, "confidence"),
+    ({"forget_labels": np.zeros(5)}, "both"),
+    ({"forget_labels": np.zeros(5), "heldout_labels": np.ones(5)}, "held-out samples of the forget set's classes"),
+])
+def test_membership_auc_errors(kwargs, message):
+    from mlflow_unlearn.metrics.mia import membership_auc
+
+    with pytest.raises(ValueError, match=message):
+        membership_auc(np.zeros(5), np.ones(5), **kwargs)

@@ -50,18 +50,21 @@ class Server:
     The server proxies artifacts (MLflow's default), so jobs are ordinary HTTP clients of it.
     """
 
-    def __init__(self, root: Path, site: Path, backend_uri: str = "", registry_uri: str = "") -> None:
-        self.root, self.site, self.port, self.proc = root, site, _free_port(), None
+    def __init__(self, root: Path, site: Path, backend_uri: str = "", registry_uri: str = "", max_jobs: int = 8
+                 ) -> None:
+        self.root, self.site, self.port, self.proc, self.max_jobs = root, site, _free_port(), None, max_jobs
         self.backend_uri = backend_uri or f"sqlite:///{root}/tracking.db"
         self.registry_uri = registry_uri or f"unlearn+sqlite:///{root}/registry.db"
         self.allowed = root / "allowed"
         self.allowed.mkdir(parents=True, exist_ok=True)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.env: dict[str, str] = {}  # more environment variables of the server
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
         env.update(MLFLOW_UNLEARN_ALLOWED_ROOTS=str(self.allowed), MLFLOW_UNLEARN_LOG_DIR=str(self.root / "logs"),
-                   MLFLOW_UNLEARN_DEVICE="cpu", PYTHONPATH=str(self.site))
+                   MLFLOW_UNLEARN_DEVICE="cpu", MLFLOW_UNLEARN_MAX_JOBS=str(self.max_jobs), PYTHONPATH=str(self.site))
+        env.update(self.env)
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--backend-store-uri", self.backend_uri, "--registry-store-uri", self.registry_uri,
                "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"]
@@ -127,6 +130,7 @@ def server(tmp_path_factory, installed_site) -> Iterator[Server]:
     (srv.allowed / "fast.yaml").write_text(
         "epochs: 1\ngate: {forget_tolerance: 100, max_retain_drop: 100, max_test_drop: 100}\n")
     srv.start()
+    _warm_up(srv)
     yield srv
     # Launchers and jobs run in their own sessions (they outlive a server restart); end the ones still running.
     from mlflow_unlearn_plugins import ledger
@@ -141,6 +145,20 @@ def server(tmp_path_factory, installed_site) -> Iterator[Server]:
     srv.stop()
     for pid, marker in leftovers:
         _kill_if_ours(pid, marker)
+
+
+def _warm_up(srv: Server) -> None:
+    """Send the server its first request to parse, on a missing version (parsed, then 404), without a deadline.
+
+    The first request a server worker parses imports the engine in its request thread (``plugins/request.py`` ->
+    ``vocabulary.parse_forget_spec`` -> ``mlflow_unlearn.data`` -> torch): a few seconds on an idle machine, more
+    than ``_set_tag``'s 30 s on a loaded one. The tests below are about requests and jobs, not about that import.
+    """
+    start = time.time()
+    response = requests.post(f"{srv.url}/api/2.0/mlflow/model-versions/set-tag", timeout=600, json={
+        "name": "warm-up", "version": "1", "key": "mlflow_unlearn.request", "value": "forget=classes:3"})
+    assert response.status_code == 404, response.text
+    print(f"\nfirst parsed request on {srv.url}: {time.time() - start:.1f} s")
 
 
 def _client(srv: Server):

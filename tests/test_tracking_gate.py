@@ -21,6 +21,7 @@ def test_class_wise_without_reference_targets_chance_and_allows_the_forgotten_sh
     assert result.verdict == PASSED
     checks = result.checks.set_index("check")
     assert checks.loc["forget", "target"] == 10 and checks.loc["test", "limit"] == pytest.approx(15)
+    assert "max_test_drop 5 pp + 10 pp, the forgotten classes' share" in checks.loc["test", "detail"]
     assert checks.loc["mia", "passed"] is None  # no reference: skipped, not failed
     assert apply_gate(metrics, config=GateConfig(), forget_kind="class", num_classes=10).verdict == FAILED
 
@@ -64,3 +65,65 @@ def test_config_validation_and_overrides():
         GateConfig(max_mia_gap=-1)
     with pytest.raises(ValueError, match="mapping or GateConfig"):
         build_gate_config([1, 2])
+
+
+def _with_membership(metrics, **tests):
+    for row, (auc, low, high) in tests.items():
+        metrics.loc[row, ["membership_auc", "membership_auc_low", "membership_auc_high"]] = [auc, low, high]
+    return metrics
+
+
+def test_membership_check_fails_a_model_that_still_separates_and_passes_one_at_chance():
+    from mlflow_unlearn.tracking.gate import EVIDENCE_MEASURED
+
+    kept = _with_membership(_table(original=[99, 99, 92, 5], unlearned=[93, 99, 92, 5]),
+                            original=(80, 74, 86), unlearned=(78, 71, 84))
+    result = apply_gate(kept, config=GateConfig(), forget_kind="sample", num_classes=10)
+    assert result.verdict == FAILED and result.evidence == EVIDENCE_MEASURED
+    assert [f.split(":")[0] for f in result.failures()] == ["membership"]
+    assert "still tells the forget set" in result.failures()[0]
+    relaxed = apply_gate(kept, config=GateConfig(membership_margin=50), forget_kind="sample", num_classes=10)
+    assert relaxed.verdict == PASSED  # the margin only relaxes the rule (50 pp switches the check off)
+    forgot = _with_membership(_table(original=[99, 99, 92, 5], unlearned=[93, 99, 92, 5]),
+                              original=(80, 74, 86), unlearned=(52, 45, 59))
+    assert apply_gate(forgot, config=GateConfig(), forget_kind="sample", num_classes=10).verdict == PASSED
+
+
+def test_membership_check_against_the_reference_and_below_chance():
+    base = _table(original=[99, 99, 92, 5], retrain=[0, 99, 93, 5], unlearned=[5, 99, 92, 5])
+    # Mislabelled samples: the reference's forget set looks far less member-like than non-members (AUC 5%).
+    metrics = _with_membership(base.copy(), original=(80, 74, 86), retrain=(5, 2, 8), unlearned=(40, 33, 47))
+    result = apply_gate(metrics, config=GateConfig(), forget_kind="sample", num_classes=10)
+    assert [f.split(":")[0] for f in result.failures()] == ["membership"]
+    assert "more than the retrained reference" in result.failures()[0]
+    close = _with_membership(base.copy(), original=(80, 74, 86), retrain=(5, 2, 8), unlearned=(9, 5, 13))
+    assert apply_gate(close, config=GateConfig(), forget_kind="sample", num_classes=10).verdict == PASSED
+
+
+def test_no_signal_in_the_original_is_nothing_measurable_to_forget():
+    from mlflow_unlearn.tracking.gate import EVIDENCE_NONE, sample_membership_verdict
+
+    metrics = _with_membership(_table(original=[95, 99, 92, 5], unlearned=[93, 99, 92, 5]),
+                               original=(53, 47, 59), unlearned=(56, 51, 61))
+    result = apply_gate(metrics, config=GateConfig(), forget_kind="sample", num_classes=10)
+    assert result.verdict == PASSED and result.evidence == EVIDENCE_NONE
+    check = result.checks.set_index("check").loc["membership"]
+    assert check["passed"] is None and check["detail"].startswith("nothing measurable to forget")
+    from mlflow_unlearn.metrics.mia import MembershipTest
+
+    flat = MembershipTest(0.5, 0.45, 0.55, 0.95, 40, 40)
+    assert sample_membership_verdict(flat, flat).evidence == EVIDENCE_NONE
+
+
+def test_class_forgetting_reports_membership_and_tests_accuracy_on_retained_classes():
+    from mlflow_unlearn.tracking.gate import EVIDENCE_NOT_TESTED
+
+    metrics = _with_membership(_table(original=[99, 99, 98, 5], unlearned=[3, 97, 88, 100]),
+                               original=(60, 55, 65), unlearned=(58, 53, 63))
+    metrics["test_accuracy_retained"] = [98.0, 96.5]
+    result = apply_gate(metrics, config=GateConfig(), forget_kind="class", num_classes=10, test_forget_share=0.1)
+    assert result.verdict == PASSED and result.evidence == EVIDENCE_NOT_TESTED
+    checks = result.checks.set_index("check")
+    assert checks.loc["membership", "passed"] is None and "reported, not gated" in checks.loc["membership", "detail"]
+    assert checks.loc["test", "limit"] == 5 and checks.loc["test", "value"] == 96.5
+    assert "retained classes" in checks.loc["test", "detail"] and "98.00% -> 88.00%" in checks.loc["test", "detail"]

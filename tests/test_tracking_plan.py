@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from mlflow import MlflowClient
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.api import evaluate_version, train_model, unlearn
 from mlflow_unlearn.tracking.configs import ConfigError
+from mlflow_unlearn.tracking.keys import read_digest_key
 from mlflow_unlearn.tracking.plan import UnlearnPlan, prepare
 
 FAST = {"epochs": 2, "lr": 0.1}
@@ -54,7 +56,7 @@ def test_prepare_returns_one_frozen_plan_with_everything_checked(registry):
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
     ({"distributed": True, "method": "eu_k"}, ValueError, "does not run under torchrun"),
     ({"forget": "ids:1,2,3"}, ValueError, "not a file name"),
-    ({"forget": "random:100:x"}, ValueError, "seed in random:100:x"),
+    ({"forget": "random:100:x"}, ValueError, "seed in random:<amount>:<seed>"),
     ({"config": {"nope": 1}}, ConfigError, "Unknown config key"),
     ({"reference": "oracle"}, ValueError, "Unknown reference 'oracle'"),
     ({"retain_eval_size": 0}, ValueError, "`retain_eval_size` to be a positive int"),
@@ -81,7 +83,9 @@ def test_evaluate_version_matches_a_relative_ids_spec_with_the_recorded_absolute
                       onnx=False, device="cpu", experiment=registry["experiment"], **uris)
     uri = f"models:/plan-mlp/{outcome.version.version}"
     run = MlflowClient(registry["tracking_uri"]).get_run(outcome.run_id)
-    assert run.data.params["forget.spec"] == f"ids:{tmp_path / 'request.txt'}"
+    # issue 17: the keyed digest of the absolute spec is recorded, never the path
+    assert run.data.params["forget.spec"] == read_digest_key().spec_digest(f"ids:{tmp_path / 'request.txt'}")
+    assert "request.txt" not in json.dumps(run.data.params)
     relative = evaluate_version(uri, forget="ids:request.txt", device="cpu", **uris)
     absolute = evaluate_version(uri, forget=f"ids:{tmp_path / 'request.txt'}", device="cpu", **uris)
     assert list(relative.index) == [vocab.MODEL_ROW]

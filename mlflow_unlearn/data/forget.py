@@ -20,31 +20,38 @@ are kept apart: a spec's *form* (:data:`SPEC_FORMS`: ``classes``, ``ids``, ``ran
 the *forgetting kind* (:data:`FORGETTING_KINDS`: ``class``, ``sample``) is what the engine does with it.
 
 Privacy: the only traces of a forget set that this project records are its :func:`forget_digest` and its
-size. A :class:`~mlflow_unlearn.data.samples.ForgetSplit` keeps the spec as written (a file path, never IDs)
-and its repr shows no IDs.
+size; for an ``ids:`` set the digest is keyed (HMAC-SHA256 with a secret ``key``), so that nobody without the key
+can test guessed IDs against it, and :func:`id_digests` gives the keyed per-ID digests ("tombstones") with which
+:func:`forget_by_digests` selects the same samples again without the request file. Error messages give counts
+and keyed digests, never IDs. A :class:`~mlflow_unlearn.data.samples.ForgetSplit` keeps the spec as written
+(a file path, never IDs) and its repr shows no IDs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlflow_unlearn.data._files import id_column, read_table, table_format
-from mlflow_unlearn.data.samples import DataSplit, ForgetSplit, ids_digest, seeded_order
+
+if TYPE_CHECKING:  # samples imports torch; the grammar (parse_forget_spec) must load without it
+    from mlflow_unlearn.data.samples import DataSplit, ForgetSplit
 
 #: Forgetting kinds, what the engine does (``ForgetSplit.kind``, a method's ``forget_kind``): forget whole
 #: classes, or individual samples.
 CLASS_FORGETTING = "class"
 SAMPLE_FORGETTING = "sample"
 FORGETTING_KINDS = (CLASS_FORGETTING, SAMPLE_FORGETTING)
-#: How much of the user's text a grammar error repeats (a spec may be pasted IDs).
-_MAX_ECHO = 16
+#: Why a grammar error does not repeat the user's text.
+_NOT_REPEATED = "not repeated: it may be sample IDs"
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class ForgetSpec:
     fraction: float | None = None
     count: int | None = None
     seed: int = 0
+    key: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def forgetting_kind(self) -> str:
@@ -107,7 +115,7 @@ class _Selection:
 
 
 _Parse = Callable[[str, str], ForgetSpec]
-_Select = Callable[[DataSplit, ForgetSpec], _Selection]
+_Select = Callable[["DataSplit", ForgetSpec], _Selection]
 
 
 @dataclass(frozen=True)
@@ -128,11 +136,11 @@ def _register_spec_form(name: str, syntax: str, parse: _Parse) -> Callable[[_Sel
     return decorator
 
 
-def _echo(text: Any) -> str:
-    """``repr`` of what the user wrote, cut to :data:`_MAX_ECHO` characters."""
-    if isinstance(text, str) and len(text) > _MAX_ECHO:
-        return repr(text[:_MAX_ECHO]) + "..."
-    return repr(text)
+def _shape(text: Any) -> str:
+    """What the user wrote, described without repeating it (a spec may be pasted IDs)."""
+    if not isinstance(text, str):
+        return f"a {type(text).__name__}"
+    return f"{len(text)} characters, {_NOT_REPEATED}" if text else "an empty text"
 
 
 def list_forget_specs() -> list[str]:
@@ -144,28 +152,65 @@ def list_forget_specs() -> list[str]:
     return [_SPEC_FORMS[name].syntax for name in sorted(_SPEC_FORMS)]
 
 
-def forget_digest(ids: Any, *, salt: str = "") -> str:
-    """SHA-256 hex digest of the forget IDs: stable, order-independent, changed by ``salt``.
+def forget_digest(ids: Any, *, salt: str = "", key: bytes | None = None) -> str:
+    """SHA-256 (HMAC-SHA256 with ``key``) hex digest of the forget IDs: stable, order-independent.
 
     The one form in which a forget set may be recorded (with its count). The IDs are hashed in canonical
     text form, sorted; see :func:`~mlflow_unlearn.data.samples.ids_digest` for the exact encoding.
 
     Args:
         ids: the forget sample IDs (ints or strings).
-        salt: optional secret, so that the digest cannot be checked against guessed ID lists.
+        salt: optional string mixed in (it is public wherever the digest is: it protects nothing).
+        key: secret key; with it the digest is an HMAC that cannot be checked against guessed ID lists.
 
     Returns:
         64 hex characters.
 
     Raises:
-        ValueError: when ``salt`` is not a string.
+        ValueError: when ``salt`` is not a string or ``key`` not non-empty bytes.
 
-    >>> forget_digest([3, 1]) == forget_digest([1, 3]) != forget_digest([1, 3], salt="s")
+    >>> forget_digest([3, 1]) == forget_digest([1, 3]) != forget_digest([1, 3], key=b"secret")
     True
     """
     if not isinstance(salt, str):
         raise ValueError(f"Expected argument `salt` to be a string but got {type(salt).__name__}")
-    return ids_digest(ids, salt=salt)
+    _check_key(key)
+    from mlflow_unlearn.data.samples import ids_digest
+
+    return ids_digest(ids, salt=salt, key=key)
+
+
+def _check_key(key: Any) -> None:
+    if key is not None and (not isinstance(key, bytes) or not key):
+        raise ValueError(f"Expected argument `key` to be non-empty bytes or None but got {type(key).__name__}")
+
+
+def id_digests(ids: Any, *, key: bytes) -> np.ndarray:
+    """The keyed digest of each ID (HMAC-SHA256 of its canonical text form): a forget step's tombstones.
+
+    Whoever holds ``key`` can select the same samples again (:func:`forget_by_digests`); without it, the
+    digests reveal nothing about the IDs.
+
+    Args:
+        ids: sample IDs (ints or strings).
+        key: the secret key (non-empty bytes).
+
+    Returns:
+        An array of 64-hex-character strings, one per ID, in the order of ``ids``.
+
+    Raises:
+        ValueError: when ``key`` is missing or not bytes.
+
+    >>> d = id_digests([7, "7", 8], key=b"k")
+    >>> d[0] == d[1] != d[2], len(d[0])
+    (True, 64)
+    """
+    if key is None:
+        raise ValueError("Expected argument `key` to be non-empty bytes but got None")
+    _check_key(key)
+    values = np.asarray(ids).reshape(-1).tolist()
+    return np.array([hmac.new(key, b"mlflow-unlearn/sample-id/v1\0" + str(v).encode(), hashlib.sha256).hexdigest()
+                     for v in _canonical(np.asarray(values)).tolist()], dtype=object)
 
 
 def parse_forget_spec(text: str) -> ForgetSpec:
@@ -181,8 +226,8 @@ def parse_forget_spec(text: str) -> ForgetSpec:
         The :class:`ForgetSpec`.
 
     Raises:
-        ValueError: one line naming the bad part and the accepted forms; it repeats at most
-            16 characters of ``text``, and nothing of an ``ids:`` argument that is not a file name.
+        ValueError: one line naming the bad part and the accepted forms; it repeats nothing of ``text`` but a
+            number that parsed (a bad fraction), since a malformed spec may be sample IDs.
 
     >>> parse_forget_spec("classes:7,3")
     ForgetSpec(text='classes:7,3', form='classes', classes=(3, 7), path='', fraction=None, count=None, seed=0)
@@ -192,24 +237,27 @@ def parse_forget_spec(text: str) -> ForgetSpec:
     >>> parse_forget_spec("3,7")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: Expected a forget spec like 'classes:3,7' but got '3,7'; accepted forms: ...
+    ValueError: Expected a forget spec like 'classes:3,7' but got text without a '<kind>:' prefix (3 characters, ...
     """
     accepted = f"accepted forms: {', '.join(list_forget_specs())}"
     if not isinstance(text, str) or ":" not in text:
-        raise ValueError(f"Expected a forget spec like 'classes:3,7' but got {_echo(text)}; {accepted}")
+        raise ValueError(f"Expected a forget spec like 'classes:3,7' but got text without a '<kind>:' prefix "
+                         f"({_shape(text)}); {accepted}")
     form, _, argument = text.partition(":")
     if form not in _SPEC_FORMS:
-        raise ValueError(f"Unknown forget spec kind {_echo(form)}; {accepted}")
+        raise ValueError(f"Unknown forget spec kind before ':' ({_shape(form)}); {accepted}")
     return _SPEC_FORMS[form].parse(text, argument)
 
 
-def resolve_forget(split: DataSplit, spec: str, *, salt: str = "") -> ForgetSplit:
+def resolve_forget(split: DataSplit, spec: str, *, salt: str = "", key: bytes | None = None) -> ForgetSplit:
     """Apply forget ``spec`` to ``split.train``: the forget, retain and (untouched) test subsets.
 
     Args:
         split: the train/test split the model was trained on.
         spec: a forget specification (see the module docstring), e.g. ``"classes:3,7"``.
         salt: mixed into the digest (see :func:`forget_digest`).
+        key: secret key of the digest of an ``ids:`` set (and of the digest of unknown IDs in an error);
+            ``classes:`` and ``random:`` digests are never keyed: their spec names the set anyway.
 
     Returns:
         A :class:`ForgetSplit`: ``forget`` and ``retain`` disjoint and together the whole training split,
@@ -226,25 +274,61 @@ def resolve_forget(split: DataSplit, spec: str, *, salt: str = "") -> ForgetSpli
     >>> fs.kind, fs.forget_classes, fs.count == len(fs.forget), len(fs.forget) + len(fs.retain) == len(split.train)
     ('class', (3,), True, True)
     """
+    _check_key(key)
     parsed = parse_forget_spec(spec)
-    selection = _SPEC_FORMS[parsed.form].select(split, parsed)
+    selection = _SPEC_FORMS[parsed.form].select(split, dataclasses.replace(parsed, key=key))
+    return _forget_split(split, selection, spec, salt=salt, key=key if parsed.form == "ids" else None)
+
+
+def forget_by_digests(split: DataSplit, digests: Any, *, key: bytes, spec: str) -> ForgetSplit:
+    """The forget split of the training samples whose :func:`id_digests` are in ``digests`` (a replay from
+    tombstones: no ID file needed).
+
+    Args:
+        split: the train/test split.
+        digests: keyed per-ID digests made with the same ``key``.
+        key: the secret key.
+        spec: the spec to record for this forget split (a keyed digest, never a path).
+
+    Returns:
+        A :class:`ForgetSplit` of kind ``"sample"`` with the keyed digest of the selected IDs.
+
+    Raises:
+        ValueError: when some digests match no training sample (another key, or other data), or the set
+            is empty or the whole training split.
+    """
+    wanted = np.unique(np.asarray(list(digests), dtype=object).astype(str))
+    train = id_digests(split.train.ids, key=key).astype(str)
+    mask = np.isin(train, wanted)
+    missing = len(wanted) - len(np.unique(train[mask]))
+    if missing:
+        raise ValueError(f"{missing} of the {len(wanted)} recorded ID digests match no training sample of "
+                         f"{split.source!r}: the key or the data differ from those of the forget step")
+    return _forget_split(split, _Selection(mask, SAMPLE_FORGETTING), spec, key=key)
+
+
+def _forget_split(split: DataSplit, selection: _Selection, spec: str, *, salt: str = "",
+                  key: bytes | None = None) -> ForgetSplit:
     count = int(selection.mask.sum())
+    what = "The forget request file" if spec.startswith("ids:") else f"The forget spec {spec!r}"
     if count == 0:
-        raise ValueError(f"The forget spec {spec!r} selects no training samples (empty forget set); "
-                         "name at least one training sample")
+        raise ValueError(f"{what} selects no training samples (empty forget set); name at least one training sample")
     if count == len(split.train):
-        raise ValueError(f"The forget spec {spec!r} selects the whole training set ({count} samples); nothing would "
-                         "be left to retain. Name a proper subset")
+        raise ValueError(f"{what} selects the whole training set ({count} samples); nothing would be left to "
+                         "retain. Name a proper subset")
     forget, retain = split.train.subset(selection.mask), split.train.subset(~selection.mask)
-    return ForgetSplit(forget, retain, split.test, selection.kind, spec, forget_digest(forget.ids, salt=salt), count,
-                       selection.classes)
+    from mlflow_unlearn.data.samples import ForgetSplit
+
+    return ForgetSplit(forget, retain, split.test, selection.kind, spec, forget_digest(forget.ids, salt=salt, key=key),
+                       count, selection.classes)
 
 
 def _parse_classes(text: str, argument: str) -> ForgetSpec:
     items = [item.strip() for item in argument.split(",")]
-    if not all(re.fullmatch(r"-?\d+", item) for item in items):
-        raise ValueError(f"Malformed class list {_echo(argument)} in the forget spec; expected comma-separated ints, "
-                         "e.g. classes:3,7")
+    bad = sum(not re.fullmatch(r"-?\d+", item) for item in items)
+    if bad:
+        raise ValueError(f"Malformed class list in the forget spec: {bad} of its {len(items)} comma-separated items "
+                         f"are not ints ({_NOT_REPEATED}); expected comma-separated ints, e.g. classes:3,7")
     return ForgetSpec(text, "classes", classes=tuple(sorted({int(item) for item in items})))
 
 
@@ -265,7 +349,7 @@ def _canonical(ids: np.ndarray) -> np.ndarray:
 def _read_forget_ids(path: str) -> np.ndarray:
     """The IDs listed in a forget request file, in canonical text form."""
     table = read_table(path, table_format(path), what="forget request", required=("id",))
-    return _canonical(id_column(table["id"], what=f"forget request {path!r}"))
+    return _canonical(id_column(table["id"], what="forget request file"))
 
 
 def _parse_ids(text: str, argument: str) -> ForgetSpec:
@@ -284,15 +368,17 @@ def _ids(split: DataSplit, spec: ForgetSpec) -> _Selection:
     requested = _read_forget_ids(path)
     unique = np.unique(requested)
     if len(unique) != len(requested):
-        raise ValueError(f"The forget request {path!r} lists {len(requested) - len(unique)} duplicate IDs; "
+        raise ValueError(f"The forget request file lists {len(requested) - len(unique)} duplicate IDs; "
                          "list each ID once")
     train_ids = _canonical(split.train.ids)
     unknown = requested[~np.isin(requested, train_ids)]
     if len(unknown):
         in_test = int(np.isin(unknown, _canonical(split.test.ids)).sum())
+        named = (f" (keyed digest of the unknown IDs {forget_digest(unknown, key=spec.key)[:16]}, which the key holder "
+                 "can check with mlflow_unlearn.data.forget_digest)") if spec.key else ""
         raise ValueError(
-            f"{len(unknown)} of the {len(requested)} IDs in the forget request {path!r} are not in the training "
-            f"split of {split.source!r} (seed {split.seed}), e.g. {unknown[:10].tolist()}"
+            f"{len(unknown)} of the {len(requested)} IDs in the forget request file are not in the training "
+            f"split of {split.source!r} (seed {split.seed}){named}"
             f"{f'; {in_test} of them are in its test split' if in_test else ''}. "
             f"Use IDs of training samples ({'int' if split.train.ids.dtype.kind == 'i' else 'str'} IDs)"
         )
@@ -310,11 +396,12 @@ def _parse_random(text: str, argument: str) -> ForgetSpec:
         except ValueError:
             fraction = float("nan")
         if not 0 < fraction < 1:
-            raise ValueError(f"Expected the amount in random:{argument[:_MAX_ECHO]} to be a fraction in (0, 1) such "
-                             f"as 0.1 or a count of samples such as 100 but got {_echo(amount)}")
+            got = repr(amount) if re.fullmatch(r"-?\d*\.?\d+(?:[eE]-?\d+)?", amount) else f"({_shape(amount)})"
+            raise ValueError("Expected the amount in random:<amount>[:<seed>] to be a fraction in (0, 1) such as 0.1 "
+                             f"or a count of samples such as 100 but got {got}")
     if seed_text and not re.fullmatch(r"\d+", seed_text):
-        raise ValueError(f"Expected the seed in random:{argument[:_MAX_ECHO]} to be a non-negative int but got "
-                         f"{_echo(seed_text)}")
+        raise ValueError("Expected the seed in random:<amount>:<seed> to be a non-negative int but got "
+                         f"({_shape(seed_text)})")
     return ForgetSpec(text, "random", fraction=fraction, count=count, seed=int(seed_text or 0))
 
 
@@ -322,6 +409,8 @@ def _parse_random(text: str, argument: str) -> ForgetSpec:
 def _random(split: DataSplit, spec: ForgetSpec) -> _Selection:
     n_train = len(split.train)
     count = spec.count if spec.count is not None else round(spec.fraction * n_train)
+    from mlflow_unlearn.data.samples import seeded_order
+
     order = seeded_order(split.train.ids, seed=spec.seed, purpose="random-forget")
     mask = np.zeros(n_train, dtype=bool)
     mask[order[:count]] = True

@@ -8,6 +8,7 @@ A :class:`SampleSet` is a ``torch.utils.data.Dataset`` yielding ``(x, y)`` so th
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +35,8 @@ def canonical_id(value: Any) -> str:
     return str(int(value)) if isinstance(value, (int, np.integer)) else str(value)
 
 
-def ids_digest(ids: Any, *, salt: str = "") -> str:
-    """SHA-256 hex digest of a set of sample IDs, independent of their order.
+def ids_digest(ids: Any, *, salt: str = "", key: bytes | None = None) -> str:
+    """SHA-256 (or, with ``key``, HMAC-SHA256) hex digest of a set of sample IDs, independent of their order.
 
     The IDs are put in :func:`canonical_id` form, sorted by their UTF-8 bytes and hashed after a fixed
     domain tag and the salt, each item length-prefixed so that no two different ID lists (or salts)
@@ -44,16 +45,19 @@ def ids_digest(ids: Any, *, salt: str = "") -> str:
 
     Args:
         ids: sample IDs (ints or strings).
-        salt: optional secret mixed in first, so that a digest cannot be matched against guessed ID lists.
+        salt: optional string mixed in first (public: it changes the digest but protects nothing).
+        key: a secret key: the digest becomes an HMAC-SHA256, which nobody without the key can check against
+            guessed ID lists.
 
     Returns:
         64 hex characters.
 
-    >>> ids_digest([3, 1, 2]) == ids_digest(np.array([1, 2, 3]))
+    >>> ids_digest([3, 1, 2]) == ids_digest(np.array([1, 2, 3])) != ids_digest([1, 2, 3], key=b"k")
     True
     """
     encoded = sorted(canonical_id(v).encode() for v in np.asarray(ids).reshape(-1).tolist())
-    h = hashlib.sha256(b"mlflow-unlearn/sample-ids/v1")
+    h = hmac.new(key, b"mlflow-unlearn/sample-ids/v1", hashlib.sha256) if key else hashlib.sha256(
+        b"mlflow-unlearn/sample-ids/v1")
     for item in (salt.encode(), *encoded):
         h.update(len(item).to_bytes(8, "big") + item)
     return h.hexdigest()

@@ -45,7 +45,8 @@ class EuKConfig:
 
     Args:
         module: dotted name of the classifier submodule, as in ``model.named_modules()`` (e.g. ``"head"``,
-            ``"fc"``, ``"net.5"``); ``None`` = the first of ``CLASSIFIER_NAMES`` that the model has. It must
+            ``"fc"``, ``"net.5"``); ``None`` = found (see :func:`find_classifier`): the first of
+            ``CLASSIFIER_NAMES`` that returns the model's output, else the last such ``nn.Linear``. It must
             be called once per forward pass with one tensor, and its output must be the model's output.
         epochs, lr, batch_size, optimizer, weight_decay, label_smoothing: the training recipe of the
             classifier; the defaults are those of :class:`mlflow_unlearn.training.TrainConfig` (EU-k retrains
@@ -71,23 +72,55 @@ class EuKConfig:
                              f"{self.module!r}; retraining the whole model is the `retrain` method")
 
 
-def find_classifier(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
-    """The classifier submodule ``name`` of ``model`` (``None``: the first of ``CLASSIFIER_NAMES``)."""
+def find_classifier(model: nn.Module, name: str | None, sample: torch.Tensor | None = None) -> tuple[str, nn.Module]:
+    """The classifier submodule ``name`` of ``model``; found when ``name`` is None.
+
+    Found: the first of ``CLASSIFIER_NAMES`` whose output is the model's output, else the last ``nn.Linear``
+    whose output is the model's output (seen by forward hooks on one eval-mode pass over ``sample``), so a
+    classifier named ``fc2``, ``out_proj`` or ``net.5`` is found too.
+
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> find_classifier(net, None, torch.zeros(2, 4))[0]
+    '2'
+
+    Raises:
+        ValueError: no such submodule, one without parameters, or none found (the message says how to name it).
+    """
     modules = dict(model.named_modules())
     modules.pop("", None)
     top = ", ".join(n for n, _ in model.named_children()) or "none"
     if name is None:
-        name = next((n for n in CLASSIFIER_NAMES if n in modules), None)
+        producing = _output_producers(model, sample) if sample is not None else []
+        name = next((n for n in CLASSIFIER_NAMES if n in producing), None)
+        name = name or next((n for n in reversed(producing) if isinstance(modules[n], nn.Linear)), None)
         if name is None:
-            raise ValueError(f"eu_k found no classifier submodule named {', '.join(CLASSIFIER_NAMES)} in "
-                             f"{type(model).__name__} (its top-level modules: {top}); set config `module` to the "
-                             "name of the layers to retrain, as in model.named_modules()")
+            raise ValueError(f"eu_k found no classifier in {type(model).__name__}: no submodule named "
+                             f"{', '.join(CLASSIFIER_NAMES)} and no nn.Linear returns the model's output (its "
+                             f"top-level modules: {top}); set config `module` to the name of the layers to retrain, "
+                             "as in model.named_modules()")
     elif name not in modules:
         raise ValueError(f"eu_k: {type(model).__name__} has no submodule {name!r} (its top-level modules: {top})")
     module = modules[name]
     if not any(True for _ in module.parameters()):
         raise ValueError(f"eu_k: submodule {name!r} has no parameters, so there is nothing to retrain")
     return name, module
+
+
+@torch.no_grad()
+def _output_producers(model: nn.Module, sample: torch.Tensor) -> list[str]:
+    """The names of the submodules whose output is the model's output on ``sample`` (eval mode), in call order."""
+    calls: list[tuple[str, torch.Tensor]] = []
+    handles = [module.register_forward_hook(lambda _m, _a, out, n=n: calls.append((n, out)))
+               for n, module in model.named_modules() if n]
+    was_training = model.training
+    try:
+        logits = model.eval()(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return [n for n, out in calls if out is logits]
 
 
 @torch.no_grad()
@@ -141,8 +174,8 @@ def eu_k(
 ) -> tuple[nn.Module, rt.History]:
     """Re-initialise the classifier submodule and train it from scratch on the retain set, layers below frozen."""
     history = rt.History()
-    name, module = find_classifier(model, config.module)
     retain_x, retain_y = as_tensors(retain)
+    name, module = find_classifier(model, config.module, rt.to_device(retain_x[:2], context.device))
     features = classifier_inputs(model, module, name, retain_x, device=context.device)
     if not torch.isfinite(features).all():
         raise rt.UnlearningDivergedError(f"eu_k: the frozen layers below {name!r} give non-finite outputs on the "

@@ -83,7 +83,8 @@ METRIC_INFO: dict[str, MetricInfo] = {
         "(https://arxiv.org/abs/2304.04934); " + _SALUN),
     "loss_mia_accuracy": MetricInfo(
         "Stratified k-fold cross-validated accuracy of a logistic regression on per-sample cross-entropy telling "
-        "forget samples from an equal number of test samples.",
+        "forget samples from an equal number of test samples (in an unlearning run's report, for class forgetting: "
+        "test samples of the forgotten classes, so that it measures membership and not the class).",
         None, "the retrained model's value (50 = chance, for random-sample forgetting)", "%",
         "NeurIPS 2023 Machine Unlearning challenge starting kit (https://github.com/unlearning-challenge/starting-kit)"),
     "loss_mia_auc": MetricInfo(
@@ -217,8 +218,13 @@ def avg_gap(metrics: pd.DataFrame, reference: str) -> pd.Series:
     return (metrics[columns] - metrics.loc[reference, columns]).abs().mean(axis=1).rename("avg_gap")
 
 
-def _model_metrics(outputs: Mapping[str, ModelOutputs], *, seed: int) -> dict[str, float]:
+def _model_metrics(outputs: Mapping[str, ModelOutputs], *, seed: int,
+                   same_class_heldout: bool = False) -> dict[str, float]:
     forget, retain, test = outputs["forget"], outputs["retain"], outputs["test"]
+    heldout = test
+    if same_class_heldout:  # non-members of the forget set's classes: the attack then measures membership
+        keep = torch.isin(test.labels, forget.labels)
+        heldout = ModelOutputs(test.logits[keep], test.labels[keep])
     row = {
         "forget_accuracy": 100 * accuracy(*forget),
         "retain_accuracy": 100 * accuracy(*retain),
@@ -227,8 +233,8 @@ def _model_metrics(outputs: Mapping[str, ModelOutputs], *, seed: int) -> dict[st
         "loss_mia_accuracy": float("nan"),
         "loss_mia_auc": float("nan"),
     }
-    if min(forget.num_samples, test.num_samples) >= 2:  # a one-sample forget set cannot be cross-validated
-        attack = loss_mia(per_sample_loss(*forget), per_sample_loss(*test), seed=seed)
+    if min(forget.num_samples, heldout.num_samples) >= 2:  # a one-sample forget set cannot be cross-validated
+        attack = loss_mia(per_sample_loss(*forget), per_sample_loss(*heldout), seed=seed)
         row["loss_mia_accuracy"], row["loss_mia_auc"] = 100 * attack.accuracy, 100 * attack.auc
     return row
 
@@ -332,6 +338,7 @@ def evaluate_outputs(
     reference: str | None = None,
     incompetent_forget: ModelOutputs | None = None,
     seed: int = 0,
+    same_class_heldout: bool = False,
 ) -> pd.DataFrame:
     """The table of :func:`evaluate` from outputs already collected (one forward pass per model and set).
 
@@ -342,6 +349,8 @@ def evaluate_outputs(
         reference: the row the gap columns compare to, or None.
         incompetent_forget: a randomly initialised model's outputs on the forget set, for ``zrf``.
         seed: seeds the attacks' subsampling and folds.
+        same_class_heldout: the loss attack (``loss_mia_*``) compares the forget set with the test samples of
+            its own classes only (for class forgetting: otherwise it measures the class, not membership).
 
     Raises:
         ValueError: for no models, a missing set, or a ``reference`` that names no model.
@@ -354,7 +363,8 @@ def evaluate_outputs(
             raise ValueError(f"Outputs of model {name!r} lack the {', '.join(missing)} set(s)")
     if reference is not None and reference not in outputs:
         raise ValueError(f"Unknown reference {reference!r}; the models are: {', '.join(outputs)}")
-    rows = {name: _model_metrics(per_split, seed=seed) for name, per_split in outputs.items()}
+    rows = {name: _model_metrics(per_split, seed=seed, same_class_heldout=same_class_heldout)
+            for name, per_split in outputs.items()}
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
     forget_probs = {name: softmax(per_split["forget"].logits) for name, per_split in outputs.items()}
     if incompetent_forget is not None:

@@ -10,7 +10,13 @@ Two attacks from the unlearning literature, both fitted with scikit-learn:
   https://github.com/unlearning-challenge/starting-kit): a logistic regression on per-sample losses tells
   forget samples from an equal number of held-out samples; the score is its cross-validated accuracy/AUC.
 
-For both, the ideal value of an unlearned model is the value of a model retrained without the forget set,
+And one membership *test*, the statistic the acceptance gate decides on:
+
+* :func:`membership_auc`: the ROC AUC of the per-sample loss as a member score, forget set against held-out
+  samples of the same classes (class-matched), with a seeded stratified-bootstrap confidence interval.
+  0.5 is chance: the forget samples are indistinguishable from non-members by their loss.
+
+For the attacks, the ideal value of an unlearned model is the value of a model retrained without the forget set,
 not 0 or 100.
 """
 
@@ -30,6 +36,37 @@ MIA_FEATURES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = 
     "modified_entropy": modified_entropy,
 }
 """Per-sample features of :func:`mia_efficacy`, each ``(probs, labels) -> N`` tensor."""
+
+
+class MembershipTest(NamedTuple):
+    """The class-matched loss membership test of :func:`membership_auc` (AUC and interval as fractions, 0 to 1).
+
+    Args:
+        auc: probability that a forget sample has a lower loss than a same-class held-out sample (ties count
+            half); 0.5 is chance, above it the forget set looks like training data.
+        low: lower bound of the bootstrap confidence interval.
+        high: upper bound of the bootstrap confidence interval.
+        confidence: the interval's confidence level (e.g. 0.95).
+        n_forget: forget samples tested (those of a class with held-out samples).
+        n_heldout: held-out samples of the forget set's classes.
+    """
+
+    auc: float
+    low: float
+    high: float
+    confidence: float
+    n_forget: int
+    n_heldout: int
+
+    @property
+    def separates(self) -> bool:
+        """Whether the interval lies wholly above chance (0.5): the forget set is measurably member-like.
+
+        >>> clear, unclear = MembershipTest(0.7, 0.6, 0.8, 0.95, 50, 50), MembershipTest(0.55, 0.45, 0.65, 0.95, 9, 9)
+        >>> clear.separates, unclear.separates
+        (True, False)
+        """
+        return self.low > 0.5
 
 
 class LossMIAResult(NamedTuple):
@@ -179,3 +216,122 @@ def loss_mia(
     folds = StratifiedKFold(n_splits=min(n_splits, n), shuffle=True, random_state=seed)
     scores = cross_validate(LogisticRegression(), x, y, cv=folds, scoring=("accuracy", "roc_auc"))
     return LossMIAResult(float(scores["test_accuracy"].mean()), float(scores["test_roc_auc"].mean()))
+
+
+def _matched_weights(forget_labels: np.ndarray, heldout_labels: np.ndarray) -> np.ndarray:
+    """Weights of the held-out samples that give them the forget set's class mix (0 outside its classes)."""
+    classes, forget_counts = np.unique(forget_labels, return_counts=True)
+    heldout_counts = np.array([(heldout_labels == c).sum() for c in classes])
+    per_class = np.zeros(int(max(classes.max(initial=0), heldout_labels.max(initial=0))) + 1)
+    present = heldout_counts > 0
+    per_class[classes[present]] = forget_counts[present] / heldout_counts[present]
+    return per_class[heldout_labels]
+
+
+def _weighted_auc(forget: np.ndarray, heldout: np.ndarray, weights: np.ndarray) -> float:
+    """P(forget loss < held-out loss) + P(equal) / 2, held-out samples weighted."""
+    order = np.argsort(heldout, kind="stable")
+    sorted_losses, cumulative = heldout[order], np.concatenate([[0.0], np.cumsum(weights[order])])
+    total = cumulative[-1]
+    right = np.searchsorted(sorted_losses, forget, side="right")
+    left = np.searchsorted(sorted_losses, forget, side="left")
+    above, tied = total - cumulative[right], cumulative[right] - cumulative[left]
+    return float(np.mean((above + 0.5 * tied) / total))
+
+
+def _stratified_resample(groups: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Indices drawn with replacement within each group (one group per class: class counts kept)."""
+    return np.concatenate([g[rng.integers(0, len(g), size=len(g))] for g in groups])
+
+
+def membership_auc(
+    forget_losses: torch.Tensor | np.ndarray,
+    heldout_losses: torch.Tensor | np.ndarray,
+    *,
+    forget_labels: torch.Tensor | np.ndarray | None = None,
+    heldout_labels: torch.Tensor | np.ndarray | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> MembershipTest:
+    """A membership test of the forget set: the loss AUC against same-class non-members, with a bootstrap CI.
+
+    The statistic is the ROC AUC of "lower loss means member" (the Mann-Whitney probability that a forget
+    sample has a lower per-sample loss than a held-out sample, ties counting half). With labels, it is
+    class-matched: only held-out samples of the forget set's classes are compared, each class weighted to its
+    share of the forget set, so the test measures membership and not the class (a forgotten class, or the
+    class mix of a sample-wise request). Forget samples of a class without held-out samples are left out.
+
+    The interval is the percentile interval of ``n_bootstrap`` stratified bootstrap replicates (both sets
+    resampled with replacement within each class, seeded). AUC is scale-free: it does not depend on the
+    loss's units, the model's calibration or the set sizes, and its interval shrinks as the sets grow.
+
+    Direction and ideal value: 0.5 is chance; above 0.5 the forget set still looks like training data; below
+    0.5 it looks *less* member-like than unseen data (e.g. mislabelled samples that a retrained model gets
+    wrong). The ideal is the retrained model's value, which is 0.5 for random samples with correct labels.
+
+    Args:
+        forget_losses: per-sample losses of the forget set (see :func:`per_sample_loss`).
+        heldout_losses: per-sample losses of non-members (the test set).
+        forget_labels: the forget set's labels, to match classes (None: no matching).
+        heldout_labels: the held-out samples' labels (required with ``forget_labels``).
+        n_bootstrap: bootstrap replicates (at least 100).
+        confidence: the interval's level, in (0, 1).
+        seed: seeds the bootstrap.
+
+    Returns:
+        :class:`MembershipTest` (fractions).
+
+    Raises:
+        ValueError: non-finite losses, mismatched lengths, labels on one side only, no held-out sample of the
+            forget set's classes, ``n_bootstrap`` < 100 or ``confidence`` outside (0, 1).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> members, unseen = torch.rand(60, generator=g) * 0.1, 0.05 + torch.rand(60, generator=g)
+    >>> test = membership_auc(members, unseen)
+    >>> round(test.auc, 3), test.separates
+    (0.98, True)
+    >>> membership_auc(unseen[:30], unseen[30:]).separates  # two samples of the same distribution
+    False
+    >>> labels = torch.tensor([0, 1] * 30)  # class 1 is hard for everyone: matched, it is not membership
+    >>> loss = torch.where(labels == 1, 2.0, 0.1) + torch.rand(60, generator=g) * 0.01
+    >>> membership_auc(loss[:10], loss[10:], forget_labels=labels[:10], heldout_labels=labels[10:]).separates
+    False
+    """
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 100:
+        raise ValueError(f"Expected argument `n_bootstrap` to be an int >= 100 but got {n_bootstrap!r}")
+    if not isinstance(confidence, (int, float)) or isinstance(confidence, bool) or not 0 < confidence < 1:
+        raise ValueError(f"Expected argument `confidence` to be a number in (0, 1) but got {confidence!r}")
+    if (forget_labels is None) != (heldout_labels is None):
+        raise ValueError("Expected labels for both the forget and the held-out set, or for neither")
+    forget = np.asarray(forget_losses, dtype=np.float64).ravel()
+    heldout = np.asarray(heldout_losses, dtype=np.float64).ravel()
+    if forget_labels is None:
+        f_labels, h_labels = np.zeros(len(forget), dtype=np.int64), np.zeros(len(heldout), dtype=np.int64)
+    else:
+        f_labels = np.asarray(forget_labels, dtype=np.int64).ravel()
+        h_labels = np.asarray(heldout_labels, dtype=np.int64).ravel()
+    if len(f_labels) != len(forget) or len(h_labels) != len(heldout):
+        raise ValueError(f"Expected one label per loss but got {len(f_labels)} labels for {len(forget)} forget "
+                         f"losses and {len(h_labels)} for {len(heldout)} held-out losses")
+    if not (np.isfinite(forget).all() and np.isfinite(heldout).all()):
+        raise ValueError("Expected finite per-sample losses; the model's outputs contain NaN or infinite values")
+    keep_heldout = np.isin(h_labels, f_labels)
+    heldout, h_labels = heldout[keep_heldout], h_labels[keep_heldout]
+    keep_forget = np.isin(f_labels, h_labels)
+    forget, f_labels = forget[keep_forget], f_labels[keep_forget]
+    if len(forget) == 0 or len(heldout) == 0:
+        raise ValueError("The membership test needs held-out samples of the forget set's classes but the held-out "
+                         "set has none; use a test split that holds those classes")
+    weights = _matched_weights(f_labels, h_labels)
+    auc = _weighted_auc(forget, heldout, weights)
+    rng = np.random.default_rng(seed)
+    replicates = np.empty(n_bootstrap)
+    f_groups = [np.flatnonzero(f_labels == c) for c in np.unique(f_labels)]
+    h_groups = [np.flatnonzero(h_labels == c) for c in np.unique(h_labels)]
+    for b in range(n_bootstrap):  # stratified: class counts, hence the weights, stay those of the sample
+        f, h = _stratified_resample(f_groups, rng), _stratified_resample(h_groups, rng)
+        replicates[b] = _weighted_auc(forget[f], heldout[h], weights[h])
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
+    return MembershipTest(auc, float(low), float(high), float(confidence), int(len(forget)), int(len(heldout)))

@@ -21,9 +21,10 @@ half-registered (a version created just before a failure is deleted again).
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from mlflow_unlearn.training import TrainConfig
 
 __all__ = ["ConfigError", "DataResolutionError", "TrainOutcome", "UnlearnOutcome", "evaluate_version", "load_config",
-           "prepare", "train_model", "unlearn"]
+           "log_model", "model_code_paths", "prepare", "train_model", "unlearn"]
 
 _logger = logging.getLogger("mlflow_unlearn")
 
@@ -140,6 +141,7 @@ def train_model(data: str = "digits", *, arch: str = "smallcnn", registered_mode
         raise ConfigError(f"Invalid training config: {exc}") from None
     dev = rt.resolve_device(device)
     split = load_data(data, seed=seed, test_fraction=test_fraction)
+    rt.seed_everything(recipe.seed)  # the initial weights too, so that one seed gives one model
     model = create_model(arch, in_channels=split.train.in_channels, num_classes=split.num_classes,
                          input_size=split.train.input_size, input_shape=split.train.input_shape)
     client = tracking_client(tracking_uri, registry_uri)
@@ -166,22 +168,124 @@ def train_model(data: str = "digits", *, arch: str = "smallcnn", registered_mode
 def _log_training_recipe(logger: RunLogger, split: DataSplit, recipe: TrainConfig, *, data: str, arch: str, seed: int,
                          test_fraction: float) -> None:
     """The model and training recipe as params, the train and test sets as lineage dataset inputs."""
+    logger.log_params({
+        "model.arch": arch, "model.in_channels": split.train.in_channels, "model.num_classes": split.num_classes,
+        "model.input_size": split.train.input_size, **{f"train.{k}": v for k, v in recipe.to_dict().items()},
+    })
+    _log_data_lineage(logger, split, data=data, seed=seed, test_fraction=test_fraction)
+
+
+def _log_data_lineage(logger: RunLogger, split: DataSplit, *, data: str, seed: int, test_fraction: float) -> None:
+    """The data as params (``data.*``, ``data.split`` = explicit or seeded) and the train and test sets as the
+    lineage dataset inputs that :func:`unlearn` reads to rebuild the data (source, split, ID digests; no IDs)."""
     from mlflow_unlearn.data import describe, ids_digest
 
     info = describe(split)
     lineage = lin.DataLineage(split.source, split.seed, split.test_fraction)
-    logger.log_params({
-        "model.arch": arch, "model.in_channels": split.train.in_channels, "model.num_classes": split.num_classes,
-        "model.input_size": split.train.input_size, "data.source": data, "data.seed": seed,
-        "data.test_fraction": test_fraction, "data.n_train": info["n_train"], "data.n_test": info["n_test"],
-        **{f"train.{k}": v for k, v in recipe.to_dict().items()},
-    })
+    logger.log_params({"data.source": data, "data.seed": seed, "data.test_fraction": test_fraction,
+                       "data.split": info["split"], "data.n_train": info["n_train"], "data.n_test": info["n_test"]})
     logger.log_inputs([
         lin.lineage_dataset_input(lineage, context=vocab.TRAIN_CONTEXT, name=f"{data}-train",
                                   digest=info["train_ids_digest"], count=info["n_train"]),
         lin.lineage_dataset_input(lineage, context=vocab.TEST_CONTEXT, name=f"{data}-test",
                                   digest=ids_digest(split.test.ids), count=info["n_test"]),
     ])
+
+
+def log_model(model: nn.Module, data: str, *, registered_model_name: str | None = None,
+              code_paths: Sequence[str | os.PathLike] | None = None, seed: int = 0, test_fraction: float = 0.2,
+              onnx: bool = False, run_id: str | None = None, experiment: str | None = None,
+              tracking_uri: str | None = None, registry_uri: str | None = None) -> TrainOutcome:
+    """Log (and register) a model trained by your own script so that :func:`unlearn` needs only its URI.
+
+    Logs ``model`` in the trainable (pickle) format with its code (``code_paths``, or the file or package of
+    its class when that is your own module) and tensor signature, and ``data``'s train and test sets as the
+    lineage dataset inputs (source, split, ID digests) that :func:`unlearn` reads; also ``test_accuracy`` on
+    the test side of the split. Use the data source you trained on, with its own split (an npz ``split``
+    array, a manifest ``split`` column, ``train/`` and ``test/`` folders) or the seeded one of
+    ``seed``/``test_fraction``. Logs into ``run_id``, else the active run, else a new run.
+
+    Args:
+        model: the trained ``nn.Module``.
+        data: the data source it was trained on (see :func:`mlflow_unlearn.data.load_data`).
+        registered_model_name: register the model under this name (None: log only).
+        code_paths: files or folders of the model's code (default: inferred from its class, see
+            :func:`model_code_paths`).
+        seed, test_fraction: the seeded split, for a source without its own split.
+        onnx: also log a checked ONNX copy.
+        run_id, experiment, tracking_uri, registry_uri: where to log (default: the active run, the current URIs).
+
+    Returns:
+        A :class:`TrainOutcome` (the version is None without ``registered_model_name``).
+
+    Raises:
+        ValueError: a bad argument, data that cannot be loaded or does not fit the model; all before logging.
+    """
+    import mlflow
+
+    from mlflow_unlearn import runtime as rt
+    from mlflow_unlearn.data import load_data
+    from mlflow_unlearn.metrics import accuracy, collect_outputs
+    from mlflow_unlearn.tracking.plan import _check_seed, check_model_fits
+
+    if registered_model_name is not None and not (isinstance(registered_model_name, str) and registered_model_name):
+        raise ValueError(f"Expected argument `registered_model_name` to be a name or None but got "
+                         f"{registered_model_name!r}")
+    _check_seed(seed)
+    try:
+        split = load_data(data, seed=seed, test_fraction=test_fraction)
+    except (ValueError, OSError) as exc:
+        raise DataResolutionError(f"Cannot load the data source {data!r}: {exc}") from None
+    model = model.cpu().eval()
+    check_model_fits(model, split, data)
+    paths = [str(p) for p in code_paths] if code_paths is not None else model_code_paths(model)
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise ValueError(f"Expected `code_paths` to name existing files or folders but got {missing[0]!r}")
+    if run_id is None and mlflow.active_run() is not None:
+        run_id = mlflow.active_run().info.run_id
+    client = tracking_client(tracking_uri, registry_uri)
+    with RunLogger(client, run_id=run_id, experiment_id=experiment_id(client, experiment, None),
+                   run_name=f"log-{type(model).__name__}", parent_run_id=parent_run_id()) as logger:
+        _log_data_lineage(logger, split, data=data, seed=seed, test_fraction=test_fraction)
+        test_acc = 100 * accuracy(*collect_outputs(model, split.test, device=rt.resolve_device("cpu")))
+        logger.log_metrics({"test_accuracy": test_acc})
+        with tempfile.TemporaryDirectory() as tmp:
+            diff = logger.log_models(model, sample=split.test.x[:ONNX_SAMPLE_SIZE], num_classes=split.num_classes,
+                                     onnx=onnx, tmp=Path(tmp), code_paths=paths)
+        version = None
+        if registered_model_name:
+            version = logger.register(registered_model_name, tags=None,
+                                      description=f"{type(model).__name__} trained on {data} (test accuracy "
+                                                  f"{test_acc:.2f}%), logged with mlflow_unlearn.log_model")
+            logger.tag_result(version)
+    return TrainOutcome(version, logger.run_id, model, test_acc, diff)
+
+
+def model_code_paths(model: nn.Module) -> list[str]:
+    """The file (or top-level package folder) of ``model``'s class when it is the user's own code.
+
+    Empty for classes of installed packages (site-packages, the standard library), of ``torch`` and of
+    ``mlflow_unlearn``, and for classes defined in the running script (``__main__``), which are pickled by
+    value.
+
+    >>> from torch import nn
+    >>> model_code_paths(nn.Linear(2, 2))
+    []
+    """
+    import sys
+    import sysconfig
+
+    top = type(model).__module__.split(".")[0]
+    module = sys.modules.get(top)
+    file = getattr(module, "__file__", None)
+    if top in ("__main__", "builtins", "torch", "torchvision", "mlflow_unlearn") or not file:
+        return []
+    path = Path(file).resolve()
+    installed = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib", "stdlib", "platstdlib")}
+    if any(root in path.parents for root in installed) or {"site-packages", "dist-packages"} & set(path.parts):
+        return []
+    return [str(path.parent if path.name == "__init__.py" else path)]
 
 
 def unlearn(model_uri: str, *, forget: str, method: str = vocab.DEFAULT_METHOD, data: str | None = None,

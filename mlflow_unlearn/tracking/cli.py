@@ -192,6 +192,20 @@ def evaluate(state: CliState, model_uri, forget, data, reference, device, seed, 
 
 
 @cli.command()
+@args.MODEL_URI
+@args.FORGET
+def verify(model_uri, forget) -> None:
+    """For the holder of the digest key: did MODEL_URI forget exactly the IDs of --forget ids:<file> in its
+    lineage? One line; exit code 0 if so, 1 if not."""
+    from mlflow_unlearn.tracking.verify import verify as verify_version
+
+    answer = verify_version(model_uri, forget=forget)
+    click.echo(answer.message)
+    if not answer:
+        sys.exit(1)
+
+
+@cli.command()
 @args.OUTPUT_JSON
 def methods(as_json) -> None:
     """List the unlearning methods with their hyperparameters and defaults."""
@@ -275,6 +289,23 @@ def demo(state: CliState, data, arch, registered_model_name, epochs, forget, met
     outcome = run_unlearn(uri, forget=forget, method=method, config=config or None, reference=reference,
                           device=device, seed=seed, run_id=state.env.run_id)
     _report_outcome(outcome, as_json=False, register=True)
+
+
+@cli.command()
+@click.option("--tracking-uri", required=True, help="The MLflow server's http(s):// address (sends the webhooks).")
+@click.option("--state-db", required=True, type=click.Path(dir_okay=False),
+              help="SQLite file of this service's request ledger (created if absent).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=int)
+def serve(tracking_uri, state_db, host, port) -> None:
+    """Run unlearning requests from a stock MLflow server's model_version_tag.set webhooks.
+
+    The webhook's shared secret is read from MLFLOW_UNLEARN_WEBHOOK_SECRET; see docs/registry_plugin.md.
+    """
+    from mlflow_unlearn_plugins.webhook import SECRET_ENV, WebhookService
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    WebhookService(os.environ.get(SECRET_ENV, ""), tracking_uri, state_db).serve(host, port)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,7 +81,8 @@ def load_trainable_module(local_model_dir: str | os.PathLike, *, model_uri: str 
             f"{model_uri or root} is a {others} model, but mlflow-unlearn needs a PyTorch (pytorch flavor) model. "
             f"{RELOG_HINT}"
         )
-    data = root / flavors["pytorch"].get("model_data", "data")
+    flavor = flavors["pytorch"]
+    data = root / flavor.get("model_data", "data")
     if (data / EXPORTED_MODEL_FILE).is_file():
         raise ModelFormatError(
             f"{model_uri or root} was saved in MLflow's 'pt2' (torch.export) format, an inference graph that "
@@ -96,13 +98,75 @@ def load_trainable_module(local_model_dir: str | os.PathLike, *, model_uri: str 
     if module_name not in ALLOWED_PICKLE_MODULES:
         raise ModelFormatError(f"{model_uri or root} was pickled with {module_name!r}; expected one of "
                                f"{', '.join(ALLOWED_PICKLE_MODULES)}. {RELOG_HINT}")
-    model = torch.load(weights, map_location="cpu", weights_only=False,
-                       pickle_module=importlib.import_module(module_name))
+    code = flavor.get("code")
+    model = _unpickle(weights, importlib.import_module(module_name), root / code if code else None,
+                      where=model_uri or str(root))
     if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
         raise ModelFormatError(f"{model_uri or root} does not hold an eager torch.nn.Module. {RELOG_HINT}")
     if not any(p.requires_grad for p in model.parameters()):
         raise ModelFormatError(f"{model_uri or root} has no trainable parameters. {RELOG_HINT}")
     return model.eval()
+
+
+def _unpickle(weights: Path, pickle_module, code_dir: Path | None, *, where: str) -> nn.Module:
+    """``torch.load`` with the model's logged code folder importable, as ``mlflow.pytorch.load_model`` does.
+
+    MLflow puts the folder of the model's ``code_paths`` first on ``sys.path`` while loading
+    (``mlflow.utils.model_utils._add_code_from_conf_to_system_path``); so does this, for the load only: the
+    modules it imports stay in ``sys.modules`` for the rest of the process.
+
+    Raises:
+        ModelFormatError: the model's class lives in a module that is neither importable nor logged with it.
+    """
+    import sys
+
+    import torch
+
+    added = code_dir is not None and code_dir.is_dir()
+    if added:
+        sys.path.insert(0, str(code_dir))
+    try:
+        return torch.load(weights, map_location="cpu", weights_only=False, pickle_module=pickle_module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or str(exc)
+        raise ModelFormatError(
+            f"{where} cannot be loaded: its class needs the Python module {missing!r}, which is neither installed "
+            f"here nor logged with the model. Log the model with code_paths=['<path to {missing.split('.')[0]}.py or "
+            "its package folder>'] (mlflow_unlearn.log_model does it) and register that version."
+        ) from None
+    except AttributeError as exc:  # pickle's "Can't get attribute 'Net' on <module ...>": an older module
+        raise ModelFormatError(f"{where} cannot be loaded: {str(exc).splitlines()[0]}. Log the model with the "
+                               "code_paths=[...] of the module that defines its class.") from None
+    finally:
+        if added:
+            sys.path.remove(str(code_dir))
+
+
+def read_code(local_model_dir: str | os.PathLike) -> dict[str, bytes]:
+    """The files of the model's logged ``code_paths`` folder (relative path -> content); empty without one.
+
+    An unlearned version is saved with the same code (see :func:`save_trainable_module`), so that chained
+    unlearning loads it anywhere.
+    """
+    from mlflow.models import Model
+
+    root = Path(local_model_dir)
+    code = Model.load(str(root / "MLmodel")).flavors.get("pytorch", {}).get("code")
+    folder = root / code if code else None
+    if folder is None or not folder.is_dir():
+        return {}
+    return {f.relative_to(folder).as_posix(): f.read_bytes() for f in sorted(folder.rglob("*"))
+            if f.is_file() and "__pycache__" not in f.parts}
+
+
+def write_code(code: Mapping[str, bytes], folder: str | os.PathLike) -> list[str]:
+    """Write ``code`` (from :func:`read_code`) under ``folder``; return its top-level entries as ``code_paths``."""
+    folder = Path(folder)
+    for rel, content in code.items():
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return sorted({str(folder / rel.split("/")[0]) for rel in code})
 
 
 def pip_requirements(model: nn.Module) -> list[str]:
@@ -131,8 +195,15 @@ def tensor_signature(input_shape: tuple[int, ...], num_classes: int):
 
 
 def save_trainable_module(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, ...],
-                          num_classes: int) -> Path:
-    """Save ``model`` as an MLflow pytorch-flavor model in the trainable (pickle) format at ``path``."""
+                          num_classes: int, code_paths: Sequence[str | os.PathLike] | None = None) -> Path:
+    """Save ``model`` as an MLflow pytorch-flavor model in the trainable (pickle) format at ``path``.
+
+    Args:
+        model: the module (saved from the CPU, in eval mode).
+        path: the new model folder.
+        input_shape, num_classes: the tensor signature (float32 ``(-1, *input_shape)`` -> ``(-1, num_classes)``).
+        code_paths: files or folders of the model's own code (MLflow's ``code_paths``), importable when loaded.
+    """
     import logging
 
     import mlflow.pytorch
@@ -148,7 +219,8 @@ def save_trainable_module(model: nn.Module, path: str | os.PathLike, *, input_sh
             warnings.simplefilter("ignore")
             mlflow.pytorch.save_model(model, str(path), serialization_format="pickle",
                                       pip_requirements=pip_requirements(model),
-                                      signature=tensor_signature(input_shape, num_classes))
+                                      signature=tensor_signature(input_shape, num_classes),
+                                      code_paths=[str(c) for c in code_paths] if code_paths else None)
     finally:
         logger.setLevel(level)
     return Path(path)

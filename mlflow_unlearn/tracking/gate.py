@@ -3,6 +3,26 @@
 All values are in percent (the metrics table's unit); all thresholds are in percentage points and can be
 set per call (``unlearn(..., gate={...})``, or a ``gate:`` section in the config YAML). The checks:
 
+``membership`` (sample-wise forgetting: the evidence)
+    A membership test of the forget set against held-out samples of the same classes: the class-matched
+    AUC of the per-sample loss with its 95% bootstrap interval (:func:`mlflow_unlearn.metrics.mia.membership_auc`,
+    columns ``membership_auc``, ``membership_auc_low``, ``membership_auc_high``), for the original, the
+    unlearned model and the reference. Decided by :func:`sample_membership_verdict`; the rule uses only the
+    intervals' position against chance (50) and against each other, so by default it has no threshold and no
+    scale (``membership_margin``, 0 by default, only relaxes it: a lenient gate for tests of other things):
+
+    * the original's interval includes or lies below chance: it shows no membership signal, so there is
+      *nothing measurable to forget*. The check is not decided (``evidence=none``): the verdict rests on the
+      other checks and the report says that it proves nothing about forgetting.
+    * otherwise (``evidence=measured``) it fails when the unlearned model's interval still lies wholly above
+      chance (it still tells the forget set from non-members, on the side where the original did), and, with
+      ``reference="retrain"``, when its interval lies wholly above the reference's (it separates them more
+      than a model that never saw the forget set). An interval below chance is not a failure of this check
+      (e.g. mislabelled samples that the model no longer fits look *less* member-like than unseen data, as
+      they do for the retrained model).
+
+    For class-wise forgetting the same test (non-members = test samples of the forgotten classes) is reported
+    but not gated: forget accuracy against chance or the reference decides there.
 ``forget``
     Forget accuracy must be near its target: the ``retrain`` reference's forget accuracy when a reference
     was trained (two-sided, ``|forget - reference| <= forget_tolerance``); otherwise, for class-wise
@@ -12,9 +32,11 @@ set per call (``unlearn(..., gate={...})``, or a ``gate:`` section in the config
 ``retain``
     Retain accuracy may drop by at most ``max_retain_drop`` against the original model.
 ``test``
-    Test accuracy may drop by at most ``max_test_drop`` against the original model; for class-wise
-    forgetting the test set still holds the forgotten classes, which the unlearned model should now get
-    wrong, so their share of the test set (in percent) is added to the allowance.
+    Test accuracy may drop by at most ``max_test_drop`` against the original model. For class-wise
+    forgetting it is the accuracy on the test samples of the retained classes (SalUn's convention, column
+    ``test_accuracy_retained``; the whole-test figure is reported beside it); when that column is absent, the
+    whole test set is used and the forgotten classes' share of it (in percent) is added to the allowance,
+    since the unlearned model should now get those samples wrong.
 ``mia``
     With a reference only: ``|mia_efficacy - reference mia_efficacy| <= max_mia_gap``.
 
@@ -35,7 +57,13 @@ from mlflow_unlearn.tracking.vocabulary import ORIGINAL_ROW, RETRAIN_ROW, UNLEAR
 PASSED = "passed"
 FAILED = "failed"
 
-
+#: What the membership check could show: ``measured`` (the original separated the forget set from non-members,
+#: so forgetting was tested), ``none`` (nothing measurable to forget), ``not tested`` (no membership columns,
+#: or class-wise forgetting, where the test is reported but not gated).
+EVIDENCE = (EVIDENCE_MEASURED, EVIDENCE_NONE, EVIDENCE_NOT_TESTED) = ("measured", "none", "not tested")
+#: The metrics columns of the membership test (percent).
+MEMBERSHIP_COLUMNS = ("membership_auc", "membership_auc_low", "membership_auc_high")
+CHANCE_AUC = 0.5
 
 @dataclass
 class GateConfig:
@@ -47,12 +75,16 @@ class GateConfig:
         max_test_drop: allowed test-accuracy drop against the original model (plus, for class-wise
             forgetting, the forgotten classes' share of the test set).
         max_mia_gap: allowed |MIA efficacy - reference MIA efficacy| (only with a reference).
+        membership_margin: how far (AUC percentage points) the unlearned model's membership interval may lie
+            above chance, or above the reference's interval, before the membership check fails; 0 (the default)
+            is the threshold-free rule, 50 switches the check off.
     """
 
     forget_tolerance: float = 5.0
     max_retain_drop: float = 5.0
     max_test_drop: float = 5.0
     max_mia_gap: float = 15.0
+    membership_margin: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -86,11 +118,13 @@ def build_gate_config(gate: GateConfig | Mapping[str, Any] | None) -> GateConfig
 
 @dataclass(frozen=True)
 class GateResult:
-    """The verdict (``passed``/``failed``) and a table of checks (check, value, target, limit, passed)."""
+    """The verdict (``passed``/``failed``), a table of checks (check, value, target, limit, passed, detail), and
+    the evidence of the membership check (:data:`EVIDENCE`)."""
 
     verdict: str
     checks: pd.DataFrame
     config: GateConfig
+    evidence: str = EVIDENCE_NOT_TESTED
 
     @property
     def passed(self) -> bool:
@@ -100,6 +134,95 @@ class GateResult:
         """One short sentence per failed check."""
         bad = self.checks[self.checks["passed"] == False]  # noqa: E712 (column holds True/False/None)
         return [f"{r.check}: {r.detail}" for r in bad.itertuples()]
+
+
+@dataclass(frozen=True)
+class MembershipVerdict:
+    """The decision of :func:`sample_membership_verdict`.
+
+    Args:
+        passed: True or False, or None when undecided (nothing measurable to forget).
+        evidence: :data:`EVIDENCE_MEASURED` or :data:`EVIDENCE_NONE`.
+        reason: one sentence in plain words, numbers in percent (no sample, no ID).
+    """
+
+    passed: bool | None
+    evidence: str
+    reason: str
+
+
+def _interval(test: Any) -> str:
+    return f"AUC {100 * test.auc:.1f}% (95% CI {100 * test.low:.1f}-{100 * test.high:.1f}%)"
+
+
+def sample_membership_verdict(original: Any, unlearned: Any, reference: Any | None = None, *,
+                              margin: float = 0.0) -> MembershipVerdict:
+    """Decide the membership check of a sample-wise request from the three models' membership tests.
+
+    The rule (see the module docstring) compares only confidence intervals with chance (0.5) and with each
+    other, so it needs no threshold and holds at any scale: nothing measurable to forget when the original's
+    interval does not lie wholly above chance; otherwise failed when the unlearned model's interval still lies
+    wholly above chance, or wholly above the reference's interval.
+
+    Args:
+        original: the original model's :class:`~mlflow_unlearn.metrics.mia.MembershipTest` (or anything with
+            ``auc``, ``low`` and ``high`` as fractions).
+        unlearned: the unlearned model's test.
+        reference: the retrained reference's test, or None.
+        margin: tolerance (fraction of AUC) above chance and above the reference's interval; 0: none.
+
+    Returns:
+        A :class:`MembershipVerdict`.
+
+    >>> from mlflow_unlearn.metrics.mia import MembershipTest
+    >>> memorised = MembershipTest(0.9, 0.85, 0.95, 0.95, 100, 300)
+    >>> chance = MembershipTest(0.5, 0.44, 0.56, 0.95, 100, 300)
+    >>> sample_membership_verdict(memorised, memorised).passed
+    False
+    >>> sample_membership_verdict(memorised, chance, reference=chance).passed
+    True
+    >>> sample_membership_verdict(chance, chance).evidence
+    'none'
+    """
+    if not original.low > CHANCE_AUC:
+        return MembershipVerdict(None, EVIDENCE_NONE, (
+            f"nothing measurable to forget: the original model does not tell the forget set from same-class "
+            f"non-members ({_interval(original)} includes or lies below chance, 50%), so this test cannot show "
+            f"forgetting"))
+    if unlearned.low > CHANCE_AUC + margin:
+        return MembershipVerdict(False, EVIDENCE_MEASURED, (
+            f"the unlearned model still tells the forget set from same-class non-members by their loss: "
+            f"{_interval(unlearned)} lies above chance (50%), as the original's {_interval(original)} did"))
+    if reference is not None and unlearned.low > reference.high + margin:
+        return MembershipVerdict(False, EVIDENCE_MEASURED, (
+            f"the unlearned model separates the forget set from same-class non-members more than the retrained "
+            f"reference: {_interval(unlearned)} lies above the reference's {_interval(reference)}"))
+    against = f" and does not exceed the reference's {_interval(reference)}" if reference is not None else ""
+    return MembershipVerdict(True, EVIDENCE_MEASURED, (
+        f"the original told the forget set from same-class non-members ({_interval(original)}); the unlearned "
+        f"model no longer does: its {_interval(unlearned)} reaches chance (50%){against}"))
+
+
+def _membership(row: pd.Series) -> Any:
+    from mlflow_unlearn.metrics.mia import MembershipTest
+
+    auc, low, high = (float(row[c]) / 100 for c in MEMBERSHIP_COLUMNS)
+    return MembershipTest(auc, low, high, math.nan, 0, 0)
+
+
+def _membership_check(new: pd.Series, old: pd.Series, ref: pd.Series | None, class_wise: bool,
+                      margin: float) -> tuple[dict, str]:
+    """The membership check row and the evidence it gives (``margin`` in percentage points)."""
+    decision = sample_membership_verdict(_membership(old), _membership(new),
+                                         None if ref is None else _membership(ref), margin=margin / 100)
+    value = float(new["membership_auc"])
+    limit = CHANCE_AUC * 100 if ref is None else min(CHANCE_AUC * 100, float(ref["membership_auc_high"]))
+    limit += margin
+    if class_wise:
+        return _check("membership", value, CHANCE_AUC * 100, limit, None,
+                      f"reported, not gated (class forgetting is judged by forget accuracy): "
+                      f"{decision.reason}"), EVIDENCE_NOT_TESTED
+    return _check("membership", value, CHANCE_AUC * 100, limit, decision.passed, decision.reason), decision.evidence
 
 
 def _check(name: str, value: float, target: float, limit: float, ok: bool | None, detail: str) -> dict:
@@ -142,11 +265,11 @@ def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, n
                            forget <= target + config.forget_tolerance,
                            f"forget accuracy {forget:.2f}% vs {what} {target:.2f}% "
                            f"(limit +{config.forget_tolerance:g} pp)"))
-    test_limit = config.max_test_drop + (100.0 * test_forget_share if class_wise else 0.0)
-    for split, limit in (("retain", config.max_retain_drop), ("test", test_limit)):
-        before, after = float(old[f"{split}_accuracy"]), float(new[f"{split}_accuracy"])
-        rows.append(_check(split, after, before, limit, before - after <= limit,
-                           f"{split} accuracy fell {before - after:.2f} pp from {before:.2f}% (limit {limit:.3g} pp)"))
+    before, after = float(old["retain_accuracy"]), float(new["retain_accuracy"])
+    rows.append(_check("retain", after, before, config.max_retain_drop, before - after <= config.max_retain_drop,
+                       f"retain accuracy fell {before - after:.2f} pp from {before:.2f}% "
+                       f"(limit max_retain_drop={config.max_retain_drop:g} pp)"))
+    rows.append(_test_check(new, old, config=config, class_wise=class_wise, test_forget_share=test_forget_share))
     if ref is not None and "mia_efficacy" in metrics.columns:
         mia, target = float(new["mia_efficacy"]), float(ref["mia_efficacy"])
         rows.append(_check("mia", mia, target, config.max_mia_gap, abs(mia - target) <= config.max_mia_gap,
@@ -155,8 +278,34 @@ def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, n
     else:
         rows.append(_check("mia", float(new.get("mia_efficacy", math.nan)), math.nan, config.max_mia_gap, None,
                            "skipped: needs reference='retrain'"))
+    evidence = EVIDENCE_NOT_TESTED
+    if all(c in metrics.columns for c in MEMBERSHIP_COLUMNS):
+        row, evidence = _membership_check(new, old, ref, class_wise, config.membership_margin)
+        rows.insert(0, row)
     checks = pd.DataFrame(rows)
     decided = checks["passed"].dropna()
     finite = all(math.isfinite(float(v)) for v in new[["forget_accuracy", "retain_accuracy", "test_accuracy"]])
     verdict = PASSED if finite and bool(decided.astype(bool).all()) else FAILED
-    return GateResult(verdict, checks, config)
+    return GateResult(verdict, checks, config, evidence)
+
+
+def _test_check(new: pd.Series, old: pd.Series, *, config: GateConfig, class_wise: bool,
+                test_forget_share: float) -> dict:
+    """The test-accuracy check; its detail says which test samples count and where the limit comes from."""
+    whole_before, whole_after = float(old["test_accuracy"]), float(new["test_accuracy"])
+    limit = config.max_test_drop
+    if class_wise and "test_accuracy_retained" in new.index:
+        before, after = float(old["test_accuracy_retained"]), float(new["test_accuracy_retained"])
+        detail = (f"test accuracy on the retained classes fell {before - after:.2f} pp from {before:.2f}% (limit "
+                  f"max_test_drop={limit:g} pp); on the whole test set, forgotten classes included, "
+                  f"{whole_before:.2f}% -> {whole_after:.2f}%")
+    elif class_wise:
+        share = 100.0 * test_forget_share
+        before, after, limit = whole_before, whole_after, limit + share
+        detail = (f"test accuracy fell {before - after:.2f} pp from {before:.2f}% (limit {limit:.3g} pp = "
+                  f"max_test_drop {config.max_test_drop:g} pp + {share:.3g} pp, the forgotten classes' share of "
+                  f"the test set, which the unlearned model should now get wrong)")
+    else:
+        before, after = whole_before, whole_after
+        detail = f"test accuracy fell {before - after:.2f} pp from {before:.2f}% (limit max_test_drop={limit:g} pp)"
+    return _check("test", after, before, limit, before - after <= limit, detail)

@@ -22,7 +22,9 @@ from mlflow_unlearn.tracking.vocabulary import (
     CONFIG_HASH_TAG,
     FORGET_COUNT_TAG,
     FORGET_DIGEST_TAG,
+    FORGET_KEY_TAG,
     METHOD_TAG,
+    NO_KEY,
     PARENT_TAG,
     RETAIN_CONTEXT,
     RUN_ID_TAG,
@@ -48,11 +50,20 @@ class LineageError(ValueError):
 
 @dataclass(frozen=True)
 class ForgetStep:
-    """One applied forget specification (no IDs: file paths, class lists or seeds) and its digest."""
+    """One applied forget specification (no IDs, no paths: a class list, a seed, or for ``ids:`` a keyed digest of
+    the spec) and its digest; an ``ids:`` step also names the fingerprint of its key and the run whose
+    tombstones replay it."""
 
     spec: str
     digest: str
     count: int
+    key_fingerprint: str = ""
+    run_id: str = ""
+
+    def to_record(self) -> list[Any]:
+        """``[spec, digest, count]``, with ``key_fingerprint`` and ``run_id`` appended for a keyed step."""
+        record: list[Any] = [self.spec, self.digest, self.count]
+        return record + [self.key_fingerprint, self.run_id] if self.key_fingerprint else record
 
 
 @dataclass(frozen=True)
@@ -80,24 +91,26 @@ class DataLineage:
             f"{p}.source": self.source,
             f"{p}.seed": str(self.seed),
             f"{p}.test_fraction": repr(self.test_fraction),
-            f"{p}.forget_chain": json.dumps([[s.spec, s.digest, s.count] for s in self.chain]),
+            f"{p}.forget_chain": json.dumps([s.to_record() for s in self.chain]),
         }
 
     @classmethod
     def from_source_tags(cls, tags: dict[str, Any]) -> DataLineage:
         p = _SOURCE_TAG_PREFIX
-        chain = tuple(ForgetStep(str(s), str(d), int(c)) for s, d, c in json.loads(tags.get(f"{p}.forget_chain", "[]")))
+        chain = tuple(ForgetStep(str(s), str(d), int(c), *map(str, rest))
+                      for s, d, c, *rest in json.loads(tags.get(f"{p}.forget_chain", "[]")))
         return cls(str(tags[f"{p}.source"]), int(tags.get(f"{p}.seed", 0)), float(tags.get(f"{p}.test_fraction", 0.2)),
                    chain)
 
 
 def version_tags(*, parent: ModelVersion, method: str, forget_digest: str, forget_count: int, run_id: str,
-                 verdict: str) -> dict[str, str]:
-    """The six lineage tags of an unlearned version (:data:`~mlflow_unlearn.tracking.vocabulary.VERSION_TAG_KEYS`)."""
+                 verdict: str, key_fingerprint: str = "") -> dict[str, str]:
+    """The lineage tags of an unlearned version (:data:`~mlflow_unlearn.tracking.vocabulary.VERSION_TAG_KEYS`)."""
     return {
         PARENT_TAG: version_ref(parent),
         METHOD_TAG: method,
         FORGET_DIGEST_TAG: forget_digest,
+        FORGET_KEY_TAG: key_fingerprint or NO_KEY,
         FORGET_COUNT_TAG: str(int(forget_count)),
         RUN_ID_TAG: run_id,
         VERDICT_TAG: verdict,

@@ -26,6 +26,7 @@ from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.configs import gate_config, load_config, method_config, retrain_config
 from mlflow_unlearn.tracking.gate import GateConfig
+from mlflow_unlearn.tracking.keys import DigestKey, read_digest_key, require_key
 
 if TYPE_CHECKING:
     import torch
@@ -72,6 +73,9 @@ class UnlearnPlan:
         seed: seed of the method, the reference and the attacks.
         device: where to run.
         retain_eval_size: how many retain samples are evaluated at most (None: all of them).
+        code: the files of the model's logged ``code_paths`` (relative path -> content), saved again with the
+            unlearned model so that it loads where the parent does.
+        digest_key: the deployment's digest key (None when none is configured; an ``ids:`` plan always has one).
     """
 
     model_uri: str
@@ -92,6 +96,8 @@ class UnlearnPlan:
     seed: int
     device: torch.device
     retain_eval_size: int | None
+    code: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    digest_key: DigestKey | None = field(default=None, repr=False)
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -101,9 +107,25 @@ class UnlearnPlan:
         return config_to_dict(self.config)
 
     @property
+    def key_fingerprint(self) -> str:
+        """The fingerprint of the key of the forget digest ('' for a ``classes:``/``random:`` digest, never keyed)."""
+        return self.digest_key.fingerprint if self.digest_key is not None and self.keyed else ""
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the forget set is an ``ids:`` set (keyed digests, tombstones, no path recorded)."""
+        return self.forget.spec.startswith("ids:")
+
+    @property
     def new_lineage(self) -> lin.DataLineage:
         """The lineage of the unlearned model: this plan's forget step appended (digest and count, no IDs)."""
-        return self.lineage.then(lin.ForgetStep(self.forget.spec, self.forget.digest, self.forget.count))
+        return self.lineage_for_run("")
+
+    def lineage_for_run(self, run_id: str) -> lin.DataLineage:
+        """:attr:`new_lineage` with the run that stores this step's tombstones (an ``ids:`` step)."""
+        fs = self.forget
+        return self.lineage.then(lin.ForgetStep(fs.spec, fs.digest, fs.count, self.key_fingerprint,
+                                                run_id if self.keyed else ""))
 
     @property
     def retain_eval_count(self) -> int:
@@ -118,8 +140,10 @@ class UnlearnPlan:
             "unlearn.method": self.method, "unlearn.reference": self.reference, "unlearn.seed": self.seed,
             "unlearn.device": str(self.device), **{f"unlearn.{k}": v for k, v in flags.items()},
             "data.source": lineage.source, "data.seed": lineage.seed, "data.test_fraction": lineage.test_fraction,
+            "data.split": "explicit" if self.split.explicit else "seeded",
             "data.forget_steps_before": len(lineage.chain), "data.retain_eval_count": self.retain_eval_count,
             "forget.spec": fs.spec, "forget.kind": fs.kind, "forget.count": fs.count, "forget.digest": fs.digest,
+            "forget.key": self.key_fingerprint or vocab.NO_KEY,
             "forget.classes": ",".join(map(str, fs.forget_classes)),
             **self.recipe,
             **{f"config.{k}": v for k, v in self.config_dict.items()},
@@ -151,6 +175,7 @@ def prepare(
     client: MlflowClient | None = None,
     tracking_uri: str | None = None,
     registry_uri: str | None = None,
+    digest_key: DigestKey | None = None,
 ) -> UnlearnPlan:
     """Check an unlearning request once, cheapest checks first, and return the frozen :class:`UnlearnPlan`.
 
@@ -176,6 +201,9 @@ def prepare(
         client: the MLflow client to use (default: one for ``tracking_uri`` and ``registry_uri``).
         tracking_uri: tracking URI (default: the current one).
         registry_uri: registry URI (default: the current one).
+        digest_key: the key of ``ids:`` digests (default: :func:`~mlflow_unlearn.tracking.keys.read_digest_key`,
+            the deployment's ``MLFLOW_UNLEARN_DIGEST_KEY``). An ``ids:`` request is recorded as keyed digests only
+            (set, per-ID tombstones, spec) and is refused without a key.
 
     Returns:
         The :class:`UnlearnPlan`.
@@ -186,6 +214,7 @@ def prepare(
         LineageError: the training data cannot be found or rebuilt.
         DataResolutionError: the data cannot be loaded or does not fit the model (class count, input shape).
         ConfigError: a missing, malformed or invalid method config.
+        DigestKeyError: an ``ids:`` request without a digest key (the message says how to set one).
         ValueError: unknown method or reference, invalid thresholds, a bad forget spec (grammar, unknown
             classes or IDs, an empty set), or a method that does not run under ``torchrun``.
     """
@@ -194,24 +223,41 @@ def prepare(
     from mlflow_unlearn.methods.registry import config_to_dict
 
     _check_arguments(method, reference, retain_eval_size, rt.is_distributed() if distributed is None else distributed)
+    _check_seed(seed)
     spec = parse_forget_spec(forget).absolute()
+    key = digest_key if digest_key is not None else read_digest_key()
+    if spec.form == "ids":
+        require_key(key)
     method_values, gate_from_file = load_config(config)
     cfg = method_config(method, method_values)
     gate_cfg = gate_config(gate, gate_from_file)
     dev = rt.resolve_device(device)
     client = client or tracking_client(tracking_uri, registry_uri)
     parent = vocab.resolve_model_version(client, model_uri)
-    model = load_version(client, parent, model_uri)
+    model, code = load_version(client, parent, model_uri)
     parent_run = client.get_run(parent.run_id) if parent.run_id else None
-    lineage, split, forget_split = resolve_data(model, data, parent_run, spec.text, forgotten=forgotten)
+    lineage, split, forget_split = resolve_data(model, data, parent_run, spec.text, forgotten=forgotten, key=key,
+                                                client=client)
     recipe = lin.inherited_params(parent_run) if parent_run is not None else {}
     return UnlearnPlan(
         model_uri=model_uri, client=client, parent=parent, parent_run=parent_run, model=model, lineage=lineage,
         split=split, forget=forget_split, method=method, config=cfg,
         config_hash=lin.config_hash(method, config_to_dict(cfg), seed), gate=gate_cfg, reference=reference,
         retrain_config=retrain_config(recipe) if reference == vocab.RETRAIN_REFERENCE else None, recipe=recipe,
-        seed=seed, device=dev, retain_eval_size=retain_eval_size,
+        seed=seed, device=dev, retain_eval_size=retain_eval_size, code=code, digest_key=key,
     )
+
+
+def _check_seed(seed: Any) -> None:
+    """The seed is a non-negative int (numpy and torch take nothing else).
+
+    >>> _check_seed("a")
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected argument `seed` to be a non-negative int but got 'a'
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"Expected argument `seed` to be a non-negative int but got {seed!r}"[:200])
 
 
 def _check_arguments(method: str, reference: str, retain_eval_size: Any, distributed: bool) -> None:
@@ -231,7 +277,8 @@ def _check_arguments(method: str, reference: str, retain_eval_size: Any, distrib
 
 
 def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spec: str, *,
-                 forgotten: bool = False) -> tuple[lin.DataLineage, DataSplit, ForgetSplit]:
+                 forgotten: bool = False, key: DigestKey | None = None, client: MlflowClient | None = None
+                 ) -> tuple[lin.DataLineage, DataSplit, ForgetSplit]:
     """The lineage, the training split and the forget split of a version's data, checked against ``model``.
 
     Args:
@@ -240,17 +287,28 @@ def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spe
         parent_run: the run that logged the version.
         spec: the forget spec (an ``ids:`` path already absolute).
         forgotten: if the lineage already forgot ``spec``, rebuild the data as it was before that step.
+        key: the digest key (required for an ``ids:`` spec or lineage step); the ``ids:`` forget split records
+            the keyed digest of its spec instead of the path.
+        client: the client that downloads earlier ``ids:`` steps' tombstones.
 
     Raises:
         LineageError, DataResolutionError, ValueError: see :func:`prepare`.
     """
     from mlflow_unlearn.data import resolve_forget
 
+    ids = spec.startswith("ids:")
+    recorded = require_key(key).spec_digest(spec) if ids else spec
     lineage = resolve_lineage(data, parent_run)
     if forgotten:
-        lineage = lineage_before(lineage, spec)
-    split = load_split(lineage)
-    forget_split = resolve_forget(split, spec)
+        lineage = lineage_before(lineage, recorded)
+    split = load_split(lineage, key=key, client=client)
+    try:
+        forget_split = resolve_forget(split, spec, key=key.secret if ids else None)
+    except OSError as exc:  # e.g. a path longer than the OS allows; the path itself is not repeated
+        raise ValueError(f"Cannot read the forget request file: {exc.strerror or type(exc).__name__}; give the "
+                         "path of a readable .csv, .parquet or .txt file of sample IDs") from None
+    if ids:
+        forget_split = dataclasses.replace(forget_split, spec=recorded)
     check_model_fits(model, split, lineage.source)
     return lineage, split, forget_split
 
@@ -263,20 +321,24 @@ def tracking_client(tracking_uri: str | None, registry_uri: str | None) -> Mlflo
     return MlflowClient(tracking_uri=tracking_uri or mlflow.get_tracking_uri(), registry_uri=registry_uri)
 
 
-def load_version(client: MlflowClient, version: ModelVersion, model_uri: str) -> nn.Module:
-    """Download ``version`` through ``client``'s registry and load it as a trainable module.
+def load_version(client: MlflowClient, version: ModelVersion, model_uri: str) -> tuple[nn.Module, dict[str, bytes]]:
+    """Download ``version`` through ``client``'s registry; load it as a trainable module, with its logged code.
+
+    Returns:
+        The module, and the files of its logged ``code_paths`` (see :func:`~.formats.read_code`).
 
     Raises:
-        ModelFormatError: not a PyTorch model, or one that cannot be trained (``pt2``).
+        ModelFormatError: not a PyTorch model, one that cannot be trained (``pt2``), or one whose class
+            cannot be imported (a module neither installed nor logged with ``code_paths``).
     """
     from mlflow.artifacts import download_artifacts
 
-    from mlflow_unlearn.tracking.formats import load_trainable_module
+    from mlflow_unlearn.tracking.formats import load_trainable_module, read_code
 
     source = client.get_model_version_download_uri(version.name, version.version)
     with tempfile.TemporaryDirectory() as tmp:
         local = download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri)
-        return load_trainable_module(local, model_uri=model_uri)
+        return load_trainable_module(local, model_uri=model_uri), read_code(local)
 
 
 def resolve_lineage(data: str | None, parent_run: Run | None) -> lin.DataLineage:
@@ -317,8 +379,11 @@ def lineage_before(lineage: lin.DataLineage, spec: str) -> lin.DataLineage:
     return dataclasses.replace(lineage, chain=lineage.chain[:earlier.index(spec)])
 
 
-def load_split(lineage: lin.DataLineage) -> DataSplit:
+def load_split(lineage: lin.DataLineage, *, key: DigestKey | None = None, client: MlflowClient | None = None
+               ) -> DataSplit:
     """Load the lineage's source and replay its forget chain; return the split the model was trained on.
+
+    An ``ids:`` step is replayed from the tombstones its run stored (keyed per-ID digests), not from its file.
 
     Raises:
         DataResolutionError: the source cannot be loaded.
@@ -332,7 +397,8 @@ def load_split(lineage: lin.DataLineage) -> DataSplit:
         raise DataResolutionError(f"Cannot load the data source {lineage.source!r}: {exc}") from None
     for step in lineage.chain:
         try:
-            done = resolve_forget(split, step.spec)
+            done = (replay_tombstones(split, step, key, client) if step.key_fingerprint
+                    else resolve_forget(split, step.spec))
         except (ValueError, OSError) as exc:
             raise lin.LineageError(f"Cannot replay the earlier forget step {step.spec!r} of this model's lineage: "
                                    f"{exc}") from None
@@ -344,6 +410,41 @@ def load_split(lineage: lin.DataLineage) -> DataSplit:
             )
         split = dataclasses.replace(split, train=done.retain)
     return split
+
+
+def replay_tombstones(split: DataSplit, step: lin.ForgetStep, key: DigestKey | None,
+                      client: MlflowClient | None) -> ForgetSplit:
+    """The forget split of an earlier ``ids:`` step, from the tombstones its run stored.
+
+    Raises:
+        ValueError: no key, another key than the step's, or tombstones that are missing or match other samples.
+    """
+    import json
+
+    from mlflow.artifacts import download_artifacts
+
+    from mlflow_unlearn.data import forget_by_digests
+
+    key = require_key(key)
+    if key.fingerprint != step.key_fingerprint:
+        raise ValueError(f"it was recorded with the digest key of fingerprint {step.key_fingerprint}, but the "
+                         f"configured key has fingerprint {key.fingerprint}; configure the key that made it")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = download_artifacts(run_id=step.run_id, artifact_path=vocab.TOMBSTONES_ARTIFACT, dst_path=tmp,
+                                   tracking_uri=client.tracking_uri if client is not None else None)
+        with open(local) as f:
+            digests = json.load(f)["id_digests"]
+    return forget_by_digests(split, digests, key=key.secret, spec=step.spec)
+
+
+def tombstones(plan: UnlearnPlan) -> dict[str, Any]:
+    """The tombstones of an ``ids:`` plan (what :data:`~mlflow_unlearn.tracking.vocabulary.TOMBSTONES_ARTIFACT`
+    holds): the key fingerprint and the sorted keyed digest of each forgotten ID, never an ID."""
+    from mlflow_unlearn.data import id_digests
+
+    key = require_key(plan.digest_key)
+    return {"key_fingerprint": key.fingerprint, "forget_digest": plan.forget.digest,
+            "id_digests": sorted(id_digests(plan.forget.forget.ids, key=key.secret).tolist())}
 
 
 def check_model_fits(model: nn.Module, split: DataSplit, source: str) -> None:

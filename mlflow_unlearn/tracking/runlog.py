@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from mlflow_unlearn.tracking.formats import (
     export_onnx,
     save_onnx_model,
     save_trainable_module,
+    write_code,
 )
 
 if TYPE_CHECKING:
@@ -182,11 +183,18 @@ class RunLogger:
                 if attempt == 2 or not any(m in str(exc) for m in _DUPLICATE_ROW_ERRORS):
                     raise
 
-    def log_models(self, model: nn.Module, *, sample: torch.Tensor, num_classes: int, onnx: bool,
-                   tmp: Path) -> float | None:
-        """Log the trainable model (and its checked ONNX copy); return the ONNX max abs diff."""
+    def log_models(self, model: nn.Module, *, sample: torch.Tensor, num_classes: int, onnx: bool, tmp: Path,
+                   code: Mapping[str, bytes] | None = None, code_paths: Sequence[str] | None = None) -> float | None:
+        """Log the trainable model (and its checked ONNX copy); return the ONNX max abs diff.
+
+        ``code`` (a parent's logged code, see :func:`~.formats.read_code`) or ``code_paths`` (files and folders)
+        are logged with the model as MLflow's ``code_paths``.
+        """
         input_shape = tuple(sample.shape[1:])
-        save_trainable_module(model, tmp / MODEL_ARTIFACT_PATH, input_shape=input_shape, num_classes=num_classes)
+        if code:
+            code_paths = [*(code_paths or ()), *write_code(code, tmp / "code_paths")]
+        save_trainable_module(model, tmp / MODEL_ARTIFACT_PATH, input_shape=input_shape, num_classes=num_classes,
+                              code_paths=code_paths)
         self.log_artifacts(tmp / MODEL_ARTIFACT_PATH, MODEL_ARTIFACT_PATH)
         if not onnx:
             return None

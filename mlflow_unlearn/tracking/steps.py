@@ -31,16 +31,29 @@ _logger = logging.getLogger("mlflow_unlearn")
 
 
 def log_plan(logger: RunLogger, plan: UnlearnPlan, *, register: bool, force: bool) -> None:
-    """The plan as the run's config-hash tag, params and retain/test dataset inputs (the new lineage)."""
+    """The plan as the run's config-hash tag, params, retain/test dataset inputs (the new lineage) and, for an
+    ``ids:`` request, the tombstones that replay it (:data:`~mlflow_unlearn.tracking.vocabulary.TOMBSTONES_ARTIFACT`).
+    """
+    import json
+    import tempfile
+
     from mlflow_unlearn.data import ids_digest
+    from mlflow_unlearn.tracking.plan import tombstones
 
     fs, source = plan.forget, plan.lineage.source
     logger.set_tags({vocab.CONFIG_HASH_TAG: plan.config_hash})
     logger.log_params(plan.params(register=register, force=force))
+    if plan.keyed:
+        folder, _, name = vocab.TOMBSTONES_ARTIFACT.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / name).write_text(json.dumps(tombstones(plan)))
+            logger.log_artifacts(Path(tmp), folder)
+    lineage = plan.lineage_for_run(logger.run_id or "")
+    key = plan.digest_key.secret if plan.keyed else None
     logger.log_inputs([
-        lin.lineage_dataset_input(plan.new_lineage, context=vocab.RETAIN_CONTEXT, name=f"{source}-retain",
-                                  digest=ids_digest(fs.retain.ids), count=len(fs.retain)),
-        lin.lineage_dataset_input(plan.new_lineage, context=vocab.TEST_CONTEXT, name=f"{source}-test",
+        lin.lineage_dataset_input(lineage, context=vocab.RETAIN_CONTEXT, name=f"{source}-retain",
+                                  digest=ids_digest(fs.retain.ids, key=key), count=len(fs.retain)),
+        lin.lineage_dataset_input(lineage, context=vocab.TEST_CONTEXT, name=f"{source}-test",
                                   digest=ids_digest(fs.test.ids), count=len(fs.test)),
     ])
 
@@ -103,7 +116,7 @@ def log_model(logger: RunLogger, plan: UnlearnPlan, model: nn.Module, result: re
     """Log the unlearned model (and its checked ONNX copy) as the run's model artifacts."""
     t = time.perf_counter()
     result.onnx_diff = logger.log_models(model, sample=plan.forget.test.x[:ONNX_SAMPLE_SIZE],
-                                         num_classes=plan.split.num_classes, onnx=onnx, tmp=tmp)
+                                         num_classes=plan.split.num_classes, onnx=onnx, tmp=tmp, code=plan.code)
     result.timings["log_models_s"] = time.perf_counter() - t
 
 
@@ -116,7 +129,7 @@ def register(logger: RunLogger, plan: UnlearnPlan, verdict: GateResult, result: 
     fs, parent = plan.forget, plan.parent
     result.forced = not verdict.passed
     tags = lin.version_tags(parent=parent, method=plan.method, forget_digest=fs.digest, forget_count=fs.count,
-                            run_id=logger.run_id, verdict=verdict.verdict)
+                            run_id=logger.run_id, verdict=verdict.verdict, key_fingerprint=plan.key_fingerprint)
     result.version = logger.register(parent.name, tags=tags,
                                      description=f"Unlearned from {vocab.version_ref(parent)} with {plan.method}: "
                                                  f"forgot {fs.count} samples (digest {fs.digest[:12]}), gate "

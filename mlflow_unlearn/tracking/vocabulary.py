@@ -38,9 +38,15 @@ def _tags(*names: str) -> tuple[str, ...]:
 
 
 #: The tags of an unlearned model version, exactly these keys: the parent (``name/version``), the method, the
-#: forget digest and count, the run that made it, and the gate verdict (``passed``/``failed``, also a run tag).
-VERSION_TAG_KEYS = (PARENT_TAG, METHOD_TAG, FORGET_DIGEST_TAG, FORGET_COUNT_TAG, RUN_ID_TAG, VERDICT_TAG) = _tags(
-    "parent", "method", "forget_digest", "forget_count", "run_id", "verdict")
+#: forget digest, the fingerprint of the key that made it (``none`` for an unkeyed digest) and the count, the run
+#: that made it, and the gate verdict (``passed``/``failed``, also a run tag).
+VERSION_TAG_KEYS = (PARENT_TAG, METHOD_TAG, FORGET_DIGEST_TAG, FORGET_KEY_TAG, FORGET_COUNT_TAG, RUN_ID_TAG,
+                    VERDICT_TAG) = _tags("parent", "method", "forget_digest", "forget_key", "forget_count", "run_id",
+                                         "verdict")
+#: The fingerprint value of a digest made without a key (``classes:`` and ``random:`` sets).
+NO_KEY = "none"
+#: Run artifact of an ``ids:`` forget step: its keyed per-ID digests (tombstones), never the IDs.
+TOMBSTONES_ARTIFACT = "forget/tombstones.json"
 
 #: Run tags: the registered result (``name/version``, also on a request's version), the hash of method +
 #: config + seed that makes unlearning idempotent, and on a run whose unlearning was found done already, the
@@ -53,6 +59,8 @@ RESULT_VERSION_TAG, CONFIG_HASH_TAG, REUSED_FROM_TAG = _tags("result_version", "
 (REQUEST_TAG, STATUS_TAG, ERROR_TAG, REQUEST_ID_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG, PROJECT_TAG,
  JOB_RUN_TAG) = _tags("request", "status", "error", "request_id", "request_run_id", "lease", "job", "project_uri",
                       "job_run_id")
+#: A request waiting for a job slot (``MLFLOW_UNLEARN_MAX_JOBS``): its place in the queue, 1 = next to start.
+QUEUE_POSITION_TAG = TAG_PREFIX + "queue_position"
 
 #: Context tag values of the dataset inputs we log.
 TRAIN_CONTEXT, RETAIN_CONTEXT, TEST_CONTEXT = "train", "retain", "test"

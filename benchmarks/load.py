@@ -1,0 +1,341 @@
+"""Load and faults of the registry plugin: many requests at once under a job cap, with kill -9 in the middle.
+
+For each database (``sqlite``, ``postgresql``: a private cluster from ``tests/pg_cluster.py``), a real ``mlflow
+server`` runs the plugin with ``MLFLOW_UNLEARN_MAX_JOBS=<cap>``. One small model (MLP on ``digits``) is trained and
+registered as ``--requests`` versions; one request per version (``method=finetune``, one epoch, permissive gate:
+a tiny budget) is submitted from as many threads at once. While they run, a sampler reads every version's tags
+(slot holders, running jobs, queue positions), the resident memory of launchers and jobs (``/proc``) and the
+server's ``/health`` latency. With ``--faults``, once a quarter of the requests have ended, one running job is
+killed with SIGKILL, then the server itself (SIGKILL of its process group), which is restarted 2 s later.
+
+Reported per database (``LOAD.md`` and ``load.json`` next to this file unless ``--out-dir``): time from the first
+submission to the last final state, final states, lost requests (never final) and duplicates (more than one new
+version per request), peak concurrent jobs (``running``) and slot holders, peak memory, health-check latency, the
+machine and its load average.
+
+Example::
+
+    python benchmarks/load.py --requests 50 --cap 2 --databases sqlite,postgresql --faults
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+MODEL = "load"
+FINAL = ("succeeded", "failed")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _job_processes(root: Path) -> list[int]:
+    """PIDs of this run's launchers (their command line names their log file under ``root``) and of their
+    descendants (the jobs); processes of anyone else are never counted nor touched."""
+    parents, launchers = {}, []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+        if b"mlflow_unlearn_plugins.launcher" in cmd and str(root).encode() in cmd:
+            launchers.append(int(entry.name))
+    ours = set(launchers)
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor and ancestor not in ours and ancestor in parents:
+            ancestor = parents.get(ancestor)
+        if ancestor in ours:
+            ours.add(pid)
+    return sorted(ours)
+
+
+class Server:
+    """``mlflow server`` with the plugin, started and stopped (SIGTERM or SIGKILL) by its process group."""
+
+    def __init__(self, root: Path, backend_uri: str, registry_uri: str, cap: int) -> None:
+        self.root, self.port, self.proc, self.cap = root, _free_port(), None, cap
+        self.backend_uri, self.registry_uri = backend_uri, registry_uri
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.allowed = root / "allowed"
+        self.allowed.mkdir(parents=True, exist_ok=True)
+        (self.allowed / "fast.yaml").write_text(
+            "epochs: 1\ngate: {forget_tolerance: 100, max_retain_drop: 100, max_test_drop: 100}\n")
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
+        env.update(MLFLOW_UNLEARN_ALLOWED_ROOTS=str(self.allowed), MLFLOW_UNLEARN_LOG_DIR=str(self.root / "logs"),
+                   MLFLOW_UNLEARN_DEVICE="cpu", MLFLOW_UNLEARN_MAX_JOBS=str(self.cap))
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--backend-store-uri", self.backend_uri, "--registry-store-uri", self.registry_uri,
+               "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"]
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 (kept open for the subprocess)
+        self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-3000:]}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=5).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("mlflow server did not become healthy in 300 s")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:  # a loaded server may take longer to shut down gracefully
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+
+    def tree_rss_mib(self) -> float:
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        return _rss_mib(self.proc.pid) + sum(_rss_mib(int(p)) for p in out.stdout.split())
+
+
+class Monitor(threading.Thread):
+    """Samples tags, memory, health latency and load average every ``period`` seconds."""
+
+    def __init__(self, server: Server, versions: set[str], period: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.server, self.versions, self.period, self.stop = server, versions, period, threading.Event()
+        self.peak_running = self.peak_slots = self.peak_queue = 0
+        self.peak_jobs_mib = self.peak_server_mib = self.peak_load = 0.0
+        self.health_ms: list[float] = []
+        self.health_failures = 0
+        self.states: dict[str, dict[str, str]] = {}
+
+    def run(self) -> None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.server.url, registry_uri=self.server.url)
+        while not self.stop.is_set():
+            start = time.perf_counter()
+            try:
+                requests.get(f"{self.server.url}/health", timeout=10).raise_for_status()
+                self.health_ms.append((time.perf_counter() - start) * 1000)
+                tags = {mv.version: mv.tags for mv in client.search_model_versions(f"name='{MODEL}'", max_results=1000)
+                        if mv.version in self.versions}
+                self.states = tags
+                status = [t.get("mlflow_unlearn.status") for t in tags.values()]
+                waiting = sum(1 for t in tags.values() if "mlflow_unlearn.queue_position" in t)
+                self.peak_running = max(self.peak_running, status.count("running"))
+                self.peak_slots = max(self.peak_slots, status.count("running") + status.count("queued") - waiting)
+                self.peak_queue = max(self.peak_queue, waiting)
+            except Exception:  # noqa: BLE001 (the server is down during the fault; counted)
+                self.health_failures += 1
+            self.peak_jobs_mib = max(self.peak_jobs_mib, sum(_rss_mib(p) for p in _job_processes(self.server.root)))
+            self.peak_server_mib = max(self.peak_server_mib, self.server.tree_rss_mib())
+            self.peak_load = max(self.peak_load, os.getloadavg()[0])
+            time.sleep(self.period)
+
+    def final(self) -> dict[str, str]:
+        return {v: t.get("mlflow_unlearn.status", "") for v, t in self.states.items()}
+
+
+def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float, workdir: Path) -> dict:
+    from mlflow import MlflowClient
+
+    from mlflow_unlearn.tracking import train_model
+
+    root = workdir / database
+    root.mkdir(parents=True)
+    cluster = None
+    if database == "postgresql":
+        sys.path.insert(0, str(REPO / "tests"))
+        from pg_cluster import PostgresCluster, find_binaries
+
+        binaries = find_binaries()
+        if binaries is None:
+            raise RuntimeError("PostgreSQL binaries not found (apt-get install postgresql)")
+        cluster = PostgresCluster(binaries)
+        cluster.start()
+        db = cluster.create_database("mlflow")
+        server = Server(root, db, f"unlearn+{db}", cap)
+    else:
+        server = Server(root, f"sqlite:///{root}/tracking.db", f"unlearn+sqlite:///{root}/registry.db", cap)
+    events: list[str] = []
+    try:
+        server.start()
+        client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+        parent = train_model("digits", arch="mlp", registered_model_name=MODEL, config={"epochs": 1}, onnx=False,
+                             device="cpu", tracking_uri=server.url, registry_uri=server.url).version
+        versions = [client.create_model_version(MODEL, parent.source, parent.run_id).version for _ in range(n)]
+        value = f"forget=classes:3; method=finetune; config={server.allowed}/fast.yaml"
+        # the server's first request imports the engine; one refused request warms it up
+        requests.post(f"{server.url}/api/2.0/mlflow/model-versions/set-tag", timeout=600, json={
+            "name": MODEL, "version": parent.version, "key": "mlflow_unlearn.request", "value": "forget=x"})
+        monitor = Monitor(server, set(versions))
+        barrier, codes = threading.Barrier(n), {}
+
+        def submit(v: str) -> None:
+            barrier.wait()
+            codes[v] = requests.post(f"{server.url}/api/2.0/mlflow/model-versions/set-tag", timeout=600, json={
+                "name": MODEL, "version": v, "key": "mlflow_unlearn.request", "value": value}).status_code
+
+        threads = [threading.Thread(target=submit, args=(v,)) for v in versions]
+        monitor.start()
+        start = time.time()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        submit_s = time.time() - start
+        killed_job = killed_server = False
+        deadline = start + timeout_s
+        while time.time() < deadline:
+            states = monitor.final()
+            done = sum(1 for s in states.values() if s in FINAL)
+            if len(states) == n and done == n:
+                break
+            if faults and not killed_job and done >= n // 4:
+                for tags in monitor.states.values():
+                    job = tags.get("mlflow_unlearn.job", "").split("|")
+                    if tags.get("mlflow_unlearn.status") == "running" and len(job) == 2 and job[1].isdigit():
+                        os.kill(int(job[1]), signal.SIGKILL)
+                        killed_job = True
+                        events.append(f"{time.time() - start:.0f} s: kill -9 of a running job (request ended: "
+                                      f"{done}/{n})")
+                        break
+            if faults and killed_job and not killed_server:
+                server.kill()
+                killed_server = True
+                events.append(f"{time.time() - start:.0f} s: kill -9 of the server; restarted 2 s later")
+                time.sleep(2)
+                server.start()
+            time.sleep(1)
+        total_s = time.time() - start
+        monitor.stop.set()
+        monitor.join(30)
+        final = monitor.final()
+        children: dict[str, int] = {}
+        for mv in client.search_model_versions(f"name='{MODEL}'", max_results=1000):
+            p = mv.tags.get("mlflow_unlearn.parent", "")
+            if p:
+                children[p] = children.get(p, 0) + 1
+        counts = {s: list(final.values()).count(s) for s in FINAL}
+        health = sorted(monitor.health_ms)
+        return {
+            "database": database, "requests": n, "cap": cap, "faults": events, "submit_s": round(submit_s, 2),
+            "accepted": sum(1 for c in codes.values() if c == 200), "time_to_final_s": round(total_s, 1),
+            "succeeded": counts["succeeded"], "failed": counts["failed"],
+            "lost": n - counts["succeeded"] - counts["failed"],
+            "duplicates": sum(1 for c in children.values() if c > 1),
+            "peak_running": monitor.peak_running, "peak_slots": monitor.peak_slots,
+            "peak_queue": monitor.peak_queue, "peak_jobs_rss_mib": round(monitor.peak_jobs_mib),
+            "peak_server_rss_mib": round(monitor.peak_server_mib),
+            "health_ms_p50": round(statistics.median(health), 1) if health else None,
+            "health_ms_p95": round(health[int(0.95 * (len(health) - 1))], 1) if health else None,
+            "health_ms_max": round(health[-1], 1) if health else None,
+            "health_failures": monitor.health_failures, "peak_load_1min": round(monitor.peak_load, 1),
+        }
+    finally:
+        _end_jobs(root)
+        server.kill(signal.SIGTERM)
+        if cluster is not None:
+            cluster.stop()
+
+
+def _end_jobs(root: Path) -> None:
+    for pid in _job_processes(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def write_report(results: list[dict], out_dir: Path, command: str) -> Path:
+    machine = f"{platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}"
+    lines = ["# Load and faults of the registry plugin", "",
+             f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
+             f"Machine: {machine}; load average before the run: {results[0].get('load_before', '?')}.", "",
+             "| database | requests | cap | submitted in (s) | time to final (s) | succeeded | failed | lost | "
+             "duplicates | peak running | peak slots | longest queue | peak launchers+jobs RSS (MiB) | "
+             "peak server RSS (MiB) | /health p50 / p95 / max (ms) | health failures | peak load (1 min) |",
+             "|" + "---|" * 17]
+    for r in results:
+        lines.append(
+            f"| {r['database']} | {r['requests']} | {r['cap']} | {r['submit_s']} | {r['time_to_final_s']} | "
+            f"{r['succeeded']} | {r['failed']} | {r['lost']} | {r['duplicates']} | {r['peak_running']} | "
+            f"{r['peak_slots']} | {r['peak_queue']} | {r['peak_jobs_rss_mib']} | {r['peak_server_rss_mib']} | "
+            f"{r['health_ms_p50']} / {r['health_ms_p95']} / {r['health_ms_max']} | {r['health_failures']} | "
+            f"{r['peak_load_1min']} |")
+    lines += ["", "Faults injected:", ""]
+    for r in results:
+        lines += [f"* {r['database']}: " + ("; ".join(r["faults"]) or "none")]
+    lines += ["", "A request whose job was killed ends `failed` with a reason; every other request must end "
+              "`succeeded`. *Lost* counts requests never final; *duplicates* counts parents with more than one new "
+              "version. *Peak slots* counts requests admitted or running (never above the cap); health failures "
+              "are samples taken while the server was down.", ""]
+    path = out_dir / "LOAD.md"
+    path.write_text("\n".join(lines))
+    (out_dir / "load.json").write_text(json.dumps(results, indent=1))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--cap", type=int, default=2)
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--faults", action="store_true", help="kill -9 a job and the server in the middle")
+    parser.add_argument("--timeout", type=float, default=7200.0, help="seconds to wait for every final state")
+    parser.add_argument("--out-dir", type=Path, default=HERE)
+    args = parser.parse_args(argv)
+    load_before = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mlflow-unlearn-load-") as work:
+        for database in args.databases.split(","):
+            result = run_database(database, args.requests, args.cap, args.faults, args.timeout, Path(work))
+            result["load_before"] = load_before
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/load.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(write_report(results, args.out_dir, command))
+    return 0 if all(r["lost"] == 0 and r["duplicates"] == 0 and r["peak_slots"] <= r["cap"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The ledger's bounded queue on SQLite, without a server: FIFO admission under a cap, positions, racing dispatchers,
+the launcher's provisional lease, the settings and the refused deletes (issue 18, items 1 and 3)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+from mlflow_unlearn_plugins import launcher, ledger, settings
+from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore
+
+MODEL = "queued"
+
+
+@pytest.fixture()
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/registry.db"
+    stock = SqlAlchemyStore(uri)
+    stock.create_registered_model(MODEL)
+    for _ in range(8):
+        stock.create_model_version(MODEL, "file:///nowhere")
+    yield uri, stock
+    stock.engine.dispose()
+
+
+def _positions(stock) -> dict[int, str | None]:
+    return {v: ledger.read_state(stock, MODEL, v).queue_position for v in range(1, 9)}
+
+
+def test_requests_wait_in_fifo_order_and_are_admitted_up_to_the_cap(store):
+    _, stock = store
+    for v in (3, 1, 2, 4):
+        assert ledger.open_request(stock, MODEL, v, f"forget=classes:{v}", request_id=f"r{v}") is True
+    assert [_positions(stock)[v] for v in (3, 1, 2, 4)] == ["1", "2", "3", "4"]
+    assert [s.version for s in ledger.dispatch(stock, 2)] == [3, 1]
+    assert [_positions(stock)[v] for v in (3, 1, 2, 4)] == [None, None, "1", "2"]
+    assert ledger.dispatch(stock, 2) == []  # both slots held (admitted)
+    assert ledger.advance(stock, MODEL, 3, "r3", expect=("queued",), to="running")
+    assert ledger.dispatch(stock, 2) == []  # running holds its slot too
+    assert ledger.advance(stock, MODEL, 3, "r3", expect=("running",), to="succeeded")
+    assert [s.version for s in ledger.dispatch(stock, 2)] == [2]
+    assert _positions(stock)[4] == "1"
+    ledger.open_request(stock, MODEL, 5, "forget=classes:5", request_id="r5")
+    assert _positions(stock)[5] == "2"  # behind 4
+    assert ledger.advance(stock, MODEL, 1, "r1", expect=ledger.ACTIVE, to="failed", tags={ledger.ERROR_TAG: "x"})
+    assert [s.version for s in ledger.dispatch(stock, 2)] == [4]
+    state = ledger.read_state(stock, MODEL, 5)
+    assert state.waiting and state.queue_position == "1"
+    assert ledger.QUEUE_POSITION_TAG in ledger.RESERVED_TAGS
+
+
+def test_racing_dispatchers_never_admit_more_than_the_cap(store):
+    _, stock = store
+    for v in range(1, 9):
+        ledger.open_request(stock, MODEL, v, f"forget=classes:{v % 10}", request_id=f"r{v}")
+    barrier, admitted = threading.Barrier(6), []
+
+    def run() -> None:
+        barrier.wait()
+        admitted.extend(s.version for s in ledger.dispatch(stock, 3))
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(admitted) == [1, 2, 3]
+    assert sorted(int(p) for p in _positions(stock).values() if p) == [1, 2, 3, 4, 5]
+
+
+def test_a_launcher_takes_over_its_provisional_lease_and_nobody_else_does(store):
+    _, stock = store
+    ledger.open_request(stock, MODEL, 1, "forget=classes:1", request_id="r1")
+    ledger.dispatch(stock, 1)
+    launcher.provisional_lease(stock, MODEL, 1, "r1", os.getpid())  # as if this process were the new launcher
+    assert ledger.read_state(stock, MODEL, 1).lease.endswith("|spawned")
+    marker = open("/proc/self/cmdline", "rb").read().split(b"\0")[0].decode()
+    assert ledger.lease_alive(ledger.read_state(stock, MODEL, 1).lease, marker)
+    assert ledger.claim_lease(stock, MODEL, 1, "r1", marker) is True
+    assert not ledger.read_state(stock, MODEL, 1).lease.endswith("|spawned")
+    assert ledger.claim_lease(stock, MODEL, 1, "r1", marker) is False  # held by a live launcher now
+    # a provisional lease of a dead launcher is replaced by recovery's launcher
+    ledger.open_request(stock, MODEL, 2, "forget=classes:2", request_id="r2")
+    ledger.dispatch(stock, 2)
+    launcher.provisional_lease(stock, MODEL, 2, "r2", 2**22 + 7)  # no such process
+    assert not ledger.lease_alive(ledger.read_state(stock, MODEL, 2).lease, marker)
+    assert ledger.claim_lease(stock, MODEL, 2, "r2", marker) is True
+
+
+def test_max_jobs_setting():
+    assert settings.read_settings({"MLFLOW_UNLEARN_MAX_JOBS": "3"}).launcher.max_jobs == 3
+    assert settings.read_settings({"CUDA_VISIBLE_DEVICES": "0,1"}).launcher.max_jobs == 2
+    assert settings.read_settings({"CUDA_VISIBLE_DEVICES": "0,1,2,3", "MLFLOW_UNLEARN_NPROC": "2"}
+                                  ).launcher.max_jobs == 2
+    assert settings.read_settings({"CUDA_VISIBLE_DEVICES": ""}).launcher.max_jobs == 1
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ValueError, match="MLFLOW_UNLEARN_MAX_JOBS"):
+            settings.read_settings({"MLFLOW_UNLEARN_MAX_JOBS": bad})
+    loaded = settings.read_settings({"MLFLOW_UNLEARN_MAX_JOBS": "5"})
+    assert settings.PluginSettings.from_json(loaded.to_json()).launcher.max_jobs == 5
+
+
+def test_deleting_a_busy_version_or_model_is_refused(store, monkeypatch):
+    uri, stock = store
+    monkeypatch.setattr(launcher, "spawn", lambda *args, **kwargs: 2**22 + 7)
+    plugin = UnlearnRegistryStore("unlearn+" + uri, tracking_uri=uri,
+                                  settings=settings.read_settings({"MLFLOW_UNLEARN_MAX_JOBS": "1"}))
+    ledger.open_request(stock, MODEL, 2, "forget=classes:2", request_id="r2")
+    for call in (lambda: plugin.delete_model_version(MODEL, 2), lambda: plugin.delete_registered_model(MODEL)):
+        with pytest.raises(ledger.ActiveRequestError, match="queued") as info:
+            call()
+        assert info.value.error_code == "RESOURCE_CONFLICT"
+    plugin.delete_model_version(MODEL, 3)  # an idle version goes
+    assert ledger.advance(stock, MODEL, 2, "r2", expect=ledger.ACTIVE, to="failed")
+    plugin.delete_registered_model(MODEL)
+    assert plugin.search_registered_models() == []

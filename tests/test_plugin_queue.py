@@ -1,0 +1,160 @@
+"""The bounded job queue and clean deletes of the registry plugin (issue 18, items 1 and 3), on SQLite and PostgreSQL.
+
+A real ``mlflow server`` runs the plugin with ``MLFLOW_UNLEARN_MAX_JOBS=2``. Six requests on six versions are
+submitted at once; a sampler reads every version's tags while they run. Asserted:
+
+* never more than 2 requests hold a job slot (admitted or ``running``), never more than 2 ``running``;
+* the waiting requests show ``mlflow_unlearn.queue_position`` 1..k;
+* every request ends ``succeeded`` with exactly one new version (none lost, none duplicated);
+* deleting a busy version or its registered model is refused with 409 (docs/registry_plugin.md);
+* no lock error in any launcher log, no zombie process under the test process afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+from pg_cluster import PostgresCluster, binaries_or_skip
+from test_plugin_postgres import _end_leftovers, _warm_up, _zombie_descendants
+from test_plugin_server import (  # noqa: F401  (installed_site and parent are fixtures used by name)
+    MODEL,
+    Server,
+    _assert_succeeded_with_lineage,
+    _client,
+    _new_version,
+    _request,
+    _set_tag,
+    _wait_done,
+    installed_site,
+    parent,
+)
+
+pytestmark = pytest.mark.slow
+
+MAX_JOBS = 2
+N_REQUESTS = 6
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request, tmp_path_factory, installed_site) -> Iterator[Server]:  # noqa: F811
+    root = tmp_path_factory.mktemp(f"queue-{request.param}")
+    cluster = None
+    if request.param == "postgresql":
+        cluster = PostgresCluster(binaries_or_skip())
+        cluster.start()
+        db = cluster.create_database("mlflow")
+        srv = Server(root, installed_site, backend_uri=db, registry_uri=f"unlearn+{db}", max_jobs=MAX_JOBS)
+    else:
+        srv = Server(root, installed_site, max_jobs=MAX_JOBS)
+    (srv.allowed / "fast.yaml").write_text(
+        "epochs: 1\ngate: {forget_tolerance: 100, max_retain_drop: 100, max_test_drop: 100}\n")
+    try:
+        srv.start()
+        _warm_up(srv)
+        yield srv
+    finally:
+        _end_leftovers(srv)
+        srv.stop()
+        if cluster is not None:
+            cluster.stop(keep_log=root / "postgres.log")
+
+
+class Sampler(threading.Thread):
+    """Reads the plugin's tags of ``versions`` every 0.3 s: the peaks of slot holders and running jobs, and the
+    queue positions seen."""
+
+    def __init__(self, server: Server, versions: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.server, self.versions, self.stop = server, set(versions), threading.Event()
+        self.peak_slots = self.peak_running = self.samples = 0
+        self.positions: list[list[int]] = []
+
+    def run(self) -> None:
+        client = _client(self.server)
+        while not self.stop.is_set():
+            tags = [mv.tags for mv in client.search_model_versions(f"name='{MODEL}'") if mv.version in self.versions]
+            status = [t.get("mlflow_unlearn.status") for t in tags]
+            waiting = sorted(int(t["mlflow_unlearn.queue_position"]) for t in tags
+                             if "mlflow_unlearn.queue_position" in t)
+            slots = sum(1 for t, s in zip(tags, status, strict=True)
+                        if s == "running" or (s == "queued" and "mlflow_unlearn.queue_position" not in t))
+            self.peak_slots, self.peak_running = max(self.peak_slots, slots), max(self.peak_running,
+                                                                                   status.count("running"))
+            if waiting:
+                self.positions.append(waiting)
+            self.samples += 1
+            time.sleep(0.3)
+
+
+def test_queue_caps_concurrent_jobs_and_loses_nothing(server, parent):  # noqa: F811
+    versions = [_new_version(server, parent) for _ in range(N_REQUESTS)]
+    before = {mv.version for mv in _client(server).search_model_versions(f"name='{MODEL}'")}
+    sampler = Sampler(server, versions)
+    sampler.start()
+    responses: dict[str, requests.Response] = {}
+    threads = [threading.Thread(target=lambda v=v: responses.__setitem__(v, _set_tag(server, v, _request(server))))
+               for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.status_code == 200 for r in responses.values()), {v: r.text for v, r in responses.items()}
+
+    # clean deletes: a busy version and its registered model are refused while a request is active
+    busy = next(v for v in versions
+                if _client(server).get_model_version(MODEL, v).tags.get("mlflow_unlearn.status") in ("queued",
+                                                                                                      "running"))
+    api = f"{server.url}/api/2.0/mlflow"
+    delete_version = requests.delete(f"{api}/model-versions/delete", json={"name": MODEL, "version": busy}, timeout=60)
+    assert delete_version.status_code == 409, delete_version.text
+    delete_model = requests.delete(f"{api}/registered-models/delete", json={"name": MODEL}, timeout=60)
+    assert delete_model.status_code == 409 and "queued or running" in delete_model.json()["message"]
+
+    # 3 waves of 2 jobs; a job took 4-5 min on a loaded 2-core machine
+    finals = {v: _wait_done(server, v, timeout=600 * N_REQUESTS / MAX_JOBS) for v in versions}
+    sampler.stop.set()
+    sampler.join(30)
+    for v, tags in finals.items():
+        _assert_succeeded_with_lineage(server, v, tags)
+        assert "mlflow_unlearn.queue_position" not in tags
+    after = {mv.version for mv in _client(server).search_model_versions(f"name='{MODEL}'")}
+    assert len(after - before) == N_REQUESTS  # one new version per request, no duplicate
+    assert sampler.samples > 10
+    assert sampler.peak_slots <= MAX_JOBS and sampler.peak_running <= MAX_JOBS, vars(sampler)
+    assert sampler.peak_running >= 1
+    assert sampler.positions and all(p == list(range(1, len(p) + 1)) for p in sampler.positions), sampler.positions
+    assert max(len(p) for p in sampler.positions) >= N_REQUESTS - MAX_JOBS - 1
+    print(f"\n{server.registry_uri.split(':')[0]}: peak slots {sampler.peak_slots}, peak running "
+          f"{sampler.peak_running}, {sampler.samples} samples, longest queue {max(len(p) for p in sampler.positions)}")
+
+    for log in (server.root / "logs").glob("*.log"):
+        text = log.read_text(errors="replace")
+        assert "database is locked" not in text and "Traceback" not in text, f"{log.name}:\n{text[-3000:]}"
+    deadline = time.time() + 15  # launchers exit a moment after their final status
+    while time.time() < deadline and (zombies := _zombie_descendants(os.getpid())):
+        time.sleep(0.5)
+    assert zombies == [], zombies
+
+
+def test_load_benchmark_smoke(tmp_path):
+    """benchmarks/load.py on 3 requests (cap 2, SQLite) with a job and the server killed: nothing lost."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "load.py"
+    out = subprocess.run([sys.executable, str(script), "--requests", "3", "--cap", "2", "--databases", "sqlite",
+                          "--faults", "--timeout", "900", "--out-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=1500)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "load.json").read_text())
+    assert result["lost"] == 0 and result["duplicates"] == 0 and result["peak_slots"] <= 2
+    assert result["succeeded"] + result["failed"] == 3 and result["succeeded"] >= 1
+    assert "kill -9 of the server" in " ".join(result["faults"])
+    assert "| sqlite | 3 | 2 |" in (tmp_path / "LOAD.md").read_text()

@@ -18,14 +18,16 @@ forgotten classes no probability (``mask_forget_classes``), as a model retrained
 
 **Sample-wise forgetting** (``sample_student="head"``) re-initialises the student's classifier (the
 submodule that eu_k retrains, or the model's last linear layer) and trains it from scratch by distillation
-on the frozen layers' features, computed once: the original's outputs on retain samples, the impaired
-teacher's on the forget samples weighted by ``forget_weight``. A student that starts from the original keeps
-what it memorised (benchmarks/RESULTS.md measured it: parameters moved by 1% of their norm, forget accuracy
-stayed at 100%); a classifier that never fitted the forget samples has nothing of them to keep.
-``sample_student="whole"`` is the earlier form (SGD on the whole original, two passes).
+on the features of the layers below it, computed once and frozen. Those layers are the impaired teacher's
+(``head_body="teacher"``); the targets are the original's outputs on the retain samples and, weighted by
+``forget_weight`` (default 0: left out), the teacher's on the forget samples, whose memorised labels they would
+otherwise carry back. A student that starts from the original keeps what it memorised (benchmarks/RESULTS.md:
+parameters moved by 1% of their norm, forget accuracy stayed at 100%); a classifier that never fitted the
+forget samples has nothing of them to keep. ``sample_student="whole"`` is the earlier form (SGD on the whole
+original, two passes).
 
-Every default below was chosen on tuning seeds (>= 100) only; the measurements behind them are in
-benchmarks/RESULTS.md ("How nitc's defaults were chosen").
+Every default was chosen on tuning seeds (>= 100) only; the measurements behind them are in
+benchmarks/RESULTS.md (the issue-15 table and "NITC's tuning history").
 
 >>> config = NitcConfig()
 >>> config.teacher.noise_steps, config.num_stages, config.sample_student
@@ -109,13 +111,18 @@ class NitcConfig:
             features) or ``"whole"`` (the whole original, fine-tuned by distillation).
         head_module: the classifier submodule for ``sample_student="head"`` (as in ``named_modules()``);
             ``None`` = eu_k's names (``head``, ``fc``, ``classifier``), else the last linear layer.
-        head_epochs: passes of the re-initialised classifier over its data, spread over the stages.
-        head_lr: Adam learning rate of the re-initialised classifier.
+        head_epochs: passes of the re-initialised classifier over its data, spread over the stages (20: 10 left
+            it undertrained on mnist5k tuning cells; on task B, next to a 15-epoch reference, 20 costs 0.12-0.22
+            of retraining).
+        head_lr: Adam learning rate of the re-initialised classifier (3e-3; 1e-2 overshot, 1e-3 undertrained).
         head_batch_size: samples per step of the re-initialised classifier (features are cheap: fewer, larger
             steps).
-        head_retain_fraction: share of the retain set whose features train the classifier.
+        head_retain_fraction: share of the retain set whose features train the classifier (all of it, as eu_k).
         forget_weight: weight of each forget sample's term relative to a retain sample's when the classifier is
-            re-initialised (0 = the classifier never sees the forget samples).
+            re-initialised (0 = the classifier never sees the forget samples; 0.1-1 taught it their memorised
+            labels back, on task C the wrong ones).
+        head_body: the layers below the new classifier: the impaired ``"teacher"``'s (default) or the
+            ``"original"``'s; within the noise of the tuning cells, the teacher's keep the teacher at work.
     """
 
     teacher: UnsirConfig = field(default_factory=default_teacher)

@@ -221,10 +221,10 @@ def test_sample_wise_nitc_retrains_the_classifier_on_retain_features_only(digits
 
 def test_find_head_falls_back_to_the_last_linear_layer():
     mlp = create_model("mlp", in_channels=1, num_classes=10, input_size=8)
-    name, module = find_head(mlp, None)
+    name, module = find_head(mlp, None, torch.zeros(2, 1, 8, 8))
     assert name == "net.5" and module is mlp.net[5]
     with pytest.raises(ValueError, match="no submodule"):
-        find_head(mlp, "head")
+        find_head(mlp, "head", torch.zeros(2, 1, 8, 8))
 
 
 def test_nitc_config_nests_the_unsir_teacher():

@@ -57,7 +57,7 @@ from mlflow_unlearn.methods.curriculum import (
     memorization_proxy,
     staged_subsets,
 )
-from mlflow_unlearn.methods.eu_k import CLASSIFIER_NAMES, classifier_inputs, find_classifier
+from mlflow_unlearn.methods.eu_k import classifier_inputs, find_classifier
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.retrain import reinitialize
 from mlflow_unlearn.methods.unsir import UnsirConfig, impair_and_repair
@@ -222,21 +222,14 @@ def impaired_teacher(model: nn.Module, *, forget_labels: torch.Tensor, retain: D
     return teacher.eval()
 
 
-def find_head(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
-    """The classifier submodule ``name``; ``None``: eu_k's classifier names, else the model's last linear layer.
+def find_head(model: nn.Module, name: str | None, sample: torch.Tensor) -> tuple[str, nn.Module]:
+    """The classifier to re-initialise: submodule ``name``, or (``None``) the one eu_k finds on ``sample``: a
+    ``head``/``fc``/``classifier`` or else the last linear layer that returns the model's output.
 
     Raises:
-        ValueError: no such submodule, or (``name=None``) neither a named classifier nor a linear layer.
+        ValueError: no such submodule, or none found (the message says how to name it).
     """
-    modules = dict(model.named_modules())
-    if name is not None or any(candidate in modules for candidate in CLASSIFIER_NAMES):
-        return find_classifier(model, name)
-    linears = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"nitc found no classifier in {type(model).__name__} (no submodule named "
-                         f"{', '.join(CLASSIFIER_NAMES)} and no nn.Linear); set config `head_module`, or "
-                         "`sample_student='whole'`")
-    return linears[-1]
+    return find_classifier(model, name, sample)
 
 
 def stage_epochs(epochs: int, num_stages: int) -> list[int]:
@@ -265,7 +258,7 @@ def distill_new_head(model: nn.Module, *, x: torch.Tensor, targets: torch.Tensor
     ``targets`` rows are ``[teacher logits..., temperature, weight]`` for the inputs ``x``; stage ``s`` trains
     on the rows ``stages[s]`` for its share of ``config.head_epochs`` (see :func:`stage_epochs`).
     """
-    name, head = find_head(model, config.head_module)
+    name, head = find_head(model, config.head_module, rt.to_device(x[:2], context.device))
     features = classifier_inputs(model, head, name, x, device=context.device)
     if not torch.isfinite(features).all():
         raise rt.UnlearningDivergedError(f"nitc: the layers below {name!r} give non-finite outputs; check the "

@@ -295,7 +295,10 @@ class _Launch:
                            to="succeeded", tags={vocab.RESULT_VERSION_TAG: result, vocab.LEASE_TAG: None,
                                                  vocab.JOB_TAG: None})
             return
-        if finished:
+        gate_reason = run.data.tags.get(vocab.GATE_REASON_TAG)  # the gate's own words: numbers, never an ID
+        if gate_reason:
+            reason = f"the acceptance gate refused the unlearned model: {gate_reason} (run {run_id})"
+        elif finished:
             verdict = run.data.tags.get(vocab.VERDICT_TAG, "unknown")
             reason = (f"the job finished but registered no version (verdict={verdict}): the acceptance gate "
                       f"refused the result; see run {run_id}")

@@ -254,3 +254,42 @@ def test_no_forget_id_leaks_into_database_artifacts_logs_or_output(uris, base, f
     assert {where: text.count("zq-leak-7731") for where, text in searched.items()} == dict.fromkeys(searched, 0)
     runs = MlflowClient(uris["tracking_uri"]).search_runs([uris["experiment"]])
     assert runs and all(not np.any([str(files) in v for v in r.data.params.values()]) for r in runs)
+
+
+@pytest.mark.slow
+def test_a_registry_ids_request_records_no_path_anywhere(uris, base, tmp_path, monkeypatch):
+    """The registry path up to the job's end (the launcher in this process, as in test_plugin_messages): MLflow
+    Projects prints the job's command line, so the job reads the file through a link named after the request."""
+    from mlflow_unlearn_plugins import launcher
+    from mlflow_unlearn_plugins.request import SecurityPolicy
+    from mlflow_unlearn_plugins.settings import LauncherSettings, PluginSettings
+
+    uri = uris["tracking_uri"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # what spawn() gives a launcher process
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    request = tmp_path / "zq-erasure-alice.txt"
+    request.write_text("\n".join(map(str, load_data("digits").train.ids[40:50])))
+    (tmp_path / "fast.yaml").write_text("epochs: 1\n")
+    settings = PluginSettings(policy=SecurityPolicy(allowed_roots=(tmp_path,)), digest_key=read_digest_key(),
+                              launcher=LauncherSettings(device="cpu", log_dir=str(tmp_path / "logs")))
+
+    def run_launcher(db_uri, name, number, request_id, **_):
+        log = tmp_path / "logs" / f"{request_id}.log"
+        return launcher._Launch(db_uri, name, int(number), request_id, str(log), settings).run()
+
+    monkeypatch.setattr(launcher, "spawn", run_launcher)
+    store = UnlearnRegistryStore("unlearn+" + uri, tracking_uri=uri, settings=settings)
+    target = MlflowClient(uri).create_model_version("digits-mlp", base.version.source, base.run_id).version
+    store.set_model_version_tag("digits-mlp", target, ModelVersionTag(
+        vocab.REQUEST_TAG, f"forget=ids:{request}; method=finetune; config={tmp_path / 'fast.yaml'}"))
+    tags = store.get_model_version("digits-mlp", target).tags
+    assert tags[vocab.STATUS_TAG] in ledger.TERMINAL
+    client = MlflowClient(uri)
+    run = client.get_run(tags[vocab.REQUEST_RUN_TAG])  # the request run is the job's run (local backend)
+    assert run.data.params["forget.spec"].startswith("ids:keyed-") and run.data.params["forget.key"] == \
+        read_digest_key().fingerprint
+    assert run.data.tags[vocab.REQUEST_TAG].startswith("forget=ids:<file, not recorded>")
+    recorded = json.dumps([run.data.params, run.data.tags, [d.dataset.source for d in run.inputs.dataset_inputs]])
+    assert "zq-erasure" not in recorded
+    assert not list((tmp_path / "logs" / "forget-requests").iterdir())  # the link is gone with the job
+    assert "zq-erasure" not in _files_text(tmp_path / "logs")  # the job's command line names the link only

@@ -21,7 +21,8 @@ from mlflow_unlearn.tracking.formats import load_trainable_module
 FAST = {"epochs": 2, "lr": 0.1}
 #: Where a test is about lineage rather than forgetting quality, the gate must not depend on how well a
 #: two-epoch fine-tune forgets.
-LENIENT = {"forget_tolerance": 100.0, "max_retain_drop": 100.0, "max_test_drop": 100.0}
+LENIENT = {"forget_tolerance": 100.0, "max_retain_drop": 100.0, "max_test_drop": 100.0,
+           "membership_margin": 50.0}
 
 
 @pytest.fixture(scope="module")
@@ -274,12 +275,12 @@ def test_metrics_from_collected_outputs_equal_metrics_evaluate_and_feed_the_repo
     with pytest.raises(ValueError, match="Unknown reference"):
         evaluate_outputs(outputs, reference="nope", incompetent_forget=None, seed=3)
 
-    losses = evaluation.report_losses(outputs, num_test=len(split.test), seed=0)
+    losses = evaluation.report_losses(outputs)
     forget_loss = per_sample_loss(*collect_outputs(nets["unlearned"], split.forget, device="cpu")).numpy()
     np.testing.assert_allclose(losses["unlearned"]["forget"], forget_loss, rtol=1e-6)
-    assert len(losses["retrain"]["test"]) == min(len(split.test), max(split.count, 200))
+    # The non-members the membership test (and its plot) compares with: the test samples of the forgotten class.
     test_loss = per_sample_loss(*collect_outputs(nets["retrain"], split.test, device="cpu")).numpy()
-    assert set(np.round(losses["retrain"]["test"], 6)) <= set(np.round(test_loss, 6))
+    np.testing.assert_allclose(losses["retrain"]["heldout"], test_loss[split.test.y.numpy() == 3], rtol=1e-6)
 
 
 @pytest.mark.slow

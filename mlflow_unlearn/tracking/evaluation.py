@@ -31,32 +31,68 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger("mlflow_unlearn")
 
-#: Fewest test samples in the report's loss histograms (the forget set's size when it is larger).
-MIN_REPORT_TEST_SAMPLES = 200
-
-
-def report_losses(outputs: Mapping[str, Mapping[str, ModelOutputs]], *, num_test: int,
-                  seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """Per-sample losses for the report: the whole forget set, and a seeded test subset of comparable size.
+def report_losses(outputs: Mapping[str, Mapping[str, ModelOutputs]]) -> dict[str, dict[str, np.ndarray]]:
+    """Per-sample losses for the report: the forget set and the non-members the membership test compares it
+    with (the test samples of the forget set's classes).
 
     Args:
         outputs: ``{model: {split: outputs}}`` with the whole test set.
-        num_test: the size of the test set.
-        seed: seeds the test subset (the same samples for every model).
 
     Returns:
-        ``{model: {"forget": losses, "test": losses}}``.
+        ``{model: {"forget": losses, "heldout": losses}}``.
     """
     import numpy as np
 
     from mlflow_unlearn.metrics import per_sample_loss
 
-    num_forget = len(next(iter(outputs.values()))["forget"].labels)
-    size = min(num_test, max(num_forget, MIN_REPORT_TEST_SAMPLES))
-    keep = np.sort(np.random.default_rng(seed).choice(num_test, size=size, replace=False))
-    return {name: {"forget": per_sample_loss(*per_split["forget"]).numpy(),
-                   "test": per_sample_loss(*per_split["test"]).numpy()[keep]}
-            for name, per_split in outputs.items()}
+    result = {}
+    for name, per_split in outputs.items():
+        forget, test = per_split["forget"], per_split["test"]
+        same_class = np.isin(test.labels.numpy(), forget.labels.numpy())
+        result[name] = {"forget": per_sample_loss(*forget).numpy(),
+                        "heldout": per_sample_loss(*test).numpy()[same_class]}
+    return result
+
+
+def membership_columns(outputs: Mapping[str, Mapping[str, ModelOutputs]], *, seed: int) -> pd.DataFrame:
+    """Each model's membership test (:func:`mlflow_unlearn.metrics.mia.membership_auc`): the forget set against
+    the test samples of its classes, as the gate's columns ``membership_auc``, ``membership_auc_low`` and
+    ``membership_auc_high`` (percent), one row per model; NaN where the test cannot run (no test sample of the
+    forget set's classes)."""
+    import pandas as pd
+
+    from mlflow_unlearn.metrics import per_sample_loss
+    from mlflow_unlearn.metrics.mia import membership_auc
+    from mlflow_unlearn.tracking.gate import MEMBERSHIP_COLUMNS
+
+    rows = {}
+    for name, per_split in outputs.items():
+        forget, test = per_split["forget"], per_split["test"]
+        try:
+            result = membership_auc(per_sample_loss(*forget), per_sample_loss(*test), forget_labels=forget.labels,
+                                    heldout_labels=test.labels, seed=seed)
+            rows[name] = dict(zip(MEMBERSHIP_COLUMNS, (100 * result.auc, 100 * result.low, 100 * result.high),
+                                  strict=True))
+        except ValueError as exc:
+            _logger.info("Membership test skipped for %s: %s", name, exc)
+            rows[name] = dict.fromkeys(MEMBERSHIP_COLUMNS, float("nan"))
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def retained_test_accuracy(outputs: Mapping[str, Mapping[str, ModelOutputs]],
+                           forget_classes: tuple[int, ...]) -> dict[str, float]:
+    """Each model's test accuracy (percent) on the test samples of the retained classes (SalUn's convention for
+    class forgetting)."""
+    import numpy as np
+
+    from mlflow_unlearn.metrics import accuracy
+
+    result = {}
+    for name, per_split in outputs.items():
+        test = per_split["test"]
+        keep = ~np.isin(test.labels.numpy(), forget_classes)
+        result[name] = 100 * accuracy(test.logits[keep], test.labels[keep]) if keep.any() else float("nan")
+    return result
 
 
 @dataclass(frozen=True)
@@ -81,10 +117,17 @@ def evaluate_models(plan: UnlearnPlan, models: Mapping[str, nn.Module]) -> Evalu
     split = evaluation_split(plan.forget, plan.retain_eval_size, plan.seed)
     outputs = collect_split_outputs(models, split, device=plan.device)
     incompetent = incompetent_copy(plan.model, plan.seed)
+    class_wise = plan.forget.kind == vocab.CLASS_FORGETTING
     metrics = evaluate_outputs(
         outputs, reference=vocab.RETRAIN_ROW if vocab.RETRAIN_ROW in models else None, seed=plan.seed,
         incompetent_forget=None if incompetent is None else collect_outputs(incompetent, split.forget,
-                                                                            device=plan.device))
+                                                                            device=plan.device),
+        same_class_heldout=class_wise)
+    if class_wise:
+        retained = retained_test_accuracy(outputs, plan.forget.forget_classes)
+        metrics.insert(metrics.columns.get_loc("test_accuracy") + 1, "test_accuracy_retained",
+                       [retained[name] for name in metrics.index])
+    metrics = metrics.join(membership_columns(outputs, seed=plan.seed))
     return Evaluation(metrics, outputs, split)
 
 

@@ -1,10 +1,11 @@
 """The audit report of one unlearning run: ``unlearning_report.json``, ``unlearning_report.md`` and plots.
 
-The report states the parent version, the method and its resolved config, the forget set as digest and
-count only, the metrics of every model, the gate's checks and verdict, the code version and timestamps.
-It never contains a sample or a sample ID. Plots are drawn with matplotlib's object API (no ``pyplot``
-state is touched): accuracy per split for each model, and per-sample loss histograms on the forget
-set against the test set for each model.
+The report leads with the evidence in plain words (what was tested, the numbers and their interval, what
+they mean: :func:`evidence`), then states the parent version, the method and its resolved config, the forget
+set as digest and count only, the metrics of every model, the gate's checks and verdict, the code version and
+timestamps. It never contains a sample or a sample ID. Plots are drawn with matplotlib's object API (no
+``pyplot`` state is touched): accuracy per split for each model, and per-sample loss histograms of the forget
+set against the non-members of its classes (the membership test's two samples) for each model.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ LOSS_PLOT = "loss_histograms.png"
 REPORT_SCHEMA_VERSION = 1
 
 _SPLITS = ("forget", "retain", "test")
+_LOSS_LABELS = {"forget": "forget set", "heldout": "non-members, same classes"}
 
 
 @dataclass
@@ -45,7 +47,7 @@ class RunResult:
         run_id: the run.
         started_at: when :func:`~mlflow_unlearn.tracking.api.unlearn` started (ISO-8601 UTC).
         metrics: the metrics table (percent).
-        losses: per-sample losses for the histograms, ``{model: {"forget"|"test": losses}}``.
+        losses: per-sample losses for the histograms, ``{model: {"forget"|"heldout": losses}}``.
         retain_evaluated: how many retain samples were evaluated.
         version: the registered version, or None.
         forced: registered although the gate failed.
@@ -100,13 +102,51 @@ def build_report(plan: UnlearnPlan, result: RunResult, verdict: GateResult) -> d
         "metrics": metrics_to_dict(result.metrics),
         "verdict": verdict.verdict,
         "forced": result.forced,
-        "gate": {"verdict": verdict.verdict, "thresholds": plan.gate.to_dict(),
+        "evidence": evidence(plan, result.metrics, verdict),
+        "gate": {"verdict": verdict.verdict, "evidence": verdict.evidence, "thresholds": plan.gate.to_dict(),
                  "checks": verdict.checks.to_dict(orient="records")},
         "onnx": {"max_abs_diff": result.onnx_diff, "tolerance": ONNX_TOLERANCE} if result.onnx_diff is not None
         else None,
         "timings": result.timings,
         "code_version": code_version(),
     }
+
+
+def evidence(plan: UnlearnPlan, metrics: pd.DataFrame, verdict: GateResult) -> dict[str, Any]:
+    """What the membership test tested, its numbers per model (percent, with the interval) and what they mean.
+
+    Returns:
+        ``{"evidence": measured|none|not tested, "tested": sentence, "models": {model: {"auc", "low", "high"}},
+        "meaning": sentence, "test_accuracy": sentence}``.
+    """
+    from mlflow_unlearn.tracking.gate import EVIDENCE_NONE, EVIDENCE_NOT_TESTED, MEMBERSHIP_COLUMNS
+    from mlflow_unlearn.tracking.vocabulary import CLASS_FORGETTING
+
+    fs = plan.forget
+    class_wise = fs.kind == CLASS_FORGETTING
+    heldout = int(np.isin(fs.test.y.numpy(), np.unique(fs.forget.y.numpy())).sum())
+    tested = (f"A membership test: can the per-sample loss tell the {fs.count} forget samples from the {heldout} "
+              f"test samples of the same classes (non-members, never trained on)? The number is the AUC, the "
+              f"probability that a forget sample has a lower loss than a non-member of its class (classes weighted "
+              f"as in the forget set): 50% is chance, higher means the forget set still looks like training data. "
+              f"The interval is a 95% bootstrap interval (1000 resamples within each class, seed {plan.seed}).")
+    models = {}
+    if all(c in metrics.columns for c in MEMBERSHIP_COLUMNS):
+        models = {str(row): {"auc": float(metrics.loc[row, MEMBERSHIP_COLUMNS[0]]),
+                             "low": float(metrics.loc[row, MEMBERSHIP_COLUMNS[1]]),
+                             "high": float(metrics.loc[row, MEMBERSHIP_COLUMNS[2]])} for row in metrics.index}
+    checks = verdict.checks.set_index("check")
+    meaning = str(checks.loc["membership", "detail"]) if "membership" in checks.index else "not tested"
+    if verdict.evidence == EVIDENCE_NONE:
+        meaning = (f"{meaning[0].upper()}{meaning[1:]}. The verdict rests on the accuracy checks and is no proof "
+                   f"that the forget set was forgotten.")
+    elif verdict.evidence == EVIDENCE_NOT_TESTED and class_wise:
+        meaning = (f"Class forgetting: forget accuracy against chance or the reference decides; the membership "
+                   f"test is reported beside it. {meaning[0].upper()}{meaning[1:]}.")
+    else:
+        meaning = f"{meaning[0].upper()}{meaning[1:]}."
+    return {"evidence": verdict.evidence if models else EVIDENCE_NOT_TESTED, "tested": tested, "models": models,
+            "meaning": meaning, "test_accuracy": str(checks.loc["test", "detail"]) if "test" in checks.index else ""}
 
 
 def report_uri(artifact_uri: str) -> str:
@@ -175,8 +215,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "# Unlearning report",
         "",
         f"**Verdict: {report['verdict'].upper()}**"
-        + (" (registered although the gate failed: forced)" if report.get("forced") else ""),
+        + (" (registered although the gate failed: forced)" if report.get("forced") else "")
+        + f" (membership evidence: {report['evidence']['evidence']})",
         "",
+        *_evidence_lines(report["evidence"]),
         "| | |",
         "|---|---|",
         f"| Parent version | `{parent['name']}/{parent['version']}` (run `{parent.get('run_id') or 'n/a'}`) |",
@@ -223,6 +265,29 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _evidence_lines(found: Mapping[str, Any]) -> list[str]:
+    """The report's opening section: the evidence in plain words."""
+    lines = ["## Evidence", "", f"**What was tested.** {found['tested']}", ""]
+    if found["models"]:
+        lines += ["| model | AUC (%) | 95% interval (%) | reading |", "|---|---|---|---|"]
+        for model, test in found["models"].items():
+            if test["low"] > 50:
+                reading = "tells the forget set from non-members"
+            elif test["high"] < 50:
+                reading = "forget set looks less like training data than non-members"
+            else:
+                reading = "cannot tell them apart (chance)"
+            if not all(math.isfinite(v) for v in test.values()):
+                reading = "not measured"
+            lines.append(f"| {model} | {_fmt(test['auc'])} | {_fmt(test['low'])}-{_fmt(test['high'])} | {reading} |")
+        lines.append("")
+    lines += [f"**What it means.** {found['meaning']}", ""]
+    if found.get("test_accuracy"):
+        lines += [f"**Test accuracy.** {found['test_accuracy']}.", ""]
+    lines += [f"Loss distributions: `{LOSS_PLOT}` (forget set vs. non-members of its classes, per model).", ""]
+    return lines
+
+
 def plot_accuracy(metrics: pd.DataFrame, path: Path) -> Path:
     """Grouped bars: forget / retain / test accuracy of each model."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -247,7 +312,8 @@ def plot_accuracy(metrics: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_loss_histograms(losses: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> Path:
-    """One panel per model: histograms of per-sample cross-entropy on the forget set and on the test set."""
+    """One panel per model: histograms of per-sample cross-entropy on the forget set and on the non-members of
+    its classes (``{model: {"forget"|"heldout": losses}}``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -258,7 +324,7 @@ def plot_loss_histograms(losses: Mapping[str, Mapping[str, np.ndarray]], path: P
         top = max(float(np.max(v)) for v in per_split.values() if len(v)) if per_split else 1.0
         bins = np.linspace(0, max(top, 1e-3), 30)
         for split, values in per_split.items():
-            ax.hist(values, bins=bins, alpha=0.6, density=True, label=split)
+            ax.hist(values, bins=bins, alpha=0.6, density=True, label=_LOSS_LABELS.get(split, split))
         ax.set_title(str(model))
         ax.set_xlabel("per-sample loss")
         ax.legend(fontsize="small")

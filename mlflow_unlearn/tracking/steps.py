@@ -105,10 +105,15 @@ def gate(plan: UnlearnPlan, evaluation: Evaluation, result: rep.RunResult) -> Ga
 
 
 def log_evaluation(logger: RunLogger, unlearned: UnlearnResult, result: rep.RunResult, verdict: GateResult) -> None:
-    """The metrics table, the method's wall time and the verdict, as run metrics and the verdict tag."""
+    """The metrics table, the method's wall time and the verdict, as run metrics and the verdict tags: the
+    verdict, the membership evidence and, for a failed gate, its reasons (numbers only, no sample, no ID: the
+    registry plugin copies them into the request's error tag)."""
     logger.log_metrics({**metric_dict(result.metrics), "unlearn.wall_time_s": unlearned.wall_time_s,
                         "gate.passed": float(verdict.passed)})
-    logger.set_tags({vocab.VERDICT_TAG: verdict.verdict})
+    tags = {vocab.VERDICT_TAG: verdict.verdict, vocab.GATE_EVIDENCE_TAG: verdict.evidence}
+    if not verdict.passed:
+        tags[vocab.GATE_REASON_TAG] = "; ".join(verdict.failures())[:vocab.MAX_GATE_REASON_CHARS]
+    logger.set_tags(tags)
 
 
 def log_model(logger: RunLogger, plan: UnlearnPlan, model: nn.Module, result: rep.RunResult, *, onnx: bool,
@@ -141,7 +146,7 @@ def report(logger: RunLogger, plan: UnlearnPlan, result: rep.RunResult, verdict:
            evaluation: Evaluation, *, tmp: Path) -> None:
     """Write the audit report (JSON, Markdown, plots) and log it as the run's ``report`` artifacts."""
     t = time.perf_counter()
-    result.losses = report_losses(evaluation.outputs, num_test=len(evaluation.split.test), seed=plan.seed)
+    result.losses = report_losses(evaluation.outputs)
     rep.write_report(rep.build_report(plan, result, verdict), result.metrics, result.losses,
                      tmp / rep.REPORT_ARTIFACT_PATH)
     logger.log_artifacts(tmp / rep.REPORT_ARTIFACT_PATH, rep.REPORT_ARTIFACT_PATH)

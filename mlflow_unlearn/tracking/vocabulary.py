@@ -52,6 +52,11 @@ TOMBSTONES_ARTIFACT = "forget/tombstones.json"
 #: config + seed that makes unlearning idempotent, and on a run whose unlearning was found done already, the
 #: run that did it.
 RESULT_VERSION_TAG, CONFIG_HASH_TAG, REUSED_FROM_TAG = _tags("result_version", "config_hash", "reused_from_run")
+#: Run tags of the acceptance gate: the membership evidence (``measured``/``none``/``not tested``) and, when it
+#: failed, its reasons (numbers and fixed words only; the registry plugin stores them as the request's error).
+GATE_EVIDENCE_TAG, GATE_REASON_TAG = _tags("gate_evidence", "gate_reason")
+#: Longest gate reason stored in a tag.
+MAX_GATE_REASON_CHARS = 1000
 
 #: Registry requests (the plugin): the request a person writes on a version (e.g. ``forget=classes:3;
 #: method=nitc``); the state the plugin keeps on it (status, error, request ID, request run, launcher lease,

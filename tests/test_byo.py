@@ -1,0 +1,145 @@
+"""The user's script, end to end: README "Bring your own model" is the script this test runs.
+
+The README's ``mymodel.py`` and ``train.py`` are written to a project folder and ``train.py`` is run there (its
+own class, its own npz with string IDs and a ``split`` array, ``mlflow_unlearn.log_model``); then, from another
+folder and without ``PYTHONPATH`` (the user's module comes from the model's logged ``code_paths``), the README's
+``unlearn.py`` (API, chained), the CLI (chained again), and registry requests through a real ``mlflow server``
+with the plugin (chained).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow import MlflowClient
+from test_plugin_server import Server, installed_site  # noqa: F401 (installed_site is a fixture used by name)
+
+pytestmark = pytest.mark.slow
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+MODEL = "byo"
+TIMEOUT_S = 900
+
+
+def readme_scripts() -> dict[str, str]:
+    """The python blocks of the README's "Bring your own model" section, by the file name on their first line."""
+    section = README.read_text().split("## Bring your own model\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    scripts = {block.splitlines()[0].removeprefix("# ").strip(): block for block in blocks}
+    assert set(scripts) == {"mymodel.py", "train.py", "unlearn.py"}, scripts.keys()
+    return scripts
+
+
+def _env(tracking_uri: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_")) and k != "PYTHONPATH"}
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_UNLEARN_DEVICE="cpu")
+    return env
+
+
+def _run(args: list[str], cwd: Path, tracking_uri: str) -> str:
+    done = subprocess.run(args, cwd=cwd, env=_env(tracking_uri), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def _train(root: Path, tracking_uri: str) -> Path:
+    """The user's project: README's mymodel.py and train.py, run there."""
+    project = root / "project"
+    project.mkdir(parents=True)
+    for name in ("mymodel.py", "train.py"):
+        (project / name).write_text(readme_scripts()[name])
+    _run([sys.executable, "train.py"], project, tracking_uri)
+    return project
+
+
+def _versions(client: MlflowClient) -> dict[str, object]:
+    return {str(v.version): v for v in client.search_model_versions(f"name='{MODEL}'")}
+
+
+def _assert_child(client: MlflowClient, child, parent: str, forgot_class: int) -> None:
+    assert child.tags["mlflow_unlearn.parent"] == f"{MODEL}/{parent}"
+    assert child.tags["mlflow_unlearn.verdict"] == "passed"
+    run = client.get_run(child.run_id)
+    assert run.data.params["data.split"] == "explicit"  # the user's own split, recorded
+    assert run.data.params["forget.classes"] == str(forgot_class)
+    assert float(run.data.metrics["unlearned.forget_accuracy"]) == 0.0
+    files = {f.path for f in client.list_artifacts(child.run_id, "model/code")}
+    assert files == {"model/code/mymodel.py"}, files  # the code travels with every version
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    root = tmp_path_factory.mktemp("byo")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    project = _train(root, uri)
+    return root, project, uri
+
+
+def test_training_script_logs_a_model_that_unlearn_needs_only_the_uri_of(local):
+    root, project, uri = local
+    client = MlflowClient(uri, uri)
+    (v1,) = _versions(client).values()
+    run = client.get_run(v1.run_id)
+    assert run.data.params["data.split"] == "explicit" and run.data.params["data.n_test"] == "360"
+    contexts = sorted(t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context")
+    assert contexts == ["test", "train"]
+    assert "user-" not in str(run.data.params) + str([i.dataset.source for i in run.inputs.dataset_inputs])
+    assert {f.path for f in client.list_artifacts(v1.run_id, "model/code")} == {"model/code/mymodel.py"}
+
+    elsewhere = root / "elsewhere"  # not the project: mymodel is importable only from the logged code
+    elsewhere.mkdir()
+    (elsewhere / "unlearn.py").write_text(readme_scripts()["unlearn.py"])
+    printed = _run([sys.executable, "unlearn.py"], elsewhere, uri)
+    assert printed.strip().splitlines()[-1] == f"models:/{MODEL}/3"
+    versions = _versions(client)
+    _assert_child(client, versions["2"], "1", 3)
+    _assert_child(client, versions["3"], "2", 5)
+
+    cli = Path(sys.executable).parent / "mlflow-unlearn"
+    out = _run([str(cli), "unlearn", f"models:/{MODEL}/3", "--forget", "classes:7", "--method", "eu_k", "--device",
+                "cpu", "--no-onnx"], elsewhere, uri)
+    assert f"models:/{MODEL}/4" in out, out
+    _assert_child(client, _versions(client)["4"], "3", 7)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, installed_site):  # noqa: F811
+    srv = Server(tmp_path_factory.mktemp("byo-server"), installed_site)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _request(srv: Server, version: str, value: str) -> dict[str, str]:
+    response = requests.post(f"{srv.url}/api/2.0/mlflow/model-versions/set-tag",
+                             json={"name": MODEL, "version": version, "key": "mlflow_unlearn.request", "value": value},
+                             timeout=60)
+    assert response.status_code == 200, response.text
+    client = MlflowClient(srv.url, srv.url)
+    deadline = time.time() + TIMEOUT_S
+    while time.time() < deadline:
+        tags = client.get_model_version(MODEL, version).tags
+        if tags.get("mlflow_unlearn.status") in ("succeeded", "failed"):
+            return tags
+        time.sleep(1)
+    pytest.fail(f"request on {MODEL}/{version} not finished after {TIMEOUT_S} s: {tags}\n{srv.log_tail()}")
+
+
+def test_registry_requests_unlearn_the_users_model_and_its_child(server):
+    _train(server.allowed, server.url)  # the same script, logging to the server
+    client = MlflowClient(server.url, server.url)
+    tags = _request(server, "1", "forget=classes:3; method=eu_k")
+    assert tags["mlflow_unlearn.status"] == "succeeded", tags.get("mlflow_unlearn.error")
+    assert tags["mlflow_unlearn.result_version"] == f"{MODEL}/2"
+    tags = _request(server, "2", "forget=classes:5; method=eu_k")  # chained
+    assert tags["mlflow_unlearn.status"] == "succeeded", tags.get("mlflow_unlearn.error")
+    versions = _versions(client)
+    _assert_child(client, versions["3"], "2", 5)
+    assert versions["2"].tags["mlflow_unlearn.parent"] == f"{MODEL}/1"

@@ -1,0 +1,93 @@
+"""Every registered method's defaults on what users bring: ``mlp`` on flat features, ``smallcnn``, ``resnet18``
+on small images, and a user's class whose classifier is oddly named (``out_proj``, after a hidden ``fc``).
+
+Tiny data (digits, 40 per class, an explicit 80/20 split) keeps each cell fast; each must give finite outputs,
+keep the retain accuracy (not collapsed) and lower the forget accuracy of a forgotten class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from mlflow_unlearn.data import load_data, resolve_forget
+from mlflow_unlearn.methods import list_methods, run_method
+from mlflow_unlearn.metrics import accuracy, collect_outputs
+from mlflow_unlearn.models import create_model
+from mlflow_unlearn.training import TrainConfig, train
+
+PER_CLASS = 40
+FORGET = "classes:3"
+
+
+class OddlyNamed(nn.Module):
+    """A user's class: ``fc`` is a hidden layer, the classifier is ``out_proj``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out_proj = nn.Linear(64, 64), nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.out_proj(self.fc(x.flatten(1)).relu())
+
+
+ARCHS = {  # name -> (flat features?, model factory, training epochs)
+    "mlp-flat": (True, lambda: create_model("mlp", in_channels=1, num_classes=10, input_size=8, input_shape=(64,)),
+                 15),
+    "smallcnn": (False, lambda: create_model("smallcnn", in_channels=1, num_classes=10, input_size=8), 8),
+    "resnet18": (False, lambda: create_model("resnet18", in_channels=1, num_classes=10, input_size=8), 4),
+    "user-out_proj": (False, OddlyNamed, 15),
+}
+
+
+@pytest.fixture(scope="module", params=[pytest.param(a, marks=pytest.mark.slow) if a == "resnet18" else a
+                                        for a in ARCHS])  # resnet18's training took 100-145 s an epoch here
+def trained(request, tmp_path_factory):
+    flat, factory, epochs = ARCHS[request.param]
+    digits = load_digits()
+    keep = np.concatenate([np.flatnonzero(digits.target == c)[:PER_CLASS] for c in range(10)])
+    x = (digits.images[keep] / 16).astype("float32")
+    path = tmp_path_factory.mktemp("matrix") / "tiny.npz"
+    np.savez(path, x=x.reshape(len(keep), -1) if flat else x, y=digits.target[keep],
+             ids=np.array([f"s{i}" for i in keep]), split=np.where(np.arange(len(keep)) % 5 == 0, "test", "train"))
+    data = load_data(f"npz:{path}")
+    split = resolve_forget(data, FORGET)
+    torch.manual_seed(0)
+    model = train(factory(), data.train, TrainConfig(epochs=epochs, batch_size=32), device="cpu")[0]
+    return request.param, model.eval(), split
+
+
+def _acc(model, samples) -> float:
+    return 100 * accuracy(*collect_outputs(model, samples, device=torch.device("cpu")))
+
+
+#: Cells whose defaults did not lower the forget accuracy of the class when measured (12:10-12:20 UTC, issue 16
+#: item 4): strict xfails, so that a fix is noticed; the numbers are forget accuracy before -> after.
+NO_FORGETTING = {
+    ("mlp-flat", "finetune"): "100 -> 100", ("mlp-flat", "gradient_ascent"): "100 -> 100",
+    ("mlp-flat", "l1_sparse"): "100 -> 100", ("mlp-flat", "unsir"): "100 -> 100 (retain 88.5)",
+    ("smallcnn", "finetune"): "100 -> 100", ("smallcnn", "gradient_ascent"): "100 -> 100",
+    ("smallcnn", "l1_sparse"): "100 -> 100", ("smallcnn", "scrub"): "100 -> 100",
+}
+
+
+@pytest.mark.parametrize("method", list_methods(include_reference=False))
+def test_method_defaults_on_each_architecture(trained, method, request):
+    arch, model, split = trained
+    if (arch, method) in NO_FORGETTING:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"{method}'s defaults do not forget a class on "
+                                              f"{arch} here (forget accuracy {NO_FORGETTING[arch, method]})"))
+    before_forget, before_retain = _acc(model, split.forget), _acc(model, split.retain)
+    assert before_forget > 80 and before_retain > 80, (arch, before_forget, before_retain)
+    result = run_method(method, model, forget=split.forget, retain=split.retain, device="cpu", seed=0,
+                        forget_kind=split.kind, forget_classes=split.forget_classes)
+    with torch.no_grad():
+        assert torch.isfinite(result.model.eval()(split.test.x)).all()
+    after_forget, after_retain = _acc(result.model, split.forget), _acc(result.model, split.retain)
+    print(f"MATRIX {arch} {method}: forget {before_forget:.1f} -> {after_forget:.1f}, retain {before_retain:.1f} "
+          f"-> {after_retain:.1f}")
+    assert after_retain >= 50, f"{method} on {arch}: retain accuracy collapsed to {after_retain:.1f}%"
+    assert after_forget < before_forget, f"{method} on {arch}: forget {before_forget:.1f} -> {after_forget:.1f}"

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from mlflow_unlearn import runtime as rt
-from mlflow_unlearn.data import load_data, resolve_forget
+from mlflow_unlearn.data import load_data
 from mlflow_unlearn.methods import run_method
 from mlflow_unlearn.metrics import evaluate
 from mlflow_unlearn.training import TrainConfig
@@ -68,13 +68,13 @@ def parse_cell(text: str) -> tuple[str, str, int]:
 def load_cell(cache: bench.ModelCache, dataset: str, task: str, seed: int, epochs: int | None = None):
     """The forget split, original and retrain reference (eval mode) and the reference's CPU time."""
     dev = torch.device("cpu")
-    split = load_data(dataset, seed=seed)
-    recipe = TrainConfig(seed=seed) if epochs is None else TrainConfig(epochs=epochs, seed=seed)
+    task_epochs = epochs or bench.TASKS[task].epochs
+    recipe = TrainConfig(seed=seed) if task_epochs is None else TrainConfig(epochs=task_epochs, seed=seed)
+    split, fsplit, _ = bench.task_data(load_data(dataset, seed=seed), bench.TASKS[task], seed)
     original = bench.create_model(bench.MODEL, in_channels=split.train.in_channels, num_classes=split.num_classes,
                                   input_size=split.train.input_size)
-    key = bench.original_key(dataset, seed, recipe, dev)
-    spec = bench.TASKS[task][1](seed, split.num_classes)
-    fsplit = resolve_forget(split, spec)
+    key = {**bench.original_key(dataset, seed, recipe, dev), **bench.TASKS[task].variant}
+    spec = fsplit.spec
     ref_cfg = bench.method_config(bench.REFERENCE, recipe, {}, False)
     reference = bench.fresh_model(fsplit)
     ref_measured = cache.load(reference, **bench.retrain_key(key, bench.REFERENCE, spec, ref_cfg))

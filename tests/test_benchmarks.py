@@ -242,3 +242,42 @@ def test_short_runs_are_timed_three_times_and_report_the_median(monkeypatch):
     durations = iter([0.02])
     result, timing = bench.timed_run(short, bench.torch.device("cpu"))
     assert len(calls) == 1 and timing["timed_runs"] == 1 and timing["wall_time_s"] >= 0.02
+
+
+def test_task_data_of_the_memorising_and_mislabelled_tasks() -> None:
+    split = bench.load_data("digits", seed=0)
+    plain, fsplit_b, none = bench.task_data(split, bench.TASKS["B"], 0)
+    assert plain.train is split.train and none is None and fsplit_b.spec == "random:0.1:0"
+    data, fsplit, none = bench.task_data(split, bench.TASKS["B-mem"], 0)
+    assert len(data.train) == round(bench.MEMORISING_FRACTION * len(split.train)) and none is None
+    assert len(fsplit.forget) + len(fsplit.retain) == len(data.train) and data.test is split.test
+    assert fsplit.count == round(0.1 * len(data.train)) and fsplit.kind == "sample"
+    data, fsplit, true = bench.task_data(split, bench.TASKS["C"], 0)
+    assert fsplit.count == round(bench.MISLABEL_FRACTION * len(data.train)) and fsplit.spec == "mislabelled:0.1:0"
+    assert bool((fsplit.forget.y != true).all())  # every forget sample carries a wrong label ...
+    by_id = dict(zip(split.train.ids.tolist(), split.train.y.tolist(), strict=True))
+    assert [by_id[i] for i in fsplit.forget.ids.tolist()] == true.tolist()  # ... and `true` is its real one
+    assert all(by_id[i] == y for i, y in zip(fsplit.retain.ids.tolist(), fsplit.retain.y.tolist(), strict=True))
+    again = bench.task_data(split, bench.TASKS["C"], 0)[1]
+    assert again.digest == fsplit.digest and bench.task_data(split, bench.TASKS["C"], 1)[1].digest != fsplit.digest
+
+
+@pytest.mark.slow
+def test_run_scores_the_memorising_and_mislabelled_tasks(tmp_path: Path) -> None:
+    proc = _script("run.py", "--datasets", "digits", "--seeds", "0", "--quick", "--threads", "1", "--out-dir",
+                   str(tmp_path), "--tasks", "B-mem,C", "--methods", "finetune", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert set(results["forget_spec"]) == {"random:0.1:0", "mislabelled:0.1:0"}
+    assert len(results) == 6  # 2 tasks x (original, retrain, finetune)
+    by_task = results.set_index(["task", "method"])
+    n_train = round(0.25 * len(bench.load_data("digits", seed=0).train))
+    assert by_task.loc[("C", "original"), "forget_count"] == round(0.1 * n_train)
+    assert results.loc[results["task"] == "C", "forget_accuracy_true"].notna().all()
+    assert results.loc[results["task"] == "B-mem", "forget_accuracy_true"].isna().all()
+    # Each task trains its own original (a quarter of the training split; C with wrong labels).
+    assert by_task.loc[("B-mem", "original"), "retain_count"] + by_task.loc[("B-mem", "original"), "forget_count"] \
+        == n_train
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert "### digits, task C (forget the 10% mislabelled samples" in markdown
+    assert "forget acc (true labels)" in markdown

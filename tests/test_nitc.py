@@ -19,9 +19,9 @@ from mlflow_unlearn.methods.curriculum import (
     sample_difficulty,
     staged_subsets,
 )
-from mlflow_unlearn.methods.nitc import mask_classes
-from mlflow_unlearn.methods.registry import UnlearnContext
-from mlflow_unlearn.methods.unsir import impair_and_repair, learn_error_max_noise
+from mlflow_unlearn.methods.nitc import find_head, mask_classes
+from mlflow_unlearn.methods.registry import UnlearnContext, config_to_dict
+from mlflow_unlearn.methods.unsir import UnsirConfig, impair_and_repair, learn_error_max_noise
 from mlflow_unlearn.models import create_model
 from mlflow_unlearn.training import TrainConfig, train
 
@@ -101,7 +101,7 @@ def test_mask_classes_leaves_no_mass_on_forgotten_classes_and_keeps_the_rest():
 
 def test_class_mask_makes_forgetting_independent_of_the_impair_strength(digits, original):
     split = resolve_forget(digits, "classes:3")
-    weak = {"impair_lr": 1e-7, "repair_lr": 1e-7}  # a teacher that is not impaired at all
+    weak = {"teacher": {"impair_lr": 1e-7, "repair_lr": 1e-7}}  # a teacher that is not impaired at all
     kwargs = dict(forget=split.forget, retain=split.retain, device="cpu", forget_kind="class",
                   forget_classes=split.forget_classes, seed=0)
     masked = run_method("nitc", original, config=weak, **kwargs).model
@@ -139,14 +139,11 @@ def test_impair_step_trains_on_noise_with_forget_labels(digits, original, monkey
     monkeypatch.setattr(unsir_module, "fit", spy)
     split = resolve_forget(digits, "classes:2,5")
     ctx = UnlearnContext(CPU, 10, "class", (2, 5), 0)
-    impair_and_repair(randomly_initialised_copy(original, seed=0), forget_labels=split.forget.y, retain=split.retain,
-                      input_shape=(1, 8, 8), noise_samples=8, noise_steps=2, noise_lr=0.1, noise_l2=0.1,
-                      retain_fraction=0.1, impair_epochs=1, impair_lr=1e-3, repair_epochs=1, repair_lr=1e-3,
-                      optimizer="adam", batch_size=64, context=ctx, history=rt.History())
-    impair_and_repair(randomly_initialised_copy(original, seed=0), forget_labels=split.forget.y, retain=split.retain,
-                      input_shape=(1, 8, 8), noise_samples=8, noise_steps=2, noise_lr=0.1, noise_l2=0.1,
-                      retain_fraction=0.1, impair_epochs=1, impair_lr=1e-3, repair_epochs=1, repair_lr=1e-3,
-                      optimizer="adam", batch_size=64, context=ctx, history=rt.History(), noise_per_forget=0.5)
+    for per_forget in (1.0, 0.5):
+        config = UnsirConfig(noise_samples=8, noise_steps=2, retain_fraction=0.1, impair_lr=1e-3, repair_lr=1e-3,
+                             noise_per_forget=per_forget)
+        impair_and_repair(randomly_initialised_copy(original, seed=0), forget_labels=split.forget.y,
+                          retain=split.retain, input_shape=(1, 8, 8), config=config, context=ctx, history=rt.History())
     counts = {c: int((split.forget.y == c).sum()) for c in (2, 5)}
     retain_part = round(0.1 * len(split.retain))
     for labels, per_forget in zip(seen, (1.0, 0.5), strict=True):
@@ -197,6 +194,44 @@ def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, or
     assert forget_acc > 0.85  # not pushed to random predictions (10%)
     assert abs(forget_acc - test_acc) < 0.06
     assert _accuracy(result.model, retain) > _accuracy(original, retain) - 0.03
+
+
+def test_sample_wise_nitc_retrains_the_classifier_on_retain_features_only(digits, original, monkeypatch):
+    import mlflow_unlearn.methods.nitc as nitc_module
+
+    seen = []
+    real_fit = nitc_module.fit
+
+    def spy(model, data, loss_fn, **kwargs):
+        seen.append((model, data.tensors[0], data.tensors[1]))
+        return real_fit(model, data, loss_fn, **kwargs)
+
+    monkeypatch.setattr(nitc_module, "fit", spy)
+    mask = np.zeros(len(digits.train), dtype=bool)
+    mask[np.random.default_rng(3).permutation(len(mask))[: len(mask) // 10]] = True
+    forget, retain = digits.train.subset(mask), digits.train.subset(~mask)
+    result = run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0)
+    assert [model for model, _, _ in seen] == [result.model.head] * len(seen)  # only the classifier trains
+    features, targets = seen[-1][1], seen[-1][2]
+    assert features.shape == (len(retain), 64, 4, 4)  # the last stage: every retain sample, no forget sample
+    assert targets.shape[1] == 12 and targets[:, -1].eq(1.0).all()  # 10 logits, temperature, weight
+    assert result.history.extra["head"] == "head"
+    assert _accuracy(result.model, retain) > _accuracy(original, retain) - 0.03
+
+
+def test_find_head_falls_back_to_the_last_linear_layer():
+    mlp = create_model("mlp", in_channels=1, num_classes=10, input_size=8)
+    name, module = find_head(mlp, None, torch.zeros(2, 1, 8, 8))
+    assert name == "net.5" and module is mlp.net[5]
+    with pytest.raises(ValueError, match="no submodule"):
+        find_head(mlp, "head", torch.zeros(2, 1, 8, 8))
+
+
+def test_nitc_config_nests_the_unsir_teacher():
+    config = build_config("nitc", {"teacher": {"noise_steps": 3}})
+    assert isinstance(config.teacher, UnsirConfig)
+    assert config.teacher.noise_steps == 3 and config.teacher.noise_samples == 16  # NITC's other teacher defaults
+    assert config_to_dict(config)["teacher.noise_steps"] == 3
 
 
 def test_per_sample_temperatures_take_each_samples_kl_at_its_own_temperature():
@@ -251,14 +286,16 @@ def test_sample_wise_nitc_distils_forget_samples_at_the_forget_temperature(digit
     mask = np.zeros(len(digits.train), dtype=bool)
     mask[np.random.default_rng(2).permutation(len(mask))[: len(mask) // 10]] = True
     forget, retain = digits.train.subset(mask), digits.train.subset(~mask)
-    run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0)
+    whole = {"sample_student": "whole"}
+    run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0,
+               config=whole)
     temperature, targets = seen[-1]
     assert temperature is None and targets.shape[1] == 11  # 10 logits + each row's temperature
     n_forget = len(forget)  # the last stage holds every forget sample, then its retain slice
     assert targets[:n_forget, -1].eq(3.0).all() and targets[n_forget:, -1].eq(1.0).all()
     seen.clear()
     run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0,
-               config={"forget_temperature": 1.0})
+               config={**whole, "forget_temperature": 1.0})
     assert seen[-1][0] == 1.0 and seen[-1][1].shape[1] == 10  # one temperature: plain targets
 
 
@@ -272,8 +309,8 @@ def test_batchnorm_statistics_are_kept_only_when_frozen(digits, original, kind, 
         mask = np.zeros(len(digits.train), dtype=bool)
         mask[np.random.default_rng(1).permutation(len(mask))[: len(mask) // 10]] = True
         forget, retain, classes = digits.train.subset(mask), digits.train.subset(~mask), ()
-    result = run_method("nitc", original, forget=forget, retain=retain, config={"norm_stats": norm_stats},
-                        device="cpu", forget_kind=kind, forget_classes=classes, seed=0)
+    result = run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind=kind,
+                        config={"norm_stats": norm_stats, "sample_student": "whole"}, forget_classes=classes, seed=0)
     before, after = dict(original.named_buffers()), dict(result.model.named_buffers())
     running = [name for name in before if "running_" in name]
     assert running  # smallcnn has BatchNorm layers
@@ -295,10 +332,16 @@ def test_batchnorm_statistics_are_kept_only_when_frozen(digits, original, kind, 
         {"retain_pacing": "geometric"},
         {"temperature": 0.0},
         {"forget_temperature": -4.0},
-        {"teacher_optimizer": "lbfgs"},
-        {"noise_l2": -0.1},
-        {"teacher_batch_size": 0},
-        {"teacher_batch_size": 32.5},
+        {"teacher": {"optimizer": "lbfgs"}},
+        {"teacher": {"noise_l2": -0.1}},
+        {"teacher": {"batch_size": 0}},
+        {"teacher": {"batch_size": 32.5}},
+        {"teacher": {"no_such_key": 1}},
+        {"teacher": "strong"},
+        {"sample_student": "body"},
+        {"head_epochs": 0},
+        {"head_module": ""},
+        {"forget_weight": -1.0},
         {"norm_stats": "running"},
         {"class_teacher": "random"},
         {"class_teacher": "original", "mask_forget_classes": False},

@@ -111,61 +111,6 @@ def learn_error_max_noise(
     return noise.noise.detach().cpu(), labels
 
 
-def impair_and_repair(
-    model: nn.Module,
-    *,
-    forget_labels: torch.Tensor,
-    retain: Dataset,
-    input_shape: tuple[int, ...],
-    noise_samples: int,
-    noise_steps: int,
-    noise_lr: float,
-    noise_l2: float,
-    retain_fraction: float,
-    impair_epochs: int,
-    impair_lr: float,
-    repair_epochs: int,
-    repair_lr: float,
-    optimizer: str,
-    batch_size: int,
-    context: UnlearnContext,
-    history: rt.History,
-    stage_prefix: str = "",
-    noise_per_forget: float = 1.0,
-) -> nn.Module:
-    """The UNSIR procedure (noise, impair, repair) on ``model`` in place; returns the (unwrapped) model.
-
-    ``forget_labels`` are the labels of the forget samples: one noise class per distinct label, and
-    ``noise_per_forget`` noise rows per forget sample with that label (at least one per label). The impair
-    and repair sets use the same seeded ``retain_fraction`` subset of ``retain``.
-    """
-    dev = context.device
-    retain_x, retain_y = as_tensors(random_subset(retain, retain_fraction, seed=context.seed))
-    bounds = (float(retain_x.min()), float(retain_x.max()))
-    classes, counts = torch.unique(forget_labels.cpu(), return_counts=True)
-    # The noise budget is shared by the classes: a fixed cost however many classes the forget set touches.
-    per_class = max(1, noise_samples // len(classes))
-    noise, noise_y = learn_error_max_noise(
-        model, classes.tolist(), input_shape=input_shape, per_class=per_class, steps=noise_steps,
-        lr=noise_lr, l2=noise_l2, device=dev, bounds=bounds, seed=context.seed,
-    )
-    history.log(stage=f"{stage_prefix}noise", classes=len(classes), noise_samples=len(noise_y))
-    # Repeat each class's noise rows cyclically: noise_per_forget rows per forget sample of that class.
-    rows = [max(1, round(count * noise_per_forget)) for count in counts.tolist()]
-    picks = [i * per_class + torch.arange(n) % per_class for i, n in enumerate(rows)]
-    pick = torch.cat(picks)
-    impair_set = TensorDataset(torch.cat([noise[pick], retain_x]), torch.cat([noise_y[pick], retain_y]))
-    repair_set = TensorDataset(retain_x, retain_y)
-
-    def ce(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(net(x).float(), y)
-
-    model = fit(model, impair_set, ce, context=context, epochs=impair_epochs, lr=impair_lr, batch_size=batch_size,
-                optimizer=optimizer, history=history, stage=f"{stage_prefix}impair")
-    return fit(model, repair_set, ce, context=context, epochs=repair_epochs, lr=repair_lr, batch_size=batch_size,
-               optimizer=optimizer, history=history, stage=f"{stage_prefix}repair")
-
-
 @dataclass
 class UnsirConfig:
     """UNSIR hyperparameters (defaults from the paper's reference setup, learning rates scaled, see below).
@@ -186,6 +131,7 @@ class UnsirConfig:
         repair_lr: learning rate of the repair step (the paper: 0.01 with Adam; see ``impair_lr``).
         optimizer: optimizer of the impair and repair steps (one of ``sgd``, ``adam``, ``adamw``).
         batch_size: batch size of the impair and repair steps.
+        noise_per_forget: noise rows in the impair set per forget sample of the same label (the paper: 1).
     """
 
     noise_samples: int = 32
@@ -199,13 +145,65 @@ class UnsirConfig:
     repair_lr: float = 0.0025
     optimizer: str = "adam"
     batch_size: int = 64
+    noise_per_forget: float = 1.0
 
     def __post_init__(self) -> None:
         check_positive(self, "noise_samples", "noise_steps", "noise_lr", "impair_epochs", "impair_lr",
-                       "repair_epochs", "repair_lr", "batch_size")
+                       "repair_epochs", "repair_lr", "batch_size", "noise_per_forget")
+        for name in ("noise_samples", "noise_steps", "impair_epochs", "repair_epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"Expected argument `{name}` to be a positive int but got {getattr(self, name)!r}")
         check_non_negative(self, "noise_l2")
         check_fraction(self, "retain_fraction", allow_zero=False)
         check_choice(self, "optimizer", OPTIMIZERS)
+
+
+def impair_and_repair(
+    model: nn.Module,
+    *,
+    forget_labels: torch.Tensor,
+    retain: Dataset,
+    input_shape: tuple[int, ...],
+    config: UnsirConfig,
+    context: UnlearnContext,
+    history: rt.History,
+    stage_prefix: str = "",
+    lr_scale: float = 1.0,
+) -> nn.Module:
+    """The UNSIR procedure (noise, impair, repair) on ``model`` in place; returns the (unwrapped) model.
+
+    ``forget_labels`` are the labels of the forget samples: one noise class per distinct label, and
+    ``config.noise_per_forget`` noise rows per forget sample with that label (at least one per label). The impair
+    and repair sets use the same seeded ``config.retain_fraction`` subset of ``retain``; ``lr_scale`` multiplies
+    both learning rates (NITC's milder sample-wise teacher).
+    """
+    dev = context.device
+    retain_x, retain_y = as_tensors(random_subset(retain, config.retain_fraction, seed=context.seed))
+    bounds = (float(retain_x.min()), float(retain_x.max()))
+    classes, counts = torch.unique(forget_labels.cpu(), return_counts=True)
+    # The noise budget is shared by the classes: a fixed cost however many classes the forget set touches.
+    per_class = max(1, config.noise_samples // len(classes))
+    noise, noise_y = learn_error_max_noise(
+        model, classes.tolist(), input_shape=input_shape, per_class=per_class, steps=config.noise_steps,
+        lr=config.noise_lr, l2=config.noise_l2, device=dev, bounds=bounds, seed=context.seed,
+    )
+    history.log(stage=f"{stage_prefix}noise", classes=len(classes), noise_samples=len(noise_y))
+    # Repeat each class's noise rows cyclically: noise_per_forget rows per forget sample of that class.
+    rows = [max(1, round(count * config.noise_per_forget)) for count in counts.tolist()]
+    picks = [i * per_class + torch.arange(n) % per_class for i, n in enumerate(rows)]
+    pick = torch.cat(picks)
+    impair_set = TensorDataset(torch.cat([noise[pick], retain_x]), torch.cat([noise_y[pick], retain_y]))
+    repair_set = TensorDataset(retain_x, retain_y)
+
+    def ce(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(net(x).float(), y)
+
+    model = fit(model, impair_set, ce, context=context, epochs=config.impair_epochs, lr=config.impair_lr * lr_scale,
+                batch_size=config.batch_size, optimizer=config.optimizer, history=history,
+                stage=f"{stage_prefix}impair")
+    return fit(model, repair_set, ce, context=context, epochs=config.repair_epochs,
+               lr=config.repair_lr * lr_scale, batch_size=config.batch_size, optimizer=config.optimizer,
+               history=history, stage=f"{stage_prefix}repair")
 
 
 @register_method("unsir", UnsirConfig)
@@ -215,11 +213,6 @@ def unsir(
     """UNSIR (Tarun et al., TNNLS 2023): error-maximizing noise for the forget labels, impair, then repair."""
     history = rt.History()
     forget_x, forget_y = as_tensors(forget)
-    model = impair_and_repair(
-        model, forget_labels=forget_y, retain=retain, input_shape=tuple(forget_x.shape[1:]),
-        noise_samples=config.noise_samples, noise_steps=config.noise_steps, noise_lr=config.noise_lr,
-        noise_l2=config.noise_l2, retain_fraction=config.retain_fraction, impair_epochs=config.impair_epochs,
-        impair_lr=config.impair_lr, repair_epochs=config.repair_epochs, repair_lr=config.repair_lr,
-        optimizer=config.optimizer, batch_size=config.batch_size, context=context, history=history,
-    )
+    model = impair_and_repair(model, forget_labels=forget_y, retain=retain, input_shape=tuple(forget_x.shape[1:]),
+                              config=config, context=context, history=history)
     return model, history

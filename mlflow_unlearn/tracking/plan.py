@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from torch import nn
 
-    from mlflow_unlearn.data import DataSplit, ForgetSplit
+    from mlflow_unlearn.data import DataSplit, ForgetSpec, ForgetSplit
 
 _logger = logging.getLogger("mlflow_unlearn")
 
@@ -198,9 +198,7 @@ def prepare(
             initialised in this process); a method without DistributedDataParallel support is refused.
         forgotten: the forget set may be one the version's lineage already forgot (to evaluate a version):
             the data is then rebuilt as it was before that step.
-        client: the MLflow client to use (default: one for ``tracking_uri`` and ``registry_uri``).
-        tracking_uri: tracking URI (default: the current one).
-        registry_uri: registry URI (default: the current one).
+        client, tracking_uri, registry_uri: the MLflow client to use, else one for these URIs (default: current).
         digest_key: the key of ``ids:`` digests (default: :func:`~mlflow_unlearn.tracking.keys.read_digest_key`,
             the deployment's ``MLFLOW_UNLEARN_DIGEST_KEY``). An ``ids:`` request is recorded as keyed digests only
             (set, per-ID tombstones, spec) and is refused without a key.
@@ -218,20 +216,13 @@ def prepare(
         ValueError: unknown method or reference, invalid thresholds, a bad forget spec (grammar, unknown
             classes or IDs, an empty set), or a method that does not run under ``torchrun``.
     """
-    from mlflow_unlearn import runtime as rt
-    from mlflow_unlearn.data import parse_forget_spec
     from mlflow_unlearn.methods.registry import config_to_dict
 
-    _check_arguments(method, reference, retain_eval_size, rt.is_distributed() if distributed is None else distributed)
-    _check_seed(seed)
-    spec = parse_forget_spec(forget).absolute()
-    key = digest_key if digest_key is not None else read_digest_key()
-    if spec.form == "ids":
-        require_key(key)
+    spec, key, dev = _check_arguments(method, reference, retain_eval_size, seed, forget, device, digest_key,
+                                      distributed=distributed)
     method_values, gate_from_file = load_config(config)
     cfg = method_config(method, method_values)
     gate_cfg = gate_config(gate, gate_from_file)
-    dev = rt.resolve_device(device)
     client = client or tracking_client(tracking_uri, registry_uri)
     parent = vocab.resolve_model_version(client, model_uri)
     model, code = load_version(client, parent, model_uri)
@@ -248,10 +239,10 @@ def prepare(
     )
 
 
-def _check_seed(seed: Any) -> None:
+def check_seed(seed: Any) -> None:
     """The seed is a non-negative int (numpy and torch take nothing else).
 
-    >>> _check_seed("a")
+    >>> check_seed("a")
     Traceback (most recent call last):
     ...
     ValueError: Expected argument `seed` to be a non-negative int but got 'a'
@@ -260,10 +251,16 @@ def _check_seed(seed: Any) -> None:
         raise ValueError(f"Expected argument `seed` to be a non-negative int but got {seed!r}"[:200])
 
 
-def _check_arguments(method: str, reference: str, retain_eval_size: Any, distributed: bool) -> None:
-    """The checks of the arguments alone: the method (DDP support under ``torchrun``), reference, eval size."""
+def _check_arguments(method: str, reference: str, retain_eval_size: Any, seed: Any, forget: str, device: str,
+                     digest_key: DigestKey | None, *, distributed: bool | None) -> tuple[ForgetSpec, DigestKey | None,
+                                                                                         torch.device]:
+    """The checks of the arguments alone: the method (DDP support under ``torchrun``), reference, eval size,
+    seed, the forget spec's grammar (an ``ids:`` path made absolute) and its digest key, the device."""
+    from mlflow_unlearn import runtime as rt
+    from mlflow_unlearn.data import parse_forget_spec
     from mlflow_unlearn.methods import get_method, list_methods
 
+    distributed = rt.is_distributed() if distributed is None else distributed
     if distributed and not get_method(method).distributed:
         supported = [m for m in list_methods(include_reference=False) if get_method(m).distributed]
         raise ValueError(f"Method {method!r} does not run under torchrun (DistributedDataParallel); methods that "
@@ -274,6 +271,12 @@ def _check_arguments(method: str, reference: str, retain_eval_size: Any, distrib
                                          or retain_eval_size < 1):
         raise ValueError(f"Expected argument `retain_eval_size` to be a positive int or None but got "
                          f"{retain_eval_size!r}")
+    check_seed(seed)
+    spec = parse_forget_spec(forget).absolute()
+    key = digest_key if digest_key is not None else read_digest_key()
+    if spec.form == "ids":
+        require_key(key)
+    return spec, key, rt.resolve_device(device)
 
 
 def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spec: str, *,

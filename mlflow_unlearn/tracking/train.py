@@ -168,12 +168,12 @@ def log_model(model: nn.Module, data: str, *, registered_model_name: str | None 
     from mlflow_unlearn import runtime as rt
     from mlflow_unlearn.data import load_data
     from mlflow_unlearn.metrics import accuracy, collect_outputs
-    from mlflow_unlearn.tracking.plan import _check_seed, check_model_fits
+    from mlflow_unlearn.tracking.plan import check_model_fits, check_seed
 
     if registered_model_name is not None and not (isinstance(registered_model_name, str) and registered_model_name):
         raise ValueError(f"Expected argument `registered_model_name` to be a name or None but got "
                          f"{registered_model_name!r}")
-    _check_seed(seed)
+    check_seed(seed)
     try:
         split = load_data(data, seed=seed, test_fraction=test_fraction)
     except (ValueError, OSError) as exc:

@@ -95,15 +95,23 @@ def train_model(data: str = "digits", *, arch: str = "smallcnn", registered_mode
         logger.log_metrics({"test_accuracy": test_acc, "train_loss": history.records[-1]["loss"],
                             "time.train_s": history.wall_time_s})
         model = model.cpu().eval()
-        with tempfile.TemporaryDirectory() as tmp:
-            diff = logger.log_models(model, sample=split.test.x[:ONNX_SAMPLE_SIZE], num_classes=split.num_classes,
-                                     onnx=onnx, tmp=Path(tmp))
-        version = None
-        if registered_model_name:
-            version = logger.register(registered_model_name, tags=None,
-                                      description=f"{arch} trained on {data} by mlflow-unlearn (test accuracy "
-                                                  f"{test_acc:.2f}%)")
-            logger.tag_result(version)
+        outcome = _log_and_register(logger, model, split, test_acc, onnx=onnx, code_paths=None,
+                                    name=registered_model_name,
+                                    description=f"{arch} trained on {data} by mlflow-unlearn (test accuracy "
+                                                f"{test_acc:.2f}%)")
+    return outcome
+
+
+def _log_and_register(logger: RunLogger, model: nn.Module, split: DataSplit, test_acc: float, *, onnx: bool,
+                      code_paths: list[str] | None, name: str | None, description: str) -> TrainOutcome:
+    """Log ``model`` in the trainable format (and ONNX), and register it under ``name`` if one is given."""
+    with tempfile.TemporaryDirectory() as tmp:
+        diff = logger.log_models(model, sample=split.test.x[:ONNX_SAMPLE_SIZE], num_classes=split.num_classes,
+                                 onnx=onnx, tmp=Path(tmp), code_paths=code_paths)
+    version = None
+    if name:
+        version = logger.register(name, tags=None, description=description)
+        logger.tag_result(version)
     return TrainOutcome(version, logger.run_id, model, test_acc, diff)
 
 
@@ -192,16 +200,11 @@ def log_model(model: nn.Module, data: str, *, registered_model_name: str | None 
         _log_data_lineage(logger, split, data=data, seed=seed, test_fraction=test_fraction)
         test_acc = 100 * accuracy(*collect_outputs(model, split.test, device=rt.resolve_device("cpu")))
         logger.log_metrics({"test_accuracy": test_acc})
-        with tempfile.TemporaryDirectory() as tmp:
-            diff = logger.log_models(model, sample=split.test.x[:ONNX_SAMPLE_SIZE], num_classes=split.num_classes,
-                                     onnx=onnx, tmp=Path(tmp), code_paths=paths)
-        version = None
-        if registered_model_name:
-            version = logger.register(registered_model_name, tags=None,
-                                      description=f"{type(model).__name__} trained on {data} (test accuracy "
-                                                  f"{test_acc:.2f}%), logged with mlflow_unlearn.log_model")
-            logger.tag_result(version)
-    return TrainOutcome(version, logger.run_id, model, test_acc, diff)
+        outcome = _log_and_register(logger, model, split, test_acc, onnx=onnx, code_paths=paths,
+                                    name=registered_model_name,
+                                    description=f"{type(model).__name__} trained on {data} (test accuracy "
+                                                f"{test_acc:.2f}%), logged with mlflow_unlearn.log_model")
+    return outcome
 
 
 def model_code_paths(model: nn.Module) -> list[str]:

@@ -20,7 +20,7 @@ from mlflow_unlearn.tracking.plan import prepare
 
 MODEL = "byo-errors"
 MODULE = "lostnet"
-SOURCE = f'''
+SOURCE = '''
 from torch import nn
 
 

@@ -71,6 +71,10 @@ NO_FORGETTING = {
     ("mlp-flat", "l1_sparse"): "100 -> 100", ("mlp-flat", "unsir"): "100 -> 100 (retain 88.5)",
     ("smallcnn", "finetune"): "100 -> 100", ("smallcnn", "gradient_ascent"): "100 -> 100",
     ("smallcnn", "l1_sparse"): "100 -> 100", ("smallcnn", "scrub"): "100 -> 100",
+    # measured 12:48 UTC: nitc's class-wise default does not move this user's model (issue 16 stays open on it)
+    ("user-out_proj", "finetune"): "100 -> 100", ("user-out_proj", "gradient_ascent"): "100 -> 100",
+    ("user-out_proj", "l1_sparse"): "100 -> 100", ("user-out_proj", "nitc"): "100 -> 100",
+    ("user-out_proj", "scrub"): "100 -> 100", ("user-out_proj", "unsir"): "100 -> 100 (retain 97.2)",
 }
 
 

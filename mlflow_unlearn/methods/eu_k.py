@@ -131,6 +131,7 @@ def classifier_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.T
     Raises:
         ValueError: the module was not called exactly once per forward pass with one tensor, or its output
             is not the model's output (then its inputs cannot stand in for the layers below it).
+        UnlearningDivergedError: the layers below the module give non-finite outputs.
     """
     captured: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
@@ -165,7 +166,11 @@ def classifier_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.T
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return torch.cat(inputs)
+    features = torch.cat(inputs)
+    if not torch.isfinite(features).all():
+        raise rt.UnlearningDivergedError(f"the layers below {name!r} give non-finite outputs; check the model's "
+                                         "weights and the data for NaN values")
+    return features
 
 
 @register_method("eu_k", EuKConfig)
@@ -177,9 +182,6 @@ def eu_k(
     retain_x, retain_y = as_tensors(retain)
     name, module = find_classifier(model, config.module, rt.to_device(retain_x[:2], context.device))
     features = classifier_inputs(model, module, name, retain_x, device=context.device)
-    if not torch.isfinite(features).all():
-        raise rt.UnlearningDivergedError(f"eu_k: the frozen layers below {name!r} give non-finite outputs on the "
-                                         "retain set; check the model's weights and the data for NaN values")
     reinitialize(module, seed=context.seed)
     module = fit(module, TensorDataset(features, retain_y),
                  lambda net, x, y: F.cross_entropy(net(x).float(), y, label_smoothing=config.label_smoothing),

@@ -260,9 +260,6 @@ def distill_new_head(model: nn.Module, *, x: torch.Tensor, targets: torch.Tensor
     """
     name, head = find_head(model, config.head_module, rt.to_device(x[:2], context.device))
     features = classifier_inputs(model, head, name, x, device=context.device)
-    if not torch.isfinite(features).all():
-        raise rt.UnlearningDivergedError(f"nitc: the layers below {name!r} give non-finite outputs; check the "
-                                         "model's weights and the data for NaN values")
     reinitialize(head, seed=context.seed)
     opt = make_optimizer(head.parameters(), name="adam", lr=config.head_lr, weight_decay=0.0)
     for stage, (rows, epochs) in enumerate(zip(stages, stage_epochs(config.head_epochs, len(stages)), strict=True)):

@@ -86,35 +86,40 @@ def _unlearn(memorised, method, **kwargs):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "measured 12:41: the unchanged method's verdict is failed, but the membership evidence is 'none': memorised "
-    "wrong-label samples have losses as low as clean same-class test samples, so the same-class loss AUC of the "
-    "original does not exceed chance; the non-member comparison for mislabelled data needs rework (issue 17)"))
 def test_a_method_that_changes_nothing_fails_on_membership_and_retrain_passes(memorised, unchanged_method, tmp_path):
     client = MlflowClient(**memorised["uris"])
-    noop = _unlearn(memorised, unchanged_method)
+    # Without a reference the original's wrong-label fits look like clean same-class test samples (their losses
+    # are as low): nothing measurable, and the report says so rather than claiming proof.
+    blind = _unlearn(memorised, unchanged_method)
+    assert blind.gate.evidence == "none" and blind.version is None  # refused by the accuracy checks all the same
+    assert "nothing measurable to forget" in blind.gate.checks.set_index("check").loc["membership", "detail"]
+
+    noop = _unlearn(memorised, unchanged_method, reference="retrain")
     assert noop.verdict == "failed" and noop.version is None
     assert noop.gate.evidence == "measured"
     checks = noop.gate.checks.set_index("check")
-    assert checks.loc["membership", "passed"] is False  # the gate's own membership test, not only accuracy
-    original = noop.metrics.loc["original"]
-    assert original["membership_auc_low"] > 50  # the memorised wrong labels are measurably member-like
-    assert noop.metrics.loc["unlearned", "membership_auc_low"] > 50
+    verdict = checks.loc["membership", "passed"]
+    assert verdict is not None and not verdict  # the gate's own membership test failed it, not only accuracy
+    original, reference = noop.metrics.loc["original"], noop.metrics.loc["retrain"]
+    # the memorised wrong labels are measurably more member-like for the original than for a model without them
+    assert original["membership_auc_low"] > reference["membership_auc_high"]
+    assert noop.metrics.loc["unlearned", "membership_auc_low"] > reference["membership_auc_high"]
     run = client.get_run(noop.run_id)
     assert run.data.tags[vocab.GATE_EVIDENCE_TAG] == "measured"
-    assert "membership: the unlearned model still tells the forget set" in run.data.tags[vocab.GATE_REASON_TAG]
+    assert "membership: the unlearned model separates the forget set" in run.data.tags[vocab.GATE_REASON_TAG]
     assert "d0" not in run.data.tags[vocab.GATE_REASON_TAG]  # numbers only, never an ID
 
     local = mlflow.artifacts.download_artifacts(run_id=noop.run_id, artifact_path="report", dst_path=str(tmp_path),
                                                 tracking_uri=memorised["uris"]["tracking_uri"])
     markdown = open(os.path.join(local, "unlearning_report.md")).read()
     assert markdown.index("## Evidence") < markdown.index("## Metrics")
-    assert "What was tested" in markdown and "95% interval" in markdown and "still tells the forget set" in markdown
+    assert "What was tested" in markdown and "95% interval" in markdown and "separates the forget set" in markdown
     report = json.load(open(os.path.join(local, "unlearning_report.json")))
-    assert report["evidence"]["evidence"] == "measured" and set(report["evidence"]["models"]) == {"original",
-                                                                                                  "unlearned"}
+    assert report["evidence"]["evidence"] == "measured" and set(report["evidence"]["models"]) == {
+        "original", "unlearned", "retrain"}
 
-    retrained = _unlearn(memorised, "retrain", config=RECIPE, reference="none")
+    retrained = _unlearn(memorised, "retrain", config=RECIPE, reference="retrain")
     assert retrained.verdict == "passed" and retrained.version is not None, retrained.gate.failures()
     assert retrained.gate.evidence == "measured"
-    assert retrained.metrics.loc["unlearned", "membership_auc_low"] <= 50
+    assert retrained.metrics.loc["unlearned", "membership_auc_low"] <= noop.metrics.loc["retrain",
+                                                                                      "membership_auc_high"]

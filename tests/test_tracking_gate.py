@@ -100,6 +100,27 @@ def test_membership_check_against_the_reference_and_below_chance():
     assert apply_gate(close, config=GateConfig(), forget_kind="sample", num_classes=10).verdict == PASSED
 
 
+def test_the_reference_makes_memorised_wrong_labels_measurable():
+    """Mislabelled samples that the original fits: same-class AUC at chance for the original, far below for a
+    model that never saw them. Without a reference nothing is measurable; with it, an unchanged model fails."""
+    from mlflow_unlearn.tracking.gate import EVIDENCE_MEASURED, EVIDENCE_NONE
+
+    base = _table(original=[100, 99, 92, 5], retrain=[4, 99, 93, 5], unlearned=[100, 99, 92, 5])
+    unchanged = _with_membership(base.copy(), original=(50, 44, 56), retrain=(6, 3, 9), unlearned=(50, 44, 56))
+    result = apply_gate(unchanged, config=GateConfig(), forget_kind="sample", num_classes=10)
+    assert result.evidence == EVIDENCE_MEASURED and "membership" in [f.split(":")[0] for f in result.failures()]
+    assert "more than the retrained reference" in result.checks.set_index("check").loc["membership", "detail"]
+    refit = _with_membership(_table(original=[100, 99, 92, 5], retrain=[4, 99, 93, 5], unlearned=[6, 99, 92, 5]),
+                             original=(50, 44, 56), retrain=(6, 3, 9), unlearned=(8, 4, 12))
+    result = apply_gate(refit, config=GateConfig(), forget_kind="sample", num_classes=10)
+    assert result.verdict == PASSED and result.evidence == EVIDENCE_MEASURED
+    no_reference = _with_membership(_table(original=[100, 99, 92, 5], unlearned=[100, 99, 92, 5]),
+                                    original=(50, 44, 56), unlearned=(50, 44, 56))
+    result = apply_gate(no_reference, config=GateConfig(), forget_kind="sample", num_classes=10)
+    assert result.evidence == EVIDENCE_NONE
+    assert "reference='retrain'" in result.checks.set_index("check").loc["membership", "detail"]
+
+
 def test_no_signal_in_the_original_is_nothing_measurable_to_forget():
     from mlflow_unlearn.tracking.gate import EVIDENCE_NONE, sample_membership_verdict
 

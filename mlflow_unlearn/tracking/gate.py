@@ -11,8 +11,9 @@ set per call (``unlearn(..., gate={...})``, or a ``gate:`` section in the config
     intervals' position against chance (50) and against each other, so by default it has no threshold and no
     scale (``membership_margin``, 0 by default, only relaxes it: a lenient gate for tests of other things):
 
-    * the original's interval includes or lies below chance: it shows no membership signal, so there is
-      *nothing measurable to forget*. The check is not decided (``evidence=none``): the verdict rests on the
+    * the original's interval includes or lies below chance and, with ``reference="retrain"``, does not lie
+      wholly above the reference's interval: it shows no membership signal, so there is *nothing measurable to
+      forget*. The check is not decided (``evidence=none``): the verdict rests on the
       other checks and the report says that it proves nothing about forgetting.
     * otherwise (``evidence=measured``) it fails when the unlearned model's interval still lies wholly above
       chance (it still tells the forget set from non-members, on the side where the original did), and, with
@@ -20,6 +21,10 @@ set per call (``unlearn(..., gate={...})``, or a ``gate:`` section in the config
       than a model that never saw the forget set). An interval below chance is not a failure of this check
       (e.g. mislabelled samples that the model no longer fits look *less* member-like than unseen data, as
       they do for the retrained model).
+    * The reference alone can make the signal measurable: mislabelled samples that the original fits have
+      losses like same-class non-members (an interval at chance), while a model that never saw them gives them
+      high losses (an interval far below chance). An original whose interval lies wholly above the
+      reference's has memorised them, and an unlearned model must come down to the reference's interval.
 
     For class-wise forgetting the same test (non-members = test samples of the forgotten classes) is reported
     but not gated: forget accuracy against chance or the reference decides there.
@@ -183,24 +188,48 @@ def sample_membership_verdict(original: Any, unlearned: Any, reference: Any | No
     True
     >>> sample_membership_verdict(chance, chance).evidence
     'none'
+
+    Mislabelled samples that the original fits look like same-class non-members (chance), while the reference,
+    which never saw them, gives them high losses (far below chance): the reference makes the original's
+    memorisation measurable, and a model left unchanged fails.
+
+    >>> refit = MembershipTest(0.1, 0.05, 0.15, 0.95, 100, 300)
+    >>> sample_membership_verdict(chance, chance, reference=refit).passed
+    False
+    >>> sample_membership_verdict(chance, refit, reference=refit).passed
+    True
     """
-    if not original.low > CHANCE_AUC:
+    above_chance = original.low > CHANCE_AUC
+    above_reference = reference is not None and original.low > reference.high
+    if not (above_chance or above_reference):
+        against = (f", nor from the retrained reference's {_interval(reference)}" if reference is not None else
+                   "; a retrained reference (reference='retrain') can show what a model that never saw them does")
         return MembershipVerdict(None, EVIDENCE_NONE, (
             f"nothing measurable to forget: the original model does not tell the forget set from same-class "
-            f"non-members ({_interval(original)} includes or lies below chance, 50%), so this test cannot show "
-            f"forgetting"))
-    if unlearned.low > CHANCE_AUC + margin:
+            f"non-members ({_interval(original)} includes or lies below chance, 50%){against}, so this test "
+            f"cannot show forgetting"))
+    if above_chance and unlearned.low > CHANCE_AUC + margin:
         return MembershipVerdict(False, EVIDENCE_MEASURED, (
             f"the unlearned model still tells the forget set from same-class non-members by their loss: "
             f"{_interval(unlearned)} lies above chance (50%), as the original's {_interval(original)} did"))
     if reference is not None and unlearned.low > reference.high + margin:
         return MembershipVerdict(False, EVIDENCE_MEASURED, (
             f"the unlearned model separates the forget set from same-class non-members more than the retrained "
-            f"reference: {_interval(unlearned)} lies above the reference's {_interval(reference)}"))
-    against = f" and does not exceed the reference's {_interval(reference)}" if reference is not None else ""
-    return MembershipVerdict(True, EVIDENCE_MEASURED, (
-        f"the original told the forget set from same-class non-members ({_interval(original)}); the unlearned "
-        f"model no longer does: its {_interval(unlearned)} reaches chance (50%){against}"))
+            f"reference: {_interval(unlearned)} lies above the reference's {_interval(reference)} (the "
+            f"original's: {_interval(original)})"))
+    if above_chance:
+        told = f"the original told the forget set from same-class non-members ({_interval(original)})"
+    else:
+        told = (f"the original treated the forget set as more member-like ({_interval(original)}) than the retrained "
+                f"reference ({_interval(reference)})")
+    if reference is None:
+        reached = "reaches chance (50%)"
+    elif above_chance:
+        reached = f"reaches chance (50%) and does not exceed the reference's {_interval(reference)}"
+    else:
+        reached = f"does not lie above the reference's {_interval(reference)}"
+    return MembershipVerdict(True, EVIDENCE_MEASURED, f"{told}; the unlearned model no longer does: its "
+                             f"{_interval(unlearned)} {reached}")
 
 
 def _membership(row: pd.Series) -> Any:

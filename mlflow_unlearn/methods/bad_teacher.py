@@ -83,17 +83,18 @@ def distill(
     history: rt.History,
     stage: str,
     freeze_norm_stats: bool = False,
+    max_steps: int | None = None,
 ) -> nn.Module:
     """Train ``model`` to match the teacher logits of ``data`` (a Dataset of ``(x, teacher_logits)``).
 
     ``temperature``: the distillation temperature of every sample, or ``None`` when each target row carries
     its own in a last column (see :func:`with_temperatures`). ``optimizer`` is a name or an optimizer instance
-    to continue with; ``freeze_norm_stats``: see :func:`._loops.fit`.
+    to continue with; ``freeze_norm_stats`` and ``max_steps``: see :func:`._loops.fit`.
     """
     loss = (_kl_per_sample_temperature if temperature is None
             else lambda net, x, t: kl_to_teacher(net(x), t, temperature))
     return fit(model, data, loss, context=context, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
-               history=history, stage=stage, freeze_norm_stats=freeze_norm_stats)
+               history=history, stage=stage, freeze_norm_stats=freeze_norm_stats, max_steps=max_steps)
 
 
 @dataclass

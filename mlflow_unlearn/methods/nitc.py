@@ -347,8 +347,10 @@ def nitc(
         f_idx, r_idx = torch.as_tensor(f_idx), torch.as_tensor(r_idx)
         data = TensorDataset(torch.cat([forget_x[f_idx], retain_x[r_idx]]),
                              torch.cat([forget_targets[f_idx], retain_targets[r_idx]]))
-        passes = max(1, -(-stage_steps // max(1, -(-len(data) // config.batch_size))))
-        model = distill(model, data, temperature=temperature, context=context, epochs=passes, lr=lr,
+        batches = max(1, -(-len(data) // config.batch_size))
+        steps = max(stage_steps, batches)  # one pass, or as many (partial) passes as the stage's share needs
+        model = distill(model, data, temperature=temperature, context=context, epochs=-(-steps // batches), lr=lr,
+                        max_steps=steps,
                         batch_size=config.batch_size, optimizer=opt, history=history, stage=f"distill_stage{stage}",
                         freeze_norm_stats=config.norm_stats == "frozen")
     history.extra.update(forget=len(forget_x), retain_subset=len(retain_x), stages=config.num_stages)

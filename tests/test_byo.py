@@ -69,7 +69,7 @@ def _assert_child(client: MlflowClient, child, parent: str, forgot_class: int) -
     run = client.get_run(child.run_id)
     assert run.data.params["data.split"] == "explicit"  # the user's own split, recorded
     assert run.data.params["forget.classes"] == str(forgot_class)
-    assert float(run.data.metrics["unlearned.forget_accuracy"]) == 0.0
+    assert float(run.data.metrics["unlearned.forget_accuracy"]) <= 15.0  # chance (10%) + the gate's 5 points
     files = {f.path for f in client.list_artifacts(child.run_id, "model/code")}
     assert files == {"model/code/mymodel.py"}, files  # the code travels with every version
 
@@ -103,8 +103,8 @@ def test_training_script_logs_a_model_that_unlearn_needs_only_the_uri_of(local):
     _assert_child(client, versions["3"], "2", 5)
 
     cli = Path(sys.executable).parent / "mlflow-unlearn"
-    out = _run([str(cli), "unlearn", f"models:/{MODEL}/3", "--forget", "classes:7", "--method", "eu_k", "--device",
-                "cpu", "--no-onnx"], elsewhere, uri)
+    out = _run([str(cli), "unlearn", f"models:/{MODEL}/3", "--forget", "classes:7", "--device", "cpu",
+                "--no-onnx"], elsewhere, uri)
     assert f"models:/{MODEL}/4" in out, out
     _assert_child(client, _versions(client)["4"], "3", 7)
 
@@ -135,10 +135,10 @@ def _request(srv: Server, version: str, value: str) -> dict[str, str]:
 def test_registry_requests_unlearn_the_users_model_and_its_child(server):
     _train(server.allowed, server.url)  # the same script, logging to the server
     client = MlflowClient(server.url, server.url)
-    tags = _request(server, "1", "forget=classes:3; method=eu_k")
+    tags = _request(server, "1", "forget=classes:3")
     assert tags["mlflow_unlearn.status"] == "succeeded", tags.get("mlflow_unlearn.error")
     assert tags["mlflow_unlearn.result_version"] == f"{MODEL}/2"
-    tags = _request(server, "2", "forget=classes:5; method=eu_k")  # chained
+    tags = _request(server, "2", "forget=classes:5")  # chained
     assert tags["mlflow_unlearn.status"] == "succeeded", tags.get("mlflow_unlearn.error")
     versions = _versions(client)
     _assert_child(client, versions["3"], "2", 5)

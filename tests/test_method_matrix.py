@@ -77,9 +77,16 @@ NO_FORGETTING = {
     ("user-out_proj", "finetune"): "100 -> 100", ("user-out_proj", "gradient_ascent"): "100 -> 100",
     ("user-out_proj", "l1_sparse"): "100 -> 100",
     ("user-out_proj", "scrub"): "100 -> 100", ("user-out_proj", "unsir"): "100 -> 100 (retain 97.2)",
-    # measured in CI (2026-12-02, 2 cores): resnet18 after 4 epochs (retain 90.3%)
+    # measured in CI (2026-12-02, 2 cores): resnet18 after 4 epochs (retain 90.3%); again on another machine
+    # (2026-12-03: retain 93.8-95.5%, forget 96.9 -> 100 for both)
     ("resnet18", "finetune"): "100 -> 100", ("resnet18", "l1_sparse"): "100 -> 100",
-    ("resnet18", "unsir"): "collapsed: retain 90.3 -> 0.0, raised as UnlearningDivergedError",
+    ("resnet18", "unsir"): "collapsed: retain 90.3 -> 0.0 (CI), 95.5 -> 11.5, raised as UnlearningDivergedError",
+}
+#: Cells whose outcome differed between two machines (resnet18's 4-epoch training is not bit-identical across
+#: CPUs): xfails that are not strict, with both measurements.
+UNSTABLE = {
+    ("resnet18", "bad_teacher"): "passed in CI (2026-12-02); collapsed on another machine (retain 93.8 -> 49.7, "
+                                 "raised as UnlearningDivergedError)",
 }
 
 
@@ -89,6 +96,8 @@ def test_method_defaults_on_each_architecture(trained, method, request):
     if (arch, method) in NO_FORGETTING:
         request.applymarker(pytest.mark.xfail(strict=True, reason=f"{method}'s defaults do not forget a class on "
                                               f"{arch} here (forget accuracy {NO_FORGETTING[arch, method]})"))
+    if (arch, method) in UNSTABLE:
+        request.applymarker(pytest.mark.xfail(strict=False, reason=f"{method} on {arch}: {UNSTABLE[arch, method]}"))
     before_forget, before_retain = _acc(model, split.forget), _acc(model, split.retain)
     assert before_forget > 80 and before_retain > 80, (arch, before_forget, before_retain)
     result = run_method(method, model, forget=split.forget, retain=split.retain, device="cpu", seed=0,

@@ -36,9 +36,10 @@ TEST_CONFIGS: dict[str, dict] = {"retrain": {"epochs": 8}}
 #   rise" here, and test_gradient_ascent_raises_the_forget_loss checks the quantity it does optimise.
 FORGET_RATIO: dict[str, float] = {"finetune": 1.0, "l1_sparse": 1.0, "gradient_ascent": 1.0}
 RETAIN_DROP_CLASS = 0.1
-# Measured misses of a method's defaults, kept as strict xfails so that a fix is noticed: unsir's impair step
-# costs 10.8 points of retain accuracy here (1.000 -> 0.892; also 88.5% on the method matrix's mlp), on this
-# machine also at the commit before the issue-14 refactor (433164c).
+# Measured misses of a method's defaults: unsir's impair step costs 10.8 points of retain accuracy on the CI
+# machine (1.000 -> 0.892; also 88.5% on the method matrix's mlp), also at the commit before the issue-14
+# refactor (433164c); on another 2-core machine (2026-12-03) the same test passed (floating-point differences
+# move it across the 0.900 limit), so the xfail is not strict: the miss is borderline, not fixed.
 CLASSWISE_MISSES = {"unsir": "retain accuracy 1.000 -> 0.892 (limit 0.900)"}
 # Random relabelling of scattered samples costs some retain accuracy (measured >= 0.92 of 1.0).
 RETAIN_DROP_SAMPLE = 0.15
@@ -134,7 +135,7 @@ def test_method_contract(name, digits, class_results):
 @pytest.mark.parametrize("name", METHODS)
 def test_classwise_forgetting(name, digits, class_results, request):
     if name in CLASSWISE_MISSES:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"{name}: {CLASSWISE_MISSES[name]}"))
+        request.applymarker(pytest.mark.xfail(strict=False, reason=f"{name}: {CLASSWISE_MISSES[name]}"))
     split = digits.by_class
     forget_before, retain_before = accuracy(digits.model, split.forget), accuracy(digits.model, split.retain)
     assert forget_before > 0.9, "the original model should know the class to be forgotten"

@@ -334,28 +334,31 @@ def _chromium_or_skip() -> None:
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the UI test needs a real browser")
 
 
+def add_request_tag_in_ui(page, server: Server, version: str, value: str) -> None:
+    """Open the version's page of the stock MLflow UI and add the request tag there, as a user would."""
+    page.goto(f"{server.url}/#/models/{MODEL}/versions/{version}")
+    section = page.get_by_role("button", name="Tags", exact=True)
+    section.wait_for(timeout=60_000)
+    if section.get_attribute("aria-expanded") == "false":  # the UI folds an empty Tags table
+        section.click()
+    add = page.get_by_test_id("add-tag-button")
+    add.wait_for(timeout=30_000)
+    page.get_by_placeholder("Name", exact=True).fill("mlflow_unlearn.request")
+    page.get_by_placeholder("Value", exact=True).fill(value)
+    add.click()
+
+
 def test_request_from_the_stock_ui_creates_a_new_version(server, parent, tmp_path):
     _chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     version = _new_version(server, parent)
-    value = _request(server)
-    page_url = f"{server.url}/#/models/{MODEL}/versions/{version}"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(page_url)
-            section = page.get_by_role("button", name="Tags", exact=True)
-            section.wait_for(timeout=60_000)
-            if section.get_attribute("aria-expanded") == "false":  # the UI folds an empty Tags table
-                section.click()
-            add = page.get_by_test_id("add-tag-button")
-            add.wait_for(timeout=30_000)
-            page.get_by_placeholder("Name", exact=True).fill("mlflow_unlearn.request")
-            page.get_by_placeholder("Value", exact=True).fill(value)
             start = time.time()
-            add.click()
+            add_request_tag_in_ui(page, server, version, _request(server))
             page.get_by_text("mlflow_unlearn.status").first.wait_for(timeout=30_000)
             tags = _wait_done(server, version)
             elapsed = time.time() - start

@@ -3,7 +3,7 @@
 The server's registry is a plain ``sqlite:`` URI (MLflow's own store, no plugin). A webhook for
 ``model_version_tag.set`` with a shared secret points at ``mlflow-unlearn serve`` on 127.0.0.1 (the server needs
 ``MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https`` and ``MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true`` to deliver there).
-Setting the request tag through REST makes a new version, with the status tags written back through REST. A
+Adding the request tag in the stock UI (headless Chromium) makes a new version, with the status tags written back through REST. A
 delivery with a bad signature is refused with 401, a replayed one with 409. Both servers are stopped by PID.
 """
 
@@ -21,6 +21,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 from test_plugin_server import (  # noqa: F401  (installed_site and parent are fixtures used by name)
+    CHROMIUM,
+    CHROMIUM_ARGS,
     MODEL,
     Server,
     _assert_succeeded_with_lineage,
@@ -29,7 +31,9 @@ from test_plugin_server import (  # noqa: F401  (installed_site and parent are f
     _new_version,
     _request,
     _set_tag,
+    _chromium_or_skip,
     _wait_done,
+    add_request_tag_in_ui,
     installed_site,
     parent,
 )
@@ -85,15 +89,27 @@ def hook(server, installed_site) -> Iterator[str]:  # noqa: F811
         proc.wait(10)
 
 
-def test_stock_server_tag_through_the_webhook_makes_a_new_version(server, parent, hook):  # noqa: F811
+def test_stock_server_tag_from_the_ui_through_the_webhook_makes_a_new_version(server, parent, hook):  # noqa: F811
+    """The request tag is added in the stock MLflow UI (real headless Chromium) of a server without the plugin."""
     from importlib.metadata import entry_points
+
+    _chromium_or_skip()
+    from playwright.sync_api import sync_playwright
 
     assert not server.registry_uri.startswith("unlearn+")
     assert "unlearn+sqlite" in {e.name for e in entry_points(group="mlflow.model_registry_store")}  # not used here
     version = _new_version(server, parent)
-    assert _set_tag(server, version, _request(server)).status_code == 200
-    tags = _wait_done(server, version, timeout=900)  # one job; 4-5 min measured on a loaded 2-core machine
-    _assert_succeeded_with_lineage(server, version, tags)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            add_request_tag_in_ui(page, server, version, _request(server))
+            tags = _wait_done(server, version, timeout=900)  # one job; 4-5 min measured on a loaded 2-core machine
+            _assert_succeeded_with_lineage(server, version, tags)
+            page.reload()  # the status the receiver wrote back through REST shows in the stock UI
+            page.get_by_text("succeeded").first.wait_for(timeout=60_000)
+        finally:
+            browser.close()
     assert "mlflow_unlearn.queue_position" not in tags
 
 

@@ -10,8 +10,7 @@ versions are submitted at once; a sampler reads every version's tags while they 
 * no lock error in any launcher log, no zombie process under the test process afterwards.
 
 On SQLite the queue under load is measured by ``benchmarks/load.py`` (LOAD.md: 50 requests, cap 2, a job and the
-server killed); the ledger's FIFO and cap are unit-tested on SQLite in ``test_plugin_ledger_queue.py``, and the
-plugin server tests (``test_plugin_server.py``) queue concurrent requests at the default cap of 1.
+server killed); the ledger's FIFO and cap are unit-tested on SQLite in ``test_plugin_ledger_queue.py``.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ pointed the registry at a (since stopped) server would send every later test's r
 """
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +68,23 @@ class LateLookupClient:
 def late_lookup_client():
     """Wraps a client so that its first experiment look-up misses (see :class:`LateLookupClient`)."""
     return LateLookupClient
+
+
+@pytest.fixture(scope="session")
+def installed_site(tmp_path_factory) -> Path:
+    """The package built as a wheel and installed into its own folder, once per session: the servers and jobs of
+    the plugin tests run from there, not from the checkout."""
+    root = tmp_path_factory.mktemp("installed")
+    repo, source = Path(__file__).resolve().parent.parent, root / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("mlflow_unlearn", "plugins"):  # build from a copy: nothing is written into the checkout
+        shutil.copytree(repo / name, source / name, ignore=ignore)
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        if (repo / name).exists():
+            shutil.copy(repo / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(root / "wheel")], check=True, capture_output=True)
+    (wheel,) = (root / "wheel").glob("mlflow_unlearn-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(root / "site"),
+                    str(wheel)], check=True, capture_output=True)
+    return root / "site"

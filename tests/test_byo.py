@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 from mlflow import MlflowClient
-from test_plugin_server import Server, installed_site  # noqa: F401 (installed_site is a fixture used by name)
+from test_plugin_server import Server
 
 pytestmark = pytest.mark.slow
 

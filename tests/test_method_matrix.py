@@ -15,9 +15,9 @@ from torch import nn
 
 from mlflow_unlearn.data import load_data, resolve_forget
 from mlflow_unlearn.methods import list_methods, run_method
-from mlflow_unlearn.tracking.vocabulary import DEFAULT_METHOD
 from mlflow_unlearn.metrics import accuracy, collect_outputs
 from mlflow_unlearn.models import create_model
+from mlflow_unlearn.tracking.vocabulary import DEFAULT_METHOD
 from mlflow_unlearn.training import TrainConfig, train
 
 PER_CLASS = 40

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import requests
 from pg_cluster import PostgresCluster, binaries_or_skip
-from test_plugin_server import (  # noqa: F401  (installed_site and parent are fixtures used by name)
+from test_plugin_server import (  # noqa: F401  (parent is a fixture used by name)
     JOB_TIMEOUT_S,
     MODEL,
     Server,
@@ -42,7 +42,6 @@ from test_plugin_server import (  # noqa: F401  (installed_site and parent are f
     _request,
     _set_tag,
     _wait_done,
-    installed_site,
     parent,
 )
 

@@ -24,7 +24,7 @@ import pytest
 import requests
 from pg_cluster import PostgresCluster, binaries_or_skip
 from test_plugin_postgres import _end_leftovers, _warm_up, _zombie_descendants
-from test_plugin_server import (  # noqa: F401  (installed_site and parent are fixtures used by name)
+from test_plugin_server import (  # noqa: F401  (parent is a fixture used by name)
     MODEL,
     Server,
     _assert_succeeded_with_lineage,
@@ -33,7 +33,6 @@ from test_plugin_server import (  # noqa: F401  (installed_site and parent are f
     _request,
     _set_tag,
     _wait_done,
-    installed_site,
     parent,
 )
 

@@ -12,7 +12,6 @@ they stay small.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -103,25 +102,6 @@ def _kill_if_ours(pid: int, marker: str) -> None:
 
     if process_alive(pid, marker):
         os.killpg(pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def installed_site(tmp_path_factory) -> Path:
-    """The package built as a wheel and installed into its own folder: the server runs from there, not the checkout."""
-    root = tmp_path_factory.mktemp("installed")
-    repo, source = Path(__file__).resolve().parent.parent, root / "source"
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for name in ("mlflow_unlearn", "plugins"):  # build from a copy: nothing is written into the checkout
-        shutil.copytree(repo / name, source / name, ignore=ignore)
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
-        if (repo / name).exists():
-            shutil.copy(repo / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(root / "wheel")], check=True, capture_output=True)
-    (wheel,) = (root / "wheel").glob("mlflow_unlearn-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(root / "site"),
-                    str(wheel)], check=True, capture_output=True)
-    return root / "site"
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@
 The server's registry is a plain ``sqlite:`` URI (MLflow's own store, no plugin). A webhook for
 ``model_version_tag.set`` with a shared secret points at ``mlflow-unlearn serve`` on 127.0.0.1 (the server needs
 ``MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https`` and ``MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true`` to deliver there).
-Adding the request tag in the stock UI (headless Chromium) makes a new version, with the status tags written back through REST. A
-delivery with a bad signature is refused with 401, a replayed one with 409. Both servers are stopped by PID.
+Adding the request tag in the stock UI (headless Chromium) makes a new version, with the status tags written back
+through REST. A delivery with a bad signature is refused with 401, a replayed one with 409. Both servers are
+stopped by PID.
 """
 
 from __future__ import annotations
@@ -20,21 +21,20 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from test_plugin_server import (  # noqa: F401  (installed_site and parent are fixtures used by name)
+from test_plugin_server import (  # noqa: F401  (parent is a fixture used by name)
     CHROMIUM,
     CHROMIUM_ARGS,
     MODEL,
     Server,
     _assert_succeeded_with_lineage,
+    _chromium_or_skip,
     _client,
     _free_port,
     _new_version,
     _request,
     _set_tag,
-    _chromium_or_skip,
     _wait_done,
     add_request_tag_in_ui,
-    installed_site,
     parent,
 )
 

@@ -223,6 +223,32 @@ def test_bad_input_is_refused_in_one_line_without_an_id_or_a_new_version(uris, b
     assert _versions(client) == before
 
 
+@pytest.mark.slow
+def test_mlflow_run_door_refuses_unknown_ids_in_one_line_without_an_id(uris, base, files, tmp_path):
+    """The fourth door: ``mlflow run <project> -e unlearn``. MLflow Projects itself prints and logs the ``-P``
+    values, so the request file is passed under a neutral name, as the README advises; its IDs appear nowhere."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow_unlearn.tracking import project_dir
+
+    client = MlflowClient(uris["tracking_uri"], uris["registry_uri"])
+    before = _versions(client)
+    neutral = tmp_path / "request-0001.txt"
+    neutral.symlink_to(files / "unknown.txt")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uris["tracking_uri"], "MLFLOW_REGISTRY_URI": uris["registry_uri"],
+           "MLFLOW_EXPERIMENT_ID": uris["experiment"]}
+    done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(project_dir()), "-e", "unlearn", "--env-manager",
+                           "local", "-P", f"model_uri={MODEL}", "-P", f"forget=ids:{neutral}", "-P",
+                           "method=finetune", "-P", "device=cpu"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("Error:") or "mlflow-unlearn:" in line]
+    assert any("not in the training split" in line for line in ours), done.stderr[-3000:]
+    assert _no_leak(done.stdout + done.stderr), "an ID reached the output of mlflow run"
+    assert _versions(client) == before
+
+
 # ------------------------------------------------------------------------------------------------- leak test
 
 

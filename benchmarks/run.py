@@ -554,6 +554,35 @@ def original_for(dataset: str, seed: int, split: DataSplit, task: Task, settings
     return rt.prepare_model(original, dev).eval(), orig_measured, key
 
 
+def gate_verdicts(models: dict[str, torch.nn.Module], fsplit: ForgetSplit, metrics: pd.DataFrame, *,
+                  device: torch.device, seed: int) -> dict[str, dict[str, str]]:
+    """The acceptance gate's verdict for each method's model, as ``unlearn(..., reference="retrain")`` decides it
+    with its default thresholds: ``{method: {"gate_verdict": ..., "gate_evidence": ...}}``.
+
+    The gate's membership test (class-matched loss AUC with its bootstrap interval) and, class-wise, the test
+    accuracy on the retained classes are computed here from one more forward pass per model.
+    """
+    from mlflow_unlearn.metrics import collect_split_outputs
+    from mlflow_unlearn.tracking.evaluation import membership_columns, retained_test_accuracy
+    from mlflow_unlearn.tracking.gate import GateConfig, apply_gate
+    from mlflow_unlearn.tracking.vocabulary import ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
+
+    outputs = collect_split_outputs(models, fsplit, device=device)
+    table = metrics.join(membership_columns(outputs, seed=seed))
+    if fsplit.kind == "class":
+        retained = retained_test_accuracy(outputs, fsplit.forget_classes)
+        table["test_accuracy_retained"] = [retained[name] for name in table.index]
+    verdicts = {}
+    for name in models:
+        if name in (ORIGINAL, REFERENCE, FLOOR):
+            continue
+        rows = table.loc[[ORIGINAL, name, REFERENCE]].set_axis([ORIGINAL_ROW, UNLEARNED_ROW, RETRAIN_ROW])
+        result = apply_gate(rows, config=GateConfig(), forget_kind=fsplit.kind,
+                            num_classes=fsplit.forget.num_classes)
+        verdicts[name] = {"gate_verdict": result.verdict, "gate_evidence": result.evidence}
+    return verdicts
+
+
 def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
     """All rows for one dataset and seed: per task its original (shared where the training data is), a retrain
     and every method."""
@@ -604,6 +633,7 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
         incompetent = fresh_model(fsplit)
         incompetent = rt.prepare_model(incompetent, dev).eval()
         metrics = evaluate(models, fsplit, reference=REFERENCE, incompetent=incompetent, device=dev, seed=seed)
+        verdicts = gate_verdicts(models, fsplit, metrics, device=dev, seed=seed)
         ref_time = timing[REFERENCE]["wall_time_s"]
         for name, model_metrics in metrics.iterrows():
             row = {"dataset": dataset, "model": MODEL, "task": task, "forget_spec": spec, "seed": seed,
@@ -622,6 +652,7 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
             row["config"] = configs[name]
             row["method_source"] = settings.sources[name]
             row["diverged"] = 0.0
+            row.update(verdicts.get(name, {}))
             rows.append(row)
         for name in diverged:
             rows.append({"dataset": dataset, "model": MODEL, "task": task, "forget_spec": spec, "seed": seed,
@@ -660,6 +691,12 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in METRIC_COLUMNS + TIME_COLUMNS if c in results.columns]
     grouped = results.groupby(["dataset", "task", "method"])[cols]
     summary = grouped.mean().join(grouped.std(ddof=1).add_suffix("_std")).join(grouped.size().rename("n_seeds"))
+    if "gate_verdict" in results.columns:  # per seed, e.g. "seed 0: passed (measured)"
+        judged = results.dropna(subset=["gate_verdict"]).sort_values("seed")
+        verdicts = judged.groupby(["dataset", "task", "method"]).apply(
+            lambda g: "; ".join(f"seed {int(r.seed)}: {r.gate_verdict} ({r.gate_evidence})" for r in g.itertuples()),
+            include_groups=False)
+        summary = summary.join(verdicts.rename("gate_verdicts"))
     return summary.reset_index()
 
 
@@ -708,6 +745,10 @@ def target_check(summary: pd.DataFrame) -> list[str]:
         rivals = [f"{m} ({value:.2f})" for m, value in by["avg_gap"].sort_values().items()
                   if m not in ("nitc", ORIGINAL, REFERENCE, FLOOR) and value < gap]
         lines.append(f"  - other methods beating nitc: {', '.join(rivals) or 'none'}")
+        verdicts = by.loc["nitc"].get("gate_verdicts")
+        if isinstance(verdicts, str) and verdicts:
+            lines.append(f"  - nitc's gate verdict (reference=retrain, default thresholds; membership evidence): "
+                         f"{verdicts}")
     return lines
 
 

@@ -281,3 +281,8 @@ def test_run_scores_the_memorising_and_mislabelled_tasks(tmp_path: Path) -> None
     markdown = (tmp_path / "RESULTS.md").read_text()
     assert "### digits, task C (forget the 10% mislabelled samples" in markdown
     assert "forget acc (true labels)" in markdown
+    # each method's row carries the gate's verdict against the retrained reference (sample-wise: evidence decided)
+    judged = results.set_index(["task", "method"])
+    assert set(judged.loc[[("B-mem", "finetune"), ("C", "finetune")], "gate_verdict"]) <= {"passed", "failed"}
+    assert set(judged.loc[[("B-mem", "finetune"), ("C", "finetune")], "gate_evidence"]) <= {"measured", "none"}
+    assert judged.loc[[("C", "original"), ("C", "retrain")], "gate_verdict"].isna().all()

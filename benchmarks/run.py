@@ -55,7 +55,7 @@ from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.data import DataSplit, ForgetSplit, forget_digest, load_data, resolve_forget
 from mlflow_unlearn.data.samples import seeded_order
 from mlflow_unlearn.methods import build_config, get_method, list_methods, run_method
-from mlflow_unlearn.metrics import AVG_GAP_COLUMNS, evaluate
+from mlflow_unlearn.metrics import AVG_GAP_COLUMNS, collect_outputs, collect_split_outputs, evaluate_outputs
 from mlflow_unlearn.models import create_model
 from mlflow_unlearn.training import TrainConfig, train
 
@@ -554,26 +554,24 @@ def original_for(dataset: str, seed: int, split: DataSplit, task: Task, settings
     return rt.prepare_model(original, dev).eval(), orig_measured, key
 
 
-def gate_verdicts(models: dict[str, torch.nn.Module], fsplit: ForgetSplit, metrics: pd.DataFrame, *,
-                  device: torch.device, seed: int) -> dict[str, dict[str, str]]:
+def gate_verdicts(outputs: dict[str, dict], fsplit: ForgetSplit, metrics: pd.DataFrame, *,
+                  seed: int) -> dict[str, dict[str, str]]:
     """The acceptance gate's verdict for each method's model, as ``unlearn(..., reference="retrain")`` decides it
     with its default thresholds: ``{method: {"gate_verdict": ..., "gate_evidence": ...}}``.
 
     The gate's membership test (class-matched loss AUC with its bootstrap interval) and, class-wise, the test
-    accuracy on the retained classes are computed here from one more forward pass per model.
+    accuracy on the retained classes come from the outputs that ``metrics`` was computed from.
     """
-    from mlflow_unlearn.metrics import collect_split_outputs
     from mlflow_unlearn.tracking.evaluation import membership_columns, retained_test_accuracy
     from mlflow_unlearn.tracking.gate import GateConfig, apply_gate
-    from mlflow_unlearn.tracking.vocabulary import ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
+    from mlflow_unlearn.tracking.vocabulary import CLASS_FORGETTING, ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
 
-    outputs = collect_split_outputs(models, fsplit, device=device)
     table = metrics.join(membership_columns(outputs, seed=seed))
-    if fsplit.kind == "class":
+    if fsplit.kind == CLASS_FORGETTING:
         retained = retained_test_accuracy(outputs, fsplit.forget_classes)
         table["test_accuracy_retained"] = [retained[name] for name in table.index]
     verdicts = {}
-    for name in models:
+    for name in outputs:
         if name in (ORIGINAL, REFERENCE, FLOOR):
             continue
         rows = table.loc[[ORIGINAL, name, REFERENCE]].set_axis([ORIGINAL_ROW, UNLEARNED_ROW, RETRAIN_ROW])
@@ -632,8 +630,10 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
         rt.seed_everything(seed)
         incompetent = fresh_model(fsplit)
         incompetent = rt.prepare_model(incompetent, dev).eval()
-        metrics = evaluate(models, fsplit, reference=REFERENCE, incompetent=incompetent, device=dev, seed=seed)
-        verdicts = gate_verdicts(models, fsplit, metrics, device=dev, seed=seed)
+        outputs = collect_split_outputs(models, fsplit, device=dev)  # one pass per model and set, for both
+        metrics = evaluate_outputs(outputs, reference=REFERENCE, seed=seed,
+                                   incompetent_forget=collect_outputs(incompetent, fsplit.forget, device=dev))
+        verdicts = gate_verdicts(outputs, fsplit, metrics, seed=seed)
         ref_time = timing[REFERENCE]["wall_time_s"]
         for name, model_metrics in metrics.iterrows():
             row = {"dataset": dataset, "model": MODEL, "task": task, "forget_spec": spec, "seed": seed,

@@ -32,7 +32,6 @@ from test_plugin_server import (  # noqa: F401  (parent is a fixture used by nam
     _free_port,
     _new_version,
     _request,
-    _set_tag,
     _wait_done,
     add_request_tag_in_ui,
     parent,

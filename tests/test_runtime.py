@@ -12,6 +12,7 @@ from mlflow_unlearn.data import SampleSet
 from mlflow_unlearn.methods._loops import predict_logits
 from mlflow_unlearn.metrics import collect_outputs
 from mlflow_unlearn.models import create_model, list_models
+from mlflow_unlearn.runtime.loaders import in_memory_tensors
 
 
 def _with_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -117,6 +118,57 @@ def test_predict_logits_and_collect_outputs_match_a_plain_eval_pass():
     out = collect_outputs(model, data, device="cpu", batch_size=64)
     torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-4)
     assert model.training
+
+
+def test_classifier_inputs_come_from_the_inference_copy_and_match_a_plain_pass():
+    from mlflow_unlearn.methods.eu_k import _module_inputs, classifier_inputs
+
+    cpu = torch.device("cpu")
+    model = _with_statistics(create_model("smallcnn", in_channels=1, num_classes=10, input_size=8)).train()
+    x = torch.rand(300, 1, 8, 8)
+    features = classifier_inputs(model, model.head, "head", x, device=cpu, batch_size=128)
+    model.eval()
+    expected = _module_inputs(model, model.head, "head", x, device=cpu, batch_size=128)
+    assert features.shape == (300, 64, 4, 4) and features.is_contiguous()
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-4)
+    # Layout-dependent code fails on the copy: the model itself computes them.
+    view = _ViewHead().eval()
+    x = torch.rand(8, 1, 6, 6)
+    torch.testing.assert_close(classifier_inputs(view, view.fc, "fc", x, device=cpu),
+                               view.conv(x).detach().flatten(1))
+
+
+class _PerSample(torch.utils.data.Dataset):
+    """A user's dataset: samples one at a time (it may transform them), so the loader must ask for each."""
+
+    def __init__(self, data: SampleSet) -> None:
+        self.data, self.calls = data, 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        self.calls += 1
+        return self.data[index]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_loaders_fetch_in_memory_samples_per_batch_and_give_the_same_batches(shuffle, drop_last):
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(150, 1, 4, 4, generator=gen), torch.randint(0, 3, (150,), generator=gen)
+    data = SampleSet(x, y, torch.arange(150).numpy(), num_classes=3)
+    user = _PerSample(data)
+    expected = [(bx, by) for bx, by in torch.utils.data.DataLoader(
+        data, batch_size=32, shuffle=shuffle, drop_last=drop_last, generator=torch.Generator().manual_seed(5 + 7919))]
+    for dataset in (data, torch.utils.data.TensorDataset(x, y), user):
+        loader = rt.make_loader(dataset, batch_size=32, shuffle=shuffle, seed=5, epoch=1, drop_last=drop_last)
+        batches = list(loader)
+        assert len(loader) == len(batches) == len(expected) == (4 if drop_last else 5)
+        for (bx, by), (ex, ey) in zip(batches, expected, strict=True):
+            assert torch.equal(bx, ex) and torch.equal(by, ey) and by.dtype == ey.dtype
+    assert user.calls == (128 if drop_last else 150)  # the user's dataset was asked sample by sample
+    assert in_memory_tensors(data) is not None and in_memory_tensors(user) is None
 
 
 def test_device_resolution():

@@ -1,16 +1,17 @@
 """Benchmark every registered unlearning method against retraining from scratch.
 
 Task A forgets one class (``classes:<seed mod num_classes>``), task B a random 10% of the training
-samples (``random:0.1:<seed>``). For each (dataset, seed) one original ``smallcnn`` is trained with the
-:class:`~mlflow_unlearn.training.TrainConfig` recipe; for each (dataset, seed, task) one ``retrain``
-reference is trained with the same recipe on the retain set only, and every registered method is run
+samples (``random:0.1:<seed>``). For each (dataset, architecture, seed) one original is trained with the
+:class:`~mlflow_unlearn.training.TrainConfig` recipe (the architectures are ``--models``, names from
+:func:`~mlflow_unlearn.models.list_models`, default ``smallcnn``); for each (dataset, architecture, seed, task)
+one ``retrain`` reference is trained with the same recipe on the retain set only, and every registered method is run
 with :func:`~mlflow_unlearn.methods.run_method` on a copy of the same original. All models of a cell are
 scored together by :func:`mlflow_unlearn.metrics.evaluate` (percent, Avg Gap against ``retrain``).
 The row ``retrain_reseeded`` (part of ``--methods all``) is the same recipe retrained with another
 initialisation and shuffling seed and scored like a method: exact unlearning does not reach Avg Gap 0 against
 one particular retrained model, and this row says how far from 0 it lands (the noise floor of the measure).
 
-Outputs (in ``--out-dir``): ``results.csv`` (one row per dataset / task / seed / method, with the machine),
+Outputs (in ``--out-dir``): ``results.csv`` (one row per dataset / model / task / seed / method, with the machine),
 ``RESULTS.md`` (means and standard deviations over seeds, target check, how defaults were chosen) and
 ``avg_gap_vs_time.png``. ``--merge`` replaces only the re-run rows of an existing ``results.csv``;
 originals and retrain references are cached on disk (``--cache-dir``) so that a partial re-run such as
@@ -19,6 +20,7 @@ originals and retrain references are cached on disk (``--cache-dir``) so that a 
 Example::
 
     nice -n 10 python benchmarks/run.py --datasets mnist5k,digits --tasks A,B --seeds 0,1,2
+    nice -n 10 python benchmarks/run.py --datasets digits --models mlp --merge
 """
 
 from __future__ import annotations
@@ -56,10 +58,11 @@ from mlflow_unlearn.data import DataSplit, ForgetSplit, forget_digest, load_data
 from mlflow_unlearn.data.samples import seeded_order
 from mlflow_unlearn.methods import build_config, get_method, list_methods, run_method
 from mlflow_unlearn.metrics import AVG_GAP_COLUMNS, collect_outputs, collect_split_outputs, evaluate_outputs
-from mlflow_unlearn.models import create_model
+from mlflow_unlearn.models import create_model, list_models
 from mlflow_unlearn.training import TrainConfig, train
 
-MODEL = "smallcnn"
+DEFAULT_MODEL = "smallcnn"
+"""The architecture ``--models`` defaults to, and that of the rows of older CSVs, which have no ``model`` column."""
 REFERENCE = "retrain"
 ORIGINAL = "original"
 FLOOR = "retrain_reseeded"
@@ -73,7 +76,7 @@ RESULTS_MD = "RESULTS.md"
 PLOT_PNG = "avg_gap_vs_time.png"
 GPU_SECTION = "## GPU check"
 DISCUSSION_SECTION = "## Discussion"
-KEY = ["dataset", "task", "seed", "method"]
+KEY = ["dataset", "model", "task", "seed", "method"]
 METRIC_COLUMNS = [
     "avg_gap", "forget_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy", "loss_mia_accuracy",
     "loss_mia_auc", "zrf", "js_to_reference", "activation_distance_to_reference", "forget_accuracy_true",
@@ -482,9 +485,10 @@ def accuracy_on(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, d
     return float((preds == labels).float().mean() * 100)
 
 
-def fresh_model(split_like: ForgetSplit) -> torch.nn.Module:
+def fresh_model(split_like: ForgetSplit, model: str) -> torch.nn.Module:
+    """A freshly initialised architecture ``model`` for the samples of ``split_like``."""
     data = split_like.retain
-    return create_model(MODEL, in_channels=data.in_channels, num_classes=data.num_classes,
+    return create_model(model, in_channels=data.in_channels, num_classes=data.num_classes,
                         input_size=data.input_size)
 
 
@@ -492,6 +496,7 @@ def fresh_model(split_like: ForgetSplit) -> torch.nn.Module:
 @dataclasses.dataclass
 class Settings:
     datasets: list[str]
+    models: list[str]
     tasks: list[str]
     seeds: list[int]
     methods: list[str]
@@ -508,10 +513,11 @@ class Settings:
         return TrainConfig(**{**base, **self.recipe_overrides, "seed": seed})
 
 
-def original_key(dataset: str, seed: int, recipe: TrainConfig, device: torch.device) -> dict[str, object]:
-    """The cache key of the original of one (dataset, seed)."""
+def original_key(dataset: str, model: str, seed: int, recipe: TrainConfig,
+                 device: torch.device) -> dict[str, object]:
+    """The cache key of the original of one (dataset, architecture ``model``, seed)."""
     return {"role": ORIGINAL, "measures": ("wall", "cpu", "memory"), "dataset": dataset, "seed": seed,
-            "architecture": MODEL, "recipe": recipe.to_dict(), "device": device.type}
+            "architecture": model, "recipe": recipe.to_dict(), "device": device.type}
 
 
 def retrain_key(original: dict[str, object], role: str, spec: str, config: object) -> dict[str, object]:
@@ -523,8 +529,9 @@ def retrain_key(original: dict[str, object], role: str, spec: str, config: objec
 def cached_retrain(settings: Settings, original: torch.nn.Module, fsplit: ForgetSplit, key: dict[str, object],
                    config: object, *, label: str) -> tuple[torch.nn.Module, dict[str, float]]:
     """The retrain recipe ``config`` run on ``fsplit`` (seeded by ``config.seed``), or its cached copy under
-    ``key``; returns the model (eval mode, on the device) and its measured time and memory."""
-    model = fresh_model(fsplit)
+    ``key`` (whose ``architecture`` is the original's); returns the model (eval mode, on the device) and its
+    measured time and memory."""
+    model = fresh_model(fsplit, key["architecture"])
     measurement = settings.cache.load(model, **key)
     if measurement is None:
         print(f"{label} ...", flush=True)
@@ -536,18 +543,19 @@ def cached_retrain(settings: Settings, original: torch.nn.Module, fsplit: Forget
     return rt.prepare_model(model, settings.device).eval(), measurement
 
 
-def original_for(dataset: str, seed: int, split: DataSplit, task: Task, settings: Settings,
+def original_for(dataset: str, model: str, seed: int, split: DataSplit, task: Task, settings: Settings,
                  ) -> tuple[torch.nn.Module, dict[str, float], dict[str, object]]:
-    """The original of one (dataset, seed, task variant), trained on ``split`` or loaded from the cache, its
-    measurement and its cache key (tasks A and B share one original; B-mem and C each have their own)."""
+    """The original (architecture ``model``) of one (dataset, seed, task variant), trained on ``split`` or loaded
+    from the cache, its measurement and its cache key (tasks A and B share one original; B-mem and C each have
+    their own)."""
     dev = settings.device
     recipe = settings.recipe(seed, task)
-    original = create_model(MODEL, in_channels=split.train.in_channels, num_classes=split.num_classes,
+    original = create_model(model, in_channels=split.train.in_channels, num_classes=split.num_classes,
                             input_size=split.train.input_size)
-    key = {**original_key(dataset, seed, recipe, dev), **task.variant}
+    key = {**original_key(dataset, model, seed, recipe, dev), **task.variant}
     orig_measured = settings.cache.load(original, **key)
     if orig_measured is None:
-        label = f"{dataset} s{seed} original{' ' + json.dumps(task.variant) if task.variant else ''}"
+        label = f"{dataset} {model} s{seed} original{' ' + json.dumps(task.variant) if task.variant else ''}"
         with measured(dev) as orig_measured:
             original, _ = train(original, split.train, recipe, device=dev, desc=label)
         settings.cache.save(original, orig_measured, **key)
@@ -581,9 +589,9 @@ def gate_verdicts(outputs: dict[str, dict], fsplit: ForgetSplit, metrics: pd.Dat
     return verdicts
 
 
-def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
-    """All rows for one dataset and seed: per task its original (shared where the training data is), a retrain
-    and every method."""
+def run_dataset_seed(dataset: str, model: str, seed: int, settings: Settings) -> list[dict]:
+    """All rows for one dataset, architecture ``model`` and seed: per task its original (shared where the training
+    data is), a retrain and every method."""
     dev = settings.device
     base_split = load_data(dataset, seed=seed)
     rows: list[dict] = []
@@ -592,10 +600,11 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
     for task in settings.tasks:
         split, fsplit, true_forget_labels = task_data(base_split, TASKS[task], seed)
         spec = fsplit.spec
+        cell = f"[{dataset} {model} seed {seed} task {task}]"
         recipe = settings.recipe(seed, TASKS[task])
         variant = json.dumps({**TASKS[task].variant, "recipe": recipe.to_dict()}, sort_keys=True)
         if variant not in originals:
-            originals[variant] = original_for(dataset, seed, split, TASKS[task], settings)
+            originals[variant] = original_for(dataset, model, seed, split, TASKS[task], settings)
         original, orig_measured, key = originals[variant]
         ref_cfg = method_config(REFERENCE, recipe, settings.overrides, settings.quick)
         models = {ORIGINAL: original}
@@ -606,7 +615,7 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
             retrains[FLOOR] = dataclasses.replace(ref_cfg, seed=ref_cfg.seed + FLOOR_SEED_OFFSET)
         for role, cfg in retrains.items():
             models[role], timing[role] = cached_retrain(settings, original, fsplit, retrain_key(key, role, spec, cfg),
-                                                        cfg, label=f"[{dataset} seed {seed} task {task}] {role}")
+                                                        cfg, label=f"{cell} {role}")
             configs[role] = config_json(cfg)
         loads = {}
         diverged: list[str] = []
@@ -614,7 +623,7 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
             if name in (REFERENCE, FLOOR):
                 continue
             cfg = method_config(name, recipe, settings.overrides, settings.quick)
-            print(f"[{dataset} seed {seed} task {task}] {name} ...", flush=True)
+            print(f"{cell} {name} ...", flush=True)
             loads[name] = os.getloadavg()[0]
             unlearn = functools.partial(run_method, name, original, forget=fsplit.forget, retain=fsplit.retain,
                                         config=cfg, device=dev, forget_kind=fsplit.kind,
@@ -623,12 +632,12 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
             try:
                 result, timing[name] = timed_run(unlearn, dev)
             except rt.UnlearningDivergedError as exc:  # a collapse is reported as such, never scored as a model
-                print(f"[{dataset} seed {seed} task {task}] {name} diverged: {exc}", flush=True)
+                print(f"{cell} {name} diverged: {exc}", flush=True)
                 diverged.append(name)
                 continue
             models[name] = result.model
         rt.seed_everything(seed)
-        incompetent = fresh_model(fsplit)
+        incompetent = fresh_model(fsplit, model)
         incompetent = rt.prepare_model(incompetent, dev).eval()
         outputs = collect_split_outputs(models, fsplit, device=dev)  # one pass per model and set, for both
         metrics = evaluate_outputs(outputs, reference=REFERENCE, seed=seed,
@@ -636,7 +645,7 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
         verdicts = gate_verdicts(outputs, fsplit, metrics, seed=seed)
         ref_time = timing[REFERENCE]["wall_time_s"]
         for name, model_metrics in metrics.iterrows():
-            row = {"dataset": dataset, "model": MODEL, "task": task, "forget_spec": spec, "seed": seed,
+            row = {"dataset": dataset, "model": model, "task": task, "forget_spec": spec, "seed": seed,
                    "method": name, "forget_count": fsplit.count, "retain_count": len(fsplit.retain),
                    "test_count": len(fsplit.test)}
             row.update({c: float(model_metrics[c]) for c in METRIC_COLUMNS if c in model_metrics.index})
@@ -655,45 +664,47 @@ def run_dataset_seed(dataset: str, seed: int, settings: Settings) -> list[dict]:
             row.update(verdicts.get(name, {}))
             rows.append(row)
         for name in diverged:
-            rows.append({"dataset": dataset, "model": MODEL, "task": task, "forget_spec": spec, "seed": seed,
+            rows.append({"dataset": dataset, "model": model, "task": task, "forget_spec": spec, "seed": seed,
                          "method": name, "forget_count": fsplit.count, "retain_count": len(fsplit.retain),
                          "test_count": len(fsplit.test), "loadavg_1m": loads[name], "config": configs[name],
                          "method_source": settings.sources[name], "diverged": 1.0})
         top = metrics.loc[[ORIGINAL, REFERENCE], ["test_accuracy", "forget_accuracy", "avg_gap"]].round(2)
         top = top.to_dict("index")
-        print(f"[{dataset} seed {seed} task {task}] original/retrain: {top}", flush=True)
+        print(f"{cell} original/retrain: {top}", flush=True)
     return rows
 
 
-def warm_up(dataset: str, device: torch.device) -> None:
-    """One short training run on a throwaway model, so that one-time costs (thread pools, kernel selection,
+def warm_up(dataset: str, model: str, device: torch.device) -> None:
+    """One short training run on a throwaway ``model``, so that one-time costs (thread pools, kernel selection,
     cuDNN autotuning) are not charged to whichever method happens to run first when models come from cache."""
     data = load_data(dataset, seed=0).train
     data = data.subset(list(range(min(256, len(data)))))
-    model = create_model(MODEL, in_channels=data.in_channels, num_classes=data.num_classes,
-                         input_size=data.input_size)
-    train(model, data, TrainConfig(epochs=1), device=device, desc=f"{dataset} warm-up")
+    throwaway = create_model(model, in_channels=data.in_channels, num_classes=data.num_classes,
+                             input_size=data.input_size)
+    train(throwaway, data, TrainConfig(epochs=1), device=device, desc=f"{dataset} {model} warm-up")
 
 
 def run_benchmark(settings: Settings) -> pd.DataFrame:
-    """Every (dataset, seed) cell of the benchmark as one DataFrame of rows (see :func:`run_dataset_seed`)."""
+    """Every (dataset, model, seed) cell of the benchmark as one DataFrame of rows (see :func:`run_dataset_seed`)."""
     rows: list[dict] = []
     for dataset in settings.datasets:
-        warm_up(dataset, settings.device)
-        for seed in settings.seeds:
-            rows.extend(run_dataset_seed(dataset, seed, settings))
+        for model in settings.models:
+            warm_up(dataset, model, settings.device)  # per architecture: its layers have their own one-time costs
+            for seed in settings.seeds:
+                rows.extend(run_dataset_seed(dataset, model, seed, settings))
     return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------- reporting
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds per (dataset, task, method); columns ``<metric>`` and ``<metric>_std``."""
+    """Mean and standard deviation over seeds per (dataset, model, task, method); columns ``<metric>`` and
+    ``<metric>_std``."""
     cols = [c for c in METRIC_COLUMNS + TIME_COLUMNS if c in results.columns]
-    grouped = results.groupby(["dataset", "task", "method"])[cols]
+    grouped = results.groupby(["dataset", "model", "task", "method"])[cols]
     summary = grouped.mean().join(grouped.std(ddof=1).add_suffix("_std")).join(grouped.size().rename("n_seeds"))
     if "gate_verdict" in results.columns:  # per seed, e.g. "seed 0: passed (measured)"
         judged = results.dropna(subset=["gate_verdict"]).sort_values("seed")
-        verdicts = judged.groupby(["dataset", "task", "method"]).apply(
+        verdicts = judged.groupby(["dataset", "model", "task", "method"]).apply(
             lambda g: "; ".join(f"seed {int(r.seed)}: {r.gate_verdict} ({r.gate_evidence})" for r in g.itertuples()),
             include_groups=False)
         summary = summary.join(verdicts.rename("gate_verdicts"))
@@ -701,9 +712,9 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def target_check(summary: pd.DataFrame) -> list[str]:
-    """The issue's nitc targets, one line per (dataset, task), stating each bound with the measured value."""
+    """The issue's nitc targets, one line per (dataset, model, task), stating each bound with the measured value."""
     lines: list[str] = []
-    for (dataset, task), group in summary.groupby(["dataset", "task"]):
+    for (dataset, model, task), group in summary.groupby(["dataset", "model", "task"]):
         by = group.set_index("method")
         if "nitc" not in by.index:
             continue
@@ -712,7 +723,7 @@ def target_check(summary: pd.DataFrame) -> list[str]:
         cpu = by.loc["nitc", "cpu_time_fraction"] if "cpu_time_fraction" in by.columns else float("nan")
         frac, measure = (wall, "wall-time") if pd.isna(cpu) else (cpu, "CPU-time")
         bound = NITC_GAP_TARGET.get(task)
-        head = f"- {dataset} task {task}: nitc Avg Gap {gap:.2f}"
+        head = f"- {dataset} task {task} ({model}): nitc Avg Gap {gap:.2f}"
         if task in NITC_GAP_SHARE_OF_ORIGINAL and ORIGINAL in by.index:
             share = NITC_GAP_SHARE_OF_ORIGINAL[task]
             bound = share * by.loc[ORIGINAL, "avg_gap"]
@@ -759,7 +770,7 @@ def _fmt(mean: float, std: float, digits: int = 2) -> str:
 
 
 def summary_tables(summary: pd.DataFrame) -> list[str]:
-    """One markdown table per (dataset, task): methods sorted by Avg Gap, then the original and retrain."""
+    """One markdown table per (dataset, model, task): methods sorted by Avg Gap, then the original and retrain."""
     columns = [("avg_gap", "Avg Gap", 2), ("forget_accuracy", "forget acc", 2), ("retain_accuracy", "retain acc", 2),
                ("test_accuracy", "test acc", 2), ("mia_efficacy", "MIA-eff.", 2), ("loss_mia_auc", "loss-MIA AUC", 2),
                ("loss_mia_accuracy", "loss-MIA acc", 2), ("wall_time_s", "time (s)", 2),
@@ -767,11 +778,11 @@ def summary_tables(summary: pd.DataFrame) -> list[str]:
                ("peak_mem_mib", "peak mem (MiB)", 1), ("diverged", "diverged (share of seeds)", 2)]
     columns.insert(2, ("forget_accuracy_true", "forget acc (true labels)", 2))
     out: list[str] = []
-    for (dataset, task), group in summary.groupby(["dataset", "task"]):
+    for (dataset, model, task), group in summary.groupby(["dataset", "model", "task"]):
         shown = [c for c in columns if c[0] in group.columns and group[c[0]].notna().any()
                  and (c[0] != "diverged" or group[c[0]].gt(0).any())]
         n = int(group["n_seeds"].max())
-        out += [f"### {dataset}, task {task} ({TASKS[task].description}), {n} seed(s)", ""]
+        out += [f"### {dataset}, {model}, task {task} ({TASKS[task].description}), {n} seed(s)", ""]
         out.append("| method | " + " | ".join(c[1] for c in shown) + " |")
         out.append("|---|" + "---:|" * len(shown))
         refs = group[group["method"].isin(BASELINE_ROWS)]
@@ -785,7 +796,7 @@ def summary_tables(summary: pd.DataFrame) -> list[str]:
 
 
 def plot(summary: pd.DataFrame, path: Path) -> None:
-    """Avg Gap against time as a fraction of retraining, one panel per (dataset, task), error bars = std.
+    """Avg Gap against time as a fraction of retraining, one panel per (dataset, model, task), error bars = std.
 
     The time axis is the CPU-time fraction when every row has one (wall times on a shared CPU depend on the
     other jobs' load, which differs between a full run and a ``--merge`` re-run), else the wall-time fraction.
@@ -798,13 +809,13 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    panels = list(summary.groupby(["dataset", "task"]))
+    panels = list(summary.groupby(["dataset", "model", "task"]))
     cols = min(2, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.5 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, ((dataset, task), group) in zip(axes.flat, panels, strict=False):
+    for ax, ((dataset, model, task), group) in zip(axes.flat, panels, strict=False):
         methods = group[~group["method"].isin(BASELINE_ROWS)]
         for _, row in methods.iterrows():
             ax.errorbar(row[x_col], row["avg_gap"], xerr=row.get(f"{x_col}_std"),
@@ -834,7 +845,7 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
         ax.set_ylim(0, 2 * max(1.0, float(group["avg_gap"].max())))
         ax.set_xlabel(f"{'CPU' if use_cpu else 'wall'} time / retrain {'CPU' if use_cpu else 'wall'} time (log)")
         ax.set_ylabel("Avg Gap to retrain (points, symlog)")
-        ax.set_title(f"{dataset}, task {task} ({TASKS[task].description})", fontsize=9)
+        ax.set_title(f"{dataset}, {model}, task {task} ({TASKS[task].description})", fontsize=9)
         ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -869,8 +880,8 @@ MEMORY_TEXT = """\
 Time: `time (s)` is wall time around `run_method` (it includes the copy of the model); a run shorter than 1
 s is timed three times and the median reported (`timed_runs` in `results.csv`; the methods are seeded, so
 every repeat computes the same model), because a fraction of a second is within reach of one scheduler
-hiccup. `time / retrain` divides it by the wall time of the retrain reference of the same dataset, seed and
-task (the issue's measure), which is timed once. The CPU is shared with other jobs, so wall times grow with
+hiccup. `time / retrain` divides it by the wall time of the retrain reference of the same dataset, model, seed
+and task (the issue's measure), which is timed once. The CPU is shared with other jobs, so wall times grow with
 their load (the 1-minute load average at the start of each method is in `results.csv`, `loadavg_1m`); `CPU
 time / retrain` is the same ratio of this process's CPU time, which the load disturbs much less (torch runs
 single-threaded here, so on an idle machine CPU time and wall time coincide). Peak memory: on CPU, the
@@ -909,7 +920,7 @@ def write_markdown(results: pd.DataFrame, path: Path) -> list[str]:
         "sample standard deviation over seeds). Metrics are in percent; Avg Gap is the mean absolute",
         f"difference to the `retrain` reference over {', '.join(AVG_GAP_COLUMNS)}",
         "(percentage points, lower is better). `time / retrain` divides a method's wall time by the wall time",
-        "of the retrain reference of the same dataset, seed and task.",
+        "of the retrain reference of the same dataset, model, seed and task.",
         "",
         "## Runs",
         "",
@@ -917,7 +928,9 @@ def write_markdown(results: pd.DataFrame, path: Path) -> list[str]:
     for _, run in runs.iterrows():
         lines += [f"- {run['date']} on {run['device']}, code `{run.get('code_version', 'unknown')}`: "
                   f"`{run['command']}`", f"  - machine: {run['machine']}"]
-    lines += ["", f"Model `{MODEL}`; training recipe of the original and the retrain reference "
+    models = sorted(results["model"].unique())
+    lines += ["", f"Model{'s' if len(models) > 1 else ''} `{'`, `'.join(models)}`; training recipe of the original "
+              "and the retrain reference "
               f"(`TrainConfig`, seed = benchmark seed): `{'`, `'.join(recipe)}`", "", MEMORY_TEXT,
               "## Target check (issues 3 and 15)", ""]
     lines += checks or ["- nitc was not run."]
@@ -933,11 +946,20 @@ def write_markdown(results: pd.DataFrame, path: Path) -> list[str]:
     return checks
 
 
+def read_results(csv_path: Path) -> pd.DataFrame:
+    """The rows of a ``results.csv``; those of older CSVs, written before ``--models``, are ``DEFAULT_MODEL``'s."""
+    results = pd.read_csv(csv_path)
+    if "model" not in results.columns:
+        results.insert(results.columns.get_loc("dataset") + 1, "model", DEFAULT_MODEL)
+    results["model"] = results["model"].fillna(DEFAULT_MODEL)
+    return results
+
+
 def merge_results(new: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
-    """``new`` plus the rows of an existing CSV whose (dataset, task, seed, method) were not re-run."""
+    """``new`` plus the rows of an existing CSV whose (dataset, model, task, seed, method) were not re-run."""
     if not csv_path.exists():
         return new
-    old = pd.read_csv(csv_path)
+    old = read_results(csv_path)
     keys = set(map(tuple, new[KEY].astype(str).values.tolist()))
     keep = ~old[KEY].astype(str).apply(tuple, axis=1).isin(keys)
     return pd.concat([old[keep], new], ignore_index=True)
@@ -951,6 +973,8 @@ def _csv_list(value: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="mnist5k,digits", help="comma-separated data sources")
+    parser.add_argument("--models", default=DEFAULT_MODEL,
+                        help=f"comma-separated architectures, from: {', '.join(list_models())}")
     parser.add_argument("--tasks", default="A,B", help="comma-separated: A (one class), B (random 10%%), B-mem "
                         "(random 10%% of a memorising model's samples), C (the mislabelled samples)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated reported seeds")
@@ -985,10 +1009,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown_tasks = sorted(set(tasks) - set(TASKS))
     if unknown_tasks:
         raise SystemExit(f"Unknown task(s) {unknown_tasks}; expected some of: {', '.join(TASKS)}")
+    models = list(dict.fromkeys(_csv_list(args.models)))
+    unknown_models = sorted(set(models) - set(list_models()))
+    if unknown_models or not models:
+        raise SystemExit(f"Unknown model(s) {unknown_models or args.models!r} in --models; registered: "
+                         f"{', '.join(list_models())}")
     registered = list_methods()
     out_dir = Path(args.out_dir)
     if args.report_only:
-        results = pd.read_csv(out_dir / RESULTS_CSV)
+        results = read_results(out_dir / RESULTS_CSV)
         checks = write_markdown(results, out_dir / RESULTS_MD)
         plot(summarize(results), out_dir / PLOT_PNG)
         print("Target check:\n" + "\n".join(checks or ["- nitc was not run."]))
@@ -1016,7 +1045,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = [m for m in methods if m != REFERENCE]
     version = code_version()
     sources = {name: method_source_digest(name) for name in (ORIGINAL, REFERENCE, *methods)}
-    settings = Settings(_csv_list(args.datasets), tasks, seeds, methods, device, recipe_overrides, overrides,
+    settings = Settings(_csv_list(args.datasets), models, tasks, seeds, methods, device, recipe_overrides, overrides,
                         args.quick, ModelCache(cache_root), sources)
     started = time.perf_counter()
     results = run_benchmark(settings)

@@ -10,7 +10,8 @@ Each variant is ``label:method:json-config`` (an empty config means the method's
 runs on every cell (``dataset:task:seed``) from the same original; the table gives per-cell and mean Avg Gap,
 forget / retain / test accuracy, MIA-efficacy and the CPU time as a fraction of the reference's (measured in
 this process, so only comparable between variants of one call). Seeds below 100 are refused: they are the
-reported ones.
+reported ones. ``--model`` picks the architecture of the cached originals (default ``smallcnn``; it must be one
+that ``run.py --models`` built).
 """
 
 from __future__ import annotations
@@ -65,22 +66,25 @@ def parse_cell(text: str) -> tuple[str, str, int]:
     return dataset, task, seed_value
 
 
-def load_cell(cache: bench.ModelCache, dataset: str, task: str, seed: int, epochs: int | None = None):
-    """The forget split, original and retrain reference (eval mode) and the reference's CPU time."""
+def load_cell(cache: bench.ModelCache, dataset: str, task: str, seed: int, epochs: int | None = None,
+              model: str = bench.DEFAULT_MODEL):
+    """The forget split, original and retrain reference (eval mode, architecture ``model``) and the reference's
+    CPU time."""
     dev = torch.device("cpu")
     task_epochs = epochs or bench.TASKS[task].epochs
     recipe = TrainConfig(seed=seed) if task_epochs is None else TrainConfig(epochs=task_epochs, seed=seed)
     split, fsplit, _ = bench.task_data(load_data(dataset, seed=seed), bench.TASKS[task], seed)
-    original = bench.create_model(bench.MODEL, in_channels=split.train.in_channels, num_classes=split.num_classes,
+    original = bench.create_model(model, in_channels=split.train.in_channels, num_classes=split.num_classes,
                                   input_size=split.train.input_size)
-    key = {**bench.original_key(dataset, seed, recipe, dev), **bench.TASKS[task].variant}
+    key = {**bench.original_key(dataset, model, seed, recipe, dev), **bench.TASKS[task].variant}
     spec = fsplit.spec
     ref_cfg = bench.method_config(bench.REFERENCE, recipe, {}, False)
-    reference = bench.fresh_model(fsplit)
+    reference = bench.fresh_model(fsplit, model)
     ref_measured = cache.load(reference, **bench.retrain_key(key, bench.REFERENCE, spec, ref_cfg))
     if cache.load(original, **key) is None or ref_measured is None:
-        raise SystemExit(f"No cached original/reference for {dataset}:{task}:{seed} in {cache.root}; build them with "
-                         f"run.py --datasets {dataset} --tasks {task} --seeds {seed} --out-dir <dir> first")
+        raise SystemExit(f"No cached original/reference for {dataset}:{task}:{seed} ({model}) in {cache.root}; build "
+                         f"them with run.py --datasets {dataset} --models {model} --tasks {task} --seeds {seed} "
+                         "--out-dir <dir> first")
     return fsplit, original.eval(), reference.eval(), ref_measured["cpu_time_s"]
 
 
@@ -91,7 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default="/tmp/tune/.cache", help="the cache that run.py wrote")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs of the cached originals, as given to run.py (--quick: 2)")
+    parser.add_argument("--model", default=bench.DEFAULT_MODEL,
+                        help=f"architecture of the cached originals, as given to run.py --models; one of: "
+                             f"{', '.join(bench.list_models())}")
     args = parser.parse_args(argv)
+    if args.model not in bench.list_models():
+        raise SystemExit(f"Unknown model {args.model!r}; registered: {', '.join(bench.list_models())}")
     torch.set_num_threads(1)
     variants = [parse_variant(v) for v in args.variants]
     cells = [parse_cell(c) for c in args.cells.split(",")]
@@ -99,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     warmed: set[tuple[str, str]] = set()
     for dataset, task, seed in cells:
-        fsplit, original, reference, ref_cpu = load_cell(cache, dataset, task, seed, args.epochs)
+        fsplit, original, reference, ref_cpu = load_cell(cache, dataset, task, seed, args.epochs, args.model)
         models = {bench.ORIGINAL: original, bench.REFERENCE: reference}
         cpu_fraction = {}
         for label, method, config in variants:
@@ -117,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpu_fraction[label] = (time.process_time() - start) / ref_cpu
             models[label] = result.model.eval()
         rt.seed_everything(seed)
-        table = evaluate(models, fsplit, reference=bench.REFERENCE, incompetent=bench.fresh_model(fsplit).eval(),
-                         device="cpu", seed=seed)
+        table = evaluate(models, fsplit, reference=bench.REFERENCE,
+                         incompetent=bench.fresh_model(fsplit, args.model).eval(), device="cpu", seed=seed)
         for name, metrics in table.iterrows():
             rows.append({"task": task, "cell": f"{dataset}:{task}:{seed}", "model": name, "avg_gap": metrics["avg_gap"],
                          "forget": metrics["forget_accuracy"], "retain": metrics["retain_accuracy"],

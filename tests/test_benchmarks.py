@@ -45,8 +45,9 @@ def test_run_writes_csv_markdown_plot_and_merges(tmp_path: Path) -> None:
     assert (reference["avg_gap"] == 0).all() and (reference["time_fraction"] == 1).all()
     assert results["avg_gap"].between(0, 100).all() and (results["wall_time_s"] > 0).all()
     markdown = (tmp_path / "RESULTS.md").read_text()
-    for needle in ("### digits, task A", "### digits, task B", "| **finetune** |", "## How defaults were chosen",
-                   "## Target check", "torch=", "--methods finetune,random_label"):
+    for needle in ("### digits, smallcnn, task A", "### digits, smallcnn, task B", "| **finetune** |",
+                   "## How defaults were chosen", "## Target check", "torch=", "--methods finetune,random_label",
+                   "Model `smallcnn`; training recipe"):
         assert needle in markdown
     assert (tmp_path / "avg_gap_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stale = bench.stale_methods(tmp_path / "results.csv")  # not run yet, or run by other code
@@ -68,6 +69,19 @@ def test_run_writes_csv_markdown_plot_and_merges(tmp_path: Path) -> None:
     rewritten = (tmp_path / "RESULTS.md").read_text()
     assert rewritten.count("why nitc wins") == 1 and rewritten.count("H100 numbers") == 1
     assert rewritten.index("## Discussion") < rewritten.index("## Results") < rewritten.index("## GPU check")
+
+    # The architecture is a dimension: an mlp run merged in adds its own rows and leaves smallcnn's untouched.
+    mlp = _script("run.py", *args, "--tasks", "A", "--methods", "finetune", "--models", "mlp", "--merge", cwd=tmp_path)
+    assert mlp.returncode == 0, mlp.stderr[-3000:]
+    both = pd.read_csv(tmp_path / "results.csv")
+    assert len(both) == 11 and set(both.loc[both["model"] == "mlp", "method"]) == {"original", "retrain", "finetune"}
+    pd.testing.assert_frame_equal(both[both["model"] == "smallcnn"].reset_index(drop=True), merged)
+    cached = [bench.torch.load(path, weights_only=False)["key"] for path in (tmp_path / ".cache").glob("*.pt")]
+    assert {(key["role"], key["architecture"]) for key in cached} == {
+        (role, model) for role in ("original", "retrain") for model in ("mlp", "smallcnn")}
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert "### digits, mlp, task A" in markdown and "### digits, smallcnn, task B" in markdown
+    assert "Models `mlp`, `smallcnn`; training recipe" in markdown
 
 
 @pytest.mark.slow
@@ -116,6 +130,8 @@ def test_tune_scores_variants_on_cached_tuning_cells_and_refuses_reported_seeds(
     assert refused.returncode != 0 and "reported seed" in refused.stderr
     missing = _script("tune.py", *cache, "--cells", "digits:B:100", "one:finetune:", cwd=tmp_path)
     assert missing.returncode != 0 and "No cached original/reference" in missing.stderr
+    other_model = _script("tune.py", *cache, "--model", "mlp", "--cells", "digits:A:100", "one:finetune:", cwd=tmp_path)
+    assert other_model.returncode != 0 and "--models mlp" in other_model.stderr  # run.py cached smallcnn only
     bad = _script("tune.py", *cache, "--cells", "digits:A:100", "no-method-here", cwd=tmp_path)
     assert bad.returncode != 0 and "label:method:json" in bad.stderr
 
@@ -173,12 +189,13 @@ def test_gpu_check_runs_on_cpu_and_does_not_append(tmp_path: Path) -> None:
 
 def _summary(nitc_gap: float, nitc_time: float, task: str = "A") -> pd.DataFrame:
     rows = [("nitc", nitc_gap, nitc_time), ("finetune", 2.0, 0.2), ("unsir", 0.3, 0.1), ("salun", 0.2, 0.3)]
-    return pd.DataFrame([{"dataset": "d", "task": task, "method": m, "avg_gap": g, "time_fraction": t}
-                         for m, g, t in rows])
+    return pd.DataFrame([{"dataset": "d", "model": "smallcnn", "task": task, "method": m, "avg_gap": g,
+                          "time_fraction": t} for m, g, t in rows])
 
 
 def test_target_check_states_each_bound() -> None:
     met = "\n".join(bench.target_check(_summary(0.1, 0.04)))
+    assert met.startswith("- d task A (smallcnn): nitc Avg Gap 0.10 ")
     assert "(MET <= 0.5)" in met and "(MET <= 0.1;" in met and "stretch <= 0.05 met" in met
     assert "nitc better than: unsir, finetune" in met and "not run: bad_teacher" in met
     assert "other methods beating nitc: none" in met
@@ -196,6 +213,25 @@ def test_parse_overrides_and_bad_input() -> None:
         bench.parse_overrides(["lr=0.1"])
     with pytest.raises(SystemExit, match="Unknown method"):
         bench.main(["--methods", "no_such_method", "--out-dir", "unused"])
+    with pytest.raises(SystemExit, match="Unknown model") as unknown_model:  # before any training
+        bench.main(["--models", "smallcnn,nosuchnet", "--out-dir", "unused"])
+    message = str(unknown_model.value)
+    assert "\n" not in message and "nosuchnet" in message
+    assert all(name in message for name in bench.list_models())
+
+
+def test_merge_replaces_rows_of_the_same_model_only_and_reads_old_csvs_as_smallcnn(tmp_path: Path) -> None:
+    csv_path = tmp_path / "results.csv"
+    pd.DataFrame([{"dataset": "digits", "task": "A", "seed": 0, "method": m, "avg_gap": 1.0}
+                  for m in ("original", "nitc")]).to_csv(csv_path, index=False)  # written before --models
+    assert bench.read_results(csv_path)["model"].tolist() == ["smallcnn", "smallcnn"]
+    new = pd.DataFrame([{"dataset": "digits", "model": model, "task": "A", "seed": 0, "method": "nitc",
+                         "avg_gap": 2.0} for model in ("mlp", "smallcnn")])
+    merged = bench.merge_results(new[new["model"] == "mlp"], csv_path)
+    assert len(merged) == 3 and list(merged.columns[:2]) == ["dataset", "model"]
+    assert merged.groupby("model")["avg_gap"].sum().to_dict() == {"mlp": 2.0, "smallcnn": 2.0}
+    merged = bench.merge_results(new[new["model"] == "smallcnn"], csv_path)
+    assert len(merged) == 2 and merged.set_index("method").loc["nitc", "avg_gap"] == 2.0
 
 
 def test_timed_blocks_start_from_a_collected_frozen_heap():
@@ -279,7 +315,7 @@ def test_run_scores_the_memorising_and_mislabelled_tasks(tmp_path: Path) -> None
     assert by_task.loc[("B-mem", "original"), "retain_count"] + by_task.loc[("B-mem", "original"), "forget_count"] \
         == n_train
     markdown = (tmp_path / "RESULTS.md").read_text()
-    assert "### digits, task C (forget the 10% mislabelled samples" in markdown
+    assert "### digits, smallcnn, task C (forget the 10% mislabelled samples" in markdown
     assert "forget acc (true labels)" in markdown
     # each method's row carries the gate's verdict against the retrained reference (sample-wise: evidence decided)
     judged = results.set_index(["task", "method"])

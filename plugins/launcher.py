@@ -10,7 +10,8 @@ The registry store records a request (status ``queued``) and starts this module 
    request is marked ``failed`` with the API's message and nothing runs;
 4. moves the status to ``running`` and launches the project's ``unlearn`` entry point with
    ``mlflow.projects.run(..., synchronous=False)`` into that same run, on the ``local`` backend or on
-   ``kubernetes`` (``MLFLOW_UNLEARN_BACKEND``);
+   ``kubernetes`` (``MLFLOW_UNLEARN_BACKEND``); its ``onnx`` parameter is the request's ``onnx=``, else the
+   server's ``MLFLOW_UNLEARN_ONNX``;
 5. waits, refreshing its lease heartbeat, and finally moves the status to ``succeeded`` (with
    ``mlflow_unlearn.result_version``) or ``failed`` (with ``mlflow_unlearn.error``).
 
@@ -240,7 +241,7 @@ class _Launch:
             backend_config = self.settings.backend_config
         model_uri = vocab.model_uri(self.name, self.version)
         self.client.set_tag(run_id, vocab.PROJECT_TAG, uri)
-        parameters = request.project_parameters(model_uri, device=self.settings.device)
+        parameters = request.project_parameters(model_uri, device=self.settings.device, onnx=self.settings.onnx)
         if request.names_ids:  # MLflow Projects logs every parameter: the job reads the file through a neutral link
             parameters["forget"] = "ids:" + self._neutral_link(request.forget.removeprefix("ids:"))
         entry_point = "unlearn"

@@ -6,8 +6,9 @@ A request is the value of the tag ``mlflow_unlearn.request`` on a registered mod
     forget=ids:/srv/forget/erasure-2024-07.txt; method=scrub; data=digits; config=/srv/unlearn/scrub.yaml
 
 It is a ``;``-separated list of ``key=value`` pairs. ``forget`` is required; ``method`` (default ``nitc``),
-``data``, ``config`` and ``reference`` (``none`` or ``retrain``) are optional. Anyone who may edit tags in the
-MLflow UI can write a request, so the value is treated as untrusted input:
+``data``, ``config``, ``reference`` (``none`` or ``retrain``) and ``onnx`` (``true`` or ``false``, any case; default:
+the server's ``MLFLOW_UNLEARN_ONNX``) are optional. Anyone who may edit tags in the MLflow UI can write a request, so
+the value is treated as untrusted input:
 
 * the value is at most :data:`MAX_REQUEST_CHARS` printable ASCII characters, each key at most once;
 * ``forget`` follows the one forget grammar of the project (:func:`mlflow_unlearn.data.forget.parse_forget_spec`,
@@ -24,9 +25,9 @@ Everything here is pure string and path work, cheap enough to run in a request t
 the engine (is the method registered, do the forgotten classes exist) run later, in the launcher, through
 :func:`mlflow_unlearn.tracking.plan.prepare`.
 Error messages never repeat forget IDs: an ``ids:`` request names a file, and only the file is mentioned. A value
-that fails the grammar (an unknown key, a forget spec, method or reference outside the grammar, non-ASCII text, an
-oversized value) is refused without repeating any of it, and is not stored (``RequestRefused.keep_value`` is
-False): it may be sample IDs pasted into the request.
+that fails the grammar (an unknown key, a forget spec, method, reference or onnx value outside the grammar,
+non-ASCII text, an oversized value) is refused without repeating any of it, and is not stored
+(``RequestRefused.keep_value`` is False): it may be sample IDs pasted into the request.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ ALLOWED_ROOTS_ENV = "MLFLOW_UNLEARN_ALLOWED_ROOTS"
 ALLOW_URLS_ENV = "MLFLOW_UNLEARN_ALLOW_URLS"
 MAX_REQUEST_CHARS = 1000
 
-REQUEST_KEYS = ("forget", "method", "data", "config", "reference")
+REQUEST_KEYS = ("forget", "method", "data", "config", "reference", "onnx")
+#: The values of the ``onnx`` key (compared in lower case) and what they mean.
+ONNX_VALUES = {"true": True, "false": False}
 URL_SCHEMES = ("http", "https", "s3", "gs", "gcs", "hdfs", "ftp", "file", "dbfs", "wasbs", "abfss")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -131,6 +134,8 @@ class UnlearnRequest:
         data: data source; ``""`` means the data of the parent version's training run.
         config: YAML file with method hyperparameters; ``""`` means the method's defaults.
         reference: ``none`` or ``retrain`` (also train the retrained reference for the report).
+        onnx: whether the job logs an ONNX copy of the new version; ``None`` (not given) means the server's default
+            (``MLFLOW_UNLEARN_ONNX``).
     """
 
     forget: str
@@ -138,16 +143,29 @@ class UnlearnRequest:
     data: str = ""
     config: str = ""
     reference: str = vocab.NO_REFERENCE
+    onnx: bool | None = None
 
     @property
     def names_ids(self) -> bool:
         """Whether the forget spec is an ``ids:`` file, whose contents no message may repeat."""
         return self.forget.startswith("ids:")
 
-    def project_parameters(self, model_uri: str, *, device: str) -> dict[str, str]:
-        """The parameters of the project's ``unlearn`` entry point for this request."""
+    def project_parameters(self, model_uri: str, *, device: str, onnx: bool = True) -> dict[str, str]:
+        """The parameters of the project's ``unlearn`` entry point for this request.
+
+        Args:
+            model_uri: the version to unlearn.
+            device: the job's ``device`` parameter (the server's setting).
+            onnx: the server's default for the ONNX copy; the request's own ``onnx=``, if given, wins.
+
+        Example:
+            >>> UnlearnRequest("classes:3", onnx=False).project_parameters("models:/m/1", device="cpu")["onnx"]
+            'false'
+        """
+        export = onnx if self.onnx is None else self.onnx
         return {"model_uri": model_uri, "forget": self.forget, "method": self.method, "data": self.data,
-                "config": self.config, "reference": self.reference, "register": "true", "device": device}
+                "config": self.config, "reference": self.reference, "register": "true", "device": device,
+                "onnx": "true" if export else "false"}
 
 
 def split_request(value: str) -> dict[str, str]:
@@ -254,7 +272,9 @@ def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:
 
     Example:
         >>> parse_request("forget=classes:7,3; method=finetune", SecurityPolicy())
-        UnlearnRequest(forget='classes:3,7', method='finetune', data='', config='', reference='none')
+        UnlearnRequest(forget='classes:3,7', method='finetune', data='', config='', reference='none', onnx=None)
+        >>> parse_request("forget=classes:3; onnx=FALSE", SecurityPolicy()).onnx
+        False
     """
     pairs = split_request(value)
     method = pairs.get("method", vocab.DEFAULT_METHOD)
@@ -267,6 +287,10 @@ def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:
     if reference not in vocab.REFERENCES:
         raise RequestRefused(f"Unknown reference (not repeated, and the request is not stored); expected one of: "
                              f"{', '.join(vocab.REFERENCES)}", keep_value=False)
+    onnx = pairs.get("onnx")
+    if onnx is not None and onnx.lower() not in ONNX_VALUES:
+        raise RequestRefused(f"Unknown onnx value (not repeated, and the request is not stored); expected one of: "
+                             f"{', '.join(ONNX_VALUES)}", keep_value=False)
     config = pairs.get("config", "")
     if config:
         config = policy.check_path(config, what="config file")
@@ -278,4 +302,5 @@ def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:
         data=_check_data(pairs["data"], policy) if "data" in pairs else "",
         config=config,
         reference=reference,
+        onnx=None if onnx is None else ONNX_VALUES[onnx.lower()],
     )

@@ -5,9 +5,10 @@ workers) is read here and nowhere else. The store reads the settings when it is 
 each launcher process explicitly, as JSON on its command line (:meth:`PluginSettings.to_json`).
 
 Example:
-    >>> settings = read_settings({"MLFLOW_UNLEARN_NPROC": "2", "MLFLOW_UNLEARN_LOG_DIR": "/srv/logs"})
-    >>> settings.launcher.nproc, settings.policy.allowed_roots
-    (2, ())
+    >>> settings = read_settings({"MLFLOW_UNLEARN_NPROC": "2", "MLFLOW_UNLEARN_LOG_DIR": "/srv/logs",
+    ...                           "MLFLOW_UNLEARN_ONNX": "false"})
+    >>> settings.launcher.nproc, settings.launcher.onnx, settings.policy.allowed_roots
+    (2, False, ())
     >>> PluginSettings.from_json(settings.to_json()) == settings
     True
 """
@@ -34,6 +35,7 @@ NPROC_ENV = "MLFLOW_UNLEARN_NPROC"
 DOCKER_IMAGE_ENV = "MLFLOW_UNLEARN_DOCKER_IMAGE"
 LOG_DIR_ENV = "MLFLOW_UNLEARN_LOG_DIR"
 MAX_JOBS_ENV = "MLFLOW_UNLEARN_MAX_JOBS"
+ONNX_ENV = "MLFLOW_UNLEARN_ONNX"
 BACKENDS = ("local", "kubernetes")
 # Set by `mlflow server` for its workers (mlflow.server.constants and mlflow.server.handlers).
 _SERVER_BACKEND_URI_ENV = "_MLFLOW_SERVER_FILE_STORE"
@@ -61,10 +63,12 @@ class LauncherSettings:
         log_dir: where launcher and job output goes (:data:`LOG_DIR_ENV`).
         max_jobs: requests whose job runs at once (:data:`MAX_JOBS_ENV`; default :func:`default_max_jobs`); the
             others wait as ``queued``, first in first out, with a ``mlflow_unlearn.queue_position`` tag.
+        onnx: whether a job logs an ONNX copy of the new version unless its request says ``onnx=`` (:data:`ONNX_ENV`,
+            default true); off for models that ONNX cannot export, or to save the export's seconds of CPU per job.
 
     Raises:
-        ValueError: for a max_jobs or nproc below 1, an unknown backend, or a Kubernetes backend without its
-            config file or an HTTP tracking URI.
+        ValueError: for a max_jobs or nproc below 1, an unknown backend, a non-boolean onnx, or a Kubernetes backend
+            without its config file or an HTTP tracking URI.
     """
 
     backend: str = "local"
@@ -75,12 +79,15 @@ class LauncherSettings:
     docker_image: str = "mlflow-unlearn:latest"
     log_dir: str = ""
     max_jobs: int = 1
+    onnx: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
             raise ValueError(f"Expected `{NPROC_ENV}` to be a positive int but got {self.nproc!r}")
         if isinstance(self.max_jobs, bool) or not isinstance(self.max_jobs, int) or self.max_jobs < 1:
             raise ValueError(f"Expected `{MAX_JOBS_ENV}` to be a positive int but got {self.max_jobs!r}")
+        if not isinstance(self.onnx, bool):
+            raise ValueError(f"Expected `{ONNX_ENV}` to be 'true' or 'false' but got {self.onnx!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"Expected `{BACKEND_ENV}` to be one of {', '.join(BACKENDS)} but got {self.backend!r}")
         if self.backend == "kubernetes":
@@ -185,6 +192,14 @@ class PluginSettings:
         )
 
 
+def _boolean(text: str, name: str, default: bool) -> bool:
+    """``true``/``1`` or ``false``/``0`` (any case, surrounding spaces ignored); empty means ``default``."""
+    flag = text.strip().lower()
+    if flag not in ("true", "false", "1", "0", ""):
+        raise ValueError(f"Expected `{name}` to be 'true' or 'false' but got {flag!r}")
+    return default if not flag else flag in ("true", "1")
+
+
 def _positive_int(text: str, name: str) -> int:
     try:
         return int(text.strip())
@@ -222,10 +237,7 @@ def default_max_jobs(env: Mapping[str, str], nproc: int = 1) -> int:
 
 def _read_policy(env: Mapping[str, str]) -> SecurityPolicy:
     roots = tuple(Path(p) for p in env.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if p.strip())
-    flag = env.get(ALLOW_URLS_ENV, "false").strip().lower()
-    if flag not in ("true", "false", "1", "0", ""):
-        raise ValueError(f"Expected `{ALLOW_URLS_ENV}` to be 'true' or 'false' but got {flag!r}")
-    return SecurityPolicy(allowed_roots=roots, allow_urls=flag in ("true", "1"))
+    return SecurityPolicy(allowed_roots=roots, allow_urls=_boolean(env.get(ALLOW_URLS_ENV, ""), ALLOW_URLS_ENV, False))
 
 
 def _read_server(env: Mapping[str, str], tracking_uri: str) -> ServerFacts:
@@ -261,6 +273,7 @@ def read_settings(environ: Mapping[str, str] | None = None) -> PluginSettings:
         docker_image=env.get(DOCKER_IMAGE_ENV, "mlflow-unlearn:latest"),
         log_dir=env.get(LOG_DIR_ENV, "") or os.path.join(tempfile.gettempdir(), "mlflow-unlearn-logs"),
         max_jobs=_positive_int(max_jobs, MAX_JOBS_ENV) if max_jobs else default_max_jobs(env, nproc),
+        onnx=_boolean(env.get(ONNX_ENV, ""), ONNX_ENV, True),
     )
     return PluginSettings(policy=_read_policy(env), launcher=launcher, server=_read_server(env, launcher.tracking_uri),
                           digest_key=read_digest_key(env))

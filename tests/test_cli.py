@@ -54,10 +54,14 @@ def test_train_unlearn_evaluate_report_round_trip_and_gate_refusal(env):
     assert "registered as models:/cli-mlp/1" in result.output
     config = env["tmp"] / "finetune.yaml"
     config.write_text("epochs: 2\nlr: 0.1\ngate:\n  max_test_drop: 100\n")
+    # --onnx-copy is how `mlflow run -P onnx=false` switches the copy off (the default logs it: test_tracking_project)
     result = runner.invoke(cli, ["unlearn", "models:/cli-mlp/1", "--forget", "classes:3", "--method", "finetune",
-                                 "--config", str(config), "--no-onnx", "--device", "cpu"])
+                                 "--config", str(config), "--onnx", "--onnx-copy", "false", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "Registered models:/cli-mlp/2 (verdict: passed" in result.output and "forget_accuracy" in result.output
+    client = MlflowClient(env["uri"])
+    artifacts = {f.path for f in client.list_artifacts(client.get_model_version("cli-mlp", "2").run_id)}
+    assert "model" in artifacts and "onnx_model" not in artifacts
     result = runner.invoke(cli, ["evaluate", "models:/cli-mlp/2", "--forget", "classes:3", "--json", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     table = json.loads(result.output)

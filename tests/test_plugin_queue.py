@@ -1,7 +1,7 @@
 """The bounded job queue and clean deletes of the registry plugin (issue 18, items 1 and 3).
 
-A real ``mlflow server`` runs the plugin on PostgreSQL with ``MLFLOW_UNLEARN_MAX_JOBS=2``. Four requests on four
-versions are submitted at once; a sampler reads every version's tags while they run. Asserted:
+A real ``mlflow server`` runs the plugin on PostgreSQL with ``MLFLOW_UNLEARN_MAX_JOBS=2``. Three requests on three
+versions are submitted at once, so one waits; a sampler reads every version's tags while they run. Asserted:
 
 * never more than 2 requests hold a job slot (admitted or ``running``), never more than 2 ``running``;
 * the waiting requests show ``mlflow_unlearn.queue_position`` 1..k;
@@ -39,7 +39,7 @@ from test_plugin_server import (  # noqa: F401  (parent is a fixture used by nam
 pytestmark = pytest.mark.slow
 
 MAX_JOBS = 2
-N_REQUESTS = 4
+N_REQUESTS = 3
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def test_good_requests_are_normalised(roots):
     assert parse_request(f"forget=ids:{allowed}/forget.txt", policy).forget == f"ids:{allowed}/forget.txt"
     assert parse_request("forget=classes:1; data=digits", policy).project_parameters("models:/m/1", device="cpu") == {
         "model_uri": "models:/m/1", "forget": "classes:1", "method": "nitc", "data": "digits", "config": "",
-        "reference": "none", "register": "true", "device": "cpu"}
+        "reference": "none", "register": "true", "device": "cpu", "onnx": "true"}
 
 
 BAD = [
@@ -63,6 +63,7 @@ BAD = [
     ("forget=classes:3; method=os.system", "module paths"),
     ("forget=classes:3; method=Nitc", "registered method name"),
     ("forget=classes:3; reference=oracle", "Unknown reference .*; expected one of: none, retrain"),
+    ("forget=classes:3; onnx=maybe", "Unknown onnx value .*; expected one of: true, false"),
     ("forget=classes:3; data=https://example.com/x.npz", "is a URL"),
     ("forget=classes:3; data=s3://bucket/x.npz", "is a URL"),
     ("forget=classes:3; data=my.module:factory", "module paths"),
@@ -89,6 +90,37 @@ def test_bad_requests_are_refused_with_a_reason(roots, value, reason):
     allowed, policy = roots
     with pytest.raises(RequestRefused, match=reason.replace("(", r"\(").replace("$", r"\$")):
         parse_request(value.format(allowed=allowed), policy)
+
+
+@pytest.mark.parametrize(("request_part", "server_default", "expected"), [
+    ("; onnx=false", True, "false"), ("; onnx=TRUE", False, "true"), ("; onnx=False", False, "false"),
+    ("", True, "true"), ("", False, "false"),
+])
+def test_the_request_onnx_key_overrides_the_server_default(request_part, server_default, expected):
+    request = parse_request("forget=classes:3" + request_part, SecurityPolicy())
+    assert request.onnx == ({"true": True, "false": False}[expected] if request_part else None)
+    assert request.project_parameters("models:/m/1", device="cpu", onnx=server_default)["onnx"] == expected
+
+
+def test_an_onnx_value_outside_true_false_is_refused_in_one_line_without_repeating_it():
+    with pytest.raises(RequestRefused) as info:
+        parse_request("forget=classes:3; onnx=1017,2044", SecurityPolicy())
+    message = str(info.value)
+    assert "\n" not in message and "1017" not in message and info.value.keep_value is False
+    assert message == ("Unknown onnx value (not repeated, and the request is not stored); expected one of: "
+                       "true, false")
+
+
+def test_the_onnx_server_setting():
+    assert settings.read_settings({}).launcher.onnx is True
+    off = settings.read_settings({"MLFLOW_UNLEARN_ONNX": " False "})
+    assert off.launcher.onnx is False and settings.read_settings({"MLFLOW_UNLEARN_ONNX": "true"}).launcher.onnx
+    assert settings.PluginSettings.from_json(off.to_json()) == off  # how a launcher receives it
+    for bad in ("maybe", "no", "2"):
+        with pytest.raises(ValueError, match="Expected `MLFLOW_UNLEARN_ONNX` to be 'true' or 'false'"):
+            settings.read_settings({"MLFLOW_UNLEARN_ONNX": bad})
+    with pytest.raises(ValueError, match="MLFLOW_UNLEARN_ONNX"):
+        settings.LauncherSettings(onnx="false")
 
 
 def test_no_paths_without_allowed_roots_and_urls_only_when_allowed(roots):

@@ -30,6 +30,7 @@ MODEL = "digits-plugin"
 LINEAGE_KEYS = {"mlflow_unlearn.parent", "mlflow_unlearn.method", "mlflow_unlearn.forget_digest",
                 "mlflow_unlearn.forget_count", "mlflow_unlearn.run_id", "mlflow_unlearn.verdict"}
 JOB_TIMEOUT_S = 240
+NO_ONNX = "; onnx=false"  # a request's own onnx= wins over the server's MLFLOW_UNLEARN_ONNX
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "unlearn_ui.png"
 UPDATE_SCREENSHOT_ENV = "MLFLOW_UNLEARN_UPDATE_SCREENSHOT"  # =1: the UI test refreshes the README's screenshot
 CHROMIUM = "/usr/bin/chromium"
@@ -47,11 +48,17 @@ class Server:
     """``mlflow server`` with the plugin registry in a temporary directory, started and stopped by PID.
 
     The server proxies artifacts (MLflow's default), so jobs are ordinary HTTP clients of it.
+
+    Args:
+        onnx: the server's ``MLFLOW_UNLEARN_ONNX``. Off by default: the suite's registry jobs are about requests,
+            not the export (3-5 s of CPU per job), which the API, CLI and ``mlflow run`` tests cover; the module's
+            own ``server`` keeps it on, so one registry job exports ONNX end to end.
     """
 
-    def __init__(self, root: Path, site: Path, backend_uri: str = "", registry_uri: str = "", max_jobs: int = 8
-                 ) -> None:
+    def __init__(self, root: Path, site: Path, backend_uri: str = "", registry_uri: str = "", max_jobs: int = 8,
+                 onnx: bool = False) -> None:
         self.root, self.site, self.port, self.proc, self.max_jobs = root, site, _free_port(), None, max_jobs
+        self.onnx = onnx
         self.backend_uri = backend_uri or f"sqlite:///{root}/tracking.db"
         self.registry_uri = registry_uri or f"unlearn+sqlite:///{root}/registry.db"
         self.allowed = root / "allowed"
@@ -63,6 +70,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
         env.update(MLFLOW_UNLEARN_ALLOWED_ROOTS=str(self.allowed), MLFLOW_UNLEARN_LOG_DIR=str(self.root / "logs"),
                    MLFLOW_UNLEARN_DEVICE="cpu", MLFLOW_UNLEARN_MAX_JOBS=str(self.max_jobs), PYTHONPATH=str(self.site),
+                   MLFLOW_UNLEARN_ONNX=str(self.onnx).lower(),
                    OMP_NUM_THREADS="1")  # jobs run side by side on 2 cores: one thread each, not two that wait
         env.update(self.env)
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
@@ -107,7 +115,7 @@ def _kill_if_ours(pid: int, marker: str) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, installed_site) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("plugin-server"), installed_site)
+    srv = Server(tmp_path_factory.mktemp("plugin-server"), installed_site, onnx=True)
     (srv.allowed / "fast.yaml").write_text(
         "epochs: 1\ngate: {forget_tolerance: 100, max_retain_drop: 100, max_test_drop: 100}\n")
     srv.start()
@@ -221,10 +229,11 @@ def transition_job(server, parent):
 
 @pytest.fixture(scope="module")
 def concurrent_job(server, parent):
-    """Eight clients set request tags on one version at the same moment: two send the same value."""
+    """Eight clients set request tags on one version at the same moment: two send the same value. The requests
+    switch the ONNX copy off, over the server's default."""
     version = _new_version(server, parent)
-    values = [_request(server), _request(server)] + [_request(server).replace("classes:3", f"classes:{c}")
-                                                     for c in (0, 1, 2, 4, 5, 6)]
+    values = [_request(server, NO_ONNX), _request(server, NO_ONNX)] + [
+        _request(server, NO_ONNX).replace("classes:3", f"classes:{c}") for c in (0, 1, 2, 4, 5, 6)]
     barrier = threading.Barrier(len(values))
     responses: dict[int, requests.Response] = {}
 
@@ -369,6 +378,9 @@ def test_rest_transition_to_unlearn_registers_a_new_version(server, transition_j
     elapsed = time.time() - start
     _assert_succeeded_with_lineage(server, version, tags)
     assert _client(server).get_model_version(MODEL, version).current_stage == "None"
+    # the server's MLFLOW_UNLEARN_ONNX=true: the job logged the ONNX copy of the new version, through the server
+    onnx_files = {f.path for f in _client(server).list_artifacts(tags["mlflow_unlearn.request_run_id"], "onnx_model")}
+    assert {"onnx_model/model.onnx", "onnx_model/MLmodel"} <= onnx_files
     print(f"\nREST transition -> new version: {elapsed:.1f} s")
 
 
@@ -382,7 +394,9 @@ def test_concurrent_tag_requests_run_once(server, concurrent_job):
     assert len({values[i] for i in accepted}) == 1 and len(accepted) <= 2
     tags = _client(server).get_model_version(MODEL, version).tags
     assert tags["mlflow_unlearn.request"] in {values[i] for i in accepted}
-    _assert_succeeded_with_lineage(server, version, _wait_done(server, version))
+    tags = _wait_done(server, version)
+    _assert_succeeded_with_lineage(server, version, tags)
+    assert "onnx_model" not in {f.path for f in _client(server).list_artifacts(tags["mlflow_unlearn.request_run_id"])}
 
 
 BAD_REQUESTS = {

@@ -61,6 +61,7 @@ def hook(server, installed_site) -> Iterator[str]:  # noqa: F811
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
     env.update(MLFLOW_UNLEARN_WEBHOOK_SECRET=SECRET, MLFLOW_UNLEARN_ALLOWED_ROOTS=str(server.allowed),
                MLFLOW_UNLEARN_LOG_DIR=str(server.root / "serve-logs"), MLFLOW_UNLEARN_DEVICE="cpu",
+               MLFLOW_UNLEARN_ONNX="false", OMP_NUM_THREADS="1",  # as the suite's other servers (test_plugin_server)
                PYTHONPATH=str(server.site))
     log = open(server.root / "serve.log", "ab")  # noqa: SIM115 (kept open for the subprocess)
     proc = subprocess.Popen([sys.executable, "-m", "mlflow_unlearn", "serve", "--tracking-uri", server.url,

@@ -43,12 +43,13 @@ def test_mlflow_run_unlearn_entry_point(tmp_path):
     assert run.data.params["model_uri"] == "models:/proj/1" and run.data.params["unlearn.method"] == "finetune"
     version = client.get_model_version("proj", "2")
     assert version.run_id == run.info.run_id and set(version.tags) == set(vocab.VERSION_TAG_KEYS)
-    assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"model", "onnx_model", "report"}
+    assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"model", "onnx_model", "report"}  # onnx: "true"
 
 
 @pytest.mark.slow
 def test_mlflow_run_unlearn_distributed_entry_point_registers_once(tmp_path):
-    """``-e unlearn_distributed -P nproc=2``: two gloo processes, one run, one new version."""
+    """``-e unlearn_distributed -P nproc=2 -P onnx=false``: two gloo processes, one run, one new version, no ONNX
+    copy."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.create_experiment("project-ddp", artifact_location=str(tmp_path / "artifacts"))
@@ -59,7 +60,7 @@ def test_mlflow_run_unlearn_distributed_entry_point_registers_once(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "unlearn_distributed", "--env-manager", "local",
          "--experiment-id", experiment, "-P", "model_uri=models:/ddp/1", "-P", "forget=classes:3",
-         "-P", "nproc=2", "-P", "device=cpu"],
+         "-P", "nproc=2", "-P", "device=cpu", "-P", "onnx=false"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -70,3 +71,5 @@ def test_mlflow_run_unlearn_distributed_entry_point_registers_once(tmp_path):
     assert run.data.params["unlearn.method"] == "nitc" and run.data.tags[vocab.RESULT_VERSION_TAG] == "ddp/2"
     assert sorted(int(v.version) for v in client.search_model_versions("name='ddp'")) == [1, 2]
     assert client.get_model_version("ddp", "2").run_id == run.info.run_id
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert "model" in artifacts and "onnx_model" not in artifacts  # -P onnx=false became --onnx-copy false

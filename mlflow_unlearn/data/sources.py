@@ -50,6 +50,7 @@ samples (a model cannot learn a class it never sees), while the test side may la
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import math
 import re
@@ -409,11 +410,20 @@ def _load_images(paths: list[Path], options: _ImageOptions, *, where: str) -> np
 
 @register_source("digits", syntax="digits", takes_argument=False)
 def _digits(argument: str, options: dict[str, str]) -> RawSamples:
-    from sklearn.datasets import load_digits
+    # The very file sklearn's load_digits() parses (rows: 64 pixels then the label), read without importing
+    # sklearn.datasets, which takes 1-2 s of each process that loads digits (a registry job: two).
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is not None and path.is_file():
+        table = np.loadtxt(path, delimiter=",")
+        pixels, labels = table[:, :-1], table[:, -1].astype(np.int64)
+    else:
+        from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    x = (bunch.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
-    return RawSamples(x, bunch.target.astype(np.int64), np.arange(len(bunch.target)), 10)
+        bunch = load_digits()
+        pixels, labels = bunch.data, bunch.target.astype(np.int64)
+    x = (pixels.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    return RawSamples(x, labels, np.arange(len(labels)), 10)
 
 
 @register_source("mnist5k", syntax="mnist5k", takes_argument=False)

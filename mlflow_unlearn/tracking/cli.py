@@ -128,17 +128,20 @@ def train(state: CliState, data, arch, registered_model_name, epochs, test_fract
 @args.DEVICE
 @args.SEED
 @args.ONNX
+@args.ONNX_COPY
 @args.RETAIN_EVAL_SIZE
 @args.EXPERIMENT
 @args.OUTPUT_JSON
 @click.pass_obj
 def unlearn(state: CliState, model_uri, forget, method, data, config, reference, register, force, device, seed, onnx,
-            retain_eval_size, experiment, as_json) -> None:
+            onnx_copy, retain_eval_size, experiment, as_json) -> None:
     """Make MODEL_URI (models:/<name>/<version> or models:/<name>@<alias>) forget a set; register the result.
 
     Under ``torchrun --nproc_per_node=N`` the method runs on N processes (DistributedDataParallel; NCCL on
     GPUs, gloo on CPUs) and rank 0 alone evaluates, logs, registers and prints.
     """
+    if onnx_copy is not None:
+        onnx = onnx_copy
     from mlflow_unlearn import runtime as rt
     from mlflow_unlearn.tracking.api import unlearn as run_unlearn
 

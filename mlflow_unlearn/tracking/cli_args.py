@@ -1,7 +1,8 @@
 """Click arguments and options of the ``mlflow-unlearn`` CLI, each defined once and shared by the commands.
 
 Empty strings mean "not given" for the options that ``mlflow run`` passes as ``''`` (``--data``,
-``--config``), so that MLproject parameters can default to ``""``.
+``--config``), so that MLproject parameters can default to ``""``. A MLproject parameter cannot choose between
+the two spellings of a flag, so a flag it sets also has a value form (``--onnx-copy true|false``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ DEVICE = click.option("--device", default="auto", show_default=True, metavar="au
 SEED = click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed.")
 ONNX = click.option("--onnx/--no-onnx", default=True, show_default=True,
                     help="Also log an ONNX copy of the model, checked against onnxruntime.")
+ONNX_COPY = click.option(
+    "--onnx-copy", type=click.BOOL, default=None, metavar="true|false",
+    help="--onnx/--no-onnx as a value, for `mlflow run -P onnx=...` and the registry plugin; when given, it wins "
+         "over --onnx/--no-onnx.",
+)
 EXPERIMENT = click.option("--experiment", default=None, metavar="NAME|ID",
                           help="Experiment for a new run (default: MLFLOW_EXPERIMENT_NAME/ID or the parent's).")
 ARCH = click.option("--arch", default="smallcnn", show_default=True, metavar="NAME",

@@ -801,7 +801,8 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     The time axis is the CPU-time fraction when every row has one (wall times on a shared CPU depend on the
     other jobs' load, which differs between a full run and a ``--merge`` re-run), else the wall-time fraction.
     """
-    use_cpu = "cpu_time_fraction" in summary.columns and summary["cpu_time_fraction"].notna().all()
+    scored = summary[summary["avg_gap"].notna()]  # a method that diverged in every seed has no point to place
+    use_cpu = "cpu_time_fraction" in summary.columns and scored["cpu_time_fraction"].notna().all()
     x_col = "cpu_time_fraction" if use_cpu else "time_fraction"
     import matplotlib
 
@@ -845,7 +846,7 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
         ax.set_ylim(0, 2 * max(1.0, float(group["avg_gap"].max())))
         ax.set_xlabel(f"{'CPU' if use_cpu else 'wall'} time / retrain {'CPU' if use_cpu else 'wall'} time (log)")
         ax.set_ylabel("Avg Gap to retrain (points, symlog)")
-        ax.set_title(f"{dataset}, {model}, task {task} ({TASKS[task].description})", fontsize=9)
+        ax.set_title(f"{dataset}, {model}, task {task}", fontsize=9)  # the tasks are described in RESULTS.md
         ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

@@ -517,7 +517,7 @@ def original_key(dataset: str, model: str, seed: int, recipe: TrainConfig,
                  device: torch.device) -> dict[str, object]:
     """The cache key of the original of one (dataset, architecture ``model``, seed)."""
     return {"role": ORIGINAL, "measures": ("wall", "cpu", "memory"), "dataset": dataset, "seed": seed,
-            "architecture": model, "recipe": recipe.to_dict(), "device": device.type}
+            "architecture": model, "recipe": recipe.to_dict(), "device": device.type, "init": "seeded"}
 
 
 def retrain_key(original: dict[str, object], role: str, spec: str, config: object) -> dict[str, object]:
@@ -550,6 +550,7 @@ def original_for(dataset: str, model: str, seed: int, split: DataSplit, task: Ta
     their own)."""
     dev = settings.device
     recipe = settings.recipe(seed, task)
+    rt.seed_everything(recipe.seed)  # the initial weights too: not whatever earlier cells left in the global RNG
     original = create_model(model, in_channels=split.train.in_channels, num_classes=split.num_classes,
                             input_size=split.train.input_size)
     key = {**original_key(dataset, model, seed, recipe, dev), **task.variant}

@@ -261,6 +261,20 @@ def test_merge_replaces_rows_of_the_same_model_only_and_reads_old_csvs_as_smallc
     assert len(merged) == 2 and merged.set_index("method").loc["nitc", "avg_gap"] == 2.0
 
 
+def test_an_original_is_a_function_of_its_seed_not_of_the_cells_before_it() -> None:
+    from mlflow_unlearn.data import load_data
+
+    settings = bench.Settings(["digits"], ["smallcnn"], ["A"], [100], [], torch.device("cpu"), {"epochs": 1}, {},
+                              False, bench.ModelCache(None), {})
+    split = load_data("digits", seed=100)
+    weights = []
+    for noise in (0, 7):  # earlier work left the global RNG elsewhere
+        torch.rand(noise)
+        original, _, key = bench.original_for("digits", "smallcnn", 100, split, bench.TASKS["A"], settings)
+        weights.append([t.clone() for t in original.state_dict().values()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True)) and key["init"] == "seeded"
+
+
 def test_timed_blocks_start_from_a_collected_frozen_heap():
     import gc
     import weakref

@@ -76,7 +76,9 @@ RESULTS_MD = "RESULTS.md"
 PLOT_PNG = "avg_gap_vs_time.png"
 GPU_SECTION = "## GPU check"
 DISCUSSION_SECTION = "## Discussion"
-KEY = ["dataset", "model", "task", "seed", "method"]
+CELL = ["dataset", "model", "task"]
+"""What a table, a target line and a plot panel are per; its rows are the methods, averaged over seeds."""
+KEY = [*CELL, "seed", "method"]
 METRIC_COLUMNS = [
     "avg_gap", "forget_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy", "loss_mia_accuracy",
     "loss_mia_auc", "zrf", "js_to_reference", "activation_distance_to_reference", "forget_accuracy_true",
@@ -701,11 +703,11 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over seeds per (dataset, model, task, method); columns ``<metric>`` and
     ``<metric>_std``."""
     cols = [c for c in METRIC_COLUMNS + TIME_COLUMNS if c in results.columns]
-    grouped = results.groupby(["dataset", "model", "task", "method"])[cols]
+    grouped = results.groupby([*CELL, "method"])[cols]
     summary = grouped.mean().join(grouped.std(ddof=1).add_suffix("_std")).join(grouped.size().rename("n_seeds"))
     if "gate_verdict" in results.columns:  # per seed, e.g. "seed 0: passed (measured)"
         judged = results.dropna(subset=["gate_verdict"]).sort_values("seed")
-        verdicts = judged.groupby(["dataset", "model", "task", "method"]).apply(
+        verdicts = judged.groupby([*CELL, "method"]).apply(
             lambda g: "; ".join(f"seed {int(r.seed)}: {r.gate_verdict} ({r.gate_evidence})" for r in g.itertuples()),
             include_groups=False)
         summary = summary.join(verdicts.rename("gate_verdicts"))
@@ -715,7 +717,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 def target_check(summary: pd.DataFrame) -> list[str]:
     """The issue's nitc targets, one line per (dataset, model, task), stating each bound with the measured value."""
     lines: list[str] = []
-    for (dataset, model, task), group in summary.groupby(["dataset", "model", "task"]):
+    for (dataset, model, task), group in summary.groupby(CELL):
         by = group.set_index("method")
         if "nitc" not in by.index:
             continue
@@ -779,7 +781,7 @@ def summary_tables(summary: pd.DataFrame) -> list[str]:
                ("peak_mem_mib", "peak mem (MiB)", 1), ("diverged", "diverged (share of seeds)", 2)]
     columns.insert(2, ("forget_accuracy_true", "forget acc (true labels)", 2))
     out: list[str] = []
-    for (dataset, model, task), group in summary.groupby(["dataset", "model", "task"]):
+    for (dataset, model, task), group in summary.groupby(CELL):
         shown = [c for c in columns if c[0] in group.columns and group[c[0]].notna().any()
                  and (c[0] != "diverged" or group[c[0]].gt(0).any())]
         n = int(group["n_seeds"].max())
@@ -811,7 +813,7 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    panels = list(summary.groupby(["dataset", "model", "task"]))
+    panels = list(summary.groupby(CELL))
     cols = min(2, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.5 * rows), squeeze=False)

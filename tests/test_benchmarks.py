@@ -42,9 +42,10 @@ def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
             try:
                 code = module.main(list(args))
             except SystemExit as exc:  # as the interpreter reports it: a message goes to stderr, status 1
-                code = exc.code if isinstance(exc.code, int) or exc.code is None else 1
-                if not isinstance(exc.code, int) and exc.code is not None:
-                    print(exc.code, file=sys.stderr)
+                code = exc.code
+                if isinstance(code, str):
+                    print(code, file=sys.stderr)
+                    code = 1
             except Exception:  # noqa: BLE001 - a traceback and status 1, as from the command line
                 traceback.print_exc()
                 code = 1

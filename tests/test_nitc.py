@@ -19,7 +19,7 @@ from mlflow_unlearn.methods.curriculum import (
     sample_difficulty,
     staged_subsets,
 )
-from mlflow_unlearn.methods.nitc import find_head, mask_classes
+from mlflow_unlearn.methods.nitc import find_head, head_suffix, mask_classes
 from mlflow_unlearn.methods.registry import UnlearnContext, config_to_dict
 from mlflow_unlearn.methods.unsir import UnsirConfig, impair_and_repair, learn_error_max_noise
 from mlflow_unlearn.models import create_model
@@ -240,6 +240,34 @@ def test_find_head_falls_back_to_the_last_linear_layer():
     assert name == "net.5" and module is mlp.net[5]
     with pytest.raises(ValueError, match="no submodule"):
         find_head(mlp, "head", torch.zeros(2, 1, 8, 8))
+
+
+def test_a_small_classifier_is_extended_backwards_to_the_share_of_weights_asked_for(digits):
+    """mlp's classifier (net.5) holds 3% of its weights on 8x8 digits; ``head_min_share`` re-initialises net[3:]."""
+    torch.manual_seed(0)
+    mlp = create_model("mlp", in_channels=1, num_classes=10, input_size=8)
+    mlp, _ = train(mlp, digits.train, TrainConfig(epochs=3, seed=0), device="cpu")
+    name, head = find_head(mlp, None, torch.zeros(2, 1, 8, 8))
+    assert head_suffix(mlp, name, head, 0.0)[0] == "net.5"
+    label, layers, start = head_suffix(mlp, name, head, 0.2)
+    assert label == "net[3:]" and list(layers) == list(mlp.net)[3:] and start is mlp.net[3]
+    assert head_suffix(mlp, name, head, 1.0)[0] == "net[3:]"  # never every weight (net.1 stays below)
+    smallcnn = create_model("smallcnn", in_channels=1, num_classes=10, input_size=8)
+    assert head_suffix(smallcnn, "head", smallcnn.head, 0.5)[0] == "head"  # already 88% of the weights
+
+    mask = np.zeros(len(digits.train), dtype=bool)
+    mask[np.random.default_rng(3).permutation(len(mask))[: len(mask) // 10]] = True
+    forget, retain = digits.train.subset(mask), digits.train.subset(~mask)
+    result = run_method("nitc", mlp, forget=forget, retain=retain, config={"head_min_share": 0.2}, device="cpu",
+                        forget_kind="sample", seed=0)
+    extra = result.history.extra
+    share = sum(p.numel() for p in layers.parameters()) / sum(p.numel() for p in mlp.parameters())
+    assert extra["head"] == "net[3:]" and extra["head_weight_fraction"] == pytest.approx(share)  # 0.80 on 8x8
+    weights = dict(result.model.named_parameters())
+    for key, value in mlp.named_parameters():  # the re-initialised layers moved from the original's, the rest
+        moved = not torch.allclose(weights[key], value)  # is the teacher's (moved a little by UNSIR)
+        assert moved, key
+    assert _accuracy(result.model, retain) > _accuracy(mlp, retain) - 0.05
 
 
 def test_nitc_config_nests_the_unsir_teacher():

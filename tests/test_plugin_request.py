@@ -3,6 +3,7 @@ the store's triggers on a real SQLite registry (refused requests only, so no job
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -269,9 +270,10 @@ def test_launchers_started_together_share_the_requests_experiment(tmp_path, late
 def test_only_one_launcher_holds_the_lease(registry):
     _, stock = registry
     ledger.open_request(stock, "m", 2, "forget=classes:1", request_id="r")
-    assert ledger.claim_lease(stock, "m", 2, "r", marker="pytest")  # this process runs pytest: alive
-    assert not ledger.claim_lease(stock, "m", 2, "r", marker="pytest")
-    assert not ledger.claim_lease(stock, "m", 2, "other-request", marker="pytest")
+    alive = sys.executable  # on this process's command line (pytest's, or a pytest-xdist worker's): alive
+    assert ledger.claim_lease(stock, "m", 2, "r", marker=alive)
+    assert not ledger.claim_lease(stock, "m", 2, "r", marker=alive)
+    assert not ledger.claim_lease(stock, "m", 2, "other-request", marker=alive)
     # a holder that is not alive (marker absent from this PID's command line) loses the lease
     assert ledger.claim_lease(stock, "m", 2, "r", marker="no-such-launcher-marker")
     assert ledger.lease_alive("elsewhere|1|0", "x", now=1.0)

@@ -125,8 +125,11 @@ def _output_producers(model: nn.Module, sample: torch.Tensor) -> list[str]:
 
 @torch.no_grad()
 def classifier_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor, *, device: torch.device,
-                      batch_size: int = 256) -> torch.Tensor:
+                      batch_size: int = 256, start: nn.Module | None = None) -> torch.Tensor:
     """What ``module`` receives for each input of ``x`` in the eval-mode ``model``, as float32 on the CPU.
+
+    ``start``: a submodule called before ``module`` whose input is captured instead (the first layer of a
+    re-initialised suffix that ends with ``module``, see :func:`mlflow_unlearn.methods.nitc.head_suffix`).
 
     The batches run through the model's inference copy (:func:`mlflow_unlearn.runtime.inference_copy`: BatchNorm
     folded, channels_last; on mnist5k's smallcnn a third of the time), or through ``model`` itself when it has none
@@ -142,16 +145,18 @@ def classifier_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.T
     try:
         fast = rt.inference_copy(model)
         names = {id(m): n for n, m in rt.unwrap(model).named_modules()}
-        twin = dict(fast.named_modules()).get(names.get(id(module), "")) if fast is not None else None
+        twins = dict(fast.named_modules()) if fast is not None else {}
+        twin = twins.get(names.get(id(module), ""))
+        twin_start = twins.get(names.get(id(start), "")) if start is not None else twin
         features = None
-        if twin is not None:
+        if twin is not None and twin_start is not None:
             try:
                 features = _module_inputs(fast, twin, name, x, device=device, batch_size=batch_size,
-                                          channels_last=True)
+                                          channels_last=True, start=twin_start)
             except (RuntimeError, ValueError):  # the model itself decides, and words any error
                 features = None
         if features is None:
-            features = _module_inputs(model, module, name, x, device=device, batch_size=batch_size)
+            features = _module_inputs(model, module, name, x, device=device, batch_size=batch_size, start=start)
     finally:
         model.train(was_training)
     if not torch.isfinite(features).all():
@@ -161,9 +166,10 @@ def classifier_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.T
 
 
 def _module_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor, *, device: torch.device,
-                   batch_size: int, channels_last: bool = False) -> torch.Tensor:
-    """The inputs of ``module`` (of the eval-mode ``model``) on ``x``, checked as :func:`classifier_inputs` says;
-    ``channels_last`` feeds image batches in that memory format (an inference copy's)."""
+                   batch_size: int, channels_last: bool = False, start: nn.Module | None = None) -> torch.Tensor:
+    """The inputs of ``module`` (or of ``start``, called before it) in the eval-mode ``model`` on ``x``, checked as
+    :func:`classifier_inputs` says; ``channels_last`` feeds image batches in that memory format (an inference
+    copy's)."""
     captured: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
 
@@ -176,7 +182,7 @@ def _module_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.Tens
     def keep(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
         outputs.append(output)
 
-    handles = [module.register_forward_pre_hook(grab, with_kwargs=True), module.register_forward_hook(keep)]
+    handles = [(start or module).register_forward_pre_hook(grab, with_kwargs=True), module.register_forward_hook(keep)]
     inputs = []
     try:
         for start in range(0, len(x), batch_size):

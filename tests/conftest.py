@@ -47,6 +47,17 @@ def _restore_mlflow_uris():
     yield from _isolate()
 
 
+def _end_to_end_module(item: pytest.Item) -> bool:
+    marks = getattr(getattr(item, "module", None), "pytestmark", [])
+    return any(mark.name == "slow" for mark in (marks if isinstance(marks, list) else [marks]))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end modules (``pytestmark = pytest.mark.slow``: servers and registry jobs) run first, so that on
+    pytest.ini's two workers the longest modules start early instead of ending the run on one worker."""
+    items.sort(key=lambda item: not _end_to_end_module(item))  # stable: the order within each group is kept
+
+
 class LateLookupClient:
     """A real ``MlflowClient`` whose first experiment look-up answers "none", as it did for a job that looked the
     experiment up just before a concurrent job created it (the window of the race, which timing cannot force)."""
@@ -72,9 +83,22 @@ def late_lookup_client():
 
 @pytest.fixture(scope="session")
 def installed_site(tmp_path_factory) -> Path:
-    """The package built as a wheel and installed into its own folder, once per session: the servers and jobs of
-    the plugin tests run from there, not from the checkout."""
-    root = tmp_path_factory.mktemp("installed")
+    """The package built as a wheel and installed into its own folder, once per session (shared by the
+    pytest-xdist workers): the servers and jobs of the plugin tests run from there, not from the checkout."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    site = base / "installed-site"
+    with FileLock(str(site) + ".lock"):
+        if not site.exists():
+            built = _build_site(tmp_path_factory.mktemp("installed"))
+            built.rename(site)  # complete or absent, for the workers that wait on the lock
+    return site
+
+
+def _build_site(root: Path) -> Path:
     repo, source = Path(__file__).resolve().parent.parent, root / "source"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in ("mlflow_unlearn", "plugins"):  # build from a copy: nothing is written into the checkout

@@ -98,35 +98,17 @@ def _torchrun_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedP
                           env={**os.environ, **env, "OMP_NUM_THREADS": "1", "MLFLOW_UNLEARN_QUIET": "1"})
 
 
-@pytest.mark.slow
-def test_registered_version_unlearned_by_two_processes_is_registered_once(tmp_path):
-    """``torchrun -m mlflow_unlearn unlearn``: both ranks run nitc with DDP; rank 0 alone logs and registers."""
+def test_the_cli_under_torchrun_refuses_a_method_without_ddp_before_loading_anything(tmp_path):
+    """``torchrun -m mlflow_unlearn unlearn ... --method unsir``: refused by the argument checks, so the model URI
+    is never resolved (none is registered here) and nothing is logged. The registered two-process run is
+    ``test_tracking_project.py``'s ``-e unlearn_distributed``, which runs this same command."""
     from mlflow import MlflowClient
 
-    from mlflow_unlearn.tracking.api import train_model
-    from mlflow_unlearn.tracking.vocabulary import VERSION_TAG_KEYS
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri, uri)
-    experiment = client.create_experiment("ddp", artifact_location=str(tmp_path / "artifacts"))
-    train_model("digits", arch="smallcnn", registered_model_name="ddp-cnn", config={"epochs": 3}, onnx=False,
-                device="cpu", tracking_uri=uri, registry_uri=uri, experiment=experiment)
-    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment}
-
-    proc = _torchrun_cli(["unlearn", "models:/ddp-cnn/1", "--forget", FORGET, "--method", "nitc", "--device", "cpu",
-                          "--no-onnx"], env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count("Registered models:/ddp-cnn/2") == 1  # rank 0 alone prints
-    versions = client.search_model_versions("name='ddp-cnn'")
-    assert sorted(int(v.version) for v in versions) == [1, 2]
-    tags = client.get_model_version("ddp-cnn", "2").tags
-    assert set(tags) == set(VERSION_TAG_KEYS) and tags["mlflow_unlearn.verdict"] == "passed"
-    run = client.get_run(tags["mlflow_unlearn.run_id"])
-    assert run.data.params["unlearn.method"] == "nitc" and run.data.metrics["unlearned.forget_accuracy"] < 10
-    unlearn_runs = client.search_runs([experiment], filter_string="params.`unlearn.method` = 'nitc'")
-    assert len(unlearn_runs) == 1  # no second run from rank 1
-
     refused = _torchrun_cli(["unlearn", "models:/ddp-cnn/1", "--forget", FORGET, "--method", "unsir",
-                             "--device", "cpu"], env)
+                             "--device", "cpu"], {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
     assert refused.returncode != 0 and "does not run under torchrun" in refused.stdout + refused.stderr
-    assert sorted(int(v.version) for v in client.search_model_versions("name='ddp-cnn'")) == [1, 2]
+    assert "Error: Method 'unsir' does not run under torchrun" in refused.stdout + refused.stderr  # our one line
+    client = MlflowClient(uri, uri)
+    assert client.search_registered_models() == []
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

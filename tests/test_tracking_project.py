@@ -70,6 +70,9 @@ def test_mlflow_run_unlearn_distributed_entry_point_registers_once(tmp_path):
     run = runs[0]
     assert run.data.params["unlearn.method"] == "nitc" and run.data.tags[vocab.RESULT_VERSION_TAG] == "ddp/2"
     assert sorted(int(v.version) for v in client.search_model_versions("name='ddp'")) == [1, 2]
-    assert client.get_model_version("ddp", "2").run_id == run.info.run_id
+    version = client.get_model_version("ddp", "2")
+    assert version.run_id == run.info.run_id and set(version.tags) == set(vocab.VERSION_TAG_KEYS)
+    assert version.tags["mlflow_unlearn.verdict"] == "passed" and run.data.metrics["unlearned.forget_accuracy"] < 10
+    assert len(client.search_runs([experiment], filter_string="params.`unlearn.method` = 'nitc'")) == 1  # not rank 1
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert "model" in artifacts and "onnx_model" not in artifacts  # -P onnx=false became --onnx-copy false

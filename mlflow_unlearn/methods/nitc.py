@@ -16,16 +16,15 @@ Three published ideas, combined:
 **Class-wise forgetting** distils the whole model (Adam, T=4) towards the teacher, whose targets give the
 forgotten classes no probability (``mask_forget_classes``), as a model retrained without them does.
 
-**Sample-wise forgetting** (``sample_student="head"``) re-initialises the student's classifier (the
-submodule that eu_k retrains, or the model's last linear layer, extended backwards to at least
-``head_min_share`` of the weights where it sits at the end of an ``nn.Sequential``) and trains it from scratch by distillation
-on the features of the layers below it, computed once and frozen. Those layers are the impaired teacher's
-(``head_body="teacher"``); the targets are the original's outputs on the retain samples and, weighted by
-``forget_weight`` (default 0: left out), the teacher's on the forget samples, whose memorised labels they would
-otherwise carry back. A student that starts from the original keeps what it memorised (benchmarks/RESULTS.md:
-parameters moved by 1% of their norm, forget accuracy stayed at 100%); a classifier that never fitted the
-forget samples has nothing of them to keep. ``sample_student="whole"`` is the earlier form (SGD on the whole
-original, two passes).
+**Sample-wise forgetting** (``sample_student="head"``) re-initialises the student's classifier (the submodule that
+eu_k retrains, or the model's last linear layer, extended backwards to at least ``head_min_share`` of the weights
+where it sits at the end of an ``nn.Sequential``) and trains it from scratch by distillation on the features of the
+layers below it, computed once and frozen. Those layers are the impaired teacher's (``head_body="teacher"``); the
+targets are the original's outputs on the retain samples and, weighted by ``forget_weight`` (default 0: left out),
+the teacher's on the forget samples, whose memorised labels they would otherwise carry back. A student that starts
+from the original keeps what it memorised (benchmarks/RESULTS.md: parameters moved by 1% of their norm, forget
+accuracy stayed at 100%); a classifier that never fitted the forget samples has nothing of them to keep.
+``sample_student="whole"`` is the earlier form (SGD on the whole original, two passes).
 
 Every default was chosen on tuning seeds (>= 100) only; the measurements behind them are in
 benchmarks/RESULTS.md (the issue-15 table and "NITC's tuning history").

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow_unlearn_plugins import ledger
@@ -131,7 +132,14 @@ def kubernetes_project_dir(project_dir: str, image: str, out_dir: str) -> str:
     return out_dir
 
 
-def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1) -> None:
+TRANSIENT_ERRORS = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"})
+"""MLflow error codes that a server restart or overload gives (a download cut off, a 503): tried again."""
+PREFLIGHT_WAIT_S = 120.0
+"""How long a launcher keeps trying a preflight that fails with one of :data:`TRANSIENT_ERRORS`."""
+
+
+def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1, wait_s: float = 0.0,
+              beat: Callable[[], None] | None = None) -> None:
     """Prepare ``request`` on ``model_uri`` as its job will (:func:`mlflow_unlearn.tracking.plan.prepare`).
 
     The job prepares it again in its own process (an MLflow Projects run, maybe on another host): this call only
@@ -142,6 +150,9 @@ def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1
         model_uri: ``models:/<name>/<version>`` of the version the request is on.
         client: the MLflow client of the job's tracking and registry URIs.
         nproc: processes of the job; above 1 a method without DistributedDataParallel support is refused.
+        wait_s: how long to keep trying when the registry fails with one of :data:`TRANSIENT_ERRORS` (a server
+            that restarts while the model downloads); 0 = once.
+        beat: called between tries (the launcher's heartbeat).
 
     Raises:
         RequestRefused: with the message of :func:`~mlflow_unlearn.tracking.plan.prepare` (a generic one when
@@ -151,17 +162,26 @@ def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1
 
     from mlflow_unlearn.tracking.plan import prepare
 
-    try:
-        prepare(model_uri, forget=request.forget, method=request.method, data=request.data or None,
-                config=request.config or None, reference=request.reference, device="cpu", distributed=nproc > 1,
-                client=client)
-    except (ValueError, OSError, KeyError) as exc:
-        raise RequestRefused(_refusal_message(exc, request)) from None
-    except MlflowException as exc:
-        raise RequestRefused(
-            f"cannot read {model_uri} from the registry ({exc.error_code}); if the server proxies artifacts, set "
-            f"{TRACKING_URI_ENV} to its http:// address"
-        ) from None
+    deadline, pause = time.monotonic() + wait_s, 1.0
+    while True:
+        try:
+            prepare(model_uri, forget=request.forget, method=request.method, data=request.data or None,
+                    config=request.config or None, reference=request.reference, device="cpu",
+                    distributed=nproc > 1, client=client)
+            return
+        except (ValueError, OSError, KeyError) as exc:
+            raise RequestRefused(_refusal_message(exc, request)) from None
+        except MlflowException as exc:
+            if exc.error_code not in TRANSIENT_ERRORS or time.monotonic() + pause >= deadline:
+                raise RequestRefused(
+                    f"cannot read {model_uri} from the registry ({exc.error_code}); if the server proxies "
+                    f"artifacts, set {TRACKING_URI_ENV} to its http:// address"
+                ) from None
+            print(f"reading {model_uri} failed ({exc.error_code}); trying again in {pause:.0f} s", flush=True)
+            if beat is not None:
+                beat()
+            time.sleep(pause)
+            pause = min(2 * pause, 15.0)
 
 
 def _refusal_message(exc: BaseException, request: UnlearnRequest) -> str:
@@ -345,7 +365,7 @@ class _Launch:
         try:
             request = parse_request(state.request or "", self.policy)
             preflight(request, vocab.model_uri(self.name, self.version), client=self.client,
-                      nproc=self.settings.nproc)
+                      nproc=self.settings.nproc, wait_s=PREFLIGHT_WAIT_S, beat=self._beat)
         except RequestRefused as exc:
             self._fail(run_id, str(exc), expect=("queued",))
             return 0

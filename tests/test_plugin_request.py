@@ -401,3 +401,40 @@ def test_a_failed_recovery_is_tried_again_at_the_next_call(registry, monkeypatch
     assert spawned == []
     store.get_model_version("m", 2)
     assert [args[1:4] for args in spawned] == [("m", 2, "interrupted")] and len(calls) == 2
+
+
+def test_preflight_tries_again_while_the_server_restarts_and_refuses_a_lasting_failure(monkeypatch):
+    """A download cut off by a server restart (INTERNAL_ERROR) is tried again, with heartbeats, until it works;
+    a lasting one, or any other registry error, is refused with the launcher's one-line reason."""
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
+
+    import mlflow_unlearn.tracking.plan as plan
+
+    request = parse_request("forget=classes:3; method=finetune", SecurityPolicy(allowed_roots=()))
+    outcomes: list[BaseException | None] = []
+    calls, beats = [], []
+
+    def prepare(model_uri, **kwargs):
+        calls.append(model_uri)
+        outcome = outcomes.pop(0) if outcomes else None
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(plan, "prepare", prepare)
+    monkeypatch.setattr(launcher.time, "sleep", lambda s: None)
+    cut_off = MlflowException("download failed", error_code=INTERNAL_ERROR)
+    outcomes[:] = [cut_off, cut_off, None]
+    launcher.preflight(request, "models:/m/1", client=None, wait_s=60, beat=lambda: beats.append(1))
+    assert len(calls) == 3 and len(beats) == 2
+
+    calls.clear()
+    outcomes[:] = [cut_off] * 3
+    with pytest.raises(RequestRefused, match=r"cannot read models:/m/1 from the registry \(INTERNAL_ERROR\)"):
+        launcher.preflight(request, "models:/m/1", client=None)  # wait_s=0: once
+    assert len(calls) == 1
+
+    calls.clear()
+    outcomes[:] = [MlflowException("no such version", error_code=RESOURCE_DOES_NOT_EXIST)]
+    with pytest.raises(RequestRefused, match="RESOURCE_DOES_NOT_EXIST"):
+        launcher.preflight(request, "models:/m/1", client=None, wait_s=60)
+    assert len(calls) == 1  # not transient: refused at once

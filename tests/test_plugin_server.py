@@ -34,6 +34,9 @@ NO_ONNX = "; onnx=false"  # a request's own onnx= wins over the server's MLFLOW_
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "unlearn_ui.png"
 UPDATE_SCREENSHOT_ENV = "MLFLOW_UNLEARN_UPDATE_SCREENSHOT"  # =1: the UI test refreshes the README's screenshot
 CHROMIUM = "/usr/bin/chromium"
+MLFLOW_JOBS_OFF = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+"""MLflow's own job runner (a runner and a few consumer processes, ~17 s of CPU per server start here) serves
+MLflow's server-side jobs; the plugin's launcher does not use it, so the suite's servers run without it."""
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -71,10 +74,8 @@ class Server:
         env.update(MLFLOW_UNLEARN_ALLOWED_ROOTS=str(self.allowed), MLFLOW_UNLEARN_LOG_DIR=str(self.root / "logs"),
                    MLFLOW_UNLEARN_DEVICE="cpu", MLFLOW_UNLEARN_MAX_JOBS=str(self.max_jobs), PYTHONPATH=str(self.site),
                    MLFLOW_UNLEARN_ONNX=str(self.onnx).lower(),
-                   # MLflow's own job runner (a runner and a few consumer processes, ~17 s of CPU per start
-                   # here) serves MLflow's server-side jobs; the plugin's launcher does not use it.
-                   MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
                    OMP_NUM_THREADS="1")  # jobs run side by side on 2 cores: one thread each, not two that wait
+        env.update(MLFLOW_JOBS_OFF)
         env.update(self.env)
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--backend-store-uri", self.backend_uri, "--registry-store-uri", self.registry_uri,

@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 from mlflow import MlflowClient
+from test_plugin_server import MLFLOW_JOBS_OFF
 
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.api import train_model, unlearn
@@ -36,9 +37,6 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None
             time.sleep(0.5)
     raise TimeoutError(f"mlflow server at {url} not healthy after {timeout} s")
 
-SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-"""MLflow's own job runner (a runner and a few consumer processes, ~17 s of CPU per start here): not used by us."""
-
 
 @pytest.fixture
 def server(tmp_path):
@@ -49,7 +47,7 @@ def server(tmp_path):
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
-        env={**os.environ, **SERVER_ENV},
+        env={**os.environ, **MLFLOW_JOBS_OFF},
     )
     url = f"http://127.0.0.1:{port}"
     try:

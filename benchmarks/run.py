@@ -58,7 +58,7 @@ from mlflow_unlearn.data import DataSplit, ForgetSplit, forget_digest, load_data
 from mlflow_unlearn.data.samples import seeded_order
 from mlflow_unlearn.methods import build_config, get_method, list_methods, run_method
 from mlflow_unlearn.metrics import AVG_GAP_COLUMNS, collect_outputs, collect_split_outputs, evaluate_outputs
-from mlflow_unlearn.models import create_model, list_models
+from mlflow_unlearn.models import create_model, list_models, register_model
 from mlflow_unlearn.training import TrainConfig, train
 
 DEFAULT_MODEL = "smallcnn"
@@ -494,6 +494,42 @@ def fresh_model(split_like: ForgetSplit, model: str) -> torch.nn.Module:
                         input_size=data.input_size)
 
 
+class UserCNN(torch.nn.Module):
+    """A small CNN written the way users write theirs, for the benchmark (not a built-in architecture): layers as
+    attributes, activations and pooling as functions in ``forward``, global average pooling and one linear
+    classifier, which holds about 1% of the weights (``smallcnn``'s head holds 88%).
+
+    Its factory is registered as ``usercnn`` when this module is imported; its source is part of the cache key of its
+    originals (``original_key``).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, input_size: int, width: int = 32) -> None:
+        super().__init__()
+        self.pool = input_size >= 16
+        self.conv1, self.bn1 = torch.nn.Conv2d(in_channels, width, 3, padding=1), torch.nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = torch.nn.Conv2d(width, 2 * width, 3, padding=1), torch.nn.BatchNorm2d(2 * width)
+        self.conv3, self.bn3 = torch.nn.Conv2d(2 * width, 4 * width, 3, padding=1), torch.nn.BatchNorm2d(4 * width)
+        self.fc = torch.nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.relu(self.bn1(self.conv1(x)))
+        if self.pool:
+            x = torch.nn.functional.max_pool2d(x, 2)
+        x = torch.nn.functional.relu(self.bn2(self.conv2(x)))
+        if self.pool:
+            x = torch.nn.functional.max_pool2d(x, 2)
+        x = torch.nn.functional.relu(self.bn3(self.conv3(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+if "usercnn" not in list_models():  # imported under two names (``run`` and ``__main__``) in one process
+    @register_model("usercnn")
+    def usercnn(*, in_channels: int, num_classes: int, input_size: int,
+                input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
+        side = min(input_shape[1:]) if input_shape is not None else input_size
+        return UserCNN(in_channels, num_classes, side)
+
+
 # --------------------------------------------------------------------------------------------- the benchmark
 @dataclasses.dataclass
 class Settings:
@@ -518,8 +554,11 @@ class Settings:
 def original_key(dataset: str, model: str, seed: int, recipe: TrainConfig,
                  device: torch.device) -> dict[str, object]:
     """The cache key of the original of one (dataset, architecture ``model``, seed)."""
-    return {"role": ORIGINAL, "measures": ("wall", "cpu", "memory"), "dataset": dataset, "seed": seed,
-            "architecture": model, "recipe": recipe.to_dict(), "device": device.type, "init": "seeded"}
+    key = {"role": ORIGINAL, "measures": ("wall", "cpu", "memory"), "dataset": dataset, "seed": seed,
+           "architecture": model, "recipe": recipe.to_dict(), "device": device.type, "init": "seeded"}
+    if model == "usercnn":  # defined here, not in the library files of CACHE_SOURCES
+        key["source"] = hashlib.sha256(inspect.getsource(UserCNN).encode()).hexdigest()[:16]
+    return key
 
 
 def retrain_key(original: dict[str, object], role: str, spec: str, config: object) -> dict[str, object]:

@@ -7,6 +7,8 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 from mlflow_unlearn import runtime as rt
@@ -19,7 +21,7 @@ from mlflow_unlearn.methods.curriculum import (
     sample_difficulty,
     staged_subsets,
 )
-from mlflow_unlearn.methods.nitc import find_head, head_suffix, mask_classes
+from mlflow_unlearn.methods.nitc import find_head, head_suffix, mask_classes, traced_suffix
 from mlflow_unlearn.methods.registry import UnlearnContext, config_to_dict
 from mlflow_unlearn.methods.unsir import UnsirConfig, impair_and_repair, learn_error_max_noise
 from mlflow_unlearn.models import create_model
@@ -268,6 +270,89 @@ def test_a_small_classifier_is_extended_backwards_to_the_share_of_weights_asked_
         moved = not torch.allclose(weights[key], value)  # is the teacher's (moved a little by UNSIR)
         assert moved, key
     assert _accuracy(result.model, retain) > _accuracy(mlp, retain) - 0.05
+
+
+class GapCNN(nn.Module):
+    """A user's class: layers as attributes, functions in ``forward``, global average pooling, a 1% classifier."""
+
+    def __init__(self, skip: bool = False) -> None:
+        super().__init__()
+        self.skip = skip
+        self.conv1, self.bn1 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.conv3, self.bn3 = nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(x))
+        y = F.relu(self.bn3(self.conv3(F.relu(h))))
+        return self.fc((y + h if self.skip else y).mean(dim=(2, 3)))  # skip: from below conv3's input
+
+
+def test_a_small_classifier_of_a_users_class_is_extended_backwards_through_its_traced_forward(digits):
+    """No nn.Sequential to follow: the run of layers comes from the torch.fx graph, and re-initialising and training it
+    trains the model's own layers; a sample-wise NITC run re-initialises all of them."""
+    torch.manual_seed(0)
+    data = digits.train.subset(np.arange(720))  # a part of it keeps the test short
+    model = GapCNN()
+    model, _ = train(model, data, TrainConfig(epochs=6, batch_size=32, seed=0, optimizer="adam", lr=0.01), device="cpu")
+    name, head = find_head(model, None, torch.zeros(2, 1, 8, 8))
+    assert name == "fc" and head_suffix(model, name, head, 0.0)[0] == "fc"  # 1% of the weights
+    label, layers, start = head_suffix(model, name, head, 0.2)
+    assert label == "conv3..fc" and start is model.conv3
+    assert {id(p) for p in layers.parameters()} == {id(p) for m in (model.conv3, model.bn3, model.fc)
+                                                    for p in m.parameters()}
+    x = digits.test.x[:16]
+    model.eval()
+    with torch.no_grad():
+        features = F.relu(model.bn2(model.conv2(F.relu(model.bn1(model.conv1(x))))))
+        assert torch.allclose(layers(features), model(x), atol=1e-5)  # the rest of the forward, from the cut
+    assert head_suffix(model, name, head, 0.9)[0] == "conv2..fc"  # never every weight: conv1 and bn1 stay
+
+    mask = np.zeros(len(data), dtype=bool)
+    mask[np.random.default_rng(3).permutation(len(mask))[: len(mask) // 10]] = True
+    forget, retain = data.subset(mask), data.subset(~mask)
+    result = run_method("nitc", model, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0)
+    assert type(result.model) is GapCNN and result.history.extra["head"] == "conv3..fc"
+    assert result.model.state_dict().keys() == model.state_dict().keys()
+    weights = dict(result.model.named_parameters())
+    for key in ("conv3.weight", "conv3.bias", "fc.weight", "fc.bias"):
+        assert not torch.allclose(weights[key], dict(model.named_parameters())[key]), key
+    assert _accuracy(result.model, retain) > _accuracy(model, retain) - 0.05
+
+
+class CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.mix, self.fc = nn.Conv2d(1, 8, 3), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.mix(self.mix(self.conv(x).mean(dim=(2, 3)))))
+
+
+class ValueDependent(GapCNN):
+    def forward(self, x):
+        if x.sum() > 0:  # control flow on a tensor's value: torch.fx cannot trace it
+            x = x * 2
+        return super().forward(x)
+
+
+def test_the_traced_run_starts_only_where_nothing_below_is_read_again():
+    """A residual connection from bn2's output to the classifier rules out the cuts above bn2 (conv3, bn3), so the run
+    starts at bn2; a layer called twice, or a forward that cannot be traced, keeps the classifier alone."""
+    skip = GapCNN(skip=True)
+    assert traced_suffix(skip, "fc", skip.fc, 0.2)[0] == "bn2..fc"
+    label, layers, start = head_suffix(skip, "fc", skip.fc, 0.2)
+    skip.eval()
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        below = skip.conv2(F.relu(skip.bn1(skip.conv1(x))))
+        assert label == "bn2..fc" and start is skip.bn2 and torch.allclose(layers(below), skip(x), atol=1e-5)
+    twice = CalledTwice()
+    assert traced_suffix(twice, "fc", twice.fc, 0.9) is None and head_suffix(twice, "fc", twice.fc, 0.9)[0] == "fc"
+    untraceable = ValueDependent()
+    assert head_suffix(untraceable, "fc", untraceable.fc, 0.2) == ("fc", untraceable.fc, None)
 
 
 def test_nitc_config_nests_the_unsir_teacher():

@@ -250,6 +250,8 @@ class _Launch:
     # -- running ----------------------------------------------------------------------------------------------
     def _launch(self, request: UnlearnRequest, run_id: str):
         import mlflow.projects
+        from mlflow.entities import RunTag
+        from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_BACKEND
 
         from mlflow_unlearn.tracking import project_dir
 
@@ -260,7 +262,14 @@ class _Launch:
                                          os.path.join(self.settings.log_dir, "kubernetes-project"))
             backend_config = self.settings.backend_config
         model_uri = vocab.model_uri(self.name, self.version)
-        self.client.set_tag(run_id, vocab.PROJECT_TAG, uri)
+        tags = [RunTag(vocab.PROJECT_TAG, uri)]
+        if self.settings.backend != "kubernetes":
+            # MLflow Projects sets this tag twice on the run, from this process right after it starts ``mlflow run``
+            # and from that ``mlflow run`` itself: while the tag does not exist yet, both insert it, and on a busy
+            # SQLite store the second insert fails the job (UNIQUE constraint failed: tags.key, tags.run_uuid).
+            # Set here first, both are updates.
+            tags.append(RunTag(MLFLOW_PROJECT_BACKEND, self.settings.backend))
+        self.client.log_batch(run_id, tags=tags)
         parameters = request.project_parameters(model_uri, device=self.settings.device, onnx=self.settings.onnx)
         if request.names_ids:  # MLflow Projects logs every parameter: the job reads the file through a neutral link
             parameters["forget"] = "ids:" + self._neutral_link(request.forget.removeprefix("ids:"))

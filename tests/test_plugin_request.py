@@ -438,3 +438,28 @@ def test_preflight_tries_again_while_the_server_restarts_and_refuses_a_lasting_f
     with pytest.raises(RequestRefused, match="RESOURCE_DOES_NOT_EXIST"):
         launcher.preflight(request, "models:/m/1", client=None, wait_s=60)
     assert len(calls) == 1  # not transient: refused at once
+
+
+def test_the_project_backend_tag_exists_before_mlflow_projects_writes_it_twice(registry, tmp_path, monkeypatch):
+    """MLflow Projects sets ``mlflow.project.backend`` on the run from the launcher, right after it starts ``mlflow
+    run``, and again from that ``mlflow run``. Two inserts of one new tag race on a busy SQLite store (CI: "UNIQUE
+    constraint failed: tags.key, tags.run_uuid" failed a request's job), so the launcher sets the tag first and
+    both of those writes update it."""
+    import types
+
+    import mlflow.projects
+    from mlflow import MlflowClient
+
+    uri, _ = registry
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/tracking.db")
+    job = launcher._Launch(uri, "m", 1, "r", str(tmp_path / "job.log"), settings.read_settings({}))
+    run_id = MlflowClient().create_run(launcher.requests_experiment_id(job.client)).info.run_id
+    seen: dict[str, str] = {}
+
+    def projects_run(**kwargs):
+        seen.update(MlflowClient().get_run(kwargs["run_id"]).data.tags)
+        return types.SimpleNamespace(run_id=kwargs["run_id"])
+
+    monkeypatch.setattr(mlflow.projects, "run", projects_run)
+    job._launch(parse_request("forget=classes:3; method=finetune", SecurityPolicy(allowed_roots=())), run_id)
+    assert seen["mlflow.project.backend"] == "local" and seen["mlflow_unlearn.project_uri"]

@@ -185,10 +185,10 @@ def _module_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.Tens
     handles = [(start or module).register_forward_pre_hook(grab, with_kwargs=True), module.register_forward_hook(keep)]
     inputs = []
     try:
-        for start in range(0, len(x), batch_size):
+        for i in range(0, len(x), batch_size):
             captured.clear()
             outputs.clear()
-            batch = rt.to_device(x[start:start + batch_size], device)
+            batch = rt.to_device(x[i:i + batch_size], device)
             if channels_last and batch.dim() == 4:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with rt.autocast(device):

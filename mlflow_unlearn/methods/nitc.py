@@ -282,19 +282,30 @@ def head_suffix(model: nn.Module, name: str, head: nn.Module,
     if not isinstance(parent, nn.Sequential) or not len(parent) or parent[-1] is not head:
         return traced_suffix(model, name, head, min_share) or (name, head, None)
     children = list(parent)
-    best = None
-    for j in range(len(children) - 2, -1, -1):
-        if not _weights([children[j]]):
-            continue
-        weights = _weights(children[j:])
-        if weights >= total:
-            break
-        best = j
-        if weights >= min_share * total:
-            break
+    starts = [j for j in range(len(children) - 2, -1, -1) if _weights([children[j]])]
+    best = _shortest_run(starts, lambda j: _weights(children[j:]), total, min_share)
     if best is None:
         return name, head, None
-    return f"{parent_name}[{best}:]", nn.Sequential(*children[best:]), children[best]
+    j = best[0]
+    return f"{parent_name}[{j}:]", nn.Sequential(*children[j:]), children[j]
+
+
+def _shortest_run(starts, weights, total: int, min_share: float, cut=lambda j: True) -> tuple | None:
+    """``(j, cut(j))`` for the first start ``j`` (nearest the classifier first) whose run holds ``min_share`` of the
+    ``total`` weights, else the last one that holds less than all of them; starts where ``cut`` gives ``None`` are
+    passed over. ``None`` when no start qualifies."""
+    best = None
+    for j in starts:
+        held = weights(j)
+        if held >= total:
+            break
+        found = cut(j)
+        if found is None:
+            continue
+        best = j, found
+        if held >= min_share * total:
+            break
+    return best
 
 
 def traced_suffix(model: nn.Module, name: str, head: nn.Module,
@@ -309,7 +320,7 @@ def traced_suffix(model: nn.Module, name: str, head: nn.Module,
     Returns:
         ``(label, layers, start)`` as :func:`head_suffix`, labelled ``"<start>..<name>"``; ``None`` when the model
         cannot be traced (control flow on tensor values, untraceable calls), when a layer with weights is called
-        more than once or after ``head``, or when no run below every weight holds more than ``head`` does.
+        more than once or after ``head``, or when no layer below ``head`` can start a run below every weight.
 
     >>> class Net(nn.Module):
     ...     def __init__(self):
@@ -330,21 +341,13 @@ def traced_suffix(model: nn.Module, name: str, head: nn.Module,
     nodes = list(graph.nodes)
     weighted = [n for n in nodes if n.op == "call_module" and _weights([modules[n.target]])]
     targets = [n.target for n in weighted]
-    in_head = [modules[t] in set(head.modules()) for t in targets]
+    head_modules = set(head.modules())
+    in_head = [modules[t] in head_modules for t in targets]
     if len(set(targets)) != len(targets) or True not in in_head or False in in_head[in_head.index(True):]:
         return None
-    total, head_weights = _weights([model]), _weights([head])
-    best = None
-    for j in range(in_head.index(True) - 1, 0, -1):
-        weights = _weights([modules[t] for t in targets[j:]])
-        if weights >= total:
-            break
-        cut = _cut(nodes, weighted[j])
-        if cut is not None:
-            best = j, cut
-            if weights >= min_share * total:
-                break
-    if best is None or _weights([modules[t] for t in targets[best[0]:]]) <= head_weights:
+    best = _shortest_run(range(in_head.index(True) - 1, 0, -1), lambda j: _weights([modules[t] for t in targets[j:]]),
+                         _weights([model]), min_share, cut=lambda j: _cut(nodes, weighted[j]))
+    if best is None:
         return None
     j, (source, rest) = best
     suffix = torch.fx.Graph()

@@ -449,6 +449,9 @@ def test_the_project_backend_tag_exists_before_mlflow_projects_writes_it_twice(r
 
     import mlflow.projects
     from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_BACKEND
+
+    from mlflow_unlearn.tracking import vocabulary as vocab
 
     uri, _ = registry
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/tracking.db")
@@ -462,4 +465,4 @@ def test_the_project_backend_tag_exists_before_mlflow_projects_writes_it_twice(r
 
     monkeypatch.setattr(mlflow.projects, "run", projects_run)
     job._launch(parse_request("forget=classes:3; method=finetune", SecurityPolicy(allowed_roots=())), run_id)
-    assert seen["mlflow.project.backend"] == "local" and seen["mlflow_unlearn.project_uri"]
+    assert seen[MLFLOW_PROJECT_BACKEND] == "local" and seen[vocab.PROJECT_TAG]

@@ -5,13 +5,12 @@ the paths below are not imported: the ``python -m mlflow_unlearn`` entry script 
 Python modules, only the files that ``mlflow run`` reads).
 """
 
-collect_ignore = ["mlflow_unlearn/__main__.py", "mlflow_unlearn/project"]
-
 import os
+
+collect_ignore = ["mlflow_unlearn/__main__.py", "mlflow_unlearn/project"]
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest.ini runs two workers on a two-core machine, and the servers and jobs they start share those cores:
     # one intra-op thread each (inherited by those subprocesses), not two per process that wait on each other.
     # Set before any module imports torch, which reads it once.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-

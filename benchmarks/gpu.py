@@ -99,7 +99,7 @@ def consistency_check(device: torch.device, budget: str, tolerance: float) -> pd
 def _upsampled(data: SampleSet, side: int, limit: int | None) -> SampleSet:
     if limit is not None and limit < len(data):  # a seeded random subset: the sources are ordered by class
         data = data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:limit].numpy())
-    x = F.interpolate(data.x, size=(side, side), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    x = F.interpolate(data.to_tensors()[0], size=(side, side), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
     return SampleSet(x.contiguous(), data.y, data.ids, data.num_classes, dict(data.meta))
 
 

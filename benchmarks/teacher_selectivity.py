@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 
 from mlflow_unlearn import runtime as rt
-from mlflow_unlearn.methods._loops import as_tensors
 from mlflow_unlearn.methods.nitc import NitcConfig, impaired_teacher
 from mlflow_unlearn.methods.registry import UnlearnContext
 from mlflow_unlearn.metrics import accuracy, collect_split_outputs, per_sample_loss
@@ -48,7 +47,7 @@ def split_scores(outputs) -> dict[str, float]:
 def run_cell(dataset: str, model_name: str, seed: int, scales: Sequence[float],
              epochs: int | None = None) -> list[dict]:
     fsplit, num_classes, _, original, reference, _ = train_cell(dataset, model_name, seed, epochs)
-    forget_x, forget_y = as_tensors(fsplit.forget)
+    forget_x, forget_y = fsplit.forget.to_tensors()
     context = UnlearnContext(device=torch.device("cpu"), num_classes=num_classes, forget_kind="sample",
                              seed=seed)
     models = {"original": original, "retrain": reference}

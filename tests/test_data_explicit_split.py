@@ -66,7 +66,8 @@ def test_npz_split_array_wins_over_the_seed_and_replays_with_any_seed(tmp_path):
         again = load_data(source, seed=seed, test_fraction=fraction)
         assert again.explicit and (again.seed, again.test_fraction) == (seed, fraction)
         assert np.array_equal(again.train.ids, first.train.ids) and np.array_equal(again.test.ids, first.test.ids)
-        assert torch.equal(again.train.x, first.train.x) and torch.equal(again.test.y, first.test.y)
+        assert torch.equal(again.train.to_tensors()[0], first.train.to_tensors()[0])
+        assert torch.equal(again.test.y, first.test.y)
     info = describe(first)
     assert info["split"] == "explicit" and (info["n_train"], info["n_test"]) == (34, 6)
     other = describe(load_data(source, seed=5))
@@ -91,7 +92,7 @@ def test_csv_manifest_split_column_is_not_a_pixel_column(tmp_path):
     assert split.explicit and split.train.input_shape == (1, 4, 4)
     assert _sides(split) == (set(IDS[user == "train"]), set(IDS[user == "test"]))
     k = int(split.test.ids[0].split("-")[1])
-    assert np.allclose(split.test.x[0].numpy(), _pixels()[k] / 255.0)
+    assert np.allclose(split.test.to_tensors()[0][0].numpy(), _pixels()[k] / 255.0)
 
 
 def test_parquet_manifest_with_path_and_split_columns(tmp_path):
@@ -136,8 +137,8 @@ def test_imagefolder_train_and_test_folders(tmp_path):
 def test_imagefolder_split_layout_errors(tmp_path):
     _image(tmp_path / "extra" / "train" / "cat" / "a.png", 1)
     _image(tmp_path / "extra" / "test" / "cat" / "b.png", 2)
-    _image(tmp_path / "extra" / "val" / "cat" / "c.png", 3)
-    with pytest.raises(ValueError, match=r"holds test/ and train/ next to other folders \['val'\].*only train/ and"):
+    _image(tmp_path / "extra" / "valid" / "cat" / "c.png", 3)
+    with pytest.raises(ValueError, match=r"holds test/ and train/ next to other folders \['valid'\].*only train/"):
         load_data(f"imagefolder:{tmp_path / 'extra'}")
     _image(tmp_path / "only_train" / "train" / "cat" / "a.png", 1)
     _image(tmp_path / "only_train" / "train" / "dog" / "b.png", 2)
@@ -161,9 +162,9 @@ def test_imagefolder_split_layout_errors(tmp_path):
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({0: "val", 1: "val", 2: "Test"}, r"has 3 of 40 samples with the values 'Test', 'val'; accepted values: "
-                                          r"'train', 'test'"),
-        ({5: ""}, r"has 1 of 40 samples with the value empty; accepted values: 'train', 'test'"),
+        ({0: "valid", 1: "valid", 2: "Test"}, r"has 3 of 40 samples with the values 'Test', 'valid'; accepted "
+                                              r"values: 'train', 'val', 'test'"),
+        ({5: ""}, r"has 1 of 40 samples with the value empty; accepted values: 'train', 'val', 'test'"),
         ({i: f"person-{i:02d}" for i in range(10)}, r"has 10 of 40 samples with 10 different values \(not shown"),
         ({i: "test" for i in range(N)}, r"puts all 40 samples on the 'test' side and none on the 'train' side; "
                                         r"mark at least one sample 'train'"),

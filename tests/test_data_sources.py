@@ -61,7 +61,8 @@ def _assert_partition(split, n_total):
 
 
 def test_list_sources_names_every_form():
-    assert set(list_sources()) == {"csv", "digits", "imagefolder", "mnist5k", "npz", "parquet", "torchvision"}
+    assert set(list_sources()) == {"csv", "digits", "factory", "imagefolder", "mnist5k", "npz", "parquet",
+                                   "torchvision"}
 
 
 def test_digits_source():
@@ -70,13 +71,14 @@ def test_digits_source():
     assert split.train.input_shape == (1, 8, 8) and split.num_classes == 10
     assert split.train.ids.dtype == np.int64
     assert sorted(np.concatenate([split.train.ids, split.test.ids]).tolist()) == list(range(1797))
-    assert 0.0 <= float(split.train.x.min()) and float(split.train.x.max()) <= 1.0
+    x = split.train.to_tensors()[0]
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     # IDs are the index in load_digits(): the sample with ID i is load_digits() row i.
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     i = int(split.test.ids[5])
-    assert torch.allclose(split.test.x[5].flatten(), torch.tensor(bunch.data[i] / 16.0, dtype=torch.float32))
+    assert torch.allclose(split.test[5][0].flatten(), torch.tensor(bunch.data[i] / 16.0, dtype=torch.float32))
     assert int(split.test.y[5]) == bunch.target[i]
 
 
@@ -84,7 +86,8 @@ def test_mnist5k_source_is_real_mnist():
     split = load_data("mnist5k", seed=1)
     _assert_partition(split, 5000)
     assert split.train.input_shape == (1, 28, 28) and split.num_classes == 10
-    assert float(split.train.x.max()) == 1.0 and float(split.train.x.min()) == 0.0
+    x = split.train.to_tensors()[0]
+    assert float(x.max()) == 1.0 and float(x.min()) == 0.0
     assert sorted(np.concatenate([split.train.ids, split.test.ids]).tolist()) == list(range(5000))
     assert np.bincount(split.test.y.numpy(), minlength=10).tolist() == [100] * 10
 
@@ -96,7 +99,7 @@ def test_split_is_deterministic_stratified_and_recorded():
     a, b, c = load_data("digits", seed=3), load_data("digits", seed=3), load_data("digits", seed=4)
     assert (a.source, a.seed, a.test_fraction) == ("digits", 3, 0.2)
     assert np.array_equal(a.train.ids, b.train.ids) and np.array_equal(a.test.ids, b.test.ids)
-    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
+    assert torch.equal(a.train.to_tensors()[0], b.train.to_tensors()[0]) and torch.equal(a.test.y, b.test.y)
     assert set(a.test.ids.tolist()) != set(c.test.ids.tolist())
     # Each class is split on its own: its test share is its count times the fraction, rounded.
     counts = np.bincount(np.concatenate([a.train.y.numpy(), a.test.y.numpy()]))
@@ -125,7 +128,7 @@ def test_describe_is_lineage_without_ids(tmp_path):
     info = describe(split)
     assert info == {
         "source": source, "seed": 2, "test_fraction": 0.3, "split": "seeded", "n_train": len(split.train),
-        "n_test": len(split.test),
+        "n_test": len(split.test), "n_val": 0,
         "num_classes": 3, "input_shape": "1x4x4",
         "train_ids_digest": ids_digest(split.train.ids), "test_ids_digest": ids_digest(split.test.ids),
     }
@@ -187,7 +190,7 @@ def test_npz_shapes(tmp_path, x, shape):
     if x.dtype == np.uint8:  # 8-bit pixels are scaled to [0, 1]; channels-last is moved to channels-first
         expected = expected / 255.0
         expected = expected.transpose(2, 0, 1) if expected.shape[-1] == 3 else expected.reshape(shape)
-    assert np.allclose(split.train.x[0].numpy(), expected)
+    assert np.allclose(split.train.to_tensors()[0][0].numpy(), expected)
 
 
 def test_npz_string_ids_and_string_labels(tmp_path):
@@ -214,7 +217,7 @@ def test_imagefolder_ids_labels_and_pixels(tmp_path):
     for subset in (split.train, split.test):
         for k, rel in enumerate(subset.ids.tolist()):
             assert int(subset.y[k]) == (0 if rel.startswith("cat/") else 1)
-            assert np.allclose(subset.x[k, 0].numpy(), written[rel] / 255.0)
+            assert np.allclose(subset.to_tensors()[0][k, 0].numpy(), written[rel] / 255.0)
     assert set(np.concatenate([split.train.ids, split.test.ids]).tolist()) == set(written)
 
 
@@ -246,7 +249,7 @@ def test_csv_manifest_with_pixel_columns(tmp_path):
     assert split.train.input_shape == (1, 4, 4) and split.num_classes == 3
     assert split.train.ids.dtype.kind == "U"  # "row-000" stays a string
     k = int(split.train.ids[0].split("-")[1])
-    assert np.allclose(split.train.x[0].numpy().ravel(), pixels[k] / 255.0)
+    assert np.allclose(split.train.to_tensors()[0][0].numpy().ravel(), pixels[k] / 255.0)
     flat = load_data(f"csv:{tmp_path / 'm.csv'}?shape=2x8")
     assert flat.train.input_shape == (1, 2, 8)
 
@@ -273,7 +276,7 @@ def test_csv_manifest_with_path_column(tmp_path):
     assert split.train.ids.dtype == np.int64
     by_id = {row["id"]: written[row["path"][5:]] for row in rows}
     for k, sample_id in enumerate(split.train.ids.tolist()):
-        assert np.allclose(split.train.x[k].numpy(), by_id[sample_id][0, 0] / 255.0)  # uniform images
+        assert np.allclose(split.train.to_tensors()[0][k].numpy(), by_id[sample_id][0, 0] / 255.0)  # uniform images
 
 
 def test_parquet_manifest(tmp_path):
@@ -283,7 +286,7 @@ def test_parquet_manifest(tmp_path):
     split = load_data(f"parquet:{tmp_path / 'm.parquet'}", seed=1)
     _assert_partition(split, 12)
     assert split.train.ids.dtype == np.int64
-    assert np.allclose(split.train.x[0].numpy().ravel(), pixels[int(split.train.ids[0]) // 3] / 255.0)
+    assert np.allclose(split.train.to_tensors()[0][0].numpy().ravel(), pixels[int(split.train.ids[0]) // 3] / 255.0)
 
 
 # ------------------------------------------------------------------------------------------- torchvision
@@ -309,7 +312,7 @@ def test_torchvision_mnist_from_local_root(tmp_path):
     for subset in (split.train, split.test):
         for k, sample_id in enumerate(subset.ids.tolist()):  # train part first, then the t10k part
             assert int(subset.y[k]) == labels[sample_id]
-            assert np.allclose(subset.x[k, 0].numpy(), images[sample_id] / 255.0)
+            assert np.allclose(subset.to_tensors()[0][k, 0].numpy(), images[sample_id] / 255.0)
 
 
 def test_torchvision_dataset_without_in_memory_arrays(tmp_path):
@@ -319,7 +322,7 @@ def test_torchvision_dataset_without_in_memory_arrays(tmp_path):
     assert split.train.input_shape == (3, 6, 6) and split.train.meta["classes"] == ["cat", "dog"]
     order = sorted(written)  # ImageFolder lists files sorted by class, then path: the IDs are those positions
     for k, sample_id in enumerate(split.train.ids.tolist()):
-        assert np.allclose(split.train.x[k].numpy(), written[order[sample_id]] / 255.0)
+        assert np.allclose(split.train.to_tensors()[0][k].numpy(), written[order[sample_id]] / 255.0)
     with pytest.raises(ValueError, match=r"torchvision:ImageFolder cannot download.*drop the option download=1"):
         load_data(f"torchvision:ImageFolder?root={tmp_path / 'imgs'}&download=1")
 
@@ -364,9 +367,9 @@ def test_bad_sources_raise_clear_errors(tmp_path):
         (f"csv:{tmp_path / 'no_id.csv'}", r"has no column 'id'"),
         (f"csv:{tmp_path / 'neg.csv'}", r"non-negative class labels.*-1"),
         (f"imagefolder:{tmp_path / 'missing'}", r"does not exist or is not a directory"),
-        (f"imagefolder:{tmp_path / 'broken'}", r"Cannot read the image .*x.png"),
+        (f"imagefolder:{tmp_path / 'broken'}", r"Cannot read image file number 1 of the 1 of the image folder"),
         (f"imagefolder:{tmp_path / 'broken'}?mode=CMYK", r"option `mode` to be one of auto, L, RGB but got 'CMYK'"),
-        ("digits?size=3", r"unknown options \['size'\].*accepted options: none"),
+        ("digits?shape=3", r"unknown options \['shape'\].*accepted options: size, crop, mean, std$"),
         (f"imagefolder:{tmp_path}?size=0", r"option `size` to be H or HxW"),
         (f"csv:{tmp_path / 'no_id.csv'}?root", r"Malformed options 'root'"),
     ]

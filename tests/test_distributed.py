@@ -31,7 +31,7 @@ def _free_port() -> int:
 def _accuracy(model: torch.nn.Module, data) -> float:
     model.eval()
     with torch.no_grad():
-        return float((model(data.x).argmax(1) == data.y).float().mean())
+        return float((model(data.to_tensors()[0]).argmax(1) == data.y).float().mean())
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ def test_method_defaults_on_each_architecture(trained, method, request):
     result = run_method(method, model, forget=split.forget, retain=split.retain, device="cpu", seed=0,
                         forget_kind=split.kind, forget_classes=split.forget_classes)
     with torch.no_grad():
-        assert torch.isfinite(result.model.eval()(split.test.x)).all()
+        assert torch.isfinite(result.model.eval()(split.test.to_tensors()[0])).all()
     after_forget, after_retain = _acc(result.model, split.forget), _acc(result.model, split.retain)
     print(f"MATRIX {arch} {method}: forget {before_forget:.1f} -> {after_forget:.1f}, retain {before_retain:.1f} "
           f"-> {after_retain:.1f}")

@@ -48,7 +48,7 @@ RETAIN_DROP_SAMPLE = 0.15
 def accuracy(model: nn.Module, data: SampleSet) -> float:
     model.eval()
     with torch.no_grad():
-        return float((model(data.x).argmax(1) == data.y).float().mean())
+        return float((model(data.to_tensors()[0]).argmax(1) == data.y).float().mean())
 
 
 def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -168,7 +168,7 @@ def test_empty_forget_set_is_rejected(name, digits):
 @pytest.mark.parametrize("name", METHODS)
 def test_class_count_mismatch_is_rejected(name, digits):
     forget = digits.by_class.forget
-    beyond = SampleSet(forget.x, forget.y + 10, forget.ids, num_classes=20)
+    beyond = SampleSet(forget.to_tensors()[0], forget.y + 10, forget.ids, num_classes=20)
     with pytest.raises(ValueError, match="Class-count mismatch"):
         run_method(name, digits.model, forget=beyond, retain=digits.by_class.retain, device="cpu")
 
@@ -203,7 +203,7 @@ def test_unknown_method_lists_the_known_ones(digits):
 @pytest.mark.parametrize("name", METHODS)
 def test_nan_inputs_raise_diverged(name, digits):
     split = digits.by_class
-    poison = [SampleSet(torch.full_like(s.x, float("nan")), s.y, s.ids, s.num_classes)
+    poison = [SampleSet(torch.full_like(s.to_tensors()[0], float("nan")), s.y, s.ids, s.num_classes)
               for s in (split.forget, split.retain.subset(np.arange(128)))]
     with pytest.raises(UnlearningDivergedError):
         unlearn(name, digits, dataclasses.replace(split, forget=poison[0], retain=poison[1]))
@@ -231,7 +231,7 @@ def test_gradient_ascent_raises_the_forget_loss(digits, class_results):
     def forget_loss(model: nn.Module) -> float:
         model.eval()
         with torch.no_grad():
-            return float(torch.nn.functional.cross_entropy(model(split.forget.x), split.forget.y))
+            return float(torch.nn.functional.cross_entropy(model(split.forget.to_tensors()[0]), split.forget.y))
 
     before, after = forget_loss(digits.model), forget_loss(class_results("gradient_ascent").model)
     assert after > 5 * before, (before, after)

@@ -285,9 +285,9 @@ def test_collect_outputs_is_ordered_deterministic_and_restores_modes(small_split
     assert out.logits.dtype == torch.float32 and out.labels.dtype == torch.int64
     assert torch.equal(out.labels, small_split.retain.y)
     with torch.no_grad():
-        expected = net.fc(small_split.retain.x.flatten(1))
+        expected = net.fc(small_split.retain.to_tensors()[0].flatten(1))
     assert torch.allclose(out.logits, expected, atol=1e-6)  # eval mode: dropout off
-    generic = TensorDataset(small_split.retain.x, small_split.retain.y)
+    generic = TensorDataset(small_split.retain.to_tensors()[0], small_split.retain.y)
     assert torch.allclose(collect_outputs(net, generic, device="cpu", batch_size=64).logits, out.logits, atol=1e-6)
 
 

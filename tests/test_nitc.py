@@ -33,7 +33,7 @@ CPU = torch.device("cpu")
 def _accuracy(model: torch.nn.Module, data) -> float:
     model.eval()
     with torch.no_grad():
-        return float((model(data.x).argmax(1) == data.y).float().mean())
+        return float((model(data.to_tensors()[0]).argmax(1) == data.y).float().mean())
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def original(digits):
 def test_curriculum_order_is_by_sample_identity_and_ignores_shuffling(digits, original):
     data = digits.train.subset(np.arange(300))
     scores = sample_difficulty(original, data, device=CPU)
-    reference = difficulty_scores(original(data.x).detach(), data.y)
+    reference = difficulty_scores(original(data.to_tensors()[0]).detach(), data.y)
     assert torch.allclose(scores, reference, atol=1e-5)
 
     # A shuffled loader must not change which score belongs to which sample.
@@ -303,7 +303,7 @@ def test_a_small_classifier_of_a_users_class_is_extended_backwards_through_its_t
     assert label == "conv3..fc" and start is model.conv3
     assert {id(p) for p in layers.parameters()} == {id(p) for m in (model.conv3, model.bn3, model.fc)
                                                     for p in m.parameters()}
-    x = digits.test.x[:16]
+    x = digits.test.to_tensors()[0][:16]
     model.eval()
     with torch.no_grad():
         features = F.relu(model.bn2(model.conv2(F.relu(model.bn1(model.conv1(x))))))
@@ -389,7 +389,7 @@ def _distilled_confidence(original, x, targets, temperature):
 
 def test_a_higher_forget_temperature_moves_a_near_certain_student_towards_its_teacher(digits, original):
     """At T=1 the KL gradient vanishes on memorised (near-certain) samples; softening both sides restores it."""
-    x = digits.train.x[:256]
+    x = digits.train.to_tensors()[0][:256]
     with torch.no_grad():
         logits = original(x)
     teacher = logits / 1.5  # agrees on every label and is confident, only less so than the student
@@ -407,7 +407,7 @@ def test_sample_wise_nitc_distils_forget_samples_at_the_forget_temperature(digit
     seen = []
 
     def spy(model, data, *, temperature, **kwargs):
-        seen.append((temperature, data.tensors[1]))
+        seen.append((temperature, data.targets))
         return model
 
     monkeypatch.setattr(nitc_module, "distill", spy)

@@ -12,7 +12,7 @@ from mlflow_unlearn.data import SampleSet
 from mlflow_unlearn.methods._loops import predict_logits
 from mlflow_unlearn.metrics import collect_outputs
 from mlflow_unlearn.models import create_model, list_models
-from mlflow_unlearn.runtime.loaders import in_memory_tensors
+from mlflow_unlearn.runtime.loaders import batch_reader
 
 
 def _with_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -168,7 +168,7 @@ def test_loaders_fetch_in_memory_samples_per_batch_and_give_the_same_batches(shu
         for (bx, by), (ex, ey) in zip(batches, expected, strict=True):
             assert torch.equal(bx, ex) and torch.equal(by, ey) and by.dtype == ey.dtype
     assert user.calls == (128 if drop_last else 150)  # the user's dataset was asked sample by sample
-    assert in_memory_tensors(data) is not None and in_memory_tensors(user) is None
+    assert batch_reader(data) is not None and batch_reader(user) is None
 
 
 def test_device_resolution():

@@ -89,14 +89,14 @@ def build_toy() -> Toy:
     labels = train_set.y.clone()
     index = torch.as_tensor(mislabelled)
     labels[index] = wrong_labels(labels[index], full.num_classes, seed=1)
-    train_set = SampleSet(train_set.x, labels, train_set.ids, train_set.num_classes)
+    train_set = SampleSet(train_set.to_tensors()[0], labels, train_set.ids, train_set.num_classes)
     forget, retain = train_set.subset(mislabelled), train_set.subset(~mislabelled)
     split = ForgetSplit(forget, retain, full.test, "sample", "toy", forget_digest(forget.ids), len(forget))
     model = create_model("smallcnn", in_channels=1, num_classes=full.num_classes, input_size=8, width=16)
     model, _ = train(model, train_set, TrainConfig(epochs=40, seed=0), device="cpu")
     model.eval()
-    original_forget = accuracy(model, forget.x, forget.y)
-    held_out = accuracy(model, full.test.x, wrong_labels(full.test.y, full.num_classes, seed=2))
+    original_forget = accuracy(model, forget.to_tensors()[0], forget.y)
+    held_out = accuracy(model, full.test.to_tensors()[0], wrong_labels(full.test.y, full.num_classes, seed=2))
     assert original_forget >= 0.9, f"the toy original must fit the wrong labels (fits {original_forget:.2f})"
     assert held_out <= 0.1
     return Toy(model, split, original_forget, held_out)
@@ -105,7 +105,7 @@ def build_toy() -> Toy:
 def forget_accuracy_after(name: str, toy: Toy) -> float:
     result = run_method(name, toy.model, forget=toy.split.forget, retain=toy.split.retain,
                         config=TEST_CONFIGS.get(name), device="cpu", forget_kind="sample", seed=0)
-    return accuracy(result.model, toy.split.forget.x, toy.split.forget.y)
+    return accuracy(result.model, toy.split.forget.to_tensors()[0], toy.split.forget.y)
 
 
 @pytest.mark.parametrize("name", [

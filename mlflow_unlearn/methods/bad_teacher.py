@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from mlflow_unlearn import runtime as rt
-from mlflow_unlearn.methods._loops import as_tensors, fit, predict_logits, random_subset
+from mlflow_unlearn.methods._loops import Retargeted, fit, predict_logits, random_subset
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.validation import check_choice, check_fraction, check_positive
 from mlflow_unlearn.training import OPTIMIZERS
@@ -136,17 +136,15 @@ def bad_teacher(
     history = rt.History()
     dev = context.device
     incompetent = randomly_initialised_copy(model, seed=context.seed + 1).to(dev)
-    forget_x, _ = as_tensors(forget)
-    retain_x, _ = as_tensors(random_subset(retain, config.retain_fraction, seed=context.seed))
+    retain_part = random_subset(retain, config.retain_fraction, seed=context.seed)
     # The per-sample teacher flag (forget -> incompetent, retain -> competent) is resolved here, once. The
     # competent teacher is the original: the student before its first step (no frozen copy is needed).
     targets = torch.cat([
-        predict_logits(incompetent, forget_x, device=dev),
-        predict_logits(model, retain_x, device=dev),
+        predict_logits(incompetent, forget, device=dev),
+        predict_logits(model, retain_part, device=dev),
     ]).cpu()
-    x = torch.cat([forget_x, retain_x])
-    history.log(stage="targets", forget=len(forget_x), retain=len(retain_x))
-    model = distill(model, TensorDataset(x, targets), temperature=config.temperature, context=context,
-                    epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, optimizer=config.optimizer,
-                    history=history, stage="distill")
+    history.log(stage="targets", forget=len(forget), retain=len(retain_part))
+    model = distill(model, Retargeted(ConcatDataset([forget, retain_part]), targets), temperature=config.temperature,
+                    context=context, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                    optimizer=config.optimizer, history=history, stage="distill")
     return model, history

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mlflow_unlearn.methods._loops import predict_logits
+from mlflow_unlearn.methods._loops import labels_of, predict_logits
 
 DIFFICULTY_CRITERIA = ("loss", "confidence")
 
@@ -137,5 +137,4 @@ def sample_difficulty(model: nn.Module, data: Dataset | DataLoader, *, criterion
     dataset = data.dataset if isinstance(data, DataLoader) else data
     dev = torch.device(device)
     logits = predict_logits(model, dataset, device=dev, batch_size=batch_size)
-    labels = torch.cat([y for _, y in DataLoader(dataset, batch_size=batch_size, shuffle=False)])
-    return difficulty_scores(logits, labels.to(dev), criterion=criterion).cpu()
+    return difficulty_scores(logits, labels_of(dataset).to(dev), criterion=criterion).cpu()

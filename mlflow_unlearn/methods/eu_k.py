@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from mlflow_unlearn import runtime as rt
-from mlflow_unlearn.methods._loops import as_tensors, fit
+from mlflow_unlearn.methods._loops import first_inputs, fit, labels_of
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.retrain import reinitialize
 from mlflow_unlearn.methods.validation import check_choice, check_non_negative, check_positive
@@ -124,9 +124,10 @@ def _output_producers(model: nn.Module, sample: torch.Tensor) -> list[str]:
 
 
 @torch.no_grad()
-def classifier_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor, *, device: torch.device,
-                      batch_size: int = 256, start: nn.Module | None = None) -> torch.Tensor:
-    """What ``module`` receives for each input of ``x`` in the eval-mode ``model``, as float32 on the CPU.
+def classifier_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor | Dataset, *,
+                      device: torch.device, batch_size: int = 256, start: nn.Module | None = None) -> torch.Tensor:
+    """What ``module`` receives for each input of ``x`` (a tensor of inputs, or a Dataset of ``(x, ...)`` read in one
+    streaming pass) in the eval-mode ``model``, as float32 on the CPU, one row per sample.
 
     ``start``: a submodule called before ``module`` whose input is captured instead (the first layer of a
     re-initialised suffix that ends with ``module``, see :func:`mlflow_unlearn.methods.nitc.head_suffix`).
@@ -165,7 +166,7 @@ def classifier_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.T
     return features
 
 
-def _module_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor, *, device: torch.device,
+def _module_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor | Dataset, *, device: torch.device,
                    batch_size: int, channels_last: bool = False, start: nn.Module | None = None) -> torch.Tensor:
     """The inputs of ``module`` (or of ``start``, called before it) in the eval-mode ``model`` on ``x``, checked as
     :func:`classifier_inputs` says; ``channels_last`` feeds image batches in that memory format (an inference
@@ -185,10 +186,11 @@ def _module_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.Tens
     handles = [(start or module).register_forward_pre_hook(grab, with_kwargs=True), module.register_forward_hook(keep)]
     inputs = []
     try:
-        for i in range(0, len(x), batch_size):
+        data = TensorDataset(x) if isinstance(x, torch.Tensor) else x
+        for batch_inputs, *_ in rt.inference_loader(data, batch_size=batch_size):
             captured.clear()
             outputs.clear()
-            batch = rt.to_device(x[i:i + batch_size], device)
+            batch = rt.to_device(batch_inputs, device)
             if channels_last and batch.dim() == 4:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with rt.autocast(device):
@@ -212,11 +214,10 @@ def eu_k(
 ) -> tuple[nn.Module, rt.History]:
     """Re-initialise the classifier submodule and train it from scratch on the retain set, layers below frozen."""
     history = rt.History()
-    retain_x, retain_y = as_tensors(retain)
-    name, module = find_classifier(model, config.module, rt.to_device(retain_x[:2], context.device))
-    features = classifier_inputs(model, module, name, retain_x, device=context.device)
+    name, module = find_classifier(model, config.module, rt.to_device(first_inputs(retain, 2), context.device))
+    features = classifier_inputs(model, module, name, retain, device=context.device)
     reinitialize(module, seed=context.seed)
-    module = fit(module, TensorDataset(features, retain_y),
+    module = fit(module, TensorDataset(features, labels_of(retain)),
                  lambda net, x, y: F.cross_entropy(net(x).float(), y, label_smoothing=config.label_smoothing),
                  context=context, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                  optimizer=config.optimizer, weight_decay=config.weight_decay, history=history, stage="eu_k",

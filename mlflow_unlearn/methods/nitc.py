@@ -47,10 +47,18 @@ import numpy as np
 import torch
 import torch.fx
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from mlflow_unlearn import runtime as rt
-from mlflow_unlearn.methods._loops import as_tensors, fit, predict_logits, random_subset
+from mlflow_unlearn.methods._loops import (
+    Retargeted,
+    first_inputs,
+    fit,
+    input_shape,
+    labels_of,
+    predict_logits,
+    random_subset,
+)
 from mlflow_unlearn.methods.bad_teacher import distill, with_temperatures
 from mlflow_unlearn.methods.curriculum import (
     DIFFICULTY_CRITERIA,
@@ -397,14 +405,15 @@ def _weighted_kl(net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch
     return (kl * temps**2 * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
-def distill_new_head(model: nn.Module, *, x: torch.Tensor, targets: torch.Tensor, stages: list[np.ndarray],
+def distill_new_head(model: nn.Module, *, x: Dataset, targets: torch.Tensor, stages: list[np.ndarray],
                      config: NitcConfig, context: UnlearnContext, history: rt.History) -> nn.Module:
     """Re-initialise ``model``'s classifier and distil it, on the frozen layers' features, stage by stage.
 
-    ``targets`` rows are ``[teacher logits..., temperature, weight]`` for the inputs ``x``; stage ``s`` trains
-    on the rows ``stages[s]`` for its share of ``config.head_epochs`` (see :func:`stage_epochs`).
+    ``targets`` rows are ``[teacher logits..., temperature, weight]`` for the samples of ``x`` (read in one
+    streaming pass; their features are kept in memory); stage ``s`` trains on the rows ``stages[s]`` for its share
+    of ``config.head_epochs`` (see :func:`stage_epochs`).
     """
-    name, head = find_head(model, config.head_module, rt.to_device(x[:2], context.device))
+    name, head = find_head(model, config.head_module, rt.to_device(first_inputs(x, 2), context.device))
     name, layers, start = head_suffix(model, name, head, config.head_min_share)
     features = classifier_inputs(model, head, name, x, device=context.device, start=start)
     head = layers
@@ -429,22 +438,23 @@ def nitc(
     """NITC: UNSIR-impaired teacher + teacher-student distillation, presented as an easy-to-hard curriculum."""
     history = rt.History()
     dev = context.device
-    forget_x, forget_y = as_tensors(forget)
+    forget_y = labels_of(forget)
     class_wise = context.forget_kind == "class"
     new_head = not class_wise and config.sample_student == "head"
     # class_teacher="original": the forget targets are the original's own outputs, masked below (no UNSIR step).
     masked_original = config.class_teacher == "original" and class_wise and bool(context.forget_classes)
     teacher = None if masked_original else impaired_teacher(
-        model, forget_labels=forget_y, retain=retain, input_shape=tuple(forget_x.shape[1:]), config=config,
+        model, forget_labels=forget_y, retain=retain, input_shape=input_shape(forget), config=config,
         context=context, history=history)
     fraction = config.head_retain_fraction if new_head else config.retain_fraction
-    retain_x, retain_y = as_tensors(random_subset(retain, fraction, seed=context.seed + 1))
+    retain_part = random_subset(retain, fraction, seed=context.seed + 1)
+    retain_y = labels_of(retain_part)
 
     # Teacher targets and curriculum scores: eval mode, unshuffled, so row i is sample i. The student is still
     # the original here (it changes only in the distillation below), so it stands in for a frozen copy.
-    retain_targets, forget_original = predict_logits(model, torch.cat([retain_x, forget_x]), device=dev).split(
-        [len(retain_x), len(forget_x)])
-    forget_targets = forget_original if teacher is None else predict_logits(teacher, forget_x, device=dev)
+    retain_targets, forget_original = predict_logits(model, ConcatDataset([retain_part, forget]), device=dev).split(
+        [len(retain_part), len(forget)])
+    forget_targets = forget_original if teacher is None else predict_logits(teacher, forget, device=dev)
     retain_scores = difficulty_scores(retain_targets, retain_y, criterion=config.difficulty)
     if config.forget_order == "memorization" and teacher is not None:
         forget_scores = memorization_proxy(forget_original, forget_targets, forget_y)
@@ -463,17 +473,17 @@ def nitc(
     if new_head:
         # Rows [logits..., temperature, weight]: forget rows first (none at weight 0), then retain rows.
         targets = with_temperatures(with_temperatures(retain_targets, temperature), 1.0)
-        x, stages = retain_x, [np.asarray(r_idx) for r_idx in retain_stages]
+        x, stages = retain_part, [np.asarray(r_idx) for r_idx in retain_stages]
         if config.forget_weight > 0:
             forget_rows = with_temperatures(with_temperatures(forget_targets, forget_temperature), config.forget_weight)
-            targets, x = torch.cat([forget_rows, targets]), torch.cat([forget_x, retain_x])
-            stages = [np.concatenate([f_idx, len(forget_x) + r_idx]) for f_idx, r_idx in
+            targets, x = torch.cat([forget_rows, targets]), ConcatDataset([forget, retain_part])
+            stages = [np.concatenate([f_idx, len(forget) + r_idx]) for f_idx, r_idx in
                       zip(forget_stages, retain_stages, strict=True)]
         if config.head_body == "teacher" and teacher is not None:
             model.load_state_dict(teacher.state_dict())  # the impaired, repaired layers below the new classifier
         model = distill_new_head(model, x=x, targets=targets, stages=stages, config=config, context=context,
                                  history=history)
-        history.extra.update(forget=len(forget_x), retain_subset=len(retain_x), stages=config.num_stages)
+        history.extra.update(forget=len(forget), retain_subset=len(retain_part), stages=config.num_stages)
         return model, history
 
     name = config.optimizer
@@ -488,14 +498,14 @@ def nitc(
     opt = make_optimizer(model.parameters(), name=name, lr=lr, weight_decay=0.0)
     stage_steps = -(-config.min_steps // config.num_stages)
     for stage, (f_idx, r_idx) in enumerate(zip(forget_stages, retain_stages, strict=True)):
+        samples = ConcatDataset([Subset(forget, f_idx.tolist()), Subset(retain_part, r_idx.tolist())])
         f_idx, r_idx = torch.as_tensor(f_idx), torch.as_tensor(r_idx)
-        data = TensorDataset(torch.cat([forget_x[f_idx], retain_x[r_idx]]),
-                             torch.cat([forget_targets[f_idx], retain_targets[r_idx]]))
+        data = Retargeted(samples, torch.cat([forget_targets[f_idx], retain_targets[r_idx]]))
         batches = max(1, -(-len(data) // config.batch_size))
         steps = max(stage_steps, batches)  # one pass, or as many (partial) passes as the stage's share needs
         model = distill(model, data, temperature=temperature, context=context, epochs=-(-steps // batches), lr=lr,
                         max_steps=steps,
                         batch_size=config.batch_size, optimizer=opt, history=history, stage=f"distill_stage{stage}",
                         freeze_norm_stats=config.norm_stats == "frozen")
-    history.extra.update(forget=len(forget_x), retain_subset=len(retain_x), stages=config.num_stages)
+    history.extra.update(forget=len(forget), retain_subset=len(retain_part), stages=config.num_stages)
     return model, history

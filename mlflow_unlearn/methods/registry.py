@@ -174,10 +174,7 @@ def _infer_num_classes(model: nn.Module, sample: torch.Tensor) -> int:
 
 
 def _max_label(data: Dataset) -> int:
-    labels = getattr(data, "y", None)
-    if labels is None:
-        labels = torch.as_tensor([int(data[i][1]) for i in range(len(data))])
-    return int(labels.max())
+    return int(rt.dataset_labels(data).max())
 
 
 COLLAPSE_SHARE = 0.5
@@ -187,11 +184,11 @@ COLLAPSE_CHECK_SAMPLES = 512
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def _accuracy(model: nn.Module, data: Dataset, y: torch.Tensor) -> float:
     from mlflow_unlearn.methods._loops import predict_logits  # _loops imports this module
 
     device = next(model.parameters()).device
-    return float((predict_logits(model, x, device=device).argmax(1).cpu() == y).float().mean())
+    return float((predict_logits(model, data, device=device).argmax(1).cpu() == y).float().mean())
 
 
 def check_not_collapsed(name: str, original: nn.Module, result: nn.Module, retain: Dataset, *, num_classes: int,
@@ -219,10 +216,10 @@ def check_not_collapsed(name: str, original: nn.Module, result: nn.Module, retai
     """
     gen = torch.Generator().manual_seed(seed)
     index = torch.randperm(len(retain), generator=gen)[:COLLAPSE_CHECK_SAMPLES].tolist()
-    x = torch.stack([torch.as_tensor(retain[i][0]) for i in index])
-    y = torch.as_tensor([int(retain[i][1]) for i in index])
+    sample = torch.utils.data.Subset(retain, index)
+    y = rt.dataset_labels(sample)
     chance = 1.0 / num_classes
-    before, after = _accuracy(original, x, y), _accuracy(result, x, y)
+    before, after = _accuracy(original, sample, y), _accuracy(result, sample, y)
     if before > chance and after - chance < COLLAPSE_SHARE * (before - chance):
         raise rt.UnlearningDivergedError(
             f"Method {name!r} collapsed the model: retain accuracy {after:.1%} against the original's {before:.1%} "

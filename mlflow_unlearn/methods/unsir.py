@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 
 from mlflow_unlearn import runtime as rt
-from mlflow_unlearn.methods._loops import as_tensors, fit, random_subset
+from mlflow_unlearn.methods._loops import fit, input_shape, labels_of, random_subset, value_range
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.validation import check_choice, check_fraction, check_non_negative, check_positive
 from mlflow_unlearn.training import OPTIMIZERS
@@ -178,8 +178,8 @@ def impair_and_repair(
     both learning rates (NITC's milder sample-wise teacher).
     """
     dev = context.device
-    retain_x, retain_y = as_tensors(random_subset(retain, config.retain_fraction, seed=context.seed))
-    bounds = (float(retain_x.min()), float(retain_x.max()))
+    retain_part = random_subset(retain, config.retain_fraction, seed=context.seed)
+    bounds = value_range(retain_part)
     classes, counts = torch.unique(forget_labels.cpu(), return_counts=True)
     # The noise budget is shared by the classes: a fixed cost however many classes the forget set touches.
     per_class = max(1, config.noise_samples // len(classes))
@@ -192,8 +192,8 @@ def impair_and_repair(
     rows = [max(1, round(count * config.noise_per_forget)) for count in counts.tolist()]
     picks = [i * per_class + torch.arange(n) % per_class for i, n in enumerate(rows)]
     pick = torch.cat(picks)
-    impair_set = TensorDataset(torch.cat([noise[pick], retain_x]), torch.cat([noise_y[pick], retain_y]))
-    repair_set = TensorDataset(retain_x, retain_y)
+    impair_set = ConcatDataset([TensorDataset(noise[pick], noise_y[pick]), retain_part])
+    repair_set = retain_part
 
     def ce(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(net(x).float(), y)
@@ -212,7 +212,6 @@ def unsir(
 ) -> tuple[nn.Module, rt.History]:
     """UNSIR (Tarun et al., TNNLS 2023): error-maximizing noise for the forget labels, impair, then repair."""
     history = rt.History()
-    forget_x, forget_y = as_tensors(forget)
-    model = impair_and_repair(model, forget_labels=forget_y, retain=retain, input_shape=tuple(forget_x.shape[1:]),
+    model = impair_and_repair(model, forget_labels=labels_of(forget), retain=retain, input_shape=input_shape(forget),
                               config=config, context=context, history=history)
     return model, history

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from mlflow_unlearn import runtime as rt
-from mlflow_unlearn.data.samples import ForgetSplit, SampleSet
+from mlflow_unlearn.data.samples import ForgetSplit
 from mlflow_unlearn.metrics.functional import (
     ModelOutputs,
     accuracy,
@@ -142,14 +142,6 @@ def _inference_on(model: nn.Module, device: torch.device) -> Iterator[nn.Module]
             module.training = training
 
 
-def _batches(data: Dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    if isinstance(data, SampleSet):  # slicing beats collating one sample at a time
-        for start in range(0, len(data), batch_size):
-            yield data.x[start:start + batch_size], data.y[start:start + batch_size]
-        return
-    yield from DataLoader(data, batch_size=batch_size, shuffle=False)
-
-
 def collect_outputs(
     model: nn.Module,
     data: Dataset,
@@ -176,6 +168,7 @@ def collect_outputs(
         ValueError: for an empty dataset or a non-positive ``batch_size``.
 
     >>> import numpy as np
+    >>> from mlflow_unlearn.data import SampleSet
     >>> data = SampleSet(torch.ones(3, 1, 2, 2), torch.tensor([0, 1, 1]), np.arange(3), num_classes=2)
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).train()
     >>> out = collect_outputs(model, data, device="cpu", batch_size=2)
@@ -190,7 +183,7 @@ def collect_outputs(
     logits, labels = [], []
     with _inference_on(model, dev) as net:
         run = rt.InferenceRunner(net)
-        for x, y in _batches(data, batch_size):
+        for x, y in rt.inference_loader(data, batch_size=batch_size):  # streaming: one batch in memory at a time
             logits.append(run(rt.to_device(x, dev)).float())
             labels.append(torch.as_tensor(y))
     # One device-to-host copy at the end instead of one synchronisation per batch.

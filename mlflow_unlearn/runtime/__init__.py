@@ -7,7 +7,8 @@ submodules group the names by concern:
 
 - :mod:`~mlflow_unlearn.runtime.device`: device, autocast, memory layout, the inference copy;
 - :mod:`~mlflow_unlearn.runtime.seeding`: seeding;
-- :mod:`~mlflow_unlearn.runtime.loaders`: seeded, rank-sharded data loaders;
+- :mod:`~mlflow_unlearn.runtime.loaders`: seeded, rank-sharded, streaming data loaders (worker processes for
+  decoded data), labels from bookkeeping;
 - :mod:`~mlflow_unlearn.runtime.distributed`: process-group start-up and shutdown, ranks, DDP wrapping;
 - :mod:`~mlflow_unlearn.runtime.history`: :class:`History` and the progress bar;
 - :mod:`~mlflow_unlearn.runtime.errors`: :class:`UnlearningDivergedError` and the finite-loss guard.
@@ -34,7 +35,7 @@ from mlflow_unlearn.runtime.distributed import (
 )
 from mlflow_unlearn.runtime.errors import UnlearningDivergedError, check_finite
 from mlflow_unlearn.runtime.history import History, progress
-from mlflow_unlearn.runtime.loaders import make_loader
+from mlflow_unlearn.runtime.loaders import batch_reader, data_workers, dataset_labels, inference_loader, make_loader
 from mlflow_unlearn.runtime.seeding import seed_everything
 
 __all__ = [
@@ -42,8 +43,12 @@ __all__ = [
     "InferenceRunner",
     "UnlearningDivergedError",
     "autocast",
+    "batch_reader",
+    "data_workers",
+    "dataset_labels",
     "check_finite",
     "inference_copy",
+    "inference_loader",
     "init_distributed_from_env",
     "is_distributed",
     "make_loader",

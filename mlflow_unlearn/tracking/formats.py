@@ -13,10 +13,11 @@ caller's own registry (the same trust as that setting) without changing any envi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -157,6 +158,41 @@ def read_code(local_model_dir: str | os.PathLike) -> dict[str, bytes]:
         return {}
     return {f.relative_to(folder).as_posix(): f.read_bytes() for f in sorted(folder.rglob("*"))
             if f.is_file() and "__pycache__" not in f.parts}
+
+
+_CODE_FOLDERS: dict[str, Path] = {}
+
+
+@contextlib.contextmanager
+def code_importable(code: Mapping[str, bytes]) -> Iterator[None]:
+    """The model's logged code (from :func:`read_code`) importable during the block: first on ``sys.path``, as
+    MLflow does while loading the model, so that a ``factory:<module>:<callable>`` data source shipped with the
+    model is found from any folder.
+
+    The files are written once per process and content into a temporary folder removed at exit (the modules
+    imported from it stay in ``sys.modules``, and the data's worker processes may read them later).
+    """
+    import atexit
+    import hashlib
+    import shutil
+    import sys
+    import tempfile
+
+    if not code:
+        yield
+        return
+    digest = hashlib.sha256(b"".join(rel.encode() + b"\0" + code[rel] for rel in sorted(code))).hexdigest()
+    folder = _CODE_FOLDERS.get(digest)
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="mlflow-unlearn-code-"))
+        write_code(code, folder)
+        atexit.register(shutil.rmtree, folder, True)
+        _CODE_FOLDERS[digest] = folder
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
 
 
 def write_code(code: Mapping[str, bytes], folder: str | os.PathLike) -> list[str]:

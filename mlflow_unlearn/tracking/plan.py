@@ -228,7 +228,7 @@ def prepare(
     model, code = load_version(client, parent, model_uri)
     parent_run = client.get_run(parent.run_id) if parent.run_id else None
     lineage, split, forget_split = resolve_data(model, data, parent_run, spec.text, forgotten=forgotten, key=key,
-                                                client=client)
+                                                client=client, code=code)
     recipe = lin.inherited_params(parent_run) if parent_run is not None else {}
     return UnlearnPlan(
         model_uri=model_uri, client=client, parent=parent, parent_run=parent_run, model=model, lineage=lineage,
@@ -280,8 +280,8 @@ def _check_arguments(method: str, reference: str, retain_eval_size: Any, seed: A
 
 
 def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spec: str, *,
-                 forgotten: bool = False, key: DigestKey | None = None, client: MlflowClient | None = None
-                 ) -> tuple[lin.DataLineage, DataSplit, ForgetSplit]:
+                 forgotten: bool = False, key: DigestKey | None = None, client: MlflowClient | None = None,
+                 code: Mapping[str, bytes] | None = None) -> tuple[lin.DataLineage, DataSplit, ForgetSplit]:
     """The lineage, the training split and the forget split of a version's data, checked against ``model``.
 
     Args:
@@ -293,6 +293,7 @@ def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spe
         key: the digest key (required for an ``ids:`` spec or lineage step); the ``ids:`` forget split records
             the keyed digest of its spec instead of the path.
         client: the client that downloads earlier ``ids:`` steps' tombstones.
+        code: the model's logged code (a ``factory:`` source may name a module of it).
 
     Raises:
         LineageError, DataResolutionError, ValueError: see :func:`prepare`.
@@ -304,7 +305,7 @@ def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spe
     lineage = resolve_lineage(data, parent_run)
     if forgotten:
         lineage = lineage_before(lineage, recorded)
-    split = load_split(lineage, key=key, client=client)
+    split = load_split(lineage, key=key, client=client, code=code)
     try:
         forget_split = resolve_forget(split, spec, key=key.secret if ids else None)
     except OSError as exc:  # e.g. a path longer than the OS allows; the path itself is not repeated
@@ -382,20 +383,23 @@ def lineage_before(lineage: lin.DataLineage, spec: str) -> lin.DataLineage:
     return dataclasses.replace(lineage, chain=lineage.chain[:earlier.index(spec)])
 
 
-def load_split(lineage: lin.DataLineage, *, key: DigestKey | None = None, client: MlflowClient | None = None
-               ) -> DataSplit:
+def load_split(lineage: lin.DataLineage, *, key: DigestKey | None = None, client: MlflowClient | None = None,
+               code: Mapping[str, bytes] | None = None) -> DataSplit:
     """Load the lineage's source and replay its forget chain; return the split the model was trained on.
 
-    An ``ids:`` step is replayed from the tombstones its run stored (keyed per-ID digests), not from its file.
+    An ``ids:`` step is replayed from the tombstones its run stored (keyed per-ID digests), not from its file. The
+    model's logged ``code`` is importable while the source loads (a ``factory:`` source may name a module of it).
 
     Raises:
         DataResolutionError: the source cannot be loaded.
         LineageError: an earlier forget step fails or selects other samples than it did (digest mismatch).
     """
     from mlflow_unlearn.data import load_data, resolve_forget
+    from mlflow_unlearn.tracking.formats import code_importable
 
     try:
-        split = load_data(lineage.source, seed=lineage.seed, test_fraction=lineage.test_fraction)
+        with code_importable(code or {}):
+            split = load_data(lineage.source, seed=lineage.seed, test_fraction=lineage.test_fraction)
     except (ValueError, OSError) as exc:
         raise DataResolutionError(f"Cannot load the data source {lineage.source!r}: {exc}") from None
     for step in lineage.chain:
@@ -458,7 +462,7 @@ def check_model_fits(model: nn.Module, split: DataSplit, source: str) -> None:
     """
     import torch
 
-    sample = split.train.x[:2]
+    sample = split.train.first_inputs(2)
     try:
         with torch.no_grad():
             was_training = model.training

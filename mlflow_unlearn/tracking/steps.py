@@ -120,7 +120,7 @@ def log_model(logger: RunLogger, plan: UnlearnPlan, model: nn.Module, result: re
               tmp: Path) -> None:
     """Log the unlearned model (and its checked ONNX copy) as the run's model artifacts."""
     t = time.perf_counter()
-    result.onnx_diff = logger.log_models(model, sample=plan.forget.test.x[:ONNX_SAMPLE_SIZE],
+    result.onnx_diff = logger.log_models(model, sample=plan.forget.test.first_inputs(ONNX_SAMPLE_SIZE),
                                          num_classes=plan.split.num_classes, onnx=onnx, tmp=tmp, code=plan.code)
     result.timings["log_models_s"] = time.perf_counter() - t
 

@@ -95,8 +95,8 @@ def train_model(data: str = "digits", *, arch: str = "smallcnn", registered_mode
         logger.log_metrics({"test_accuracy": test_acc, "train_loss": history.records[-1]["loss"],
                             "time.train_s": history.wall_time_s})
         model = model.cpu().eval()
-        outcome = _log_and_register(logger, model, split, test_acc, onnx=onnx, code_paths=None,
-                                    name=registered_model_name,
+        outcome = _log_and_register(logger, model, split, test_acc, onnx=onnx,
+                                    code_paths=factory_code_paths(data) or None, name=registered_model_name,
                                     description=f"{arch} trained on {data} by mlflow-unlearn (test accuracy "
                                                 f"{test_acc:.2f}%)")
     return outcome
@@ -106,7 +106,7 @@ def _log_and_register(logger: RunLogger, model: nn.Module, split: DataSplit, tes
                       code_paths: list[str] | None, name: str | None, description: str) -> TrainOutcome:
     """Log ``model`` in the trainable format (and ONNX), and register it under ``name`` if one is given."""
     with tempfile.TemporaryDirectory() as tmp:
-        diff = logger.log_models(model, sample=split.test.x[:ONNX_SAMPLE_SIZE], num_classes=split.num_classes,
+        diff = logger.log_models(model, sample=split.test.first_inputs(ONNX_SAMPLE_SIZE), num_classes=split.num_classes,
                                  onnx=onnx, tmp=Path(tmp), code_paths=code_paths)
     version = None
     if name:
@@ -157,7 +157,10 @@ def log_model(model: nn.Module, data: str, *, registered_model_name: str | None 
 
     Args:
         model: the trained ``nn.Module``.
-        data: the data source it was trained on (see :func:`mlflow_unlearn.data.load_data`).
+        data: the data source it was trained on (see :func:`mlflow_unlearn.data.load_data`), with the preprocessing
+            options the model was trained with (``?mean=..&std=..``, ``size``, ``crop``); a
+            ``factory:<module>:<callable>`` source names your own ``Dataset`` code, whose module is logged with the
+            model's code so that :func:`unlearn` replays it anywhere.
         registered_model_name: register the model under this name (None: log only).
         code_paths: files or folders of the model's code (default: inferred from its class, see
             :func:`model_code_paths`).
@@ -192,6 +195,7 @@ def log_model(model: nn.Module, data: str, *, registered_model_name: str | None 
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise ValueError(f"Expected `code_paths` to name existing files or folders but got {missing[0]!r}")
+    paths += [p for p in factory_code_paths(data) if not _covered(p, paths)]
     if run_id is None and mlflow.active_run() is not None:
         run_id = mlflow.active_run().info.run_id
     client = tracking_client(tracking_uri, registry_uri)
@@ -218,10 +222,37 @@ def model_code_paths(model: nn.Module) -> list[str]:
     >>> model_code_paths(nn.Linear(2, 2))
     []
     """
+    return _user_code_paths(type(model).__module__)
+
+
+def factory_code_paths(data: str) -> list[str]:
+    """The file (or top-level package folder) of the module of a ``factory:<module>:<callable>`` data source when it
+    is the user's own code (imported already: the data was loaded), so that it is logged with the model; empty for
+    any other source, a factory given as a ``.py`` file (read from that path) or an installed module.
+
+    >>> factory_code_paths("digits")
+    []
+    """
+    from mlflow_unlearn.data.grammar import parse_source
+
+    spec = parse_source(data)
+    if spec.name != "factory" or spec.factory_file is not None:
+        return []
+    return _user_code_paths(spec.factory[0])
+
+
+def _covered(path: str, paths: list[str]) -> bool:
+    """Whether ``path`` is one of ``paths`` or inside one of them."""
+    resolved = Path(path).resolve()
+    return any(resolved == Path(p).resolve() or Path(p).resolve() in resolved.parents for p in paths)
+
+
+def _user_code_paths(module_name: str) -> list[str]:
+    """:func:`model_code_paths` for the module named ``module_name``."""
     import sys
     import sysconfig
 
-    top = type(model).__module__.split(".")[0]
+    top = module_name.split(".")[0]
     module = sys.modules.get(top)
     file = getattr(module, "__file__", None)
     if top in ("__main__", "builtins", "torch", "torchvision", "mlflow_unlearn") or not file:

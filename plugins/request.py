@@ -15,9 +15,11 @@ the value is treated as untrusted input:
   the same as on the command line and in the API); an ``ids:`` file must be an absolute path, and a spec that
   fails the grammar other than as ``classes:`` or ``random:`` is not stored (it may be pasted IDs);
 * a method is a bare registered name, never a module path;
-* data is a built-in source name (``digits``) or ``<format>:<absolute path>[?options]`` under one of the allowed
-  roots configured on the server (:data:`ALLOWED_ROOTS_ENV`); URLs and downloads are refused unless
-  :data:`ALLOW_URLS_ENV` is true;
+* data follows the one source grammar of the project (:func:`mlflow_unlearn.data.grammar.parse_source`, the same
+  as on the command line and in the API): a built-in source name (``digits``) or ``<format>:<absolute path>[?options]``
+  whose paths lie under one of the allowed roots configured on the server (:data:`ALLOWED_ROOTS_ENV`); URLs and
+  downloads are refused unless :data:`ALLOW_URLS_ENV` is true, and a ``factory:`` source (code) always is: a job
+  without ``data=`` replays the version's own lineage, factory included;
 * files (``ids:`` forget lists, ``config=`` YAML files) must lie under an allowed root; ``..`` and ``~`` are
   refused before any path is resolved, and symbolic links may not lead outside the roots.
 
@@ -37,6 +39,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_unlearn.data.grammar import parse_source
 from mlflow_unlearn.tracking import vocabulary as vocab
 
 ALLOWED_ROOTS_ENV = "MLFLOW_UNLEARN_ALLOWED_ROOTS"
@@ -51,7 +54,6 @@ URL_SCHEMES = ("http", "https", "s3", "gs", "gcs", "hdfs", "ftp", "file", "dbfs"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_OPTIONS = re.compile(r"^(?:[a-z_]+=[A-Za-z0-9_./-]*(?:&[a-z_]+=[A-Za-z0-9_./-]*)*)?$")
 
 
 class RequestRefused(ValueError):
@@ -227,34 +229,32 @@ def _check_forget(text: str, policy: SecurityPolicy) -> str:
 
 
 def _check_data(source: str, policy: SecurityPolicy) -> str:
-    """Built-in names pass; ``name:<path>[?options]`` needs an allowed path; URLs and downloads need allow_urls."""
-    head, _, query = source.partition("?")
-    name, sep, argument = head.partition(":")
-    if _URL.match(source) or name.lower() in URL_SCHEMES:
+    """The data source, parsed by the data layer's one grammar (:func:`mlflow_unlearn.data.grammar.parse_source`,
+    the same errors as every other door), then policed: its paths under an allowed root, no download or URL unless
+    allowed, no code. Returned with its paths resolved."""
+    if _URL.match(source) or source.partition(":")[0].lower() in URL_SCHEMES:
         if policy.allow_urls:
             return source
         raise RequestRefused(
             f"data {source[:80]!r} is a URL; this server allows only built-in sources and files under the allowed "
             f"roots (the administrator can set {ALLOW_URLS_ENV}=true)"
         )
-    if not _NAME.match(name) or (sep and not argument) or not _OPTIONS.match(query):
-        raise RequestRefused(
-            f"data {source[:80]!r} is neither a built-in source name (e.g. digits) nor <format>:<absolute path>; "
-            "module paths and code references are not allowed"
-        )
-    options = dict(pair.partition("=")[::2] for pair in query.split("&") if pair)
-    if options.get("download", "0") not in ("0", "false") and not policy.allow_urls:
+    try:
+        spec = parse_source(source)
+    except ValueError as exc:
+        raise RequestRefused(f"the request's data: {exc}") from None
+    if spec.syntax.argument == "factory":
+        raise RequestRefused("the request's data names a factory, which is code: a request cannot name code to run "
+                             "on the server. Leave data= out: the job then uses the data the version was logged with "
+                             "(a factory logged with the model included)")
+    if spec.downloads and not policy.allow_urls:
         raise RequestRefused(f"data {source[:80]!r} asks to download; this server does not allow downloads "
                              f"(the administrator can set {ALLOW_URLS_ENV}=true)")
-    if "root" in options:
-        options["root"] = policy.check_path(options["root"], what="data root", kind="dir")
-    if sep and name == "torchvision":
-        if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", argument):
-            raise RequestRefused(f"data {source[:80]!r}: expected a torchvision dataset class name")
-    elif sep:
-        argument = policy.check_path(argument, what="data path", kind="any")
-    rebuilt = f"{name}:{argument}" if sep else name
-    return rebuilt + ("?" + "&".join(f"{k}={v}" for k, v in options.items()) if options else "")
+    resolved = {where: policy.check_path(raw, what="data path" if where == "argument" else f"data {where}",
+                                         kind="any" if where == "argument" else "dir")
+                for where, raw in spec.paths.items()}
+    argument = resolved.pop("argument", None)
+    return spec.replace(argument=argument, **resolved).text
 
 
 def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:

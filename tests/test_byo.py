@@ -5,6 +5,11 @@ own class, its own npz with string IDs and a ``split`` array, ``mlflow_unlearn.l
 folder and without ``PYTHONPATH`` (the user's module comes from the model's logged ``code_paths``), the README's
 ``unlearn.py`` (API, chained), the CLI (chained again, in a fresh process), and a registry request through a real
 ``mlflow server`` with the plugin.
+
+README "Bring your own data pipeline" likewise: ``scans.py`` (a ``Dataset`` factory) and ``scans_train.py`` are run
+in a project folder, then the model is unlearned from another folder without ``PYTHONPATH`` through the API, the CLI
+(an ``ids:`` request naming the factory's sample IDs) and a registry request; ``folder_train.py`` (torchvision
+transforms) checks that the accuracies the project logs equal the script's own within 0.1 points.
 """
 
 from __future__ import annotations
@@ -28,23 +33,30 @@ MODEL = "byo"
 TIMEOUT_S = 900
 
 
-def readme_scripts() -> dict[str, str]:
-    """The python blocks of the README's "Bring your own model" section, by the file name on their first line."""
-    section = README.read_text().split("## Bring your own model\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+def readme_scripts(section: str = "Bring your own model",
+                   names: tuple[str, ...] = ("mymodel.py", "train.py", "unlearn.py")) -> dict[str, str]:
+    """The python blocks of a README section, by the file name on their first line."""
+    text = README.read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     scripts = {block.splitlines()[0].removeprefix("# ").strip(): block for block in blocks}
-    assert set(scripts) == {"mymodel.py", "train.py", "unlearn.py"}, scripts.keys()
+    assert set(scripts) == set(names), scripts.keys()
     return scripts
 
 
-def _env(tracking_uri: str) -> dict[str, str]:
+def pipeline_scripts() -> dict[str, str]:
+    """README "Bring your own data pipeline": the preprocessing example and the Dataset factory."""
+    return readme_scripts("Bring your own data pipeline", ("folder_train.py", "scans.py", "scans_train.py"))
+
+
+def _env(tracking_uri: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_")) and k != "PYTHONPATH"}
-    env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_UNLEARN_DEVICE="cpu")
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_UNLEARN_DEVICE="cpu", **extra)
     return env
 
 
-def _run(args: list[str], cwd: Path, tracking_uri: str) -> str:
-    done = subprocess.run(args, cwd=cwd, env=_env(tracking_uri), capture_output=True, text=True, timeout=TIMEOUT_S)
+def _run(args: list[str], cwd: Path, tracking_uri: str, **extra_env: str) -> str:
+    done = subprocess.run(args, cwd=cwd, env=_env(tracking_uri, **extra_env), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -59,8 +71,8 @@ def _train(root: Path, tracking_uri: str) -> Path:
     return project
 
 
-def _versions(client: MlflowClient) -> dict[str, object]:
-    return {str(v.version): v for v in client.search_model_versions(f"name='{MODEL}'")}
+def _versions(client: MlflowClient, model: str = MODEL) -> dict[str, object]:
+    return {str(v.version): v for v in client.search_model_versions(f"name='{model}'")}
 
 
 def _assert_child(client: MlflowClient, child, parent: str, forgot_class: int) -> None:
@@ -117,19 +129,19 @@ def server(tmp_path_factory, installed_site):  # noqa: F811
     srv.stop()
 
 
-def _request(srv: Server, version: str, value: str) -> dict[str, str]:
+def _request(srv: Server, version: str, value: str, model: str = MODEL) -> dict[str, str]:
     response = requests.post(f"{srv.url}/api/2.0/mlflow/model-versions/set-tag",
-                             json={"name": MODEL, "version": version, "key": "mlflow_unlearn.request", "value": value},
+                             json={"name": model, "version": version, "key": "mlflow_unlearn.request", "value": value},
                              timeout=60)
     assert response.status_code == 200, response.text
     client = MlflowClient(srv.url, srv.url)
     deadline = time.time() + TIMEOUT_S
     while time.time() < deadline:
-        tags = client.get_model_version(MODEL, version).tags
+        tags = client.get_model_version(model, version).tags
         if tags.get("mlflow_unlearn.status") in ("succeeded", "failed"):
             return tags
         time.sleep(1)
-    pytest.fail(f"request on {MODEL}/{version} not finished after {TIMEOUT_S} s: {tags}\n{srv.log_tail()}")
+    pytest.fail(f"request on {model}/{version} not finished after {TIMEOUT_S} s: {tags}\n{srv.log_tail()}")
 
 
 def test_a_registry_request_unlearns_the_users_model(server):
@@ -141,3 +153,105 @@ def test_a_registry_request_unlearns_the_users_model(server):
     assert tags["mlflow_unlearn.status"] == "succeeded", tags.get("mlflow_unlearn.error")
     assert tags["mlflow_unlearn.result_version"] == f"{MODEL}/2"
     _assert_child(client, _versions(client)["2"], "1", 3)
+
+
+# ----------------------------------------------------------------------------------- README: your data pipeline
+
+SCANS = "scans"
+
+
+def _train_scans(root: Path, tracking_uri: str) -> Path:
+    """README's scans.py (the user's Dataset factory) and scans_train.py, run in a project folder."""
+    project = root / "scans-project"
+    project.mkdir(parents=True)
+    for name in ("scans.py", "scans_train.py"):
+        (project / name).write_text(pipeline_scripts()[name])
+    _run([sys.executable, "scans_train.py"], project, tracking_uri)
+    return project
+
+
+def _assert_scans_child(client: MlflowClient, child, parent: str, count: int) -> None:
+    assert child.tags["mlflow_unlearn.parent"] == f"{SCANS}/{parent}"
+    assert child.tags["mlflow_unlearn.forget_count"] == str(count)
+    run = client.get_run(child.run_id)
+    assert run.data.params["data.source"].startswith("factory:scans:make_datasets?root=")
+    assert run.data.params["data.split"] == "explicit"
+    assert {f.path for f in client.list_artifacts(child.run_id, "model/code")} == {"model/code/scans.py"}
+    recorded = str(run.data.params) + str(run.data.tags) + str([i.dataset.source for i in run.inputs.dataset_inputs])
+    assert "scan-0" not in recorded  # the factory's sample IDs: digests only
+
+
+def _training_samples_of_class(project: Path, label: int) -> int:
+    rows = (project / "scan-data" / "train.csv").read_text().splitlines()
+    return sum(row.split(",")[1] == str(label) for row in rows)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scans")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return root, _train_scans(root, uri), uri
+
+
+def test_a_dataset_factory_in_the_users_code_is_replayed_from_anywhere(scans):
+    """The factory's module travels with the model: API and CLI, chained, from a folder that never saw it."""
+    root, project, uri = scans
+    client = MlflowClient(uri, uri)
+    (v1,) = _versions(client, SCANS).values()
+    run = client.get_run(v1.run_id)
+    assert run.data.params["data.n_test"] == "360" and run.data.params["data.n_train"] == "1437"
+    assert {f.path for f in client.list_artifacts(v1.run_id, "model/code")} == {"model/code/scans.py"}
+
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    api = ("import mlflow_unlearn\n"
+           f"print(mlflow_unlearn.unlearn('models:/{SCANS}/1', forget='classes:3', onnx=False).version.version)\n")
+    assert _run([sys.executable, "-c", api], elsewhere, uri).strip().splitlines()[-1] == "2"
+    child = _versions(client, SCANS)["2"]
+    _assert_scans_child(client, child, "1", _training_samples_of_class(project, 3))
+    assert child.tags["mlflow_unlearn.verdict"] == "passed"
+    assert float(client.get_run(child.run_id).data.metrics["unlearned.forget_accuracy"]) <= 15.0
+
+    rows = [line.split(",") for line in (project / "scan-data" / "train.csv").read_text().splitlines()]
+    request = elsewhere / "req-0042.csv"  # a deletion request: five of the factory's sample IDs that v2 still holds
+    request.write_text("id\n" + "\n".join([i for i, label in rows if label != "3"][10:15]) + "\n")
+    cli = Path(sys.executable).parent / "mlflow-unlearn"
+    key = {"MLFLOW_UNLEARN_DIGEST_KEY": os.environ["MLFLOW_UNLEARN_DIGEST_KEY"]}  # the deployment's (conftest.py)
+    out = _run([str(cli), "unlearn", f"models:/{SCANS}/2", "--forget", f"ids:{request}", "--device", "cpu",
+                "--no-onnx", "--force"], elsewhere, uri, **key)
+    assert f"models:/{SCANS}/3" in out, out
+    _assert_scans_child(client, _versions(client, SCANS)["3"], "2", 5)
+
+
+def test_a_registry_request_replays_the_users_dataset_factory(server):
+    """The job's process never saw the project: the factory comes from the version's logged code."""
+    project = _train_scans(server.allowed, server.url)
+    client = MlflowClient(server.url, server.url)
+    tags = _request(server, "1", "forget=classes:3", model=SCANS)
+    assert tags["mlflow_unlearn.status"] == "succeeded", tags.get("mlflow_unlearn.error")
+    assert tags["mlflow_unlearn.result_version"] == f"{SCANS}/2"
+    _assert_scans_child(client, _versions(client, SCANS)["2"], "1", _training_samples_of_class(project, 3))
+
+
+def test_logged_accuracies_equal_the_users_own_for_a_model_trained_on_preprocessed_inputs(tmp_path):
+    """torchvision's Resize, CenterCrop, ToTensor and Normalize in the user's script; the same as source options:
+    the project's test accuracy (log_model's, and the unlearning run's original row, which also checks the ONNX copy
+    on those inputs) and its forget accuracy equal the script's own within 0.1 points."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "folder_train.py").write_text(pipeline_scripts()["folder_train.py"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    printed = _run([sys.executable, "folder_train.py"], project, uri)
+    mine_test, mine_threes = map(float, re.findall(r"[\d.]+(?=,|$)", printed.strip().splitlines()[-1]))
+    client = MlflowClient(uri, uri)
+    (v1,) = _versions(client, "digit-images").values()
+    assert client.get_run(v1.run_id).data.params["data.source"].endswith("?size=12&crop=10&mean=0.3,0.25,0.2&"
+                                                                          "std=0.4,0.3,0.25")
+    assert abs(client.get_run(v1.run_id).data.metrics["test_accuracy"] - mine_test) <= 0.1
+    cli = Path(sys.executable).parent / "mlflow-unlearn"
+    _run([str(cli), "unlearn", "models:/digit-images/1", "--forget", "classes:3", "--device", "cpu"], elsewhere, uri)
+    metrics = client.get_run(_versions(client, "digit-images")["2"].run_id).data.metrics
+    assert abs(metrics["original.test_accuracy"] - mine_test) <= 0.1
+    assert abs(metrics["original.forget_accuracy"] - mine_threes) <= 0.1
+    assert mine_test > 80  # a model that learned something: a wrong preprocessing would show

@@ -305,3 +305,60 @@ def test_one_grammar_parses_what_the_data_layer_loads():
     assert parse_source("torchvision:MNIST?root=/d&download=no").paths == {"root": "/d"}
     moved = spec.replace(argument="/other/data.py")
     assert moved.text == "factory:/other/data.py:make_sets?root=/data&mean=0.5&std=0.25"
+
+
+# ------------------------------------------------------------------------------------------- the doors
+
+DOOR_CASES = {  # the issue's bad inputs, as a user writes them at log_model and at unlearn(data=...)
+    "factory-raises": ("factory:{file}:raises", "raised KeyError"),
+    "factory-returns-wrong-types": ("factory:{file}:returns_number", "returned a int"),
+    "ids-not-unique": ("factory:{file}:duplicate_ids", "5 duplicate sample IDs"),
+    "transform-shapes-differ-between-sides": ("factory:{file}:shapes_differ", "differ between its sides"),
+    "normalisation-with-wrong-channel-count": ("factory:{file}:make?mean=0.5,0.5,0.5&std=0.2,0.2,0.2",
+                                               "give 3 values but the samples"),
+}
+
+
+@pytest.fixture(scope="module")
+def door_registry(tmp_path_factory):
+    """A model logged on a good factory (the version the CLI case unlearns with bad data)."""
+    import mlflow_unlearn
+
+    root = tmp_path_factory.mktemp("factory-doors")
+    path = root / "code" / "doordata.py"
+    path.parent.mkdir()
+    path.write_text(textwrap.dedent(FACTORY))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(uri).create_experiment("doors", artifact_location=str(root / "artifacts"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    mlflow_unlearn.log_model(model, data=f"factory:{path}:make", registered_model_name="doors", experiment=experiment,
+                             tracking_uri=uri, registry_uri=uri)
+    return uri, experiment, path
+
+
+@pytest.mark.parametrize("case", list(DOOR_CASES), ids=list(DOOR_CASES))
+def test_bad_data_is_one_line_at_the_doors_and_nothing_is_logged(door_registry, case):
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    import mlflow_unlearn
+    from mlflow_unlearn.tracking.cli import cli
+
+    uri, experiment, path = door_registry
+    client = MlflowClient(uri, uri)
+    before = (len(client.search_runs([experiment])), len(client.search_model_versions("name='doors'")))
+    source, message = DOOR_CASES[case]
+    source = source.format(file=path)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    with pytest.raises(ValueError, match=message) as info:
+        mlflow_unlearn.log_model(model, data=source, registered_model_name="doors", experiment=experiment,
+                                 tracking_uri=uri, registry_uri=uri)
+    assert "\n" not in str(info.value) and "user-0" not in str(info.value)
+    result = CliRunner().invoke(cli, ["unlearn", "models:/doors/1", "--forget", "classes:1", "--data", source,
+                                      "--device", "cpu", "--no-onnx"], env={"MLFLOW_TRACKING_URI": uri})
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "user-0" not in result.output
+    assert (len(client.search_runs([experiment])), len(client.search_model_versions("name='doors'"))) == before

@@ -67,9 +67,14 @@ BAD = [
     ("forget=classes:3; onnx=maybe", "Unknown onnx value .*; expected one of: true, false"),
     ("forget=classes:3; data=https://example.com/x.npz", "is a URL"),
     ("forget=classes:3; data=s3://bucket/x.npz", "is a URL"),
-    ("forget=classes:3; data=my.module:factory", "module paths"),
+    ("forget=classes:3; data=my.module:factory", "Unknown data source 'my.module'"),
     ("forget=classes:3; data=torchvision:MNIST?root={allowed}&download=1", "download"),
-    ("forget=classes:3; data=digits?opt=$(id)", "neither a built-in"),
+    ("forget=classes:3; data=torchvision:MNIST?root={allowed}&download=YES", "download"),
+    ("forget=classes:3; data=torchvision:MNIST?root={allowed}&download=maybe", "`download` to be 1/0"),
+    ("forget=classes:3; data=digits?opt=$(id)", r"unknown options \['opt'\]"),
+    ("forget=classes:3; data=factory:os:system?command=id", "names a factory, which is code"),
+    ("forget=classes:3; data=factory:{allowed}/data.py:make", "names a factory, which is code"),
+    ("forget=classes:3; data=npz:{allowed}/train.npz?mean=0.5", "`mean` needs `std`"),
     ("forget=ids:/etc/forget.txt", "outside the allowed roots"),
     ("forget=ids:/etc/hostname", "not a file name"),
     ("forget=ids:{allowed}/../secret.txt", "traversal"),
@@ -91,6 +96,24 @@ def test_bad_requests_are_refused_with_a_reason(roots, value, reason):
     allowed, policy = roots
     with pytest.raises(RequestRefused, match=reason.replace("(", r"\(").replace("$", r"\$")):
         parse_request(value.format(allowed=allowed), policy)
+
+
+def test_the_plugin_reads_data_with_the_data_layers_grammar(roots, tmp_path):
+    """One source grammar: ``download=no`` is "no download" for the plugin as for the data layer (it used to be
+    refused as a download request), and the request's source is the one the data layer parses."""
+    from mlflow_unlearn.data.grammar import parse_source
+
+    allowed, policy = roots
+    (allowed / "mnist").mkdir()
+    for flag in ("no", "0", "false", "No"):
+        data = parse_request(f"forget=classes:3; data=torchvision:MNIST?root={allowed}/mnist&download={flag}",
+                             policy).data
+        assert data == f"torchvision:MNIST?root={allowed}/mnist&download={flag}"
+        assert parse_source(data).downloads is False
+    normalised = parse_request(f"forget=classes:3; data=npz:{allowed}/train.npz?mean=0.5&std=0.25&crop=2", policy)
+    assert parse_source(normalised.data).option_dict == {"mean": "0.5", "std": "0.25", "crop": "2"}
+    assert parse_request(f"forget=classes:3; data=npz:{allowed}/train.npz?mean=0.1,0.2,0.3&std=1,1,1",
+                         policy).data.endswith("?mean=0.1,0.2,0.3&std=1,1,1")
 
 
 @pytest.mark.parametrize(("request_part", "server_default", "expected"), [

@@ -152,6 +152,8 @@ def test_a_factory_file_gives_the_users_split_ids_and_labels_without_reading_the
 def test_factory_samples_stream_through_worker_processes(factory_file, monkeypatch):
     monkeypatch.setenv(rt.loaders.DATA_WORKERS_ENV, "2")
     split = load_data(f"factory:{factory_file}:make?n_train=200&n_test=20")
+    assert rt.make_loader(split.train, batch_size=32, shuffle=True).num_workers == 0  # quicker than starting workers
+    monkeypatch.setattr(rt.loaders, "WORKER_WORTH_S", 0.0)  # as if each sample took long to read
     loader = rt.make_loader(split.train, batch_size=32, shuffle=True, seed=0)
     assert loader.num_workers == 2
     expected = rt.make_loader(split.train, batch_size=32, shuffle=True, seed=0)
@@ -266,6 +268,7 @@ def test_bad_factories_get_one_line_without_ids(factory_file, case):
 def test_a_sample_that_fails_while_streaming_is_one_line_from_a_worker_too(factory_file, monkeypatch, workers,
                                                                           function, message):
     monkeypatch.setenv(rt.loaders.DATA_WORKERS_ENV, workers)
+    monkeypatch.setattr(rt.loaders, "WORKER_WORTH_S", 0.0)
     split = load_data(f"factory:{factory_file}:{function}")
     with pytest.raises(ValueError, match=message) as info:
         for _ in rt.make_loader(split.train, batch_size=16, shuffle=False):

@@ -1,8 +1,10 @@
-"""Data layer: sources with stable sample IDs, deterministic splits, forget specifications, digests.
+"""Data layer: sources with stable sample IDs, streamed a batch at a time, deterministic splits, forget
+specifications, digests.
 
-The names below are loaded on first use (PEP 562), so that the forget grammar
-(:func:`~mlflow_unlearn.data.forget.parse_forget_spec`) can be imported without torch: the registry plugin
-parses requests inside the server's request threads.
+The names below are loaded on first use (PEP 562), so that the grammars (the forget grammar,
+:func:`~mlflow_unlearn.data.forget.parse_forget_spec`, and the source grammar,
+:func:`~mlflow_unlearn.data.grammar.parse_source`) can be imported without torch: the registry plugin parses
+requests inside the server's request threads.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ _EXPORTS = {
     "list_forget_specs": "forget",
     "parse_forget_spec": "forget",
     "resolve_forget": "forget",
+    "SourceSpec": "grammar",
+    "parse_source": "grammar",
+    "Preprocess": "preprocess",
     "DataSplit": "samples",
     "ForgetSplit": "samples",
     "SampleSet": "samples",
@@ -33,6 +38,8 @@ _EXPORTS = {
 
 __all__ = [
     "DataSplit",
+    "Preprocess",
+    "SourceSpec",
     "ForgetSpec",
     "ForgetSplit",
     "RawSamples",
@@ -47,6 +54,7 @@ __all__ = [
     "list_sources",
     "load_data",
     "parse_forget_spec",
+    "parse_source",
     "register_source",
     "resolve_forget",
 ]
@@ -61,6 +69,8 @@ if TYPE_CHECKING:
         parse_forget_spec,
         resolve_forget,
     )
+    from mlflow_unlearn.data.grammar import SourceSpec, parse_source
+    from mlflow_unlearn.data.preprocess import Preprocess
     from mlflow_unlearn.data.samples import DataSplit, ForgetSplit, SampleSet, ids_digest
     from mlflow_unlearn.data.sources import (
         SPLIT_VALUES,

@@ -270,7 +270,8 @@ def npz_member(path: str | Path, name: str) -> np.ndarray:
     A member stored uncompressed (``np.savez``) is mapped where it lies in the archive. A compressed one
     (``np.savez_compressed``) cannot be mapped: it is decompressed once, in chunks, into a temporary ``.npy`` file
     that is mapped instead and deleted when the process ends (memory stays flat; it costs the disk space of the
-    uncompressed array and one decompression pass, ~0.3 s per 100 MB on a 2-core EPYC).
+    uncompressed array and one decompression pass, as long as reading it into memory: a 55 MB array took 1.1 s, 0.27 s
+    of CPU, where ``np.load`` took 1.2 s, on a busy 2-core EPYC).
 
     Raises:
         ValueError: a missing member, an object array, or an archive that is not a zip file.

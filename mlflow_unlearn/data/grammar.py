@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qsl, quote
 
 #: Options that every source accepts: the preprocessing applied to each sample, in this order, after reading it:
@@ -93,17 +92,6 @@ for _builtin in (
                  open_options=True),
 ):
     register_syntax(_builtin)
-
-
-def source_syntax(name: str) -> SourceSyntax:
-    """The grammar of source ``name``.
-
-    Raises:
-        ValueError: for an unknown name (the message lists the known ones).
-    """
-    if name not in _SYNTAX:
-        raise ValueError(f"Unknown data source {name!r}; expected one of: {known_sources()}")
-    return _SYNTAX[name]
 
 
 def source_names() -> list[str]:
@@ -323,9 +311,3 @@ def _parse_floats(name: str, text: str, *, positive: bool = False) -> tuple[floa
         raise ValueError(f"Expected option `{name}` to be comma-separated {kind}, one per channel (e.g. "
                          f"0.485,0.456,0.406), but got {text!r}")
     return values
-
-
-def preprocess_options(spec: SourceSpec) -> dict[str, Any]:
-    """The preprocessing options of ``spec``, parsed: ``size``, ``crop``, ``mean``, ``std`` (None when absent)."""
-    return {"size": spec.size, "crop": spec.crop, "mean": spec.mean, "std": spec.std}
-

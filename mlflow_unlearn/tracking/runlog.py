@@ -204,6 +204,11 @@ class RunLogger:
         self.log_metrics({ONNX_DIFF_METRIC: check.max_abs_diff})
         return check.max_abs_diff
 
+    @property
+    def model_source(self) -> str:
+        """The artifact URI of the run's logged model: the source of the version :meth:`register` creates."""
+        return f"{self.artifact_uri}/{MODEL_ARTIFACT_PATH}"
+
     def register(self, name: str, *, tags: Mapping[str, str] | None, description: str) -> ModelVersion:
         """Register the run's logged model as the next version of ``name`` (created if missing)."""
         from mlflow.exceptions import MlflowException
@@ -212,9 +217,8 @@ class RunLogger:
             self.client.get_registered_model(name)
         except MlflowException:
             self.client.create_registered_model(name)
-        self.registered = self.client.create_model_version(name, f"{self.artifact_uri}/{MODEL_ARTIFACT_PATH}",
-                                                           run_id=self.run_id, tags=dict(tags or {}),
-                                                           description=description)
+        self.registered = self.client.create_model_version(name, self.model_source, run_id=self.run_id,
+                                                           tags=dict(tags or {}), description=description)
         return self.registered
 
     def tag_result(self, version: ModelVersion) -> None:

@@ -43,8 +43,12 @@ def _tags(*names: str) -> tuple[str, ...]:
 VERSION_TAG_KEYS = (PARENT_TAG, METHOD_TAG, FORGET_DIGEST_TAG, FORGET_KEY_TAG, FORGET_COUNT_TAG, RUN_ID_TAG,
                     VERDICT_TAG) = _tags("parent", "method", "forget_digest", "forget_key", "forget_count", "run_id",
                                          "verdict")
-#: The fingerprint value of a digest made without a key (``classes:`` and ``random:`` sets).
+#: The fingerprint value of a digest made without a key (``classes:`` and ``random:`` sets of a lineage without an
+#: ``ids:`` step).
 NO_KEY = "none"
+#: The keyed provenance record of an unlearned version (:mod:`~mlflow_unlearn.tracking.provenance`): a tag of the
+#: run that registered it and of the version itself. ``verify`` and the reuse lookup trust this record, not the tags.
+PROVENANCE_TAG = TAG_PREFIX + "provenance"
 #: Run artifact of an ``ids:`` forget step: its keyed per-ID digests (tombstones), never the IDs.
 TOMBSTONES_ARTIFACT = "forget/tombstones.json"
 

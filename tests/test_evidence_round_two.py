@@ -173,7 +173,7 @@ def test_a_small_ids_request_publishes_no_figure_that_narrows_the_sample_down(ur
     # the attack: the membership AUC each candidate would have under the original, matched to published AUCs
     original = load_trainable_module(download_artifacts(artifact_uri=client.get_model_version_download_uri(
         "digits-mlp", 1), dst_path=str(tmp_path / "m"), tracking_uri=uris["tracking_uri"])).eval()
-    aucs = {k: v for k, v in published.items() if "membership" in k}
+    aucs = {k: v for k, v in published.items() if "membership_auc" in k}
     with torch.no_grad():
         def loss(x, y):
             return torch.nn.functional.cross_entropy(original(x), y, reduction="none").numpy()
@@ -224,7 +224,7 @@ def test_verify_answers_unverifiable_for_planted_versions_and_changed_weights(ur
     assert (codes["real"].exit_code, codes["planted"].exit_code, codes["original"].exit_code) == (0, 3, 1)
     assert codes["original"].output.startswith("not forgotten:")
     missing = CliRunner().invoke(cli, ["verify", MODEL, "--forget", f"ids:{tmp_path / 'absent.csv'}"], env=env)
-    assert missing.exit_code == 2 and "the forget request file" in missing.output
+    assert missing.exit_code == 2 and "The forget request file does not exist" in missing.output
     assert str(tmp_path) not in missing.output
     wrong_key = CliRunner().invoke(cli, ["verify", f"models:/digits-mlp/{real.version.version}", "--forget",
                                          f"ids:{request}"], env={**env, DIGEST_KEY_ENV: "another-key-0123456789abc"})

@@ -469,3 +469,36 @@ def test_request_on_a_missing_version_is_rejected(server, parent):
                                      "archive_existing_versions": False}, timeout=30)
     assert transition.status_code == 404
     assert len(_client(server).search_model_versions(f"name='{MODEL}'")) == before
+
+
+def test_rest_refuses_planted_unlearning_tags_and_a_planted_result(server, transition_job):
+    """Issue 25: over REST, every ``mlflow_unlearn.*`` tag but the request is refused on set and delete, lineage
+    tags are refused at creation, and a version created with the original's files and a real unlearning run's ID
+    (no tags) is not an unlearning result to the reuse lookup or to the provenance check."""
+    from mlflow_unlearn.tracking.keys import read_digest_key
+    from mlflow_unlearn.tracking.provenance import INVALID, check
+
+    version, _, _ = transition_job
+    tags = _wait_done(server, version)
+    child = _children(server, version)[0]
+    api = f"{server.url}/api/2.0/mlflow/model-versions"
+    for key in ("mlflow_unlearn.verdict", "mlflow_unlearn.provenance", "mlflow_unlearn.parent",
+                "mlflow_unlearn.status"):
+        planted = requests.post(f"{api}/set-tag", json={"name": MODEL, "version": child.version, "key": key,
+                                                        "value": "passed"}, timeout=30)
+        deleted = requests.delete(f"{api}/delete-tag", json={"name": MODEL, "version": child.version, "key": key},
+                                  timeout=30)
+        assert (planted.status_code, deleted.status_code) == (400, 400), (key, planted.text, deleted.text)
+    assert _client(server).get_model_version(MODEL, child.version).tags == child.tags
+    copied = requests.post(f"{api}/create", json={"name": MODEL, "source": child.source, "run_id": child.run_id,
+                                                  "tags": [{"key": k, "value": v} for k, v in child.tags.items()]},
+                           timeout=30)
+    assert copied.status_code == 200, copied.text  # the real record of this run and these files: a true result
+    forged = requests.post(f"{api}/create", json={"name": MODEL, "source": child.source, "run_id": child.run_id,
+                                                  "tags": [{"key": k, "value": "planted" if k.endswith("verdict")
+                                                            else v} for k, v in child.tags.items()]}, timeout=30)
+    assert forged.status_code == 400 and "signed with this server's digest key" in forged.json()["message"]
+    parent_version = _client(server).get_model_version(MODEL, version)
+    planted = _client(server).create_model_version(MODEL, parent_version.source, run_id=tags[
+        "mlflow_unlearn.request_run_id"])  # the original's files under a real unlearning run
+    assert check(_client(server), planted, read_digest_key()).status == INVALID

@@ -471,10 +471,12 @@ def test_request_on_a_missing_version_is_rejected(server, parent):
     assert len(_client(server).search_model_versions(f"name='{MODEL}'")) == before
 
 
-def test_rest_refuses_planted_unlearning_tags_and_a_planted_result(server, transition_job):
+def test_rest_refuses_planted_unlearning_tags_and_a_planted_result(server, transition_job, tmp_path):
     """Issue 25: over REST, every ``mlflow_unlearn.*`` tag but the request is refused on set and delete, lineage
     tags are refused at creation, and a version created with the original's files and a real unlearning run's ID
     (no tags) is not an unlearning result to the reuse lookup or to the provenance check."""
+    import mlflow
+
     from mlflow_unlearn.tracking.keys import read_digest_key
     from mlflow_unlearn.tracking.provenance import INVALID, check
 
@@ -498,7 +500,13 @@ def test_rest_refuses_planted_unlearning_tags_and_a_planted_result(server, trans
                                                   "tags": [{"key": k, "value": "planted" if k.endswith("verdict")
                                                             else v} for k, v in child.tags.items()]}, timeout=30)
     assert forged.status_code == 400 and "signed with this server's digest key" in forged.json()["message"]
-    parent_version = _client(server).get_model_version(MODEL, version)
-    planted = _client(server).create_model_version(MODEL, parent_version.source, run_id=tags[
-        "mlflow_unlearn.request_run_id"])  # the original's files under a real unlearning run
-    assert check(_client(server), planted, read_digest_key()).status == INVALID
+    # the original's files, logged into the real unlearning run by a writer of the tracking store, and a version
+    # created from them under that run (MLflow accepts a source inside the run's artifacts)
+    client, run_id = _client(server), tags["mlflow_unlearn.request_run_id"]
+    original = mlflow.artifacts.download_artifacts(artifact_uri=client.get_model_version_download_uri(MODEL, version),
+                                                   dst_path=str(tmp_path), tracking_uri=server.url)
+    client.log_artifacts(run_id, original, "planted_model")
+    planted = client.create_model_version(MODEL, f"{client.get_run(run_id).info.artifact_uri}/planted_model",
+                                          run_id=run_id)
+    found = check(client, planted, read_digest_key())
+    assert found.status == INVALID and "other model files" in found.reason

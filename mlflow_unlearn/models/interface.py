@@ -94,8 +94,8 @@ the key 'logits' of a dict, or as the attribute `logits` of an object (Hugging F
         else:
             raise ModelOutputError(f"The model returned {_describe(output)}; {OUTPUT_RULE}")
     if scores.dim() != 2 or not scores.is_floating_point():
-        raise ModelOutputError(f"The model's class scores are a {str(scores.dtype).removeprefix('torch.')} tensor "
-                               f"shaped {tuple(scores.shape)}; {OUTPUT_RULE}")
+        raise ModelOutputError(f"The model's class scores have dtype {str(scores.dtype).removeprefix('torch.')} and "
+                               f"shape {tuple(scores.shape)}; {OUTPUT_RULE}")
     return scores
 
 

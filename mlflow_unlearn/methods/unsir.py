@@ -135,9 +135,15 @@ def first_embedding(model: nn.Module, sample: torch.Tensor) -> str | None:
     '0'
     """
     found: list[str] = []
-    handles = [module.register_forward_hook(
-        lambda _m, args, _out, n=name: found.append(n) if args and getattr(args[0], "shape", None) == sample.shape
-        else None) for name, module in model.named_modules() if isinstance(module, nn.Embedding)]
+
+    def note(name: str):
+        def hook(_module: nn.Module, args: tuple, _output: torch.Tensor) -> None:
+            if args and getattr(args[0], "shape", None) == sample.shape:
+                found.append(name)
+        return hook
+
+    handles = [module.register_forward_hook(note(name)) for name, module in model.named_modules()
+               if isinstance(module, nn.Embedding)]
     if not handles:
         return None
     was_training = model.training

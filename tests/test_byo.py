@@ -28,12 +28,13 @@ MODEL = "byo"
 TIMEOUT_S = 900
 
 
-def readme_scripts() -> dict[str, str]:
-    """The python blocks of the README's "Bring your own model" section, by the file name on their first line."""
-    section = README.read_text().split("## Bring your own model\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+def readme_scripts(section: str = "Bring your own model",
+                   names: tuple[str, ...] = ("mymodel.py", "train.py", "unlearn.py")) -> dict[str, str]:
+    """The python blocks of the README's ``section``, by the file name on their first line (exactly ``names``)."""
+    text = README.read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     scripts = {block.splitlines()[0].removeprefix("# ").strip(): block for block in blocks}
-    assert set(scripts) == {"mymodel.py", "train.py", "unlearn.py"}, scripts.keys()
+    assert set(scripts) == set(names), scripts.keys()
     return scripts
 
 

@@ -85,10 +85,11 @@ def seeded_order(ids: np.ndarray, *, seed: int, purpose: str) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class SampleSet(Dataset):
-    """Samples ``x`` (float32, ``N x C x H x W`` or ``N x F``), labels ``y`` (int64, ``N``) and IDs.
+    """Samples ``x`` (float32 ``N x C x H x W`` or ``N x F``, or int64 token IDs), labels ``y`` (int64, ``N``) and IDs.
 
     Args:
-        x: the inputs.
+        x: the inputs; floating-point inputs become float32, integer ones int64 with their values untouched (token
+            IDs for a model with an ``nn.Embedding`` first), booleans float32.
         y: integer class labels.
         ids: one stable ID per sample (ints or strings), unique.
         num_classes: number of classes of the task (not only those present here).
@@ -109,8 +110,9 @@ class SampleSet(Dataset):
             )
         if self.y.dtype != torch.int64:
             object.__setattr__(self, "y", self.y.long())
-        if self.x.dtype != torch.float32:
-            object.__setattr__(self, "x", self.x.float())
+        integer = not self.x.is_floating_point() and self.x.dtype != torch.bool
+        if self.x.dtype != (torch.int64 if integer else torch.float32):
+            object.__setattr__(self, "x", self.x.long() if integer else self.x.float())
 
     def __len__(self) -> int:
         return int(self.y.shape[0])

@@ -30,12 +30,17 @@ Options:
 * ``mode=L`` or ``mode=RGB`` (same sources): the colour handling. The default, ``auto``, reads images as
   greyscale (1 channel) when every image is greyscale (Pillow modes ``1``, ``L``, ``LA``) and as RGB
   (3 channels) otherwise; alpha is dropped.
-* ``shape=CxHxW`` or ``shape=HxW`` (manifests with pixel columns): the image shape of one row. Without it a row
-  of ``F`` pixels becomes a ``1xSxS`` image when ``F = S*S``, and flat features otherwise.
+* ``shape=CxHxW``, ``shape=HxW`` or ``shape=flat`` (manifests with pixel or feature columns): the shape of one row,
+  an image or ``flat`` (``F`` features or token IDs, as written). Without it (or with ``shape=auto``) a row of ``F``
+  values becomes a ``1xSxS`` image when ``F = S*S``, and flat features otherwise.
 
-Pixel values: integer arrays whose values all lie in [0, 255] are 8-bit pixels and are divided by 255; any
-other array is used as given (as float32). Labels: non-negative ints are used as given
-(``num_classes = max + 1``); strings are numbered in sorted order (the names are kept in ``meta["classes"]``).
+Input values: uint8 arrays, and integer images (``NxCxHxW`` after the moves above) whose values all lie in [0, 255],
+are 8-bit pixels and are divided by 255; other integer flat rows (``NxF``: token IDs, category codes) pass through
+untouched as int64 (for a model whose first layer is an ``nn.Embedding``); any other array is used as given (as
+float32).
+
+Labels: non-negative ints are used as given (``num_classes = max + 1``); strings are numbered in sorted order
+(the names are kept in ``meta["classes"]``).
 
 Splitting: :func:`load_data` splits each class separately and deterministically from the seed (see
 :func:`~mlflow_unlearn.data.samples.seeded_order`), so the same source and seed give the same split on every
@@ -82,7 +87,7 @@ class RawSamples:
     """What a source loader returns: every sample of the source, before splitting.
 
     Args:
-        x: inputs, float32 ``NxCxHxW`` or ``NxF``.
+        x: inputs, float32 ``NxCxHxW`` or ``NxF``, or int64 ``NxF`` (token IDs).
         y: int64 labels in ``[0, num_classes)``.
         ids: one stable, unique ID per sample (int64 or str).
         num_classes: number of classes of the task.
@@ -312,12 +317,13 @@ def _to_sample_set(raw: RawSamples, source: str) -> SampleSet:
     meta: dict[str, Any] = {"source": source}
     if raw.classes is not None:
         meta["classes"] = list(raw.classes)
-    x = torch.from_numpy(np.ascontiguousarray(raw.x, dtype=np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(raw.x, dtype=np.int64 if raw.x.dtype.kind in "iu" else np.float32))
     return SampleSet(x, torch.from_numpy(np.asarray(raw.y, dtype=np.int64)), ids, int(raw.num_classes), meta)
 
 
 def _as_inputs(x: np.ndarray, *, where: str) -> np.ndarray:
-    """``x`` as float32 ``NxCxHxW`` (from ``NxHxW``, ``NxHxWxC`` or ``NxCxHxW``) or ``NxF``, 8-bit ints scaled."""
+    """``x`` as float32 ``NxCxHxW`` (from ``NxHxW``, ``NxHxWxC`` or ``NxCxHxW``, 8-bit ints scaled) or ``NxF`` (float32,
+    or int64 for integers but uint8: token IDs are not scaled)."""
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise ValueError(f"Expected numeric inputs in {where} but got dtype {x.dtype}")
@@ -329,6 +335,8 @@ def _as_inputs(x: np.ndarray, *, where: str) -> np.ndarray:
         raise ValueError(
             f"Expected inputs in {where} shaped NxCxHxW, NxHxWxC, NxHxW or NxF but got shape {tuple(x.shape)}"
         )
+    if x.ndim == 2 and x.dtype.kind in "iu" and x.dtype != np.uint8:
+        return x.astype(np.int64)
     if x.dtype.kind in "biu" and x.size and x.min() >= 0 and x.max() <= 255:
         return x.astype(np.float32) / 255.0
     x = x.astype(np.float32)
@@ -596,8 +604,13 @@ def _torchvision(argument: str, options: dict[str, str]) -> RawSamples:
 
 
 def _parse_shape(text: str, n_features: int, *, where: str) -> tuple[int, ...]:
+    if text == "flat":
+        return (n_features,)
+    if text == "auto":
+        side = math.isqrt(n_features)
+        return (1, side, side) if side * side == n_features else (n_features,)
     if not re.fullmatch(r"\d+(x\d+){1,2}", text):
-        raise ValueError(f"Expected option `shape` to be CxHxW or HxW (e.g. 1x28x28) but got {text!r}")
+        raise ValueError(f"Expected option `shape` to be CxHxW, HxW (e.g. 1x28x28), flat or auto but got {text!r}")
     shape = tuple(int(v) for v in text.split("x"))
     if math.prod(shape) != n_features:
         raise ValueError(f"Option shape={text} holds {math.prod(shape)} values but {where} has {n_features} "
@@ -636,19 +649,16 @@ def _manifest(fmt: str, argument: str, options: dict[str, str]) -> RawSamples:
         raise ValueError(f"Expected numeric pixel columns in the {where} but {non_numeric[:10]} are not")
     values = pixels.to_numpy()
     n_features = values.shape[1]
-    if "shape" in options:
-        values = values.reshape(len(values), *_parse_shape(options["shape"], n_features, where=where))
-    elif math.isqrt(n_features) ** 2 == n_features:
-        side = math.isqrt(n_features)
-        values = values.reshape(len(values), 1, side, side)
+    values = values.reshape(len(values), *_parse_shape(options.get("shape", "auto"), n_features, where=where))
     return RawSamples(_as_inputs(values, where=where), codes, ids, num_classes, classes, split)
 
 
-@register_source("csv", syntax="csv:<path>[?size=..&mode=..|?shape=CxHxW]", options=("size", "mode", "shape"))
+@register_source("csv", syntax="csv:<path>[?size=..&mode=..|?shape=CxHxW|flat]", options=("size", "mode", "shape"))
 def _csv(argument: str, options: dict[str, str]) -> RawSamples:
     return _manifest("csv", argument, options)
 
 
-@register_source("parquet", syntax="parquet:<path>[?size=..&mode=..|?shape=CxHxW]", options=("size", "mode", "shape"))
+@register_source("parquet", syntax="parquet:<path>[?size=..&mode=..|?shape=CxHxW|flat]",
+                 options=("size", "mode", "shape"))
 def _parquet(argument: str, options: dict[str, str]) -> RawSamples:
     return _manifest("parquet", argument, options)

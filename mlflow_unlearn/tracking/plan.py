@@ -514,26 +514,45 @@ def tombstones(plan: UnlearnPlan) -> dict[str, Any]:
 
 
 def check_model_fits(model: nn.Module, split: DataSplit, source: str) -> None:
-    """Fail early when the model cannot take the data's inputs or has another number of classes.
+    """Fail early when the model cannot take the data's inputs, holds no class scores in its output, or has another
+    number of classes.
+
+    Inputs reach the model as they are (float32, or int64 token IDs); the output is read by
+    :func:`mlflow_unlearn.models.class_scores` (a tensor, a tuple's first element, a dict's or object's ``logits``).
 
     Raises:
         DataResolutionError: with the shapes or class counts that disagree.
+        ModelInputError: a multi-input model (``forward`` needs more than one argument).
+        ModelOutputError: an output without class scores (a string, a dict without ``logits``...).
     """
     import torch
 
+    from mlflow_unlearn.models import check_one_input, class_scores
+
+    check_one_input(model)
     sample = split.train.x[:2]
     try:
         with torch.no_grad():
             was_training = model.training
             out = model.eval()(sample)
             model.train(was_training)
-    except (RuntimeError, ValueError) as exc:
-        raise DataResolutionError(f"The model cannot take the inputs of {source!r} (shape "
-                                  f"{tuple(split.train.input_shape)}): {str(exc).splitlines()[0]}") from None
-    if out.dim() != 2:
-        raise DataResolutionError(f"Expected the model to return (batch, classes) logits but got {tuple(out.shape)}")
-    if int(out.shape[1]) != split.num_classes:
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        dtype = str(sample.dtype).removeprefix("torch.")
+        raise DataResolutionError(f"The model cannot take the inputs of {source!r} ({dtype}, shape "
+                                  f"{tuple(split.train.input_shape)}): {str(exc).splitlines()[0]}"
+                                  f"{_shape_hint(source, split)}") from None
+    scores = class_scores(out)
+    if int(scores.shape[1]) != split.num_classes:
         raise DataResolutionError(
-            f"Class-count mismatch: the model outputs {int(out.shape[1])} classes but the data {source!r} has "
+            f"Class-count mismatch: the model outputs {int(scores.shape[1])} classes but the data {source!r} has "
             f"{split.num_classes}. Use the data the model was trained on."
         )
+
+
+def _shape_hint(source: str, split: DataSplit) -> str:
+    """How to keep a manifest's columns flat, when a square count of them may have been read as an image by default."""
+    shape = split.train.input_shape
+    if source.split(":")[0] in ("csv", "parquet") and "shape=" not in source and len(shape) == 3 and shape[0] == 1:
+        return (f"; a manifest's {shape[1] * shape[2]} pixel or feature columns make a 1x{shape[1]}x{shape[2]} image "
+                "by default (a square count): add ?shape=flat to the source to keep them flat")
+    return ""

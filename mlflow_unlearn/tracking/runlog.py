@@ -190,16 +190,17 @@ class RunLogger:
         ``code`` (a parent's logged code, see :func:`~.formats.read_code`) or ``code_paths`` (files and folders)
         are logged with the model as MLflow's ``code_paths``.
         """
-        input_shape = tuple(sample.shape[1:])
+        input_shape, input_dtype = tuple(sample.shape[1:]), str(sample.dtype).removeprefix("torch.")
         if code:
             code_paths = [*(code_paths or ()), *write_code(code, tmp / "code_paths")]
         save_trainable_module(model, tmp / MODEL_ARTIFACT_PATH, input_shape=input_shape, num_classes=num_classes,
-                              code_paths=code_paths)
+                              code_paths=code_paths, input_dtype=input_dtype)
         self.log_artifacts(tmp / MODEL_ARTIFACT_PATH, MODEL_ARTIFACT_PATH)
         if not onnx:
             return None
         check = export_onnx(model, sample, tmp / "model.onnx")
-        save_onnx_model(check, tmp / ONNX_ARTIFACT_PATH, input_shape=input_shape, num_classes=num_classes)
+        save_onnx_model(check, tmp / ONNX_ARTIFACT_PATH, input_shape=input_shape, num_classes=num_classes,
+                        input_dtype=input_dtype)
         self.log_artifacts(tmp / ONNX_ARTIFACT_PATH, ONNX_ARTIFACT_PATH)
         self.log_metrics({ONNX_DIFF_METRIC: check.max_abs_diff})
         return check.max_abs_diff

@@ -190,7 +190,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         Raises:
             MlflowException: ``INVALID_PARAMETER_VALUE`` naming the first offending tag key (never a value).
         """
-        allowed = {*VERSION_TAG_KEYS, PROVENANCE_TAG}
+        allowed = set(VERSION_TAG_KEYS)
         foreign = sorted(set(tags) - allowed)
         if foreign:
             raise MlflowException(f"Tag {foreign[0]!r} is written by the unlearning plugin only; create the version "

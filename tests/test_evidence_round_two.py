@@ -263,7 +263,7 @@ def test_a_planted_version_is_never_reused(uris, base):
 
 # ---------------------------------------------------------------------------------------------- tag plantings
 
-PLUGIN_KEYS = sorted({*vocab.VERSION_TAG_KEYS, vocab.PROVENANCE_TAG, *ledger.RESERVED_TAGS})
+PLUGIN_KEYS = sorted({*vocab.VERSION_TAG_KEYS, *ledger.RESERVED_TAGS})
 
 
 @pytest.mark.parametrize("operation", ["set", "delete"])
@@ -281,13 +281,13 @@ def test_the_plugin_refuses_to_set_or_delete_its_tags(registry, key, operation):
     assert stock.get_model_version("m", 1).tags[key] == "planted-behind-the-plugin"
 
 
-@pytest.mark.parametrize("key", [*vocab.VERSION_TAG_KEYS, vocab.PROVENANCE_TAG])
+@pytest.mark.parametrize("key", vocab.VERSION_TAG_KEYS)
 def test_lineage_tags_at_creation_need_a_record_signed_with_the_servers_key(registry, key):
     from mlflow_unlearn.tracking.provenance import Provenance
 
     uri, stock = registry
     store = UnlearnRegistryStore(store_uri="unlearn+" + uri, tracking_uri=uri)
-    tags = {k: "x" for k in vocab.VERSION_TAG_KEYS}
+    tags = {k: "x" for k in vocab.LINEAGE_TAG_KEYS}
     forged = Provenance(tags, "c", "/tmp/model", "d" * 64, "e" * 64).sign(DigestKey(b"not-the-servers-key-00"))
     for attempt in ({key: "planted"}, {**tags, vocab.PROVENANCE_TAG: forged.to_tag()}):
         with pytest.raises(MlflowException) as info:

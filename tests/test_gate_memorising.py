@@ -90,8 +90,10 @@ def test_a_method_that_changes_nothing_fails_on_membership_and_retrain_passes(me
     client = MlflowClient(**memorised["uris"])
     # Without a reference the original's wrong-label fits look like clean same-class test samples (their losses
     # are as low): nothing measurable, and the report says so rather than claiming proof.
-    blind = _unlearn(memorised, unchanged_method)
-    assert blind.gate.evidence == "none" and blind.version is None  # refused by the accuracy checks all the same
+    blind = _unlearn(memorised, unchanged_method, register=False)
+    # 30 samples classified as memorised (100%) are within the sampling spread of unseen ones (test accuracy about
+    # 90%): without a reference nothing here tells them from unseen samples, and the gate says it proves nothing
+    assert blind.gate.evidence == "none"
     assert "nothing measurable to forget" in blind.gate.checks.set_index("check").loc["membership", "detail"]
 
     noop = _unlearn(memorised, unchanged_method, reference="retrain")

@@ -106,7 +106,7 @@ def membership_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
     >>> membership_score(torch.tensor([[40.0, 0.0], [60.0, 0.0]]), torch.tensor([0, 0]))
     tensor([-40., -60.], dtype=torch.float64)
-    >>> per_sample_loss(torch.tensor([[40.0, 0.0], [60.0, 0.0]]), torch.tensor([0, 0])).tolist()  # both round to 0
+    >>> per_sample_loss(torch.tensor([[40.0, 0.0], [60.0, 0.0]]), torch.tensor([0, 0])).abs().tolist()  # both 0
     [0.0, 0.0]
     """
     _check_pair(logits, labels, "logits")

@@ -3,7 +3,8 @@
 Three kinds of record carry the lineage, and nothing in them names a forgotten sample:
 
 * the new model version's tags, exactly :data:`~mlflow_unlearn.tracking.vocabulary.VERSION_TAG_KEYS`
-  (parent ``name/version``, method, forget digest and count, run id, gate verdict);
+  (parent ``name/version``, method, forget digest, key and count, run id, gate verdict, and the signed provenance
+  record, :mod:`~mlflow_unlearn.tracking.provenance`);
 * the run's dataset inputs (``mlflow.log_input``): a metadata-only dataset whose source records the data
   source, split seed, test fraction and the chain of forget specifications applied so far, each with its
   digest, so that ``unlearn`` can rebuild the retain data of any version without being told the data;
@@ -135,7 +136,7 @@ class DataLineage:
 
 def version_tags(*, parent: ModelVersion, method: str, forget_digest: str, forget_count: int, run_id: str,
                  verdict: str, key_fingerprint: str = "") -> dict[str, str]:
-    """The lineage tags of an unlearned version (:data:`~mlflow_unlearn.tracking.vocabulary.VERSION_TAG_KEYS`)."""
+    """The lineage tags of an unlearned version (:data:`~mlflow_unlearn.tracking.vocabulary.LINEAGE_TAG_KEYS`)."""
     return {
         PARENT_TAG: version_ref(parent),
         METHOD_TAG: method,

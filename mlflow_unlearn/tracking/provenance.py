@@ -56,7 +56,7 @@ class Provenance:
     """The record of one registered unlearning result (no sample, no ID: digests and counts only).
 
     Args:
-        tags: the version's lineage tags, exactly :data:`~mlflow_unlearn.tracking.vocabulary.VERSION_TAG_KEYS`.
+        tags: the version's lineage tags, exactly :data:`~mlflow_unlearn.tracking.vocabulary.LINEAGE_TAG_KEYS`.
         config_hash: the hash of the request (method, config, seed, reference, gate, evaluation, source).
         source: the artifact URI registered as the version's source.
         artifact_digest: SHA-256 of the model files at ``source`` (:func:`artifact_digest`).
@@ -216,5 +216,5 @@ def check(client: MlflowClient, version: ModelVersion, key: DigestKey | None, *,
 
 def matches_tags(record: Provenance, tags: Mapping[str, Any]) -> bool:
     """Whether every lineage tag in ``tags`` has the value the record signed (and the record signs all of them)."""
-    lineage = {k: str(v) for k, v in tags.items() if k in vocab.VERSION_TAG_KEYS}
-    return set(record.tags) == set(vocab.VERSION_TAG_KEYS) and all(record.tags[k] == v for k, v in lineage.items())
+    lineage = {k: str(v) for k, v in tags.items() if k in vocab.LINEAGE_TAG_KEYS}
+    return set(record.tags) == set(vocab.LINEAGE_TAG_KEYS) and all(record.tags[k] == v for k, v in lineage.items())

@@ -82,6 +82,8 @@ def _job_processes(root: Path) -> list[int]:
         if ancestor in ours:
             ours.add(pid)
     return sorted(ours)
+#: The deployment key of the benchmark's servers when none is set (it signs every result's provenance).
+LOAD_DIGEST_KEY = "load-benchmark-key-0123456789ab"
 
 
 class Server:
@@ -98,6 +100,8 @@ class Server:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
+        # the deployment's digest key: it signs (and the plugin checks) the provenance of every result
+        env["MLFLOW_UNLEARN_DIGEST_KEY"] = os.environ.get("MLFLOW_UNLEARN_DIGEST_KEY") or LOAD_DIGEST_KEY
         env.update(MLFLOW_UNLEARN_ALLOWED_ROOTS=str(self.allowed), MLFLOW_UNLEARN_LOG_DIR=str(self.root / "logs"),
                    MLFLOW_UNLEARN_DEVICE="cpu", MLFLOW_UNLEARN_MAX_JOBS=str(self.cap))
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),

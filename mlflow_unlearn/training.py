@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mlflow_unlearn import runtime as rt
+from mlflow_unlearn.models.interface import class_scores
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 ScheduleFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler | None]
@@ -264,7 +265,7 @@ def train(
     correct = torch.zeros((), device=dev)
 
     def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = net(x)
+        logits = class_scores(net(x))
         correct.add_((logits.argmax(1) == y).sum())
         return criterion(logits.float(), y)
 

@@ -48,7 +48,15 @@ from mlflow_unlearn_plugins import launcher, ledger
 from mlflow_unlearn_plugins.request import RequestRefused, parse_request
 from mlflow_unlearn_plugins.settings import PluginSettings, read_settings
 
-from mlflow_unlearn.tracking.vocabulary import ERROR_TAG, REQUEST_TAG
+from mlflow_unlearn.tracking.keys import DIGEST_KEY_ENV
+from mlflow_unlearn.tracking.provenance import Provenance, matches_tags
+from mlflow_unlearn.tracking.vocabulary import (
+    ERROR_TAG,
+    PROVENANCE_TAG,
+    REQUEST_TAG,
+    TAG_PREFIX,
+    VERSION_TAG_KEYS,
+)
 
 SCHEME_PREFIX = "unlearn+"
 UNLEARN_STAGE = "Unlearn"
@@ -151,25 +159,50 @@ class UnlearnRegistryStore(SqlAlchemyStore):
     get_latest_versions = _first_call_recovers(SqlAlchemyStore.get_latest_versions)
 
     def create_model_version(self, name, source, run_id=None, tags=None, *args, **kwargs):
-        """MLflow's ``create_model_version``, refusing the plugin's own tags (:data:`ledger.RESERVED_TAGS`) and a
-        request tag that would be refused: nothing is created, and the refused value is never stored.
+        """MLflow's ``create_model_version``, refusing a request tag that would be refused, the plugin's status
+        tags (:data:`ledger.RESERVED_TAGS`), and lineage tags that do not come with this run's provenance record,
+        signed with the deployment key (an unlearning job's result): nothing is created, and the refused value is
+        never stored.
 
         Raises:
             MlflowException: ``INVALID_PARAMETER_VALUE`` with one line that repeats no tag value.
         """
         self.recover_once()
+        lineage = {}
         for tag in tags or ():
-            if tag.key in ledger.RESERVED_TAGS:
-                raise MlflowException(f"Tag {tag.key!r} is written by the unlearning plugin only; create the version "
-                                      f"without it (set {REQUEST_TAG!r} to submit a request)",
-                                      INVALID_PARAMETER_VALUE)
             if tag.key == REQUEST_TAG:
                 try:
                     parse_request(tag.value, self.settings.policy)
                 except RequestRefused as exc:
                     raise MlflowException(f"Unlearning request refused, the version is not created: {exc}",
                                           INVALID_PARAMETER_VALUE) from None
+            elif tag.key.startswith(TAG_PREFIX):
+                lineage[tag.key] = tag.value
+        if lineage:
+            self._check_result_tags(lineage, source=source, run_id=run_id)
         return super().create_model_version(name, source, run_id, tags, *args, **kwargs)
+
+    def _check_result_tags(self, tags: dict[str, str], *, source: str, run_id: str | None) -> None:
+        """Accept ``mlflow_unlearn.*`` tags at creation only as an unlearning job registers its result: exactly the
+        lineage tags and a provenance record of this run and source, signed with the deployment key, that signs
+        those very values.
+
+        Raises:
+            MlflowException: ``INVALID_PARAMETER_VALUE`` naming the first offending tag key (never a value).
+        """
+        allowed = set(VERSION_TAG_KEYS)
+        foreign = sorted(set(tags) - allowed)
+        if foreign:
+            raise MlflowException(f"Tag {foreign[0]!r} is written by the unlearning plugin only; create the version "
+                                  f"without it (set {REQUEST_TAG!r} to submit a request)", INVALID_PARAMETER_VALUE)
+        record = Provenance.from_tag(tags.get(PROVENANCE_TAG))
+        if (record is None or not record.valid(self.settings.digest_key) or record.run_id != (run_id or "")
+                or record.source != source or not matches_tags(record, tags)):
+            first = sorted(set(tags) - {PROVENANCE_TAG}) or [PROVENANCE_TAG]
+            raise MlflowException(
+                f"Tag {first[0]!r} is an unlearning result's lineage, which only mlflow-unlearn's own unlearning "
+                "runs write, with a provenance record of their run signed with this server's digest key "
+                f"({DIGEST_KEY_ENV}); create the version without it", INVALID_PARAMETER_VALUE)
 
     # -- triggers ---------------------------------------------------------------------------------------------
     def transition_model_version_stage(self, name, version, stage, archive_existing_versions=False):
@@ -195,12 +228,13 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         return super().transition_model_version_stage(name, version, stage, archive_existing_versions)
 
     def set_model_version_tag(self, name, version, tag):
-        """Setting ``mlflow_unlearn.request`` submits a request; the plugin's status tags are read-only."""
+        """Setting ``mlflow_unlearn.request`` submits a request; every other ``mlflow_unlearn.*`` tag (status,
+        lineage, provenance) is written by the plugin and its jobs only, and is read-only here."""
         self.recover_once()
         if tag.key == REQUEST_TAG:
             self.submit(name, version, tag.value)
             return
-        if tag.key in ledger.RESERVED_TAGS:
+        if tag.key.startswith(TAG_PREFIX):
             raise MlflowException(
                 f"Tag {tag.key!r} is written by the unlearning plugin only; set {REQUEST_TAG!r} to submit a request",
                 INVALID_PARAMETER_VALUE,
@@ -208,8 +242,12 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         super().set_model_version_tag(name, version, tag)
 
     def delete_model_version_tag(self, name, version, key):
-        """The request and status tags cannot be deleted while a request is queued or running."""
-        if key == REQUEST_TAG or key in ledger.RESERVED_TAGS:
+        """The request tag cannot be deleted while its request is queued or running; the plugin's other
+        ``mlflow_unlearn.*`` tags (status, lineage, provenance) cannot be deleted at all."""
+        if key.startswith(TAG_PREFIX) and key != REQUEST_TAG:
+            raise MlflowException(f"Tag {key!r} is written by the unlearning plugin only and cannot be deleted",
+                                  INVALID_PARAMETER_VALUE)
+        if key == REQUEST_TAG:
             state = ledger.read_state(self, name, version)
             if state.active:
                 raise ledger.ActiveRequestError(
@@ -257,6 +295,9 @@ class UnlearnRegistryStore(SqlAlchemyStore):
             parse_request(value, self.settings.policy)
         except RequestRefused as exc:
             refusal, keep = str(exc), exc.keep_value
+        if refusal is None and self.settings.digest_key is None:
+            refusal = (f"this server has no digest key ({DIGEST_KEY_ENV}), so it cannot sign the provenance of a "
+                       "result and would refuse to register it; the operator must set one")
         request_id = uuid.uuid4().hex
         # a refused value that may be IDs is removed, also when it was stored before (e.g. at creation)
         stored = (value if store_value else None) if keep else ""

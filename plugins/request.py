@@ -94,35 +94,37 @@ class SecurityPolicy:
                 )
         object.__setattr__(self, "allowed_roots", tuple(Path(os.path.realpath(r)) for r in self.allowed_roots))
 
-    def check_path(self, raw: str, *, what: str, kind: str = "file") -> str:
+    def check_path(self, raw: str, *, what: str, kind: str = "file", show: bool = True) -> str:
         """Return the resolved absolute path of ``raw`` if it exists under an allowed root.
 
         Args:
             raw: the path as written in the request.
-            what: how to call it in an error message (``"forget ID file"`` ...).
+            what: how to call it in an error message (``"the forget request file"`` ...).
             kind: ``"file"``, ``"dir"`` or ``"any"``.
+            show: repeat ``raw`` in an error message (False for a forget request file: its path may name the person).
 
         Raises:
             RequestRefused: for relative paths, ``..`` or ``~``, paths outside every allowed root, missing paths.
         """
+        named = f"{what} {raw!r}" if show else what
         if not raw:
             raise RequestRefused(f"{what} is empty; give an absolute path")
         if "\\" in raw or ".." in Path(raw).parts or raw.startswith("~"):
-            raise RequestRefused(f"{what} {raw!r} contains '..', '~' or a backslash; path traversal is not allowed")
+            raise RequestRefused(f"{named} contains '..', '~' or a backslash; path traversal is not allowed")
         if not os.path.isabs(raw):
-            raise RequestRefused(f"{what} {raw!r} is not an absolute path; give the full path")
+            raise RequestRefused(f"{named} is not an absolute path; give the full path")
         if not self.allowed_roots:
             raise RequestRefused(
-                f"{what} {raw!r} is a path, but this server allows no paths in requests; "
+                f"{named} is a path, but this server allows no paths in requests; "
                 f"the server administrator can allow directories with {ALLOWED_ROOTS_ENV}"
             )
         resolved = Path(os.path.realpath(raw))
         if not any(resolved.is_relative_to(root) for root in self.allowed_roots):
             roots = ", ".join(str(r) for r in self.allowed_roots)
-            raise RequestRefused(f"{what} {raw!r} is outside the allowed roots ({roots}); move it there")
+            raise RequestRefused(f"{named} is outside the allowed roots ({roots}); move it there")
         exists = {"file": resolved.is_file, "dir": resolved.is_dir, "any": resolved.exists}[kind]
         if not exists():
-            raise RequestRefused(f"{what} {raw!r} does not exist" + ("" if kind == "any" else f" or is not a {kind}"))
+            raise RequestRefused(f"{named} does not exist" + ("" if kind == "any" else f" or is not a {kind}"))
         return str(resolved)
 
 
@@ -225,7 +227,7 @@ def _check_forget(text: str, policy: SecurityPolicy) -> str:
         return spec.canonical
     if not os.path.isabs(spec.path):
         raise RequestRefused("forget=ids: expects the absolute path of a file of IDs under an allowed root")
-    return "ids:" + policy.check_path(spec.path, what="forget ID file")
+    return "ids:" + policy.check_path(spec.path, what="the forget request file", show=False)
 
 
 def _check_data(source: str, policy: SecurityPolicy) -> str:

@@ -36,7 +36,7 @@ TIMEOUT_S = 900
 
 def readme_scripts(section: str = "Bring your own model",
                    names: tuple[str, ...] = ("mymodel.py", "train.py", "unlearn.py")) -> dict[str, str]:
-    """The python blocks of a README section, by the file name on their first line."""
+    """The python blocks of the README's ``section``, by the file name on their first line (exactly ``names``)."""
     text = README.read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     scripts = {block.splitlines()[0].removeprefix("# ").strip(): block for block in blocks}

@@ -90,8 +90,10 @@ def test_a_method_that_changes_nothing_fails_on_membership_and_retrain_passes(me
     client = MlflowClient(**memorised["uris"])
     # Without a reference the original's wrong-label fits look like clean same-class test samples (their losses
     # are as low): nothing measurable, and the report says so rather than claiming proof.
-    blind = _unlearn(memorised, unchanged_method)
-    assert blind.gate.evidence == "none" and blind.version is None  # refused by the accuracy checks all the same
+    blind = _unlearn(memorised, unchanged_method, register=False)
+    # 30 samples classified as memorised (100%) are within the sampling spread of unseen ones (test accuracy about
+    # 90%): without a reference nothing here tells them from unseen samples, and the gate says it proves nothing
+    assert blind.gate.evidence == "none"
     assert "nothing measurable to forget" in blind.gate.checks.set_index("check").loc["membership", "detail"]
 
     noop = _unlearn(memorised, unchanged_method, reference="retrain")
@@ -106,17 +108,22 @@ def test_a_method_that_changes_nothing_fails_on_membership_and_retrain_passes(me
     assert noop.metrics.loc["unlearned", "membership_auc_low"] > reference["membership_auc_high"]
     run = client.get_run(noop.run_id)
     assert run.data.tags[vocab.GATE_EVIDENCE_TAG] == "measured"
-    assert "membership: the unlearned model separates the forget set" in run.data.tags[vocab.GATE_REASON_TAG]
-    assert "d0" not in run.data.tags[vocab.GATE_REASON_TAG]  # numbers only, never an ID
+    # the caller's own table holds every figure; the records of a 30-ID request hold the outcome in words only
+    assert "separates the forget set" in checks.loc["membership", "detail"]
+    reason = run.data.tags[vocab.GATE_REASON_TAG]
+    assert reason.startswith("membership: the unlearned model still tells the forget set") and "withheld" in reason
+    assert "d0" not in reason and "AUC" not in reason and "%" not in reason  # no ID, no figure of the forget set
+    assert not any(key.endswith(("membership_auc", "forget_accuracy")) for key in run.data.metrics)
 
     local = mlflow.artifacts.download_artifacts(run_id=noop.run_id, artifact_path="report", dst_path=str(tmp_path),
                                                 tracking_uri=memorised["uris"]["tracking_uri"])
     markdown = open(os.path.join(local, "unlearning_report.md")).read()
     assert markdown.index("## Evidence") < markdown.index("## Metrics")
-    assert "What was tested" in markdown and "95% interval" in markdown and "separates the forget set" in markdown
+    assert "What was tested" in markdown and "95% bootstrap interval" in markdown and "still tells" in markdown
     report = json.load(open(os.path.join(local, "unlearning_report.json")))
-    assert report["evidence"]["evidence"] == "measured" and set(report["evidence"]["models"]) == {
-        "original", "unlearned", "retrain"}
+    assert report["evidence"]["evidence"] == "measured" and report["evidence"]["models"] == {}
+    assert "membership_auc" in report["withheld"]["columns"] and not os.path.exists(
+        os.path.join(local, "loss_histograms.png"))
 
     retrained = _unlearn(memorised, "retrain", config=RECIPE, reference="retrain")
     assert retrained.verdict == "passed" and retrained.version is not None, retrained.gate.failures()

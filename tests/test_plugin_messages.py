@@ -20,6 +20,7 @@ from mlflow_unlearn_plugins.settings import PluginSettings
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.api import train_model, unlearn
 from mlflow_unlearn.tracking.cli import cli
+from mlflow_unlearn.tracking.keys import read_digest_key
 
 MODEL = "messages-mlp"
 BAD = [
@@ -57,7 +58,7 @@ def _registry_error(uri: str, root, version, kwargs: dict, monkeypatch) -> str:
     """Set the request tag on a fresh version through the plugin's store; the launcher runs in this process."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # what spawn() gives a launcher process
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
-    settings = PluginSettings(policy=SecurityPolicy(allowed_roots=(root,)))
+    settings = PluginSettings(policy=SecurityPolicy(allowed_roots=(root,)), digest_key=read_digest_key())
 
     def run_launcher(db_uri, name, number, request_id, **_):
         log = root / f"{request_id}.log"

@@ -71,6 +71,8 @@ class Server:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
+        # the deployment's digest key (conftest.py's): it signs, and the plugin checks, every result's provenance
+        env["MLFLOW_UNLEARN_DIGEST_KEY"] = os.environ["MLFLOW_UNLEARN_DIGEST_KEY"]
         env.update(MLFLOW_UNLEARN_ALLOWED_ROOTS=str(self.allowed), MLFLOW_UNLEARN_LOG_DIR=str(self.root / "logs"),
                    MLFLOW_UNLEARN_DEVICE="cpu", MLFLOW_UNLEARN_MAX_JOBS=str(self.max_jobs), PYTHONPATH=str(self.site),
                    MLFLOW_UNLEARN_ONNX=str(self.onnx).lower(),
@@ -467,3 +469,44 @@ def test_request_on_a_missing_version_is_rejected(server, parent):
                                      "archive_existing_versions": False}, timeout=30)
     assert transition.status_code == 404
     assert len(_client(server).search_model_versions(f"name='{MODEL}'")) == before
+
+
+def test_rest_refuses_planted_unlearning_tags_and_a_planted_result(server, transition_job, tmp_path):
+    """Issue 25: over REST, every ``mlflow_unlearn.*`` tag but the request is refused on set and delete, lineage
+    tags are refused at creation, and a version created with the original's files and a real unlearning run's ID
+    (no tags) is not an unlearning result to the reuse lookup or to the provenance check."""
+    import mlflow
+
+    from mlflow_unlearn.tracking.keys import read_digest_key
+    from mlflow_unlearn.tracking.provenance import INVALID, check
+
+    version, _, _ = transition_job
+    tags = _wait_done(server, version)
+    child = _children(server, version)[0]
+    api = f"{server.url}/api/2.0/mlflow/model-versions"
+    for key in ("mlflow_unlearn.verdict", "mlflow_unlearn.provenance", "mlflow_unlearn.parent",
+                "mlflow_unlearn.status"):
+        planted = requests.post(f"{api}/set-tag", json={"name": MODEL, "version": child.version, "key": key,
+                                                        "value": "passed"}, timeout=30)
+        deleted = requests.delete(f"{api}/delete-tag", json={"name": MODEL, "version": child.version, "key": key},
+                                  timeout=30)
+        assert (planted.status_code, deleted.status_code) == (400, 400), (key, planted.text, deleted.text)
+    assert _client(server).get_model_version(MODEL, child.version).tags == child.tags
+    copied = requests.post(f"{api}/create", json={"name": MODEL, "source": child.source, "run_id": child.run_id,
+                                                  "tags": [{"key": k, "value": v} for k, v in child.tags.items()]},
+                           timeout=30)
+    assert copied.status_code == 200, copied.text  # the real record of this run and these files: a true result
+    forged = requests.post(f"{api}/create", json={"name": MODEL, "source": child.source, "run_id": child.run_id,
+                                                  "tags": [{"key": k, "value": "planted" if k.endswith("verdict")
+                                                            else v} for k, v in child.tags.items()]}, timeout=30)
+    assert forged.status_code == 400 and "signed with this server's digest key" in forged.json()["message"]
+    # the original's files, logged into the real unlearning run by a writer of the tracking store, and a version
+    # created from them under that run (MLflow accepts a source inside the run's artifacts)
+    client, run_id = _client(server), tags["mlflow_unlearn.request_run_id"]
+    original = mlflow.artifacts.download_artifacts(artifact_uri=client.get_model_version_download_uri(MODEL, version),
+                                                   dst_path=str(tmp_path), tracking_uri=server.url)
+    client.log_artifacts(run_id, original, "planted_model")
+    planted = client.create_model_version(MODEL, f"{client.get_run(run_id).info.artifact_uri}/planted_model",
+                                          run_id=run_id)
+    found = check(client, planted, read_digest_key())
+    assert found.status == INVALID and "other model files" in found.reason

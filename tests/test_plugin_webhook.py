@@ -59,6 +59,7 @@ def hook(server, installed_site) -> Iterator[str]:  # noqa: F811
     """``mlflow-unlearn serve`` on 127.0.0.1, registered as the server's webhook; yields its URL."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
+    env["MLFLOW_UNLEARN_DIGEST_KEY"] = os.environ["MLFLOW_UNLEARN_DIGEST_KEY"]  # signs each result's provenance
     env.update(MLFLOW_UNLEARN_WEBHOOK_SECRET=SECRET, MLFLOW_UNLEARN_ALLOWED_ROOTS=str(server.allowed),
                MLFLOW_UNLEARN_LOG_DIR=str(server.root / "serve-logs"), MLFLOW_UNLEARN_DEVICE="cpu",
                MLFLOW_UNLEARN_ONNX="false", OMP_NUM_THREADS="1",  # as the suite's other servers (test_plugin_server)

@@ -80,6 +80,7 @@ def test_unlearn_registers_next_version_with_exact_lineage_tags_report_and_onnx(
     assert version.name == "digits-mlp" and int(version.version) > 1
     tags = client.get_model_version("digits-mlp", version.version).tags
     assert set(tags) == set(vocab.VERSION_TAG_KEYS)
+    assert tags[vocab.PROVENANCE_TAG] == client.get_run(outcome.run_id).data.tags[vocab.PROVENANCE_TAG]
     assert tags[vocab.PARENT_TAG] == "digits-mlp/1" and tags[vocab.METHOD_TAG] == "finetune"
     assert tags[vocab.RUN_ID_TAG] == outcome.run_id and tags[vocab.VERDICT_TAG] == "passed"
     expected = resolve_forget(load_data("digits"), "classes:3")

@@ -36,21 +36,39 @@ TABLE_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
 _SUFFIX_ALIASES = {"pq": "parquet"}
 
 
-def table_format(path: str | Path) -> str:
+def _named(what: str, path: Path, show_path: bool) -> str:
+    """``the <what> file '<path>'``, or without the path when it must not be shown (a forget request's path may
+    name the person whose data it lists)."""
+    return f"the {what} file {str(path)!r}" if show_path else f"the {what} file"
+
+
+def table_format(path: str | Path, *, what: str = "", show_path: bool = True) -> str:
     """The format name of ``path`` from its suffix.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (e.g. ``"forget request"``).
+        show_path: name the path in messages (False for a forget request file).
 
     Raises:
         ValueError: for a suffix with no reader (the message lists the accepted ones).
+
+    >>> table_format("/secure/alice.json", what="forget request", show_path=False)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Cannot tell the format of the forget request file from its suffix; expected one of: .csv, ...
     """
     suffix = Path(path).suffix.lower().lstrip(".")
     fmt = _SUFFIX_ALIASES.get(suffix, suffix)
     if fmt not in TABLE_READERS:
         accepted = ", ".join(f".{s}" for s in (*TABLE_READERS, *_SUFFIX_ALIASES))
-        raise ValueError(f"Cannot tell the format of {str(path)!r} from its suffix; expected one of: {accepted}")
+        subject = _named(what, Path(path), show_path) if what else repr(str(path))
+        raise ValueError(f"Cannot tell the format of {subject} from its suffix; expected one of: {accepted}")
     return fmt
 
 
-def read_table(path: str | Path, fmt: str, *, what: str, required: tuple[str, ...]) -> pd.DataFrame:
+def read_table(path: str | Path, fmt: str, *, what: str, required: tuple[str, ...],
+               show_path: bool = True) -> pd.DataFrame:
     """Read ``path`` as format ``fmt`` and check that the ``required`` columns are there.
 
     Args:
@@ -58,22 +76,33 @@ def read_table(path: str | Path, fmt: str, *, what: str, required: tuple[str, ..
         fmt: a key of :data:`TABLE_READERS`.
         what: what the file is, for messages (e.g. ``"forget request"``).
         required: column names that must be present.
+        show_path: name the path in messages. A forget request file is never named: its path may name the person
+            whose data it lists; a reader's own error text is then cut to its type and the path removed from it.
 
     Raises:
         ValueError: when the file is missing, unreadable, malformed, or lacks a required column.
+
+    >>> read_table("/secure/alice.csv", "csv", what="forget request", required=("id",), show_path=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: The forget request file does not exist or is not a file
     """
     path = Path(path)
+    subject = _named(what, path, show_path)
     if not path.is_file():
-        raise ValueError(f"The {what} file {str(path)!r} does not exist or is not a file")
+        raise ValueError(f"{subject[0].upper()}{subject[1:]} does not exist or is not a file")
     try:
         table = TABLE_READERS[fmt](path)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise ValueError(f"Cannot read the {what} file {str(path)!r} as {fmt}: {err}") from None
+        detail = str(err) if show_path else str(err).replace(str(path), "<file>").replace(path.name, "<file>")
+        raise ValueError(f"Cannot read {subject} as {fmt}: {detail}") from None
     missing = [c for c in required if c not in table.columns]
     if missing:
+        # the columns found are named only where the path may be: a request file's header could be an ID
+        found = f" but found {list(map(str, table.columns))}" if show_path else ""
         raise ValueError(
-            f"The {what} file {str(path)!r} has no column {', '.join(map(repr, missing))}; "
-            f"expected columns {', '.join(map(repr, required))} but found {list(map(str, table.columns))}"
+            f"{subject[0].upper()}{subject[1:]} has no column {', '.join(map(repr, missing))}; "
+            f"expected columns {', '.join(map(repr, required))}{found}"
         )
     return table
 

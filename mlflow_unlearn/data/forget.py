@@ -20,11 +20,12 @@ are kept apart: a spec's *form* (:data:`SPEC_FORMS`: ``classes``, ``ids``, ``ran
 the *forgetting kind* (:data:`FORGETTING_KINDS`: ``class``, ``sample``) is what the engine does with it.
 
 Privacy: the only traces of a forget set that this project records are its :func:`forget_digest` and its
-size; for an ``ids:`` set the digest is keyed (HMAC-SHA256 with a secret ``key``), so that nobody without the key
-can test guessed IDs against it, and :func:`id_digests` gives the keyed per-ID digests ("tombstones") with which
-:func:`forget_by_digests` selects the same samples again without the request file. Error messages give counts
-and keyed digests, never IDs. A :class:`~mlflow_unlearn.data.samples.ForgetSplit` keeps the spec as written
-(a file path, never IDs) and its repr shows no IDs.
+size; for an ``ids:`` set, and for every later set of a lineage that holds one, the digest is keyed (HMAC-SHA256
+with a secret ``key``), so that nobody without the key can test guessed IDs against it, and :func:`id_digests`
+gives the keyed per-ID digests ("tombstones") with which :func:`forget_by_digests` selects the same samples again
+without the request file. Error messages give counts and keyed digests, never IDs. A
+:class:`~mlflow_unlearn.data.samples.ForgetSplit` keeps the spec as written (a file path, never IDs) and its repr
+shows no IDs.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class ForgetSpec:
     count: int | None = None
     seed: int = 0
     key: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
+    forgotten: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def forgetting_kind(self) -> str:
@@ -249,15 +251,20 @@ def parse_forget_spec(text: str) -> ForgetSpec:
     return _SPEC_FORMS[form].parse(text, argument)
 
 
-def resolve_forget(split: DataSplit, spec: str, *, salt: str = "", key: bytes | None = None) -> ForgetSplit:
+def resolve_forget(split: DataSplit, spec: str, *, salt: str = "", key: bytes | None = None,
+                   forgotten: Any = None) -> ForgetSplit:
     """Apply forget ``spec`` to ``split.train``: the forget, retain and (untouched) test subsets.
 
     Args:
         split: the train/test split the model was trained on.
         spec: a forget specification (see the module docstring), e.g. ``"classes:3,7"``.
         salt: mixed into the digest (see :func:`forget_digest`).
-        key: secret key of the digest of an ``ids:`` set (and of the digest of unknown IDs in an error);
-            ``classes:`` and ``random:`` digests are never keyed: their spec names the set anyway.
+        key: secret key of the digest (HMAC-SHA256), and of the digest of unknown IDs in an error. Required for an
+            ``ids:`` set; given for a ``classes:`` or ``random:`` set, whose spec names the set anyway, only when the
+            model's lineage holds an ``ids:`` step (the set then lacks the IDs forgotten before, which a plain
+            digest would let anyone find by trying each candidate).
+        forgotten: the IDs that earlier forget steps of the model's lineage removed from ``split.train``: an
+            ``ids:`` request naming one of them is told so (by count), instead of "not in the training split".
 
     Returns:
         A :class:`ForgetSplit`: ``forget`` and ``retain`` disjoint and together the whole training split,
@@ -276,8 +283,9 @@ def resolve_forget(split: DataSplit, spec: str, *, salt: str = "", key: bytes | 
     """
     _check_key(key)
     parsed = parse_forget_spec(spec)
-    selection = _SPEC_FORMS[parsed.form].select(split, dataclasses.replace(parsed, key=key))
-    return _forget_split(split, selection, spec, salt=salt, key=key if parsed.form == "ids" else None)
+    earlier = np.asarray([] if forgotten is None else forgotten).reshape(-1)
+    selection = _SPEC_FORMS[parsed.form].select(split, dataclasses.replace(parsed, key=key, forgotten=earlier))
+    return _forget_split(split, selection, spec, salt=salt, key=key)
 
 
 def forget_by_digests(split: DataSplit, digests: Any, *, key: bytes, spec: str) -> ForgetSplit:
@@ -348,7 +356,9 @@ def _canonical(ids: np.ndarray) -> np.ndarray:
 
 def _read_forget_ids(path: str) -> np.ndarray:
     """The IDs listed in a forget request file, in canonical text form."""
-    table = read_table(path, table_format(path), what="forget request", required=("id",))
+    what = "forget request"
+    table = read_table(path, table_format(path, what=what, show_path=False), what=what, required=("id",),
+                       show_path=False)
     return _canonical(id_column(table["id"], what="forget request file"))
 
 
@@ -358,7 +368,7 @@ def _parse_ids(text: str, argument: str) -> ForgetSpec:
         raise ValueError("Expected ids:<file.csv|file.parquet|file.txt>, the path of a file that lists the sample "
                          "IDs, but the argument is not a file name; write the IDs into such a file, never into "
                          "the spec")
-    table_format(argument)
+    table_format(argument, what="forget request", show_path=False)
     return ForgetSpec(text, "ids", path=argument)
 
 
@@ -372,6 +382,11 @@ def _ids(split: DataSplit, spec: ForgetSpec) -> _Selection:
                          "list each ID once")
     train_ids = _canonical(split.train.ids)
     unknown = requested[~np.isin(requested, train_ids)]
+    earlier = np.isin(unknown, _canonical(np.asarray(spec.forgotten))) if spec.forgotten is not None and len(
+        spec.forgotten) else np.zeros(len(unknown), dtype=bool)
+    if earlier.any():
+        raise ValueError(f"{int(earlier.sum())} of the {len(requested)} IDs in the forget request file were already "
+                         "forgotten by an earlier forget step of this model's lineage; list only IDs it still holds")
     if len(unknown):
         in_test = int(np.isin(unknown, _canonical(split.test.ids)).sum())
         in_val = int(np.isin(unknown, _canonical(split.val.ids)).sum()) if split.val is not None else 0

@@ -86,8 +86,8 @@ for _builtin in (
     SourceSyntax("imagefolder", "imagefolder:<dir>[?size=H[xW]&mode=auto|L|RGB]", _IMAGE_OPTIONS),
     SourceSyntax("torchvision", "torchvision:<Name>?root=<dir>[&download=1]", ("root", "download"), argument="name",
                  path_options=("root",)),
-    SourceSyntax("csv", "csv:<path>[?size=..&mode=..|?shape=CxHxW]", (*_IMAGE_OPTIONS, "shape")),
-    SourceSyntax("parquet", "parquet:<path>[?size=..&mode=..|?shape=CxHxW]", (*_IMAGE_OPTIONS, "shape")),
+    SourceSyntax("csv", "csv:<path>[?size=..&mode=..|?shape=CxHxW|flat]", (*_IMAGE_OPTIONS, "shape")),
+    SourceSyntax("parquet", "parquet:<path>[?size=..&mode=..|?shape=CxHxW|flat]", (*_IMAGE_OPTIONS, "shape")),
     SourceSyntax("factory", "factory:<module|file.py>:<callable>[?key=value...]", argument="factory",
                  open_options=True),
 ):

@@ -94,7 +94,7 @@ class TensorInputs(SampleInputs):
         if not isinstance(tensor, torch.Tensor) or tensor.dim() < 2:
             raise ValueError(f"Expected the inputs to be a tensor of N samples (N x ...) but got "
                              f"{type(tensor).__name__} {tuple(getattr(tensor, 'shape', ()))}")
-        self.tensor = tensor.float() if tensor.dtype == torch.float64 else tensor
+        self.tensor = model_dtype(tensor)
         super().__init__(tuple(tensor.shape[1:]), preprocess)
 
     def __len__(self) -> int:
@@ -148,7 +148,7 @@ class ArrayInputs(SampleInputs):
         x = torch.from_numpy(np.ascontiguousarray(rows))
         if self.divisor is not None:
             return x.float() / self.divisor
-        return x.float() if x.dtype in (torch.float64, torch.float16) else x
+        return model_dtype(x)
 
 
 class ImageFiles(SampleInputs):
@@ -231,18 +231,29 @@ class DatasetInputs(SampleInputs):
                              "message is not repeated: it may name samples)") from None
 
 
+def model_dtype(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype a model receives: integers (token IDs) as int64 with their values untouched, floating-point
+    and boolean values as float32.
+
+    >>> model_dtype(torch.tensor([3], dtype=torch.int32)).dtype, model_dtype(torch.tensor([True])).dtype
+    (torch.int64, torch.float32)
+    """
+    integer = not x.is_floating_point() and x.dtype != torch.bool
+    wanted = torch.int64 if integer else torch.float32
+    return x if x.dtype == wanted else x.to(wanted)
+
+
 def as_input_tensor(value: Any) -> torch.Tensor:
-    """One sample's input as a tensor: tensors as they are (float64 as float32), NumPy arrays converted, Pillow images
+    """One sample's input as a tensor (see :func:`model_dtype`): tensors and NumPy arrays converted, Pillow images
     as float32 ``C x H x W`` in [0, 1].
 
     Raises:
         TypeError: for anything else.
     """
     if isinstance(value, torch.Tensor):
-        return value.float() if value.dtype == torch.float64 else value
+        return model_dtype(value)
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-        tensor = torch.from_numpy(np.ascontiguousarray(value))
-        return tensor.float() if tensor.dtype == torch.float64 else tensor
+        return model_dtype(torch.from_numpy(np.ascontiguousarray(value)))
     if type(value).__module__.startswith("PIL."):
         return pixels_to_tensor(value)
     raise TypeError(f"a sample's input is a {type(value).__name__}; expected a tensor, a NumPy array or a Pillow image")

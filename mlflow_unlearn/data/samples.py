@@ -97,7 +97,8 @@ class SampleSet(Dataset):
 
     Args:
         inputs: every input of the source (a :class:`~mlflow_unlearn.data.inputs.SampleInputs`; a tensor of
-            ``N`` samples is wrapped as one).
+            ``N`` samples is wrapped as one). Inputs are read as float32 (``C x H x W`` or ``F``) or, for integer
+            inputs, int64 with their values untouched (token IDs for a model with an ``nn.Embedding`` first).
         y: integer class labels of this set's samples (int64, ``n``).
         ids: one stable ID per sample (ints or strings), unique.
         num_classes: number of classes of the task (not only those present here).

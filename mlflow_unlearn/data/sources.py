@@ -45,12 +45,17 @@ Options of some sources:
 * ``mode=L`` or ``mode=RGB`` (``imagefolder``, manifests with ``path``): the colour handling. The default,
   ``auto``, reads images as greyscale (1 channel) when every image is greyscale (Pillow modes ``1``, ``L``,
   ``LA``) and as RGB (3 channels) otherwise; alpha is dropped.
-* ``shape=CxHxW`` or ``shape=HxW`` (manifests with pixel columns): the image shape of one row. Without it a row
-  of ``F`` pixels becomes a ``1xSxS`` image when ``F = S*S``, and flat features otherwise.
+* ``shape=CxHxW``, ``shape=HxW`` or ``shape=flat`` (manifests with pixel or feature columns): the shape of one row,
+  an image or ``flat`` (``F`` features or token IDs, as written). Without it (or with ``shape=auto``) a row of ``F``
+  values becomes a ``1xSxS`` image when ``F = S*S``, and flat features otherwise.
 
-Pixel values: integer arrays whose values all lie in [0, 255] are 8-bit pixels and are divided by 255 (as they
-are read); any other array is used as given (as float32). Labels: non-negative ints are used as given
-(``num_classes = max + 1``); strings are numbered in sorted order (the names are kept in ``meta["classes"]``).
+Input values (converted as they are read): uint8 arrays, and integer images (``NxCxHxW`` after the moves above)
+whose values all lie in [0, 255], are 8-bit pixels and are divided by 255; other integer flat rows (``NxF``: token
+IDs, category codes) pass through untouched as int64 (for a model whose first layer is an ``nn.Embedding``); any
+other array is used as given (as float32).
+
+Labels: non-negative ints are used as given (``num_classes = max + 1``); strings are numbered in sorted order
+(the names are kept in ``meta["classes"]``).
 
 Splitting: :func:`load_data` splits each class separately and deterministically from the seed (see
 :func:`~mlflow_unlearn.data.samples.seeded_order`), so the same source and seed give the same split on every
@@ -117,7 +122,8 @@ class RawSamples:
 
     Args:
         inputs: the inputs, read on demand (a :class:`~mlflow_unlearn.data.inputs.SampleInputs`); an array or tensor
-            (``NxCxHxW``, ``NxHxWxC``, ``NxHxW`` or ``NxF``) is checked and wrapped as one.
+            (``NxCxHxW``, ``NxHxWxC``, ``NxHxW`` or ``NxF``; float, 8-bit pixels, or integer ``NxF`` token IDs) is
+            checked and wrapped as one.
         y: int64 labels in ``[0, num_classes)``.
         ids: one stable, unique ID per sample (int64 or str).
         num_classes: number of classes of the task.
@@ -349,14 +355,17 @@ def _layout(shape: tuple[int, ...], *, where: str) -> str:
 
 
 def _as_inputs(x: np.ndarray | torch.Tensor, *, where: str) -> ArrayInputs:
-    """``x`` as :class:`ArrayInputs`: float32 ``CxHxW`` (from ``NxHxW``, ``NxHxWxC`` or ``NxCxHxW``) or ``F`` samples,
-    8-bit integers divided by 255. A memory-mapped ``x`` is checked in chunks and stays mapped."""
+    """``x`` as :class:`ArrayInputs`: float32 ``CxHxW`` (from ``NxHxW``, ``NxHxWxC`` or ``NxCxHxW``, 8-bit integers
+    divided by 255) or ``F`` samples (float32, or int64 for integers but uint8: token IDs are not scaled). A
+    memory-mapped ``x`` is checked in chunks and stays mapped."""
     x = x.numpy() if isinstance(x, torch.Tensor) else x if isinstance(x, np.ndarray) else np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise ValueError(f"Expected numeric inputs in {where} but got dtype {x.dtype}")
     layout = _layout(x.shape, where=where)
     if x.dtype.kind == "b":
         return ArrayInputs(x, layout=layout, divisor=1.0)
+    if layout == "flat" and x.dtype.kind in "iu" and x.dtype != np.uint8:
+        return ArrayInputs(x, layout=layout)
     if x.dtype == np.uint8:
         return ArrayInputs(x, layout=layout, divisor=255.0)
     if x.dtype.kind in "iu":
@@ -607,8 +616,13 @@ def _dataset_inputs(datasets: list[Any], *, where: str) -> DatasetInputs:
 
 
 def _parse_shape(text: str, n_features: int, *, where: str) -> tuple[int, ...]:
+    if text == "flat":
+        return (n_features,)
+    if text == "auto":
+        side = math.isqrt(n_features)
+        return (1, side, side) if side * side == n_features else (n_features,)
     if not re.fullmatch(r"\d+(x\d+){1,2}", text):
-        raise ValueError(f"Expected option `shape` to be CxHxW or HxW (e.g. 1x28x28) but got {text!r}")
+        raise ValueError(f"Expected option `shape` to be CxHxW, HxW (e.g. 1x28x28), flat or auto but got {text!r}")
     shape = tuple(int(v) for v in text.split("x"))
     if math.prod(shape) != n_features:
         raise ValueError(f"Option shape={text} holds {math.prod(shape)} values but {where} has {n_features} "
@@ -645,11 +659,7 @@ def _manifest(fmt: str, argument: str, options: dict[str, str]) -> RawSamples:
         raise ValueError(f"Expected numeric pixel columns in the {where} but {non_numeric[:10]} are not")
     values = pixels.to_numpy()
     n_features = values.shape[1]
-    if "shape" in options:
-        values = values.reshape(len(values), *_parse_shape(options["shape"], n_features, where=where))
-    elif math.isqrt(n_features) ** 2 == n_features:
-        side = math.isqrt(n_features)
-        values = values.reshape(len(values), 1, side, side)
+    values = values.reshape(len(values), *_parse_shape(options.get("shape", "auto"), n_features, where=where))
     return RawSamples(_as_inputs(values, where=where), codes, ids, num_classes, classes, split)
 
 

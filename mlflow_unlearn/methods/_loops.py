@@ -76,6 +76,16 @@ def first_inputs(data: Dataset, count: int) -> torch.Tensor:
     return torch.stack([torch.as_tensor(data[i][0]) for i in range(min(count, len(data)))])
 
 
+def inputs_at(data: Dataset, positions: np.ndarray) -> torch.Tensor:
+    """The inputs of the samples of ``data`` at ``positions``, stacked in that order (one batch read where ``data``
+    can read batches)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    read = rt.batch_reader(data)
+    if read is not None:
+        return read(positions)[0]
+    return torch.stack([torch.as_tensor(data[int(i)][0]) for i in positions.tolist()])
+
+
 @torch.no_grad()
 def value_range(data: Dataset, *, batch_size: int = 256) -> tuple[float, float]:
     """The smallest and largest input value over all samples of ``data``, in one streaming pass."""

@@ -25,7 +25,9 @@ from torch.utils.data import ConcatDataset, Dataset
 from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import Retargeted, fit, predict_logits, random_subset
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
+from mlflow_unlearn.methods.retrain import reset_method
 from mlflow_unlearn.methods.validation import check_choice, check_fraction, check_positive
+from mlflow_unlearn.models.interface import class_scores
 from mlflow_unlearn.training import OPTIMIZERS
 
 
@@ -35,8 +37,9 @@ def randomly_initialised_copy(model: nn.Module, *, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module in fresh.modules():
-            if callable(getattr(module, "reset_parameters", None)):
-                module.reset_parameters()
+            reset = reset_method(module)
+            if reset is not None:
+                reset()
             if callable(getattr(module, "reset_running_stats", None)):
                 module.reset_running_stats()
     return fresh.eval()
@@ -67,7 +70,7 @@ def with_temperatures(teacher_logits: torch.Tensor, temperature: float) -> torch
 
 
 def _kl_per_sample_temperature(net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return kl_to_teacher(net(x), target[:, :-1], target[:, -1])
+    return kl_to_teacher(class_scores(net(x)), target[:, :-1], target[:, -1])
 
 
 def distill(
@@ -92,7 +95,7 @@ def distill(
     to continue with; ``freeze_norm_stats`` and ``max_steps``: see :func:`._loops.fit`.
     """
     loss = (_kl_per_sample_temperature if temperature is None
-            else lambda net, x, t: kl_to_teacher(net(x), t, temperature))
+            else lambda net, x, t: kl_to_teacher(class_scores(net(x)), t, temperature))
     return fit(model, data, loss, context=context, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
                history=history, stage=stage, freeze_norm_stats=freeze_norm_stats, max_steps=max_steps)
 

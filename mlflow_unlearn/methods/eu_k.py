@@ -33,6 +33,7 @@ from mlflow_unlearn.methods._loops import first_inputs, fit, labels_of
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.retrain import reinitialize
 from mlflow_unlearn.methods.validation import check_choice, check_non_negative, check_positive
+from mlflow_unlearn.models.interface import class_scores
 from mlflow_unlearn.training import OPTIMIZERS, TrainConfig
 
 CLASSIFIER_NAMES = ("head", "fc", "classifier")
@@ -115,7 +116,7 @@ def _output_producers(model: nn.Module, sample: torch.Tensor) -> list[str]:
                for n, module in model.named_modules() if n]
     was_training = model.training
     try:
-        logits = model.eval()(sample)
+        logits = class_scores(model.eval()(sample))
     finally:
         for handle in handles:
             handle.remove()
@@ -194,7 +195,7 @@ def _module_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.Tens
             if channels_last and batch.dim() == 4:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with rt.autocast(device):
-                logits = model(batch)
+                logits = class_scores(model(batch))
             if len(captured) != 1:
                 raise ValueError(f"eu_k: submodule {name!r} must be the last step of the model's forward pass, "
                                  f"called once; it was called {len(captured)} time(s)")

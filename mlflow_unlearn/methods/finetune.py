@@ -16,6 +16,7 @@ from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import fit
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.validation import check_positive
+from mlflow_unlearn.models.interface import class_scores
 
 
 @dataclass
@@ -37,7 +38,7 @@ def finetune(
 ) -> tuple[nn.Module, rt.History]:
     """Fine-tune on the retain set: forgetting comes only from not seeing the forget data again."""
     history = rt.History()
-    model = fit(model, retain, lambda net, x, y: F.cross_entropy(net(x).float(), y), context=context,
+    model = fit(model, retain, lambda net, x, y: F.cross_entropy(class_scores(net(x)).float(), y), context=context,
                 epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, weight_decay=config.weight_decay,
                 history=history, stage="finetune", schedule="cosine")
     return model, history

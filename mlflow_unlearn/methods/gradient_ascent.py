@@ -29,6 +29,7 @@ from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import Tagged, fit, masked_mean, random_subset, split_tagged
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.validation import check_fraction, check_non_negative, check_positive
+from mlflow_unlearn.models.interface import class_scores
 
 
 @dataclass
@@ -74,7 +75,7 @@ def gradient_ascent(
 
     def loss_fn(net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         labels, is_forget = split_tagged(target)
-        ce = F.cross_entropy(net(x).float(), labels, reduction="none")
+        ce = F.cross_entropy(class_scores(net(x)).float(), labels, reduction="none")
         loss = -masked_mean(ce.clamp(max=bound), is_forget)
         if with_retain:
             loss = loss + config.retain_weight * masked_mean(ce, 1.0 - is_forget)

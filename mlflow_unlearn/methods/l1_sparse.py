@@ -24,6 +24,7 @@ from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import fit, random_subset
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.validation import check_fraction, check_non_negative, check_positive
+from mlflow_unlearn.models.interface import class_scores
 
 
 @dataclass
@@ -70,7 +71,7 @@ def l1_sparse(
         nonlocal step
         coefficient = config.alpha * max(0.0, 1.0 - step / total_steps)
         step += 1
-        return F.cross_entropy(net(x).float(), y) + coefficient * l1_norm(net)
+        return F.cross_entropy(class_scores(net(x)).float(), y) + coefficient * l1_norm(net)
 
     model = fit(model, data, loss_fn, context=context, epochs=config.epochs, lr=config.lr,
                 batch_size=config.batch_size, weight_decay=config.weight_decay, history=history,

@@ -72,6 +72,7 @@ from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.retrain import reinitialize
 from mlflow_unlearn.methods.unsir import UnsirConfig, impair_and_repair
 from mlflow_unlearn.methods.validation import check_choice, check_fraction, check_non_negative, check_positive
+from mlflow_unlearn.models.interface import class_scores
 from mlflow_unlearn.training import OPTIMIZERS, make_optimizer
 
 FORGET_ORDERS = ("memorization", "difficulty")
@@ -399,7 +400,7 @@ def stage_epochs(epochs: int, num_stages: int) -> list[int]:
 def _weighted_kl(net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample ``T**2 * KL`` at each row's temperature (column -2), weighted by column -1, weighted mean."""
     temps, weights = target[:, -2].float(), target[:, -1].float()
-    log_p_student = torch.log_softmax(net(x).float() / temps[:, None], dim=1)
+    log_p_student = torch.log_softmax(class_scores(net(x)).float() / temps[:, None], dim=1)
     log_p_teacher = torch.log_softmax(target[:, :-2].float() / temps[:, None], dim=1)
     kl = torch.nn.functional.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(1)
     return (kl * temps**2 * weights).sum() / weights.sum().clamp(min=1e-12)

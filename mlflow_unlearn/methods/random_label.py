@@ -25,6 +25,7 @@ from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import Relabeled, fit, labels_of, random_subset
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.validation import check_fraction, check_non_negative, check_positive
+from mlflow_unlearn.models.interface import class_scores
 
 
 @dataclass
@@ -84,7 +85,7 @@ def relabeled_mix(forget: Dataset, retain: Dataset, *, retain_fraction: float, c
 
 def cross_entropy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ``net`` on a batch, computed in float32 (also under bf16 autocast)."""
-    return F.cross_entropy(net(x).float(), y)
+    return F.cross_entropy(class_scores(net(x)).float(), y)
 
 
 @register_method("random_label", RandomLabelConfig)

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mlflow_unlearn import runtime as rt
+from mlflow_unlearn.models.interface import check_one_input, class_scores
 
 
 @dataclass(frozen=True)
@@ -163,14 +164,21 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def _infer_num_classes(model: nn.Module, sample: torch.Tensor) -> int:
+    """The number of class scores of ``model`` on one ``sample``, read by :func:`~mlflow_unlearn.models.class_scores`.
+
+    Raises:
+        ModelInputError: ``forward`` needs more than one input.
+        ModelOutputError: the output holds no ``(batch, classes)`` class scores.
+    """
+    check_one_input(model)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        out = model(sample.unsqueeze(0).to(next(model.parameters()).device))
-    model.train(was_training)
-    if out.dim() != 2:
-        raise ValueError(f"Expected the model to return logits of shape (batch, classes) but got {tuple(out.shape)}")
-    return int(out.shape[1])
+    try:
+        with torch.no_grad():
+            out = model(torch.as_tensor(sample).unsqueeze(0).to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+    return int(class_scores(out).shape[1])
 
 
 def _max_label(data: Dataset) -> int:

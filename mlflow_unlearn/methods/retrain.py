@@ -28,15 +28,30 @@ class RetrainConfig(TrainConfig):
     """
 
 
+def reset_method(module: nn.Module):
+    """The method that re-initialises ``module``'s own parameters: its ``reset_parameters``, or, for a torch module
+    that names it ``_reset_parameters`` (``nn.MultiheadAttention``, inside every ``nn.TransformerEncoderLayer``), that
+    one; ``None`` when it has neither.
+
+    >>> reset_method(nn.MultiheadAttention(8, 2)).__name__, reset_method(nn.ReLU())
+    ('_reset_parameters', None)
+    """
+    method = getattr(module, "reset_parameters", None)
+    if method is None and type(module).__module__.startswith("torch."):
+        method = getattr(module, "_reset_parameters", None)
+    return method if callable(method) else None
+
+
 def reinitialize(model: nn.Module, *, seed: int) -> nn.Module:
-    """Re-initialise ``model`` in place, seeded, by calling every submodule's ``reset_parameters``.
+    """Re-initialise ``model`` in place, seeded, by calling every submodule's ``reset_parameters`` (see
+    :func:`reset_method`).
 
     Raises:
         ValueError: if a module holds parameters of its own but has no ``reset_parameters`` (it would
             keep the trained weights, so the result would not be a retrained model).
     """
     stuck = sorted({type(m).__name__ for m in model.modules()
-                    if not hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))})
+                    if reset_method(m) is None and any(True for _ in m.parameters(recurse=False))})
     if stuck:
         raise ValueError(
             f"Cannot re-initialise module type(s) {', '.join(stuck)}: they own parameters but define no "
@@ -44,8 +59,9 @@ def reinitialize(model: nn.Module, *, seed: int) -> nn.Module:
         )
     torch.manual_seed(seed)
     for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        method = reset_method(module)
+        if method is not None:
+            method()
     return model
 
 

@@ -23,6 +23,7 @@ from mlflow_unlearn.methods._loops import fit
 from mlflow_unlearn.methods.random_label import cross_entropy, relabeled_mix
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.validation import check_fraction, check_non_negative, check_positive
+from mlflow_unlearn.models.interface import class_scores
 
 
 @dataclass
@@ -67,7 +68,7 @@ def saliency_mask(
     for x, y in rt.make_loader(forget, batch_size=batch_size, shuffle=False):
         x, y = rt.to_device(x, context.device), y.to(context.device, non_blocking=True)
         with rt.autocast(context.device):
-            loss = F.cross_entropy(model(x).float(), y, reduction="sum")
+            loss = F.cross_entropy(class_scores(model(x)).float(), y, reduction="sum")
         loss.backward()
     model.train(was_training)
     saliency = [p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p) for p in params]

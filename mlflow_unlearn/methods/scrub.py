@@ -26,6 +26,7 @@ from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import fit
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.validation import check_fraction, check_non_negative, check_positive
+from mlflow_unlearn.models.interface import class_scores
 from mlflow_unlearn.training import make_optimizer
 
 
@@ -82,13 +83,13 @@ def scrub(
 
     def teacher_logits(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return teacher(x)
+            return class_scores(teacher(x))
 
     def max_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return -distill_kl(net(x), teacher_logits(x), config.temperature)
+        return -distill_kl(class_scores(net(x)), teacher_logits(x), config.temperature)
 
     def min_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = net(x)
+        logits = class_scores(net(x))
         kl = distill_kl(logits, teacher_logits(x), config.temperature)
         return config.alpha * kl + config.gamma * F.cross_entropy(logits.float(), y)
 

@@ -23,10 +23,22 @@ error-maximizing noise with its label). Because every such class is also in the 
 step brings its accuracy back to the level that the retain data alone supports: the intent is a model
 that generalises to the forget samples the way it does to unseen data, without their memorised detail.
 (Whether it gets there depends on the impair strength: NITC scales it down for sample-wise forgetting.)
+
+**Integer inputs (token IDs).** Error-maximizing noise needs inputs that a gradient can move; token IDs are not.
+For integer inputs the noise lives where the model's inputs first become continuous: the output of its first
+``nn.Embedding`` called on the input (:func:`first_embedding`). Each noise row is a real retain sequence (seeded)
+plus a learned perturbation of its embedded tokens, added by a forward hook (:class:`EmbeddingNoise`), optimised
+with the same objective, steps, learning rate and L2 weight (on the perturbation), and kept within the value range
+of the embedding's weights (as image noise is kept within the retain inputs' range). The impair step trains on
+those rows, the hook adding each row's perturbation. A model with integer inputs and no such embedding (one that
+one-hot encodes its input itself, say) cannot be given error-maximizing noise: its noise rows are random sequences
+of the token values seen in the retain subset (no optimisation). The history's ``noise`` record says which was
+used (``noise_space``: ``input``, ``embedding:<module name>`` or ``random-tokens``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -35,9 +47,19 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 
 from mlflow_unlearn import runtime as rt
-from mlflow_unlearn.methods._loops import fit, input_shape, labels_of, random_subset, value_range
+from mlflow_unlearn.methods._loops import (
+    Retargeted,
+    first_inputs,
+    fit,
+    input_shape,
+    inputs_at,
+    labels_of,
+    random_subset,
+    value_range,
+)
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.validation import check_choice, check_fraction, check_non_negative, check_positive
+from mlflow_unlearn.models.interface import class_scores
 from mlflow_unlearn.training import OPTIMIZERS
 
 
@@ -98,7 +120,7 @@ def learn_error_max_noise(
     for _ in range(steps):
         x = noise()
         with rt.autocast(device):
-            logits = net(x)
+            logits = net(x)  # the runner returns the class scores
         loss = -F.cross_entropy(logits.float(), noise.labels) + l2 * x.pow(2).flatten(1).sum(1).mean()
         (grad,) = torch.autograd.grad(loss, [noise.noise])
         noise.noise.grad = grad
@@ -109,6 +131,155 @@ def learn_error_max_noise(
     rt.check_finite(loss, where="UNSIR noise optimisation")
     model.train(was_training)
     return noise.noise.detach().cpu(), labels
+
+
+@torch.no_grad()
+def first_embedding(model: nn.Module, sample: torch.Tensor) -> str | None:
+    """The name (as in ``named_modules()``) of the first ``nn.Embedding`` that ``model`` calls on a tensor shaped like
+    its input ``sample`` (eval mode, one pass): the token embedding, not a positional one called on ``arange``;
+    ``None`` when there is none.
+
+    >>> net = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2))
+    >>> first_embedding(net, torch.zeros(2, 3, dtype=torch.long))
+    '0'
+    """
+    found: list[str] = []
+
+    def note(name: str):
+        def hook(_module: nn.Module, args: tuple, _output: torch.Tensor) -> None:
+            if args and getattr(args[0], "shape", None) == sample.shape:
+                found.append(name)
+        return hook
+
+    handles = [module.register_forward_hook(note(name)) for name, module in model.named_modules()
+               if isinstance(module, nn.Embedding)]
+    if not handles:
+        return None
+    was_training = model.training
+    try:
+        model.eval()(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return found[0] if found else None
+
+
+@dataclass
+class EmbeddingNoise:
+    """Error-maximizing noise for integer inputs: per noise row, a real input and a perturbation of its embedding.
+
+    Args:
+        name: the embedding's name in ``model.named_modules()`` (see :func:`first_embedding`).
+        base: the noise rows' inputs (token IDs of retain samples), on the CPU.
+        delta: the perturbations added to the embedding's output for each row, on the CPU.
+        labels: the class each row maximizes the loss of (the real forget classes).
+    """
+
+    name: str
+    base: torch.Tensor
+    delta: torch.Tensor
+    labels: torch.Tensor
+
+    @contextlib.contextmanager
+    def added(self, model: nn.Module, rows: torch.Tensor):
+        """Within the block, ``model``'s embedding adds ``delta[rows]`` to its output row by row (no row: -1).
+
+        ``rows`` is on the model's device; each batch row is one call's sample.
+        """
+        module = dict(rt.unwrap(model).named_modules())[self.name]
+        rows = rows.long()
+        delta = self.delta.to(rows.device)[rows.clamp(min=0)]
+        delta = delta * (rows >= 0).to(delta.dtype).view(-1, *[1] * (delta.dim() - 1))
+        handle = module.register_forward_hook(lambda _m, _a, out: out + delta.to(out.dtype))
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+def learn_embedding_noise(
+    model: nn.Module,
+    classes: list[int] | tuple[int, ...],
+    *,
+    inputs: Dataset | torch.Tensor,
+    per_class: int,
+    steps: int,
+    lr: float,
+    l2: float,
+    device: torch.device,
+    seed: int = 0,
+) -> EmbeddingNoise | None:
+    """:func:`learn_error_max_noise` for integer inputs, in the space of the model's first embedding.
+
+    ``per_class`` rows per class, each a seeded draw from ``inputs`` (retain samples) whose embedded tokens get a
+    perturbation ``delta`` that minimizes ``-CE(model, label) + l2 * mean_i sum(delta_i ** 2)`` (Adam, the model
+    frozen in eval mode), the perturbed embedding kept within the range of the embedding's weights.
+
+    Returns:
+        The :class:`EmbeddingNoise`, or ``None`` when the model calls no ``nn.Embedding`` on its input.
+
+    Raises:
+        UnlearningDivergedError: if the objective becomes NaN or infinite.
+    """
+    if isinstance(inputs, torch.Tensor):
+        inputs = TensorDataset(inputs)
+    name = first_embedding(model, first_inputs(inputs, 2).to(device))
+    if name is None:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(list(classes), dtype=torch.long).repeat_interleave(per_class)
+    base = inputs_at(inputs, torch.randint(len(inputs), (len(labels),), generator=gen).numpy())
+    module = dict(model.named_modules())[name]
+    was_training = model.training
+    model.eval()
+    clean: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _a, out: clean.append(out.detach().float()))
+    try:
+        with torch.no_grad():
+            model(base.to(device))
+    finally:
+        handle.remove()
+    weight = module.weight.detach().float()
+    low, high = float(weight.min()) - clean[0], float(weight.max()) - clean[0]  # delta keeps clean + delta in range
+    delta = (torch.randn(clean[0].shape, generator=gen) * float(weight.std())).to(device)
+    delta = torch.maximum(torch.minimum(delta, high), low).requires_grad_()
+    noise = EmbeddingNoise(name, base, delta, labels)
+    target, inputs_on_device = labels.to(device), base.to(device)
+    opt = torch.optim.Adam([delta], lr=lr)
+    loss = torch.zeros((), device=device)
+    handle = module.register_forward_hook(lambda _m, _a, out: out + delta.to(out.dtype))
+    try:
+        for _ in range(steps):
+            with rt.autocast(device):
+                logits = class_scores(model(inputs_on_device))
+            loss = -F.cross_entropy(logits.float(), target) + l2 * delta.pow(2).flatten(1).sum(1).mean()
+            (grad,) = torch.autograd.grad(loss, [delta])
+            delta.grad = grad
+            opt.step()
+            with torch.no_grad():
+                delta.copy_(torch.maximum(torch.minimum(delta, high), low))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    rt.check_finite(loss, where="UNSIR embedding noise optimisation")
+    noise.delta = delta.detach().cpu()
+    return noise
+
+
+def random_tokens(inputs: Dataset | torch.Tensor, count: int, *, seed: int) -> torch.Tensor:
+    """``count`` random inputs shaped like ``inputs``' rows, each value drawn from the values that ``inputs`` hold
+    (a tensor of rows, or a dataset of ``(input, ...)`` samples, read in one streaming pass).
+
+    >>> random_tokens(torch.tensor([[3, 5], [5, 3]]), 4, seed=0).unique().tolist()
+    [3, 5]
+    """
+    if isinstance(inputs, torch.Tensor):
+        inputs = TensorDataset(inputs)
+    seen = [torch.unique(batch[0]) for batch in rt.inference_loader(inputs, batch_size=1024)]
+    values = torch.unique(torch.cat(seen))
+    gen = torch.Generator().manual_seed(seed)
+    return values[torch.randint(len(values), (count, *input_shape(inputs)), generator=gen)]
 
 
 @dataclass
@@ -179,28 +350,50 @@ def impair_and_repair(
     """
     dev = context.device
     retain_part = random_subset(retain, config.retain_fraction, seed=context.seed)
-    bounds = value_range(retain_part)
     classes, counts = torch.unique(forget_labels.cpu(), return_counts=True)
     # The noise budget is shared by the classes: a fixed cost however many classes the forget set touches.
     per_class = max(1, config.noise_samples // len(classes))
-    noise, noise_y = learn_error_max_noise(
-        model, classes.tolist(), input_shape=input_shape, per_class=per_class, steps=config.noise_steps,
-        lr=config.noise_lr, l2=config.noise_l2, device=dev, bounds=bounds, seed=context.seed,
-    )
-    history.log(stage=f"{stage_prefix}noise", classes=len(classes), noise_samples=len(noise_y))
     # Repeat each class's noise rows cyclically: noise_per_forget rows per forget sample of that class.
     rows = [max(1, round(count * config.noise_per_forget)) for count in counts.tolist()]
-    picks = [i * per_class + torch.arange(n) % per_class for i, n in enumerate(rows)]
-    pick = torch.cat(picks)
-    impair_set = ConcatDataset([TensorDataset(noise[pick], noise_y[pick]), retain_part])
-    repair_set = retain_part
+    pick = torch.cat([i * per_class + torch.arange(n) % per_class for i, n in enumerate(rows)])
 
     def ce(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(net(x).float(), y)
+        return F.cross_entropy(class_scores(net(x)).float(), y)
 
-    model = fit(model, impair_set, ce, context=context, epochs=config.impair_epochs, lr=config.impair_lr * lr_scale,
-                batch_size=config.batch_size, optimizer=config.optimizer, history=history,
-                stage=f"{stage_prefix}impair")
+    impair_loss, embedded = ce, None
+    if first_inputs(retain_part, 1).is_floating_point():
+        space = "input"
+        noise, noise_y = learn_error_max_noise(
+            model, classes.tolist(), input_shape=input_shape, per_class=per_class, steps=config.noise_steps,
+            lr=config.noise_lr, l2=config.noise_l2, device=dev, bounds=value_range(retain_part), seed=context.seed,
+        )
+    else:  # token IDs: noise in the embedding space, else random tokens (see the module docstring)
+        embedded = learn_embedding_noise(model, classes.tolist(), inputs=retain_part, per_class=per_class,
+                                         steps=config.noise_steps, lr=config.noise_lr, l2=config.noise_l2, device=dev,
+                                         seed=context.seed)
+        if embedded is None:
+            space = "random-tokens"
+            noise_y = torch.as_tensor(classes.tolist(), dtype=torch.long).repeat_interleave(per_class)
+            noise = random_tokens(retain_part, len(noise_y), seed=context.seed)
+        else:
+            space, noise, noise_y = f"embedding:{embedded.name}", embedded.base, embedded.labels
+    history.log(stage=f"{stage_prefix}noise", classes=len(classes), noise_samples=len(noise_y), noise_space=space)
+    # The retain samples stream from their source; only the noise rows are held.
+    impair_set: Dataset = ConcatDataset([TensorDataset(noise[pick], noise_y[pick]), retain_part])
+    if embedded is not None:
+        # Targets [label, noise row or -1]: the hook adds each noise row's perturbation to its embedded tokens.
+        no_row = torch.full((len(retain_part),), -1, dtype=torch.long)
+        impair_set = ConcatDataset([TensorDataset(noise[pick], torch.stack([noise_y[pick], pick], dim=1)),
+                                    Retargeted(retain_part, torch.stack([labels_of(retain_part), no_row], dim=1))])
+
+        def impair_loss(net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            with embedded.added(net, target[:, 1]):
+                return ce(net, x, target[:, 0])
+
+    repair_set = retain_part
+    model = fit(model, impair_set, impair_loss, context=context, epochs=config.impair_epochs,
+                lr=config.impair_lr * lr_scale, batch_size=config.batch_size, optimizer=config.optimizer,
+                history=history, stage=f"{stage_prefix}impair")
     return fit(model, repair_set, ce, context=context, epochs=config.repair_epochs,
                lr=config.repair_lr * lr_scale, batch_size=config.batch_size, optimizer=config.optimizer,
                history=history, stage=f"{stage_prefix}repair")

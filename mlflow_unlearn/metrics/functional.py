@@ -95,6 +95,27 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.double(), labels, reduction="none")
 
 
+def membership_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` of the other classes' logits minus the true class's (float64, ``N``): the per-sample loss on a
+    scale that does not saturate.
+
+    It is ``log((1 - p) / p)`` of the true class's probability ``p`` (LiRA's logit-scaled confidence, negated), so
+    it orders samples exactly as the cross-entropy ``log(1 + exp(score))`` does; but where a model is so sure that
+    the cross-entropy rounds to 0 (a margin above about 37 in float64), the score still tells a memorised training
+    sample from a confidently classified unseen one. Rank statistics (the membership AUC) use it.
+
+    >>> membership_score(torch.tensor([[40.0, 0.0], [60.0, 0.0]]), torch.tensor([0, 0]))
+    tensor([-40., -60.], dtype=torch.float64)
+    >>> per_sample_loss(torch.tensor([[40.0, 0.0], [60.0, 0.0]]), torch.tensor([0, 0])).abs().tolist()  # both 0
+    [0.0, 0.0]
+    """
+    _check_pair(logits, labels, "logits")
+    z = logits.double()
+    true = z.gather(1, labels.long().view(-1, 1)).squeeze(1)
+    others = z.scatter(1, labels.long().view(-1, 1), float("-inf"))
+    return torch.logsumexp(others, dim=1) - true
+
+
 def confidence(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The probability given to the true class, per sample.
 

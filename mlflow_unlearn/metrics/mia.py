@@ -30,6 +30,9 @@ import torch
 
 from mlflow_unlearn.metrics.functional import ModelOutputs, confidence, entropy, modified_entropy, softmax
 
+#: The membership AUC of a forget set that cannot be told from non-members.
+CHANCE = 0.5
+
 MIA_FEATURES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "confidence": confidence,
     "entropy": lambda probs, labels: entropy(probs),
@@ -44,11 +47,13 @@ class MembershipTest(NamedTuple):
     Args:
         auc: probability that a forget sample has a lower loss than a same-class held-out sample (ties count
             half); 0.5 is chance, above it the forget set looks like training data.
-        low: lower bound of the bootstrap confidence interval.
-        high: upper bound of the bootstrap confidence interval.
+        low: lower bound of the confidence interval (bootstrap, widened to the permutation null's spread).
+        high: upper bound of the confidence interval.
         confidence: the interval's confidence level (e.g. 0.95).
         n_forget: forget samples tested (those of a class with held-out samples).
         n_heldout: held-out samples of the forget set's classes.
+        p_value: one-sided permutation p-value of "the forget set is more member-like than same-class
+            non-members" (NaN when not computed).
     """
 
     auc: float
@@ -57,6 +62,7 @@ class MembershipTest(NamedTuple):
     confidence: float
     n_forget: int
     n_heldout: int
+    p_value: float = float("nan")
 
     @property
     def separates(self) -> bool:
@@ -239,9 +245,56 @@ def _weighted_auc(forget: np.ndarray, heldout: np.ndarray, weights: np.ndarray) 
     return float(np.mean((above + 0.5 * tied) / total))
 
 
-def _stratified_resample(groups: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """Indices drawn with replacement within each group (one group per class: class counts kept)."""
-    return np.concatenate([g[rng.integers(0, len(g), size=len(g))] for g in groups])
+def _auc_rows(forget: np.ndarray, heldout: np.ndarray, weights: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """:func:`_weighted_auc` of each row of ``forget`` (``B x F``) against the same row of ``heldout`` and
+    ``weights`` (``B x H``), all at once: values are integer ranks (ties equal), so that one sort of each row, held-out
+    samples placed before forget samples at a tie (then after), counts the weight below (and not above) each forget
+    sample. Rows are done ``chunk`` at a time to bound memory."""
+    out = np.empty(len(forget))
+    n_h = heldout.shape[1]
+    for start in range(0, len(forget), chunk):
+        f, h, w = forget[start:start + chunk], heldout[start:start + chunk], weights[start:start + chunk]
+        total = w.sum(axis=1)
+        values = np.concatenate([h, f], axis=1) * 2
+        cum_w = np.concatenate([w, np.zeros_like(f, dtype=float)], axis=1)
+        counts = []
+        for h_tag, f_tag in ((0, 1), (1, 0)):  # held-out first at ties (weight <= f), then after (weight < f)
+            keys = values + np.concatenate([np.full(h.shape, h_tag), np.full(f.shape, f_tag)], axis=1)
+            order = np.argsort(keys, axis=1, kind="stable")
+            below = np.cumsum(np.take_along_axis(cum_w, order, axis=1), axis=1)
+            is_forget = order >= n_h
+            counts.append(below[is_forget].reshape(f.shape))
+        at_most, less = counts
+        above, tied = total[:, None] - at_most, at_most - less
+        out[start:start + chunk] = ((above + 0.5 * tied) / total[:, None]).mean(axis=1)
+    return out
+
+
+def _replicates(forget: np.ndarray, heldout: np.ndarray, f_labels: np.ndarray, h_labels: np.ndarray,
+                weights: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` stratified bootstrap replicates of the AUC, and ``n`` draws of its null distribution.
+
+    Bootstrap: both sets resampled with replacement within each class (class counts, hence the weights, kept).
+    Null: within each class, which of the pooled forget and held-out losses count as "forget" is drawn at random,
+    i.e. the statistic under exchangeability: exactly its distribution for a model that never saw the forget set,
+    when the forget set is a random part of the training split (a retrained model).
+    """
+    _, ranks = np.unique(np.concatenate([forget, heldout]), return_inverse=True)
+    f_rank, h_rank = ranks[:len(forget)], ranks[len(forget):]
+    boot_f, boot_h, null_f, null_h, null_w = [], [], [], [], []
+    for c in np.unique(f_labels):
+        f_idx, h_idx = np.flatnonzero(f_labels == c), np.flatnonzero(h_labels == c)
+        boot_f.append(f_idx[rng.integers(0, len(f_idx), size=(n, len(f_idx)))])
+        boot_h.append(h_idx[rng.integers(0, len(h_idx), size=(n, len(h_idx)))])
+        pool = np.concatenate([f_rank[f_idx], h_rank[h_idx]])
+        drawn = pool[np.argsort(rng.random((n, len(pool))), axis=1)]
+        null_f.append(drawn[:, :len(f_idx)])
+        null_h.append(drawn[:, len(f_idx):])
+        null_w.append(np.broadcast_to(weights[h_idx], (n, len(h_idx))))
+    bf, bh = np.concatenate(boot_f, axis=1), np.concatenate(boot_h, axis=1)
+    bootstrap = _auc_rows(f_rank[bf], h_rank[bh], weights[bh])
+    null = _auc_rows(np.concatenate(null_f, axis=1), np.concatenate(null_h, axis=1), np.concatenate(null_w, axis=1))
+    return bootstrap, null
 
 
 def membership_auc(
@@ -263,8 +316,16 @@ def membership_auc(
     class mix of a sample-wise request). Forget samples of a class without held-out samples are left out.
 
     The interval is the percentile interval of ``n_bootstrap`` stratified bootstrap replicates (both sets
-    resampled with replacement within each class, seeded). AUC is scale-free: it does not depend on the
-    loss's units, the model's calibration or the set sizes, and its interval shrinks as the sets grow.
+    resampled with replacement within each class, seeded), widened where needed to the spread of the statistic
+    under exchangeability (``n_bootstrap`` within-class permutations of which samples count as the forget set):
+    its lower bound is at most ``auc`` minus the distance from 0.5 to the null's upper quantile, its upper bound at
+    least ``auc`` plus the distance to the null's lower quantile. A stratified bootstrap alone has no spread in a
+    class with one forget sample, so on a small request it lay above chance for a retrained model in most runs;
+    with the widening, "the interval lies above chance" implies that the permutation test rejects at
+    ``(1 - confidence) / 2``, whatever the set sizes: a model that never saw a randomly chosen forget set is
+    flagged at most that often. AUC is scale-free: it does not depend on the loss's units or the model's
+    calibration, and its interval shrinks as the sets grow (one forget sample can only lie above chance when
+    its loss is below that of nearly every same-class non-member).
 
     Direction and ideal value: 0.5 is chance; above 0.5 the forget set still looks like training data; below
     0.5 it looks *less* member-like than unseen data (e.g. mislabelled samples that a retrained model gets
@@ -325,13 +386,13 @@ def membership_auc(
                          "set has none; use a test split that holds those classes")
     weights = _matched_weights(f_labels, h_labels)
     auc = _weighted_auc(forget, heldout, weights)
-    rng = np.random.default_rng(seed)
-    replicates = np.empty(n_bootstrap)
-    f_groups = [np.flatnonzero(f_labels == c) for c in np.unique(f_labels)]
-    h_groups = [np.flatnonzero(h_labels == c) for c in np.unique(h_labels)]
-    for b in range(n_bootstrap):  # stratified: class counts, hence the weights, stay those of the sample
-        f, h = _stratified_resample(f_groups, rng), _stratified_resample(h_groups, rng)
-        replicates[b] = _weighted_auc(forget[f], heldout[h], weights[h])
+    replicates, null = _replicates(forget, heldout, f_labels, h_labels, weights, n_bootstrap,
+                                   np.random.default_rng(seed))
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
-    return MembershipTest(auc, float(low), float(high), float(confidence), int(len(forget)), int(len(heldout)))
+    # conservative quantiles of a discrete null: above `null_high` lies at most alpha of it
+    null_low, null_high = np.quantile(null, alpha, method="lower"), np.quantile(null, 1.0 - alpha, method="higher")
+    low, high = max(0.0, min(low, auc - (null_high - CHANCE))), min(1.0, max(high, auc + (CHANCE - null_low)))
+    p_value = (1 + int(np.sum(null >= auc - 1e-12))) / (1 + n_bootstrap)
+    return MembershipTest(auc, float(low), float(high), float(confidence), int(len(forget)), int(len(heldout)),
+                          float(p_value))

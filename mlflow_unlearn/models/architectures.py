@@ -11,7 +11,7 @@ from mlflow_unlearn.models.registry import register_model
 
 
 class MLP(nn.Module):
-    """Two hidden layers with ReLU over the flattened input."""
+    """Two hidden layers with ReLU over the flattened input (integer features, e.g. category codes, as floats)."""
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 256) -> None:
         super().__init__()
@@ -21,7 +21,7 @@ class MLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x.float())
 
 
 class SmallCNN(nn.Module):

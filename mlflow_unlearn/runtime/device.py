@@ -11,6 +11,7 @@ import os
 import torch
 from torch import nn
 
+from mlflow_unlearn.models.interface import class_scores
 from mlflow_unlearn.runtime.distributed import is_distributed, unwrap
 
 
@@ -60,9 +61,12 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a batch to ``device`` without a host synchronisation (non-blocking, channels_last for images)."""
+    """Move a batch to ``device`` without a host synchronisation (non-blocking, channels_last for float images).
+
+    The dtype is kept: integer inputs (token IDs) reach the model as they are.
+    """
     x = x.to(device, non_blocking=True)
-    if device.type == "cuda" and x.dim() == 4:
+    if device.type == "cuda" and x.dim() == 4 and x.is_floating_point():
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -127,7 +131,8 @@ def inference_copy(model: nn.Module) -> nn.Module | None:
 class InferenceRunner:
     """Runs batches through an :func:`inference_copy` of ``model``, or through ``model`` itself when there is no
     copy or the copy fails on the first batch (code that depends on the memory layout, such as ``.view`` on a
-    convolution's output, raises there).
+    convolution's output, raises there), and returns the class scores of the output
+    (:func:`~mlflow_unlearn.models.class_scores`: a tensor, a tuple's first element, a dict's or object's ``logits``).
 
     The caller puts ``model`` in eval mode on its device before creating the runner. The copy's parameters take no
     gradient; gradients still flow to the inputs (the error-maximizing noise of UNSIR is learned through it).
@@ -139,9 +144,12 @@ class InferenceRunner:
         self.proven = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return class_scores(self._forward(x))
+
+    def _forward(self, x: torch.Tensor):
         if self.fast is None:
             return self.model(x)
-        fast_x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+        fast_x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.is_floating_point() else x
         if self.proven:
             return self.fast(fast_x)
         try:

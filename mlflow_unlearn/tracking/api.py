@@ -33,6 +33,7 @@ from mlflow_unlearn.tracking import report as rep
 from mlflow_unlearn.tracking import steps
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.configs import ConfigError, load_config
+from mlflow_unlearn.tracking.disclosure import Disclosure
 from mlflow_unlearn.tracking.evaluation import incompetent_copy
 from mlflow_unlearn.tracking.gate import GateConfig, GateResult
 from mlflow_unlearn.tracking.plan import RETAIN_EVAL_SIZE, DataResolutionError, UnlearnPlan, prepare
@@ -73,6 +74,9 @@ class UnlearnOutcome:
         gate: the gate's checks (None when reused).
         onnx_max_abs_diff: max |torch - onnxruntime| logit difference of the ONNX copy, if one was logged.
         model: the unlearned ``nn.Module`` (None when reused).
+        disclosure: which figures the run's records withhold (a small ``ids:`` request: every figure of the
+            forget set, see :mod:`~mlflow_unlearn.tracking.disclosure`); ``metrics`` and ``gate`` hold them all,
+            ``disclosure.metrics(metrics)`` and ``disclosure.gate(gate)`` are what was recorded.
     """
 
     version: ModelVersion | None
@@ -84,6 +88,7 @@ class UnlearnOutcome:
     gate: GateResult | None = None
     onnx_max_abs_diff: float | None = None
     model: nn.Module | None = field(default=None, repr=False)
+    disclosure: Disclosure = field(default_factory=Disclosure)
 
 
 def unlearn(model_uri: str, *, forget: str, method: str = vocab.DEFAULT_METHOD, data: str | None = None,
@@ -151,20 +156,23 @@ def unlearn(model_uri: str, *, forget: str, method: str = vocab.DEFAULT_METHOD, 
                 steps.register(logger, plan, verdict, result)
             steps.report(logger, plan, result, verdict, evaluation, tmp=Path(tmp))
         steps.finish(logger, result, t_start)
-    return UnlearnOutcome(result.version, logger.run_id, result.metrics, rep.report_uri(logger.artifact_uri),
-                          verdict.verdict, gate=verdict, onnx_max_abs_diff=result.onnx_diff, model=unlearned.model)
+    return UnlearnOutcome(result.version, logger.run_id, evaluation.metrics, rep.report_uri(logger.artifact_uri),
+                          verdict.verdict, gate=verdict, onnx_max_abs_diff=result.onnx_diff, model=unlearned.model,
+                          disclosure=result.disclosure)
 
 
 def _reuse(plan: UnlearnPlan, run_id: str | None) -> UnlearnOutcome | None:
-    """The outcome of an identical earlier unlearning (same parent, forget set, method, config, seed), if any."""
-    existing = lin.find_existing_version(plan.client, parent=plan.parent, method=plan.method,
-                                         forget_digest=plan.forget.digest, chash=plan.config_hash)
-    if existing is None:
+    """The outcome of an identical earlier unlearning (same parent, forget set, method, config, seed, reference,
+    gate and data), proven by its provenance record, if any."""
+    found = lin.find_existing_version(plan.client, parent=plan.parent, method=plan.method,
+                                      forget_digest=plan.forget.digest, chash=plan.config_hash, key=plan.digest_key)
+    if found is None:
         return None
+    existing, record = found
     run = plan.client.get_run(existing.run_id)
     _logger.info("Reusing %s/%s: the same unlearning was done in run %s", existing.name, existing.version,
                  existing.run_id)
-    verdict = existing.tags.get(vocab.VERDICT_TAG, "")
+    verdict = record.tags[vocab.VERDICT_TAG]
     if run_id:
         set_run_tags(plan.client, run_id, {vocab.VERDICT_TAG: verdict,
                                            vocab.RESULT_VERSION_TAG: vocab.version_ref(existing),

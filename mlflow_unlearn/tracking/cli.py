@@ -162,7 +162,10 @@ def unlearn(state: CliState, model_uri, forget, method, data, config, reference,
 
 
 def _report_outcome(outcome, *, as_json: bool, register: bool) -> None:
-    _print_table(outcome.metrics, as_json)
+    shown = outcome.disclosure  # the output is a record too (a registry job's log): what the run recorded
+    _print_table(shown.metrics(outcome.metrics), as_json)
+    if shown.limited:
+        click.echo(f"Note: {shown.note}")
     if outcome.reused:
         click.echo(f"Already done: {_uri(outcome.version)} from run {outcome.run_id}")
     elif outcome.version is not None:
@@ -170,7 +173,7 @@ def _report_outcome(outcome, *, as_json: bool, register: bool) -> None:
                    f"{outcome.verdict}, run {outcome.run_id})")
     click.echo(f"Report: {outcome.report_uri}")
     if register and outcome.version is None:
-        reasons = "; ".join(outcome.gate.failures()) if outcome.gate is not None else outcome.verdict
+        reasons = "; ".join(shown.gate(outcome.gate).failures()) if outcome.gate is not None else outcome.verdict
         click.echo(f"Error: the acceptance gate refused the unlearned model ({reasons}); nothing was registered. "
                    "Use --force to register it anyway.", err=True)
         sys.exit(GATE_FAILED_EXIT_CODE)
@@ -199,13 +202,26 @@ def evaluate(state: CliState, model_uri, forget, data, reference, device, seed, 
 @args.FORGET
 def verify(model_uri, forget) -> None:
     """For the holder of the digest key: did MODEL_URI forget exactly the IDs of --forget ids:<file> in its
-    lineage? One line; exit code 0 if so, 1 if not."""
+    lineage? One line. Exit code 0: forgotten; 1: not forgotten; 3: unverifiable (the version claims to be an
+    unlearning result but its provenance does not verify); 2: an error (no key, unknown version, unreadable file)."""
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_unlearn.tracking.verify import EXIT_CODES
     from mlflow_unlearn.tracking.verify import verify as verify_version
 
-    answer = verify_version(model_uri, forget=forget)
+    try:
+        answer = verify_version(model_uri, forget=forget)
+    except (ValueError, OSError, MlflowException) as exc:
+        message = exc.message if isinstance(exc, MlflowException) else str(exc)
+        raise VerifyError(" ".join(message.split()) or type(exc).__name__) from None
     click.echo(answer.message)
-    if not answer:
-        sys.exit(1)
+    sys.exit(EXIT_CODES[answer.status])
+
+
+class VerifyError(click.ClickException):
+    """An error of ``verify`` (exit code 2, apart from its answers 0, 1 and 3)."""
+
+    exit_code = 2
 
 
 @cli.command()

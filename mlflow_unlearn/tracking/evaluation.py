@@ -54,28 +54,47 @@ def report_losses(outputs: Mapping[str, Mapping[str, ModelOutputs]]) -> dict[str
     return result
 
 
-def membership_columns(outputs: Mapping[str, Mapping[str, ModelOutputs]], *, seed: int) -> pd.DataFrame:
+def membership_columns(outputs: Mapping[str, Mapping[str, ModelOutputs]], *, seed: int,
+                       reference: str | None = None) -> pd.DataFrame:
     """Each model's membership test (:func:`mlflow_unlearn.metrics.mia.membership_auc`): the forget set against
     the test samples of its classes, as the gate's columns ``membership_auc``, ``membership_auc_low`` and
     ``membership_auc_high`` (percent), one row per model; NaN where the test cannot run (no test sample of the
-    forget set's classes)."""
+    forget set's classes).
+
+    With ``reference`` (a row of ``outputs``), also the paired test of every other model against it
+    (:data:`~mlflow_unlearn.tracking.gate.PAIRED_MEMBERSHIP_COLUMNS`): the same test on each sample's score under
+    the model minus its score under the reference, so that what the reference also finds member-like (samples that
+    are easy for any model) does not count, and what the model alone remembers does.
+    """
     import pandas as pd
 
-    from mlflow_unlearn.metrics import per_sample_loss
+    from mlflow_unlearn.metrics import membership_score
     from mlflow_unlearn.metrics.mia import membership_auc
-    from mlflow_unlearn.tracking.gate import MEMBERSHIP_COLUMNS
+    from mlflow_unlearn.tracking.gate import MEMBERSHIP_COLUMNS, PAIRED_MEMBERSHIP_COLUMNS
 
+    # the loss on a scale that does not saturate (the same order): a rank test needs no ties at 0
+    scores = {name: (membership_score(*per_split["forget"]), membership_score(*per_split["test"]))
+              for name, per_split in outputs.items()}
     rows = {}
     for name, per_split in outputs.items():
         forget, test = per_split["forget"], per_split["test"]
-        try:
-            result = membership_auc(per_sample_loss(*forget), per_sample_loss(*test), forget_labels=forget.labels,
-                                    heldout_labels=test.labels, seed=seed)
-            rows[name] = dict(zip(MEMBERSHIP_COLUMNS, (100 * result.auc, 100 * result.low, 100 * result.high),
-                                  strict=True))
-        except ValueError as exc:
-            _logger.info("Membership test skipped for %s: %s", name, exc)
-            rows[name] = dict.fromkeys(MEMBERSHIP_COLUMNS, float("nan"))
+        tests = [(MEMBERSHIP_COLUMNS, scores[name])]
+        if reference is not None:
+            ref = scores[reference]
+            tests.append((PAIRED_MEMBERSHIP_COLUMNS, (scores[name][0] - ref[0], scores[name][1] - ref[1])))
+        rows[name] = {}
+        for columns, (forget_scores, test_scores) in tests:
+            if columns is PAIRED_MEMBERSHIP_COLUMNS and name == reference:
+                rows[name].update(dict.fromkeys(columns, float("nan")))
+                continue
+            try:
+                result = membership_auc(forget_scores, test_scores, forget_labels=forget.labels,
+                                        heldout_labels=test.labels, seed=seed)
+                rows[name].update(zip(columns, (100 * result.auc, 100 * result.low, 100 * result.high),
+                                      strict=True))
+            except ValueError as exc:
+                _logger.info("Membership test skipped for %s: %s", name, exc)
+                rows[name].update(dict.fromkeys(columns, float("nan")))
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -127,7 +146,8 @@ def evaluate_models(plan: UnlearnPlan, models: Mapping[str, nn.Module]) -> Evalu
         retained = retained_test_accuracy(outputs, plan.forget.forget_classes)
         metrics.insert(metrics.columns.get_loc("test_accuracy") + 1, "test_accuracy_retained",
                        [retained[name] for name in metrics.index])
-    metrics = metrics.join(membership_columns(outputs, seed=plan.seed))
+    reference = vocab.RETRAIN_ROW if vocab.RETRAIN_ROW in models else None
+    metrics = metrics.join(membership_columns(outputs, seed=plan.seed, reference=reference))
     return Evaluation(metrics, outputs, split)
 
 

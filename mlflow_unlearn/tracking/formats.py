@@ -218,26 +218,32 @@ def pip_requirements(model: nn.Module) -> list[str]:
     return reqs
 
 
-def tensor_signature(input_shape: tuple[int, ...], num_classes: int):
-    """An MLflow tensor signature: float32 ``(-1, *input_shape)`` in, float32 ``(-1, num_classes)`` logits out."""
+def tensor_signature(input_shape: tuple[int, ...], num_classes: int, input_dtype: str = "float32"):
+    """An MLflow tensor signature: ``input_dtype`` (float32, or int64 for token IDs) ``(-1, *input_shape)`` in, float32
+    ``(-1, num_classes)`` logits (the class scores, see :func:`mlflow_unlearn.models.class_scores`) out."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape), "x")]),
+        inputs=Schema([TensorSpec(np.dtype(input_dtype), (-1, *input_shape), "x")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "logits")]),
     )
 
 
 def save_trainable_module(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, ...],
-                          num_classes: int, code_paths: Sequence[str | os.PathLike] | None = None) -> Path:
+                          num_classes: int, code_paths: Sequence[str | os.PathLike] | None = None,
+                          input_dtype: str = "float32") -> Path:
     """Save ``model`` as an MLflow pytorch-flavor model in the trainable (pickle) format at ``path``.
+
+    The module itself is saved, whatever its ``forward`` returns (a tensor, a tuple, a dict with ``logits``...): the
+    user's own class loads it unchanged.
 
     Args:
         model: the module (saved from the CPU, in eval mode).
         path: the new model folder.
-        input_shape, num_classes: the tensor signature (float32 ``(-1, *input_shape)`` -> ``(-1, num_classes)``).
+        input_shape, num_classes, input_dtype: the tensor signature (``input_dtype`` ``(-1, *input_shape)`` ->
+            float32 ``(-1, num_classes)``).
         code_paths: files or folders of the model's own code (MLflow's ``code_paths``), importable when loaded.
     """
     import logging
@@ -255,7 +261,7 @@ def save_trainable_module(model: nn.Module, path: str | os.PathLike, *, input_sh
             warnings.simplefilter("ignore")
             mlflow.pytorch.save_model(model, str(path), serialization_format="pickle",
                                       pip_requirements=pip_requirements(model),
-                                      signature=tensor_signature(input_shape, num_classes),
+                                      signature=tensor_signature(input_shape, num_classes, input_dtype),
                                       code_paths=[str(c) for c in code_paths] if code_paths else None)
     finally:
         logger.setLevel(level)
@@ -263,7 +269,11 @@ def save_trainable_module(model: nn.Module, path: str | os.PathLike, *, input_sh
 
 
 def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | os.PathLike) -> OnnxCheck:
-    """Export ``model`` to ONNX (dynamic batch) and compare its logits with onnxruntime's on ``sample``.
+    """Export ``model``'s class scores to ONNX (dynamic batch) and compare them with onnxruntime's on ``sample``.
+
+    The ONNX graph takes ``sample``'s dtype (float32, or int64 token IDs) and has one output, ``logits``: the class
+    scores that :func:`mlflow_unlearn.models.class_scores` reads from the model's output (a tuple's first element, a
+    dict's ``logits``...).
 
     Raises:
         ModelFormatError: if the export fails or the max absolute difference exceeds :data:`ONNX_TOLERANCE`.
@@ -272,8 +282,11 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | os.PathLike)
     import onnxruntime as ort
     import torch
 
-    model = model.cpu().eval()
-    sample = sample.cpu().float()
+    from mlflow_unlearn.models import ScoresOnly
+
+    name = type(model).__name__
+    model = ScoresOnly(model.cpu().eval())
+    sample = sample.cpu()
     path = Path(path)
     batch = torch.export.Dim("batch", min=1)
     try:
@@ -282,7 +295,7 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | os.PathLike)
             torch.onnx.export(model, (sample,), str(path), dynamo=True, verbose=False, input_names=["x"],
                               output_names=["logits"], dynamic_shapes=({0: batch},), external_data=False)
     except Exception as exc:  # the exporter raises many types; all mean "this model does not export"
-        raise ModelFormatError(f"ONNX export of {type(model).__name__} failed: {type(exc).__name__}: {exc}") from exc
+        raise ModelFormatError(f"ONNX export of {name} failed: {type(exc).__name__}: {exc}") from exc
     with torch.no_grad():
         expected = model(sample).float().numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -297,7 +310,7 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | os.PathLike)
 
 
 def save_onnx_model(check: OnnxCheck, path: str | os.PathLike, *, input_shape: tuple[int, ...],
-                    num_classes: int) -> Path:
+                    num_classes: int, input_dtype: str = "float32") -> Path:
     """Save the exported ONNX file as an MLflow onnx-flavor model at ``path``."""
     import mlflow.onnx
     import onnx
@@ -305,5 +318,6 @@ def save_onnx_model(check: OnnxCheck, path: str | os.PathLike, *, input_shape: t
 
     mlflow.onnx.save_model(onnx.load(str(check.path)), str(path),
                            pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-                           signature=tensor_signature(input_shape, num_classes), save_as_external_data=False)
+                           signature=tensor_signature(input_shape, num_classes, input_dtype),
+                           save_as_external_data=False)
     return Path(path)

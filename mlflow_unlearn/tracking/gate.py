@@ -5,11 +5,23 @@ set per call (``unlearn(..., gate={...})``, or a ``gate:`` section in the config
 
 ``membership`` (sample-wise forgetting: the evidence)
     A membership test of the forget set against held-out samples of the same classes: the class-matched
-    AUC of the per-sample loss with its 95% bootstrap interval (:func:`mlflow_unlearn.metrics.mia.membership_auc`,
+    AUC of the per-sample loss with its 95% interval (:func:`mlflow_unlearn.metrics.mia.membership_auc`,
     columns ``membership_auc``, ``membership_auc_low``, ``membership_auc_high``), for the original, the
-    unlearned model and the reference. Decided by :func:`sample_membership_verdict`; the rule uses only the
-    intervals' position against chance (50) and against each other, so by default it has no threshold and no
-    scale (``membership_margin``, 0 by default, only relaxes it: a lenient gate for tests of other things):
+    unlearned model and the reference. The interval is widened to the spread of the AUC under exchangeability, so
+    "it lies above chance" is a permutation test at 2.5% that holds for a forget set of any size (one sample
+    included). With a reference, each model is also compared with it sample by sample: the same test on the
+    difference of the two models' per-sample losses (columns ``membership_vs_reference_auc``, ``_low``,
+    ``_high``): above chance, the model finds the forget set more member-like than the reference does, relative to
+    same-class non-members. Decided by :func:`sample_membership_verdict`; the rule uses only the intervals' position
+    against chance (50) and against each other, so by default it has no threshold and no scale
+    (``membership_margin``, 0 by default, only relaxes it: a lenient gate for tests of other things):
+
+    * with the paired columns (a reference was trained): the evidence is measured when the original is more
+      member-like than the reference (its paired interval lies above chance), and the check fails when the
+      unlearned model still is. A retrained model passes it in at most 2.5% of runs, whatever the size; a model
+      left unchanged fails it whenever the original memorised what the reference never saw.
+
+    Without them, the intervals alone:
 
     * the original's interval includes or lies below chance and, with ``reference="retrain"``, does not lie
       wholly above the reference's interval: it shows no membership signal, so there is *nothing measurable to
@@ -33,7 +45,10 @@ set per call (``unlearn(..., gate={...})``, or a ``gate:`` section in the config
     was trained (two-sided, ``|forget - reference| <= forget_tolerance``); otherwise, for class-wise
     forgetting, at most chance (``100 / num_classes``) + ``forget_tolerance``; for sample-wise
     forgetting, at most the unlearned model's test accuracy + ``forget_tolerance`` (forgotten samples
-    should look like unseen ones).
+    should look like unseen ones). A forget accuracy is a proportion of ``forget_count`` samples: where its
+    sampling spread exceeds the tolerance (a small forget set: one sample is 0% or 100%), the limit is that
+    spread instead (:func:`sampling_allowance`), so that a retrained model is not refused for the luck of a few
+    samples.
 ``retain``
     Retain accuracy may drop by at most ``max_retain_drop`` against the original model.
 ``test``
@@ -43,7 +58,8 @@ set per call (``unlearn(..., gate={...})``, or a ``gate:`` section in the config
     whole test set is used and the forgotten classes' share of it (in percent) is added to the allowance,
     since the unlearned model should now get those samples wrong.
 ``mia``
-    With a reference only: ``|mia_efficacy - reference mia_efficacy| <= max_mia_gap``.
+    With a reference only: ``|mia_efficacy - reference mia_efficacy| <= max_mia_gap`` (or the sampling spread of
+    the two proportions, when larger).
 
 A model passes when every applicable check passes; skipped checks are reported as such.
 """
@@ -68,7 +84,41 @@ FAILED = "failed"
 EVIDENCE = (EVIDENCE_MEASURED, EVIDENCE_NONE, EVIDENCE_NOT_TESTED) = ("measured", "none", "not tested")
 #: The metrics columns of the membership test (percent).
 MEMBERSHIP_COLUMNS = ("membership_auc", "membership_auc_low", "membership_auc_high")
+#: The columns of the paired membership test against the reference (percent; NaN in the reference's own row).
+PAIRED_MEMBERSHIP_COLUMNS = ("membership_vs_reference_auc", "membership_vs_reference_auc_low",
+                             "membership_vs_reference_auc_high")
 CHANCE_AUC = 0.5
+#: One-sided level of the sampling allowance of the forget and MIA checks (1%: with the membership test's 2.5%, a
+#: retrained model fails any check in well under 5% of runs).
+ALLOWANCE_LEVEL = 0.01
+
+
+def sampling_allowance(count: int | None, share: float, *, paired: bool = False) -> float:
+    """How far (percentage points) a proportion of ``count`` samples plausibly lies from its expected ``share``
+    (percent) by chance alone: the upper ``1 - ALLOWANCE_LEVEL`` quantile of a binomial proportion minus its mean;
+    with ``paired``, the ``1 - 2 * ALLOWANCE_LEVEL`` quantile of the absolute difference of two independent such
+    proportions (the unlearned model's and the reference's, two-sided). 0 without a count.
+
+    >>> sampling_allowance(1, 88.0)  # one sample: right or wrong, both plausible for an unseen sample
+    12.0
+    >>> sampling_allowance(1, 50.0, paired=True), round(sampling_allowance(144, 88.0), 1), sampling_allowance(None, 8)
+    (100.0, 5.8, 0.0)
+    """
+    if not count:
+        return 0.0
+    import numpy as np
+    from scipy.stats import binom
+
+    p = min(max(share / 100.0, 0.0), 1.0)
+    if not paired:
+        return 100.0 * (float(binom.ppf(1.0 - ALLOWANCE_LEVEL, count, p)) / count - p)
+    pmf = binom.pmf(np.arange(count + 1), count, p)
+    difference = np.convolve(pmf, pmf[::-1])  # P(X - Y = k - count) for independent X, Y ~ Bin(count, p)
+    by_gap = difference[count:].copy()
+    by_gap[1:] += difference[:count][::-1]  # P(|X - Y| = d)
+    gap = int(np.searchsorted(np.cumsum(by_gap), 1.0 - 2 * ALLOWANCE_LEVEL - 1e-12))
+    return 100.0 * gap / count
+
 
 @dataclass
 class GateConfig:
@@ -160,6 +210,34 @@ def _interval(test: Any) -> str:
     return f"AUC {100 * test.auc:.1f}% (95% CI {100 * test.low:.1f}-{100 * test.high:.1f}%)"
 
 
+def paired_membership_verdict(original: Any, unlearned: Any, *, margin: float = 0.0) -> MembershipVerdict:
+    """Decide the membership check from the paired tests against the reference (see the module docstring): each
+    argument is the test of a model's per-sample losses minus the reference's (above chance: more member-like than
+    the reference on the forget set, relative to same-class non-members).
+
+    >>> from mlflow_unlearn.metrics.mia import MembershipTest
+    >>> kept, chance = MembershipTest(0.97, 0.9, 1.0, 0.95, 1, 150), MembershipTest(0.5, 0.03, 0.97, 0.95, 1, 150)
+    >>> paired_membership_verdict(kept, kept).passed, paired_membership_verdict(kept, chance).passed
+    (False, True)
+    >>> paired_membership_verdict(chance, chance).evidence
+    'none'
+    """
+    if not original.low > CHANCE_AUC:
+        return MembershipVerdict(None, EVIDENCE_NONE, (
+            f"nothing measurable to forget: compared sample by sample with the retrained reference, the original "
+            f"model does not find the forget set more member-like than same-class non-members "
+            f"({_interval(original)} includes or lies below chance, 50%), so this test cannot show forgetting"))
+    if unlearned.low > CHANCE_AUC + margin:
+        return MembershipVerdict(False, EVIDENCE_MEASURED, (
+            f"the unlearned model still finds the forget set more member-like than the retrained reference does, "
+            f"relative to same-class non-members: {_interval(unlearned)} lies above chance (50%), as the "
+            f"original's {_interval(original)} did"))
+    return MembershipVerdict(True, EVIDENCE_MEASURED, (
+        f"the original found the forget set more member-like than the retrained reference did "
+        f"({_interval(original)}); the unlearned model no longer does: its {_interval(unlearned)} reaches chance "
+        f"(50%)"))
+
+
 def sample_membership_verdict(original: Any, unlearned: Any, reference: Any | None = None, *,
                               margin: float = 0.0) -> MembershipVerdict:
     """Decide the membership check of a sample-wise request from the three models' membership tests.
@@ -232,21 +310,28 @@ def sample_membership_verdict(original: Any, unlearned: Any, reference: Any | No
                              f"{_interval(unlearned)} {reached}")
 
 
-def _membership(row: pd.Series) -> Any:
+def _membership(row: pd.Series, columns: tuple[str, ...] = MEMBERSHIP_COLUMNS) -> Any:
     from mlflow_unlearn.metrics.mia import MembershipTest
 
-    auc, low, high = (float(row[c]) / 100 for c in MEMBERSHIP_COLUMNS)
+    auc, low, high = (float(row[c]) / 100 for c in columns)
     return MembershipTest(auc, low, high, math.nan, 0, 0)
 
 
 def _membership_check(new: pd.Series, old: pd.Series, ref: pd.Series | None, class_wise: bool,
                       margin: float) -> tuple[dict, str]:
     """The membership check row and the evidence it gives (``margin`` in percentage points)."""
-    decision = sample_membership_verdict(_membership(old), _membership(new),
-                                         None if ref is None else _membership(ref), margin=margin / 100)
-    value = float(new["membership_auc"])
-    limit = CHANCE_AUC * 100 if ref is None else min(CHANCE_AUC * 100, float(ref["membership_auc_high"]))
-    limit += margin
+    paired = ref is not None and all(c in new.index and math.isfinite(float(new[c])) and math.isfinite(float(old[c]))
+                                     for c in PAIRED_MEMBERSHIP_COLUMNS)
+    if paired:
+        decision = paired_membership_verdict(_membership(old, PAIRED_MEMBERSHIP_COLUMNS),
+                                             _membership(new, PAIRED_MEMBERSHIP_COLUMNS), margin=margin / 100)
+        value, limit = float(new[PAIRED_MEMBERSHIP_COLUMNS[0]]), CHANCE_AUC * 100 + margin
+    else:
+        decision = sample_membership_verdict(_membership(old), _membership(new),
+                                             None if ref is None else _membership(ref), margin=margin / 100)
+        value = float(new["membership_auc"])
+        limit = CHANCE_AUC * 100 if ref is None else min(CHANCE_AUC * 100, float(ref["membership_auc_high"]))
+        limit += margin
     if class_wise:
         return _check("membership", value, CHANCE_AUC * 100, limit, None,
                       f"reported, not gated (class forgetting is judged by forget accuracy): "
@@ -254,12 +339,19 @@ def _membership_check(new: pd.Series, old: pd.Series, ref: pd.Series | None, cla
     return _check("membership", value, CHANCE_AUC * 100, limit, decision.passed, decision.reason), decision.evidence
 
 
+def _limit(tolerance: float, allowance: float, count: int | None) -> tuple[float, str]:
+    """The larger of a threshold and the sampling allowance, and the words that say which it is."""
+    if allowance > tolerance:
+        return allowance, f": the sampling spread of {count} forget samples, above the tolerance {tolerance:g} pp"
+    return tolerance, ""
+
+
 def _check(name: str, value: float, target: float, limit: float, ok: bool | None, detail: str) -> dict:
     return {"check": name, "value": value, "target": target, "limit": limit, "passed": ok, "detail": detail}
 
 
 def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, num_classes: int,
-               test_forget_share: float = 0.0) -> GateResult:
+               test_forget_share: float = 0.0, forget_count: int | None = None) -> GateResult:
     """Apply the gate to the metrics table (rows ``original``, ``unlearned`` and optionally ``retrain``).
 
     Args:
@@ -268,6 +360,8 @@ def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, n
         forget_kind: the forgetting kind, ``"class"`` or ``"sample"`` (``vocabulary.FORGETTING_KINDS``).
         num_classes: the number of classes (for the chance level).
         test_forget_share: fraction of the test set in the forgotten classes (class-wise forgetting).
+        forget_count: the number of forget samples the accuracies were measured on; the forget and MIA checks
+            then allow the sampling spread of a proportion of that many samples (see :func:`sampling_allowance`).
 
     Returns:
         The verdict and the table of checks.
@@ -279,21 +373,23 @@ def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, n
     ref = metrics.loc[RETRAIN_ROW] if RETRAIN_ROW in metrics.index else None
     rows = []
     forget = float(new["forget_accuracy"])
+    count = None if class_wise else forget_count
     if ref is not None:
         target = float(ref["forget_accuracy"])
         gap = abs(forget - target)
-        rows.append(_check("forget", forget, target, config.forget_tolerance, gap <= config.forget_tolerance,
+        limit, why = _limit(config.forget_tolerance, sampling_allowance(count, (forget + target) / 2, paired=True),
+                            count)
+        rows.append(_check("forget", forget, target, limit, gap <= limit,
                            f"forget accuracy {forget:.2f}% is {gap:.2f} pp from the reference's {target:.2f}% "
-                           f"(limit {config.forget_tolerance:g} pp)"))
+                           f"(limit {limit:.3g} pp{why})"))
     else:
         if class_wise:
             target, what = 100.0 / num_classes, "chance"
         else:
             target, what = float(new["test_accuracy"]), "its test accuracy"
-        rows.append(_check("forget", forget, target, config.forget_tolerance,
-                           forget <= target + config.forget_tolerance,
-                           f"forget accuracy {forget:.2f}% vs {what} {target:.2f}% "
-                           f"(limit +{config.forget_tolerance:g} pp)"))
+        limit, why = _limit(config.forget_tolerance, sampling_allowance(count, target), count)
+        rows.append(_check("forget", forget, target, limit, forget <= target + limit,
+                           f"forget accuracy {forget:.2f}% vs {what} {target:.2f}% (limit +{limit:.3g} pp{why})"))
     before, after = float(old["retain_accuracy"]), float(new["retain_accuracy"])
     rows.append(_check("retain", after, before, config.max_retain_drop, before - after <= config.max_retain_drop,
                        f"retain accuracy fell {before - after:.2f} pp from {before:.2f}% "
@@ -301,9 +397,10 @@ def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, n
     rows.append(_test_check(new, old, config=config, class_wise=class_wise, test_forget_share=test_forget_share))
     if ref is not None and "mia_efficacy" in metrics.columns:
         mia, target = float(new["mia_efficacy"]), float(ref["mia_efficacy"])
-        rows.append(_check("mia", mia, target, config.max_mia_gap, abs(mia - target) <= config.max_mia_gap,
+        limit, why = _limit(config.max_mia_gap, sampling_allowance(count, (mia + target) / 2, paired=True), count)
+        rows.append(_check("mia", mia, target, limit, abs(mia - target) <= limit,
                            f"MIA efficacy {mia:.2f}% is {abs(mia - target):.2f} pp from the reference's "
-                           f"{target:.2f}% (limit {config.max_mia_gap:g} pp)"))
+                           f"{target:.2f}% (limit {limit:.3g} pp{why})"))
     else:
         rows.append(_check("mia", float(new.get("mia_efficacy", math.nan)), math.nan, config.max_mia_gap, None,
                            "skipped: needs reference='retrain'"))

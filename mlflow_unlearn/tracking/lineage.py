@@ -3,7 +3,8 @@
 Three kinds of record carry the lineage, and nothing in them names a forgotten sample:
 
 * the new model version's tags, exactly :data:`~mlflow_unlearn.tracking.vocabulary.VERSION_TAG_KEYS`
-  (parent ``name/version``, method, forget digest and count, run id, gate verdict);
+  (parent ``name/version``, method, forget digest, key and count, run id, gate verdict, and the signed provenance
+  record, :mod:`~mlflow_unlearn.tracking.provenance`);
 * the run's dataset inputs (``mlflow.log_input``): a metadata-only dataset whose source records the data
   source, split seed, test fraction and the chain of forget specifications applied so far, each with its
   digest, so that ``unlearn`` can rebuild the retain data of any version without being told the data;
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mlflow_unlearn.tracking.vocabulary import (
-    CONFIG_HASH_TAG,
     FORGET_COUNT_TAG,
     FORGET_DIGEST_TAG,
     FORGET_KEY_TAG,
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from mlflow.entities import DatasetInput, Run
     from mlflow.entities.model_registry import ModelVersion
 
+    from mlflow_unlearn.tracking.keys import DigestKey
+    from mlflow_unlearn.tracking.provenance import Provenance
+
 
 _LINEAGE_CONTEXTS = (TRAIN_CONTEXT, RETAIN_CONTEXT)
 _SOURCE_TAG_PREFIX = TAG_PREFIX.rstrip(".")
@@ -51,14 +54,23 @@ class LineageError(ValueError):
 @dataclass(frozen=True)
 class ForgetStep:
     """One applied forget specification (no IDs, no paths: a class list, a seed, or for ``ids:`` a keyed digest of
-    the spec) and its digest; an ``ids:`` step also names the fingerprint of its key and the run whose
-    tombstones replay it."""
+    the spec) and its digest. A keyed step (an ``ids:`` step, and every later step of its lineage) names the
+    fingerprint of the key of its digest; an ``ids:`` step also names the run whose tombstones replay it.
+
+    >>> ForgetStep("ids:keyed-0a1b", "d", 1, "fp", "run").by_ids, ForgetStep("classes:3", "d", 5, "fp").by_ids
+    (True, False)
+    """
 
     spec: str
     digest: str
     count: int
     key_fingerprint: str = ""
     run_id: str = ""
+
+    @property
+    def by_ids(self) -> bool:
+        """Whether the step forgot sample IDs (an ``ids:`` step, replayed from its tombstones)."""
+        return self.spec.startswith("ids:")
 
     def to_record(self) -> list[Any]:
         """``[spec, digest, count]``, with ``key_fingerprint`` and ``run_id`` appended for a keyed step."""
@@ -85,6 +97,25 @@ class DataLineage:
     def then(self, step: ForgetStep) -> DataLineage:
         return DataLineage(self.source, self.seed, self.test_fraction, (*self.chain, step))
 
+    @property
+    def keyed(self) -> bool:
+        """Whether the chain holds an ``ids:`` step: every digest of this lineage from then on is keyed, since each
+        later set lacks the IDs forgotten before, and a plain digest of it would let anyone find them.
+
+        >>> DataLineage("digits", chain=(ForgetStep("classes:3", "d", 5),)).keyed
+        False
+        """
+        return any(step.by_ids for step in self.chain)
+
+    @property
+    def key_fingerprint(self) -> str:
+        """The fingerprint of the key of the chain's keyed steps ('' when none is keyed)."""
+        return next((step.key_fingerprint for step in self.chain if step.key_fingerprint), "")
+
+    def chain_digest(self) -> str:
+        """SHA-256 of the chain's records: what a provenance record binds (no ID is in a record)."""
+        return hashlib.sha256(json.dumps([s.to_record() for s in self.chain]).encode()).hexdigest()
+
     def to_source_tags(self) -> dict[str, str]:
         p = _SOURCE_TAG_PREFIX
         return {
@@ -105,7 +136,7 @@ class DataLineage:
 
 def version_tags(*, parent: ModelVersion, method: str, forget_digest: str, forget_count: int, run_id: str,
                  verdict: str, key_fingerprint: str = "") -> dict[str, str]:
-    """The lineage tags of an unlearned version (:data:`~mlflow_unlearn.tracking.vocabulary.VERSION_TAG_KEYS`)."""
+    """The lineage tags of an unlearned version (:data:`~mlflow_unlearn.tracking.vocabulary.LINEAGE_TAG_KEYS`)."""
     return {
         PARENT_TAG: version_ref(parent),
         METHOD_TAG: method,
@@ -117,23 +148,43 @@ def version_tags(*, parent: ModelVersion, method: str, forget_digest: str, forge
     }
 
 
-def config_hash(method: str, config: dict[str, Any], seed: int) -> str:
-    """A short stable hash of the method, its resolved config and the seed (the idempotency key)."""
-    payload = json.dumps({"method": method, "config": config, "seed": seed}, sort_keys=True, default=str)
+def config_hash(method: str, config: dict[str, Any], seed: int, *, reference: str, gate: dict[str, float],
+                retain_eval_size: int | None, source: str) -> str:
+    """A short stable hash of everything that decides a result and its verdict (the idempotency key): the method,
+    its resolved config, the seed, the reference, the gate's thresholds, the retain evaluation size and the data
+    source. A request that differs in any of them is not answered with an earlier version.
+
+    >>> args = dict(reference="none", gate={"max_retain_drop": 5.0}, retain_eval_size=1000, source="digits")
+    >>> config_hash("nitc", {}, 0, **args) != config_hash("nitc", {}, 0, **{**args, "reference": "retrain"})
+    True
+    """
+    payload = json.dumps({"method": method, "config": config, "seed": seed, "reference": reference, "gate": gate,
+                          "retain_eval_size": retain_eval_size, "source": source}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def find_existing_version(client: MlflowClient, *, parent: ModelVersion, method: str, forget_digest: str,
-                          chash: str) -> ModelVersion | None:
-    """An earlier unlearned version of the same parent, forget set, method and config, if any."""
+                          chash: str, key: DigestKey | None) -> tuple[ModelVersion, Provenance] | None:
+    """An earlier unlearned version of the same parent, forget set, method and request hash, if its provenance
+    proves it (:func:`~mlflow_unlearn.tracking.provenance.check`), with the record; None otherwise.
+
+    Tags only narrow the search: a version whose run holds no valid record for exactly this request (a planted
+    version, one made without a key, one whose files were replaced) is never returned.
+    """
+    from mlflow_unlearn.tracking.provenance import check
+
     parent_ref = version_ref(parent)
+    wanted = {PARENT_TAG: parent_ref, METHOD_TAG: method, FORGET_DIGEST_TAG: forget_digest}
+    if key is None:
+        return None
     for candidate in client.search_model_versions(f"name='{parent.name}'"):
         tags = candidate.tags or {}
-        if (tags.get(PARENT_TAG) == parent_ref and tags.get(METHOD_TAG) == method
-                and tags.get(FORGET_DIGEST_TAG) == forget_digest and candidate.run_id):
-            run = client.get_run(candidate.run_id)
-            if run.data.tags.get(CONFIG_HASH_TAG) == chash:
-                return client.get_model_version(candidate.name, candidate.version)
+        if any(tags.get(k) != v for k, v in wanted.items()) or not candidate.run_id:
+            continue
+        found = check(client, candidate, key)
+        if (found.valid and found.record.config_hash == chash
+                and all(found.record.tags.get(k) == v for k, v in wanted.items())):
+            return client.get_model_version(candidate.name, candidate.version), found.record
     return None
 
 

@@ -26,9 +26,10 @@ from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.configs import gate_config, load_config, method_config, retrain_config
 from mlflow_unlearn.tracking.gate import GateConfig
-from mlflow_unlearn.tracking.keys import DigestKey, read_digest_key, require_key
+from mlflow_unlearn.tracking.keys import HOW_TO_SET, DigestKey, DigestKeyError, read_digest_key, require_key
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from mlflow import MlflowClient
     from mlflow.entities import Run
@@ -108,13 +109,19 @@ class UnlearnPlan:
 
     @property
     def key_fingerprint(self) -> str:
-        """The fingerprint of the key of the forget digest ('' for a ``classes:``/``random:`` digest, never keyed)."""
+        """The fingerprint of the key of this plan's digests ('' when they are not keyed)."""
         return self.digest_key.fingerprint if self.digest_key is not None and self.keyed else ""
 
     @property
-    def keyed(self) -> bool:
-        """Whether the forget set is an ``ids:`` set (keyed digests, tombstones, no path recorded)."""
+    def by_ids(self) -> bool:
+        """Whether the forget set is an ``ids:`` set (tombstones, the spec recorded as a keyed digest, no path)."""
         return self.forget.spec.startswith("ids:")
+
+    @property
+    def keyed(self) -> bool:
+        """Whether every digest this plan records is keyed: an ``ids:`` request, or any request on a lineage that
+        holds an ``ids:`` step (its sets lack the IDs forgotten then; a plain digest would let anyone find them)."""
+        return self.by_ids or self.lineage.keyed
 
     @property
     def new_lineage(self) -> lin.DataLineage:
@@ -125,7 +132,7 @@ class UnlearnPlan:
         """:attr:`new_lineage` with the run that stores this step's tombstones (an ``ids:`` step)."""
         fs = self.forget
         return self.lineage.then(lin.ForgetStep(fs.spec, fs.digest, fs.count, self.key_fingerprint,
-                                                run_id if self.keyed else ""))
+                                                run_id if self.by_ids else ""))
 
     @property
     def retain_eval_count(self) -> int:
@@ -225,15 +232,18 @@ def prepare(
     gate_cfg = gate_config(gate, gate_from_file)
     client = client or tracking_client(tracking_uri, registry_uri)
     parent = vocab.resolve_model_version(client, model_uri)
-    model, code = load_version(client, parent, model_uri)
+    model, code, files = load_version(client, parent, model_uri)
     parent_run = client.get_run(parent.run_id) if parent.run_id else None
+    check_parent_provenance(client, parent, parent_run, key, files)
     lineage, split, forget_split = resolve_data(model, data, parent_run, spec.text, forgotten=forgotten, key=key,
                                                 client=client, code=code)
     recipe = lin.inherited_params(parent_run) if parent_run is not None else {}
+    chash = lin.config_hash(method, config_to_dict(cfg), seed, reference=reference, gate=gate_cfg.to_dict(),
+                            retain_eval_size=retain_eval_size, source=lineage.source)
     return UnlearnPlan(
         model_uri=model_uri, client=client, parent=parent, parent_run=parent_run, model=model, lineage=lineage,
-        split=split, forget=forget_split, method=method, config=cfg,
-        config_hash=lin.config_hash(method, config_to_dict(cfg), seed), gate=gate_cfg, reference=reference,
+        split=split, forget=forget_split, method=method, config=cfg, config_hash=chash, gate=gate_cfg,
+        reference=reference,
         retrain_config=retrain_config(recipe) if reference == vocab.RETRAIN_REFERENCE else None, recipe=recipe,
         seed=seed, device=dev, retain_eval_size=retain_eval_size, code=code, digest_key=key,
     )
@@ -290,8 +300,8 @@ def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spe
         parent_run: the run that logged the version.
         spec: the forget spec (an ``ids:`` path already absolute).
         forgotten: if the lineage already forgot ``spec``, rebuild the data as it was before that step.
-        key: the digest key (required for an ``ids:`` spec or lineage step); the ``ids:`` forget split records
-            the keyed digest of its spec instead of the path.
+        key: the digest key (required for an ``ids:`` spec or a lineage that holds an ``ids:`` step: every digest is
+            then keyed); the ``ids:`` forget split records the keyed digest of its spec instead of the path.
         client: the client that downloads earlier ``ids:`` steps' tombstones.
         code: the model's logged code (a ``factory:`` source may name a module of it).
 
@@ -303,11 +313,14 @@ def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spe
     ids = spec.startswith("ids:")
     recorded = require_key(key).spec_digest(spec) if ids else spec
     lineage = resolve_lineage(data, parent_run)
+    if lineage.keyed and key is None:
+        raise DigestKeyError("This model's lineage holds a forget request by sample IDs, so every later step is "
+                             f"recorded as keyed digests, and none can be made without the digest key: {HOW_TO_SET}")
     if forgotten:
         lineage = lineage_before(lineage, recorded)
-    split = load_split(lineage, key=key, client=client, code=code)
+    split, earlier = _replay(lineage, key=key, client=client, code=code)
     try:
-        forget_split = resolve_forget(split, spec, key=key.secret if ids else None)
+        forget_split = resolve_forget(split, spec, key=key.secret if ids or lineage.keyed else None, forgotten=earlier)
     except OSError as exc:  # e.g. a path longer than the OS allows; the path itself is not repeated
         raise ValueError(f"Cannot read the forget request file: {exc.strerror or type(exc).__name__}; give the "
                          "path of a readable .csv, .parquet or .txt file of sample IDs") from None
@@ -325,11 +338,13 @@ def tracking_client(tracking_uri: str | None, registry_uri: str | None) -> Mlflo
     return MlflowClient(tracking_uri=tracking_uri or mlflow.get_tracking_uri(), registry_uri=registry_uri)
 
 
-def load_version(client: MlflowClient, version: ModelVersion, model_uri: str) -> tuple[nn.Module, dict[str, bytes]]:
+def load_version(client: MlflowClient, version: ModelVersion, model_uri: str
+                 ) -> tuple[nn.Module, dict[str, bytes], str]:
     """Download ``version`` through ``client``'s registry; load it as a trainable module, with its logged code.
 
     Returns:
-        The module, and the files of its logged ``code_paths`` (see :func:`~.formats.read_code`).
+        The module, the files of its logged ``code_paths`` (see :func:`~.formats.read_code`), and the digest of
+        the downloaded files (:func:`~.provenance.artifact_digest`).
 
     Raises:
         ModelFormatError: not a PyTorch model, one that cannot be trained (``pt2``), or one whose class
@@ -338,11 +353,37 @@ def load_version(client: MlflowClient, version: ModelVersion, model_uri: str) ->
     from mlflow.artifacts import download_artifacts
 
     from mlflow_unlearn.tracking.formats import load_trainable_module, read_code
+    from mlflow_unlearn.tracking.provenance import artifact_digest
 
     source = client.get_model_version_download_uri(version.name, version.version)
     with tempfile.TemporaryDirectory() as tmp:
         local = download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri)
-        return load_trainable_module(local, model_uri=model_uri), read_code(local)
+        return load_trainable_module(local, model_uri=model_uri), read_code(local), artifact_digest(local)
+
+
+def check_parent_provenance(client: MlflowClient, parent: ModelVersion, parent_run: Run | None,
+                            key: DigestKey | None, files_digest: str) -> None:
+    """A parent whose lineage claims earlier forget steps must prove it (with a key configured): a later step's
+    record signs the whole chain, so an unproven chain would be signed as if it had been forgotten.
+
+    Raises:
+        LineageError: the parent's provenance record is missing or does not verify (the reason, no ID).
+    """
+    from mlflow_unlearn.tracking.provenance import check
+
+    if key is None or parent_run is None:
+        return
+    try:
+        recorded = lin.lineage_from_run(parent_run)
+    except lin.LineageError:
+        return
+    if not recorded.chain:
+        return
+    found = check(client, parent, key, chain_digest=recorded.chain_digest(), files_digest=files_digest)
+    if not found.valid:
+        raise lin.LineageError(f"{vocab.version_ref(parent)} claims earlier forget steps, but it cannot be verified "
+                               f"as an unlearning result: {found.reason}. Unlearn from a verified version or from "
+                               "the original")
 
 
 def resolve_lineage(data: str | None, parent_run: Run | None) -> lin.DataLineage:
@@ -394,6 +435,14 @@ def load_split(lineage: lin.DataLineage, *, key: DigestKey | None = None, client
         DataResolutionError: the source cannot be loaded.
         LineageError: an earlier forget step fails or selects other samples than it did (digest mismatch).
     """
+    return _replay(lineage, key=key, client=client, code=code)[0]
+
+
+def _replay(lineage: lin.DataLineage, *, key: DigestKey | None, client: MlflowClient | None,
+            code: Mapping[str, bytes] | None = None) -> tuple[DataSplit, np.ndarray]:
+    """:func:`load_split`, and the IDs its forget steps removed (kept in memory only, for messages)."""
+    import numpy as np
+
     from mlflow_unlearn.data import load_data, resolve_forget
     from mlflow_unlearn.tracking.formats import code_importable
 
@@ -402,10 +451,11 @@ def load_split(lineage: lin.DataLineage, *, key: DigestKey | None = None, client
             split = load_data(lineage.source, seed=lineage.seed, test_fraction=lineage.test_fraction)
     except (ValueError, OSError) as exc:
         raise DataResolutionError(f"Cannot load the data source {lineage.source!r}: {exc}") from None
+    removed = []
     for step in lineage.chain:
         try:
-            done = (replay_tombstones(split, step, key, client) if step.key_fingerprint
-                    else resolve_forget(split, step.spec))
+            done = (replay_tombstones(split, step, key, client) if step.by_ids
+                    else resolve_forget(split, step.spec, key=_step_key(step, key)))
         except (ValueError, OSError) as exc:
             raise lin.LineageError(f"Cannot replay the earlier forget step {step.spec!r} of this model's lineage: "
                                    f"{exc}") from None
@@ -416,7 +466,23 @@ def load_split(lineage: lin.DataLineage, *, key: DigestKey | None = None, client
                 "request file or unlearn from an earlier version."
             )
         split = dataclasses.replace(split, train=done.retain)
-    return split
+        removed.append(done.forget.ids)
+    return split, (np.concatenate(removed) if removed else np.array([], dtype=str))
+
+
+def _step_key(step: lin.ForgetStep, key: DigestKey | None) -> bytes | None:
+    """The secret of a keyed step's digest (None for an unkeyed step).
+
+    Raises:
+        ValueError: no key, or another key than the step's.
+    """
+    if not step.key_fingerprint:
+        return None
+    key = require_key(key)
+    if key.fingerprint != step.key_fingerprint:
+        raise ValueError(f"it was recorded with the digest key of fingerprint {step.key_fingerprint}, but the "
+                         f"configured key has fingerprint {key.fingerprint}; configure the key that made it")
+    return key.secret
 
 
 def replay_tombstones(split: DataSplit, step: lin.ForgetStep, key: DigestKey | None,
@@ -432,16 +498,13 @@ def replay_tombstones(split: DataSplit, step: lin.ForgetStep, key: DigestKey | N
 
     from mlflow_unlearn.data import forget_by_digests
 
-    key = require_key(key)
-    if key.fingerprint != step.key_fingerprint:
-        raise ValueError(f"it was recorded with the digest key of fingerprint {step.key_fingerprint}, but the "
-                         f"configured key has fingerprint {key.fingerprint}; configure the key that made it")
+    secret = _step_key(step, key)
     with tempfile.TemporaryDirectory() as tmp:
         local = download_artifacts(run_id=step.run_id, artifact_path=vocab.TOMBSTONES_ARTIFACT, dst_path=tmp,
                                    tracking_uri=client.tracking_uri if client is not None else None)
         with open(local) as f:
             digests = json.load(f)["id_digests"]
-    return forget_by_digests(split, digests, key=key.secret, spec=step.spec)
+    return forget_by_digests(split, digests, key=secret, spec=step.spec)
 
 
 def tombstones(plan: UnlearnPlan) -> dict[str, Any]:
@@ -455,26 +518,45 @@ def tombstones(plan: UnlearnPlan) -> dict[str, Any]:
 
 
 def check_model_fits(model: nn.Module, split: DataSplit, source: str) -> None:
-    """Fail early when the model cannot take the data's inputs or has another number of classes.
+    """Fail early when the model cannot take the data's inputs, holds no class scores in its output, or has another
+    number of classes.
+
+    Inputs reach the model as they are (float32, or int64 token IDs); the output is read by
+    :func:`mlflow_unlearn.models.class_scores` (a tensor, a tuple's first element, a dict's or object's ``logits``).
 
     Raises:
         DataResolutionError: with the shapes or class counts that disagree.
+        ModelInputError: a multi-input model (``forward`` needs more than one argument).
+        ModelOutputError: an output without class scores (a string, a dict without ``logits``...).
     """
     import torch
 
+    from mlflow_unlearn.models import check_one_input, class_scores
+
+    check_one_input(model)
     sample = split.train.first_inputs(2)
     try:
         with torch.no_grad():
             was_training = model.training
             out = model.eval()(sample)
             model.train(was_training)
-    except (RuntimeError, ValueError) as exc:
-        raise DataResolutionError(f"The model cannot take the inputs of {source!r} (shape "
-                                  f"{tuple(split.train.input_shape)}): {str(exc).splitlines()[0]}") from None
-    if out.dim() != 2:
-        raise DataResolutionError(f"Expected the model to return (batch, classes) logits but got {tuple(out.shape)}")
-    if int(out.shape[1]) != split.num_classes:
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        dtype = str(sample.dtype).removeprefix("torch.")
+        raise DataResolutionError(f"The model cannot take the inputs of {source!r} ({dtype}, shape "
+                                  f"{tuple(split.train.input_shape)}): {str(exc).splitlines()[0]}"
+                                  f"{_shape_hint(source, split)}") from None
+    scores = class_scores(out)
+    if int(scores.shape[1]) != split.num_classes:
         raise DataResolutionError(
-            f"Class-count mismatch: the model outputs {int(out.shape[1])} classes but the data {source!r} has "
+            f"Class-count mismatch: the model outputs {int(scores.shape[1])} classes but the data {source!r} has "
             f"{split.num_classes}. Use the data the model was trained on."
         )
+
+
+def _shape_hint(source: str, split: DataSplit) -> str:
+    """How to keep a manifest's columns flat, when a square count of them may have been read as an image by default."""
+    shape = split.train.input_shape
+    if source.split(":")[0] in ("csv", "parquet") and "shape=" not in source and len(shape) == 3 and shape[0] == 1:
+        return (f"; a manifest's {shape[1] * shape[2]} pixel or feature columns make a 1x{shape[1]}x{shape[2]} image "
+                "by default (a square count): add ?shape=flat to the source to keep them flat")
+    return ""

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from mlflow_unlearn.tracking.disclosure import Disclosure
+
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
@@ -52,6 +54,8 @@ class RunResult:
         version: the registered version, or None.
         forced: registered although the gate failed.
         onnx_diff: the ONNX copy's max abs logit difference, if one was logged.
+        artifact_digest: SHA-256 of the logged model's files (its provenance record binds it).
+        disclosure: which figures of the forget set the records withhold.
         timings: seconds per step.
     """
 
@@ -63,6 +67,8 @@ class RunResult:
     version: ModelVersion | None = None
     forced: bool = False
     onnx_diff: float | None = None
+    artifact_digest: str = ""
+    disclosure: Disclosure = field(default_factory=Disclosure)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -98,11 +104,13 @@ def build_report(plan: UnlearnPlan, result: RunResult, verdict: GateResult) -> d
                  "forget_steps_before": len(lineage.chain), "retain_count": len(fs.retain),
                  "retain_evaluated": result.retain_evaluated, "test_count": len(fs.test)},
         "forget": {"spec": fs.spec, "kind": fs.kind, "digest": fs.digest, "count": fs.count,
-                   "classes": list(fs.forget_classes)},
+                   "classes": list(fs.forget_classes), "digest_key": plan.key_fingerprint or None},
         "metrics": metrics_to_dict(result.metrics),
+        "withheld": {"columns": list(result.disclosure.withheld), "why": result.disclosure.note}
+        if result.disclosure.limited else None,
         "verdict": verdict.verdict,
         "forced": result.forced,
-        "evidence": evidence(plan, result.metrics, verdict),
+        "evidence": evidence(plan, result.metrics, verdict, result.disclosure),
         "gate": {"verdict": verdict.verdict, "evidence": verdict.evidence, "thresholds": plan.gate.to_dict(),
                  "checks": verdict.checks.to_dict(orient="records")},
         "onnx": {"max_abs_diff": result.onnx_diff, "tolerance": ONNX_TOLERANCE} if result.onnx_diff is not None
@@ -112,8 +120,12 @@ def build_report(plan: UnlearnPlan, result: RunResult, verdict: GateResult) -> d
     }
 
 
-def evidence(plan: UnlearnPlan, metrics: pd.DataFrame, verdict: GateResult) -> dict[str, Any]:
+def evidence(plan: UnlearnPlan, metrics: pd.DataFrame, verdict: GateResult,
+             shown: Disclosure | None = None) -> dict[str, Any]:
     """What the membership test tested, its numbers per model (percent, with the interval) and what they mean.
+
+    With figures withheld (``shown``: a small ``ids:`` request), the sentence names neither the count of
+    same-class non-members (it would tell the classes) nor any model's numbers.
 
     Returns:
         ``{"evidence": measured|none|not tested, "tested": sentence, "models": {model: {"auc", "low", "high"}},
@@ -124,14 +136,18 @@ def evidence(plan: UnlearnPlan, metrics: pd.DataFrame, verdict: GateResult) -> d
 
     fs = plan.forget
     class_wise = fs.kind == CLASS_FORGETTING
-    heldout = int(np.isin(fs.test.y.numpy(), np.unique(fs.forget.y.numpy())).sum())
-    tested = (f"A membership test: can the per-sample loss tell the {fs.count} forget samples from the {heldout} "
+    limited = shown is not None and shown.limited
+    heldout = "the" if limited else f"the {int(np.isin(fs.test.y.numpy(), np.unique(fs.forget.y.numpy())).sum())}"
+    tested = (f"A membership test: can the per-sample loss tell the {fs.count} forget samples from {heldout} "
               f"test samples of the same classes (non-members, never trained on)? The number is the AUC, the "
               f"probability that a forget sample has a lower loss than a non-member of its class (classes weighted "
               f"as in the forget set): 50% is chance, higher means the forget set still looks like training data. "
-              f"The interval is a 95% bootstrap interval (1000 resamples within each class, seed {plan.seed}).")
+              f"The interval is a 95% bootstrap interval (1000 resamples within each class, seed {plan.seed}), "
+              f"widened to the spread of the AUC under 1000 within-class permutations, so that a model that never "
+              f"saw a random forget set lies above chance in at most 2.5% of runs."
+              + (f" Its figures are withheld: {shown.note}." if limited else ""))
     models = {}
-    if all(c in metrics.columns for c in MEMBERSHIP_COLUMNS):
+    if not limited and all(c in metrics.columns for c in MEMBERSHIP_COLUMNS):
         models = {str(row): {"auc": float(metrics.loc[row, MEMBERSHIP_COLUMNS[0]]),
                              "low": float(metrics.loc[row, MEMBERSHIP_COLUMNS[1]]),
                              "high": float(metrics.loc[row, MEMBERSHIP_COLUMNS[2]])} for row in metrics.index}
@@ -145,7 +161,8 @@ def evidence(plan: UnlearnPlan, metrics: pd.DataFrame, verdict: GateResult) -> d
                    f"test is reported beside it. {meaning[0].upper()}{meaning[1:]}.")
     else:
         meaning = f"{meaning[0].upper()}{meaning[1:]}."
-    return {"evidence": verdict.evidence if models else EVIDENCE_NOT_TESTED, "tested": tested, "models": models,
+    return {"evidence": verdict.evidence if models or limited else EVIDENCE_NOT_TESTED, "tested": tested,
+            "models": models,
             "meaning": meaning, "test_accuracy": str(checks.loc["test", "detail"]) if "test" in checks.index else ""}
 
 
@@ -224,7 +241,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"| Parent version | `{parent['name']}/{parent['version']}` (run `{parent.get('run_id') or 'n/a'}`) |",
         f"| Result version | `{result['name']}/{result['version']}` |" if result else "| Result version | none |",
         f"| Method | `{report['method']}` |",
-        f"| Forget set | {forget['count']} samples, kind `{forget['kind']}`, SHA-256 `{forget['digest']}` |",
+        f"| Forget set | {forget['count']} samples, kind `{forget['kind']}`, "
+        + (f"HMAC-SHA256 (key `{forget['digest_key']}`) `{forget['digest']}` |" if forget.get("digest_key")
+           else f"SHA-256 `{forget['digest']}` |"),
         f"| Data | `{report['data']['source']}` (split seed {report['data']['seed']}, "
         f"test fraction {report['data']['test_fraction']}); retain metrics on {report['data']['retain_evaluated']} "
         f"of {report['data']['retain_count']} retain samples (seeded subset) |",
@@ -237,6 +256,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "The forget set is recorded only as its digest and count; no sample or sample ID is stored.",
         "",
+        *([f"Figures withheld: {report['withheld']['why']}.", ""] if report.get("withheld") else []),
         "## Metrics (percent; Avg Gap in percentage points)",
         "",
     ]
@@ -261,7 +281,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["## Wall times (s)", "", "| step | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in timings.items()]
         lines.append("")
-    lines += [f"Plots: `{ACCURACY_PLOT}`, `{LOSS_PLOT}`.", ""]
+    lines += [f"Plots: `{ACCURACY_PLOT}`" + ("" if report.get("withheld") else f", `{LOSS_PLOT}`") + ".", ""]
     return "\n".join(lines)
 
 
@@ -284,12 +304,13 @@ def _evidence_lines(found: Mapping[str, Any]) -> list[str]:
     lines += [f"**What it means.** {found['meaning']}", ""]
     if found.get("test_accuracy"):
         lines += [f"**Test accuracy.** {found['test_accuracy']}.", ""]
-    lines += [f"Loss distributions: `{LOSS_PLOT}` (forget set vs. non-members of its classes, per model).", ""]
+    if found["models"]:
+        lines += [f"Loss distributions: `{LOSS_PLOT}` (forget set vs. non-members of its classes, per model).", ""]
     return lines
 
 
 def plot_accuracy(metrics: pd.DataFrame, path: Path) -> Path:
-    """Grouped bars: forget / retain / test accuracy of each model."""
+    """Grouped bars: forget / retain / test accuracy of each model (the splits whose accuracy ``metrics`` holds)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -297,11 +318,12 @@ def plot_accuracy(metrics: pd.DataFrame, path: Path) -> Path:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(metrics.index))
-    x = np.arange(len(_SPLITS))
+    splits = [s for s in _SPLITS if f"{s}_accuracy" in metrics.columns]
+    x = np.arange(len(splits))
     for i, model in enumerate(metrics.index):
-        values = [float(metrics.loc[model, f"{s}_accuracy"]) for s in _SPLITS]
+        values = [float(metrics.loc[model, f"{s}_accuracy"]) for s in splits]
         ax.bar(x + i * width - 0.4 + width / 2, values, width, label=str(model))
-    ax.set_xticks(x, [f"{s}" for s in _SPLITS])
+    ax.set_xticks(x, splits)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Accuracy per split")
@@ -342,5 +364,6 @@ def write_report(report: Mapping[str, Any], metrics: pd.DataFrame,
     (out / JSON_REPORT).write_text(json.dumps(clean, indent=2, sort_keys=False, allow_nan=False))
     (out / MD_REPORT).write_text(render_markdown(clean))
     plot_accuracy(metrics, out / ACCURACY_PLOT)
-    plot_loss_histograms(losses, out / LOSS_PLOT)
+    if losses:  # none for a small ids: request: the forget set's losses would describe its samples
+        plot_loss_histograms(losses, out / LOSS_PLOT)
     return out

@@ -190,19 +190,25 @@ class RunLogger:
         ``code`` (a parent's logged code, see :func:`~.formats.read_code`) or ``code_paths`` (files and folders)
         are logged with the model as MLflow's ``code_paths``.
         """
-        input_shape = tuple(sample.shape[1:])
+        input_shape, input_dtype = tuple(sample.shape[1:]), str(sample.dtype).removeprefix("torch.")
         if code:
             code_paths = [*(code_paths or ()), *write_code(code, tmp / "code_paths")]
         save_trainable_module(model, tmp / MODEL_ARTIFACT_PATH, input_shape=input_shape, num_classes=num_classes,
-                              code_paths=code_paths)
+                              code_paths=code_paths, input_dtype=input_dtype)
         self.log_artifacts(tmp / MODEL_ARTIFACT_PATH, MODEL_ARTIFACT_PATH)
         if not onnx:
             return None
         check = export_onnx(model, sample, tmp / "model.onnx")
-        save_onnx_model(check, tmp / ONNX_ARTIFACT_PATH, input_shape=input_shape, num_classes=num_classes)
+        save_onnx_model(check, tmp / ONNX_ARTIFACT_PATH, input_shape=input_shape, num_classes=num_classes,
+                        input_dtype=input_dtype)
         self.log_artifacts(tmp / ONNX_ARTIFACT_PATH, ONNX_ARTIFACT_PATH)
         self.log_metrics({ONNX_DIFF_METRIC: check.max_abs_diff})
         return check.max_abs_diff
+
+    @property
+    def model_source(self) -> str:
+        """The artifact URI of the run's logged model: the source of the version :meth:`register` creates."""
+        return f"{self.artifact_uri}/{MODEL_ARTIFACT_PATH}"
 
     def register(self, name: str, *, tags: Mapping[str, str] | None, description: str) -> ModelVersion:
         """Register the run's logged model as the next version of ``name`` (created if missing)."""
@@ -212,9 +218,8 @@ class RunLogger:
             self.client.get_registered_model(name)
         except MlflowException:
             self.client.create_registered_model(name)
-        self.registered = self.client.create_model_version(name, f"{self.artifact_uri}/{MODEL_ARTIFACT_PATH}",
-                                                           run_id=self.run_id, tags=dict(tags or {}),
-                                                           description=description)
+        self.registered = self.client.create_model_version(name, self.model_source, run_id=self.run_id,
+                                                           tags=dict(tags or {}), description=description)
         return self.registered
 
     def tag_result(self, version: ModelVersion) -> None:

@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING, Any
 from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import report as rep
 from mlflow_unlearn.tracking import vocabulary as vocab
+from mlflow_unlearn.tracking.disclosure import disclosure
 from mlflow_unlearn.tracking.evaluation import Evaluation, evaluate_models, report_losses
+from mlflow_unlearn.tracking.formats import MODEL_ARTIFACT_PATH
 from mlflow_unlearn.tracking.gate import GateResult, apply_gate
+from mlflow_unlearn.tracking.provenance import Provenance, artifact_digest
 from mlflow_unlearn.tracking.runlog import ONNX_SAMPLE_SIZE, RunLogger, metric_dict
 
 if TYPE_CHECKING:
@@ -43,7 +46,7 @@ def log_plan(logger: RunLogger, plan: UnlearnPlan, *, register: bool, force: boo
     fs, source = plan.forget, plan.lineage.source
     logger.set_tags({vocab.CONFIG_HASH_TAG: plan.config_hash})
     logger.log_params(plan.params(register=register, force=force))
-    if plan.keyed:
+    if plan.by_ids:
         folder, _, name = vocab.TOMBSTONES_ARTIFACT.rpartition("/")
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / name).write_text(json.dumps(tombstones(plan)))
@@ -96,10 +99,15 @@ def evaluate(plan: UnlearnPlan, unlearned: UnlearnResult, reference: UnlearnResu
 
 
 def gate(plan: UnlearnPlan, evaluation: Evaluation, result: rep.RunResult) -> GateResult:
-    """The acceptance gate's verdict on the metrics, with the plan's thresholds (timed with the evaluation)."""
+    """The acceptance gate's verdict on the metrics, with the plan's thresholds (timed with the evaluation); what
+    the records may publish of them (:mod:`~mlflow_unlearn.tracking.disclosure`): ``result.metrics`` from here on
+    is the published table."""
     t = time.perf_counter()
     verdict = apply_gate(evaluation.metrics, config=plan.gate, forget_kind=plan.forget.kind,
-                         num_classes=plan.split.num_classes, test_forget_share=plan.test_forget_share)
+                         num_classes=plan.split.num_classes, test_forget_share=plan.test_forget_share,
+                         forget_count=len(evaluation.split.forget))
+    result.disclosure = disclosure(plan)
+    result.metrics = result.disclosure.metrics(evaluation.metrics)
     result.timings["evaluate_s"] += time.perf_counter() - t
     return verdict
 
@@ -112,21 +120,25 @@ def log_evaluation(logger: RunLogger, unlearned: UnlearnResult, result: rep.RunR
                         "gate.passed": float(verdict.passed)})
     tags = {vocab.VERDICT_TAG: verdict.verdict, vocab.GATE_EVIDENCE_TAG: verdict.evidence}
     if not verdict.passed:
-        tags[vocab.GATE_REASON_TAG] = "; ".join(verdict.failures())[:vocab.MAX_GATE_REASON_CHARS]
+        reasons = result.disclosure.gate(verdict).failures()
+        tags[vocab.GATE_REASON_TAG] = "; ".join(reasons)[:vocab.MAX_GATE_REASON_CHARS]
     logger.set_tags(tags)
 
 
 def log_model(logger: RunLogger, plan: UnlearnPlan, model: nn.Module, result: rep.RunResult, *, onnx: bool,
               tmp: Path) -> None:
-    """Log the unlearned model (and its checked ONNX copy) as the run's model artifacts."""
+    """Log the unlearned model (and its checked ONNX copy) as the run's model artifacts; keep the digest of the
+    model's files for its provenance record."""
     t = time.perf_counter()
     result.onnx_diff = logger.log_models(model, sample=plan.forget.test.first_inputs(ONNX_SAMPLE_SIZE),
                                          num_classes=plan.split.num_classes, onnx=onnx, tmp=tmp, code=plan.code)
+    result.artifact_digest = artifact_digest(tmp / MODEL_ARTIFACT_PATH)
     result.timings["log_models_s"] = time.perf_counter() - t
 
 
 def register(logger: RunLogger, plan: UnlearnPlan, verdict: GateResult, result: rep.RunResult) -> ModelVersion:
-    """Register the logged model as the parent's next version, with the six lineage tags.
+    """Register the logged model as the parent's next version, with its lineage tags and its provenance record
+    (:mod:`~mlflow_unlearn.tracking.provenance`: signed with the deployment key, also set on the run first).
 
     Registered after everything that can fail on bad input; if the report fails, the run logger deletes the
     version again, so the report can name the new version.
@@ -135,7 +147,10 @@ def register(logger: RunLogger, plan: UnlearnPlan, verdict: GateResult, result: 
     result.forced = not verdict.passed
     tags = lin.version_tags(parent=parent, method=plan.method, forget_digest=fs.digest, forget_count=fs.count,
                             run_id=logger.run_id, verdict=verdict.verdict, key_fingerprint=plan.key_fingerprint)
-    result.version = logger.register(parent.name, tags=tags,
+    record = Provenance(tags, plan.config_hash, logger.model_source, result.artifact_digest,
+                        plan.lineage_for_run(logger.run_id).chain_digest()).sign(plan.digest_key)
+    logger.set_tags({vocab.PROVENANCE_TAG: record.to_tag()})
+    result.version = logger.register(parent.name, tags={**tags, vocab.PROVENANCE_TAG: record.to_tag()},
                                      description=f"Unlearned from {vocab.version_ref(parent)} with {plan.method}: "
                                                  f"forgot {fs.count} samples (digest {fs.digest[:12]}), gate "
                                                  f"{verdict.verdict}.")
@@ -146,8 +161,8 @@ def report(logger: RunLogger, plan: UnlearnPlan, result: rep.RunResult, verdict:
            evaluation: Evaluation, *, tmp: Path) -> None:
     """Write the audit report (JSON, Markdown, plots) and log it as the run's ``report`` artifacts."""
     t = time.perf_counter()
-    result.losses = report_losses(evaluation.outputs)
-    rep.write_report(rep.build_report(plan, result, verdict), result.metrics, result.losses,
+    result.losses = {} if result.disclosure.limited else report_losses(evaluation.outputs)
+    rep.write_report(rep.build_report(plan, result, result.disclosure.gate(verdict)), result.metrics, result.losses,
                      tmp / rep.REPORT_ARTIFACT_PATH)
     logger.log_artifacts(tmp / rep.REPORT_ARTIFACT_PATH, rep.REPORT_ARTIFACT_PATH)
     result.timings["report_s"] = time.perf_counter() - t

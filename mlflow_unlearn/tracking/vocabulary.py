@@ -37,14 +37,21 @@ def _tags(*names: str) -> tuple[str, ...]:
     return tuple(TAG_PREFIX + name for name in names)
 
 
-#: The tags of an unlearned model version, exactly these keys: the parent (``name/version``), the method, the
-#: forget digest, the fingerprint of the key that made it (``none`` for an unkeyed digest) and the count, the run
-#: that made it, and the gate verdict (``passed``/``failed``, also a run tag).
-VERSION_TAG_KEYS = (PARENT_TAG, METHOD_TAG, FORGET_DIGEST_TAG, FORGET_KEY_TAG, FORGET_COUNT_TAG, RUN_ID_TAG,
+#: The lineage tags of an unlearned model version: the parent (``name/version``), the method, the forget digest, the
+#: fingerprint of the key that made it (``none`` for an unkeyed digest) and the count, the run that made it, and the
+#: gate verdict (``passed``/``failed``, also a run tag).
+LINEAGE_TAG_KEYS = (PARENT_TAG, METHOD_TAG, FORGET_DIGEST_TAG, FORGET_KEY_TAG, FORGET_COUNT_TAG, RUN_ID_TAG,
                     VERDICT_TAG) = _tags("parent", "method", "forget_digest", "forget_key", "forget_count", "run_id",
                                          "verdict")
-#: The fingerprint value of a digest made without a key (``classes:`` and ``random:`` sets).
+#: The fingerprint value of a digest made without a key (``classes:`` and ``random:`` sets of a lineage without an
+#: ``ids:`` step).
 NO_KEY = "none"
+#: The keyed provenance record of an unlearned version (:mod:`~mlflow_unlearn.tracking.provenance`): a tag of the
+#: run that registered it and of the version itself. ``verify`` and the reuse lookup trust this record, not the tags.
+PROVENANCE_TAG = TAG_PREFIX + "provenance"
+#: The tags of an unlearned model version, exactly these keys: its lineage tags and the provenance record that
+#: signs them.
+VERSION_TAG_KEYS = (*LINEAGE_TAG_KEYS, PROVENANCE_TAG)
 #: Run artifact of an ``ids:`` forget step: its keyed per-ID digests (tombstones), never the IDs.
 TOMBSTONES_ARTIFACT = "forget/tombstones.json"
 

@@ -13,6 +13,15 @@ run with its defaults are timed (synchronised) with their peak memory (CUDA: ``m
 defaults, from one original trained there): forget / retain / test accuracy, wall time, and whether its
 outputs are finite. This exercises each method's CUDA and bf16-autocast path.
 
+(d) Feeding: ``resnet18`` on the same 32x32 set, trained from the same initial weights by the project's loop
+(``mlflow_unlearn.training.train``: its loader, pinned memory, non-blocking copies, channels_last, bf16 autocast)
+and by a bare loop over tensors already on the device (channels_last, bf16 autocast on CUDA, the same optimiser,
+schedule, batch size and epochs), each timed after a warm-up; then one inference pass of each (the project's
+``collect_outputs``, at the device's inference batch size, beside a bare forward pass over the resident tensors).
+Images/s of each path and their ratio; the results must agree: the two trained models' test accuracies within
+``--tolerance`` points, and the project's inference pass predicts the bare pass's classes (at least 99% of test
+images, the same accuracy within 0.5 points; bf16 against fp32 logits).
+
 The whole run takes under 5 minutes on one CUDA GPU. ``--device cpu`` runs the same script on the CPU
 with tiny sizes (``--budget tiny``: 1 training epoch, 1 epoch per method stage, 32 images at 16x16), so
 it is tested without a GPU; there part (a) compares the CPU path with itself (a determinism check).
@@ -41,7 +50,7 @@ from mlflow_unlearn.data import DataSplit, SampleSet, load_data, resolve_forget
 from mlflow_unlearn.methods import list_methods, run_method
 from mlflow_unlearn.metrics import accuracy, collect_outputs
 from mlflow_unlearn.models import create_model
-from mlflow_unlearn.training import TrainConfig, train
+from mlflow_unlearn.training import SCHEDULES, TrainConfig, make_optimizer, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import GPU_SECTION, PeakMemory, machine_info, quick_overrides  # noqa: E402
@@ -137,6 +146,104 @@ def throughput_check(device: torch.device, budget: str) -> pd.DataFrame:
     return frame.reset_index()
 
 
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _bare_training(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: TrainConfig,
+                   device: torch.device) -> torch.nn.Module:
+    """``recipe``'s epochs of SGD on ``x``/``y`` (already on ``device``) with no loader: index, forward, step."""
+    model = model.to(device).train()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    steps = recipe.epochs * -(-len(x) // recipe.batch_size)
+    opt = make_optimizer(model.parameters(), name=recipe.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = SCHEDULES["onecycle"](opt, lr=recipe.lr, total_steps=steps)  # as `train` schedules it
+    gen = torch.Generator(device=device).manual_seed(recipe.seed)
+    for _ in range(recipe.epochs):
+        for batch in torch.randperm(len(x), device=device, generator=gen).split(recipe.batch_size):
+            with rt.autocast(device):
+                loss = F.cross_entropy(model(x[batch]), y[batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model
+
+
+@torch.no_grad()
+def _bare_inference(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    outputs = []
+    for part in x.split(batch_size):
+        with rt.autocast(device):
+            outputs.append(model(part).float())
+    return torch.cat(outputs)
+
+
+def feeding_check(device: torch.device, budget: str, tolerance: float) -> pd.DataFrame:
+    """Images/s of the project's training and inference loops beside bare loops over device-resident tensors, on
+    resnet18 from the same initial weights in the same run, and whether their results agree."""
+    epochs, limit, side = BUDGETS[budget]
+    base = load_data("mnist5k", seed=0)
+    train_set, test_set = _upsampled(base.train, side, limit), _upsampled(base.test, side, limit)
+    recipe = TrainConfig(epochs=max(1, epochs // 5), batch_size=512 if device.type == "cuda" else 32, seed=0)
+    initial = _fresh(train_set, "resnet18", 0).state_dict()
+    x, y = (t.to(device) for t in train_set.to_tensors())
+    test_x, test_y = (t.to(device) for t in test_set.to_tensors())
+
+    def fresh() -> torch.nn.Module:
+        model = _fresh(train_set, "resnet18", 0)
+        model.load_state_dict(initial)
+        return model
+
+    warm = TrainConfig(epochs=1, batch_size=recipe.batch_size, seed=0)
+    train(fresh(), train_set, warm, device=device, desc="warm-up")  # kernels, cuDNN autotuning, worker start
+    _bare_training(fresh(), x, y, warm, device)
+    timings, models = {}, {}
+    for path in ("project", "bare"):
+        _synchronise(device)
+        start = time.perf_counter()
+        if path == "project":
+            models[path] = train(fresh(), train_set, recipe, device=device, desc="project loop")[0]
+        else:
+            models[path] = _bare_training(fresh(), x, y, recipe, device)
+        _synchronise(device)
+        timings[path, "train"] = time.perf_counter() - start
+    batch = rt.inference_batch_size(device)
+    predictions = {}
+    for path in ("project", "bare"):
+        _synchronise(device)
+        start = time.perf_counter()
+        if path == "project":
+            predictions[path] = collect_outputs(models["bare"], test_set, device=device).logits.argmax(1)
+        else:
+            predictions[path] = _bare_inference(models["bare"], test_x, device, batch).argmax(1).cpu()
+        _synchronise(device)
+        timings[path, "inference"] = time.perf_counter() - start
+    accuracies = {path: 100 * accuracy(*collect_outputs(model, test_set, device=device))
+                  for path, model in models.items()}
+    same_class = 100 * float((predictions["project"] == predictions["bare"]).float().mean())
+    bare_acc = {path: 100 * float((pred == test_y.cpu()).float().mean()) for path, pred in predictions.items()}
+    rows = []
+    for stage, images, agree in (
+        ("train", recipe.epochs * len(train_set),
+         abs(accuracies["project"] - accuracies["bare"]) <= tolerance),
+        ("inference", len(test_set), same_class >= 99 and abs(bare_acc["project"] - bare_acc["bare"]) <= 0.5),
+    ):
+        project, bare = images / timings["project", stage], images / timings["bare", stage]
+        detail = (f"test accuracy {accuracies['project']:.2f} vs {accuracies['bare']:.2f}" if stage == "train" else
+                  f"same class on {same_class:.2f}% of test images")
+        rows.append({"stage": stage, "batch_size": recipe.batch_size if stage == "train" else batch,
+                     "project_images_per_s": project, "bare_images_per_s": bare, "project_vs_bare": project / bare,
+                     "results": detail, "agree": agree})
+    return pd.DataFrame(rows)
+
+
 def methods_check(device: torch.device, budget: str) -> pd.DataFrame:
     """Every registered method once on ``device`` from one original trained there: accuracies and wall time."""
     split = load_data("digits", seed=0)
@@ -173,7 +280,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 2) -> str:
 
 
 def markdown_section(consistency: pd.DataFrame, throughput: pd.DataFrame, methods: pd.DataFrame,
-                     device: torch.device, budget: str, tolerance: float, command: str) -> str:
+                     feeding: pd.DataFrame, device: torch.device, budget: str, tolerance: float, command: str) -> str:
     """The GPU check as a markdown section (the one appended to RESULTS.md)."""
     machine = "; ".join(f"{k}={v}" for k, v in machine_info(device).items())
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -190,6 +297,9 @@ def markdown_section(consistency: pd.DataFrame, throughput: pd.DataFrame, method
         f"### (c) every registered method on {device.type} (digits, {FORGET_SPEC} forgotten, "
         f"{'defaults' if budget == 'full' else 'tiny budget'})", "",
         markdown_table(methods), "",
+        f"### (d) feeding: the project's loops beside bare loops over {device.type}-resident tensors (resnet18, same "
+        f"initial weights, same run)", "",
+        markdown_table(feeding), "",
     ]
     return "\n".join(lines)
 
@@ -218,8 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     consistency = consistency_check(device, budget, args.tolerance)
     throughput = throughput_check(device, budget)
     methods = methods_check(device, budget)
+    feeding = feeding_check(device, budget, args.tolerance)
     command = " ".join(["python", "benchmarks/gpu.py", *(argv if argv is not None else sys.argv[1:])])
-    section = markdown_section(consistency, throughput, methods, device, budget, args.tolerance, command)
+    section = markdown_section(consistency, throughput, methods, feeding, device, budget, args.tolerance, command)
     print(section)
     print(f"Total wall time: {time.perf_counter() - started:.1f} s")
     if args.markdown_out:
@@ -232,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Appended the GPU check to {results}")
         else:
             print("Not appending to RESULTS.md: this run was on the CPU, not on a CUDA GPU.")
-    return 0 if consistency["ok"].all() and methods["finite_outputs"].all() else 1
+    return 0 if consistency["ok"].all() and methods["finite_outputs"].all() and feeding["agree"].all() else 1
 
 
 if __name__ == "__main__":

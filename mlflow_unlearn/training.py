@@ -213,7 +213,7 @@ def _epochs(
             for module in net.modules():
                 if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
                     module.eval()
-        loader = rt.make_loader(data, batch_size=batch_size, shuffle=True, seed=seed, epoch=epoch)
+        loader = rt.make_loader(data, batch_size=batch_size, shuffle=True, seed=seed, epoch=epoch, device=device)
         total = torch.zeros((), device=device)
         seen = 0
         for x, y in loader:

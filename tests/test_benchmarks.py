@@ -211,6 +211,10 @@ def test_gpu_check_runs_on_cpu_and_does_not_append(tmp_path: Path) -> None:
     rows = [line for line in methods_part.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert sorted(row.split("|")[1].strip() for row in rows) == sorted(bench.list_methods())
     assert all(row.rstrip(" |").endswith("True") for row in rows)  # finite outputs for every method
+    feeding = text.split("### (d) feeding")[1]
+    rows = [line for line in feeding.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split("|")[1].strip() for row in rows] == ["train", "inference"]
+    assert all(row.rstrip(" |").endswith("True") for row in rows)  # the project's loops agree with the bare ones
     assert "Not appending" in proc.stdout
     assert results_md.read_text() == "# results\n"
 

@@ -97,14 +97,15 @@ def value_range(data: Dataset, *, batch_size: int = 256) -> tuple[float, float]:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: Dataset | torch.Tensor, *, device: torch.device,
-                   batch_size: int = 256) -> torch.Tensor:
+                   batch_size: int | None = None) -> torch.Tensor:
     """Logits of ``model`` on every sample of ``data`` (a Dataset of ``(x, ...)`` or a tensor of inputs), in
     order, as float32 on ``device``.
 
     Eval mode, no gradients and an unshuffled, unsharded, streaming pass (:func:`mlflow_unlearn.runtime.
     inference_loader`: every rank sees all samples under ``torchrun``), so that row ``i`` always belongs to sample
-    ``i``; the batches run through :class:`mlflow_unlearn.runtime.InferenceRunner` (BatchNorm folded,
-    channels_last). The model's train/eval mode is restored.
+    ``i``; the batches (``batch_size``, default :func:`mlflow_unlearn.runtime.inference_batch_size` of ``device``)
+    run through :class:`mlflow_unlearn.runtime.InferenceRunner` (BatchNorm folded, channels_last). The model's
+    train/eval mode is restored.
     """
     was_training = model.training
     model.eval()
@@ -112,7 +113,8 @@ def predict_logits(model: nn.Module, data: Dataset | torch.Tensor, *, device: to
         data = torch.utils.data.TensorDataset(data)
     run = rt.InferenceRunner(model)
     outputs = []
-    for batch in rt.inference_loader(data, batch_size=batch_size):
+    batch_size = batch_size or rt.inference_batch_size(device)
+    for batch in rt.inference_loader(data, batch_size=batch_size, device=device):
         with rt.autocast(device):
             outputs.append(run(rt.to_device(batch[0], device)).float())
     model.train(was_training)

@@ -120,7 +120,7 @@ def staged_subsets(order: np.ndarray, num_stages: int, *, cumulative: bool = Tru
 
 
 def sample_difficulty(model: nn.Module, data: Dataset | DataLoader, *, criterion: str = "loss",
-                      device: torch.device | str = "cpu", batch_size: int = 256) -> torch.Tensor:
+                      device: torch.device | str = "cpu", batch_size: int | None = None) -> torch.Tensor:
     """Difficulty of every sample of ``data`` under ``model``, in dataset order, as a CPU tensor.
 
     Runs ``model`` in eval mode over an *unshuffled* loader of its own. If a ``DataLoader`` is passed, its
@@ -132,7 +132,7 @@ def sample_difficulty(model: nn.Module, data: Dataset | DataLoader, *, criterion
         data: the samples, a Dataset of ``(x, y)`` or a DataLoader over one.
         criterion: see :func:`difficulty_scores`.
         device: where to run the model.
-        batch_size: evaluation batch size.
+        batch_size: evaluation batch size (default: the device's inference batch size).
     """
     dataset = data.dataset if isinstance(data, DataLoader) else data
     dev = torch.device(device)

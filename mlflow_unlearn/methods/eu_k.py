@@ -188,7 +188,7 @@ def _module_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.Tens
     inputs = []
     try:
         data = TensorDataset(x) if isinstance(x, torch.Tensor) else x
-        for batch_inputs, *_ in rt.inference_loader(data, batch_size=batch_size):
+        for batch_inputs, *_ in rt.inference_loader(data, batch_size=batch_size, device=device):
             captured.clear()
             outputs.clear()
             batch = rt.to_device(batch_inputs, device)

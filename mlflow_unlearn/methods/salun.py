@@ -65,7 +65,7 @@ def saliency_mask(
     was_training = model.training
     model.eval()
     model.zero_grad(set_to_none=True)
-    for x, y in rt.make_loader(forget, batch_size=batch_size, shuffle=False):
+    for x, y in rt.make_loader(forget, batch_size=batch_size, shuffle=False, device=context.device):
         x, y = rt.to_device(x, context.device), y.to(context.device, non_blocking=True)
         with rt.autocast(context.device):
             loss = F.cross_entropy(class_scores(model(x)).float(), y, reduction="sum")

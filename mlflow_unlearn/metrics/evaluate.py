@@ -147,7 +147,7 @@ def collect_outputs(
     data: Dataset,
     *,
     device: str | torch.device | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> ModelOutputs:
     """Run ``model`` over ``data`` (``(x, y)`` pairs) in order and return its logits and the labels.
 
@@ -159,7 +159,7 @@ def collect_outputs(
         model: any classifier returning ``N x C`` logits.
         data: a dataset of ``(x, y)`` pairs, e.g. a :class:`~mlflow_unlearn.data.SampleSet`.
         device: ``None``/``"auto"`` (CUDA when available) or a device string.
-        batch_size: samples per forward pass.
+        batch_size: samples per forward pass (default: :func:`mlflow_unlearn.runtime.inference_batch_size`).
 
     Returns:
         :class:`ModelOutputs` with float32 logits and int64 labels on CPU, in the order of ``data``.
@@ -175,15 +175,17 @@ def collect_outputs(
     >>> out.logits.shape, out.labels.tolist(), model.training
     (torch.Size([3, 2]), [0, 1, 1], True)
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"Expected argument `batch_size` to be a positive int but got {batch_size!r}")
     if len(data) == 0:
         raise ValueError("Cannot collect outputs on an empty dataset")
     dev = rt.resolve_device(device)
+    batch_size = batch_size or rt.inference_batch_size(dev)
     logits, labels = [], []
     with _inference_on(model, dev) as net:
         run = rt.InferenceRunner(net)
-        for x, y in rt.inference_loader(data, batch_size=batch_size):  # streaming: one batch in memory at a time
+        # streaming: one batch in memory at a time
+        for x, y in rt.inference_loader(data, batch_size=batch_size, device=dev):
             logits.append(run(rt.to_device(x, dev)).float())
             labels.append(torch.as_tensor(y))
     # One device-to-host copy at the end instead of one synchronisation per batch.
@@ -240,7 +242,7 @@ def evaluate(
     incompetent: nn.Module | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> pd.DataFrame:
     """All metrics of each model on a forget split, one row per model (see :data:`METRIC_INFO`).
 
@@ -308,7 +310,7 @@ def collect_split_outputs(
     split: ForgetSplit,
     *,
     device: str | torch.device | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> dict[str, dict[str, ModelOutputs]]:
     """Each model's outputs on the forget, retain and test sets, ``{model: {set: ModelOutputs}}``: one pass
     per model and set, for :func:`evaluate_outputs` and for callers that need the outputs too.

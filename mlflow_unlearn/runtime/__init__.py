@@ -19,6 +19,7 @@ from __future__ import annotations
 from mlflow_unlearn.runtime.device import (
     InferenceRunner,
     autocast,
+    inference_batch_size,
     inference_copy,
     prepare_model,
     resolve_device,
@@ -47,6 +48,7 @@ __all__ = [
     "data_workers",
     "dataset_labels",
     "check_finite",
+    "inference_batch_size",
     "inference_copy",
     "inference_loader",
     "init_distributed_from_env",

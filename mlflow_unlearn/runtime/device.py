@@ -45,6 +45,22 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+#: Samples per forward pass of an inference pass (evaluation, teacher targets, per-sample losses) by device type:
+#: no gradients or optimiser state are kept, so a GPU takes several times a training batch; on a CPU a larger batch
+#: only costs memory.
+INFERENCE_BATCH_SIZES = {"cuda": 1024, "cpu": 256}
+
+
+def inference_batch_size(device: torch.device | str | None) -> int:
+    """Samples per forward pass of an inference pass on ``device`` (see :data:`INFERENCE_BATCH_SIZES`).
+
+    >>> inference_batch_size("cpu"), inference_batch_size(torch.device("cuda", 0))
+    (256, 1024)
+    """
+    kind = torch.device(device).type if device is not None else "cpu"
+    return INFERENCE_BATCH_SIZES.get(kind, INFERENCE_BATCH_SIZES["cpu"])
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA, a no-op elsewhere (CPU bf16 is slower than fp32 for these small models)."""
     if device.type == "cuda":

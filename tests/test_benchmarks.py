@@ -207,7 +207,7 @@ def test_gpu_check_runs_on_cpu_and_does_not_append(tmp_path: Path) -> None:
     text = section.read_text()
     assert "## GPU check" in text and "PASSED" in text
     assert "| finetune, 1 epoch |" in text and "| nitc (tiny budget) |" in text
-    methods_part = text.split("### (c) every registered method")[1]
+    methods_part = text.split("### (c) every registered method")[1].split("### (d) feeding")[0]
     rows = [line for line in methods_part.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert sorted(row.split("|")[1].strip() for row in rows) == sorted(bench.list_methods())
     assert all(row.rstrip(" |").endswith("True") for row in rows)  # finite outputs for every method

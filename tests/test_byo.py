@@ -205,9 +205,11 @@ def test_a_dataset_factory_in_the_users_code_is_replayed_from_anywhere(scans):
 
     elsewhere = root / "elsewhere"
     elsewhere.mkdir()
+    # one deployment, one digest key (conftest.py's): the chained ids: step checks v2's provenance record with it
+    key = {"MLFLOW_UNLEARN_DIGEST_KEY": os.environ["MLFLOW_UNLEARN_DIGEST_KEY"]}
     api = ("import mlflow_unlearn\n"
            f"print(mlflow_unlearn.unlearn('models:/{SCANS}/1', forget='classes:3', onnx=False).version.version)\n")
-    assert _run([sys.executable, "-c", api], elsewhere, uri).strip().splitlines()[-1] == "2"
+    assert _run([sys.executable, "-c", api], elsewhere, uri, **key).strip().splitlines()[-1] == "2"
     child = _versions(client, SCANS)["2"]
     _assert_scans_child(client, child, "1", _training_samples_of_class(project, 3))
     assert child.tags["mlflow_unlearn.verdict"] == "passed"
@@ -217,7 +219,6 @@ def test_a_dataset_factory_in_the_users_code_is_replayed_from_anywhere(scans):
     request = elsewhere / "req-0042.csv"  # a deletion request: five of the factory's sample IDs that v2 still holds
     request.write_text("id\n" + "\n".join([i for i, label in rows if label != "3"][10:15]) + "\n")
     cli = Path(sys.executable).parent / "mlflow-unlearn"
-    key = {"MLFLOW_UNLEARN_DIGEST_KEY": os.environ["MLFLOW_UNLEARN_DIGEST_KEY"]}  # the deployment's (conftest.py)
     out = _run([str(cli), "unlearn", f"models:/{SCANS}/2", "--forget", f"ids:{request}", "--device", "cpu",
                 "--no-onnx", "--force"], elsewhere, uri, **key)
     assert f"models:/{SCANS}/3" in out, out

@@ -157,17 +157,22 @@ def run(settings: list[str], seeds: list[int], sizes: list[int], out: Path) -> p
 
 
 def summary(frame: pd.DataFrame) -> str:
-    """Refusal rates (whole gate, and by the membership check) per setting, method, reference and size."""
+    """Refusals per setting, method and reference (rows) and forget-set size (columns), as a Markdown table:
+    each cell is ``refused/runs``, then ``m``: how many of those the membership check refused, and ``n``: how many
+    runs passed with evidence ``none`` (the gate's "nothing measurable": no proof claimed)."""
     frame = frame.assign(refused=frame["verdict"] == "failed",
-                         membership_refused=frame["membership_passed"].astype(str) == "False")
+                         membership_refused=frame["membership_passed"].astype(str) == "False",
+                         unmeasured=(frame["verdict"] == "passed") & (frame["evidence"] == "none"))
     table = (frame.groupby(["setting", "method", "reference", "size"])
-             .agg(runs=("refused", "size"), refused=("refused", "mean"), by_membership=("membership_refused", "mean"))
+             .agg(runs=("refused", "size"), refused=("refused", "sum"), by_membership=("membership_refused", "sum"),
+                  unmeasured=("unmeasured", "sum"))
              .reset_index())
-    lines = ["| setting | method | reference | IDs | runs | refused | refused by membership |",
-             "|---|---|---|---|---|---|---|"]
-    for r in table.itertuples():
-        lines.append(f"| {r.setting} | {r.method} | {r.reference} | {r.size} | {r.runs} | {100 * r.refused:.0f}% | "
-                     f"{100 * r.by_membership:.0f}% |")
+    sizes = sorted(table["size"].unique())
+    lines = ["| setting | method | reference | " + " | ".join(f"{s} ID{'s' if s != 1 else ''}" for s in sizes) + " |",
+             "|---|---|---|" + "---|" * len(sizes)]
+    for (setting, method, reference), rows in table.groupby(["setting", "method", "reference"], sort=False):
+        cells = {r.size: f"{r.refused}/{r.runs} (m {r.by_membership}, n {r.unmeasured})" for r in rows.itertuples()}
+        lines.append(f"| {setting} | {method} | {reference} | " + " | ".join(cells.get(s, "") for s in sizes) + " |")
     return "\n".join(lines)
 
 

@@ -60,14 +60,19 @@ def _run(args: list[str], cwd: Path, tracking_uri: str, **extra_env: str) -> str
     return done.stdout
 
 
+def _run_project(project: Path, scripts: dict[str, str], tracking_uri: str) -> Path:
+    """Write the README's ``scripts`` (name -> text) into a new ``project`` folder and run the last one there."""
+    project.mkdir(parents=True)
+    for name, text in scripts.items():
+        (project / name).write_text(text)
+    _run([sys.executable, list(scripts)[-1]], project, tracking_uri)
+    return project
+
+
 def _train(root: Path, tracking_uri: str) -> Path:
     """The user's project: README's mymodel.py and train.py, run there."""
-    project = root / "project"
-    project.mkdir(parents=True)
-    for name in ("mymodel.py", "train.py"):
-        (project / name).write_text(readme_scripts()[name])
-    _run([sys.executable, "train.py"], project, tracking_uri)
-    return project
+    scripts = readme_scripts()
+    return _run_project(root / "project", {name: scripts[name] for name in ("mymodel.py", "train.py")}, tracking_uri)
 
 
 def _versions(client: MlflowClient, model: str = MODEL) -> dict[str, object]:
@@ -161,12 +166,9 @@ SCANS = "scans"
 
 def _train_scans(root: Path, tracking_uri: str) -> Path:
     """README's scans.py (the user's Dataset factory) and scans_train.py, run in a project folder."""
-    project = root / "scans-project"
-    project.mkdir(parents=True)
-    for name in ("scans.py", "scans_train.py"):
-        (project / name).write_text(pipeline_scripts()[name])
-    _run([sys.executable, "scans_train.py"], project, tracking_uri)
-    return project
+    scripts = pipeline_scripts()
+    return _run_project(root / "scans-project", {name: scripts[name] for name in ("scans.py", "scans_train.py")},
+                        tracking_uri)
 
 
 def _assert_scans_child(client: MlflowClient, child, parent: str, count: int) -> None:

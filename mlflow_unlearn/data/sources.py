@@ -93,6 +93,7 @@ from mlflow_unlearn.data.grammar import (
     parse_flag,
     parse_source,
     register_syntax,
+    unregister_syntax,
 )
 from mlflow_unlearn.data.inputs import (
     ArrayInputs,
@@ -106,6 +107,7 @@ from mlflow_unlearn.data.inputs import (
 )
 from mlflow_unlearn.data.preprocess import Preprocess
 from mlflow_unlearn.data.samples import DataSplit, SampleSet, ids_digest, seeded_order
+from mlflow_unlearn.registries import Registry
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 """File suffixes (lower case) that ``imagefolder`` reads as images."""
@@ -140,7 +142,8 @@ class RawSamples:
 
 
 SourceLoader = Callable[[str, dict[str, str]], RawSamples]
-_LOADERS: dict[str, SourceLoader] = {}
+LOADERS: Registry[SourceLoader] = Registry("data source")
+"""The loader of every registered source by name (its grammar: :func:`~mlflow_unlearn.data.grammar.parse_source`)."""
 
 
 def register_source(
@@ -157,24 +160,32 @@ def register_source(
         options: the ``?key=value`` options it accepts besides the preprocessing ones; any other is rejected before
             loading.
         takes_argument: whether ``name:<argument>`` (a path) needs (True) or forbids (False) an argument.
+
+    Raises:
+        ValueError: (when decorating) a source named ``name`` is already registered.
     """
 
     def decorator(loader: SourceLoader) -> SourceLoader:
         register_syntax(SourceSyntax(name, syntax, tuple(options), argument="path" if takes_argument else "none"))
-        _LOADERS[name] = loader
-        return loader
+        return LOADERS.decorator(name)(loader)
 
     return decorator
+
+
+def unregister_source(name: str) -> SourceLoader:
+    """Remove source ``name`` (its grammar and its loader) and return its loader.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the known ones.
+    """
+    loader = LOADERS.unregister(name)
+    unregister_syntax(name)
+    return loader
 
 
 def _builtin_loader(name: str) -> Callable[[SourceLoader], SourceLoader]:
     """Attach the loader of a source whose grammar :mod:`~.grammar` declares (built-in sources)."""
-
-    def decorator(loader: SourceLoader) -> SourceLoader:
-        _LOADERS[name] = loader
-        return loader
-
-    return decorator
+    return LOADERS.decorator(name)
 
 
 def list_sources() -> list[str]:
@@ -183,7 +194,7 @@ def list_sources() -> list[str]:
     >>> {"digits", "mnist5k", "npz", "imagefolder", "torchvision", "csv", "parquet", "factory"} <= set(list_sources())
     True
     """
-    return sorted(_LOADERS)
+    return LOADERS.names()
 
 
 def load_data(source: str, *, seed: int = 0, test_fraction: float = 0.2) -> DataSplit:
@@ -218,9 +229,9 @@ def load_data(source: str, *, seed: int = 0, test_fraction: float = 0.2) -> Data
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
         raise ValueError(f"Expected argument `test_fraction` to be a fraction in (0, 1) but got {test_fraction!r}")
     spec = parse_source(source)
-    if spec.name not in _LOADERS:  # a grammar registered without a loader in this process
+    if spec.name not in LOADERS:  # a grammar registered without a loader in this process
         raise ValueError(f"Unknown data source {spec.name!r} in {source!r}; expected one of: {known_sources()}")
-    raw = _LOADERS[spec.name](spec.argument, spec.option_dict)
+    raw = LOADERS.get(spec.name)(spec.argument, spec.option_dict)
     full = _to_sample_set(raw, spec)
     if raw.split is not None:
         sides = _explicit_sides(raw.split, full, source=source)

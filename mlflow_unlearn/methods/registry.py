@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.models.interface import check_one_input, class_scores
+from mlflow_unlearn.registries import Registry
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ class MethodSpec:
     summary: str = field(default="")
 
 
-_METHODS: dict[str, MethodSpec] = {}
+METHODS: Registry[MethodSpec] = Registry("unlearning method")
+"""Every registered method by name (:meth:`~mlflow_unlearn.registries.Registry.unregister` removes one again)."""
 
 
 def register_method(
@@ -90,18 +92,28 @@ def register_method(
         config_cls: a dataclass validated in its ``__post_init__``; every field has a default.
         distributed: the method supports DistributedDataParallel under ``torchrun``.
         is_reference: the method is a reference (``retrain``), not an approximate unlearning method.
+
+    Raises:
+        TypeError: ``config_cls`` is not a dataclass.
+        ValueError: (when decorating) a method named ``name`` is already registered.
     """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config_cls for method {name!r} must be a dataclass, got {config_cls!r}")
 
-    def decorator(fn: MethodFn) -> MethodFn:
-        if name in _METHODS:
-            raise ValueError(f"A method named {name!r} is already registered")
+    def spec(fn: MethodFn) -> MethodSpec:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _METHODS[name] = MethodSpec(name, fn, config_cls, distributed, is_reference, summary)
-        return fn
+        return MethodSpec(name, fn, config_cls, distributed, is_reference, summary)
 
-    return decorator
+    return METHODS.decorator(name, spec)
+
+
+def unregister_method(name: str) -> MethodSpec:
+    """Remove method ``name`` from the registry and return its spec (e.g. a test's own method, afterwards).
+
+    Raises:
+        ValueError: for an unknown name; the message lists the known ones.
+    """
+    return METHODS.unregister(name)
 
 
 def list_methods(*, include_reference: bool = True) -> list[str]:
@@ -110,7 +122,7 @@ def list_methods(*, include_reference: bool = True) -> list[str]:
     >>> {"nitc", "retrain", "finetune"} <= set(list_methods())
     True
     """
-    return sorted(n for n, s in _METHODS.items() if include_reference or not s.is_reference)
+    return [n for n, s in METHODS.items() if include_reference or not s.is_reference]
 
 
 def get_method(name: str) -> MethodSpec:
@@ -119,9 +131,7 @@ def get_method(name: str) -> MethodSpec:
     Raises:
         ValueError: for an unknown name; the message lists the known ones.
     """
-    if name not in _METHODS:
-        raise ValueError(f"Unknown unlearning method {name!r}; expected one of: {', '.join(list_methods())}")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def build_config(name: str, config: Any = None) -> Any:

@@ -155,7 +155,7 @@ def incompetent_copy(model: nn.Module, seed: int) -> nn.Module | None:
     """A randomly re-initialised copy of ``model`` for ZRF, or None when a module cannot be re-initialised."""
     import copy
 
-    from mlflow_unlearn.methods.retrain import reinitialize
+    from mlflow_unlearn.models.surgery import reinitialize
 
     try:
         return reinitialize(copy.deepcopy(model), seed=seed + 1).eval()

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mlflow_unlearn import runtime as rt
+from mlflow_unlearn.assess.collapse import check_not_collapsed
 from mlflow_unlearn.models.interface import check_one_input, class_scores
 from mlflow_unlearn.registries import Registry
 
@@ -195,56 +196,6 @@ def _max_label(data: Dataset) -> int:
     return int(rt.dataset_labels(data).max())
 
 
-COLLAPSE_SHARE = 0.5
-"""A result that keeps less than this share of the original's retain accuracy above chance has collapsed."""
-COLLAPSE_CHECK_SAMPLES = 512
-"""Retain samples (seeded) on which :func:`check_not_collapsed` compares the result with the original."""
-
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, data: Dataset, y: torch.Tensor) -> float:
-    from mlflow_unlearn.methods._loops import predict_logits  # _loops imports this module
-
-    device = next(model.parameters()).device
-    return float((predict_logits(model, data, device=device).argmax(1).cpu() == y).float().mean())
-
-
-def check_not_collapsed(name: str, original: nn.Module, result: nn.Module, retain: Dataset, *, num_classes: int,
-                        seed: int) -> None:
-    """Raise :class:`UnlearningDivergedError` when ``result`` lost most of what ``original`` knew of ``retain``.
-
-    Scale-free: with ``a`` the accuracy above chance (``1 / num_classes``) on up to ``COLLAPSE_CHECK_SAMPLES``
-    seeded retain samples, the result has collapsed when ``a(result) < COLLAPSE_SHARE * a(original)``, e.g.
-    retain accuracy 40% where the original has 99% on ten classes. Forgetting must leave the retained data
-    alone; a model that lost half of it is a failed run, not an unlearned model.
-
-    >>> model = nn.Linear(2, 2)
-    >>> data = torch.utils.data.TensorDataset(torch.eye(2), torch.tensor([0, 1]))
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.eye(2)), model.bias.zero_()
-    >>> check_not_collapsed("demo", model, model, data, num_classes=2, seed=0)
-    >>> broken = nn.Linear(2, 2)
-    >>> with torch.no_grad():
-    ...     _ = broken.weight.copy_(-torch.eye(2)), broken.bias.zero_()
-    >>> try:
-    ...     check_not_collapsed("demo", model, broken, data, num_classes=2, seed=0)
-    ... except rt.UnlearningDivergedError as exc:
-    ...     print(str(exc).split(":")[0])
-    Method 'demo' collapsed the model
-    """
-    gen = torch.Generator().manual_seed(seed)
-    index = torch.randperm(len(retain), generator=gen)[:COLLAPSE_CHECK_SAMPLES].tolist()
-    sample = torch.utils.data.Subset(retain, index)
-    y = rt.dataset_labels(sample)
-    chance = 1.0 / num_classes
-    before, after = _accuracy(original, sample, y), _accuracy(result, sample, y)
-    if before > chance and after - chance < COLLAPSE_SHARE * (before - chance):
-        raise rt.UnlearningDivergedError(
-            f"Method {name!r} collapsed the model: retain accuracy {after:.1%} against the original's {before:.1%} "
-            f"on {len(index)} retain samples (chance {chance:.1%}); its result was discarded. Lower the method's "
-            "learning rate or number of steps, or use another method.")
-
-
 def run_method(
     name: str,
     model: nn.Module,
@@ -274,7 +225,7 @@ def run_method(
         ValueError: unknown method, invalid config, empty forget or retain set, labels that the model's
             outputs cannot represent (class-count mismatch), unknown ``forget_kind``.
         UnlearningDivergedError: the method's loss became NaN or infinite, or it collapsed the model (see
-            :func:`check_not_collapsed`).
+            :func:`~mlflow_unlearn.assess.collapse.check_not_collapsed`).
     """
     spec = get_method(name)
     cfg = build_config(name, config)

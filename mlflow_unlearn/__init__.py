@@ -7,7 +7,7 @@ the MLflow layer lives in ``mlflow_unlearn.tracking``. ``unlearn``, ``log_model`
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from mlflow_unlearn._version import __version__
 
 __all__ = ["UnlearningDivergedError", "__version__", "log_model", "unlearn", "verify"]
 

@@ -185,7 +185,7 @@ def code_version() -> dict[str, str | None]:
     import mlflow
     import torch
 
-    from mlflow_unlearn import __version__
+    from mlflow_unlearn._version import __version__
 
     commit = None
     package_dir = Path(__file__).resolve().parent.parent

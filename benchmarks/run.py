@@ -348,7 +348,9 @@ def config_json(config: object) -> str:
 # The library files an original or a retrain reference depends on: a change to any of them invalidates the cache.
 CACHE_SOURCES = ("runtime/__init__.py", "runtime/device.py", "runtime/distributed.py", "runtime/errors.py",
                  "runtime/history.py", "runtime/loaders.py", "runtime/seeding.py", "training.py", "methods/retrain.py",
-                 "models/surgery.py", "models/architectures.py", "data/sources.py", "data/forget.py", "data/samples.py")
+                 "models/surgery.py", "models/architectures.py", *(f"data/sources/{name}.py" for name in (
+                     "__init__", "core", "bundled", "npz", "images", "manifests", "torchvision_datasets",
+                     "user_factory")), "data/forget.py", "data/samples.py")
 
 
 def _code_digest() -> str:

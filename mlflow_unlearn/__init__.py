@@ -1,6 +1,6 @@
 """mlflow-unlearn: make a registered PyTorch model forget data, prove it, and register the result.
 
-The engine (``data``, ``models``, ``training``, ``methods``, ``metrics``, ``runtime``) never imports MLflow;
+The engine (``data``, ``models``, ``training``, ``methods``, ``metrics``, ``assess``, ``runtime``) never imports MLflow;
 the MLflow layer lives in ``mlflow_unlearn.tracking``. ``unlearn``, ``log_model`` and the errors
 (``UnlearningDivergedError``) are imported lazily to keep ``import mlflow_unlearn`` cheap.
 """

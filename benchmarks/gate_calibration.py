@@ -3,9 +3,8 @@
 For each setting, seed and forget-set size (``random:<size>:<seed>``, a random set of training IDs, as a deletion
 request by IDs is), one original is trained per seed; then ``retrain`` (exact unlearning: the original's recipe on
 the retain set), the default ``nitc`` and a no-op (the original unchanged) are judged by the product's own gate
-(:func:`mlflow_unlearn.tracking.gate.apply_gate` on the table of
-:func:`mlflow_unlearn.tracking.evaluation.evaluate_models`, the code ``unlearn`` runs), without a reference and
-with ``reference="retrain"``. A retrained model should pass (at most 5% refused); a no-op on a model that
+(:func:`mlflow_unlearn.assess.assess`, the code ``unlearn`` runs, on the retain subset it evaluates), without a
+reference and with ``reference="retrain"``. A retrained model should pass (at most 5% refused); a no-op on a model that
 memorises its training samples should be refused (at least 95%).
 
 Settings:
@@ -35,18 +34,18 @@ import platform
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import torch
 
+from mlflow_unlearn.assess import assess, evaluation_split, incompetent_copy
+from mlflow_unlearn.assess.gate import MEMBERSHIP_COLUMNS, PAIRED_MEMBERSHIP_COLUMNS
 from mlflow_unlearn.data import DataSplit, load_data, resolve_forget
 from mlflow_unlearn.methods import run_method
 from mlflow_unlearn.models import create_model
 from mlflow_unlearn.tracking import vocabulary as vocab
-from mlflow_unlearn.tracking.evaluation import evaluate_models
-from mlflow_unlearn.tracking.gate import MEMBERSHIP_COLUMNS, PAIRED_MEMBERSHIP_COLUMNS, GateConfig, apply_gate
+from mlflow_unlearn.tracking.plan import RETAIN_EVAL_SIZE
 from mlflow_unlearn.training import TrainConfig, train
 
 SIZES = (1, 12, 30, 144)
@@ -87,16 +86,14 @@ def setting_split(name: str, seed: int) -> DataSplit:
 
 
 def judge(original: torch.nn.Module, model: torch.nn.Module, reference: torch.nn.Module | None, fsplit,
-          num_classes: int, seed: int) -> dict[str, object]:
+          seed: int) -> dict[str, object]:
     """The gate's verdict and membership check on one unlearned model, as ``unlearn`` computes them."""
-    plan = SimpleNamespace(forget=fsplit, retain_eval_size=1000, seed=seed, device=torch.device("cpu"),
-                           model=original)
     models = {vocab.ORIGINAL_ROW: original, vocab.UNLEARNED_ROW: model}
     if reference is not None:
         models[vocab.RETRAIN_ROW] = reference
-    metrics = evaluate_models(plan, models).metrics
-    verdict = apply_gate(metrics, config=GateConfig(), forget_kind=fsplit.kind, num_classes=num_classes,
-                         forget_count=fsplit.count)
+    assessment = assess(models, evaluation_split(fsplit, RETAIN_EVAL_SIZE, seed), incompetent=incompetent_copy(
+        original, seed), device="cpu", seed=seed)
+    metrics, verdict = assessment.metrics, assessment.verdict()
     checks = verdict.checks.set_index("check")
     row = {"verdict": verdict.verdict, "evidence": verdict.evidence,
            "membership_passed": checks.loc["membership", "passed"] if "membership" in checks.index else None,
@@ -143,7 +140,7 @@ def run(settings: list[str], seeds: list[int], sizes: list[int], out: Path) -> p
                             ref_model = other if method == "retrain" else made["retrain"]
                         row = {"setting": name, "seed": seed, "size": size, "method": method, "reference": reference,
                                "train_cpu_s": train_cpu, "method_cpu_s": made.get(f"{method}.cpu_s", 0.0)}
-                        row.update(judge(original, made[method], ref_model, fsplit, split.num_classes, seed))
+                        row.update(judge(original, made[method], ref_model, fsplit, seed))
                         rows.append(row)
                 frame = pd.DataFrame(rows)
                 frame.to_csv(out, index=False)

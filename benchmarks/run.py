@@ -6,7 +6,8 @@ samples (``random:0.1:<seed>``). For each (dataset, architecture, seed) one orig
 :func:`~mlflow_unlearn.models.list_models`, default ``smallcnn``); for each (dataset, architecture, seed, task)
 one ``retrain`` reference is trained with the same recipe on the retain set only, and every registered method is run
 with :func:`~mlflow_unlearn.methods.run_method` on a copy of the same original. All models of a cell are
-scored together by :func:`mlflow_unlearn.metrics.evaluate` (percent, Avg Gap against ``retrain``).
+scored together by :func:`mlflow_unlearn.assess.assess` (percent, Avg Gap against ``retrain``), which also gives the
+acceptance gate's verdict on each method's model, as ``unlearn(..., reference="retrain")`` decides it.
 The row ``retrain_reseeded`` (part of ``--methods all``) is the same recipe retrained with another
 initialisation and shuffling seed and scored like a method: exact unlearning does not reach Avg Gap 0 against
 one particular retrained model, and this row says how far from 0 it lands (the noise floor of the measure).
@@ -54,10 +55,11 @@ import pandas as pd
 import torch
 
 from mlflow_unlearn import runtime as rt
+from mlflow_unlearn.assess import assess
 from mlflow_unlearn.data import DataSplit, ForgetSplit, forget_digest, load_data, resolve_forget
 from mlflow_unlearn.data.samples import seeded_order
 from mlflow_unlearn.methods import build_config, get_method, list_methods, run_method
-from mlflow_unlearn.metrics import AVG_GAP_COLUMNS, collect_outputs, collect_split_outputs, evaluate_outputs
+from mlflow_unlearn.metrics import AVG_GAP_COLUMNS
 from mlflow_unlearn.models import create_model, list_models, register_model
 from mlflow_unlearn.training import TrainConfig, train
 
@@ -346,7 +348,9 @@ def config_json(config: object) -> str:
 # The library files an original or a retrain reference depends on: a change to any of them invalidates the cache.
 CACHE_SOURCES = ("runtime/__init__.py", "runtime/device.py", "runtime/distributed.py", "runtime/errors.py",
                  "runtime/history.py", "runtime/loaders.py", "runtime/seeding.py", "training.py", "methods/retrain.py",
-                 "models/architectures.py", "data/sources.py", "data/forget.py", "data/samples.py")
+                 "models/surgery.py", "models/architectures.py", *(f"data/sources/{name}.py" for name in (
+                     "__init__", "core", "bundled", "npz", "images", "manifests", "torchvision_datasets",
+                     "user_factory")), "data/forget.py", "data/samples.py")
 
 
 def _code_digest() -> str:
@@ -604,33 +608,6 @@ def original_for(dataset: str, model: str, seed: int, split: DataSplit, task: Ta
     return rt.prepare_model(original, dev).eval(), orig_measured, key
 
 
-def gate_verdicts(outputs: dict[str, dict], fsplit: ForgetSplit, metrics: pd.DataFrame, *,
-                  seed: int) -> dict[str, dict[str, str]]:
-    """The acceptance gate's verdict for each method's model, as ``unlearn(..., reference="retrain")`` decides it
-    with its default thresholds: ``{method: {"gate_verdict": ..., "gate_evidence": ...}}``.
-
-    The gate's membership test (class-matched loss AUC with its bootstrap interval) and, class-wise, the test
-    accuracy on the retained classes come from the outputs that ``metrics`` was computed from.
-    """
-    from mlflow_unlearn.tracking.evaluation import membership_columns, retained_test_accuracy
-    from mlflow_unlearn.tracking.gate import GateConfig, apply_gate
-    from mlflow_unlearn.tracking.vocabulary import CLASS_FORGETTING, ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
-
-    table = metrics.join(membership_columns(outputs, seed=seed))
-    if fsplit.kind == CLASS_FORGETTING:
-        retained = retained_test_accuracy(outputs, fsplit.forget_classes)
-        table["test_accuracy_retained"] = [retained[name] for name in table.index]
-    verdicts = {}
-    for name in outputs:
-        if name in (ORIGINAL, REFERENCE, FLOOR):
-            continue
-        rows = table.loc[[ORIGINAL, name, REFERENCE]].set_axis([ORIGINAL_ROW, UNLEARNED_ROW, RETRAIN_ROW])
-        result = apply_gate(rows, config=GateConfig(), forget_kind=fsplit.kind,
-                            num_classes=fsplit.forget.num_classes)
-        verdicts[name] = {"gate_verdict": result.verdict, "gate_evidence": result.evidence}
-    return verdicts
-
-
 def run_dataset_seed(dataset: str, model: str, seed: int, settings: Settings) -> list[dict]:
     """All rows for one dataset, architecture ``model`` and seed: per task its original (shared where the training
     data is), a retrain and every method."""
@@ -681,10 +658,14 @@ def run_dataset_seed(dataset: str, model: str, seed: int, settings: Settings) ->
         rt.seed_everything(seed)
         incompetent = fresh_model(fsplit, model)
         incompetent = rt.prepare_model(incompetent, dev).eval()
-        outputs = collect_split_outputs(models, fsplit, device=dev)  # one pass per model and set, for both
-        metrics = evaluate_outputs(outputs, reference=REFERENCE, seed=seed,
-                                   incompetent_forget=collect_outputs(incompetent, fsplit.forget, device=dev))
-        verdicts = gate_verdicts(outputs, fsplit, metrics, seed=seed)
+        # the metrics and the gate's verdict on each method's model, as unlearn(..., reference="retrain") decides it
+        # with its default thresholds (one pass per model and set)
+        assessment = assess(models, fsplit, original=ORIGINAL, reference=REFERENCE, incompetent=incompetent,
+                            candidates=[name for name in models if name not in (ORIGINAL, REFERENCE, FLOOR)],
+                            device=dev, seed=seed)
+        metrics = assessment.metrics
+        verdicts = {name: {"gate_verdict": result.verdict, "gate_evidence": result.evidence}
+                    for name, result in assessment.verdicts.items()}
         ref_time = timing[REFERENCE]["wall_time_s"]
         for name, model_metrics in metrics.iterrows():
             row = {"dataset": dataset, "model": model, "task": task, "forget_spec": spec, "seed": seed,

@@ -1,13 +1,13 @@
 """mlflow-unlearn: make a registered PyTorch model forget data, prove it, and register the result.
 
-The engine (``data``, ``models``, ``training``, ``methods``, ``metrics``, ``runtime``) never imports MLflow;
+The engine (``data``, ``models``, ``training``, ``methods``, ``metrics``, ``assess``, ``runtime``) never imports MLflow;
 the MLflow layer lives in ``mlflow_unlearn.tracking``. ``unlearn``, ``log_model`` and the errors
 (``UnlearningDivergedError``) are imported lazily to keep ``import mlflow_unlearn`` cheap.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from mlflow_unlearn._version import __version__
 
 __all__ = ["UnlearningDivergedError", "__version__", "log_model", "unlearn", "verify"]
 

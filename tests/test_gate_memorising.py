@@ -45,7 +45,7 @@ def _unchanged(model, *, forget, retain, config, context):
 def unchanged_method():
     registry.register_method(UNCHANGED, _NoConfig)(_unchanged)
     yield UNCHANGED
-    registry._METHODS.pop(UNCHANGED)  # registered for this module only: tests over the registry stay as they are
+    registry.unregister_method(UNCHANGED)  # registered for this module only: tests over the registry stay as they are
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ from torch import nn
 from mlflow_unlearn.data import ForgetSplit, SampleSet, forget_digest, load_data, resolve_forget
 from mlflow_unlearn.methods import UnlearnContext, build_config, get_method, list_methods, run_method
 from mlflow_unlearn.methods.random_label import random_relabel
-from mlflow_unlearn.methods.retrain import RetrainConfig, reinitialize
+from mlflow_unlearn.methods.retrain import RetrainConfig
 from mlflow_unlearn.models import create_model
+from mlflow_unlearn.models.surgery import reinitialize
 from mlflow_unlearn.runtime import UnlearningDivergedError
 from mlflow_unlearn.training import TrainConfig, train
 

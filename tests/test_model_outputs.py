@@ -26,7 +26,6 @@ from mlflow_unlearn.data import SampleSet, load_data
 from mlflow_unlearn.methods import run_method
 from mlflow_unlearn.methods.eu_k import find_classifier
 from mlflow_unlearn.methods.registry import UnlearnContext
-from mlflow_unlearn.methods.retrain import reinitialize
 from mlflow_unlearn.methods.unsir import (
     UnsirConfig,
     first_embedding,
@@ -35,6 +34,7 @@ from mlflow_unlearn.methods.unsir import (
 )
 from mlflow_unlearn.metrics import collect_outputs
 from mlflow_unlearn.models import ModelInputError, ModelOutputError, check_one_input, class_scores
+from mlflow_unlearn.models.surgery import reinitialize
 from mlflow_unlearn.tracking.cli import cli
 from mlflow_unlearn.tracking.formats import ONNX_TOLERANCE, export_onnx
 from mlflow_unlearn.tracking.plan import DataResolutionError, check_model_fits

@@ -21,10 +21,11 @@ from mlflow_unlearn.methods.curriculum import (
     sample_difficulty,
     staged_subsets,
 )
-from mlflow_unlearn.methods.nitc import find_head, head_suffix, mask_classes, traced_suffix
+from mlflow_unlearn.methods.nitc import find_head, mask_classes
 from mlflow_unlearn.methods.registry import UnlearnContext, config_to_dict
 from mlflow_unlearn.methods.unsir import UnsirConfig, impair_and_repair, learn_error_max_noise
 from mlflow_unlearn.models import create_model
+from mlflow_unlearn.models.surgery import head_suffix, traced_suffix
 from mlflow_unlearn.training import TrainConfig, train
 
 CPU = torch.device("cpu")

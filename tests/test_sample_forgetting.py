@@ -135,6 +135,6 @@ def test_a_method_that_returns_the_model_unchanged_fails_the_check(toy: Toy) -> 
     try:
         after = forget_accuracy_after("identity_for_test", toy)
     finally:
-        registry._METHODS.pop("identity_for_test", None)
+        registry.unregister_method("identity_for_test")
     assert after == pytest.approx(toy.original_forget)
     assert after > toy.bound()  # the check above rejects it

@@ -252,6 +252,7 @@ def test_metrics_from_collected_outputs_equal_metrics_evaluate_and_feed_the_repo
     import torch
     from torch import nn
 
+    from mlflow_unlearn.assess import report_losses
     from mlflow_unlearn.data import DataSplit
     from mlflow_unlearn.metrics import (
         collect_outputs,
@@ -260,7 +261,6 @@ def test_metrics_from_collected_outputs_equal_metrics_evaluate_and_feed_the_repo
         evaluate_outputs,
         per_sample_loss,
     )
-    from mlflow_unlearn.tracking import evaluation
 
     full = load_data("digits")
     small = DataSplit(full.train.subset(np.arange(400)), full.test.subset(np.arange(150)), "digits", 0, 0.2)
@@ -276,7 +276,7 @@ def test_metrics_from_collected_outputs_equal_metrics_evaluate_and_feed_the_repo
     with pytest.raises(ValueError, match="Unknown reference"):
         evaluate_outputs(outputs, reference="nope", incompetent_forget=None, seed=3)
 
-    losses = evaluation.report_losses(outputs)
+    losses = report_losses(outputs)
     forget_loss = per_sample_loss(*collect_outputs(nets["unlearned"], split.forget, device="cpu")).numpy()
     np.testing.assert_allclose(losses["unlearned"]["forget"], forget_loss, rtol=1e-6)
     # The non-members the membership test (and its plot) compares with: the test samples of the forgotten class.

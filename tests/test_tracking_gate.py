@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from mlflow_unlearn.tracking.gate import FAILED, PASSED, GateConfig, apply_gate, build_gate_config
+from mlflow_unlearn.assess.gate import FAILED, PASSED, GateConfig, apply_gate, build_gate_config
 
 
 def _table(**rows):
@@ -74,7 +74,7 @@ def _with_membership(metrics, **tests):
 
 
 def test_membership_check_fails_a_model_that_still_separates_and_passes_one_at_chance():
-    from mlflow_unlearn.tracking.gate import EVIDENCE_MEASURED
+    from mlflow_unlearn.assess.gate import EVIDENCE_MEASURED
 
     kept = _with_membership(_table(original=[99, 99, 92, 5], unlearned=[93, 99, 92, 5]),
                             original=(80, 74, 86), unlearned=(78, 71, 84))
@@ -103,7 +103,7 @@ def test_membership_check_against_the_reference_and_below_chance():
 def test_the_reference_makes_memorised_wrong_labels_measurable():
     """Mislabelled samples that the original fits: same-class AUC at chance for the original, far below for a
     model that never saw them. Without a reference nothing is measurable; with it, an unchanged model fails."""
-    from mlflow_unlearn.tracking.gate import EVIDENCE_MEASURED, EVIDENCE_NONE
+    from mlflow_unlearn.assess.gate import EVIDENCE_MEASURED, EVIDENCE_NONE
 
     base = _table(original=[100, 99, 92, 5], retrain=[4, 99, 93, 5], unlearned=[100, 99, 92, 5])
     unchanged = _with_membership(base.copy(), original=(50, 44, 56), retrain=(6, 3, 9), unlearned=(50, 44, 56))
@@ -122,7 +122,7 @@ def test_the_reference_makes_memorised_wrong_labels_measurable():
 
 
 def test_no_signal_in_the_original_is_nothing_measurable_to_forget():
-    from mlflow_unlearn.tracking.gate import EVIDENCE_NONE, sample_membership_verdict
+    from mlflow_unlearn.assess.gate import EVIDENCE_NONE, sample_membership_verdict
 
     metrics = _with_membership(_table(original=[95, 99, 92, 5], unlearned=[93, 99, 92, 5]),
                                original=(53, 47, 59), unlearned=(56, 51, 61))
@@ -137,7 +137,7 @@ def test_no_signal_in_the_original_is_nothing_measurable_to_forget():
 
 
 def test_class_forgetting_reports_membership_and_tests_accuracy_on_retained_classes():
-    from mlflow_unlearn.tracking.gate import EVIDENCE_NOT_TESTED
+    from mlflow_unlearn.assess.gate import EVIDENCE_NOT_TESTED
 
     metrics = _with_membership(_table(original=[99, 99, 98, 5], unlearned=[3, 97, 88, 100]),
                                original=(60, 55, 65), unlearned=(58, 53, 63))

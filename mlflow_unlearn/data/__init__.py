@@ -34,6 +34,7 @@ _EXPORTS = {
     "list_sources": "sources",
     "load_data": "sources",
     "register_source": "sources",
+    "unregister_source": "sources",
 }
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "parse_source",
     "register_source",
     "resolve_forget",
+    "unregister_source",
 ]
 
 if TYPE_CHECKING:
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
         list_sources,
         load_data,
         register_source,
+        unregister_source,
     )
 
 

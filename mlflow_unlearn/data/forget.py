@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlflow_unlearn.data._files import id_column, read_table, table_format
+from mlflow_unlearn.registries import Registry
 
 if TYPE_CHECKING:  # samples imports torch; the grammar (parse_forget_spec) must load without it
     from mlflow_unlearn.data.samples import DataSplit, ForgetSplit
@@ -127,15 +128,12 @@ class _SpecForm:
     syntax: str
 
 
-_SPEC_FORMS: dict[str, _SpecForm] = {}
+SPEC_FORM_REGISTRY: Registry[_SpecForm] = Registry("forget spec form")
+"""How each form of forget spec (:data:`SPEC_FORMS`) is parsed and selects its samples."""
 
 
 def _register_spec_form(name: str, syntax: str, parse: _Parse) -> Callable[[_Select], _Select]:
-    def decorator(select: _Select) -> _Select:
-        _SPEC_FORMS[name] = _SpecForm(parse, select, syntax)
-        return select
-
-    return decorator
+    return SPEC_FORM_REGISTRY.decorator(name, lambda select: _SpecForm(parse, select, syntax))
 
 
 def _shape(text: Any) -> str:
@@ -151,7 +149,7 @@ def list_forget_specs() -> list[str]:
     >>> list_forget_specs()
     ['classes:<c1>,<c2>,...', 'ids:<file.csv|file.parquet|file.txt>', 'random:<fraction|count>[:<seed>]']
     """
-    return [_SPEC_FORMS[name].syntax for name in sorted(_SPEC_FORMS)]
+    return [form.syntax for _, form in SPEC_FORM_REGISTRY.items()]
 
 
 def forget_digest(ids: Any, *, salt: str = "", key: bytes | None = None) -> str:
@@ -246,9 +244,9 @@ def parse_forget_spec(text: str) -> ForgetSpec:
         raise ValueError(f"Expected a forget spec like 'classes:3,7' but got text without a '<kind>:' prefix "
                          f"({_shape(text)}); {accepted}")
     form, _, argument = text.partition(":")
-    if form not in _SPEC_FORMS:
+    if form not in SPEC_FORM_REGISTRY:
         raise ValueError(f"Unknown forget spec kind before ':' ({_shape(form)}); {accepted}")
-    return _SPEC_FORMS[form].parse(text, argument)
+    return SPEC_FORM_REGISTRY.get(form).parse(text, argument)
 
 
 def resolve_forget(split: DataSplit, spec: str, *, salt: str = "", key: bytes | None = None,
@@ -284,7 +282,8 @@ def resolve_forget(split: DataSplit, spec: str, *, salt: str = "", key: bytes | 
     _check_key(key)
     parsed = parse_forget_spec(spec)
     earlier = np.asarray([] if forgotten is None else forgotten).reshape(-1)
-    selection = _SPEC_FORMS[parsed.form].select(split, dataclasses.replace(parsed, key=key, forgotten=earlier))
+    select = SPEC_FORM_REGISTRY.get(parsed.form).select
+    selection = select(split, dataclasses.replace(parsed, key=key, forgotten=earlier))
     return _forget_split(split, selection, spec, salt=salt, key=key)
 
 
@@ -435,4 +434,4 @@ def _random(split: DataSplit, spec: ForgetSpec) -> _Selection:
 
 
 #: How a forget spec may be written (``ForgetSpec.form``): the part before the first ``:``.
-SPEC_FORMS = tuple(sorted(_SPEC_FORMS))
+SPEC_FORMS = tuple(SPEC_FORM_REGISTRY.names())

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote
 
+from mlflow_unlearn.registries import Registry
+
 #: Options that every source accepts: the preprocessing applied to each sample, in this order, after reading it:
 #: ``size`` (resize to H or HxW, bilinear), ``crop`` (centre crop to H or HxW), ``mean`` and ``std`` (per channel:
 #: ``(x - mean) / std``). They are part of the source string, so the lineage records them with the data.
@@ -68,14 +70,25 @@ class SourceSyntax:
         return self.argument != "none"
 
 
-_SYNTAX: dict[str, SourceSyntax] = {}
+_SYNTAX: Registry[SourceSyntax] = Registry("data source")
 
 
 def register_syntax(syntax: SourceSyntax) -> None:
-    """Add a source's grammar (:func:`~.sources.register_source` calls this with its loader's)."""
-    if syntax.name in _SYNTAX:
-        raise ValueError(f"A data source named {syntax.name!r} is already registered")
-    _SYNTAX[syntax.name] = syntax
+    """Add a source's grammar (:func:`~.sources.register_source` calls this with its loader's).
+
+    Raises:
+        ValueError: a source of that name is already registered.
+    """
+    _SYNTAX.register(syntax.name, syntax)
+
+
+def unregister_syntax(name: str) -> SourceSyntax:
+    """Remove source ``name``'s grammar (:func:`~.sources.unregister_source` calls this) and return it.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the known ones.
+    """
+    return _SYNTAX.unregister(name)
 
 
 _IMAGE_OPTIONS = ("mode",)
@@ -96,12 +109,12 @@ for _builtin in (
 
 def source_names() -> list[str]:
     """The names of every source whose grammar is known, sorted."""
-    return sorted(_SYNTAX)
+    return _SYNTAX.names()
 
 
 def known_sources() -> str:
     """How to write every known source, for messages."""
-    return ", ".join(_SYNTAX[name].syntax for name in source_names())
+    return ", ".join(_SYNTAX.get(name).syntax for name in source_names())
 
 
 @dataclass(frozen=True)
@@ -122,7 +135,7 @@ class SourceSpec:
 
     @property
     def syntax(self) -> SourceSyntax:
-        return _SYNTAX[self.name]
+        return _SYNTAX.get(self.name)
 
     @property
     def option_dict(self) -> dict[str, str]:
@@ -231,7 +244,7 @@ def parse_source(text: str) -> SourceSpec:
     name, _, argument = head.partition(":")
     if name not in _SYNTAX:
         raise ValueError(f"Unknown data source {name!r} in {source!r}; expected one of: {known_sources()}")
-    syntax = _SYNTAX[name]
+    syntax = _SYNTAX.get(name)
     if syntax.takes_argument and not argument:
         raise ValueError(f"The data source {name!r} needs an argument: {syntax.syntax}")
     if not syntax.takes_argument and argument:

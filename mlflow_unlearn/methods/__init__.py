@@ -22,6 +22,7 @@ from mlflow_unlearn.methods.registry import (
     list_methods,
     register_method,
     run_method,
+    unregister_method,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "list_methods",
     "register_method",
     "run_method",
+    "unregister_method",
 ]

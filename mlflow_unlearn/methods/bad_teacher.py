@@ -25,9 +25,9 @@ from torch.utils.data import ConcatDataset, Dataset
 from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import Retargeted, fit, predict_logits, random_subset
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
-from mlflow_unlearn.methods.retrain import reset_method
 from mlflow_unlearn.methods.validation import check_choice, check_fraction, check_positive
 from mlflow_unlearn.models.interface import class_scores
+from mlflow_unlearn.models.surgery import reset_method
 from mlflow_unlearn.training import OPTIMIZERS
 
 

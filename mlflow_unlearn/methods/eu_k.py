@@ -31,9 +31,9 @@ from torch.utils.data import Dataset, TensorDataset
 from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.methods._loops import first_inputs, fit, labels_of
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
-from mlflow_unlearn.methods.retrain import reinitialize
 from mlflow_unlearn.methods.validation import check_choice, check_non_negative, check_positive
 from mlflow_unlearn.models.interface import class_scores
+from mlflow_unlearn.models.surgery import reinitialize
 from mlflow_unlearn.training import OPTIMIZERS, TrainConfig
 
 CLASSIFIER_NAMES = ("head", "fc", "classifier")
@@ -131,7 +131,7 @@ def classifier_inputs(model: nn.Module, module: nn.Module, name: str, x: torch.T
     streaming pass) in the eval-mode ``model``, as float32 on the CPU, one row per sample.
 
     ``start``: a submodule called before ``module`` whose input is captured instead (the first layer of a
-    re-initialised suffix that ends with ``module``, see :func:`mlflow_unlearn.methods.nitc.head_suffix`).
+    re-initialised suffix that ends with ``module``, see :func:`mlflow_unlearn.models.surgery.head_suffix`).
 
     The batches run through the model's inference copy (:func:`mlflow_unlearn.runtime.inference_copy`: BatchNorm
     folded, channels_last; on mnist5k's smallcnn a third of the time), or through ``model`` itself when it has none

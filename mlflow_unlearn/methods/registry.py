@@ -26,7 +26,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mlflow_unlearn import runtime as rt
+from mlflow_unlearn.assess.collapse import check_not_collapsed
 from mlflow_unlearn.models.interface import check_one_input, class_scores
+from mlflow_unlearn.registries import Registry
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ class MethodSpec:
     summary: str = field(default="")
 
 
-_METHODS: dict[str, MethodSpec] = {}
+METHODS: Registry[MethodSpec] = Registry("unlearning method")
+"""Every registered method by name (:meth:`~mlflow_unlearn.registries.Registry.unregister` removes one again)."""
 
 
 def register_method(
@@ -90,18 +93,28 @@ def register_method(
         config_cls: a dataclass validated in its ``__post_init__``; every field has a default.
         distributed: the method supports DistributedDataParallel under ``torchrun``.
         is_reference: the method is a reference (``retrain``), not an approximate unlearning method.
+
+    Raises:
+        TypeError: ``config_cls`` is not a dataclass.
+        ValueError: (when decorating) a method named ``name`` is already registered.
     """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config_cls for method {name!r} must be a dataclass, got {config_cls!r}")
 
-    def decorator(fn: MethodFn) -> MethodFn:
-        if name in _METHODS:
-            raise ValueError(f"A method named {name!r} is already registered")
+    def spec(fn: MethodFn) -> MethodSpec:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _METHODS[name] = MethodSpec(name, fn, config_cls, distributed, is_reference, summary)
-        return fn
+        return MethodSpec(name, fn, config_cls, distributed, is_reference, summary)
 
-    return decorator
+    return METHODS.decorator(name, spec)
+
+
+def unregister_method(name: str) -> MethodSpec:
+    """Remove method ``name`` from the registry and return its spec (e.g. a test's own method, afterwards).
+
+    Raises:
+        ValueError: for an unknown name; the message lists the known ones.
+    """
+    return METHODS.unregister(name)
 
 
 def list_methods(*, include_reference: bool = True) -> list[str]:
@@ -110,7 +123,7 @@ def list_methods(*, include_reference: bool = True) -> list[str]:
     >>> {"nitc", "retrain", "finetune"} <= set(list_methods())
     True
     """
-    return sorted(n for n, s in _METHODS.items() if include_reference or not s.is_reference)
+    return [n for n, s in METHODS.items() if include_reference or not s.is_reference]
 
 
 def get_method(name: str) -> MethodSpec:
@@ -119,9 +132,7 @@ def get_method(name: str) -> MethodSpec:
     Raises:
         ValueError: for an unknown name; the message lists the known ones.
     """
-    if name not in _METHODS:
-        raise ValueError(f"Unknown unlearning method {name!r}; expected one of: {', '.join(list_methods())}")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def build_config(name: str, config: Any = None) -> Any:
@@ -185,56 +196,6 @@ def _max_label(data: Dataset) -> int:
     return int(rt.dataset_labels(data).max())
 
 
-COLLAPSE_SHARE = 0.5
-"""A result that keeps less than this share of the original's retain accuracy above chance has collapsed."""
-COLLAPSE_CHECK_SAMPLES = 512
-"""Retain samples (seeded) on which :func:`check_not_collapsed` compares the result with the original."""
-
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, data: Dataset, y: torch.Tensor) -> float:
-    from mlflow_unlearn.methods._loops import predict_logits  # _loops imports this module
-
-    device = next(model.parameters()).device
-    return float((predict_logits(model, data, device=device).argmax(1).cpu() == y).float().mean())
-
-
-def check_not_collapsed(name: str, original: nn.Module, result: nn.Module, retain: Dataset, *, num_classes: int,
-                        seed: int) -> None:
-    """Raise :class:`UnlearningDivergedError` when ``result`` lost most of what ``original`` knew of ``retain``.
-
-    Scale-free: with ``a`` the accuracy above chance (``1 / num_classes``) on up to ``COLLAPSE_CHECK_SAMPLES``
-    seeded retain samples, the result has collapsed when ``a(result) < COLLAPSE_SHARE * a(original)``, e.g.
-    retain accuracy 40% where the original has 99% on ten classes. Forgetting must leave the retained data
-    alone; a model that lost half of it is a failed run, not an unlearned model.
-
-    >>> model = nn.Linear(2, 2)
-    >>> data = torch.utils.data.TensorDataset(torch.eye(2), torch.tensor([0, 1]))
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.eye(2)), model.bias.zero_()
-    >>> check_not_collapsed("demo", model, model, data, num_classes=2, seed=0)
-    >>> broken = nn.Linear(2, 2)
-    >>> with torch.no_grad():
-    ...     _ = broken.weight.copy_(-torch.eye(2)), broken.bias.zero_()
-    >>> try:
-    ...     check_not_collapsed("demo", model, broken, data, num_classes=2, seed=0)
-    ... except rt.UnlearningDivergedError as exc:
-    ...     print(str(exc).split(":")[0])
-    Method 'demo' collapsed the model
-    """
-    gen = torch.Generator().manual_seed(seed)
-    index = torch.randperm(len(retain), generator=gen)[:COLLAPSE_CHECK_SAMPLES].tolist()
-    sample = torch.utils.data.Subset(retain, index)
-    y = rt.dataset_labels(sample)
-    chance = 1.0 / num_classes
-    before, after = _accuracy(original, sample, y), _accuracy(result, sample, y)
-    if before > chance and after - chance < COLLAPSE_SHARE * (before - chance):
-        raise rt.UnlearningDivergedError(
-            f"Method {name!r} collapsed the model: retain accuracy {after:.1%} against the original's {before:.1%} "
-            f"on {len(index)} retain samples (chance {chance:.1%}); its result was discarded. Lower the method's "
-            "learning rate or number of steps, or use another method.")
-
-
 def run_method(
     name: str,
     model: nn.Module,
@@ -264,7 +225,7 @@ def run_method(
         ValueError: unknown method, invalid config, empty forget or retain set, labels that the model's
             outputs cannot represent (class-count mismatch), unknown ``forget_kind``.
         UnlearningDivergedError: the method's loss became NaN or infinite, or it collapsed the model (see
-            :func:`check_not_collapsed`).
+            :func:`~mlflow_unlearn.assess.collapse.check_not_collapsed`).
     """
     spec = get_method(name)
     cfg = build_config(name, config)

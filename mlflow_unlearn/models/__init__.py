@@ -13,7 +13,7 @@ from mlflow_unlearn.models.interface import (
     check_one_input,
     class_scores,
 )
-from mlflow_unlearn.models.registry import create_model, list_models, register_model
+from mlflow_unlearn.models.registry import create_model, list_models, register_model, unregister_model
 
 __all__ = [
     "ModelInputError",
@@ -24,4 +24,5 @@ __all__ = [
     "create_model",
     "list_models",
     "register_model",
+    "unregister_model",
 ]

@@ -7,20 +7,29 @@ from collections.abc import Callable
 
 from torch import nn
 
+from mlflow_unlearn.registries import Registry
+
 ModelFactory = Callable[..., nn.Module]
-_MODELS: dict[str, ModelFactory] = {}
+MODELS: Registry[ModelFactory] = Registry("model")
+"""Every registered architecture by name."""
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Register ``factory(in_channels, num_classes, input_size, **kwargs) -> nn.Module`` under ``name``."""
+    """Register ``factory(in_channels, num_classes, input_size, **kwargs) -> nn.Module`` under ``name``.
 
-    def decorator(factory: ModelFactory) -> ModelFactory:
-        if name in _MODELS:
-            raise ValueError(f"A model named {name!r} is already registered")
-        _MODELS[name] = factory
-        return factory
+    Raises:
+        ValueError: (when decorating) a model named ``name`` is already registered.
+    """
+    return MODELS.decorator(name)
 
-    return decorator
+
+def unregister_model(name: str) -> ModelFactory:
+    """Remove architecture ``name`` from the registry and return its factory.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the known ones.
+    """
+    return MODELS.unregister(name)
 
 
 def list_models() -> list[str]:
@@ -29,7 +38,7 @@ def list_models() -> list[str]:
     >>> "smallcnn" in list_models()
     True
     """
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def create_model(name: str, *, in_channels: int, num_classes: int, input_size: int,
@@ -50,14 +59,12 @@ def create_model(name: str, *, in_channels: int, num_classes: int, input_size: i
     >>> create_model("mlp", in_channels=1, num_classes=3, input_size=20, input_shape=(20,))(torch.zeros(2, 20)).shape
     torch.Size([2, 3])
     """
-    if name not in _MODELS:
-        raise ValueError(f"Unknown model {name!r}; expected one of: {', '.join(list_models())}")
+    factory = MODELS.get(name)
     for arg, value in (("in_channels", in_channels), ("num_classes", num_classes), ("input_size", input_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"Expected argument `{arg}` to be a positive int but got {value!r}")
     if num_classes < 2:
         raise ValueError(f"Expected argument `num_classes` to be at least 2 but got {num_classes}")
-    factory = _MODELS[name]
     if input_shape is not None:
         input_shape = tuple(input_shape)
         if not input_shape or not all(isinstance(v, int) and v >= 1 for v in input_shape):

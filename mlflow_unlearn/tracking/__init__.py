@@ -1,11 +1,11 @@
-"""The MLflow layer: the plan, the ``unlearn`` API, lineage, vocabulary, model formats, report, gate and CLI.
+"""The MLflow layer: the plan, the ``unlearn`` API, lineage, vocabulary, model formats, report and CLI.
 
 Every door (API, CLI, ``mlflow run``, the registry plugin) calls :func:`~mlflow_unlearn.tracking.plan.prepare`,
 which checks a request once and returns a frozen :class:`~mlflow_unlearn.tracking.plan.UnlearnPlan`; tag keys,
 metric rows, reference options and the default method come from :mod:`mlflow_unlearn.tracking.vocabulary`.
 
 Everything that touches MLflow lives here; the engine (``data``, ``models``, ``training``, ``methods``,
-``metrics``) never imports it. Submodules import MLflow and torch lazily where they can, so that
+``metrics``, ``assess``) never imports it. Submodules import MLflow and torch lazily where they can, so that
 ``import mlflow_unlearn.tracking`` stays cheap for the plugins.
 """
 

@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlflow_unlearn import assess as assessing
 from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import report as rep
 from mlflow_unlearn.tracking import steps
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.configs import ConfigError, load_config
 from mlflow_unlearn.tracking.disclosure import Disclosure
-from mlflow_unlearn.tracking.evaluation import incompetent_copy
-from mlflow_unlearn.tracking.gate import GateConfig, GateResult
 from mlflow_unlearn.tracking.plan import RETAIN_EVAL_SIZE, DataResolutionError, UnlearnPlan, prepare
 from mlflow_unlearn.tracking.runlog import (
     ONNX_DIFF_METRIC,
@@ -52,6 +51,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities.model_registry import ModelVersion
     from torch import nn
+
+    from mlflow_unlearn.assess import GateConfig, GateResult
 
 
 __all__ = ["ConfigError", "DataResolutionError", "TrainOutcome", "UnlearnOutcome", "evaluate_version", "load_config",
@@ -203,21 +204,21 @@ def evaluate_version(model_uri: str, *, forget: str, data: str | None = None, re
         tracking_uri, registry_uri: the MLflow URIs (default: the current ones).
 
     Returns:
-        The metrics table (rows ``model`` and optionally ``retrain``), in percent.
+        The metrics table of :func:`mlflow_unlearn.assess.assess` (rows ``model`` and optionally ``retrain``), in
+        percent.
 
     Raises:
         The same input errors as :func:`unlearn`.
     """
-    from mlflow_unlearn.metrics import evaluate
-
     plan = prepare(model_uri, forget=forget, data=data, reference=reference, device=device, seed=seed,
                    retain_eval_size=None, distributed=False, forgotten=True, tracking_uri=tracking_uri,
                    registry_uri=registry_uri)
     models = {vocab.MODEL_ROW: plan.model}
     if plan.retrain_config is not None:
         models[vocab.RETRAIN_ROW] = steps.run_method(plan, vocab.RETRAIN_METHOD, plan.retrain_config).model
-    metrics = evaluate(models, plan.forget, reference=vocab.RETRAIN_ROW if vocab.RETRAIN_ROW in models else None,
-                       incompetent=incompetent_copy(plan.model, seed), device=plan.device, seed=seed)
+    metrics = assessing.assess(models, plan.forget, reference=vocab.RETRAIN_ROW,
+                               incompetent=assessing.incompetent_copy(plan.model, seed), device=plan.device,
+                               seed=seed).metrics
     if run_id:
         with RunLogger(plan.client, run_id=run_id) as logger:
             logger.log_params({"evaluate.model_uri": model_uri, "forget.digest": plan.forget.digest,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow_unlearn.tracking.gate import GateConfig, build_gate_config
+from mlflow_unlearn.assess.gate import GateConfig, build_gate_config
 from mlflow_unlearn.tracking.vocabulary import RETRAIN_METHOD
 
 #: Prefix of the training-recipe params a version's run logs (and its descendants inherit).

@@ -21,12 +21,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlflow_unlearn.tracking.gate import MEMBERSHIP_COLUMNS, PAIRED_MEMBERSHIP_COLUMNS
+from mlflow_unlearn.assess.gate import MEMBERSHIP_COLUMNS, PAIRED_MEMBERSHIP_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlflow_unlearn.tracking.gate import GateResult
+    from mlflow_unlearn.assess.gate import GateResult
     from mlflow_unlearn.tracking.plan import UnlearnPlan
 
 #: The smallest ``ids:`` forget set whose own figures are published. Below it one sample moves a forget-set

@@ -210,7 +210,7 @@ def pip_requirements(model: nn.Module) -> list[str]:
     import cloudpickle
     import torch
 
-    from mlflow_unlearn import __version__
+    from mlflow_unlearn._version import __version__
 
     reqs = [f"torch=={torch.__version__.split('+')[0]}", f"cloudpickle=={cloudpickle.__version__}"]
     if type(model).__module__.startswith("mlflow_unlearn."):

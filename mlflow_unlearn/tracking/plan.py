@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mlflow_unlearn.assess.gate import GateConfig
 from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.configs import gate_config, load_config, method_config, retrain_config
-from mlflow_unlearn.tracking.gate import GateConfig
 from mlflow_unlearn.tracking.keys import HOW_TO_SET, DigestKey, DigestKeyError, read_digest_key, require_key
 
 if TYPE_CHECKING:
@@ -196,7 +196,7 @@ def prepare(
             may hold a ``gate:`` section of thresholds).
         reference: ``"none"`` or ``"retrain"`` (also train the exact-unlearning reference).
         gate: gate thresholds: a mapping overrides the config YAML's ``gate:`` keys one by one, a
-            :class:`~mlflow_unlearn.tracking.gate.GateConfig` replaces them.
+            :class:`~mlflow_unlearn.assess.gate.GateConfig` replaces them.
         seed: seed of the method, the reference and the attacks.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         retain_eval_size: evaluate retain metrics on a seeded subset of at most this many retain samples

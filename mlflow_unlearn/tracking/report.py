@@ -27,7 +27,7 @@ from mlflow_unlearn.tracking.disclosure import Disclosure
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
-    from mlflow_unlearn.tracking.gate import GateResult
+    from mlflow_unlearn.assess.gate import GateResult
     from mlflow_unlearn.tracking.plan import UnlearnPlan
 
 REPORT_ARTIFACT_PATH = "report"
@@ -131,7 +131,7 @@ def evidence(plan: UnlearnPlan, metrics: pd.DataFrame, verdict: GateResult,
         ``{"evidence": measured|none|not tested, "tested": sentence, "models": {model: {"auc", "low", "high"}},
         "meaning": sentence, "test_accuracy": sentence}``.
     """
-    from mlflow_unlearn.tracking.gate import EVIDENCE_NONE, EVIDENCE_NOT_TESTED, MEMBERSHIP_COLUMNS
+    from mlflow_unlearn.assess.gate import EVIDENCE_NONE, EVIDENCE_NOT_TESTED, MEMBERSHIP_COLUMNS
     from mlflow_unlearn.tracking.vocabulary import CLASS_FORGETTING
 
     fs = plan.forget
@@ -185,7 +185,7 @@ def code_version() -> dict[str, str | None]:
     import mlflow
     import torch
 
-    from mlflow_unlearn import __version__
+    from mlflow_unlearn._version import __version__
 
     commit = None
     package_dir = Path(__file__).resolve().parent.parent

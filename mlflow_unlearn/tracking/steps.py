@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlflow_unlearn import assess as assessing
 from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import report as rep
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.disclosure import disclosure
-from mlflow_unlearn.tracking.evaluation import Evaluation, evaluate_models, report_losses
 from mlflow_unlearn.tracking.formats import MODEL_ARTIFACT_PATH
-from mlflow_unlearn.tracking.gate import GateResult, apply_gate
 from mlflow_unlearn.tracking.provenance import Provenance, artifact_digest
 from mlflow_unlearn.tracking.runlog import ONNX_SAMPLE_SIZE, RunLogger, metric_dict
 
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from torch import nn
 
+    from mlflow_unlearn.assess import Assessment, GateResult
     from mlflow_unlearn.methods.registry import UnlearnResult
     from mlflow_unlearn.tracking.plan import UnlearnPlan
 
@@ -86,29 +86,30 @@ def run(plan: UnlearnPlan, result: rep.RunResult | None = None) -> tuple[Unlearn
 
 
 def evaluate(plan: UnlearnPlan, unlearned: UnlearnResult, reference: UnlearnResult | None,
-             result: rep.RunResult) -> Evaluation:
-    """The metrics of the original, the unlearned and (if trained) the reference model."""
+             result: rep.RunResult) -> Assessment:
+    """The assessment (:func:`mlflow_unlearn.assess.assess`) of the original, the unlearned and (if trained) the
+    reference model on the plan's split, its retain set cut to ``retain_eval_size``: the metrics table and the
+    gate's verdict with the plan's thresholds."""
     t = time.perf_counter()
     models = {vocab.ORIGINAL_ROW: plan.model, vocab.UNLEARNED_ROW: unlearned.model}
     if reference is not None:
         models[vocab.RETRAIN_ROW] = reference.model
-    evaluation = evaluate_models(plan, models)
-    result.metrics, result.retain_evaluated = evaluation.metrics, len(evaluation.split.retain)
+    assessment = assessing.assess(
+        models, assessing.evaluation_split(plan.forget, plan.retain_eval_size, plan.seed),
+        original=vocab.ORIGINAL_ROW, reference=vocab.RETRAIN_ROW, gate=plan.gate,
+        incompetent=assessing.incompetent_copy(plan.model, plan.seed), device=plan.device, seed=plan.seed)
+    result.metrics, result.retain_evaluated = assessment.metrics, len(assessment.split.retain)
     result.timings["evaluate_s"] = time.perf_counter() - t
-    return evaluation
+    return assessment
 
 
-def gate(plan: UnlearnPlan, evaluation: Evaluation, result: rep.RunResult) -> GateResult:
-    """The acceptance gate's verdict on the metrics, with the plan's thresholds (timed with the evaluation); what
-    the records may publish of them (:mod:`~mlflow_unlearn.tracking.disclosure`): ``result.metrics`` from here on
-    is the published table."""
-    t = time.perf_counter()
-    verdict = apply_gate(evaluation.metrics, config=plan.gate, forget_kind=plan.forget.kind,
-                         num_classes=plan.split.num_classes, test_forget_share=plan.test_forget_share,
-                         forget_count=len(evaluation.split.forget))
+def gate(plan: UnlearnPlan, assessment: Assessment, result: rep.RunResult) -> GateResult:
+    """The acceptance gate's verdict on the unlearned model (decided by the assessment); what the records may publish
+    of the metrics (:mod:`~mlflow_unlearn.tracking.disclosure`): ``result.metrics`` from here on is the published
+    table."""
+    verdict = assessment.verdict(vocab.UNLEARNED_ROW)
     result.disclosure = disclosure(plan)
-    result.metrics = result.disclosure.metrics(evaluation.metrics)
-    result.timings["evaluate_s"] += time.perf_counter() - t
+    result.metrics = result.disclosure.metrics(assessment.metrics)
     return verdict
 
 
@@ -158,10 +159,10 @@ def register(logger: RunLogger, plan: UnlearnPlan, verdict: GateResult, result: 
 
 
 def report(logger: RunLogger, plan: UnlearnPlan, result: rep.RunResult, verdict: GateResult,
-           evaluation: Evaluation, *, tmp: Path) -> None:
+           assessment: Assessment, *, tmp: Path) -> None:
     """Write the audit report (JSON, Markdown, plots) and log it as the run's ``report`` artifacts."""
     t = time.perf_counter()
-    result.losses = {} if result.disclosure.limited else report_losses(evaluation.outputs)
+    result.losses = {} if result.disclosure.limited else assessing.report_losses(assessment.outputs)
     rep.write_report(rep.build_report(plan, result, result.disclosure.gate(verdict)), result.metrics, result.losses,
                      tmp / rep.REPORT_ARTIFACT_PATH)
     logger.log_artifacts(tmp / rep.REPORT_ARTIFACT_PATH, rep.REPORT_ARTIFACT_PATH)

@@ -25,6 +25,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+# The rows of the table unlearn() returns (and metric-key prefixes in its run) are the assessment's: re-exported.
+from mlflow_unlearn.assess.rows import METRIC_ROWS, ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW  # noqa: F401
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
@@ -77,8 +80,6 @@ QUEUE_POSITION_TAG = TAG_PREFIX + "queue_position"
 #: Context tag values of the dataset inputs we log.
 TRAIN_CONTEXT, RETAIN_CONTEXT, TEST_CONTEXT = "train", "retain", "test"
 
-#: Rows of the table :func:`~mlflow_unlearn.tracking.api.unlearn` returns (and metric-key prefixes in its run).
-METRIC_ROWS = (ORIGINAL_ROW, UNLEARNED_ROW, RETRAIN_ROW) = ("original", "unlearned", "retrain")
 #: The row of the version under test in :func:`~mlflow_unlearn.tracking.api.evaluate_version`'s table.
 MODEL_ROW = "model"
 

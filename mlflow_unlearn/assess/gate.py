@@ -1,7 +1,8 @@
 """The acceptance gate: decide from the metrics whether an unlearned model may be registered.
 
-All values are in percent (the metrics table's unit); all thresholds are in percentage points and can be
-set per call (``unlearn(..., gate={...})``, or a ``gate:`` section in the config YAML). The checks:
+:func:`~mlflow_unlearn.assess.assess` applies it to every unlearned model it measures. All values are in percent
+(the metrics table's unit); all thresholds are in percentage points and can be set per call
+(``unlearn(..., gate={...})``, or a ``gate:`` section in the config YAML). The checks:
 
 ``membership`` (sample-wise forgetting: the evidence)
     A membership test of the forget set against held-out samples of the same classes: the class-matched
@@ -73,7 +74,8 @@ from typing import Any
 
 import pandas as pd
 
-from mlflow_unlearn.tracking.vocabulary import ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
+from mlflow_unlearn.assess.rows import ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
+from mlflow_unlearn.data.forget import CLASS_FORGETTING
 
 PASSED = "passed"
 FAILED = "failed"
@@ -357,7 +359,7 @@ def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, n
     Args:
         metrics: the evaluation table in percent.
         config: thresholds.
-        forget_kind: the forgetting kind, ``"class"`` or ``"sample"`` (``vocabulary.FORGETTING_KINDS``).
+        forget_kind: the forgetting kind, ``"class"`` or ``"sample"`` (``data.forget.FORGETTING_KINDS``).
         num_classes: the number of classes (for the chance level).
         test_forget_share: fraction of the test set in the forgotten classes (class-wise forgetting).
         forget_count: the number of forget samples the accuracies were measured on; the forget and MIA checks
@@ -366,8 +368,6 @@ def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, n
     Returns:
         The verdict and the table of checks.
     """
-    from mlflow_unlearn.tracking.vocabulary import CLASS_FORGETTING
-
     class_wise = forget_kind == CLASS_FORGETTING
     new, old = metrics.loc[UNLEARNED_ROW], metrics.loc[ORIGINAL_ROW]
     ref = metrics.loc[RETRAIN_ROW] if RETRAIN_ROW in metrics.index else None

@@ -65,14 +65,15 @@ class _Trace:
 def main(argv: list[str]) -> int:
     trace = _Trace()
     import mlflow_unlearn.metrics as metrics
-    from mlflow_unlearn.tracking import api, evaluation, steps
+    from mlflow_unlearn.tracking import api, steps
     from mlflow_unlearn.tracking.cli import cli
 
     metrics_evaluate = sys.modules["mlflow_unlearn.metrics.evaluate"]
     for name in ("log_plan", "run", "evaluate", "gate", "log_evaluation", "log_model", "register", "report"):
         trace.wrap(steps, name)
     trace.wrap(api, "prepare")
-    trace.wrap(evaluation, "membership_columns")
+    for name in ("membership_columns",):
+        trace.wrap(sys.modules["mlflow_unlearn.assess.assessment"], name)
     for name in ("collect_split_outputs", "evaluate_outputs", "collect_outputs"):
         trace.wrap(metrics, name)
     for name in ("mia_efficacy", "loss_mia", "collect_outputs"):

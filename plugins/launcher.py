@@ -165,9 +165,7 @@ def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1
     deadline, pause = time.monotonic() + wait_s, 1.0
     while True:
         try:
-            prepare(model_uri, forget=request.forget, method=request.method, data=request.data or None,
-                    config=request.config or None, reference=request.reference, device="cpu",
-                    distributed=nproc > 1, client=client)
+            prepare(model_uri, request.replace(device="cpu"), distributed=nproc > 1, client=client)
             return
         except (ValueError, OSError, KeyError) as exc:
             raise RequestRefused(_refusal_message(exc, request)) from None
@@ -190,7 +188,7 @@ def _refusal_message(exc: BaseException, request: UnlearnRequest) -> str:
     message = str(exc) or type(exc).__name__
     if isinstance(exc, DigestKeyError):  # no ID, no path: the API's own words (how to set a key)
         return message
-    id_file = request.forget.removeprefix("ids:") if request.names_ids else None
+    id_file = request.forget.path if request.forget.by_ids else None
     if "IDs" in message or "ids:" in message or (id_file and id_file in message):
         return ("a forget ID file (this request's, or one of an earlier forget step in the version's lineage) does "
                 "not match the training data (unknown IDs, a wrong format or an empty set); fix the file and submit "
@@ -270,9 +268,9 @@ class _Launch:
             # Set here first, both are updates.
             tags.append(RunTag(MLFLOW_PROJECT_BACKEND, self.settings.backend))
         self.client.log_batch(run_id, tags=tags)
-        parameters = request.project_parameters(model_uri, device=self.settings.device, onnx=self.settings.onnx)
-        if request.names_ids:  # MLflow Projects logs every parameter: the job reads the file through a neutral link
-            parameters["forget"] = "ids:" + self._neutral_link(request.forget.removeprefix("ids:"))
+        parameters = request.replace(device=self.settings.device).project_parameters(model_uri, onnx=self.settings.onnx)
+        if request.forget.by_ids:  # MLflow Projects logs every parameter: the job reads the file through a neutral link
+            parameters["forget"] = "ids:" + self._neutral_link(request.forget.path)
         entry_point = "unlearn"
         if self.settings.nproc > 1:
             entry_point, parameters["nproc"] = "unlearn_distributed", str(self.settings.nproc)
@@ -293,7 +291,7 @@ class _Launch:
 
     def _job_error(self, request: UnlearnRequest | None, run_id: str) -> str:
         generic = f"the unlearn job failed; see run {run_id} in the {REQUESTS_EXPERIMENT!r} experiment"
-        if request is None or request.names_ids:
+        if request is None or request.forget.by_ids:
             return generic
         try:
             lines = Path(self.log_path).read_text(errors="replace").splitlines()
@@ -338,7 +336,7 @@ class _Launch:
             reason = (f"the unlearn job stopped without recording a result (its process ended, e.g. the host "
                       f"restarted); set the {vocab.REQUEST_TAG!r} tag again to retry (run {run_id})")
         self._fail(run_id, reason, expect=("running",))
-        if request is not None and request.names_ids:
+        if request is not None and request.forget.by_ids:
             Path(self.log_path).unlink(missing_ok=True)
 
 
@@ -454,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         state = ledger.read_state(launch.store, args.name, args.version)
         try:
-            ids = parse_request(state.request or "", args.settings.policy).names_ids
+            ids = parse_request(state.request or "", args.settings.policy).forget.by_ids
         except RequestRefused:
             ids = False
         detail = "" if ids else f": {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"

@@ -179,7 +179,8 @@ def log_model(model: nn.Module, data: str, *, registered_model_name: str | None 
     from mlflow_unlearn import runtime as rt
     from mlflow_unlearn.data import load_data
     from mlflow_unlearn.metrics import accuracy, collect_outputs
-    from mlflow_unlearn.tracking.plan import check_model_fits, check_seed
+    from mlflow_unlearn.request import check_seed
+    from mlflow_unlearn.tracking.plan import check_model_fits
 
     if registered_model_name is not None and not (isinstance(registered_model_name, str) and registered_model_name):
         raise ValueError(f"Expected argument `registered_model_name` to be a name or None but got "

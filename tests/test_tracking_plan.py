@@ -7,11 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mlflow_unlearn.request import UnlearnRequest
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.api import evaluate_version, train_model, unlearn
+from mlflow_unlearn.tracking.cli import cli
 from mlflow_unlearn.tracking.configs import ConfigError
 from mlflow_unlearn.tracking.keys import read_digest_key
 from mlflow_unlearn.tracking.plan import UnlearnPlan, prepare
@@ -96,3 +98,23 @@ def test_evaluate_version_matches_a_relative_ids_spec_with_the_recorded_absolute
     assert relative.equals(absolute)
     assert relative.loc[vocab.MODEL_ROW, "forget_accuracy"] == pytest.approx(
         outcome.metrics.loc[vocab.UNLEARNED_ROW, "forget_accuracy"])
+
+
+@pytest.mark.slow
+def test_the_seed_reaches_the_run_through_the_api_and_the_cli(registry, tmp_path):
+    """``seed`` is a request field at every door (issue 28): here the API and the CLI; ``mlflow run -P seed=``
+    in test_tracking_project.py, a registry request's ``seed=`` in test_plugin_server.py."""
+    uri, experiment = registry["tracking_uri"], registry["experiment"]
+    outcome = unlearn("models:/plan-mlp/1", forget="classes:3", method="finetune", config=FAST, gate=LENIENT,
+                      onnx=False, register=False, device="cpu", seed=5, experiment=experiment,
+                      tracking_uri=uri, registry_uri=registry["registry_uri"])
+    assert MlflowClient(uri).get_run(outcome.run_id).data.params["unlearn.seed"] == "5"
+    config = tmp_path / "fast.yaml"
+    config.write_text(json.dumps({**FAST, "gate": LENIENT}))  # JSON is YAML
+    result = CliRunner().invoke(cli, [
+        "unlearn", "models:/plan-mlp/1", "--forget", "classes:3", "--method", "finetune", "--config", str(config),
+        "--seed", "6", "--register", "no", "--onnx-copy", "false", "--device", "cpu", "--experiment", experiment],
+        env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": registry["registry_uri"]})
+    assert result.exit_code == 0, result.output
+    runs = MlflowClient(uri).search_runs([experiment], filter_string="params.`unlearn.seed` = '6'")
+    assert len(runs) == 1 and runs[0].data.params["unlearn.register"] == "False"

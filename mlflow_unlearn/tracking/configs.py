@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mlflow_unlearn.data.grammar import parse_flag
 from mlflow_unlearn.tracking.gate import GateConfig, build_gate_config
 from mlflow_unlearn.tracking.vocabulary import RETRAIN_METHOD
 
@@ -109,10 +110,10 @@ def gate_config(gate: GateConfig | Mapping[str, Any] | None, from_file: Mapping[
     return build_gate_config({**(from_file or {}), **dict(gate or {})})
 
 
-def _coerce(text: str, default: Any) -> Any:
-    """``text`` (a logged param) as the type of ``default``."""
+def _coerce(name: str, text: str, default: Any) -> Any:
+    """``text`` (the logged param ``name``) as the type of ``default``."""
     if isinstance(default, bool):
-        return text.lower() in ("1", "true", "yes")
+        return parse_flag(name, text, what="param")
     if isinstance(default, int):
         return int(float(text))
     if isinstance(default, float):
@@ -126,6 +127,7 @@ def retrain_config(recipe: Mapping[str, str]) -> Any:
 
     spec = get_method(RETRAIN_METHOD)
     defaults = spec.config_cls()
-    overrides = {f.name: _coerce(recipe[TRAIN_PARAM_PREFIX + f.name], getattr(defaults, f.name))
+    overrides = {f.name: _coerce(TRAIN_PARAM_PREFIX + f.name, recipe[TRAIN_PARAM_PREFIX + f.name],
+                                 getattr(defaults, f.name))
                  for f in dataclasses.fields(spec.config_cls) if TRAIN_PARAM_PREFIX + f.name in recipe}
     return build_config(RETRAIN_METHOD, overrides)

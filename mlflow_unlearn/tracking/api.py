@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
+from mlflow_unlearn import runtime as rt
+from mlflow_unlearn.metrics import evaluate
 from mlflow_unlearn.request import UnlearnRequest
 from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import report as rep
@@ -50,7 +54,6 @@ from mlflow_unlearn.tracking.runlog import (
 from mlflow_unlearn.tracking.train import TrainOutcome, log_model, model_code_paths, train_model
 
 if TYPE_CHECKING:
-    import pandas as pd
     from mlflow.entities.model_registry import ModelVersion
     from torch import nn
 
@@ -132,8 +135,6 @@ def unlearn(model_uri: str, *, forget: str, method: str = vocab.DEFAULT_METHOD, 
         The errors of :func:`~mlflow_unlearn.tracking.plan.prepare`, all before anything is logged;
         ModelFormatError also for a failed ONNX check.
     """
-    from mlflow_unlearn import runtime as rt
-
     result = rep.RunResult(run_id="", started_at=rep.utc_now())
     t_start = time.perf_counter()
     request = UnlearnRequest(forget, method=method, data=data, config=config, reference=reference, seed=seed,
@@ -187,8 +188,6 @@ def _reuse(plan: UnlearnPlan, run_id: str | None) -> UnlearnOutcome | None:
 
 
 def _other_rank(plan: UnlearnPlan) -> UnlearnOutcome:
-    import pandas as pd
-
     result, _ = steps.run(plan)
     return UnlearnOutcome(None, "", pd.DataFrame(), "", "", model=result.model)
 
@@ -213,8 +212,6 @@ def evaluate_version(model_uri: str, *, forget: str, data: str | None = None, re
     Raises:
         The same input errors as :func:`unlearn`.
     """
-    from mlflow_unlearn.metrics import evaluate
-
     request = UnlearnRequest(forget, data=data, reference=reference, device=device, seed=seed)
     plan = prepare(model_uri, request, retain_eval_size=None, distributed=False, forgotten=True,
                    tracking_uri=tracking_uri, registry_uri=registry_uri)

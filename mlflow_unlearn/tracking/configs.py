@@ -15,7 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mlflow_unlearn.data.grammar import parse_flag
+from mlflow_unlearn.methods import build_config, get_method
 from mlflow_unlearn.tracking.gate import GateConfig, build_gate_config
 from mlflow_unlearn.tracking.vocabulary import RETRAIN_METHOD
 
@@ -28,8 +31,6 @@ class ConfigError(ValueError):
 
 
 def _read_yaml(path: Path) -> Any:
-    import yaml
-
     if not path.is_file():
         raise ConfigError(f"Config file {str(path)!r} not found; pass a YAML file of method hyperparameters")
     try:
@@ -86,8 +87,6 @@ def method_config(method: str, config: Any) -> Any:
         ConfigError: unknown keys or invalid values (the message lists the accepted keys).
         ValueError: an unknown method.
     """
-    from mlflow_unlearn.methods import build_config, get_method
-
     get_method(method)
     try:
         return build_config(method, config)
@@ -123,8 +122,6 @@ def _coerce(name: str, text: str, default: Any) -> Any:
 
 def retrain_config(recipe: Mapping[str, str]) -> Any:
     """The ``retrain`` method's config from the inherited ``train.*`` params (defaults where absent)."""
-    from mlflow_unlearn.methods import build_config, get_method
-
     spec = get_method(RETRAIN_METHOD)
     defaults = spec.config_cls()
     overrides = {f.name: _coerce(TRAIN_PARAM_PREFIX + f.name, recipe[TRAIN_PARAM_PREFIX + f.name],

@@ -12,17 +12,30 @@ of the original (:func:`incompetent_copy`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+import pandas as pd
+
+from mlflow_unlearn.methods.retrain import reinitialize
+from mlflow_unlearn.metrics import (
+    accuracy,
+    collect_outputs,
+    collect_split_outputs,
+    evaluate_outputs,
+    membership_score,
+    per_sample_loss,
+)
+from mlflow_unlearn.metrics.mia import membership_auc
 from mlflow_unlearn.tracking import vocabulary as vocab
+from mlflow_unlearn.tracking.gate import MEMBERSHIP_COLUMNS, PAIRED_MEMBERSHIP_COLUMNS
 
 if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
     from torch import nn
 
     from mlflow_unlearn.data import ForgetSplit
@@ -41,10 +54,6 @@ def report_losses(outputs: Mapping[str, Mapping[str, ModelOutputs]]) -> dict[str
     Returns:
         ``{model: {"forget": losses, "heldout": losses}}``.
     """
-    import numpy as np
-
-    from mlflow_unlearn.metrics import per_sample_loss
-
     result = {}
     for name, per_split in outputs.items():
         forget, test = per_split["forget"], per_split["test"]
@@ -66,12 +75,6 @@ def membership_columns(outputs: Mapping[str, Mapping[str, ModelOutputs]], *, see
     the model minus its score under the reference, so that what the reference also finds member-like (samples that
     are easy for any model) does not count, and what the model alone remembers does.
     """
-    import pandas as pd
-
-    from mlflow_unlearn.metrics import membership_score
-    from mlflow_unlearn.metrics.mia import membership_auc
-    from mlflow_unlearn.tracking.gate import MEMBERSHIP_COLUMNS, PAIRED_MEMBERSHIP_COLUMNS
-
     # the loss on a scale that does not saturate (the same order): a rank test needs no ties at 0
     scores = {name: (membership_score(*per_split["forget"]), membership_score(*per_split["test"]))
               for name, per_split in outputs.items()}
@@ -102,10 +105,6 @@ def retained_test_accuracy(outputs: Mapping[str, Mapping[str, ModelOutputs]],
                            forget_classes: tuple[int, ...]) -> dict[str, float]:
     """Each model's test accuracy (percent) on the test samples of the retained classes (SalUn's convention for
     class forgetting)."""
-    import numpy as np
-
-    from mlflow_unlearn.metrics import accuracy
-
     result = {}
     for name, per_split in outputs.items():
         test = per_split["test"]
@@ -131,8 +130,6 @@ class Evaluation:
 
 def evaluate_models(plan: UnlearnPlan, models: Mapping[str, nn.Module]) -> Evaluation:
     """Evaluate ``models`` (named by :data:`~mlflow_unlearn.tracking.vocabulary.METRIC_ROWS`) on the plan's split."""
-    from mlflow_unlearn.metrics import collect_outputs, collect_split_outputs, evaluate_outputs
-
     split = evaluation_split(plan.forget, plan.retain_eval_size, plan.seed)
     outputs = collect_split_outputs(models, split, device=plan.device)
     incompetent = incompetent_copy(plan.model, plan.seed)
@@ -153,10 +150,6 @@ def evaluate_models(plan: UnlearnPlan, models: Mapping[str, nn.Module]) -> Evalu
 
 def incompetent_copy(model: nn.Module, seed: int) -> nn.Module | None:
     """A randomly re-initialised copy of ``model`` for ZRF, or None when a module cannot be re-initialised."""
-    import copy
-
-    from mlflow_unlearn.methods.retrain import reinitialize
-
     try:
         return reinitialize(copy.deepcopy(model), seed=seed + 1).eval()
     except ValueError:
@@ -166,8 +159,6 @@ def incompetent_copy(model: nn.Module, seed: int) -> nn.Module | None:
 
 def evaluation_split(split: ForgetSplit, retain_eval_size: int | None, seed: int) -> ForgetSplit:
     """``split`` with its retain set cut to a seeded random subset of ``retain_eval_size`` samples."""
-    import numpy as np
-
     if retain_eval_size is None or len(split.retain) <= retain_eval_size:
         return split
     keep = np.sort(np.random.default_rng(seed).choice(len(split.retain), size=retain_eval_size, replace=False))

@@ -71,9 +71,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from scipy.stats import binom
 
-from mlflow_unlearn.tracking.vocabulary import ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
+from mlflow_unlearn.metrics.mia import MembershipTest
+from mlflow_unlearn.tracking.vocabulary import CLASS_FORGETTING, ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
 
 PASSED = "passed"
 FAILED = "failed"
@@ -106,8 +109,6 @@ def sampling_allowance(count: int | None, share: float, *, paired: bool = False)
     """
     if not count:
         return 0.0
-    import numpy as np
-    from scipy.stats import binom
 
     p = min(max(share / 100.0, 0.0), 1.0)
     if not paired:
@@ -311,8 +312,6 @@ def sample_membership_verdict(original: Any, unlearned: Any, reference: Any | No
 
 
 def _membership(row: pd.Series, columns: tuple[str, ...] = MEMBERSHIP_COLUMNS) -> Any:
-    from mlflow_unlearn.metrics.mia import MembershipTest
-
     auc, low, high = (float(row[c]) / 100 for c in columns)
     return MembershipTest(auc, low, high, math.nan, 0, 0)
 
@@ -366,8 +365,6 @@ def apply_gate(metrics: pd.DataFrame, *, config: GateConfig, forget_kind: str, n
     Returns:
         The verdict and the table of checks.
     """
-    from mlflow_unlearn.tracking.vocabulary import CLASS_FORGETTING
-
     class_wise = forget_kind == CLASS_FORGETTING
     new, old = metrics.loc[UNLEARNED_ROW], metrics.loc[ORIGINAL_ROW]
     ref = metrics.loc[RETRAIN_ROW] if RETRAIN_ROW in metrics.index else None

@@ -19,7 +19,12 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag
+
 from mlflow_unlearn.data.forget import ForgetSpec, parse_forget_spec
+from mlflow_unlearn.tracking.provenance import check
 from mlflow_unlearn.tracking.vocabulary import (
     FORGET_COUNT_TAG,
     FORGET_DIGEST_TAG,
@@ -37,7 +42,7 @@ from mlflow_unlearn.tracking.vocabulary import (
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import DatasetInput, Run
+    from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
 
     from mlflow_unlearn.tracking.keys import DigestKey
@@ -177,8 +182,6 @@ def find_existing_version(client: MlflowClient, *, parent: ModelVersion, method:
     Tags only narrow the search: a version whose run holds no valid record for exactly this request (a planted
     version, one made without a key, one whose files were replaced) is never returned.
     """
-    from mlflow_unlearn.tracking.provenance import check
-
     parent_ref = version_ref(parent)
     wanted = {PARENT_TAG: parent_ref, METHOD_TAG: method, FORGET_DIGEST_TAG: forget_digest}
     if key is None:
@@ -196,10 +199,6 @@ def find_existing_version(client: MlflowClient, *, parent: ModelVersion, method:
 
 def lineage_dataset_input(lineage: DataLineage, *, context: str, name: str, digest: str, count: int) -> DatasetInput:
     """A metadata-only dataset input carrying ``lineage`` in its source (no samples, no IDs)."""
-    from mlflow.data.code_dataset_source import CodeDatasetSource
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import DatasetInput, InputTag
-
     tags = {**lineage.to_source_tags(), f"{_SOURCE_TAG_PREFIX}.count": str(count)}
     dataset = MetaDataset(CodeDatasetSource(tags), name=name, digest=digest[:36])
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])

@@ -16,26 +16,34 @@ Nothing downstream re-parses or re-checks: it reads the :class:`UnlearnPlan`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+
 from mlflow_unlearn import runtime as rt
+from mlflow_unlearn.data import forget_by_digests, id_digests, load_data, resolve_forget
 from mlflow_unlearn.methods import get_method, list_methods
 from mlflow_unlearn.methods.registry import config_to_dict
+from mlflow_unlearn.models import check_one_input, class_scores
 from mlflow_unlearn.request import UnlearnRequest
 from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.configs import gate_config, load_config, method_config, retrain_config
+from mlflow_unlearn.tracking.formats import code_importable, load_trainable_module, read_code
 from mlflow_unlearn.tracking.gate import GateConfig
 from mlflow_unlearn.tracking.keys import HOW_TO_SET, DigestKey, DigestKeyError, read_digest_key, require_key
+from mlflow_unlearn.tracking.provenance import artifact_digest, check
 
 if TYPE_CHECKING:
-    import numpy as np
-    import torch
-    from mlflow import MlflowClient
     from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
     from torch import nn
@@ -165,8 +173,6 @@ class UnlearnPlan:
     @property
     def test_forget_share(self) -> float:
         """The share of the test set in the forgotten classes (0 for sample-wise forgetting)."""
-        import numpy as np
-
         return float(np.isin(self.forget.test.y.numpy(), self.forget.forget_classes).mean())
 
 
@@ -285,8 +291,6 @@ def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spe
     Raises:
         LineageError, DataResolutionError, ValueError: see :func:`prepare`.
     """
-    from mlflow_unlearn.data import resolve_forget
-
     ids = spec.by_ids
     recorded = require_key(key).keyed_spec(spec) if ids else spec
     lineage = resolve_lineage(data, parent_run)
@@ -309,9 +313,6 @@ def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spe
 
 def tracking_client(tracking_uri: str | None, registry_uri: str | None) -> MlflowClient:
     """An :class:`MlflowClient` for the given URIs (default: the current tracking URI)."""
-    import mlflow
-    from mlflow import MlflowClient
-
     return MlflowClient(tracking_uri=tracking_uri or mlflow.get_tracking_uri(), registry_uri=registry_uri)
 
 
@@ -327,11 +328,6 @@ def load_version(client: MlflowClient, version: ModelVersion, model_uri: str
         ModelFormatError: not a PyTorch model, one that cannot be trained (``pt2``), or one whose class
             cannot be imported (a module neither installed nor logged with ``code_paths``).
     """
-    from mlflow.artifacts import download_artifacts
-
-    from mlflow_unlearn.tracking.formats import load_trainable_module, read_code
-    from mlflow_unlearn.tracking.provenance import artifact_digest
-
     source = client.get_model_version_download_uri(version.name, version.version)
     with tempfile.TemporaryDirectory() as tmp:
         local = download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri)
@@ -346,8 +342,6 @@ def check_parent_provenance(client: MlflowClient, parent: ModelVersion, parent_r
     Raises:
         LineageError: the parent's provenance record is missing or does not verify (the reason, no ID).
     """
-    from mlflow_unlearn.tracking.provenance import check
-
     if key is None or parent_run is None:
         return
     try:
@@ -419,11 +413,6 @@ def load_split(lineage: lin.DataLineage, *, key: DigestKey | None = None, client
 def _replay(lineage: lin.DataLineage, *, key: DigestKey | None, client: MlflowClient | None,
             code: Mapping[str, bytes] | None = None) -> tuple[DataSplit, np.ndarray]:
     """:func:`load_split`, and the IDs its forget steps removed (kept in memory only, for messages)."""
-    import numpy as np
-
-    from mlflow_unlearn.data import load_data, resolve_forget
-    from mlflow_unlearn.tracking.formats import code_importable
-
     try:
         with code_importable(code or {}):
             split = load_data(lineage.source, seed=lineage.seed, test_fraction=lineage.test_fraction)
@@ -470,12 +459,6 @@ def replay_tombstones(split: DataSplit, step: lin.ForgetStep, key: DigestKey | N
     Raises:
         ValueError: no key, another key than the step's, or tombstones that are missing or match other samples.
     """
-    import json
-
-    from mlflow.artifacts import download_artifacts
-
-    from mlflow_unlearn.data import forget_by_digests
-
     secret = _step_key(step, key)
     with tempfile.TemporaryDirectory() as tmp:
         local = download_artifacts(run_id=step.run_id, artifact_path=vocab.TOMBSTONES_ARTIFACT, dst_path=tmp,
@@ -488,8 +471,6 @@ def replay_tombstones(split: DataSplit, step: lin.ForgetStep, key: DigestKey | N
 def tombstones(plan: UnlearnPlan) -> dict[str, Any]:
     """The tombstones of an ``ids:`` plan (what :data:`~mlflow_unlearn.tracking.vocabulary.TOMBSTONES_ARTIFACT`
     holds): the key fingerprint and the sorted keyed digest of each forgotten ID, never an ID."""
-    from mlflow_unlearn.data import id_digests
-
     key = require_key(plan.digest_key)
     return {"key_fingerprint": key.fingerprint, "forget_digest": plan.forget.digest,
             "id_digests": sorted(id_digests(plan.forget.forget.ids, key=key.secret).tolist())}
@@ -507,10 +488,6 @@ def check_model_fits(model: nn.Module, split: DataSplit, source: str) -> None:
         ModelInputError: a multi-input model (``forward`` needs more than one argument).
         ModelOutputError: an output without class scores (a string, a dict without ``logits``...).
     """
-    import torch
-
-    from mlflow_unlearn.models import check_one_input, class_scores
-
     check_one_input(model)
     sample = split.train.first_inputs(2)
     try:

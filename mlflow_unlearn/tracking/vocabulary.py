@@ -119,7 +119,7 @@ def resolve_model_version(client: MlflowClient, uri: str) -> ModelVersion:
         ModelResolutionError: malformed URI, unknown model, unknown version or unknown alias; the
             message lists what exists.
     """
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: the plugin's request threads import this module
 
     name, version, alias = parse_model_uri(uri)
     try:

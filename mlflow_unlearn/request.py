@@ -61,6 +61,8 @@ class RequestStatus(str, enum.Enum):
 
     >>> RequestStatus("queued").active, RequestStatus.SUCCEEDED.active, RequestStatus.FAILED == "failed"
     (True, False, True)
+    >>> RequestStatus.FAILED in {"failed"}, {RequestStatus.QUEUED: 1}["queued"]
+    (True, 1)
     """
 
     QUEUED = "queued"
@@ -75,6 +77,9 @@ class RequestStatus(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    # a member is its tag value everywhere: equal to it (str) and hashed as it (Enum hashes the member's name)
+    __hash__ = str.__hash__
 
 
 #: The states of a request that is not finished, and those of a finished one (tag values).

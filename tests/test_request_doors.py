@@ -179,3 +179,8 @@ def test_door_fields_names_the_doors():
     assert "device" not in door_fields(REGISTRY) and "register" not in door_fields(REGISTRY)
     with pytest.raises(ValueError, match="Unknown door 'ui'"):
         door_fields("ui")
+
+
+def test_a_status_is_its_tag_value_in_sets_and_dicts():
+    assert RequestStatus.RUNNING in {"running"} and {"failed": 1}[RequestStatus.FAILED] == 1
+    assert RequestStatus("succeeded") is RequestStatus.SUCCEEDED

@@ -84,7 +84,7 @@ class SecurityPolicy:
     Args:
         allowed_roots: absolute directories under which data files, forget-ID files and config files may lie.
             Empty means no file may be referenced at all (built-in data, ``classes:`` and ``random:`` only).
-        allow_urls: whether data sources may be URLs (``https://``, ``s3://`` ...).
+        allow_urls: whether a data source may download (``download=1``); a URL is no source of the grammar.
 
     Raises:
         ValueError: if a root is not an absolute path.

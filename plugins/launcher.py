@@ -38,6 +38,7 @@ from mlflow_unlearn_plugins import ledger
 from mlflow_unlearn_plugins.request import RequestRefused, UnlearnRequest, parse_request
 from mlflow_unlearn_plugins.settings import BACKENDS, TRACKING_URI_ENV, PluginSettings
 
+from mlflow_unlearn.request import RequestStatus
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.keys import DigestKeyError
 
@@ -99,7 +100,8 @@ def dispatch(store, registry_db_uri: str, settings: PluginSettings, *, job_track
                         job_tracking_uri=job_tracking_uri, job_registry_uri=job_registry_uri)
         except (OSError, ValueError) as exc:
             ledger.advance(store, state.name, state.version, state.request_id or "", expect=ledger.ACTIVE,
-                           to="failed", tags={vocab.ERROR_TAG: f"the launcher process could not start: {exc}"})
+                           to=RequestStatus.FAILED,
+                           tags={vocab.ERROR_TAG: f"the launcher process could not start: {exc}"})
             continue
         provisional_lease(store, state.name, state.version, state.request_id or "", pid)
         pids.append(pid)
@@ -165,9 +167,7 @@ def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1
     deadline, pause = time.monotonic() + wait_s, 1.0
     while True:
         try:
-            prepare(model_uri, forget=request.forget, method=request.method, data=request.data or None,
-                    config=request.config or None, reference=request.reference, device="cpu",
-                    distributed=nproc > 1, client=client)
+            prepare(model_uri, request.replace(device="cpu"), distributed=nproc > 1, client=client)
             return
         except (ValueError, OSError, KeyError) as exc:
             raise RequestRefused(_refusal_message(exc, request)) from None
@@ -190,7 +190,7 @@ def _refusal_message(exc: BaseException, request: UnlearnRequest) -> str:
     message = str(exc) or type(exc).__name__
     if isinstance(exc, DigestKeyError):  # no ID, no path: the API's own words (how to set a key)
         return message
-    id_file = request.forget.removeprefix("ids:") if request.names_ids else None
+    id_file = request.forget.path if request.forget.by_ids else None
     if "IDs" in message or "ids:" in message or (id_file and id_file in message):
         return ("a forget ID file (this request's, or one of an earlier forget step in the version's lineage) does "
                 "not match the training data (unknown IDs, a wrong format or an empty set); fix the file and submit "
@@ -222,11 +222,11 @@ class _Launch:
         from mlflow.entities import RunStatus
 
         if run_id:  # the run first: once the version says failed, everything else already does
-            self.client.set_tag(run_id, vocab.STATUS_TAG, "failed")
+            self.client.set_tag(run_id, vocab.STATUS_TAG, RequestStatus.FAILED)
             self.client.set_tag(run_id, vocab.ERROR_TAG, reason[: ledger.MAX_ERROR_CHARS])
             if not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status)):
                 self.client.set_terminated(run_id, "FAILED")
-        ledger.advance(self.store, self.name, self.version, self.request_id, expect=expect, to="failed",
+        ledger.advance(self.store, self.name, self.version, self.request_id, expect=expect, to=RequestStatus.FAILED,
                        tags={vocab.ERROR_TAG: reason, vocab.LEASE_TAG: None, vocab.JOB_TAG: None})
 
     def fail_request(self, reason: str) -> None:
@@ -240,7 +240,7 @@ class _Launch:
         run_name = f"unlearn {self.name}/{self.version}"
         run = self.client.create_run(requests_experiment_id(self.client), run_name=run_name, tags={
             vocab.PARENT_TAG: f"{self.name}/{self.version}", vocab.REQUEST_ID_TAG: self.request_id,
-            vocab.REQUEST_TAG: recorded_request(state.request or ""), vocab.STATUS_TAG: "queued",
+            vocab.REQUEST_TAG: recorded_request(state.request or ""), vocab.STATUS_TAG: RequestStatus.QUEUED,
         })
         self.client.update_run(run.info.run_id, status="SCHEDULED")
         ledger.set_fields(self.store, self.name, self.version, self.request_id,
@@ -270,9 +270,9 @@ class _Launch:
             # Set here first, both are updates.
             tags.append(RunTag(MLFLOW_PROJECT_BACKEND, self.settings.backend))
         self.client.log_batch(run_id, tags=tags)
-        parameters = request.project_parameters(model_uri, device=self.settings.device, onnx=self.settings.onnx)
-        if request.names_ids:  # MLflow Projects logs every parameter: the job reads the file through a neutral link
-            parameters["forget"] = "ids:" + self._neutral_link(request.forget.removeprefix("ids:"))
+        parameters = request.replace(device=self.settings.device).project_parameters(model_uri, onnx=self.settings.onnx)
+        if request.forget.by_ids:  # MLflow Projects logs every parameter: the job reads the file through a neutral link
+            parameters["forget"] = "ids:" + self._neutral_link(request.forget.path)
         entry_point = "unlearn"
         if self.settings.nproc > 1:
             entry_point, parameters["nproc"] = "unlearn_distributed", str(self.settings.nproc)
@@ -293,7 +293,7 @@ class _Launch:
 
     def _job_error(self, request: UnlearnRequest | None, run_id: str) -> str:
         generic = f"the unlearn job failed; see run {run_id} in the {REQUESTS_EXPERIMENT!r} experiment"
-        if request is None or request.names_ids:
+        if request is None or request.forget.by_ids:
             return generic
         try:
             lines = Path(self.log_path).read_text(errors="replace").splitlines()
@@ -317,12 +317,12 @@ class _Launch:
         result = run.data.tags.get(vocab.RESULT_VERSION_TAG)
         finished = run.info.status == "FINISHED"
         if (exited_ok is None or exited_ok) and finished and result:
-            self.client.set_tag(run_id, vocab.STATUS_TAG, "succeeded")
+            self.client.set_tag(run_id, vocab.STATUS_TAG, RequestStatus.SUCCEEDED)
             if job_run_id and job_run_id != run_id:
                 self.client.set_tag(run_id, vocab.RESULT_VERSION_TAG, result)
                 self.client.set_terminated(run_id, "FINISHED")
-            ledger.advance(self.store, self.name, self.version, self.request_id, expect=("running",),
-                           to="succeeded", tags={vocab.RESULT_VERSION_TAG: result, vocab.LEASE_TAG: None,
+            ledger.advance(self.store, self.name, self.version, self.request_id, expect=(RequestStatus.RUNNING,),
+                           to=RequestStatus.SUCCEEDED, tags={vocab.RESULT_VERSION_TAG: result, vocab.LEASE_TAG: None,
                                                  vocab.JOB_TAG: None})
             return
         gate_reason = run.data.tags.get(vocab.GATE_REASON_TAG)  # the gate's own words: numbers, never an ID
@@ -337,8 +337,8 @@ class _Launch:
         else:
             reason = (f"the unlearn job stopped without recording a result (its process ended, e.g. the host "
                       f"restarted); set the {vocab.REQUEST_TAG!r} tag again to retry (run {run_id})")
-        self._fail(run_id, reason, expect=("running",))
-        if request is not None and request.names_ids:
+        self._fail(run_id, reason, expect=(RequestStatus.RUNNING,))
+        if request is not None and request.forget.by_ids:
             Path(self.log_path).unlink(missing_ok=True)
 
 
@@ -349,7 +349,7 @@ class _Launch:
         run_id = state.request_run_id
         if not run_id:
             self._fail(None, "the launcher stopped before the job started; set the request tag again to retry",
-                       expect=("running",))
+                       expect=(RequestStatus.RUNNING,))
             return
         job_run_id = self.client.get_run(run_id).data.tags.get(vocab.JOB_RUN_TAG, run_id)
         while not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(job_run_id).info.status)):
@@ -363,7 +363,7 @@ class _Launch:
         if not ledger.claim_lease(self.store, self.name, self.version, self.request_id, LAUNCHER_MARKER):
             return 0
         state = ledger.read_state(self.store, self.name, self.version)
-        if state.status == "running":
+        if state.status == RequestStatus.RUNNING:
             try:
                 request = parse_request(state.request or "", self.policy)
             except RequestRefused:
@@ -376,20 +376,21 @@ class _Launch:
             preflight(request, vocab.model_uri(self.name, self.version), client=self.client,
                       nproc=self.settings.nproc, wait_s=PREFLIGHT_WAIT_S, beat=self._beat)
         except RequestRefused as exc:
-            self._fail(run_id, str(exc), expect=("queued",))
+            self._fail(run_id, str(exc), expect=(RequestStatus.QUEUED,))
             return 0
         except ImportError as exc:
-            self._fail(run_id, f"the mlflow-unlearn engine cannot be imported on the server: {exc}", ("queued",))
+            self._fail(run_id, f"the mlflow-unlearn engine cannot be imported on the server: {exc}",
+                       (RequestStatus.QUEUED,))
             return 1
-        if not ledger.advance(self.store, self.name, self.version, self.request_id, expect=("queued",),
-                              to="running"):
+        if not ledger.advance(self.store, self.name, self.version, self.request_id, expect=(RequestStatus.QUEUED,),
+                              to=RequestStatus.RUNNING):
             return 0
-        self.client.set_tag(run_id, vocab.STATUS_TAG, "running")
+        self.client.set_tag(run_id, vocab.STATUS_TAG, RequestStatus.RUNNING)
         try:
             submitted = self._launch(request, run_id)
         except Exception as exc:
             self._fail(run_id, f"the job could not be launched: {type(exc).__name__}: {str(exc)[:300]}",
-                       expect=("running",))
+                       expect=(RequestStatus.RUNNING,))
             return 1
         job_run_id = submitted.run_id
         if job_run_id != run_id:  # the Kubernetes backend always creates its own run
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         state = ledger.read_state(launch.store, args.name, args.version)
         try:
-            ids = parse_request(state.request or "", args.settings.policy).names_ids
+            ids = parse_request(state.request or "", args.settings.policy).forget.by_ids
         except RequestRefused:
             ids = False
         detail = "" if ids else f": {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"

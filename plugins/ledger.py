@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_CONFLICT
 
+from mlflow_unlearn.request import ACTIVE_STATUSES, TERMINAL_STATUSES, RequestStatus
 from mlflow_unlearn.tracking.vocabulary import (
     ERROR_TAG,
     JOB_TAG,
@@ -54,8 +55,8 @@ if TYPE_CHECKING:
 #: Tags only the plugin writes; a client that tries to set or delete them gets an error.
 RESERVED_TAGS = (STATUS_TAG, ERROR_TAG, RESULT_VERSION_TAG, REQUEST_ID_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG,
                  QUEUE_POSITION_TAG)
-ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed")
+ACTIVE = ACTIVE_STATUSES
+TERMINAL = TERMINAL_STATUSES
 #: A lease whose heartbeat is older than this is considered abandoned (its launcher died).
 LEASE_TIMEOUT_S = 60.0
 MAX_ERROR_CHARS = 2000
@@ -90,7 +91,7 @@ class RequestState:
     @property
     def waiting(self) -> bool:
         """Whether the request is queued and waits for a job slot (it has a queue position)."""
-        return self.status == "queued" and self.queue_position is not None
+        return self.status == RequestStatus.QUEUED and self.queue_position is not None
 
 
 class ActiveRequestError(MlflowException):
@@ -245,8 +246,8 @@ def open_request(store: SqlAlchemyStore, name: str, version: int | str, value: s
     def body(session, ws: str) -> bool:
         if not refusal:
             _lock_queue(session)
-        if not _cas(session, ws, name, version, STATUS_TAG, "failed" if refusal else "queued", expect=None,
-                    exclude=ACTIVE):
+        status = RequestStatus.FAILED if refusal else RequestStatus.QUEUED
+        if not _cas(session, ws, name, version, STATUS_TAG, status, expect=None, exclude=ACTIVE):
             current = _read(session, ws, name, version)
             if value is None or current.get(REQUEST_TAG) == value:
                 return False
@@ -309,7 +310,7 @@ def repair_foreign(store: SqlAlchemyStore, name: str, version: int | str) -> boo
         if current.get(REQUEST_ID_TAG) or current.get(STATUS_TAG) not in ACTIVE:
             return False
         tags: dict[str, str | None] = dict.fromkeys(k for k in RESERVED_TAGS if k != STATUS_TAG)
-        tags[STATUS_TAG] = "failed"
+        tags[STATUS_TAG] = RequestStatus.FAILED
         tags[ERROR_TAG] = ("the plugin's tags on this version were not written by the plugin (no request ID); "
                            f"they were cleared by recovery. Set {REQUEST_TAG!r} to submit a request")
         _put(session, ws, name, version, tags)

@@ -48,6 +48,7 @@ from mlflow_unlearn_plugins import launcher, ledger
 from mlflow_unlearn_plugins.request import RequestRefused, parse_request
 from mlflow_unlearn_plugins.settings import PluginSettings, read_settings
 
+from mlflow_unlearn.request import RequestStatus
 from mlflow_unlearn.tracking.keys import DIGEST_KEY_ENV
 from mlflow_unlearn.tracking.provenance import Provenance, matches_tags
 from mlflow_unlearn.tracking.vocabulary import (
@@ -359,7 +360,8 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         except ValueError as exc:
             for state in ledger.dispatch(self, self.settings.launcher.max_jobs):
                 ledger.advance(self, state.name, state.version, state.request_id or "", expect=ledger.ACTIVE,
-                               to="failed", tags={ERROR_TAG: f"the launcher process could not start: {exc}"})
+                               to=RequestStatus.FAILED,
+                               tags={ERROR_TAG: f"the launcher process could not start: {exc}"})
             return
         for pid in launcher.dispatch(self, self.db_uri, self.settings, job_tracking_uri=absolute_sqlite_uri(tracking),
                                      job_registry_uri=absolute_sqlite_uri(registry)):
@@ -372,7 +374,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
                                  job_tracking_uri=absolute_sqlite_uri(tracking),
                                  job_registry_uri=absolute_sqlite_uri(registry))
         except (OSError, ValueError) as exc:
-            ledger.advance(self, name, version, request_id, expect=ledger.ACTIVE, to="failed",
+            ledger.advance(self, name, version, request_id, expect=ledger.ACTIVE, to=RequestStatus.FAILED,
                            tags={ERROR_TAG: f"the launcher process could not start: {exc}"})
             return
         launcher.provisional_lease(self, name, version, request_id, pid)

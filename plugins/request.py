@@ -5,10 +5,13 @@ A request is the value of the tag ``mlflow_unlearn.request`` on a registered mod
     forget=classes:3; method=nitc
     forget=ids:/srv/forget/erasure-2024-07.txt; method=scrub; data=digits; config=/srv/unlearn/scrub.yaml
 
-It is a ``;``-separated list of ``key=value`` pairs. ``forget`` is required; ``method`` (default ``nitc``),
-``data``, ``config``, ``reference`` (``none`` or ``retrain``) and ``onnx`` (``true`` or ``false``, any case; default:
-the server's ``MLFLOW_UNLEARN_ONNX``) are optional. Anyone who may edit tags in the MLflow UI can write a request, so
-the value is treated as untrusted input:
+It is a ``;``-separated list of ``key=value`` pairs, the keys being the fields of
+:class:`mlflow_unlearn.request.UnlearnRequest` that a registry request takes (:data:`REQUEST_KEYS`, generated from
+:data:`mlflow_unlearn.request.REQUEST_FIELDS`). ``forget`` is required; ``method`` (default ``nitc``), ``data``,
+``config``, ``reference`` (``none`` or ``retrain``), ``seed`` (a non-negative int, default 0) and ``onnx`` (yes/no
+text read by :func:`mlflow_unlearn.data.grammar.parse_flag`, as everywhere; default: the server's
+``MLFLOW_UNLEARN_ONNX``) are optional. The device is the server's, and a request always registers its result. Anyone
+who may edit tags in the MLflow UI can write a request, so the value is treated as untrusted input:
 
 * the value is at most :data:`MAX_REQUEST_CHARS` printable ASCII characters, each key at most once;
 * ``forget`` follows the one forget grammar of the project (:func:`mlflow_unlearn.data.forget.parse_forget_spec`,
@@ -17,8 +20,10 @@ the value is treated as untrusted input:
 * a method is a bare registered name, never a module path;
 * data follows the one source grammar of the project (:func:`mlflow_unlearn.data.grammar.parse_source`, the same
   as on the command line and in the API): a built-in source name (``digits``) or ``<format>:<absolute path>[?options]``
-  whose paths lie under one of the allowed roots configured on the server (:data:`ALLOWED_ROOTS_ENV`); URLs and
-  downloads are refused unless :data:`ALLOW_URLS_ENV` is true, and a ``factory:`` source (code) always is: a job
+  whose paths (the ones the source declares, :attr:`~mlflow_unlearn.data.grammar.SourceSpec.paths`) lie under one of
+  the allowed roots configured on the server (:data:`ALLOWED_ROOTS_ENV`); a download (``download=1``, and only that:
+  ``download=no`` is no download) is refused unless :data:`ALLOW_URLS_ENV` is true, a URL is not a source of the
+  grammar, and a ``factory:`` source (code) always is refused: a job
   without ``data=`` replays the version's own lineage, factory included;
 * files (``ids:`` forget lists, ``config=`` YAML files) must lie under an allowed root; ``..`` and ``~`` are
   refused before any path is resolved, and symbolic links may not lead outside the roots.
@@ -34,21 +39,23 @@ non-ASCII text, an oversized value) is refused without repeating any of it, and 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow_unlearn.data.grammar import parse_source
+from mlflow_unlearn.data.forget import ForgetSpec
+from mlflow_unlearn.data.grammar import SourceSpec, parse_flag, parse_source
+from mlflow_unlearn.request import REGISTRY, UnlearnRequest, door_fields, parse_seed
 from mlflow_unlearn.tracking import vocabulary as vocab
 
 ALLOWED_ROOTS_ENV = "MLFLOW_UNLEARN_ALLOWED_ROOTS"
 ALLOW_URLS_ENV = "MLFLOW_UNLEARN_ALLOW_URLS"
 MAX_REQUEST_CHARS = 1000
 
-REQUEST_KEYS = ("forget", "method", "data", "config", "reference", "onnx")
-#: The values of the ``onnx`` key (compared in lower case) and what they mean.
-ONNX_VALUES = {"true": True, "false": False}
+#: The keys of a request: the fields of :class:`~mlflow_unlearn.request.UnlearnRequest` that a registry request takes.
+REQUEST_KEYS = door_fields(REGISTRY)
 URL_SCHEMES = ("http", "https", "s3", "gs", "gcs", "hdfs", "ftp", "file", "dbfs", "wasbs", "abfss")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -77,7 +84,7 @@ class SecurityPolicy:
     Args:
         allowed_roots: absolute directories under which data files, forget-ID files and config files may lie.
             Empty means no file may be referenced at all (built-in data, ``classes:`` and ``random:`` only).
-        allow_urls: whether data sources may be URLs (``https://``, ``s3://`` ...).
+        allow_urls: whether a data source may download (``download=1``); a URL is no source of the grammar.
 
     Raises:
         ValueError: if a root is not an absolute path.
@@ -128,50 +135,6 @@ class SecurityPolicy:
         return str(resolved)
 
 
-@dataclass(frozen=True)
-class UnlearnRequest:
-    """A parsed request. Paths in ``forget`` (``ids:``), ``data`` and ``config`` are resolved absolute paths.
-
-    Args:
-        forget: forget spec, canonical (``classes:3,7``, ``ids:<file>``, ``random:<fraction|count>[:seed]``).
-        method: registered unlearning method name.
-        data: data source; ``""`` means the data of the parent version's training run.
-        config: YAML file with method hyperparameters; ``""`` means the method's defaults.
-        reference: ``none`` or ``retrain`` (also train the retrained reference for the report).
-        onnx: whether the job logs an ONNX copy of the new version; ``None`` (not given) means the server's default
-            (``MLFLOW_UNLEARN_ONNX``).
-    """
-
-    forget: str
-    method: str = vocab.DEFAULT_METHOD
-    data: str = ""
-    config: str = ""
-    reference: str = vocab.NO_REFERENCE
-    onnx: bool | None = None
-
-    @property
-    def names_ids(self) -> bool:
-        """Whether the forget spec is an ``ids:`` file, whose contents no message may repeat."""
-        return self.forget.startswith("ids:")
-
-    def project_parameters(self, model_uri: str, *, device: str, onnx: bool = True) -> dict[str, str]:
-        """The parameters of the project's ``unlearn`` entry point for this request.
-
-        Args:
-            model_uri: the version to unlearn.
-            device: the job's ``device`` parameter (the server's setting).
-            onnx: the server's default for the ONNX copy; the request's own ``onnx=``, if given, wins.
-
-        Example:
-            >>> UnlearnRequest("classes:3", onnx=False).project_parameters("models:/m/1", device="cpu")["onnx"]
-            'false'
-        """
-        export = onnx if self.onnx is None else self.onnx
-        return {"model_uri": model_uri, "forget": self.forget, "method": self.method, "data": self.data,
-                "config": self.config, "reference": self.reference, "register": "true", "device": device,
-                "onnx": "true" if export else "false"}
-
-
 def split_request(value: str) -> dict[str, str]:
     """Split a request value into its ``key=value`` pairs, strictly.
 
@@ -215,7 +178,7 @@ def split_request(value: str) -> dict[str, str]:
     return pairs
 
 
-def _check_forget(text: str, policy: SecurityPolicy) -> str:
+def _check_forget(text: str, policy: SecurityPolicy) -> ForgetSpec:
     """The forget spec in its canonical spelling, with the ``ids:`` file resolved under an allowed root."""
     try:
         spec = vocab.parse_forget_spec(text)
@@ -223,20 +186,22 @@ def _check_forget(text: str, policy: SecurityPolicy) -> str:
         # classes: and random: errors read as the API's (one message for every door); the value is never stored
         same = text.partition(":")[0] in ("classes", "random")
         raise RequestRefused(str(exc) + ("" if same else " (the request is not stored)"), keep_value=False) from None
-    if spec.form != "ids":
-        return spec.canonical
+    if spec.keyed:
+        raise RequestRefused("forget=ids:keyed-... is the record of an earlier request, not a request; give "
+                             "forget=ids:<absolute path of a file of IDs under an allowed root>")
+    if not spec.by_ids:
+        return dataclasses.replace(spec, text=spec.canonical)
     if not os.path.isabs(spec.path):
         raise RequestRefused("forget=ids: expects the absolute path of a file of IDs under an allowed root")
-    return "ids:" + policy.check_path(spec.path, what="the forget request file", show=False)
+    path = policy.check_path(spec.path, what="the forget request file", show=False)
+    return dataclasses.replace(spec, text=f"ids:{path}", path=path)
 
 
-def _check_data(source: str, policy: SecurityPolicy) -> str:
+def _check_data(source: str, policy: SecurityPolicy) -> SourceSpec:
     """The data source, parsed by the data layer's one grammar (:func:`mlflow_unlearn.data.grammar.parse_source`,
     the same errors as every other door), then policed: its paths under an allowed root, no download or URL unless
     allowed, no code. Returned with its paths resolved."""
-    if _URL.match(source) or source.partition(":")[0].lower() in URL_SCHEMES:
-        if policy.allow_urls:
-            return source
+    if (_URL.match(source) or source.partition(":")[0].lower() in URL_SCHEMES) and not policy.allow_urls:
         raise RequestRefused(
             f"data {source[:80]!r} is a URL; this server allows only built-in sources and files under the allowed "
             f"roots (the administrator can set {ALLOW_URLS_ENV}=true)"
@@ -256,7 +221,7 @@ def _check_data(source: str, policy: SecurityPolicy) -> str:
                                          kind="any" if where == "argument" else "dir")
                 for where, raw in spec.paths.items()}
     argument = resolved.pop("argument", None)
-    return spec.replace(argument=argument, **resolved).text
+    return spec.replace(argument=argument, **resolved)
 
 
 def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:
@@ -267,14 +232,16 @@ def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:
         policy: what files and URLs may be referenced (the server's settings).
 
     Returns:
-        The :class:`UnlearnRequest` with paths resolved.
+        The :class:`~mlflow_unlearn.request.UnlearnRequest` with paths resolved; ``onnx`` is None unless the request
+        gives it (the server's default then applies), the device is left to the server.
 
     Raises:
         RequestRefused: with a message that names the problem and how to fix it.
 
     Example:
-        >>> parse_request("forget=classes:7,3; method=finetune", SecurityPolicy())
-        UnlearnRequest(forget='classes:3,7', method='finetune', data='', config='', reference='none', onnx=None)
+        >>> request = parse_request("forget=classes:7,3; method=finetune; seed=4", SecurityPolicy())
+        >>> request.forget.text, request.method, request.data, request.seed, request.onnx
+        ('classes:3,7', 'finetune', None, 4, None)
         >>> parse_request("forget=classes:3; onnx=FALSE", SecurityPolicy()).onnx
         False
     """
@@ -289,10 +256,16 @@ def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:
     if reference not in vocab.REFERENCES:
         raise RequestRefused(f"Unknown reference (not repeated, and the request is not stored); expected one of: "
                              f"{', '.join(vocab.REFERENCES)}", keep_value=False)
-    onnx = pairs.get("onnx")
-    if onnx is not None and onnx.lower() not in ONNX_VALUES:
-        raise RequestRefused(f"Unknown onnx value (not repeated, and the request is not stored); expected one of: "
-                             f"{', '.join(ONNX_VALUES)}", keep_value=False)
+    try:
+        onnx = parse_flag("onnx", pairs["onnx"], what="key") if "onnx" in pairs else None
+    except ValueError:
+        raise RequestRefused("Unknown onnx value (not repeated, and the request is not stored); expected one of: "
+                             "true, false (or 1/0, yes/no)", keep_value=False) from None
+    try:
+        seed = parse_seed(pairs.get("seed", "0"))
+    except ValueError:
+        raise RequestRefused("Expected the request's seed to be a non-negative int below 2**32 (not repeated, and the "
+                             "request is not stored)", keep_value=False) from None
     config = pairs.get("config", "")
     if config:
         config = policy.check_path(config, what="config file")
@@ -301,8 +274,9 @@ def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:
     return UnlearnRequest(
         forget=_check_forget(pairs["forget"], policy),
         method=method,
-        data=_check_data(pairs["data"], policy) if "data" in pairs else "",
-        config=config,
+        data=_check_data(pairs["data"], policy) if "data" in pairs else None,
+        config=config or None,
         reference=reference,
-        onnx=None if onnx is None else ONNX_VALUES[onnx.lower()],
+        seed=seed,
+        onnx=onnx,
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from mlflow_unlearn_plugins.request import ALLOW_URLS_ENV, ALLOWED_ROOTS_ENV, SecurityPolicy
 
+from mlflow_unlearn.data.grammar import parse_flag
 from mlflow_unlearn.tracking.keys import DigestKey, read_digest_key
 
 BACKEND_ENV = "MLFLOW_UNLEARN_BACKEND"
@@ -193,11 +194,9 @@ class PluginSettings:
 
 
 def _boolean(text: str, name: str, default: bool) -> bool:
-    """``true``/``1`` or ``false``/``0`` (any case, surrounding spaces ignored); empty means ``default``."""
-    flag = text.strip().lower()
-    if flag not in ("true", "false", "1", "0", ""):
-        raise ValueError(f"Expected `{name}` to be 'true' or 'false' but got {flag!r}")
-    return default if not flag else flag in ("true", "1")
+    """Yes/no text read by the project's one parser (:func:`mlflow_unlearn.data.grammar.parse_flag`); empty (or
+    only spaces) means ``default``."""
+    return parse_flag(name, text, what="setting") if text.strip() else default
 
 
 def _positive_int(text: str, name: str) -> int:

@@ -13,6 +13,7 @@ from mlflow_unlearn_plugins.launcher import preflight
 from mlflow_unlearn_plugins.request import RequestRefused, SecurityPolicy, parse_request
 
 import mlflow_unlearn
+from mlflow_unlearn.request import UnlearnRequest
 from mlflow_unlearn.tracking.api import model_code_paths
 from mlflow_unlearn.tracking.cli import cli
 from mlflow_unlearn.tracking.formats import ModelFormatError
@@ -71,7 +72,8 @@ def _counts(uri: str, experiment: str) -> tuple[int, int]:
 def test_the_class_loads_from_the_logged_code(registry):
     uri, _, _ = registry
     _forget_module()
-    plan = prepare(f"models:/{MODEL}/1", forget="classes:3", method="finetune", tracking_uri=uri, registry_uri=uri)
+    plan = prepare(f"models:/{MODEL}/1", UnlearnRequest("classes:3", method="finetune"), tracking_uri=uri,
+                   registry_uri=uri)
     assert type(plan.model).__name__ == "LostNet"
     assert set(plan.code) == {f"{MODULE}.py"}  # carried to the unlearned version
     assert str(registry[1] / "user_code") not in sys.path

@@ -35,6 +35,7 @@ from test_tracking_api import FAST, LENIENT, base, uris  # noqa: F401 (the API t
 
 from mlflow_unlearn.data import forget_digest, ids_digest, load_data, resolve_forget
 from mlflow_unlearn.metrics.mia import membership_auc
+from mlflow_unlearn.request import UnlearnRequest
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.api import unlearn
 from mlflow_unlearn.tracking.cli import cli
@@ -109,14 +110,14 @@ def test_no_plain_digest_of_a_chain_after_an_ids_step_matches_any_candidate_id(u
     other.write_text(f"{int(class5[4])}\n")
     with pytest.raises(ValueError, match=r"^1 of the 1 IDs in the forget request file were already forgotten by an "
                                          r"earlier forget step of this model's lineage") as info:
-        prepare(f"models:/digits-mlp/{by_class.version.version}", forget=f"ids:{other}", device="cpu", **{
+        prepare(f"models:/digits-mlp/{by_class.version.version}", UnlearnRequest(f"ids:{other}", device="cpu"), **{
             k: uris[k] for k in ("tracking_uri", "registry_uri")})
     assert str(other) not in str(info.value)
     # a keyed chain refuses to continue without the key
     saved = os.environ.pop(DIGEST_KEY_ENV)
     try:
         with pytest.raises(ValueError, match="lineage holds a forget request by sample IDs"):
-            prepare(f"models:/digits-mlp/{by_class.version.version}", forget="classes:3", device="cpu",
+            prepare(f"models:/digits-mlp/{by_class.version.version}", UnlearnRequest("classes:3", device="cpu"),
                     tracking_uri=uris["tracking_uri"], registry_uri=uris["registry_uri"])
     finally:
         os.environ[DIGEST_KEY_ENV] = saved

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 from mlflow_unlearn_plugins import launcher
-from mlflow_unlearn_plugins.request import UnlearnRequest
 
+from mlflow_unlearn.request import UnlearnRequest
 from mlflow_unlearn.tracking import vocabulary as vocab
 
 REASON = ("membership: the unlearned model still tells the forget set from same-class non-members by their loss: "
@@ -36,7 +36,7 @@ def test_gate_reason_is_the_error_whatever_the_forget_spec(tmp_path, status, for
     launch = _launch(tmp_path, _Client(status, {vocab.VERDICT_TAG: "failed", vocab.GATE_REASON_TAG: REASON}))
     failed = []
     launch._fail = lambda run_id, reason, expect=(): failed.append(reason)
-    request = SimpleNamespace(names_ids=forget.startswith("ids:"), forget=forget)
+    request = UnlearnRequest(forget)
     launch._finalize(request, "run123", exited_ok=status == "FINISHED")
     assert failed == [f"the acceptance gate refused the unlearned model: {REASON} (run run123)"]
     assert "forget.txt" not in failed[0]
@@ -47,9 +47,5 @@ def test_other_job_failures_of_ids_requests_stay_generic(tmp_path):
     (tmp_path / "job.log").write_text("ValueError: unknown id user-0001\n")
     failed = []
     launch._fail = lambda run_id, reason, expect=(): failed.append(reason)
-    launch._finalize(SimpleNamespace(names_ids=True, forget="ids:/x"), "run9", exited_ok=False)
+    launch._finalize(UnlearnRequest("ids:/x.txt"), "run9", exited_ok=False)
     assert failed and "user-0001" not in failed[0] and failed[0].startswith("the unlearn job failed")
-
-
-def test_unlearn_request_type_is_what_the_launcher_reads():
-    assert hasattr(UnlearnRequest, "names_ids")

@@ -41,11 +41,13 @@ def test_good_requests_are_normalised(roots):
     assert req == UnlearnRequest(forget="classes:3,7", method="scrub", data=f"npz:{allowed}/train.npz",
                                  config=f"{allowed}/fast.yaml", reference="retrain")
     assert parse_request("forget=random:0.1:7", policy).method == "nitc"
-    assert parse_request("forget=random:100", policy).forget == "random:100"  # a count, as on the command line
-    assert parse_request(f"forget=ids:{allowed}/forget.txt", policy).forget == f"ids:{allowed}/forget.txt"
-    assert parse_request("forget=classes:1; data=digits", policy).project_parameters("models:/m/1", device="cpu") == {
+    assert parse_request("forget=random:100", policy).forget.text == "random:100"  # a count, as on the command line
+    ids = parse_request(f"forget=ids:{allowed}/forget.txt", policy).forget
+    assert ids.text == f"ids:{allowed}/forget.txt" and ids.by_ids and ids.path == f"{allowed}/forget.txt"
+    request = parse_request("forget=classes:1; data=digits; seed=12", policy)
+    assert request.replace(device="cpu").project_parameters("models:/m/1") == {
         "model_uri": "models:/m/1", "forget": "classes:1", "method": "nitc", "data": "digits", "config": "",
-        "reference": "none", "register": "true", "device": "cpu", "onnx": "true"}
+        "reference": "none", "seed": "12", "register": "true", "device": "cpu", "onnx": "true"}
 
 
 BAD = [
@@ -108,12 +110,12 @@ def test_the_plugin_reads_data_with_the_data_layers_grammar(roots, tmp_path):
     for flag in ("no", "0", "false", "No"):
         data = parse_request(f"forget=classes:3; data=torchvision:MNIST?root={allowed}/mnist&download={flag}",
                              policy).data
-        assert data == f"torchvision:MNIST?root={allowed}/mnist&download={flag}"
-        assert parse_source(data).downloads is False
+        assert data.text == f"torchvision:MNIST?root={allowed}/mnist&download={flag}"
+        assert data.downloads is False and parse_source(data.text).downloads is False
     normalised = parse_request(f"forget=classes:3; data=npz:{allowed}/train.npz?mean=0.5&std=0.25&crop=2", policy)
-    assert parse_source(normalised.data).option_dict == {"mean": "0.5", "std": "0.25", "crop": "2"}
+    assert normalised.data.option_dict == {"mean": "0.5", "std": "0.25", "crop": "2"}
     assert parse_request(f"forget=classes:3; data=npz:{allowed}/train.npz?mean=0.1,0.2,0.3&std=1,1,1",
-                         policy).data.endswith("?mean=0.1,0.2,0.3&std=1,1,1")
+                         policy).data.text.endswith("?mean=0.1,0.2,0.3&std=1,1,1")
 
 
 @pytest.mark.parametrize(("request_part", "server_default", "expected"), [
@@ -123,7 +125,7 @@ def test_the_plugin_reads_data_with_the_data_layers_grammar(roots, tmp_path):
 def test_the_request_onnx_key_overrides_the_server_default(request_part, server_default, expected):
     request = parse_request("forget=classes:3" + request_part, SecurityPolicy())
     assert request.onnx == ({"true": True, "false": False}[expected] if request_part else None)
-    assert request.project_parameters("models:/m/1", device="cpu", onnx=server_default)["onnx"] == expected
+    assert request.project_parameters("models:/m/1", onnx=server_default)["onnx"] == expected
 
 
 def test_an_onnx_value_outside_true_false_is_refused_in_one_line_without_repeating_it():
@@ -132,7 +134,7 @@ def test_an_onnx_value_outside_true_false_is_refused_in_one_line_without_repeati
     message = str(info.value)
     assert "\n" not in message and "1017" not in message and info.value.keep_value is False
     assert message == ("Unknown onnx value (not repeated, and the request is not stored); expected one of: "
-                       "true, false")
+                       "true, false (or 1/0, yes/no)")
 
 
 def test_the_onnx_server_setting():
@@ -140,8 +142,9 @@ def test_the_onnx_server_setting():
     off = settings.read_settings({"MLFLOW_UNLEARN_ONNX": " False "})
     assert off.launcher.onnx is False and settings.read_settings({"MLFLOW_UNLEARN_ONNX": "true"}).launcher.onnx
     assert settings.PluginSettings.from_json(off.to_json()) == off  # how a launcher receives it
-    for bad in ("maybe", "no", "2"):
-        with pytest.raises(ValueError, match="Expected `MLFLOW_UNLEARN_ONNX` to be 'true' or 'false'"):
+    assert settings.read_settings({"MLFLOW_UNLEARN_ONNX": "no"}).launcher.onnx is False  # the one yes/no parser
+    for bad in ("maybe", "2", "nope"):
+        with pytest.raises(ValueError, match="Expected setting `MLFLOW_UNLEARN_ONNX` to be 1/0, true/false or yes/no"):
             settings.read_settings({"MLFLOW_UNLEARN_ONNX": bad})
     with pytest.raises(ValueError, match="MLFLOW_UNLEARN_ONNX"):
         settings.LauncherSettings(onnx="false")
@@ -152,13 +155,14 @@ def test_no_paths_without_allowed_roots_and_urls_only_when_allowed(roots):
     with pytest.raises(RequestRefused, match="allows no paths"):
         parse_request(f"forget=ids:{allowed}/forget.txt", SecurityPolicy())
     url = "forget=classes:3; data=https://example.com/x.npz"
-    assert parse_request(url, SecurityPolicy(allow_urls=True)).data == "https://example.com/x.npz"
+    with pytest.raises(RequestRefused, match="Unknown data source 'https'"):  # allowed, but no source of the grammar
+        parse_request(url, SecurityPolicy(allow_urls=True))
     env = {"MLFLOW_UNLEARN_ALLOWED_ROOTS": f"{allowed}:/srv", "MLFLOW_UNLEARN_ALLOW_URLS": "1"}
     policy = settings.read_settings(env).policy
     assert policy.allow_urls and len(policy.allowed_roots) == 2
     with pytest.raises(ValueError, match="absolute directory"):
         settings.read_settings({"MLFLOW_UNLEARN_ALLOWED_ROOTS": "relative/dir"})
-    with pytest.raises(ValueError, match="'true' or 'false'"):
+    with pytest.raises(ValueError, match="to be 1/0, true/false or yes/no"):
         settings.read_settings({"MLFLOW_UNLEARN_ALLOW_URLS": "maybe"})
 
 
@@ -437,7 +441,7 @@ def test_preflight_tries_again_while_the_server_restarts_and_refuses_a_lasting_f
     outcomes: list[BaseException | None] = []
     calls, beats = [], []
 
-    def prepare(model_uri, **kwargs):
+    def prepare(model_uri, request, **kwargs):
         calls.append(model_uri)
         outcome = outcomes.pop(0) if outcomes else None
         if outcome is not None:

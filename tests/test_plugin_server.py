@@ -31,6 +31,7 @@ LINEAGE_KEYS = {"mlflow_unlearn.parent", "mlflow_unlearn.method", "mlflow_unlear
                 "mlflow_unlearn.forget_count", "mlflow_unlearn.run_id", "mlflow_unlearn.verdict"}
 JOB_TIMEOUT_S = 240
 NO_ONNX = "; onnx=false"  # a request's own onnx= wins over the server's MLFLOW_UNLEARN_ONNX
+SEED = "; seed=11"  # a request field at every door (issue 28): it reaches the job's run
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "unlearn_ui.png"
 UPDATE_SCREENSHOT_ENV = "MLFLOW_UNLEARN_UPDATE_SCREENSHOT"  # =1: the UI test refreshes the README's screenshot
 CHROMIUM = "/usr/bin/chromium"
@@ -236,10 +237,10 @@ def transition_job(server, parent):
 @pytest.fixture(scope="module")
 def concurrent_job(server, parent):
     """Eight clients set request tags on one version at the same moment: two send the same value. The requests
-    switch the ONNX copy off, over the server's default."""
+    switch the ONNX copy off, over the server's default, and name their seed."""
     version = _new_version(server, parent)
-    values = [_request(server, NO_ONNX), _request(server, NO_ONNX)] + [
-        _request(server, NO_ONNX).replace("classes:3", f"classes:{c}") for c in (0, 1, 2, 4, 5, 6)]
+    values = [_request(server, NO_ONNX + SEED), _request(server, NO_ONNX + SEED)] + [
+        _request(server, NO_ONNX + SEED).replace("classes:3", f"classes:{c}") for c in (0, 1, 2, 4, 5, 6)]
     barrier = threading.Barrier(len(values))
     responses: dict[int, requests.Response] = {}
 
@@ -403,6 +404,7 @@ def test_concurrent_tag_requests_run_once(server, concurrent_job):
     tags = _wait_done(server, version)
     _assert_succeeded_with_lineage(server, version, tags)
     assert "onnx_model" not in {f.path for f in _client(server).list_artifacts(tags["mlflow_unlearn.request_run_id"])}
+    assert _client(server).get_run(tags["mlflow_unlearn.request_run_id"]).data.params["unlearn.seed"] == "11"
 
 
 BAD_REQUESTS = {

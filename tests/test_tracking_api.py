@@ -136,7 +136,7 @@ def test_chained_unlearning_replays_the_forget_chain(uris, base):
     assert tags[vocab.PARENT_TAG] == f"digits-mlp/{second.version.version}"
     run = client.get_run(third.run_id)
     chain = lin.lineage_from_run(run).chain
-    assert [step.spec for step in chain] == ["classes:5", "classes:6", "classes:7"]
+    assert [step.spec.text for step in chain] == ["classes:5", "classes:6", "classes:7"]
     # The retain set of v3 excludes everything forgotten on the way, and earlier forgotten classes stay forgotten.
     assert run.data.params["data.forget_steps_before"] == "2"
     assert third.metrics.loc["unlearned", "forget_accuracy"] < third.metrics.loc["original", "forget_accuracy"]

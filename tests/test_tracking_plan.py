@@ -7,10 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from mlflow_unlearn.request import UnlearnRequest
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.api import evaluate_version, train_model, unlearn
+from mlflow_unlearn.tracking.cli import cli
 from mlflow_unlearn.tracking.configs import ConfigError
 from mlflow_unlearn.tracking.keys import read_digest_key
 from mlflow_unlearn.tracking.plan import UnlearnPlan, prepare
@@ -36,13 +39,14 @@ def _runs(registry) -> int:
 
 
 def test_prepare_returns_one_frozen_plan_with_everything_checked(registry):
-    plan = prepare("models:/plan-mlp/1", forget="classes:7,3", method="finetune", config=FAST,
-                   reference="retrain", gate={"max_test_drop": 30}, seed=4, device="cpu",
-                   tracking_uri=registry["tracking_uri"], registry_uri=registry["registry_uri"])
+    request = UnlearnRequest("classes:7,3", method="finetune", config=FAST, reference="retrain", seed=4, device="cpu")
+    plan = prepare("models:/plan-mlp/1", request, gate={"max_test_drop": 30}, tracking_uri=registry["tracking_uri"],
+                   registry_uri=registry["registry_uri"])
     assert isinstance(plan, UnlearnPlan)
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.method = "nitc"
     assert (plan.parent.name, str(plan.parent.version), plan.method, plan.seed) == ("plan-mlp", "1", "finetune", 4)
+    assert plan.forget_spec == request.forget  # the one parsed spec travels on, not its text
     assert plan.forget.kind == vocab.CLASS_FORGETTING and plan.forget.forget_classes == (3, 7)
     assert plan.lineage.source == "digits" and plan.new_lineage.chain[-1].digest == plan.forget.digest
     assert plan.config.epochs == 2 and plan.gate.max_test_drop == 30 and plan.retrain_config.epochs == 3
@@ -63,10 +67,11 @@ def test_prepare_returns_one_frozen_plan_with_everything_checked(registry):
     ({"retain_eval_size": 0}, ValueError, "`retain_eval_size` to be a positive int"),
 ])
 def test_prepare_refuses_bad_input_before_anything_runs(registry, kwargs, error, message):
-    args = {"forget": "classes:3", "method": "finetune", **kwargs}
-    with pytest.raises(error, match=message) as info:
-        prepare("models:/plan-mlp/1", device="cpu", tracking_uri=registry["tracking_uri"],
-                registry_uri=registry["registry_uri"], **args)
+    fields = {"forget": "classes:3", "method": "finetune", "device": "cpu", **kwargs}
+    options = {k: fields.pop(k) for k in ("distributed", "retain_eval_size") if k in fields}
+    with pytest.raises(error, match=message) as info:  # the grammar's errors come from the request itself
+        prepare("models:/plan-mlp/1", UnlearnRequest(**fields), tracking_uri=registry["tracking_uri"],
+                registry_uri=registry["registry_uri"], **options)
     assert "1,2,3" not in str(info.value)
     assert _runs(registry) == 1
 
@@ -74,7 +79,7 @@ def test_prepare_refuses_bad_input_before_anything_runs(registry, kwargs, error,
 @pytest.mark.slow
 def test_evaluate_version_matches_a_relative_ids_spec_with_the_recorded_absolute_one(registry, tmp_path,
                                                                                        monkeypatch):
-    plan = prepare("models:/plan-mlp/1", forget="classes:3", method="finetune", device="cpu",
+    plan = prepare("models:/plan-mlp/1", UnlearnRequest("classes:3", method="finetune", device="cpu"),
                    tracking_uri=registry["tracking_uri"], registry_uri=registry["registry_uri"])
     chosen = np.random.default_rng(0).choice(plan.split.train.ids, size=40, replace=False)
     monkeypatch.chdir(tmp_path)
@@ -93,3 +98,23 @@ def test_evaluate_version_matches_a_relative_ids_spec_with_the_recorded_absolute
     assert relative.equals(absolute)
     assert relative.loc[vocab.MODEL_ROW, "forget_accuracy"] == pytest.approx(
         outcome.metrics.loc[vocab.UNLEARNED_ROW, "forget_accuracy"])
+
+
+@pytest.mark.slow
+def test_the_seed_reaches_the_run_through_the_api_and_the_cli(registry, tmp_path):
+    """``seed`` is a request field at every door (issue 28): here the API and the CLI; ``mlflow run -P seed=``
+    in test_tracking_project.py, a registry request's ``seed=`` in test_plugin_server.py."""
+    uri, experiment = registry["tracking_uri"], registry["experiment"]
+    outcome = unlearn("models:/plan-mlp/1", forget="classes:3", method="finetune", config=FAST, gate=LENIENT,
+                      onnx=False, register=False, device="cpu", seed=5, experiment=experiment,
+                      tracking_uri=uri, registry_uri=registry["registry_uri"])
+    assert MlflowClient(uri).get_run(outcome.run_id).data.params["unlearn.seed"] == "5"
+    config = tmp_path / "fast.yaml"
+    config.write_text(json.dumps({**FAST, "gate": LENIENT}))  # JSON is YAML
+    result = CliRunner().invoke(cli, [
+        "unlearn", "models:/plan-mlp/1", "--forget", "classes:3", "--method", "finetune", "--config", str(config),
+        "--seed", "6", "--register", "no", "--onnx-copy", "false", "--device", "cpu", "--experiment", experiment],
+        env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": registry["registry_uri"]})
+    assert result.exit_code == 0, result.output
+    runs = MlflowClient(uri).search_runs([experiment], filter_string="params.`unlearn.seed` = '6'")
+    assert len(runs) == 1 and runs[0].data.params["unlearn.register"] == "False"

@@ -30,7 +30,7 @@ def test_mlflow_run_unlearn_entry_point(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "unlearn", "--env-manager", "local",
          "--experiment-id", experiment, "-P", "model_uri=models:/proj/1", "-P", "forget=classes:3",
-         "-P", "method=finetune", "-P", f"config={config}", "-P", "device=cpu"],
+         "-P", "method=finetune", "-P", f"config={config}", "-P", "device=cpu", "-P", "seed=7"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -41,6 +41,7 @@ def test_mlflow_run_unlearn_entry_point(tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.tags[vocab.VERDICT_TAG] == "passed" and run.data.tags[vocab.RESULT_VERSION_TAG] == "proj/2"
     assert run.data.params["model_uri"] == "models:/proj/1" and run.data.params["unlearn.method"] == "finetune"
+    assert run.data.params["unlearn.seed"] == "7"  # -P seed= reached the request (issue 28)
     version = client.get_model_version("proj", "2")
     assert version.run_id == run.info.run_id and set(version.tags) == set(vocab.VERSION_TAG_KEYS)
     assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"model", "onnx_model", "report"}  # onnx: "true"

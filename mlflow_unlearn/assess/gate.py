@@ -72,10 +72,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from scipy.stats import binom
 
 from mlflow_unlearn.assess.rows import ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
 from mlflow_unlearn.data.forget import CLASS_FORGETTING
+from mlflow_unlearn.metrics.mia import MembershipTest
 
 PASSED = "passed"
 FAILED = "failed"
@@ -108,8 +111,6 @@ def sampling_allowance(count: int | None, share: float, *, paired: bool = False)
     """
     if not count:
         return 0.0
-    import numpy as np
-    from scipy.stats import binom
 
     p = min(max(share / 100.0, 0.0), 1.0)
     if not paired:
@@ -313,8 +314,6 @@ def sample_membership_verdict(original: Any, unlearned: Any, reference: Any | No
 
 
 def _membership(row: pd.Series, columns: tuple[str, ...] = MEMBERSHIP_COLUMNS) -> Any:
-    from mlflow_unlearn.metrics.mia import MembershipTest
-
     auc, low, high = (float(row[c]) / 100 for c in columns)
     return MembershipTest(auc, low, high, math.nan, 0, 0)
 

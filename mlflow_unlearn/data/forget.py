@@ -9,6 +9,10 @@ A forget specification names the training samples a model must forget, as ``KIND
                                line (surrounding whitespace and blank lines ignored). An ID matches a sample when
                                their canonical text forms are equal (``7`` and ``"7"`` match; ``"007"`` does not
                                match ``7``). Every ID must be in the training split, and listed once.
+``ids:keyed-<hex>``             the record of an ``ids:`` request (a keyed digest of its spec, see
+                               :meth:`ForgetSpec.keyed_record`): what a lineage, a run and a report hold instead of
+                               the file's path. It names no file, so it is never applied to data: an earlier
+                               ``ids:`` step is replayed from the tombstones its run stored.
 ``random:<amount>[:<seed>]``   sample-wise, for benchmarks: a seeded random subset of the training split. ``amount``
                                with a decimal point is a fraction in (0, 1) (``random:0.1``); a plain integer is a
                                count (``random:100``). ``seed`` is a non-negative int, default 0.
@@ -54,6 +58,9 @@ SAMPLE_FORGETTING = "sample"
 FORGETTING_KINDS = (CLASS_FORGETTING, SAMPLE_FORGETTING)
 #: Why a grammar error does not repeat the user's text.
 _NOT_REPEATED = "not repeated: it may be sample IDs"
+#: The argument of an ``ids:`` record: ``keyed-`` and the keyed digest of the request's spec.
+_KEYED_PREFIX = "keyed-"
+_KEYED = re.compile(r"[0-9a-f]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class ForgetSpec:
         fraction: ``random:``: the fraction of the training split, or None when a count was given.
         count: ``random:``: the number of samples, or None when a fraction was given.
         seed: ``random:``: the seed of the subset.
+        keyed: ``ids:keyed-<hex>``: the keyed digest of the spec of an ``ids:`` request (its record; no path).
     """
 
     text: str
@@ -77,6 +85,7 @@ class ForgetSpec:
     fraction: float | None = None
     count: int | None = None
     seed: int = 0
+    keyed: str = ""
     key: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
     forgotten: Any = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -84,6 +93,26 @@ class ForgetSpec:
     def forgetting_kind(self) -> str:
         """:data:`CLASS_FORGETTING` for a ``classes:`` spec, else :data:`SAMPLE_FORGETTING`."""
         return CLASS_FORGETTING if self.form == "classes" else SAMPLE_FORGETTING
+
+    @property
+    def by_ids(self) -> bool:
+        """Whether the spec names sample IDs (an ``ids:`` file, or the keyed record of one).
+
+        >>> parse_forget_spec("ids:forget.txt").by_ids, parse_forget_spec("ids:keyed-0a1b").by_ids
+        (True, True)
+        """
+        return self.form == "ids"
+
+    @classmethod
+    def keyed_record(cls, hexdigest: str) -> ForgetSpec:
+        """The record of an ``ids:`` request: ``ids:keyed-<hexdigest>`` (made by the digest key's holder).
+
+        >>> ForgetSpec.keyed_record("0a1b").text
+        'ids:keyed-0a1b'
+        """
+        if not _KEYED.fullmatch(hexdigest):
+            raise ValueError("Expected a keyed spec digest of lower-case hex digits")
+        return cls(f"ids:{_KEYED_PREFIX}{hexdigest}", "ids", keyed=hexdigest)
 
     @property
     def canonical(self) -> str:
@@ -104,7 +133,7 @@ class ForgetSpec:
         >>> parse_forget_spec("ids:forget.txt").absolute().text == "ids:" + os.path.abspath("forget.txt")
         True
         """
-        if self.form != "ids" or os.path.isabs(self.path):
+        if self.form != "ids" or self.keyed or os.path.isabs(self.path):
             return self
         path = os.path.abspath(self.path)
         return dataclasses.replace(self, text=f"ids:{path}", path=path)
@@ -230,7 +259,7 @@ def parse_forget_spec(text: str) -> ForgetSpec:
             number that parsed (a bad fraction), since a malformed spec may be sample IDs.
 
     >>> parse_forget_spec("classes:7,3")
-    ForgetSpec(text='classes:7,3', form='classes', classes=(3, 7), path='', fraction=None, count=None, seed=0)
+    ForgetSpec(text='classes:7,3', form='classes', classes=(3, 7), path='', fraction=None, count=None, seed=0, keyed='')
     >>> spec = parse_forget_spec("random:100:5")
     >>> spec.form, spec.count, spec.fraction, spec.seed, spec.forgetting_kind
     ('random', 100, None, 5, 'sample')
@@ -249,13 +278,14 @@ def parse_forget_spec(text: str) -> ForgetSpec:
     return SPEC_FORM_REGISTRY.get(form).parse(text, argument)
 
 
-def resolve_forget(split: DataSplit, spec: str, *, salt: str = "", key: bytes | None = None,
+def resolve_forget(split: DataSplit, spec: ForgetSpec | str, *, salt: str = "", key: bytes | None = None,
                    forgotten: Any = None) -> ForgetSplit:
     """Apply forget ``spec`` to ``split.train``: the forget, retain and (untouched) test subsets.
 
     Args:
         split: the train/test split the model was trained on.
-        spec: a forget specification (see the module docstring), e.g. ``"classes:3,7"``.
+        spec: a forget specification (see the module docstring), e.g. ``"classes:3,7"``, or one already parsed by
+            :func:`parse_forget_spec` (it is not parsed again).
         salt: mixed into the digest (see :func:`forget_digest`).
         key: secret key of the digest (HMAC-SHA256), and of the digest of unknown IDs in an error. Required for an
             ``ids:`` set; given for a ``classes:`` or ``random:`` set, whose spec names the set anyway, only when the
@@ -280,14 +310,14 @@ def resolve_forget(split: DataSplit, spec: str, *, salt: str = "", key: bytes | 
     ('class', (3,), True, True)
     """
     _check_key(key)
-    parsed = parse_forget_spec(spec)
+    parsed = spec if isinstance(spec, ForgetSpec) else parse_forget_spec(spec)
     earlier = np.asarray([] if forgotten is None else forgotten).reshape(-1)
     select = SPEC_FORM_REGISTRY.get(parsed.form).select
     selection = select(split, dataclasses.replace(parsed, key=key, forgotten=earlier))
-    return _forget_split(split, selection, spec, salt=salt, key=key)
+    return _forget_split(split, selection, parsed.text, by_ids=parsed.by_ids, salt=salt, key=key)
 
 
-def forget_by_digests(split: DataSplit, digests: Any, *, key: bytes, spec: str) -> ForgetSplit:
+def forget_by_digests(split: DataSplit, digests: Any, *, key: bytes, spec: ForgetSpec) -> ForgetSplit:
     """The forget split of the training samples whose :func:`id_digests` are in ``digests`` (a replay from
     tombstones: no ID file needed).
 
@@ -295,7 +325,7 @@ def forget_by_digests(split: DataSplit, digests: Any, *, key: bytes, spec: str) 
         split: the train/test split.
         digests: keyed per-ID digests made with the same ``key``.
         key: the secret key.
-        spec: the spec to record for this forget split (a keyed digest, never a path).
+        spec: the spec to record for this forget split (its keyed record, ``ids:keyed-<hex>``, never a path).
 
     Returns:
         A :class:`ForgetSplit` of kind ``"sample"`` with the keyed digest of the selected IDs.
@@ -311,13 +341,13 @@ def forget_by_digests(split: DataSplit, digests: Any, *, key: bytes, spec: str) 
     if missing:
         raise ValueError(f"{missing} of the {len(wanted)} recorded ID digests match no training sample of "
                          f"{split.source!r}: the key or the data differ from those of the forget step")
-    return _forget_split(split, _Selection(mask, SAMPLE_FORGETTING), spec, key=key)
+    return _forget_split(split, _Selection(mask, SAMPLE_FORGETTING), spec.text, by_ids=True, key=key)
 
 
-def _forget_split(split: DataSplit, selection: _Selection, spec: str, *, salt: str = "",
+def _forget_split(split: DataSplit, selection: _Selection, spec: str, *, by_ids: bool, salt: str = "",
                   key: bytes | None = None) -> ForgetSplit:
     count = int(selection.mask.sum())
-    what = "The forget request file" if spec.startswith("ids:") else f"The forget spec {spec!r}"
+    what = "The forget request file" if by_ids else f"The forget spec {spec!r}"
     if count == 0:
         raise ValueError(f"{what} selects no training samples (empty forget set); name at least one training sample")
     if count == len(split.train):
@@ -362,6 +392,8 @@ def _read_forget_ids(path: str) -> np.ndarray:
 
 
 def _parse_ids(text: str, argument: str) -> ForgetSpec:
+    if argument.startswith(_KEYED_PREFIX) and _KEYED.fullmatch(argument.removeprefix(_KEYED_PREFIX)):
+        return ForgetSpec.keyed_record(argument.removeprefix(_KEYED_PREFIX))
     # A file name ends in a suffix of letters; anything else may be IDs pasted into the spec: never repeat it.
     if not re.search(r"\.[A-Za-z][A-Za-z0-9]*$", argument):
         raise ValueError("Expected ids:<file.csv|file.parquet|file.txt>, the path of a file that lists the sample "
@@ -373,6 +405,10 @@ def _parse_ids(text: str, argument: str) -> ForgetSpec:
 
 @_register_spec_form("ids", "ids:<file.csv|file.parquet|file.txt>", _parse_ids)
 def _ids(split: DataSplit, spec: ForgetSpec) -> _Selection:
+    if spec.keyed:
+        raise ValueError("A forget spec ids:keyed-<digest> is the record of an earlier ids: request, not a request: "
+                         "it names no file. Give ids:<file> (the holder of the digest key replays a recorded step "
+                         "from its tombstones)")
     path = spec.path
     requested = _read_forget_ids(path)
     unique = np.unique(requested)

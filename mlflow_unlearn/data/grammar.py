@@ -295,15 +295,27 @@ def _check_factory(spec: SourceSpec) -> None:
                          f"got {target!r}")
 
 
-def parse_flag(name: str, text: str) -> bool:
-    """A yes/no option: ``1``/``true``/``yes`` or ``0``/``false``/``no`` (any case).
+def parse_flag(name: str, text: str, *, what: str = "option") -> bool:
+    """Yes/no text: ``1``/``true``/``yes`` or ``0``/``false``/``no`` (any case, surrounding spaces ignored).
 
-    >>> parse_flag("download", "No"), parse_flag("download", "1")
-    (False, True)
+    The project's one reader of such text: source options (``download``), a registry request's ``onnx=``, the
+    CLI's ``--register``/``--onnx-copy`` (and so the MLproject's parameters), the plugin's settings, logged params.
+
+    Args:
+        name: what the text sets, for the message.
+        text: the text.
+        what: what kind of thing ``name`` is, for the message (``option``, ``setting``, ``key``...).
+
+    Raises:
+        ValueError: any other text.
+
+    >>> parse_flag("download", "No"), parse_flag("download", "1"), parse_flag("onnx", " TRUE ")
+    (False, True, True)
     """
-    if text.lower() in _TRUE | _FALSE:
-        return text.lower() in _TRUE
-    raise ValueError(f"Expected option `{name}` to be 1/0, true/false or yes/no but got {text!r}")
+    flag = text.strip().lower() if isinstance(text, str) else ""
+    if flag in _TRUE | _FALSE:
+        return flag in _TRUE
+    raise ValueError(f"Expected {what} `{name}` to be 1/0, true/false or yes/no but got {str(text)[:40]!r}")
 
 
 def _parse_size(name: str, text: str) -> tuple[int, int]:

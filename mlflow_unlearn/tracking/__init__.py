@@ -5,12 +5,14 @@ which checks a request once and returns a frozen :class:`~mlflow_unlearn.trackin
 metric rows, reference options and the default method come from :mod:`mlflow_unlearn.tracking.vocabulary`.
 
 Everything that touches MLflow lives here; the engine (``data``, ``models``, ``training``, ``methods``,
-``metrics``, ``assess``) never imports it. Submodules import MLflow and torch lazily where they can, so that
-``import mlflow_unlearn.tracking`` stays cheap for the plugins.
+``metrics``, ``assess``) never imports it. The modules that the registry plugin and the CLI import first
+(``vocabulary``, ``keys``, ``experiments``, ``provenance``, ``cli``) load no torch; the others import what they use
+at their top, so that their dependencies can be read there.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 __all__ = ["TrainOutcome", "UnlearnOutcome", "UnlearnPlan", "evaluate_version", "prepare", "project_dir", "train_model",
@@ -30,7 +32,6 @@ def project_dir() -> Path:
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
 
         return getattr(importlib.import_module(f"mlflow_unlearn.tracking.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'mlflow_unlearn.tracking' has no attribute {name!r}")

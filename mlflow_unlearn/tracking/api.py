@@ -28,7 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from mlflow_unlearn import assess as assessing
+from mlflow_unlearn import runtime as rt
+from mlflow_unlearn.request import UnlearnRequest
 from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import report as rep
 from mlflow_unlearn.tracking import steps
@@ -48,15 +52,14 @@ from mlflow_unlearn.tracking.runlog import (
 from mlflow_unlearn.tracking.train import TrainOutcome, log_model, model_code_paths, train_model
 
 if TYPE_CHECKING:
-    import pandas as pd
     from mlflow.entities.model_registry import ModelVersion
     from torch import nn
 
     from mlflow_unlearn.assess import GateConfig, GateResult
 
 
-__all__ = ["ConfigError", "DataResolutionError", "TrainOutcome", "UnlearnOutcome", "evaluate_version", "load_config",
-           "log_model", "model_code_paths", "prepare", "train_model", "unlearn"]
+__all__ = ["ConfigError", "DataResolutionError", "TrainOutcome", "UnlearnOutcome", "UnlearnRequest", "evaluate_version",
+           "load_config", "log_model", "model_code_paths", "prepare", "train_model", "unlearn"]
 
 _logger = logging.getLogger("mlflow_unlearn")
 
@@ -100,6 +103,8 @@ def unlearn(model_uri: str, *, forget: str, method: str = vocab.DEFAULT_METHOD, 
             registry_uri: str | None = None) -> UnlearnOutcome:
     """Make registered model version ``model_uri`` forget ``forget``, prove it, and register the result.
 
+    The keyword arguments that describe the request become one :class:`~mlflow_unlearn.request.UnlearnRequest`
+    (its grammar checked: the forget spec, the data source, the reference, the seed, the device).
     Steps: :func:`~mlflow_unlearn.tracking.plan.prepare` (the version, its format, its training data rebuilt
     from its lineage, the forget set, the configs); return the existing version if this exact unlearning was
     done before; run the method (and with ``reference="retrain"`` a model retrained on the retain set with
@@ -112,8 +117,9 @@ def unlearn(model_uri: str, *, forget: str, method: str = vocab.DEFAULT_METHOD, 
     ranks return an outcome with no version, no run and an empty metrics table, holding the unlearned model.
 
     Args:
-        model_uri, forget, method, data, config, reference, gate, seed, device, retain_eval_size: what to
-            unlearn and how; see :func:`~mlflow_unlearn.tracking.plan.prepare`.
+        model_uri, forget, method, data, config, reference, seed, device: what to unlearn and how; see
+            :class:`~mlflow_unlearn.request.UnlearnRequest`.
+        gate, retain_eval_size: see :func:`~mlflow_unlearn.tracking.plan.prepare`.
         register: register the result (when the gate passes).
         force: register even when the gate fails (the version is tagged ``verdict=failed``).
         onnx: log an ONNX copy of the new version.
@@ -129,13 +135,12 @@ def unlearn(model_uri: str, *, forget: str, method: str = vocab.DEFAULT_METHOD, 
         The errors of :func:`~mlflow_unlearn.tracking.plan.prepare`, all before anything is logged;
         ModelFormatError also for a failed ONNX check.
     """
-    from mlflow_unlearn import runtime as rt
-
     result = rep.RunResult(run_id="", started_at=rep.utc_now())
     t_start = time.perf_counter()
-    plan = prepare(model_uri, forget=forget, method=method, data=data, config=config, reference=reference,
-                   gate=gate, seed=seed, device=device, retain_eval_size=retain_eval_size,
-                   tracking_uri=tracking_uri, registry_uri=registry_uri)
+    request = UnlearnRequest(forget, method=method, data=data, config=config, reference=reference, seed=seed,
+                             device=device, onnx=onnx, register=register)
+    plan = prepare(model_uri, request, gate=gate, retain_eval_size=retain_eval_size, tracking_uri=tracking_uri,
+                   registry_uri=registry_uri)
     if register and (reused := _reuse(plan, run_id)) is not None:
         return reused
     result.timings["prepare_s"] = time.perf_counter() - t_start
@@ -183,8 +188,6 @@ def _reuse(plan: UnlearnPlan, run_id: str | None) -> UnlearnOutcome | None:
 
 
 def _other_rank(plan: UnlearnPlan) -> UnlearnOutcome:
-    import pandas as pd
-
     result, _ = steps.run(plan)
     return UnlearnOutcome(None, "", pd.DataFrame(), "", "", model=result.model)
 
@@ -210,9 +213,9 @@ def evaluate_version(model_uri: str, *, forget: str, data: str | None = None, re
     Raises:
         The same input errors as :func:`unlearn`.
     """
-    plan = prepare(model_uri, forget=forget, data=data, reference=reference, device=device, seed=seed,
-                   retain_eval_size=None, distributed=False, forgotten=True, tracking_uri=tracking_uri,
-                   registry_uri=registry_uri)
+    request = UnlearnRequest(forget, data=data, reference=reference, device=device, seed=seed)
+    plan = prepare(model_uri, request, retain_eval_size=None, distributed=False, forgotten=True,
+                   tracking_uri=tracking_uri, registry_uri=registry_uri)
     models = {vocab.MODEL_ROW: plan.model}
     if plan.retrain_config is not None:
         models[vocab.RETRAIN_ROW] = steps.run_method(plan, vocab.RETRAIN_METHOD, plan.retrain_config).model

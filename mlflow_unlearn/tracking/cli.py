@@ -5,23 +5,28 @@ Every command honours ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``; under `
 (unknown model, bad forget spec, malformed config, a refused gate, ...) end with a one-line message on
 stderr and a non-zero exit code, never a traceback. The state of one invocation (whether it owns its process,
 the environment's MLflow settings, read once) lives in click's context object, :class:`CliState`.
+
+The commands import the library (torch, MLflow) inside their functions, once they run: importing this module is
+cheap (``--help`` answers at once), and :func:`main` pauses the garbage collector before those imports.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import gc
 import json
 import logging
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 
 import click
 
 from mlflow_unlearn.tracking import cli_args as args
 from mlflow_unlearn.tracking import vocabulary as vocab
-from mlflow_unlearn.tracking.runlog import TrackingEnv
+from mlflow_unlearn.tracking.experiments import TrackingEnv
 
 #: Exit code when the acceptance gate refused the unlearned model.
 GATE_FAILED_EXIT_CODE = 3
@@ -45,9 +50,10 @@ class _UserErrorGroup(click.Group):
     """Turns the errors a user can fix into one-line messages (exit code 1) instead of tracebacks."""
 
     def invoke(self, ctx: click.Context):
+        # lazy (module docstring): importing the CLI loads no torch or MLflow
         from mlflow.exceptions import MlflowException
 
-        from mlflow_unlearn.runtime import UnlearningDivergedError
+        from mlflow_unlearn.runtime import UnlearningDivergedError  # lazy: imports torch
 
         if ctx.obj is not None and ctx.obj.own_process:
             # torch and MLflow are imported now: their objects live as long as the process.
@@ -107,7 +113,7 @@ def cli(ctx: click.Context) -> None:
 def train(state: CliState, data, arch, registered_model_name, epochs, test_fraction, seed, device, onnx,
           experiment) -> None:
     """Train ARCH on DATA, log it with its lineage and register it (with --name)."""
-    from mlflow_unlearn.tracking.api import train_model
+    from mlflow_unlearn.tracking.api import train_model  # lazy: torch and MLflow, once the command runs
 
     outcome = train_model(data, arch=arch, registered_model_name=registered_model_name,
                           config={"epochs": epochs} if epochs else None, seed=seed, test_fraction=test_fraction,
@@ -142,8 +148,8 @@ def unlearn(state: CliState, model_uri, forget, method, data, config, reference,
     """
     if onnx_copy is not None:
         onnx = onnx_copy
-    from mlflow_unlearn import runtime as rt
-    from mlflow_unlearn.tracking.api import unlearn as run_unlearn
+    from mlflow_unlearn import runtime as rt  # lazy: torch and MLflow, once the command runs
+    from mlflow_unlearn.tracking.api import unlearn as run_unlearn  # lazy: as above
 
     distributed = rt.init_distributed_from_env()
     primary = rt.rank() == 0
@@ -154,9 +160,7 @@ def unlearn(state: CliState, model_uri, forget, method, data, config, reference,
                               experiment=experiment)
     finally:
         if distributed:
-            from mlflow_unlearn.runtime import shutdown_distributed
-
-            shutdown_distributed()
+            rt.shutdown_distributed()
     if primary:
         _report_outcome(outcome, as_json=as_json, register=register)
 
@@ -190,7 +194,7 @@ def _report_outcome(outcome, *, as_json: bool, register: bool) -> None:
 @click.pass_obj
 def evaluate(state: CliState, model_uri, forget, data, reference, device, seed, as_json) -> None:
     """Evaluate MODEL_URI on a forget split: accuracies, membership-inference attacks, ZRF (percent)."""
-    from mlflow_unlearn.tracking.api import evaluate_version
+    from mlflow_unlearn.tracking.api import evaluate_version  # lazy: torch and MLflow, once the command runs
 
     metrics = evaluate_version(model_uri, forget=forget, data=data or None, reference=reference, device=device,
                                seed=seed, run_id=state.env.run_id)
@@ -204,18 +208,17 @@ def verify(model_uri, forget) -> None:
     """For the holder of the digest key: did MODEL_URI forget exactly the IDs of --forget ids:<file> in its
     lineage? One line. Exit code 0: forgotten; 1: not forgotten; 3: unverifiable (the version claims to be an
     unlearning result but its provenance does not verify); 2: an error (no key, unknown version, unreadable file)."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: MLflow, once the command runs
 
-    from mlflow_unlearn.tracking.verify import EXIT_CODES
-    from mlflow_unlearn.tracking.verify import verify as verify_version
+    from mlflow_unlearn.tracking import verify as verification  # lazy: as above
 
     try:
-        answer = verify_version(model_uri, forget=forget)
+        answer = verification.verify(model_uri, forget=forget)
     except (ValueError, OSError, MlflowException) as exc:
         message = exc.message if isinstance(exc, MlflowException) else str(exc)
         raise VerifyError(" ".join(message.split()) or type(exc).__name__) from None
     click.echo(answer.message)
-    sys.exit(EXIT_CODES[answer.status])
+    sys.exit(verification.EXIT_CODES[answer.status])
 
 
 class VerifyError(click.ClickException):
@@ -228,9 +231,7 @@ class VerifyError(click.ClickException):
 @args.OUTPUT_JSON
 def methods(as_json) -> None:
     """List the unlearning methods with their hyperparameters and defaults."""
-    import dataclasses
-
-    from mlflow_unlearn.methods import get_method, list_methods
+    from mlflow_unlearn.methods import get_method, list_methods  # lazy: torch, once the command runs
 
     rows = []
     for name in list_methods():
@@ -254,12 +255,10 @@ def methods(as_json) -> None:
               help="Download the whole report (JSON, Markdown, plots) into this folder.")
 def report(target, as_json, output_dir) -> None:
     """Print the audit report of an unlearned version (models:/<name>/<version>) or of an unlearning run."""
-    import tempfile
+    from mlflow import MlflowClient  # lazy: MLflow, once the command runs
+    from mlflow.artifacts import download_artifacts  # lazy: as above
 
-    from mlflow import MlflowClient
-    from mlflow.artifacts import download_artifacts
-
-    from mlflow_unlearn.tracking import report as rep
+    from mlflow_unlearn.tracking import report as rep  # lazy: torch and MLflow, as above
 
     client = MlflowClient()
     if target.startswith("models:/"):
@@ -298,14 +297,13 @@ def report(target, as_json, output_dir) -> None:
 def demo(state: CliState, data, arch, registered_model_name, epochs, forget, method, config, reference, device,
          seed) -> None:
     """The end-to-end demo: train and register a model, unlearn a forget set, register the result."""
-    from mlflow_unlearn.tracking.api import train_model
-    from mlflow_unlearn.tracking.api import unlearn as run_unlearn
+    from mlflow_unlearn.tracking import api  # lazy: torch and MLflow, once the command runs
 
-    trained = train_model(data, arch=arch, registered_model_name=registered_model_name, config={"epochs": epochs},
-                          seed=seed, device=device)
+    trained = api.train_model(data, arch=arch, registered_model_name=registered_model_name,
+                              config={"epochs": epochs}, seed=seed, device=device)
     uri = _uri(trained.version)
     click.echo(f"Trained {arch} on {data} (test accuracy {trained.test_accuracy:.2f}%), registered {uri}")
-    outcome = run_unlearn(uri, forget=forget, method=method, config=config or None, reference=reference,
+    outcome = api.unlearn(uri, forget=forget, method=method, config=config or None, reference=reference,
                           device=device, seed=seed, run_id=state.env.run_id)
     _report_outcome(outcome, as_json=False, register=True)
 

@@ -1,30 +1,54 @@
 """Click arguments and options of the ``mlflow-unlearn`` CLI, each defined once and shared by the commands.
 
-Empty strings mean "not given" for the options that ``mlflow run`` passes as ``''`` (``--data``,
-``--config``), so that MLproject parameters can default to ``""``. A MLproject parameter cannot choose between
-the two spellings of a flag, so a flag it sets also has a value form (``--onnx-copy true|false``).
+The options of a request's fields take their help from :data:`mlflow_unlearn.request.REQUEST_FIELDS`, and a test
+checks that ``unlearn`` has an option for every field the CLI door takes. Empty strings mean "not given" for the
+options that ``mlflow run`` passes as ``''`` (``--data``, ``--config``), so that MLproject parameters can default
+to ``""``. A MLproject parameter cannot choose between the two spellings of a flag, so a flag it sets also has a
+value form (``--onnx-copy true|false``). Yes/no values are read by the project's one parser
+(:func:`mlflow_unlearn.data.grammar.parse_flag`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from mlflow_unlearn.request import REQUEST_FIELDS, parse_flag
 from mlflow_unlearn.tracking import vocabulary as vocab
+
+_HELP = {f.name: f.help for f in REQUEST_FIELDS}
+
+
+class _YesNo(click.ParamType):
+    """true/false, 1/0 or yes/no (any case), read by :func:`~mlflow_unlearn.data.grammar.parse_flag`."""
+
+    name = "true|false"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool:
+        if isinstance(value, bool):
+            return value
+        try:
+            return parse_flag(param.name if param is not None else "value", str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+YES_NO = _YesNo()
 
 MODEL_URI = click.argument("model_uri", metavar="MODEL_URI")
 
 FORGET = click.option(
     "--forget", "-f", required=True, metavar="SPEC",
-    help="Forget spec: classes:3,7 | ids:<file.csv|file.parquet|file.txt> | random:<fraction|count>[:<seed>]. "
-         "Use a file for IDs: the spec is logged, the IDs never are.",
+    help=_HELP["forget"],
 )
 METHOD = click.option(
     "--method", "-m", default=vocab.DEFAULT_METHOD, show_default=True, metavar="NAME",
-    help="Unlearning method (see `mlflow-unlearn methods`).",
+    help=_HELP["method"],
 )
 DATA = click.option(
     "--data", "-d", default="", metavar="SOURCE",
-    help="Data source (digits, mnist5k, npz:<path>, ...). Default: the data the model version was trained on.",
+    help=_HELP["data"],
 )
 TRAIN_DATA = click.option(
     "--data", "-d", default="digits", show_default=True, metavar="SOURCE",
@@ -32,24 +56,21 @@ TRAIN_DATA = click.option(
 )
 CONFIG = click.option(
     "--config", "-c", default="", metavar="YAML",
-    help="YAML file of method hyperparameters (optionally with a `gate:` section of thresholds).",
+    help=_HELP["config"],
 )
 REFERENCE = click.option(
     "--reference", type=click.Choice(vocab.REFERENCES), default=vocab.NO_REFERENCE, show_default=True,
-    help="Also train the retrain-from-scratch reference and compare against it (slower).",
+    help=_HELP["reference"],
 )
 REGISTER = click.option(
-    "--register", type=click.BOOL, default=True, show_default=True, metavar="true|false",
-    help="Register the unlearned model as the next version when the gate passes.",
+    "--register", type=YES_NO, default=True, show_default=True, metavar="true|false", help=_HELP["register"],
 )
 FORCE = click.option("--force", is_flag=True, help="Register even when the acceptance gate fails.")
-DEVICE = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
-                      help="Where to run.")
-SEED = click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed.")
-ONNX = click.option("--onnx/--no-onnx", default=True, show_default=True,
-                    help="Also log an ONNX copy of the model, checked against onnxruntime.")
+DEVICE = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda", help=_HELP["device"])
+SEED = click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help=_HELP["seed"])
+ONNX = click.option("--onnx/--no-onnx", default=True, show_default=True, help=_HELP["onnx"])
 ONNX_COPY = click.option(
-    "--onnx-copy", type=click.BOOL, default=None, metavar="true|false",
+    "--onnx-copy", type=YES_NO, default=None, metavar="true|false",
     help="--onnx/--no-onnx as a value, for `mlflow run -P onnx=...` and the registry plugin; when given, it wins "
          "over --onnx/--no-onnx.",
 )

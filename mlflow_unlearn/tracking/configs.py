@@ -15,7 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mlflow_unlearn.assess.gate import GateConfig, build_gate_config
+from mlflow_unlearn.data.grammar import parse_flag
+from mlflow_unlearn.methods import build_config, get_method
 from mlflow_unlearn.tracking.vocabulary import RETRAIN_METHOD
 
 #: Prefix of the training-recipe params a version's run logs (and its descendants inherit).
@@ -27,8 +31,6 @@ class ConfigError(ValueError):
 
 
 def _read_yaml(path: Path) -> Any:
-    import yaml
-
     if not path.is_file():
         raise ConfigError(f"Config file {str(path)!r} not found; pass a YAML file of method hyperparameters")
     try:
@@ -85,8 +87,6 @@ def method_config(method: str, config: Any) -> Any:
         ConfigError: unknown keys or invalid values (the message lists the accepted keys).
         ValueError: an unknown method.
     """
-    from mlflow_unlearn.methods import build_config, get_method
-
     get_method(method)
     try:
         return build_config(method, config)
@@ -109,10 +109,10 @@ def gate_config(gate: GateConfig | Mapping[str, Any] | None, from_file: Mapping[
     return build_gate_config({**(from_file or {}), **dict(gate or {})})
 
 
-def _coerce(text: str, default: Any) -> Any:
-    """``text`` (a logged param) as the type of ``default``."""
+def _coerce(name: str, text: str, default: Any) -> Any:
+    """``text`` (the logged param ``name``) as the type of ``default``."""
     if isinstance(default, bool):
-        return text.lower() in ("1", "true", "yes")
+        return parse_flag(name, text, what="param")
     if isinstance(default, int):
         return int(float(text))
     if isinstance(default, float):
@@ -122,10 +122,9 @@ def _coerce(text: str, default: Any) -> Any:
 
 def retrain_config(recipe: Mapping[str, str]) -> Any:
     """The ``retrain`` method's config from the inherited ``train.*`` params (defaults where absent)."""
-    from mlflow_unlearn.methods import build_config, get_method
-
     spec = get_method(RETRAIN_METHOD)
     defaults = spec.config_cls()
-    overrides = {f.name: _coerce(recipe[TRAIN_PARAM_PREFIX + f.name], getattr(defaults, f.name))
+    overrides = {f.name: _coerce(TRAIN_PARAM_PREFIX + f.name, recipe[TRAIN_PARAM_PREFIX + f.name],
+                                 getattr(defaults, f.name))
                  for f in dataclasses.fields(spec.config_cls) if TRAIN_PARAM_PREFIX + f.name in recipe}
     return build_config(RETRAIN_METHOD, overrides)

@@ -13,17 +13,32 @@ caller's own registry (the same trust as that setting) without changing any envi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import hashlib
 import importlib
+import logging
 import os
+import shutil
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cloudpickle
+import mlflow.pytorch
+import numpy as np
+import torch
+from mlflow.models import Model, ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from mlflow_unlearn._version import __version__
+from mlflow_unlearn.models import ScoresOnly
+
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 #: Artifact folder names inside a run.
@@ -68,9 +83,6 @@ def load_trainable_module(local_model_dir: str | os.PathLike, *, model_uri: str 
         ModelFormatError: not an MLflow model, not the ``pytorch`` flavor, saved as ``pt2``, or no trainable
             parameters.
     """
-    import torch
-    from mlflow.models import Model
-
     root = Path(local_model_dir)
     mlmodel = root / "MLmodel"
     if not mlmodel.is_file():
@@ -119,10 +131,6 @@ def _unpickle(weights: Path, pickle_module, code_dir: Path | None, *, where: str
     Raises:
         ModelFormatError: the model's class lives in a module that is neither importable nor logged with it.
     """
-    import sys
-
-    import torch
-
     added = code_dir is not None and code_dir.is_dir()
     if added:
         sys.path.insert(0, str(code_dir))
@@ -149,8 +157,6 @@ def read_code(local_model_dir: str | os.PathLike) -> dict[str, bytes]:
     An unlearned version is saved with the same code (see :func:`save_trainable_module`), so that chained
     unlearning loads it anywhere.
     """
-    from mlflow.models import Model
-
     root = Path(local_model_dir)
     code = Model.load(str(root / "MLmodel")).flavors.get("pytorch", {}).get("code")
     folder = root / code if code else None
@@ -172,12 +178,6 @@ def code_importable(code: Mapping[str, bytes]) -> Iterator[None]:
     The files are written once per process and content into a temporary folder removed at exit (the modules
     imported from it stay in ``sys.modules``, and the data's worker processes may read them later).
     """
-    import atexit
-    import hashlib
-    import shutil
-    import sys
-    import tempfile
-
     if not code:
         yield
         return
@@ -207,11 +207,6 @@ def write_code(code: Mapping[str, bytes], folder: str | os.PathLike) -> list[str
 
 def pip_requirements(model: nn.Module) -> list[str]:
     """Pinned requirements of a saved model, stated explicitly (MLflow's inference costs seconds)."""
-    import cloudpickle
-    import torch
-
-    from mlflow_unlearn._version import __version__
-
     reqs = [f"torch=={torch.__version__.split('+')[0]}", f"cloudpickle=={cloudpickle.__version__}"]
     if type(model).__module__.startswith("mlflow_unlearn."):
         reqs.append(f"mlflow-unlearn=={__version__}")
@@ -221,10 +216,6 @@ def pip_requirements(model: nn.Module) -> list[str]:
 def tensor_signature(input_shape: tuple[int, ...], num_classes: int, input_dtype: str = "float32"):
     """An MLflow tensor signature: ``input_dtype`` (float32, or int64 for token IDs) ``(-1, *input_shape)`` in, float32
     ``(-1, num_classes)`` logits (the class scores, see :func:`mlflow_unlearn.models.class_scores`) out."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(input_dtype), (-1, *input_shape), "x")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "logits")]),
@@ -246,10 +237,6 @@ def save_trainable_module(model: nn.Module, path: str | os.PathLike, *, input_sh
             float32 ``(-1, num_classes)``).
         code_paths: files or folders of the model's own code (MLflow's ``code_paths``), importable when loaded.
     """
-    import logging
-
-    import mlflow.pytorch
-
     model = model.cpu().eval()
     # MLflow warns about pickle on every such save; pickle is chosen on purpose (trainability), so the
     # warning is silenced for this call only and the logger's level restored.
@@ -278,11 +265,7 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | os.PathLike)
     Raises:
         ModelFormatError: if the export fails or the max absolute difference exceeds :data:`ONNX_TOLERANCE`.
     """
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-
-    from mlflow_unlearn.models import ScoresOnly
+    import onnxruntime as ort  # lazy: an optional, heavy runtime, loaded only for an ONNX copy
 
     name = type(model).__name__
     model = ScoresOnly(model.cpu().eval())
@@ -312,9 +295,9 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | os.PathLike)
 def save_onnx_model(check: OnnxCheck, path: str | os.PathLike, *, input_shape: tuple[int, ...],
                     num_classes: int, input_dtype: str = "float32") -> Path:
     """Save the exported ONNX file as an MLflow onnx-flavor model at ``path``."""
-    import mlflow.onnx
-    import onnx
-    import onnxruntime
+    import mlflow.onnx  # lazy, as onnx and onnxruntime: optional and heavy, loaded only for an ONNX copy
+    import onnx  # lazy: as above
+    import onnxruntime  # lazy: as above
 
     mlflow.onnx.save_model(onnx.load(str(check.path)), str(path),
                            pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow_unlearn.data.forget import ForgetSpec, parse_forget_spec
+
 DIGEST_KEY_ENV = "MLFLOW_UNLEARN_DIGEST_KEY"
 DIGEST_KEY_FILE_ENV = "MLFLOW_UNLEARN_DIGEST_KEY_FILE"
 #: Shortest accepted key (characters or bytes): a short key could be guessed as easily as the IDs.
@@ -67,13 +69,19 @@ class DigestKey:
         """First 12 hex characters of HMAC(key, a fixed text): names the key in records, reveals nothing of it."""
         return hmac.new(self.secret, _FINGERPRINT_TEXT, hashlib.sha256).hexdigest()[:12]
 
-    def spec_digest(self, spec: str) -> str:
-        """What is recorded instead of an ``ids:`` spec (its file path): ``ids:keyed-<24 hex>``.
+    def keyed_spec(self, spec: ForgetSpec) -> ForgetSpec:
+        """What is recorded instead of an ``ids:`` spec (its file path): its keyed record ``ids:keyed-<24 hex>``.
 
-        >>> DigestKey(b"0123456789abcdef").spec_digest("ids:/srv/a.txt").startswith("ids:keyed-")
-        True
+        >>> record = DigestKey(b"0123456789abcdef").keyed_spec(parse_forget_spec("ids:/srv/a.txt"))
+        >>> record.by_ids, record.text.startswith("ids:keyed-"), record.path
+        (True, True, '')
         """
-        return "ids:keyed-" + hmac.new(self.secret, _SPEC_TEXT + spec.encode(), hashlib.sha256).hexdigest()[:24]
+        return ForgetSpec.keyed_record(hmac.new(self.secret, _SPEC_TEXT + spec.text.encode(),
+                                                hashlib.sha256).hexdigest()[:24])
+
+    def spec_digest(self, spec: str) -> str:
+        """:meth:`keyed_spec` of the spec written ``spec``, as text (what a run's ``forget.spec`` param holds)."""
+        return self.keyed_spec(parse_forget_spec(spec)).text
 
     def __repr__(self) -> str:
         return f"DigestKey(fingerprint={self.fingerprint!r})"

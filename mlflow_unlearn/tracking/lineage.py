@@ -19,6 +19,12 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag
+
+from mlflow_unlearn.data.forget import ForgetSpec, parse_forget_spec
+from mlflow_unlearn.tracking.provenance import check
 from mlflow_unlearn.tracking.vocabulary import (
     FORGET_COUNT_TAG,
     FORGET_DIGEST_TAG,
@@ -36,7 +42,7 @@ from mlflow_unlearn.tracking.vocabulary import (
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import DatasetInput, Run
+    from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
 
     from mlflow_unlearn.tracking.keys import DigestKey
@@ -53,28 +59,33 @@ class LineageError(ValueError):
 
 @dataclass(frozen=True)
 class ForgetStep:
-    """One applied forget specification (no IDs, no paths: a class list, a seed, or for ``ids:`` a keyed digest of
-    the spec) and its digest. A keyed step (an ``ids:`` step, and every later step of its lineage) names the
-    fingerprint of the key of its digest; an ``ids:`` step also names the run whose tombstones replay it.
+    """One applied forget specification (no IDs, no paths: a class list, a seed, or for ``ids:`` the keyed record
+    ``ids:keyed-<hex>``) and its digest. A keyed step (an ``ids:`` step, and every later step of its lineage) names
+    the fingerprint of the key of its digest; an ``ids:`` step also names the run whose tombstones replay it. A spec
+    given as text (a recorded lineage) is parsed once, here.
 
     >>> ForgetStep("ids:keyed-0a1b", "d", 1, "fp", "run").by_ids, ForgetStep("classes:3", "d", 5, "fp").by_ids
     (True, False)
     """
 
-    spec: str
+    spec: ForgetSpec
     digest: str
     count: int
     key_fingerprint: str = ""
     run_id: str = ""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.spec, str):
+            object.__setattr__(self, "spec", parse_forget_spec(self.spec))
+
     @property
     def by_ids(self) -> bool:
         """Whether the step forgot sample IDs (an ``ids:`` step, replayed from its tombstones)."""
-        return self.spec.startswith("ids:")
+        return self.spec.by_ids
 
     def to_record(self) -> list[Any]:
         """``[spec, digest, count]``, with ``key_fingerprint`` and ``run_id`` appended for a keyed step."""
-        record: list[Any] = [self.spec, self.digest, self.count]
+        record: list[Any] = [self.spec.text, self.digest, self.count]
         return record + [self.key_fingerprint, self.run_id] if self.key_fingerprint else record
 
 
@@ -171,8 +182,6 @@ def find_existing_version(client: MlflowClient, *, parent: ModelVersion, method:
     Tags only narrow the search: a version whose run holds no valid record for exactly this request (a planted
     version, one made without a key, one whose files were replaced) is never returned.
     """
-    from mlflow_unlearn.tracking.provenance import check
-
     parent_ref = version_ref(parent)
     wanted = {PARENT_TAG: parent_ref, METHOD_TAG: method, FORGET_DIGEST_TAG: forget_digest}
     if key is None:
@@ -190,10 +199,6 @@ def find_existing_version(client: MlflowClient, *, parent: ModelVersion, method:
 
 def lineage_dataset_input(lineage: DataLineage, *, context: str, name: str, digest: str, count: int) -> DatasetInput:
     """A metadata-only dataset input carrying ``lineage`` in its source (no samples, no IDs)."""
-    from mlflow.data.code_dataset_source import CodeDatasetSource
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import DatasetInput, InputTag
-
     tags = {**lineage.to_source_tags(), f"{_SOURCE_TAG_PREFIX}.count": str(count)}
     dataset = MetaDataset(CodeDatasetSource(tags), name=name, digest=digest[:36])
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])

@@ -16,22 +16,34 @@ Nothing downstream re-parses or re-checks: it reads the :class:`UnlearnPlan`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+
+from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.assess.gate import GateConfig
+from mlflow_unlearn.data import forget_by_digests, id_digests, load_data, resolve_forget
+from mlflow_unlearn.methods import get_method, list_methods
+from mlflow_unlearn.methods.registry import config_to_dict
+from mlflow_unlearn.models import check_one_input, class_scores
+from mlflow_unlearn.request import UnlearnRequest
 from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.configs import gate_config, load_config, method_config, retrain_config
+from mlflow_unlearn.tracking.formats import code_importable, load_trainable_module, read_code
 from mlflow_unlearn.tracking.keys import HOW_TO_SET, DigestKey, DigestKeyError, read_digest_key, require_key
+from mlflow_unlearn.tracking.provenance import artifact_digest, check
 
 if TYPE_CHECKING:
-    import numpy as np
-    import torch
-    from mlflow import MlflowClient
     from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
     from torch import nn
@@ -63,7 +75,9 @@ class UnlearnPlan:
         lineage: the data lineage of ``parent``: source, split seed, test fraction, earlier forget steps.
         split: the train/test split ``parent`` was trained on (earlier forget steps applied).
         forget: the forget set resolved against ``split``: forget, retain and test subsets, forgetting kind,
-            spec (an ``ids:`` path made absolute), digest and count.
+            spec as recorded, digest and count.
+        forget_spec: the forget spec as recorded (parsed once): as given (an ``ids:`` path made absolute), or for an
+            ``ids:`` request its keyed record ``ids:keyed-<hex>``, which names no file.
         method: the registered unlearning method.
         config: the method's validated config dataclass.
         config_hash: the hash of method, config and seed (the idempotency key).
@@ -87,6 +101,7 @@ class UnlearnPlan:
     lineage: lin.DataLineage
     split: DataSplit = field(repr=False)
     forget: ForgetSplit
+    forget_spec: ForgetSpec
     method: str
     config: Any
     config_hash: str
@@ -103,8 +118,6 @@ class UnlearnPlan:
     @property
     def config_dict(self) -> dict[str, Any]:
         """The method config as a plain dict (what is logged and hashed)."""
-        from mlflow_unlearn.methods.registry import config_to_dict
-
         return config_to_dict(self.config)
 
     @property
@@ -115,7 +128,7 @@ class UnlearnPlan:
     @property
     def by_ids(self) -> bool:
         """Whether the forget set is an ``ids:`` set (tombstones, the spec recorded as a keyed digest, no path)."""
-        return self.forget.spec.startswith("ids:")
+        return self.forget_spec.by_ids
 
     @property
     def keyed(self) -> bool:
@@ -131,7 +144,7 @@ class UnlearnPlan:
     def lineage_for_run(self, run_id: str) -> lin.DataLineage:
         """:attr:`new_lineage` with the run that stores this step's tombstones (an ``ids:`` step)."""
         fs = self.forget
-        return self.lineage.then(lin.ForgetStep(fs.spec, fs.digest, fs.count, self.key_fingerprint,
+        return self.lineage.then(lin.ForgetStep(self.forget_spec, fs.digest, fs.count, self.key_fingerprint,
                                                 run_id if self.by_ids else ""))
 
     @property
@@ -160,22 +173,14 @@ class UnlearnPlan:
     @property
     def test_forget_share(self) -> float:
         """The share of the test set in the forgotten classes (0 for sample-wise forgetting)."""
-        import numpy as np
-
         return float(np.isin(self.forget.test.y.numpy(), self.forget.forget_classes).mean())
 
 
 def prepare(
     model_uri: str,
+    request: UnlearnRequest,
     *,
-    forget: str,
-    method: str = vocab.DEFAULT_METHOD,
-    data: str | None = None,
-    config: Any = None,
-    reference: str = vocab.NO_REFERENCE,
     gate: GateConfig | Mapping[str, Any] | None = None,
-    seed: int = 0,
-    device: str = "auto",
     retain_eval_size: int | None = RETAIN_EVAL_SIZE,
     distributed: bool | None = None,
     forgotten: bool = False,
@@ -188,17 +193,12 @@ def prepare(
 
     Args:
         model_uri: ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
-        forget: a forget spec: ``classes:3,7``, ``ids:<file>``, ``random:<fraction|count>[:<seed>]``; a
-            relative ``ids:`` path is made absolute (that is how the lineage records it).
-        method: a registered method (see :func:`mlflow_unlearn.methods.list_methods`).
-        data: the data source; None to use the one the version was trained on.
-        config: method hyperparameters: None, a mapping, the method's config dataclass, or a YAML path (which
-            may hold a ``gate:`` section of thresholds).
-        reference: ``"none"`` or ``"retrain"`` (also train the exact-unlearning reference).
+        request: the :class:`~mlflow_unlearn.request.UnlearnRequest` (its grammar already checked): the forget spec
+            (an ``ids:`` path absolute, as the lineage records it), the method (see
+            :func:`mlflow_unlearn.methods.list_methods`), the data source (None: the version's own), the method's
+            config (a YAML path may hold a ``gate:`` section of thresholds), the reference, the seed, the device.
         gate: gate thresholds: a mapping overrides the config YAML's ``gate:`` keys one by one, a
             :class:`~mlflow_unlearn.assess.gate.GateConfig` replaces them.
-        seed: seed of the method, the reference and the attacks.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         retain_eval_size: evaluate retain metrics on a seeded subset of at most this many retain samples
             (None: all of them).
         distributed: whether the method will run under ``torchrun`` (None: whether a process group is
@@ -220,14 +220,14 @@ def prepare(
         DataResolutionError: the data cannot be loaded or does not fit the model (class count, input shape).
         ConfigError: a missing, malformed or invalid method config.
         DigestKeyError: an ``ids:`` request without a digest key (the message says how to set one).
-        ValueError: unknown method or reference, invalid thresholds, a bad forget spec (grammar, unknown
-            classes or IDs, an empty set), or a method that does not run under ``torchrun``.
+        ValueError: unknown method, invalid thresholds or retain evaluation size, a forget set the data does not
+            have (unknown classes or IDs, an empty set), or a method that does not run under ``torchrun``.
     """
-    from mlflow_unlearn.methods.registry import config_to_dict
-
-    spec, key, dev = _check_arguments(method, reference, retain_eval_size, seed, forget, device, digest_key,
-                                      distributed=distributed)
-    method_values, gate_from_file = load_config(config)
+    if not isinstance(request, UnlearnRequest):
+        raise TypeError(f"Expected argument `request` to be an UnlearnRequest but got {type(request).__name__}")
+    method, reference, seed, spec = request.method, request.reference, request.seed, request.forget
+    key, dev = _check_arguments(request, retain_eval_size, digest_key, distributed=distributed)
+    method_values, gate_from_file = load_config(request.config)
     cfg = method_config(method, method_values)
     gate_cfg = gate_config(gate, gate_from_file)
     client = client or tracking_client(tracking_uri, registry_uri)
@@ -235,70 +235,53 @@ def prepare(
     model, code, files = load_version(client, parent, model_uri)
     parent_run = client.get_run(parent.run_id) if parent.run_id else None
     check_parent_provenance(client, parent, parent_run, key, files)
-    lineage, split, forget_split = resolve_data(model, data, parent_run, spec.text, forgotten=forgotten, key=key,
-                                                client=client, code=code)
+    lineage, split, forget_split, recorded = resolve_data(model, request.source, parent_run, spec, forgotten=forgotten,
+                                                          key=key, client=client, code=code)
     recipe = lin.inherited_params(parent_run) if parent_run is not None else {}
     chash = lin.config_hash(method, config_to_dict(cfg), seed, reference=reference, gate=gate_cfg.to_dict(),
                             retain_eval_size=retain_eval_size, source=lineage.source)
     return UnlearnPlan(
         model_uri=model_uri, client=client, parent=parent, parent_run=parent_run, model=model, lineage=lineage,
-        split=split, forget=forget_split, method=method, config=cfg, config_hash=chash, gate=gate_cfg,
-        reference=reference,
+        split=split, forget=forget_split, forget_spec=recorded, method=method, config=cfg, config_hash=chash,
+        gate=gate_cfg, reference=reference,
         retrain_config=retrain_config(recipe) if reference == vocab.RETRAIN_REFERENCE else None, recipe=recipe,
         seed=seed, device=dev, retain_eval_size=retain_eval_size, code=code, digest_key=key,
     )
 
 
-def check_seed(seed: Any) -> None:
-    """The seed is a non-negative int (numpy and torch take nothing else).
-
-    >>> check_seed("a")
-    Traceback (most recent call last):
-    ...
-    ValueError: Expected argument `seed` to be a non-negative int but got 'a'
-    """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ValueError(f"Expected argument `seed` to be a non-negative int but got {seed!r}"[:200])
-
-
-def _check_arguments(method: str, reference: str, retain_eval_size: Any, seed: Any, forget: str, device: str,
-                     digest_key: DigestKey | None, *, distributed: bool | None) -> tuple[ForgetSpec, DigestKey | None,
-                                                                                         torch.device]:
-    """The checks of the arguments alone: the method (DDP support under ``torchrun``), reference, eval size,
-    seed, the forget spec's grammar (an ``ids:`` path made absolute) and its digest key, the device."""
-    from mlflow_unlearn import runtime as rt
-    from mlflow_unlearn.data import parse_forget_spec
-    from mlflow_unlearn.methods import get_method, list_methods
-
+def _check_arguments(request: UnlearnRequest, retain_eval_size: Any, digest_key: DigestKey | None, *,
+                     distributed: bool | None) -> tuple[DigestKey | None, torch.device]:
+    """The checks that need the engine but no registry: the method is registered (and runs DistributedDataParallel
+    under ``torchrun``), the retain evaluation size, the digest key of an ``ids:`` request, the device."""
+    method = request.method
     distributed = rt.is_distributed() if distributed is None else distributed
     if distributed and not get_method(method).distributed:
         supported = [m for m in list_methods(include_reference=False) if get_method(m).distributed]
         raise ValueError(f"Method {method!r} does not run under torchrun (DistributedDataParallel); methods that "
                          f"do: {', '.join(supported)}")
     get_method(method)
-    vocab.check_reference(reference)
     if retain_eval_size is not None and (isinstance(retain_eval_size, bool) or not isinstance(retain_eval_size, int)
                                          or retain_eval_size < 1):
         raise ValueError(f"Expected argument `retain_eval_size` to be a positive int or None but got "
                          f"{retain_eval_size!r}")
-    check_seed(seed)
-    spec = parse_forget_spec(forget).absolute()
     key = digest_key if digest_key is not None else read_digest_key()
-    if spec.form == "ids":
+    if request.forget.by_ids:
         require_key(key)
-    return spec, key, rt.resolve_device(device)
+    return key, rt.resolve_device(request.device)
 
 
-def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spec: str, *,
+def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spec: ForgetSpec, *,
                  forgotten: bool = False, key: DigestKey | None = None, client: MlflowClient | None = None,
-                 code: Mapping[str, bytes] | None = None) -> tuple[lin.DataLineage, DataSplit, ForgetSplit]:
-    """The lineage, the training split and the forget split of a version's data, checked against ``model``.
+                 code: Mapping[str, bytes] | None = None
+                 ) -> tuple[lin.DataLineage, DataSplit, ForgetSplit, ForgetSpec]:
+    """The lineage, the training split and the forget split of a version's data, checked against ``model``, and the
+    spec as it is recorded (an ``ids:`` spec's keyed record).
 
     Args:
         model: the version's model.
         data: the data source; None for the one ``parent_run`` recorded.
         parent_run: the run that logged the version.
-        spec: the forget spec (an ``ids:`` path already absolute).
+        spec: the parsed forget spec (an ``ids:`` path already absolute).
         forgotten: if the lineage already forgot ``spec``, rebuild the data as it was before that step.
         key: the digest key (required for an ``ids:`` spec or a lineage that holds an ``ids:`` step: every digest is
             then keyed); the ``ids:`` forget split records the keyed digest of its spec instead of the path.
@@ -308,10 +291,8 @@ def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spe
     Raises:
         LineageError, DataResolutionError, ValueError: see :func:`prepare`.
     """
-    from mlflow_unlearn.data import resolve_forget
-
-    ids = spec.startswith("ids:")
-    recorded = require_key(key).spec_digest(spec) if ids else spec
+    ids = spec.by_ids
+    recorded = require_key(key).keyed_spec(spec) if ids else spec
     lineage = resolve_lineage(data, parent_run)
     if lineage.keyed and key is None:
         raise DigestKeyError("This model's lineage holds a forget request by sample IDs, so every later step is "
@@ -325,16 +306,13 @@ def resolve_data(model: nn.Module, data: str | None, parent_run: Run | None, spe
         raise ValueError(f"Cannot read the forget request file: {exc.strerror or type(exc).__name__}; give the "
                          "path of a readable .csv, .parquet or .txt file of sample IDs") from None
     if ids:
-        forget_split = dataclasses.replace(forget_split, spec=recorded)
+        forget_split = dataclasses.replace(forget_split, spec=recorded.text)
     check_model_fits(model, split, lineage.source)
-    return lineage, split, forget_split
+    return lineage, split, forget_split, recorded
 
 
 def tracking_client(tracking_uri: str | None, registry_uri: str | None) -> MlflowClient:
     """An :class:`MlflowClient` for the given URIs (default: the current tracking URI)."""
-    import mlflow
-    from mlflow import MlflowClient
-
     return MlflowClient(tracking_uri=tracking_uri or mlflow.get_tracking_uri(), registry_uri=registry_uri)
 
 
@@ -350,11 +328,6 @@ def load_version(client: MlflowClient, version: ModelVersion, model_uri: str
         ModelFormatError: not a PyTorch model, one that cannot be trained (``pt2``), or one whose class
             cannot be imported (a module neither installed nor logged with ``code_paths``).
     """
-    from mlflow.artifacts import download_artifacts
-
-    from mlflow_unlearn.tracking.formats import load_trainable_module, read_code
-    from mlflow_unlearn.tracking.provenance import artifact_digest
-
     source = client.get_model_version_download_uri(version.name, version.version)
     with tempfile.TemporaryDirectory() as tmp:
         local = download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri)
@@ -369,8 +342,6 @@ def check_parent_provenance(client: MlflowClient, parent: ModelVersion, parent_r
     Raises:
         LineageError: the parent's provenance record is missing or does not verify (the reason, no ID).
     """
-    from mlflow_unlearn.tracking.provenance import check
-
     if key is None or parent_run is None:
         return
     try:
@@ -411,17 +382,18 @@ def resolve_lineage(data: str | None, parent_run: Run | None) -> lin.DataLineage
     return lin.DataLineage(data)
 
 
-def lineage_before(lineage: lin.DataLineage, spec: str) -> lin.DataLineage:
+def lineage_before(lineage: lin.DataLineage, spec: ForgetSpec | str) -> lin.DataLineage:
     """``lineage`` cut before its forget step ``spec`` if it has one (to evaluate a version on a set it forgot).
 
     >>> chain = (lin.ForgetStep("classes:3", "d1", 5), lin.ForgetStep("classes:4", "d2", 6))
     >>> lineage_before(lin.DataLineage("digits", chain=chain), "classes:4").chain == chain[:1]
     True
     """
-    earlier = [step.spec for step in lineage.chain]
-    if spec not in earlier:
+    text = spec if isinstance(spec, str) else spec.text
+    earlier = [step.spec.text for step in lineage.chain]
+    if text not in earlier:
         return lineage
-    return dataclasses.replace(lineage, chain=lineage.chain[:earlier.index(spec)])
+    return dataclasses.replace(lineage, chain=lineage.chain[:earlier.index(text)])
 
 
 def load_split(lineage: lin.DataLineage, *, key: DigestKey | None = None, client: MlflowClient | None = None,
@@ -441,11 +413,6 @@ def load_split(lineage: lin.DataLineage, *, key: DigestKey | None = None, client
 def _replay(lineage: lin.DataLineage, *, key: DigestKey | None, client: MlflowClient | None,
             code: Mapping[str, bytes] | None = None) -> tuple[DataSplit, np.ndarray]:
     """:func:`load_split`, and the IDs its forget steps removed (kept in memory only, for messages)."""
-    import numpy as np
-
-    from mlflow_unlearn.data import load_data, resolve_forget
-    from mlflow_unlearn.tracking.formats import code_importable
-
     try:
         with code_importable(code or {}):
             split = load_data(lineage.source, seed=lineage.seed, test_fraction=lineage.test_fraction)
@@ -457,11 +424,11 @@ def _replay(lineage: lin.DataLineage, *, key: DigestKey | None, client: MlflowCl
             done = (replay_tombstones(split, step, key, client) if step.by_ids
                     else resolve_forget(split, step.spec, key=_step_key(step, key)))
         except (ValueError, OSError) as exc:
-            raise lin.LineageError(f"Cannot replay the earlier forget step {step.spec!r} of this model's lineage: "
+            raise lin.LineageError(f"Cannot replay the earlier forget step {step.spec.text!r} of this model's lineage: "
                                    f"{exc}") from None
         if done.digest != step.digest:
             raise lin.LineageError(
-                f"The earlier forget step {step.spec!r} no longer selects the samples it selected then (digest "
+                f"The earlier forget step {step.spec.text!r} no longer selects the samples it selected then (digest "
                 "mismatch), so the data this model was trained on cannot be rebuilt. Restore that forget "
                 "request file or unlearn from an earlier version."
             )
@@ -492,12 +459,6 @@ def replay_tombstones(split: DataSplit, step: lin.ForgetStep, key: DigestKey | N
     Raises:
         ValueError: no key, another key than the step's, or tombstones that are missing or match other samples.
     """
-    import json
-
-    from mlflow.artifacts import download_artifacts
-
-    from mlflow_unlearn.data import forget_by_digests
-
     secret = _step_key(step, key)
     with tempfile.TemporaryDirectory() as tmp:
         local = download_artifacts(run_id=step.run_id, artifact_path=vocab.TOMBSTONES_ARTIFACT, dst_path=tmp,
@@ -510,8 +471,6 @@ def replay_tombstones(split: DataSplit, step: lin.ForgetStep, key: DigestKey | N
 def tombstones(plan: UnlearnPlan) -> dict[str, Any]:
     """The tombstones of an ``ids:`` plan (what :data:`~mlflow_unlearn.tracking.vocabulary.TOMBSTONES_ARTIFACT`
     holds): the key fingerprint and the sorted keyed digest of each forgotten ID, never an ID."""
-    from mlflow_unlearn.data import id_digests
-
     key = require_key(plan.digest_key)
     return {"key_fingerprint": key.fingerprint, "forget_digest": plan.forget.digest,
             "id_digests": sorted(id_digests(plan.forget.forget.ids, key=key.secret).tolist())}
@@ -529,10 +488,6 @@ def check_model_fits(model: nn.Module, split: DataSplit, source: str) -> None:
         ModelInputError: a multi-input model (``forward`` needs more than one argument).
         ModelOutputError: an output without class scores (a string, a dict without ``logits``...).
     """
-    import torch
-
-    from mlflow_unlearn.models import check_one_input, class_scores
-
     check_one_input(model)
     sample = split.train.first_inputs(2)
     try:

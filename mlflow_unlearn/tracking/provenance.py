@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlflow.artifacts import download_artifacts
+from mlflow.exceptions import MlflowException
+
 from mlflow_unlearn.tracking import vocabulary as vocab
 
 if TYPE_CHECKING:
@@ -159,8 +162,6 @@ def artifact_digest(local_dir: str | Path) -> str:
 
 def version_artifact_digest(client: MlflowClient, version: ModelVersion) -> str:
     """:func:`artifact_digest` of the files ``version`` points at, downloaded through ``client``'s registry."""
-    from mlflow.artifacts import download_artifacts
-
     uri = client.get_model_version_download_uri(version.name, version.version)
     with tempfile.TemporaryDirectory() as tmp:
         local = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=client.tracking_uri)
@@ -184,8 +185,6 @@ def check(client: MlflowClient, version: ModelVersion, key: DigestKey | None, *,
         result); :data:`INVALID` with the reason otherwise (no key, a MAC that does not verify, a record of another
         run or another artifact, model files that are not those the run produced, a changed lineage chain).
     """
-    from mlflow.exceptions import MlflowException
-
     if not version.run_id:
         return ProvenanceCheck(ABSENT, reason="the version has no source run")
     try:

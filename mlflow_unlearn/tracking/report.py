@@ -19,10 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mlflow
 import numpy as np
 import pandas as pd
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
+from mlflow_unlearn._version import __version__
+from mlflow_unlearn.assess.gate import EVIDENCE_NONE, EVIDENCE_NOT_TESTED, MEMBERSHIP_COLUMNS
 from mlflow_unlearn.tracking.disclosure import Disclosure
+from mlflow_unlearn.tracking.formats import ONNX_TOLERANCE
+from mlflow_unlearn.tracking.vocabulary import CLASS_FORGETTING
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -83,8 +91,6 @@ def build_report(plan: UnlearnPlan, result: RunResult, verdict: GateResult) -> d
     Returns:
         The report (schema :data:`REPORT_SCHEMA_VERSION`); no sample and no sample ID is in it.
     """
-    from mlflow_unlearn.tracking.formats import ONNX_TOLERANCE
-
     fs, lineage, version = plan.forget, plan.lineage, result.version
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -131,9 +137,6 @@ def evidence(plan: UnlearnPlan, metrics: pd.DataFrame, verdict: GateResult,
         ``{"evidence": measured|none|not tested, "tested": sentence, "models": {model: {"auc", "low", "high"}},
         "meaning": sentence, "test_accuracy": sentence}``.
     """
-    from mlflow_unlearn.assess.gate import EVIDENCE_NONE, EVIDENCE_NOT_TESTED, MEMBERSHIP_COLUMNS
-    from mlflow_unlearn.tracking.vocabulary import CLASS_FORGETTING
-
     fs = plan.forget
     class_wise = fs.kind == CLASS_FORGETTING
     limited = shown is not None and shown.limited
@@ -182,11 +185,6 @@ def utc_now() -> str:
 
 def code_version() -> dict[str, str | None]:
     """Versions of mlflow-unlearn, torch and mlflow, and the git commit when running from a checkout."""
-    import mlflow
-    import torch
-
-    from mlflow_unlearn._version import __version__
-
     commit = None
     package_dir = Path(__file__).resolve().parent.parent
     try:
@@ -311,9 +309,6 @@ def _evidence_lines(found: Mapping[str, Any]) -> list[str]:
 
 def plot_accuracy(metrics: pd.DataFrame, path: Path) -> Path:
     """Grouped bars: forget / retain / test accuracy of each model (the splits whose accuracy ``metrics`` holds)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(6, 3.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -336,9 +331,6 @@ def plot_accuracy(metrics: pd.DataFrame, path: Path) -> Path:
 def plot_loss_histograms(losses: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> Path:
     """One panel per model: histograms of per-sample cross-entropy on the forget set and on the non-members of
     its classes (``{model: {"forget"|"heldout": losses}}``)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(3.2 * len(losses), 3))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(losses), squeeze=False)[0]

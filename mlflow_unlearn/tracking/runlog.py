@@ -1,22 +1,25 @@
 """Logging one run through an :class:`mlflow.MlflowClient`, without touching MLflow's global (fluent) state.
 
 :class:`RunLogger` logs params, metrics, tags, artifacts, dataset inputs and models into one run and registers
-its model last; :class:`TrackingEnv` is the one place where the MLflow settings of the environment
-(``MLFLOW_RUN_ID``, ``MLFLOW_EXPERIMENT_NAME``/``_ID``) are read.
+its model last; the MLflow settings of the environment are read by
+:class:`~mlflow_unlearn.tracking.experiments.TrackingEnv`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
 from mlflow_unlearn.tracking import vocabulary as vocab
-from mlflow_unlearn.tracking.experiments import get_or_create_experiment
+from mlflow_unlearn.tracking.experiments import TrackingEnv, get_or_create_experiment
 from mlflow_unlearn.tracking.formats import (
     MODEL_ARTIFACT_PATH,
     ONNX_ARTIFACT_PATH,
@@ -27,7 +30,6 @@ from mlflow_unlearn.tracking.formats import (
 )
 
 if TYPE_CHECKING:
-    import pandas as pd
     import torch
     from mlflow import MlflowClient
     from mlflow.entities import DatasetInput, Run
@@ -42,37 +44,9 @@ _MAX_PARAM_LENGTH = 6000
 _DUPLICATE_ROW_ERRORS = ("UNIQUE constraint", "Duplicate entry", "duplicate key")
 
 
-@dataclass(frozen=True)
-class TrackingEnv:
-    """The MLflow settings of the environment, read once by :meth:`read`.
-
-    Args:
-        run_id: ``MLFLOW_RUN_ID``: the run to log into (``mlflow run`` sets it), or None.
-        experiment_id: ``MLFLOW_EXPERIMENT_ID``, or None.
-        experiment_name: ``MLFLOW_EXPERIMENT_NAME``, or None.
-
-    >>> TrackingEnv.read({"MLFLOW_RUN_ID": "abc", "MLFLOW_EXPERIMENT_NAME": ""})
-    TrackingEnv(run_id='abc', experiment_id=None, experiment_name=None)
-    """
-
-    run_id: str | None = None
-    experiment_id: str | None = None
-    experiment_name: str | None = None
-
-    @classmethod
-    def read(cls, environ: Mapping[str, str] | None = None) -> TrackingEnv:
-        """Read the settings from ``environ`` (default: ``os.environ``); empty values count as unset."""
-        environ = os.environ if environ is None else environ
-        return cls(run_id=environ.get("MLFLOW_RUN_ID") or None,
-                   experiment_id=environ.get("MLFLOW_EXPERIMENT_ID") or None,
-                   experiment_name=environ.get("MLFLOW_EXPERIMENT_NAME") or None)
-
-
 def experiment_id(client: MlflowClient, experiment: str | None, fallback_run: Run | None,
                   env: TrackingEnv | None = None) -> str:
     """``experiment`` (name or id) > the environment's id or name > the active run's > ``fallback_run``'s > "0"."""
-    import mlflow
-
     env = TrackingEnv.read() if env is None else env
     if experiment and experiment.isdigit():
         return experiment
@@ -91,8 +65,6 @@ def experiment_id(client: MlflowClient, experiment: str | None, fallback_run: Ru
 
 def parent_run_id() -> str | None:
     """The active fluent run's ID (the new run becomes its child), or None."""
-    import mlflow
-
     active = mlflow.active_run()
     return active.info.run_id if active is not None else None
 
@@ -104,8 +76,6 @@ def metric_dict(metrics: pd.DataFrame) -> dict[str, float]:
 
 def metrics_from_run(run: Run) -> pd.DataFrame:
     """The metrics table an unlearning run logged (the inverse of :func:`metric_dict`)."""
-    import pandas as pd
-
     rows: dict[str, dict[str, float]] = {}
     for key, value in run.data.metrics.items():
         row, _, col = key.partition(".")
@@ -146,15 +116,11 @@ class RunLogger:
             self.client.set_terminated(self.run_id, "FINISHED" if exc_type is None else "FAILED")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
         items = [Param(str(k), str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start:start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
         for start in range(0, len(items), 1000):
@@ -173,8 +139,6 @@ class RunLogger:
         (``UNIQUE constraint failed`` / ``Duplicate entry``); the second attempt reuses the row the other
         inserted.
         """
-        from mlflow.exceptions import MlflowException
-
         for attempt in range(3):
             try:
                 self.client.log_inputs(self.run_id, datasets=datasets)
@@ -212,8 +176,6 @@ class RunLogger:
 
     def register(self, name: str, *, tags: Mapping[str, str] | None, description: str) -> ModelVersion:
         """Register the run's logged model as the next version of ``name`` (created if missing)."""
-        from mlflow.exceptions import MlflowException
-
         try:
             self.client.get_registered_model(name)
         except MlflowException:
@@ -229,6 +191,4 @@ class RunLogger:
 
 def set_run_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
     """Set ``tags`` on run ``run_id`` in one batch."""
-    from mlflow.entities import RunTag
-
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

@@ -8,17 +8,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow_unlearn import assess as assessing
+from mlflow_unlearn.data import ids_digest
+from mlflow_unlearn.methods import run_method as run_engine_method
 from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import report as rep
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.disclosure import disclosure
 from mlflow_unlearn.tracking.formats import MODEL_ARTIFACT_PATH
+from mlflow_unlearn.tracking.plan import tombstones
 from mlflow_unlearn.tracking.provenance import Provenance, artifact_digest
 from mlflow_unlearn.tracking.runlog import ONNX_SAMPLE_SIZE, RunLogger, metric_dict
 
@@ -37,12 +42,6 @@ def log_plan(logger: RunLogger, plan: UnlearnPlan, *, register: bool, force: boo
     """The plan as the run's config-hash tag, params, retain/test dataset inputs (the new lineage) and, for an
     ``ids:`` request, the tombstones that replay it (:data:`~mlflow_unlearn.tracking.vocabulary.TOMBSTONES_ARTIFACT`).
     """
-    import json
-    import tempfile
-
-    from mlflow_unlearn.data import ids_digest
-    from mlflow_unlearn.tracking.plan import tombstones
-
     fs, source = plan.forget, plan.lineage.source
     logger.set_tags({vocab.CONFIG_HASH_TAG: plan.config_hash})
     logger.log_params(plan.params(register=register, force=force))
@@ -63,8 +62,6 @@ def log_plan(logger: RunLogger, plan: UnlearnPlan, *, register: bool, force: boo
 
 def run_method(plan: UnlearnPlan, method: str, config: Any) -> UnlearnResult:
     """Run ``method`` with ``config`` on a copy of the plan's model, forget and retain sets."""
-    from mlflow_unlearn.methods import run_method as run_engine_method
-
     fs = plan.forget
     return run_engine_method(method, plan.model, forget=fs.forget, retain=fs.retain, config=config,
                              device=plan.device, forget_kind=fs.kind, forget_classes=fs.forget_classes, seed=plan.seed)

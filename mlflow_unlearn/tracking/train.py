@@ -9,24 +9,34 @@ split, ID digests; never IDs).
 from __future__ import annotations
 
 import os
+import sys
+import sysconfig
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mlflow
+
+from mlflow_unlearn import runtime as rt
+from mlflow_unlearn.data import describe, ids_digest, load_data
+from mlflow_unlearn.data.grammar import parse_source
+from mlflow_unlearn.metrics import accuracy, collect_outputs
+from mlflow_unlearn.models import create_model
+from mlflow_unlearn.request import check_seed
 from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.configs import ConfigError
-from mlflow_unlearn.tracking.plan import DataResolutionError, tracking_client
+from mlflow_unlearn.tracking.plan import DataResolutionError, check_model_fits, tracking_client
 from mlflow_unlearn.tracking.runlog import ONNX_SAMPLE_SIZE, RunLogger, experiment_id, parent_run_id
+from mlflow_unlearn.training import TrainConfig, train
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from torch import nn
 
     from mlflow_unlearn.data import DataSplit
-    from mlflow_unlearn.training import TrainConfig
 
 __all__ = ["TrainOutcome", "log_model", "model_code_paths", "train_model"]
 
@@ -71,12 +81,6 @@ def train_model(data: str = "digits", *, arch: str = "smallcnn", registered_mode
     Raises:
         ValueError: unknown data source or architecture, invalid config.
     """
-    from mlflow_unlearn import runtime as rt
-    from mlflow_unlearn.data import load_data
-    from mlflow_unlearn.metrics import accuracy, collect_outputs
-    from mlflow_unlearn.models import create_model
-    from mlflow_unlearn.training import TrainConfig, train
-
     try:
         recipe = TrainConfig(**{"seed": seed, **dict(config or {})})
     except TypeError as exc:
@@ -128,8 +132,6 @@ def _log_training_recipe(logger: RunLogger, split: DataSplit, recipe: TrainConfi
 def _log_data_lineage(logger: RunLogger, split: DataSplit, *, data: str, seed: int, test_fraction: float) -> None:
     """The data as params (``data.*``, ``data.split`` = explicit or seeded) and the train and test sets as the
     lineage dataset inputs that :func:`unlearn` reads to rebuild the data (source, split, ID digests; no IDs)."""
-    from mlflow_unlearn.data import describe, ids_digest
-
     info = describe(split)
     lineage = lin.DataLineage(split.source, split.seed, split.test_fraction)
     logger.log_params({"data.source": data, "data.seed": seed, "data.test_fraction": test_fraction,
@@ -174,13 +176,6 @@ def log_model(model: nn.Module, data: str, *, registered_model_name: str | None 
     Raises:
         ValueError: a bad argument, data that cannot be loaded or does not fit the model; all before logging.
     """
-    import mlflow
-
-    from mlflow_unlearn import runtime as rt
-    from mlflow_unlearn.data import load_data
-    from mlflow_unlearn.metrics import accuracy, collect_outputs
-    from mlflow_unlearn.tracking.plan import check_model_fits, check_seed
-
     if registered_model_name is not None and not (isinstance(registered_model_name, str) and registered_model_name):
         raise ValueError(f"Expected argument `registered_model_name` to be a name or None but got "
                          f"{registered_model_name!r}")
@@ -233,8 +228,6 @@ def factory_code_paths(data: str) -> list[str]:
     >>> factory_code_paths("digits")
     []
     """
-    from mlflow_unlearn.data.grammar import parse_source
-
     spec = parse_source(data)
     if spec.name != "factory" or spec.factory_file is not None:
         return []
@@ -249,9 +242,6 @@ def _covered(path: str, paths: list[str]) -> bool:
 
 def _user_code_paths(module_name: str) -> list[str]:
     """:func:`model_code_paths` for the module named ``module_name``."""
-    import sys
-    import sysconfig
-
     top = module_name.split(".")[0]
     module = sys.modules.get(top)
     file = getattr(module, "__file__", None)

@@ -12,9 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mlflow_unlearn.data import forget_digest, parse_forget_spec
+from mlflow_unlearn.data.forget import _read_forget_ids
 from mlflow_unlearn.tracking import lineage as lin
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.keys import DigestKey, read_digest_key, require_key
+from mlflow_unlearn.tracking.plan import tracking_client
+from mlflow_unlearn.tracking.provenance import ABSENT, check
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -73,11 +77,6 @@ def verify(model_uri: str, *, forget: str, client: MlflowClient | None = None, t
         ModelResolutionError: unknown model or version.
         ValueError: ``forget`` is not an ``ids:`` spec, or the forget request file cannot be read.
     """
-    from mlflow_unlearn.data import forget_digest, parse_forget_spec
-    from mlflow_unlearn.data.forget import _read_forget_ids
-    from mlflow_unlearn.tracking.plan import tracking_client
-    from mlflow_unlearn.tracking.provenance import ABSENT, check
-
     spec = parse_forget_spec(forget)
     if spec.form != "ids":
         raise ValueError(f"Expected forget=ids:<file> (the IDs whose forgetting to verify) but got a {spec.form}: "

@@ -11,7 +11,10 @@ Two words called "kind" elsewhere get two names here:
   ``sample`` (sample-wise) forgetting (``ForgetSplit.kind``, the methods' ``forget_kind`` argument);
 * a **spec form** (:data:`SPEC_FORMS`) is how a forget spec is written: ``classes:...``, ``ids:...`` or
   ``random:...`` (``ForgetSpec.form``). These two are re-exported from the engine
-  (:mod:`mlflow_unlearn.data.forget`), which defines them, on first use.
+  (:mod:`mlflow_unlearn.data.forget`, which defines them and imports no torch).
+
+The request's own words (default method, references, model-URI forms) are defined with the typed request in
+:mod:`mlflow_unlearn.request`, below this layer, and re-exported here.
 
 >>> from mlflow_unlearn.tracking import vocabulary as vocab
 >>> vocab.DEFAULT_METHOD, vocab.REFERENCES, vocab.METRIC_ROWS
@@ -22,11 +25,29 @@ Two words called "kind" elsewhere get two names here:
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # The rows of the table unlearn() returns (and metric-key prefixes in its run) are the assessment's: re-exported.
 from mlflow_unlearn.assess.rows import METRIC_ROWS, ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW  # noqa: F401
+from mlflow_unlearn.data.forget import (  # noqa: F401 - the engine's forget words, re-exported (no torch)
+    CLASS_FORGETTING,
+    FORGETTING_KINDS,
+    SAMPLE_FORGETTING,
+    SPEC_FORMS,
+    ForgetSpec,
+    parse_forget_spec,
+)
+from mlflow_unlearn.request import (  # noqa: F401 - the request's words, re-exported with the layer's others
+    DEFAULT_METHOD,
+    MODEL_URI_FORMS,
+    NO_REFERENCE,
+    REFERENCES,
+    RETRAIN_REFERENCE,
+    ModelResolutionError,
+    check_reference,
+    model_uri,
+    parse_model_uri,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -83,67 +104,8 @@ TRAIN_CONTEXT, RETAIN_CONTEXT, TEST_CONTEXT = "train", "retain", "test"
 #: The row of the version under test in :func:`~mlflow_unlearn.tracking.api.evaluate_version`'s table.
 MODEL_ROW = "model"
 
-#: The unlearning method used when none is named.
-DEFAULT_METHOD = "nitc"
 #: The engine's method that retrains from scratch on the retain set (the exact-unlearning reference).
 RETRAIN_METHOD = "retrain"
-#: What an unlearning is compared against: nothing, or a model retrained without the forget set.
-REFERENCES = (NO_REFERENCE, RETRAIN_REFERENCE) = ("none", "retrain")
-
-# -- registered-model URIs ------------------------------------------------------------------------------------
-#: The accepted forms of a registered model URI.
-MODEL_URI_FORMS = ("models:/<name>/<version>", "models:/<name>@<alias>")
-_URI_RE = re.compile(r"^models:/(?P<name>[^/@]+?)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))$")
-
-#: Names re-exported from the engine on first use (importing it costs torch).
-_ENGINE_NAMES = ("FORGETTING_KINDS", "CLASS_FORGETTING", "SAMPLE_FORGETTING", "SPEC_FORMS", "ForgetSpec",
-                 "parse_forget_spec")
-
-
-class ModelResolutionError(ValueError):
-    """The model URI does not name an existing registered model version."""
-
-
-def check_reference(reference: Any) -> str:
-    """Return ``reference`` if it is one of :data:`REFERENCES`.
-
-    Raises:
-        ValueError: otherwise, listing the accepted ones.
-
-    >>> check_reference("retrain")
-    'retrain'
-    """
-    if reference not in REFERENCES:
-        raise ValueError(f"Unknown reference {reference!r}; expected one of: {', '.join(REFERENCES)}")
-    return reference
-
-
-def model_uri(name: str, version: int | str) -> str:
-    """``models:/<name>/<version>``.
-
-    >>> model_uri("mnist", "2")
-    'models:/mnist/2'
-    """
-    return f"models:/{name}/{version}"
-
-
-def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """Split ``models:/name/version`` or ``models:/name@alias`` into ``(name, version, alias)``.
-
-    Raises:
-        ModelResolutionError: for any other form.
-
-    >>> parse_model_uri("models:/mnist/3")
-    ('mnist', '3', None)
-    >>> parse_model_uri("models:/mnist@champion")
-    ('mnist', None, 'champion')
-    """
-    match = _URI_RE.match(uri or "")
-    if not match:
-        raise ModelResolutionError(f"Expected a registered model URI {' or '.join(map(repr, MODEL_URI_FORMS))} "
-                                   f"but got {uri!r}")
-    return match["name"], match["version"], match["alias"]
-
 
 def version_ref(version: ModelVersion) -> str:
     """``name/version`` of a model version, the form used in lineage tags."""
@@ -157,7 +119,7 @@ def resolve_model_version(client: MlflowClient, uri: str) -> ModelVersion:
         ModelResolutionError: malformed URI, unknown model, unknown version or unknown alias; the
             message lists what exists.
     """
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: the plugin's request threads import this module
 
     name, version, alias = parse_model_uri(uri)
     try:
@@ -182,11 +144,3 @@ def resolve_model_version(client: MlflowClient, uri: str) -> ModelVersion:
         raise ModelResolutionError(
             f"Model {name!r} has no version {version}; versions: {known or 'none'}"
         ) from exc
-
-
-def __getattr__(name: str) -> Any:
-    if name in _ENGINE_NAMES:
-        from mlflow_unlearn.data import forget
-
-        return getattr(forget, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -55,6 +55,7 @@ import torch
 
 from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.data import DataSplit, ForgetSplit, forget_digest, load_data, resolve_forget
+from mlflow_unlearn.data.nonmember import hold_out_nonmembers
 from mlflow_unlearn.data.samples import seeded_order
 from mlflow_unlearn.methods import build_config, get_method, list_methods, run_method
 from mlflow_unlearn.metrics import AVG_GAP_COLUMNS, collect_outputs, collect_split_outputs, evaluate_outputs
@@ -344,9 +345,11 @@ def config_json(config: object) -> str:
 
 # --------------------------------------------------------------------------------------------- models (cached)
 # The library files an original or a retrain reference depends on: a change to any of them invalidates the cache.
+# The architecture is keyed by its own class's source (``architecture_digest``), not by the file that holds every
+# architecture: adding one does not invalidate the others' models.
 CACHE_SOURCES = ("runtime/__init__.py", "runtime/device.py", "runtime/distributed.py", "runtime/errors.py",
                  "runtime/history.py", "runtime/loaders.py", "runtime/seeding.py", "training.py", "methods/retrain.py",
-                 "models/architectures.py", "data/sources.py", "data/forget.py", "data/samples.py")
+                 "data/sources.py", "data/forget.py", "data/samples.py")
 
 
 def _code_digest() -> str:
@@ -554,11 +557,17 @@ class Settings:
 def original_key(dataset: str, model: str, seed: int, recipe: TrainConfig,
                  device: torch.device) -> dict[str, object]:
     """The cache key of the original of one (dataset, architecture ``model``, seed)."""
-    key = {"role": ORIGINAL, "measures": ("wall", "cpu", "memory"), "dataset": dataset, "seed": seed,
-           "architecture": model, "recipe": recipe.to_dict(), "device": device.type, "init": "seeded"}
-    if model == "usercnn":  # defined here, not in the library files of CACHE_SOURCES
-        key["source"] = hashlib.sha256(inspect.getsource(UserCNN).encode()).hexdigest()[:16]
-    return key
+    return {"role": ORIGINAL, "measures": ("wall", "cpu", "memory"), "dataset": dataset, "seed": seed,
+            "architecture": model, "source": architecture_digest(model), "recipe": recipe.to_dict(),
+            "device": device.type, "init": "seeded"}
+
+
+@functools.cache
+def architecture_digest(model: str) -> str:
+    """SHA-256 (16 hex digits) of the source of the class that architecture ``model`` builds (torchvision's, for
+    ``resnet18``): part of the cache key of its originals and references."""
+    instance = create_model(model, in_channels=1, num_classes=2, input_size=8)
+    return hashlib.sha256(inspect.getsource(type(instance)).encode()).hexdigest()[:16]
 
 
 def retrain_key(original: dict[str, object], role: str, spec: str, config: object) -> dict[str, object]:
@@ -641,6 +650,9 @@ def run_dataset_seed(dataset: str, model: str, seed: int, settings: Settings) ->
 
     for task in settings.tasks:
         split, fsplit, true_forget_labels = task_data(base_split, TASKS[task], seed)
+        # Every method may use the non-members; no model of the cell is scored on them (nor on the test side's
+        # other samples of the carve-out): the test metrics below are on the rest of the test side.
+        fsplit, nonmember = hold_out_nonmembers(fsplit, seed=seed, split=split)
         spec = fsplit.spec
         cell = f"[{dataset} {model} seed {seed} task {task}]"
         recipe = settings.recipe(seed, TASKS[task])
@@ -669,7 +681,7 @@ def run_dataset_seed(dataset: str, model: str, seed: int, settings: Settings) ->
             loads[name] = os.getloadavg()[0]
             unlearn = functools.partial(run_method, name, original, forget=fsplit.forget, retain=fsplit.retain,
                                         config=cfg, device=dev, forget_kind=fsplit.kind,
-                                        forget_classes=fsplit.forget_classes, seed=seed)
+                                        forget_classes=fsplit.forget_classes, seed=seed, nonmember=nonmember)
             configs[name] = config_json(cfg)
             try:
                 result, timing[name] = timed_run(unlearn, dev)
@@ -689,7 +701,7 @@ def run_dataset_seed(dataset: str, model: str, seed: int, settings: Settings) ->
         for name, model_metrics in metrics.iterrows():
             row = {"dataset": dataset, "model": model, "task": task, "forget_spec": spec, "seed": seed,
                    "method": name, "forget_count": fsplit.count, "retain_count": len(fsplit.retain),
-                   "test_count": len(fsplit.test)}
+                   "test_count": len(fsplit.test), "nonmember_count": len(nonmember)}
             row.update({c: float(model_metrics[c]) for c in METRIC_COLUMNS if c in model_metrics.index})
             if true_forget_labels is not None:  # task C: the forget samples' labels are the wrong ones
                 forget_x = fsplit.forget.to_tensors()[0]  # the forget set of a benchmark cell: small
@@ -709,7 +721,8 @@ def run_dataset_seed(dataset: str, model: str, seed: int, settings: Settings) ->
         for name in diverged:
             rows.append({"dataset": dataset, "model": model, "task": task, "forget_spec": spec, "seed": seed,
                          "method": name, "forget_count": fsplit.count, "retain_count": len(fsplit.retain),
-                         "test_count": len(fsplit.test), "loadavg_1m": loads[name], "config": configs[name],
+                         "test_count": len(fsplit.test), "nonmember_count": len(nonmember),
+                         "loadavg_1m": loads[name], "config": configs[name],
                          "method_source": settings.sources[name], "diverged": 1.0})
         top = metrics.loc[[ORIGINAL, REFERENCE], ["test_accuracy", "forget_accuracy", "avg_gap"]].round(2)
         top = top.to_dict("index")

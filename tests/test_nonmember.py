@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 
 import numpy as np
 import pytest
@@ -48,13 +47,19 @@ def test_a_class_with_one_test_sample_keeps_it_for_the_metrics():
         hold_out_nonmembers(resolve_forget(load_data("digits", seed=0), "classes:1"), seed=0, share=1.0)
 
 
-def test_a_validation_part_named_by_the_source_is_preferred_and_the_test_side_stays_whole(digits):
-    fsplit = resolve_forget(digits, "classes:2")
-    val = digits.test.subset(np.arange(20))
-    kept, nonmember = hold_out_nonmembers(fsplit, seed=0, split=types.SimpleNamespace(val=val))
-    assert kept is fsplit and nonmember is val
-    empty = val.subset(np.arange(0))
-    assert len(hold_out_nonmembers(fsplit, seed=0, split=types.SimpleNamespace(val=empty))[1]) > 0  # carved
+def test_a_validation_part_named_by_the_source_is_preferred_and_the_test_side_stays_whole(tmp_path):
+    n = 60
+    split = np.array(["train"] * 40 + ["val"] * 8 + ["test"] * 12)
+    np.savez(tmp_path / "own.npz", x=(np.arange(n * 16).reshape(n, 4, 4) % 256).astype(np.uint8),
+             y=np.arange(n) % 2, ids=np.arange(n), split=split)
+    data = load_data(f"npz:{tmp_path / 'own.npz'}", seed=0)
+    fsplit = resolve_forget(data, "classes:1")
+    kept, nonmember = hold_out_nonmembers(fsplit, seed=0, split=data)
+    assert kept is fsplit and sorted(nonmember.ids.tolist()) == list(range(40, 48))
+    whole = load_data(f"npz:{tmp_path / 'own.npz'}", seed=0)
+    no_val = dataclasses.replace(whole, val=None)
+    kept, carved = hold_out_nonmembers(resolve_forget(no_val, "classes:1"), seed=0, split=no_val)
+    assert len(carved) == 2 and set(carved.ids.tolist()) <= set(range(48, 60))  # one per class from the test side
 
 
 @dataclasses.dataclass
@@ -78,10 +83,11 @@ def test_run_method_hands_the_non_members_to_the_method_and_checks_them(digits):
         run_method("nonmember_spy_for_test", model, **kwargs)
         run_method("nonmember_spy_for_test", model, nonmember=nonmember.subset(np.arange(0)), **kwargs)
         assert seen[0] is nonmember and seen[1] is None and seen[2] is None  # an empty set is no set
-        flat = SampleSet(nonmember.x.flatten(1), nonmember.y, nonmember.ids, 10)
+        x, y = nonmember.to_tensors()
+        flat = SampleSet(x.flatten(1), y, nonmember.ids, 10)
         with pytest.raises(ValueError, match="non-member samples have shape"):
             run_method("nonmember_spy_for_test", model, nonmember=flat, **kwargs)
-        bad = SampleSet(nonmember.x, torch.full_like(nonmember.y, 12), nonmember.ids, 13)
+        bad = SampleSet(x, torch.full_like(y, 12), nonmember.ids, 13)
         with pytest.raises(ValueError, match="Class-count mismatch"):
             run_method("nonmember_spy_for_test", model, nonmember=bad, **kwargs)
     finally:

@@ -613,30 +613,38 @@ def original_for(dataset: str, model: str, seed: int, split: DataSplit, task: Ta
     return rt.prepare_model(original, dev).eval(), orig_measured, key
 
 
-def gate_verdicts(outputs: dict[str, dict], fsplit: ForgetSplit, metrics: pd.DataFrame, *,
-                  seed: int) -> dict[str, dict[str, str]]:
+def gate_verdicts(models: dict[str, torch.nn.Module], fsplit: ForgetSplit, *, seed: int,
+                  device: torch.device) -> dict[str, dict[str, str]]:
     """The acceptance gate's verdict for each method's model, as ``unlearn(..., reference="retrain")`` decides it
-    with its default thresholds: ``{method: {"gate_verdict": ..., "gate_evidence": ...}}``.
+    with its default thresholds: ``{method: {"gate_verdict": ..., "gate_evidence": ..., "gate_failures": ...}}``
+    (the failed checks' reasons, numbers only).
 
-    The gate's membership test (class-matched loss AUC with its bootstrap interval) and, class-wise, the test
-    accuracy on the retained classes come from the outputs that ``metrics`` was computed from.
+    Each verdict comes from the product's own evaluation (``evaluate_models``: its retain subset of
+    ``RETAIN_EVAL_SIZE``, the class-matched held-out samples class-wise, the membership test with its permutation
+    null and the paired test against the reference) and ``apply_gate`` with the sampling allowance of the forget set
+    and, class-wise, the test side's share of the forgotten classes, as ``unlearn`` passes them.
     """
-    from mlflow_unlearn.tracking.evaluation import membership_columns, retained_test_accuracy
-    from mlflow_unlearn.tracking.gate import GateConfig, apply_gate
-    from mlflow_unlearn.tracking.vocabulary import CLASS_FORGETTING, ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
+    from types import SimpleNamespace
 
-    table = metrics.join(membership_columns(outputs, seed=seed))
-    if fsplit.kind == CLASS_FORGETTING:
-        retained = retained_test_accuracy(outputs, fsplit.forget_classes)
-        table["test_accuracy_retained"] = [retained[name] for name in table.index]
+    from mlflow_unlearn.tracking.evaluation import evaluate_models
+    from mlflow_unlearn.tracking.gate import GateConfig, apply_gate
+    from mlflow_unlearn.tracking.plan import RETAIN_EVAL_SIZE
+    from mlflow_unlearn.tracking.vocabulary import ORIGINAL_ROW, RETRAIN_ROW, UNLEARNED_ROW
+
+    plan = SimpleNamespace(forget=fsplit, retain_eval_size=RETAIN_EVAL_SIZE, seed=seed, device=device,
+                           model=models[ORIGINAL])
+    test_forget_share = float(np.isin(fsplit.test.y.numpy(), fsplit.forget_classes).mean())
     verdicts = {}
-    for name in outputs:
+    for name, model in models.items():
         if name in (ORIGINAL, REFERENCE, FLOOR):
             continue
-        rows = table.loc[[ORIGINAL, name, REFERENCE]].set_axis([ORIGINAL_ROW, UNLEARNED_ROW, RETRAIN_ROW])
-        result = apply_gate(rows, config=GateConfig(), forget_kind=fsplit.kind,
-                            num_classes=fsplit.forget.num_classes)
-        verdicts[name] = {"gate_verdict": result.verdict, "gate_evidence": result.evidence}
+        evaluation = evaluate_models(plan, {ORIGINAL_ROW: models[ORIGINAL], UNLEARNED_ROW: model,
+                                            RETRAIN_ROW: models[REFERENCE]})
+        result = apply_gate(evaluation.metrics, config=GateConfig(), forget_kind=fsplit.kind,
+                            num_classes=fsplit.forget.num_classes, test_forget_share=test_forget_share,
+                            forget_count=len(evaluation.split.forget))
+        verdicts[name] = {"gate_verdict": result.verdict, "gate_evidence": result.evidence,
+                          "gate_failures": "; ".join(result.failures())}
     return verdicts
 
 
@@ -696,7 +704,7 @@ def run_dataset_seed(dataset: str, model: str, seed: int, settings: Settings) ->
         outputs = collect_split_outputs(models, fsplit, device=dev)  # one pass per model and set, for both
         metrics = evaluate_outputs(outputs, reference=REFERENCE, seed=seed,
                                    incompetent_forget=collect_outputs(incompetent, fsplit.forget, device=dev))
-        verdicts = gate_verdicts(outputs, fsplit, metrics, seed=seed)
+        verdicts = gate_verdicts(models, fsplit, seed=seed, device=dev)
         ref_time = timing[REFERENCE]["wall_time_s"]
         for name, model_metrics in metrics.iterrows():
             row = {"dataset": dataset, "model": model, "task": task, "forget_spec": spec, "seed": seed,

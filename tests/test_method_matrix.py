@@ -1,7 +1,8 @@
 """Every registered method's defaults on what users bring: ``mlp`` on flat features, ``smallcnn``, ``bncnn``
-(BatchNorm in every block and in the classifier), ``resnet18`` on small images, a user's class whose classifier is oddly named (``out_proj``, after a hidden ``fc``), a user's
-image model that returns a dict with ``logits``, and a token-ID text classifier (``nn.Embedding``, a transformer
-encoder layer) that returns a Hugging Face style object with ``.logits`` (both in ``user_models.py``).
+(BatchNorm in every block and in the classifier), ``resnet18`` on small images, a user's class whose classifier is
+oddly named (``out_proj``, after a hidden ``fc``), a user's image model that returns a dict with ``logits``, and a
+token-ID text classifier (``nn.Embedding``, a transformer encoder layer) that returns a Hugging Face style object
+with ``.logits`` (both in ``user_models.py``).
 
 Tiny data (digits, 40 per class, or 400 generated token sequences of four classes; an explicit 80/20 split) keeps
 each cell fast; each must give finite outputs, keep the retain accuracy (not collapsed) and lower the forget

@@ -29,6 +29,7 @@ import torch
 
 from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.data import load_data
+from mlflow_unlearn.data.nonmember import hold_out_nonmembers
 from mlflow_unlearn.methods import run_method
 from mlflow_unlearn.metrics import evaluate
 from mlflow_unlearn.training import TrainConfig
@@ -68,12 +69,13 @@ def parse_cell(text: str) -> tuple[str, str, int]:
 
 def load_cell(cache: bench.ModelCache, dataset: str, task: str, seed: int, epochs: int | None = None,
               model: str = bench.DEFAULT_MODEL):
-    """The forget split, original and retrain reference (eval mode, architecture ``model``) and the reference's
-    CPU time."""
+    """The forget split (its test side without the non-members), the non-members, the original and retrain reference
+    (eval mode, architecture ``model``) and the reference's CPU time."""
     dev = torch.device("cpu")
     task_epochs = epochs or bench.TASKS[task].epochs
     recipe = TrainConfig(seed=seed) if task_epochs is None else TrainConfig(epochs=task_epochs, seed=seed)
     split, fsplit, _ = bench.task_data(load_data(dataset, seed=seed), bench.TASKS[task], seed)
+    fsplit, nonmember = hold_out_nonmembers(fsplit, seed=seed, split=split)
     original = bench.create_model(model, in_channels=split.train.in_channels, num_classes=split.num_classes,
                                   input_size=split.train.input_size)
     key = {**bench.original_key(dataset, model, seed, recipe, dev), **bench.TASKS[task].variant}
@@ -85,7 +87,7 @@ def load_cell(cache: bench.ModelCache, dataset: str, task: str, seed: int, epoch
         raise SystemExit(f"No cached original/reference for {dataset}:{task}:{seed} ({model}) in {cache.root}; build "
                          f"them with run.py --datasets {dataset} --models {model} --tasks {task} --seeds {seed} "
                          "--out-dir <dir> first")
-    return fsplit, original.eval(), reference.eval(), ref_measured["cpu_time_s"]
+    return fsplit, nonmember, original.eval(), reference.eval(), ref_measured["cpu_time_s"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,13 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     warmed: set[tuple[str, str]] = set()
     for dataset, task, seed in cells:
-        fsplit, original, reference, ref_cpu = load_cell(cache, dataset, task, seed, args.epochs, args.model)
+        fsplit, nonmember, original, reference, ref_cpu = load_cell(cache, dataset, task, seed, args.epochs,
+                                                                    args.model)
         models = {bench.ORIGINAL: original, bench.REFERENCE: reference}
         cpu_fraction = {}
         for label, method, config in variants:
             unlearn = functools.partial(run_method, method, original, forget=fsplit.forget, retain=fsplit.retain,
                                         config=config, device="cpu", forget_kind=fsplit.kind,
-                                        forget_classes=fsplit.forget_classes, seed=seed)
+                                        forget_classes=fsplit.forget_classes, seed=seed, nonmember=nonmember)
             if (dataset, method) not in warmed:
                 # One untimed run per method and data set: one-time costs (thread pools, kernel selection, the
                 # first call of each op) would otherwise be charged to whichever variant runs first.

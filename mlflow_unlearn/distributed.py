@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m mlflow_unlearn.distributed``; returns the exit status."""
     from mlflow_unlearn.data import load_data, resolve_forget
+    from mlflow_unlearn.data.nonmember import hold_out_nonmembers
     from mlflow_unlearn.methods import get_method, run_method
     from mlflow_unlearn.models import create_model
 
@@ -61,14 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     distributed = rt.init_distributed_from_env()
     try:
         split = load_data(args.data, seed=args.data_seed)
-        fsplit = resolve_forget(split, args.forget)
+        fsplit, nonmember = hold_out_nonmembers(resolve_forget(split, args.forget), seed=args.data_seed, split=split)
         model = create_model(args.model_arch, in_channels=split.train.in_channels, num_classes=split.num_classes,
                              input_size=split.train.input_size, input_shape=split.train.input_shape)
         model.load_state_dict(torch.load(args.model_in, map_location="cpu", weights_only=True))
         device = None if args.device == "auto" else args.device
         result = run_method(args.method, model, forget=fsplit.forget, retain=fsplit.retain, config=overrides,
                             device=device, forget_kind=fsplit.kind, forget_classes=fsplit.forget_classes,
-                            seed=args.seed)
+                            seed=args.seed, nonmember=nonmember)
         if rt.rank() == 0:
             torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, args.out)
             print(json.dumps({"method": args.method, "world_size": rt.world_size(),

@@ -219,23 +219,59 @@ def test_gpu_check_runs_on_cpu_and_does_not_append(tmp_path: Path) -> None:
     assert results_md.read_text() == "# results\n"
 
 
-def _summary(nitc_gap: float, nitc_time: float, task: str = "A") -> pd.DataFrame:
-    rows = [("nitc", nitc_gap, nitc_time), ("finetune", 2.0, 0.2), ("unsir", 0.3, 0.1), ("salun", 0.2, 0.3)]
-    return pd.DataFrame([{"dataset": "d", "model": "smallcnn", "task": task, "method": m, "avg_gap": g,
-                          "time_fraction": t} for m, g, t in rows])
+def _rows(task: str, gaps: dict[str, float], *, cpu: float = 0.05, verdicts=("passed", "passed"),
+          model: str = "smallcnn", retain: tuple[float, float] = (100.0, 99.0)) -> pd.DataFrame:
+    """Two seeds of one cell: every method at its Avg Gap, nitc at ``cpu`` of retraining with the gate's ``verdicts``
+    and (original, nitc) retain accuracy ``retain``."""
+    rows = []
+    for seed, verdict in enumerate(verdicts):
+        for method, gap in gaps.items():
+            row = {"dataset": "d", "model": model, "task": task, "seed": seed, "method": method, "avg_gap": gap,
+                   "cpu_time_fraction": cpu if method == "nitc" else 0.2, "time_fraction": 0.1,
+                   "retain_accuracy": retain[1] if method == "nitc" else retain[0]}
+            if method == "nitc":
+                row.update(gate_verdict=verdict, gate_evidence="measured",
+                           gate_failures="" if verdict == "passed" else "retain: dropped 6.0 points")
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def test_target_check_states_each_bound() -> None:
-    met = "\n".join(bench.target_check(_summary(0.1, 0.04)))
-    assert met.startswith("- d task A (smallcnn): nitc Avg Gap 0.10 ")
-    assert "(MET <= 0.5)" in met and "(MET <= 0.1;" in met and "stretch <= 0.05 met" in met
-    assert "nitc better than: unsir, finetune" in met and "not run: bad_teacher" in met
-    assert "other methods beating nitc: none" in met
-    missed = "\n".join(bench.target_check(_summary(0.6, 0.5)))
-    assert "(MISSED <= 0.5)" in missed and "(MISSED <= 0.1;" in missed
-    assert "NOT better than: unsir (0.30)" in missed
-    assert "other methods beating nitc: salun (0.20), unsir (0.30)" in missed
-    assert "(MET <= 1.0)" in "\n".join(bench.target_check(_summary(0.9, 0.05, task="B")))
+def test_target_lines_state_each_bound_of_issue_26() -> None:
+    bmem = {m: g for m, g in (("original", 4.0), ("retrain_reseeded", 0.8), ("nitc", 1.5), ("eu_k", 2.0))}
+    lines = {(line.target, line.met) for line in bench.target_lines(_rows("B-mem", bmem))}
+    assert ("Avg Gap <= half the original's", True) in lines  # 1.5 <= 2.0
+    assert ("lowest Avg Gap of the methods", False) in lines  # below eu_k, but the other methods were not run
+    assert ("CPU time / retraining's", True) in lines and ("gate passes (reference retrain)", True) in lines
+    halfway = bench.target_lines(_rows("B", {"original": 2.0, "retrain_reseeded": 1.0, "nitc": 1.6}, cpu=0.2,
+                                         verdicts=("passed", "failed")))
+    found = {line.target: line for line in halfway}
+    assert found["Avg Gap <= half-way to the noise floor"].bound == "1.50" and not found[
+        "Avg Gap <= half-way to the noise floor"].met
+    assert not found["CPU time / retraining's"].met
+    gate = found["gate passes (reference retrain)"]
+    assert not gate.met and gate.value == "1 of 2 seeds" and "seed 1: retain: dropped 6.0 points" in gate.note
+    bn = bench.target_lines(_rows("A", {"original": 50.0, "nitc": 0.3}, model="bncnn", retain=(100.0, 97.5)))
+    drop = next(line for line in bn if line.target == "retain accuracy lost, worst seed")
+    assert not drop.met and drop.value == "2.50"
+    assert ("rows with the non-member carve-out", False) in lines  # these rows carry no nonmember_count: not re-run
+    current = _rows("B-mem", bmem).assign(nonmember_count=40, code_version="abc1234")
+    assert all(line.target != "rows with the non-member carve-out" for line in bench.target_lines(current))
+    table = "\n".join(bench.target_table(_rows("B-mem", bmem)))
+    assert table.startswith("| cell | target | nitc | bound | |") and "**missed**" in table
+
+
+def test_the_readme_blocks_are_written_and_checked_from_the_csv(tmp_path: Path) -> None:
+    results = pd.concat([_rows("B-mem", {"original": 4.0, "nitc": 1.5, "eu_k": 2.0}), _rows("A", {"nitc": 0.1})])
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- benchmark-tables:begin -->\nold\n<!-- benchmark-tables:end -->\nmiddle\n"
+                      "<!-- benchmark-targets:begin -->\n<!-- benchmark-targets:end -->\nend\n")
+    assert len(bench.check_readme(readme, results)) == 2
+    bench.update_readme(readme, results)
+    assert bench.check_readme(readme, results) == []
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("end\n") and "| `nitc` | 0.10 / 0.050 | 1.50 / 0.050 |" in text
+    changed = results.assign(avg_gap=results["avg_gap"] + 0.01)
+    assert "benchmark-tables" in bench.check_readme(readme, changed)[0]
 
 
 def test_parse_overrides_and_bad_input() -> None:

@@ -1,7 +1,8 @@
-"""Every registered method's defaults on what users bring: ``mlp`` on flat features, ``smallcnn``, ``resnet18``
-on small images, a user's class whose classifier is oddly named (``out_proj``, after a hidden ``fc``), a user's
-image model that returns a dict with ``logits``, and a token-ID text classifier (``nn.Embedding``, a transformer
-encoder layer) that returns a Hugging Face style object with ``.logits`` (both in ``user_models.py``).
+"""Every registered method's defaults on what users bring: ``mlp`` on flat features, ``smallcnn``, ``bncnn``
+(BatchNorm in every block and in the classifier), ``resnet18`` on small images, a user's class whose classifier is
+oddly named (``out_proj``, after a hidden ``fc``), a user's image model that returns a dict with ``logits``, and a
+token-ID text classifier (``nn.Embedding``, a transformer encoder layer) that returns a Hugging Face style object
+with ``.logits`` (both in ``user_models.py``).
 
 Tiny data (digits, 40 per class, or 400 generated token sequences of four classes; an explicit 80/20 split) keeps
 each cell fast; each must give finite outputs, keep the retain accuracy (not collapsed) and lower the forget
@@ -28,6 +29,8 @@ PER_CLASS = 40
 TEXT_SAMPLES = 400
 #: Percentage points above chance (10% on ten classes) that the default method's forget accuracy may reach.
 CHANCE_SLACK = 5.0
+#: Retain-accuracy points the default method may lose, per architecture (issue 26: a user's BatchNorm CNN lost 17).
+MAX_RETAIN_DROP = {"bncnn": 2.0}
 FORGET = "classes:3"
 
 
@@ -46,6 +49,7 @@ ARCHS = {  # name -> (inputs: "flat" digits, "images" digits or "tokens", model 
     "mlp-flat": ("flat", lambda: create_model("mlp", in_channels=1, num_classes=10, input_size=8, input_shape=(64,)),
                  15),
     "smallcnn": ("images", lambda: create_model("smallcnn", in_channels=1, num_classes=10, input_size=8), 8),
+    "bncnn": ("images", lambda: create_model("bncnn", in_channels=1, num_classes=10, input_size=8), 8),
     "resnet18": ("images", lambda: create_model("resnet18", in_channels=1, num_classes=10, input_size=8), 4),
     "user-out_proj": ("images", OddlyNamed, 15),
     "user-dict-output": ("images", DictOutputNet, 15),
@@ -100,6 +104,10 @@ NO_FORGETTING = {
     ("user-dict-output", "unsir"): "100 -> 100 (retain 99.3)",
     ("user-text-tokens", "gradient_ascent"): "100 -> 100", ("user-text-tokens", "l1_sparse"): "100 -> 100",
     ("user-text-tokens", "unsir"): "100 -> 100 (retain 87.9)",
+    # bncnn (2026-12-04, issue 26): nitc 100 -> 0 with retain 100 -> 100
+    ("bncnn", "finetune"): "100 -> 100", ("bncnn", "l1_sparse"): "100 -> 100", ("bncnn", "random_label"): "100 -> 100",
+    ("bncnn", "salun"): "100 -> 100",
+    ("bncnn", "unsir"): "collapsed: retain 100 -> 36.5, raised as UnlearningDivergedError",
     # measured in CI (2026-12-02, 2 cores): resnet18 after 4 epochs (retain 90.3%); again on another machine
     # (2026-12-03: retain 93.8-95.5%, forget 96.9 -> 100 for both)
     ("resnet18", "l1_sparse"): "100 -> 100",
@@ -140,3 +148,5 @@ def test_method_defaults_on_each_architecture(trained, method, request):
     if method == DEFAULT_METHOD:  # the default must forget the class as a retrained model would: chance or below
         chance = 100 / split.forget.num_classes
         assert after_forget <= chance + CHANCE_SLACK, f"{method} on {arch}: forget accuracy {after_forget:.1f}%"
+        if arch in MAX_RETAIN_DROP:
+            assert after_retain >= before_retain - MAX_RETAIN_DROP[arch], (arch, before_retain, after_retain)

@@ -31,7 +31,7 @@ def test_resnet18_cifar_stem_keeps_spatial_resolution():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"name": "vit_huge"}, "Unknown model 'vit_huge'; expected one of: mlp, resnet18, smallcnn"),
+        ({"name": "vit_huge"}, "Unknown model 'vit_huge'; expected one of: bncnn, mlp, resnet18, smallcnn"),
         ({"num_classes": 0}, "`num_classes` to be a positive int but got 0"),
         ({"num_classes": 1}, "`num_classes` to be at least 2"),
         ({"in_channels": -1}, "`in_channels` to be a positive int but got -1"),

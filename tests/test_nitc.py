@@ -102,17 +102,6 @@ def test_mask_classes_leaves_no_mass_on_forgotten_classes_and_keeps_the_rest():
     assert torch.equal(logits[0], torch.tensor([5.0, 1.0, 0.0, -2.0]))  # input not modified
 
 
-def test_class_mask_makes_forgetting_independent_of_the_impair_strength(digits, original):
-    split = resolve_forget(digits, "classes:3")
-    weak = {"teacher": {"impair_lr": 1e-7, "repair_lr": 1e-7}}  # a teacher that is not impaired at all
-    kwargs = dict(forget=split.forget, retain=split.retain, device="cpu", forget_kind="class",
-                  forget_classes=split.forget_classes, seed=0)
-    masked = run_method("nitc", original, config=weak, **kwargs).model
-    unmasked = run_method("nitc", original, config={**weak, "mask_forget_classes": False}, **kwargs).model
-    assert _accuracy(unmasked, split.forget) > 0.5  # the student copies a teacher that still knows class 3
-    assert _accuracy(masked, split.forget) < 0.1
-
-
 # ------------------------------------------------------------------------------------------------ unsir noise
 def test_noise_is_labelled_with_the_real_forget_classes(original):
     noise, labels = learn_error_max_noise(original, [3, 7], input_shape=(1, 8, 8), per_class=4, steps=5, lr=0.1,
@@ -165,16 +154,15 @@ def test_nitc_class_forgetting_drops_forget_accuracy_and_keeps_retain(digits, or
     assert _accuracy(original, split.forget) > 0.9
     assert _accuracy(result.model, split.forget) < 0.1
     assert _accuracy(result.model, split.retain) > _accuracy(original, split.retain) - 0.03
-    stages = [r["stage"] for r in result.history.records]
-    assert stages[:3] == ["teacher_noise", "teacher_impair", "teacher_repair"]
-    assert list(dict.fromkeys(s for s in stages if s.startswith("distill"))) == ["distill_stage0", "distill_stage1"]
+    # the masked original is the teacher: no UNSIR noise, impair or repair step
+    assert list(dict.fromkeys(r["stage"] for r in result.history.records)) == ["distill_stage0", "distill_stage1"]
 
 
 @pytest.mark.parametrize("min_steps", [1, 40, 90])
 def test_the_student_takes_at_least_min_steps_and_one_pass(digits, original, min_steps):
     """A stage whose data makes fewer batches than its share of ``min_steps`` is repeated; 1 = one pass each."""
     split = resolve_forget(digits, "classes:3")
-    config = {"class_teacher": "original", "min_steps": min_steps, "batch_size": 64}
+    config = {"min_steps": min_steps, "batch_size": 64}
     result = run_method("nitc", original, forget=split.forget, retain=split.retain, config=config, device="cpu",
                         forget_kind="class", forget_classes=split.forget_classes, seed=0)
     per_stage = -(-min_steps // 2)
@@ -185,33 +173,52 @@ def test_the_student_takes_at_least_min_steps_and_one_pass(digits, original, min
         assert taken == max(per_stage, first_pass), (stage, taken, first_pass, per_stage)
 
 
-def test_masked_original_teacher_forgets_classes_without_the_unsir_step(digits, original):
-    split = resolve_forget(digits, "classes:3")
-    result = run_method("nitc", original, forget=split.forget, retain=split.retain,
-                        config={"class_teacher": "original"}, device="cpu", forget_kind="class",
-                        forget_classes=split.forget_classes, seed=0)
-    assert _accuracy(result.model, split.forget) < 0.1
-    assert _accuracy(result.model, split.retain) > _accuracy(original, split.retain) - 0.03
-    assert list(dict.fromkeys(r["stage"] for r in result.history.records)) == ["distill_stage0", "distill_stage1"]
-    # sample-wise forgetting has no classes to mask: it keeps the impaired teacher
+def test_sample_wise_nitc_keeps_the_impaired_teacher(digits, original):
     mask = np.zeros(len(digits.train), dtype=bool)
     mask[::10] = True
     sample = run_method("nitc", original, forget=digits.train.subset(mask), retain=digits.train.subset(~mask),
-                        config={"class_teacher": "original"}, device="cpu", forget_kind="sample", seed=0)
-    assert sample.history.records[0]["stage"] == "teacher_noise"
+                        device="cpu", forget_kind="sample", seed=0)
+    stages = list(dict.fromkeys(r["stage"] for r in sample.history.records))
+    assert stages[:3] == ["teacher_noise", "teacher_impair", "teacher_repair"]
+    assert stages[3:] == ["head_stage0", "head_stage1"]
 
 
-def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, original):
-    rng = np.random.default_rng(0)
-    mask = np.zeros(len(digits.train), dtype=bool)
-    mask[rng.permutation(len(mask))[: len(mask) // 10]] = True
-    forget, retain = digits.train.subset(mask), digits.train.subset(~mask)
+@pytest.fixture(scope="module")
+def memorising(digits):
+    """A smallcnn trained on 400 digits samples until it fits every one (forget accuracy 100%, test 94.7%), a
+    random fifth of them to forget."""
+    train_part = digits.train.subset(np.arange(400))
+    torch.manual_seed(0)
+    model = create_model("smallcnn", in_channels=1, num_classes=10, input_size=8)
+    model, _ = train(model, train_part, TrainConfig(epochs=40, seed=0), device="cpu")
+    mask = np.zeros(len(train_part), dtype=bool)
+    mask[np.random.default_rng(0).permutation(len(mask))[: len(mask) // 5]] = True
+    return model.eval(), train_part.subset(mask), train_part.subset(~mask)
+
+
+def _near_test_level(model, original, forget, test) -> bool:
+    """``model``'s forget accuracy is at least half of the way from ``original``'s to ``model``'s test level."""
+    def gap(m):
+        return abs(_accuracy(m, forget) - _accuracy(m, test))
+    return gap(model) <= 0.5 * gap(original)
+
+
+def test_the_near_test_level_check_fails_for_the_unchanged_model(digits, memorising):
+    """An identity method returns the original, which the check below refuses."""
+    original, forget, _ = memorising
+    assert _accuracy(original, forget) == 1.0
+    assert not _near_test_level(original, original, forget, digits.test)
+
+
+@pytest.mark.xfail(strict=True, reason="measured: forget 98.8% vs test 92.8% after nitc, 100% vs 94.7% before: the "
+                                       "memorisation sits in the layers that sample-wise NITC keeps (issue 26's B-mem "
+                                       "target, not met)")
+def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, memorising):
+    original, forget, retain = memorising
     result = run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0)
-    test_acc = _accuracy(result.model, digits.test)
-    forget_acc = _accuracy(result.model, forget)
-    assert forget_acc > 0.85  # not pushed to random predictions (10%)
-    assert abs(forget_acc - test_acc) < 0.06
-    assert _accuracy(result.model, retain) > _accuracy(original, retain) - 0.03
+    assert _accuracy(result.model, retain) > 0.95
+    assert _accuracy(result.model, forget) > 0.6  # not pushed to random predictions (10%)
+    assert _near_test_level(result.model, original, forget, digits.test)
 
 
 def test_sample_wise_nitc_retrains_the_classifier_on_retain_features_only(digits, original, monkeypatch):
@@ -402,53 +409,6 @@ def test_a_higher_forget_temperature_moves_a_near_certain_student_towards_its_te
     assert at_four < at_one - 0.03
 
 
-def test_sample_wise_nitc_distils_forget_samples_at_the_forget_temperature(digits, original, monkeypatch):
-    import mlflow_unlearn.methods.nitc as nitc_module
-
-    seen = []
-
-    def spy(model, data, *, temperature, **kwargs):
-        seen.append((temperature, data.targets))
-        return model
-
-    monkeypatch.setattr(nitc_module, "distill", spy)
-    mask = np.zeros(len(digits.train), dtype=bool)
-    mask[np.random.default_rng(2).permutation(len(mask))[: len(mask) // 10]] = True
-    forget, retain = digits.train.subset(mask), digits.train.subset(~mask)
-    whole = {"sample_student": "whole"}
-    run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0,
-               config=whole)
-    temperature, targets = seen[-1]
-    assert temperature is None and targets.shape[1] == 11  # 10 logits + each row's temperature
-    n_forget = len(forget)  # the last stage holds every forget sample, then its retain slice
-    assert targets[:n_forget, -1].eq(3.0).all() and targets[n_forget:, -1].eq(1.0).all()
-    seen.clear()
-    run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0,
-               config={**whole, "forget_temperature": 1.0})
-    assert seen[-1][0] == 1.0 and seen[-1][1].shape[1] == 10  # one temperature: plain targets
-
-
-@pytest.mark.parametrize("kind,norm_stats,kept", [("sample", "frozen", True), ("class", "frozen", True),
-                                                   ("sample", "update", False), ("class", "update", False)])
-def test_batchnorm_statistics_are_kept_only_when_frozen(digits, original, kind, norm_stats, kept):
-    if kind == "class":
-        split = resolve_forget(digits, "classes:3")
-        forget, retain, classes = split.forget, split.retain, split.forget_classes
-    else:
-        mask = np.zeros(len(digits.train), dtype=bool)
-        mask[np.random.default_rng(1).permutation(len(mask))[: len(mask) // 10]] = True
-        forget, retain, classes = digits.train.subset(mask), digits.train.subset(~mask), ()
-    result = run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind=kind,
-                        config={"norm_stats": norm_stats, "sample_student": "whole"}, forget_classes=classes, seed=0)
-    before, after = dict(original.named_buffers()), dict(result.model.named_buffers())
-    running = [name for name in before if "running_" in name]
-    assert running  # smallcnn has BatchNorm layers
-    assert all(torch.equal(before[n], after[n]) for n in running) is kept
-    weights = [n for n, _ in original.named_parameters() if n.startswith("features.1.")]  # the first BatchNorm
-    params = dict(result.model.named_parameters())
-    assert any(not torch.equal(dict(original.named_parameters())[n], params[n]) for n in weights)  # affine trains
-
-
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -457,7 +417,6 @@ def test_batchnorm_statistics_are_kept_only_when_frozen(digits, original, kind, 
         {"num_stages": 1.5},
         {"retain_fraction": 1.5},
         {"difficulty": "entropy"},
-        {"forget_order": "random"},
         {"retain_pacing": "geometric"},
         {"temperature": 0.0},
         {"forget_temperature": -4.0},
@@ -467,13 +426,10 @@ def test_batchnorm_statistics_are_kept_only_when_frozen(digits, original, kind, 
         {"teacher": {"batch_size": 32.5}},
         {"teacher": {"no_such_key": 1}},
         {"teacher": "strong"},
-        {"sample_student": "body"},
         {"head_epochs": 0},
         {"head_module": ""},
-        {"forget_weight": -1.0},
-        {"norm_stats": "running"},
-        {"class_teacher": "random"},
-        {"class_teacher": "original", "mask_forget_classes": False},
+        {"optimizer": "auto"},
+        {"sample_student": "whole"},  # a variant that was tried and removed (benchmarks/RESULTS.md)
         {"no_such_key": 1},
     ],
 )

@@ -13,26 +13,25 @@ Three published ideas, combined:
    retain samples by the original's per-sample loss, the forget samples by a memorization proxy (the
    confidence gap between the original and the impaired teacher, :func:`.curriculum.memorization_proxy`).
 
-**Class-wise forgetting** distils the whole model (Adam, T=4) towards the teacher, whose targets give the
-forgotten classes no probability (``mask_forget_classes``), as a model retrained without them does.
+**Class-wise forgetting** distils the whole model (Adam, T=4) towards the original with the forgotten classes masked
+(:func:`mask_classes`: no probability on them, as a model retrained without them gives). The UNSIR-impaired teacher
+does not pay there: masked, it only shares the remaining probability, and the original shares it better at about
+60% of the time (benchmarks/RESULTS.md, issue 26).
 
-**Sample-wise forgetting** (``sample_student="head"``) re-initialises the student's classifier (the submodule that
-eu_k retrains, or the model's last linear layer, extended backwards to at least ``head_min_share`` of the weights
-within the ``nn.Sequential`` that ends with it or, in a class whose ``forward`` calls its layers, along its
-``torch.fx`` graph) and trains it from scratch by distillation on the features of the layers below it, computed once
-and frozen. Those layers are the impaired teacher's (``head_body="teacher"``); the
-targets are the original's outputs on the retain samples and, weighted by ``forget_weight`` (default 0: left out),
-the teacher's on the forget samples, whose memorised labels they would otherwise carry back. A student that starts
-from the original keeps what it memorised (benchmarks/RESULTS.md: parameters moved by 1% of their norm, forget
-accuracy stayed at 100%); a classifier that never fitted the forget samples has nothing of them to keep.
-``sample_student="whole"`` is the earlier form (SGD on the whole original, two passes).
+**Sample-wise forgetting** re-initialises the student's classifier (the submodule that eu_k retrains, or the model's
+last linear layer, extended backwards to at least ``head_min_share`` of the weights within the ``nn.Sequential`` that
+ends with it or, in a class whose ``forward`` calls its layers, along its ``torch.fx`` graph) and trains it from
+scratch by distillation, on the retain samples only, towards the original's outputs, on the features of the layers
+below it, computed once and frozen. Those layers are the UNSIR-impaired teacher's. A student that starts from the
+original keeps what it memorised (benchmarks/RESULTS.md: parameters moved by 1% of their norm, forget accuracy stayed
+at 100%); a classifier that never fitted the forget samples has nothing of them to keep.
 
 Every default was chosen on tuning seeds (>= 100) only; the measurements behind them are in
 benchmarks/RESULTS.md (the issue-15 table and "NITC's tuning history").
 
 >>> config = NitcConfig()
->>> config.teacher.noise_steps, config.num_stages, config.sample_student
-(10, 2, 'head')
+>>> config.teacher.noise_steps, config.num_stages, config.head_epochs
+(10, 2, 20)
 >>> NitcConfig(teacher={"noise_steps": 5}).teacher.noise_steps
 5
 """
@@ -59,32 +58,19 @@ from mlflow_unlearn.methods._loops import (
     random_subset,
 )
 from mlflow_unlearn.methods.bad_teacher import distill, with_temperatures
-from mlflow_unlearn.methods.curriculum import (
-    DIFFICULTY_CRITERIA,
-    curriculum_order,
-    difficulty_scores,
-    memorization_proxy,
-    staged_subsets,
-)
+from mlflow_unlearn.methods.curriculum import DIFFICULTY_CRITERIA, curriculum_order, difficulty_scores, staged_subsets
 from mlflow_unlearn.methods.eu_k import classifier_inputs, find_classifier
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.unsir import UnsirConfig, impair_and_repair
-from mlflow_unlearn.methods.validation import check_choice, check_fraction, check_non_negative, check_positive
+from mlflow_unlearn.methods.validation import check_choice, check_fraction, check_positive
 from mlflow_unlearn.models.interface import class_scores
 from mlflow_unlearn.models.surgery import head_suffix, reinitialize
 from mlflow_unlearn.training import OPTIMIZERS, make_optimizer
 
-FORGET_ORDERS = ("memorization", "difficulty")
 RETAIN_PACINGS = ("cumulative", "partition")
-NORM_STATS = ("update", "frozen")
-CLASS_TEACHERS = ("impaired", "original")
-SAMPLE_STUDENTS = ("head", "whole")
-HEAD_BODIES = ("original", "teacher")
 STUDENT_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.01}
 CLASS_TEMPERATURE = 4.0
 """Default distillation temperature of class-wise forgetting (forget and retain samples)."""
-SAMPLE_FORGET_TEMPERATURE = 3.0
-"""Default distillation temperature of the forget samples in sample-wise forgetting (retain samples: 1)."""
 
 
 def default_teacher() -> UnsirConfig:
@@ -96,55 +82,42 @@ def default_teacher() -> UnsirConfig:
 class NitcConfig:
     """NITC hyperparameters (the tuning evidence for each default is in benchmarks/RESULTS.md).
 
+    Class-wise forgetting uses ``retain_fraction`` to ``retain_pacing``; sample-wise forgetting ``teacher``,
+    ``sample_impair_scale``, ``temperature``, ``num_stages``, ``difficulty`` and the ``head_*`` fields.
+
     Args:
-        teacher: the UNSIR impair-and-repair of the teacher (a :class:`.unsir.UnsirConfig` or a mapping of its
-            fields): 16 noise inputs and 10 noise steps (the noise saturates by then), half a noise row per
+        teacher: the UNSIR impair-and-repair of the sample-wise teacher (a :class:`.unsir.UnsirConfig` or a mapping of
+            its fields): 16 noise inputs and 10 noise steps (the noise saturates by then), half a noise row per
             forget sample, one impair and one repair epoch on 20% of the retain set.
-        sample_impair_scale: factor on the teacher's learning rates for sample-wise forgetting, where the
-            teacher must keep every class (0.05: milder teachers forgot less, stronger ones hurt every class).
-        retain_fraction: share of the retain set distilled from the original by a whole-model student.
+        sample_impair_scale: factor on the teacher's learning rates, where the teacher must keep every class (0.05:
+            milder teachers forgot less, stronger ones hurt every class).
+        retain_fraction: share of the retain set distilled from the original, class-wise.
         temperature: distillation temperature of the retain samples; ``None`` = 4 class-wise, 1 sample-wise.
-        forget_temperature: distillation temperature of the forget samples; ``None`` = ``temperature`` when
-            set, else 4 class-wise and 3 sample-wise (at T=1 the gradient vanishes on near-certain samples).
-        lr: learning rate of a whole-model student; ``None`` = 1e-3 with Adam (5e-4 left a user's MLP at 47% forget
+        forget_temperature: class-wise, distillation temperature of the forget samples; ``None`` = ``temperature``,
+            else 4.
+        lr: learning rate of the class-wise student; ``None`` = 1e-3 with Adam (5e-4 left a user's MLP at 47% forget
             accuracy), 0.01 with SGD.
-        optimizer: optimizer of a whole-model student; ``"auto"`` = Adam class-wise, SGD sample-wise.
-        batch_size: samples per step of a whole-model student.
-        min_steps: fewest optimizer steps of a whole-model student over all stages: a stage whose data makes
+        optimizer: optimizer of the class-wise student.
+        batch_size: samples per step of the class-wise student.
+        min_steps: fewest optimizer steps of the class-wise student over all stages: a stage whose data makes
             fewer batches is repeated (with a forget set of 32 and 300 training samples, one pass made 4 steps
             and left the forgotten class at 60-100% accuracy). Passes, not steps, decide on larger data.
         num_stages: curriculum stages; 1 disables the curriculum.
-        difficulty: ``"loss"`` or ``"confidence"`` of the original (the retain samples' order).
-        forget_order: ``"memorization"`` (confidence gap original vs teacher) or ``"difficulty"``.
-        retain_pacing: ``"partition"`` (each retain sample in one stage) or ``"cumulative"`` (textbook) for a
-            whole-model student; a re-initialised classifier always uses cumulative stages.
-        mask_forget_classes: class-wise, the teacher's targets give the forgotten classes no probability.
-        norm_stats: BatchNorm of a whole-model student: ``"update"`` (train mode) or ``"frozen"`` (eval mode).
-        class_teacher: class-wise forget targets from the ``"impaired"`` teacher or the masked ``"original"``.
-        sample_student: sample-wise student: ``"head"`` (the classifier re-initialised and distilled on frozen
-            features) or ``"whole"`` (the whole original, fine-tuned by distillation).
-        head_module: the classifier submodule for ``sample_student="head"`` (as in ``named_modules()``);
-            ``None`` = eu_k's names (``head``, ``fc``, ``classifier``), else the last linear layer.
+        difficulty: ``"loss"`` or ``"confidence"`` of the original (the samples' order, easy to hard).
+        retain_pacing: class-wise, ``"partition"`` (each retain sample in one stage) or ``"cumulative"`` (textbook);
+            the re-initialised classifier always uses cumulative stages.
+        head_module: the classifier submodule to re-initialise sample-wise (as in ``named_modules()``); ``None`` =
+            eu_k's names (``head``, ``fc``, ``classifier``), else the last linear layer.
         head_epochs: passes of the re-initialised classifier over its data, spread over the stages (20: 10 left
-            it undertrained on mnist5k tuning cells; on task B, next to a 15-epoch reference, 20 costs 0.12-0.22
-            of retraining).
+            it undertrained on mnist5k tuning cells).
         head_lr: Adam learning rate of the re-initialised classifier (3e-3; 1e-2 overshot, 1e-3 undertrained).
         head_batch_size: samples per step of the re-initialised classifier (features are cheap: fewer, larger
             steps).
         head_retain_fraction: share of the retain set whose features train the classifier (all of it, as eu_k).
-        forget_weight: weight of each forget sample's term relative to a retain sample's when the classifier is
-            re-initialised (0 = the classifier never sees the forget samples; 0.1-1 taught it their memorised
-            labels back, on task C the wrong ones).
-        head_body: the layers below the new classifier: the impaired ``"teacher"``'s (default) or the
-            ``"original"``'s; within the noise of the tuning cells, the teacher's keep the teacher at work.
         head_min_share: the share of the model's weights that the re-initialised layers hold at least: a
-            classifier that holds less is extended backwards, layer by layer, within the ``nn.Sequential`` that
-            ends with it, else along the model's traced graph (``surgery.head_suffix``). 0.2 keeps smallcnn's head
-            (88%) and takes mlp's last two layers, not its last one (1-3%): on mlp's tuning cells, task C 25.1 ->
-            8.6 (mnist5k) and 3.2 -> 2.1 (digits), task B-mem within the seeds' spread. On a user's class with global
-            average pooling (benchmarks' ``usercnn``, a 1% ``fc``) it takes the last conv block and ``fc``: digits
-            tuning cells, task C 26.9 -> 2.4 and B-mem 3.1 -> 1.7, at 0.18 of retraining's CPU time instead of 0.04.
-            resnet18's ``fc`` (0.05%) grows to ``layer4.1`` (42%).
+            classifier that holds less is extended backwards (``surgery.head_suffix``). 0.2 keeps smallcnn's head
+            (88%), takes mlp's last two layers, a user's global-average-pooling CNN's last conv block and ``fc``,
+            and resnet18's ``layer4.1`` onwards (42%).
     """
 
     teacher: UnsirConfig = field(default_factory=default_teacher)
@@ -153,24 +126,17 @@ class NitcConfig:
     temperature: float | None = None
     forget_temperature: float | None = None
     lr: float | None = None
-    optimizer: str = "auto"
+    optimizer: str = "adam"
     batch_size: int = 64
     min_steps: int = 40
     num_stages: int = 2
     difficulty: str = "loss"
-    forget_order: str = "memorization"
     retain_pacing: str = "partition"
-    mask_forget_classes: bool = True
-    norm_stats: str = "update"
-    class_teacher: str = "impaired"
-    sample_student: str = "head"
     head_module: str | None = None
     head_epochs: int = 20
     head_lr: float = 3e-3
     head_batch_size: int = 128
     head_retain_fraction: float = 1.0
-    forget_weight: float = 0.0
-    head_body: str = "teacher"
     head_min_share: float = 0.2
 
     def __post_init__(self) -> None:
@@ -187,30 +153,21 @@ class NitcConfig:
         for name in ("batch_size", "min_steps", "num_stages", "head_epochs", "head_batch_size"):
             if not isinstance(getattr(self, name), int):
                 raise ValueError(f"Expected argument `{name}` to be a positive int but got {getattr(self, name)!r}")
-        check_non_negative(self, "forget_weight")
         check_fraction(self, "retain_fraction", "head_retain_fraction", allow_zero=False)
         if not (isinstance(self.head_min_share, int | float) and 0 <= self.head_min_share <= 1):
             raise ValueError(f"Expected argument `head_min_share` to be a share of the weights in [0, 1] but got "
                              f"{self.head_min_share!r}")
-        check_choice(self, "optimizer", ("auto", *OPTIMIZERS))
+        check_choice(self, "optimizer", OPTIMIZERS)
         if self.lr is not None:
             check_positive(self, "lr")
         for name in ("temperature", "forget_temperature"):
             if getattr(self, name) is not None:
                 check_positive(self, name)
         check_choice(self, "difficulty", DIFFICULTY_CRITERIA)
-        check_choice(self, "forget_order", FORGET_ORDERS)
         check_choice(self, "retain_pacing", RETAIN_PACINGS)
-        check_choice(self, "norm_stats", NORM_STATS)
-        check_choice(self, "class_teacher", CLASS_TEACHERS)
-        check_choice(self, "sample_student", SAMPLE_STUDENTS)
-        check_choice(self, "head_body", HEAD_BODIES)
         if self.head_module is not None and not (isinstance(self.head_module, str) and self.head_module):
             raise ValueError(f"Expected argument `head_module` to be a submodule name or None but got "
                              f"{self.head_module!r}")
-        if self.class_teacher == "original" and not self.mask_forget_classes:
-            raise ValueError("`class_teacher='original'` needs `mask_forget_classes=True`: unmasked, the original "
-                             "is a teacher that still knows the forgotten classes")
 
 
 MASK_MARGIN = 30.0
@@ -235,12 +192,10 @@ def mask_classes(logits: torch.Tensor, classes: tuple[int, ...]) -> torch.Tensor
 
 def impaired_teacher(model: nn.Module, *, forget_labels: torch.Tensor, retain: Dataset, input_shape: tuple[int, ...],
                      config: NitcConfig, context: UnlearnContext, history: rt.History) -> nn.Module:
-    """A frozen, eval-mode copy of ``model`` after UNSIR impair and repair (step 1 of NITC).
-
-    For sample-wise forgetting the impair and repair learning rates are multiplied by
-    ``config.sample_impair_scale``: the forget samples' classes must survive in the teacher.
+    """A frozen, eval-mode copy of ``model`` after UNSIR impair and repair (step 1 of sample-wise NITC), at
+    ``config.sample_impair_scale`` of the teacher's learning rates: the forget samples' classes must survive in it.
     """
-    scale = config.sample_impair_scale if context.forget_kind == "sample" else 1.0
+    scale = config.sample_impair_scale
     teacher = impair_and_repair(copy.deepcopy(model), forget_labels=forget_labels, retain=retain,
                                 input_shape=input_shape, config=config.teacher, context=context, history=history,
                                 stage_prefix="teacher_", lr_scale=scale)
@@ -310,65 +265,40 @@ def nitc(
 ) -> tuple[nn.Module, rt.History]:
     """NITC: UNSIR-impaired teacher + teacher-student distillation, presented as an easy-to-hard curriculum."""
     history = rt.History()
-    dev = context.device
-    forget_y = labels_of(forget)
-    class_wise = context.forget_kind == "class"
-    new_head = not class_wise and config.sample_student == "head"
-    # class_teacher="original": the forget targets are the original's own outputs, masked below (no UNSIR step).
-    masked_original = config.class_teacher == "original" and class_wise and bool(context.forget_classes)
-    teacher = None if masked_original else impaired_teacher(
-        model, forget_labels=forget_y, retain=retain, input_shape=input_shape(forget), config=config,
-        context=context, history=history)
-    fraction = config.head_retain_fraction if new_head else config.retain_fraction
-    retain_part = random_subset(retain, fraction, seed=context.seed + 1)
-    retain_y = labels_of(retain_part)
-
-    # Teacher targets and curriculum scores: eval mode, unshuffled, so row i is sample i. The student is still
-    # the original here (it changes only in the distillation below), so it stands in for a frozen copy.
-    retain_targets, forget_original = predict_logits(model, ConcatDataset([retain_part, forget]), device=dev).split(
-        [len(retain_part), len(forget)])
-    forget_targets = forget_original if teacher is None else predict_logits(teacher, forget, device=dev)
-    retain_scores = difficulty_scores(retain_targets, retain_y, criterion=config.difficulty)
-    if config.forget_order == "memorization" and teacher is not None:
-        forget_scores = memorization_proxy(forget_original, forget_targets, forget_y)
+    if context.forget_kind == "class":
+        model = forget_classes(model, forget=forget, retain=retain, config=config, context=context, history=history)
     else:
-        forget_scores = difficulty_scores(forget_original, forget_y, criterion=config.difficulty)
+        model = forget_samples(model, forget=forget, retain=retain, config=config, context=context, history=history)
+    return model, history
+
+
+def forget_classes(model: nn.Module, *, forget: Dataset, retain: Dataset, config: NitcConfig,
+                   context: UnlearnContext, history: rt.History) -> nn.Module:
+    """Class-wise NITC: the whole model distilled, stage by stage (easy to hard), towards the original with the
+    forgotten classes masked on the forget samples and the original itself on a retain subset."""
+    forget_y = labels_of(forget)
+    classes = context.forget_classes or tuple(sorted({int(c) for c in forget_y.tolist()}))
+    retain_part = random_subset(retain, config.retain_fraction, seed=context.seed + 1)
+    # Targets and curriculum scores: eval mode, unshuffled, so row i is sample i. The student is still the original
+    # here (it changes only in the distillation below), so it stands in for a frozen copy.
+    retain_targets, forget_original = predict_logits(model, ConcatDataset([retain_part, forget]),
+                                                     device=context.device).split([len(retain_part), len(forget)])
+    retain_scores = difficulty_scores(retain_targets, labels_of(retain_part), criterion=config.difficulty)
+    forget_scores = difficulty_scores(forget_original, forget_y, criterion=config.difficulty)
     forget_stages = staged_subsets(curriculum_order(forget_scores), config.num_stages)
     retain_stages = staged_subsets(curriculum_order(retain_scores), config.num_stages,
-                                   cumulative=new_head or config.retain_pacing == "cumulative")
-    if config.mask_forget_classes and class_wise and context.forget_classes:
-        forget_targets = mask_classes(forget_targets, context.forget_classes)
-    forget_targets, retain_targets = forget_targets.cpu(), retain_targets.cpu()
+                                   cumulative=config.retain_pacing == "cumulative")
+    forget_targets, retain_targets = mask_classes(forget_original, classes).cpu(), retain_targets.cpu()
 
-    temperature = config.temperature or (CLASS_TEMPERATURE if class_wise else 1.0)
-    forget_temperature = (config.forget_temperature or config.temperature
-                          or (CLASS_TEMPERATURE if class_wise else SAMPLE_FORGET_TEMPERATURE))
-    if new_head:
-        # Rows [logits..., temperature, weight]: forget rows first (none at weight 0), then retain rows.
-        targets = with_temperatures(with_temperatures(retain_targets, temperature), 1.0)
-        x, stages = retain_part, [np.asarray(r_idx) for r_idx in retain_stages]
-        if config.forget_weight > 0:
-            forget_rows = with_temperatures(with_temperatures(forget_targets, forget_temperature), config.forget_weight)
-            targets, x = torch.cat([forget_rows, targets]), ConcatDataset([forget, retain_part])
-            stages = [np.concatenate([f_idx, len(forget) + r_idx]) for f_idx, r_idx in
-                      zip(forget_stages, retain_stages, strict=True)]
-        if config.head_body == "teacher" and teacher is not None:
-            model.load_state_dict(teacher.state_dict())  # the impaired, repaired layers below the new classifier
-        model = distill_new_head(model, x=x, targets=targets, stages=stages, config=config, context=context,
-                                 history=history)
-        history.extra.update(forget=len(forget), retain_subset=len(retain_part), stages=config.num_stages)
-        return model, history
-
-    name = config.optimizer
-    if name == "auto":
-        name = "sgd" if context.forget_kind == "sample" else "adam"
-    lr = config.lr if config.lr is not None else STUDENT_LR[name]
+    temperature = config.temperature or CLASS_TEMPERATURE
+    forget_temperature = config.forget_temperature or temperature
     if forget_temperature != temperature:
         # Each target row carries its sample's temperature (forget: forget_temperature, retain: temperature).
         forget_targets = with_temperatures(forget_targets, forget_temperature)
         retain_targets = with_temperatures(retain_targets, temperature)
         temperature = None
-    opt = make_optimizer(model.parameters(), name=name, lr=lr, weight_decay=0.0)
+    lr = config.lr if config.lr is not None else STUDENT_LR[config.optimizer]
+    opt = make_optimizer(model.parameters(), name=config.optimizer, lr=lr, weight_decay=0.0)
     stage_steps = -(-config.min_steps // config.num_stages)
     for stage, (f_idx, r_idx) in enumerate(zip(forget_stages, retain_stages, strict=True)):
         samples = ConcatDataset([Subset(forget, f_idx.tolist()), Subset(retain_part, r_idx.tolist())])
@@ -377,8 +307,27 @@ def nitc(
         batches = max(1, -(-len(data) // config.batch_size))
         steps = max(stage_steps, batches)  # one pass, or as many (partial) passes as the stage's share needs
         model = distill(model, data, temperature=temperature, context=context, epochs=-(-steps // batches), lr=lr,
-                        max_steps=steps,
-                        batch_size=config.batch_size, optimizer=opt, history=history, stage=f"distill_stage{stage}",
-                        freeze_norm_stats=config.norm_stats == "frozen")
+                        max_steps=steps, batch_size=config.batch_size, optimizer=opt, history=history,
+                        stage=f"distill_stage{stage}")
     history.extra.update(forget=len(forget), retain_subset=len(retain_part), stages=config.num_stages)
-    return model, history
+    return model
+
+
+def forget_samples(model: nn.Module, *, forget: Dataset, retain: Dataset, config: NitcConfig,
+                   context: UnlearnContext, history: rt.History) -> nn.Module:
+    """Sample-wise NITC: the impaired teacher's layers below a re-initialised classifier, which is distilled from
+    the original on the retain samples only (the forget samples are never shown to it), easy to hard."""
+    teacher = impaired_teacher(model, forget_labels=labels_of(forget), retain=retain, input_shape=input_shape(forget),
+                               config=config, context=context, history=history)
+    retain_part = random_subset(retain, config.head_retain_fraction, seed=context.seed + 1)
+    retain_targets = predict_logits(model, retain_part, device=context.device)
+    retain_scores = difficulty_scores(retain_targets, labels_of(retain_part), criterion=config.difficulty)
+    stages = [np.asarray(idx) for idx in
+              staged_subsets(curriculum_order(retain_scores), config.num_stages, cumulative=True)]
+    # Rows [logits..., temperature, weight] (see _weighted_kl).
+    targets = with_temperatures(with_temperatures(retain_targets.cpu(), config.temperature or 1.0), 1.0)
+    model.load_state_dict(teacher.state_dict())  # the impaired, repaired layers below the new classifier
+    model = distill_new_head(model, x=retain_part, targets=targets, stages=stages, config=config, context=context,
+                             history=history)
+    history.extra.update(forget=len(forget), retain_subset=len(retain_part), stages=config.num_stages)
+    return model

@@ -41,6 +41,9 @@ class UnlearnContext:
         forget_kind: ``"class"`` (whole classes are forgotten) or ``"sample"`` (individual samples).
         forget_classes: the forgotten classes for class-wise forgetting, else empty.
         seed: seed for all randomness of the method.
+        nonmember: samples of the task that the model never trained on and that no metric will be computed on
+            (:func:`mlflow_unlearn.data.nonmember.hold_out_nonmembers`), a Dataset of ``(x, y)``; None when the
+            caller has none.
     """
 
     device: torch.device
@@ -48,6 +51,7 @@ class UnlearnContext:
     forget_kind: str = "sample"
     forget_classes: tuple[int, ...] = ()
     seed: int = 0
+    nonmember: Dataset | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -207,6 +211,7 @@ def run_method(
     forget_kind: str = "sample",
     forget_classes: tuple[int, ...] = (),
     seed: int = 0,
+    nonmember: Dataset | None = None,
 ) -> UnlearnResult:
     """Run method ``name`` on a copy of ``model`` and return the result; ``model`` is left untouched.
 
@@ -220,6 +225,9 @@ def run_method(
         forget_kind: ``"class"`` or ``"sample"``.
         forget_classes: the forgotten classes when ``forget_kind == "class"``.
         seed: seed for the method's randomness.
+        nonmember: samples the model never trained on, kept out of every metric (see
+            :func:`mlflow_unlearn.data.nonmember.hold_out_nonmembers`); methods that use them (``nitc``) fall back
+            to what they can do without when None.
 
     Raises:
         ValueError: unknown method, invalid config, empty forget or retain set, labels that the model's
@@ -241,13 +249,19 @@ def run_method(
     student = copy.deepcopy(model)
     student = rt.prepare_model(student, dev)
     num_classes = _infer_num_classes(student, forget[0][0])
-    top = max(_max_label(forget), _max_label(retain))
+    nonmember = nonmember if nonmember is not None and len(nonmember) else None
+    top = max(_max_label(forget), _max_label(retain), _max_label(nonmember) if nonmember is not None else 0)
     if top >= num_classes:
         raise ValueError(
             f"Class-count mismatch: the data has label {top} but the model outputs only {num_classes} classes. "
             "Use the data the model was trained on."
         )
-    ctx = UnlearnContext(dev, num_classes, forget_kind, tuple(int(c) for c in forget_classes), seed)
+    if nonmember is not None:
+        shapes = tuple(torch.as_tensor(nonmember[0][0]).shape), tuple(torch.as_tensor(forget[0][0]).shape)
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"The non-member samples have shape {shapes[0]} but the forget samples {shapes[1]}; "
+                             "pass held-out samples of the same data")
+    ctx = UnlearnContext(dev, num_classes, forget_kind, tuple(int(c) for c in forget_classes), seed, nonmember)
     rt.seed_everything(seed)
     start = time.perf_counter()
     out_model, history = spec.fn(student, forget=forget, retain=retain, config=cfg, context=ctx)

@@ -1,4 +1,4 @@
-"""The built-in architectures: ``mlp``, ``smallcnn`` and torchvision's ``resnet18``."""
+"""The built-in architectures: ``mlp``, ``smallcnn``, ``bncnn`` and torchvision's ``resnet18``."""
 
 from __future__ import annotations
 
@@ -43,6 +43,32 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class BatchNormCNN(nn.Module):
+    """A CNN with BatchNorm after every layer but the last, the classifier included: three conv blocks (conv,
+    BatchNorm, ReLU; max-pool after the first two where the input allows), global average pooling, and a
+    classifier ``Linear -> BatchNorm1d -> ReLU -> Linear``.
+
+    Its outputs depend on BatchNorm's running statistics more than ``smallcnn``'s (whose classifier has none), so
+    how a method treats them in training shows on it.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, input_size: int, width: int = 32) -> None:
+        super().__init__()
+        pool = input_size >= 16
+
+        def block(cin: int, cout: int, down: bool) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                    nn.MaxPool2d(2) if down else nn.Identity()]
+
+        self.features = nn.Sequential(*block(in_channels, width, pool), *block(width, 2 * width, pool),
+                                      *block(2 * width, 2 * width, False), nn.AdaptiveAvgPool2d(1))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width, 128, bias=False), nn.BatchNorm1d(128),
+                                        nn.ReLU(), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 def _require_images(name: str, input_shape: tuple[int, ...] | None) -> None:
     if input_shape is not None and len(input_shape) != 3:
         raise ValueError(f"Model {name!r} needs image samples (channels x height x width) but the samples have "
@@ -63,6 +89,15 @@ def smallcnn(*, in_channels: int, num_classes: int, input_size: int, width: int 
     _require_images("smallcnn", input_shape)
     side = min(input_shape[1:]) if input_shape is not None else input_size
     return SmallCNN(in_channels, num_classes, side, width)
+
+
+@register_model("bncnn")
+def bncnn(*, in_channels: int, num_classes: int, input_size: int, width: int = 32,
+          input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """:class:`BatchNormCNN`: BatchNorm in every block and in the classifier."""
+    _require_images("bncnn", input_shape)
+    side = min(input_shape[1:]) if input_shape is not None else input_size
+    return BatchNormCNN(in_channels, num_classes, side, width)
 
 
 @register_model("resnet18")

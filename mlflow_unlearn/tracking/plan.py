@@ -32,6 +32,7 @@ from mlflow.artifacts import download_artifacts
 from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.assess.gate import GateConfig
 from mlflow_unlearn.data import forget_by_digests, id_digests, load_data, resolve_forget
+from mlflow_unlearn.data.nonmember import hold_out_nonmembers
 from mlflow_unlearn.methods import get_method, list_methods
 from mlflow_unlearn.methods.registry import config_to_dict
 from mlflow_unlearn.models import check_one_input, class_scores
@@ -91,6 +92,9 @@ class UnlearnPlan:
         code: the files of the model's logged ``code_paths`` (relative path -> content), saved again with the
             unlearned model so that it loads where the parent does.
         digest_key: the deployment's digest key (None when none is configured; an ``ids:`` plan always has one).
+        nonmember: samples the model never trained on that the method may use and no metric sees: the source's
+            validation part, else a seeded per-class carve-out of the test side, which ``forget.test`` then no
+            longer holds (:func:`mlflow_unlearn.data.nonmember.hold_out_nonmembers`).
     """
 
     model_uri: str
@@ -114,6 +118,7 @@ class UnlearnPlan:
     retain_eval_size: int | None
     code: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     digest_key: DigestKey | None = field(default=None, repr=False)
+    nonmember: Any = field(default=None, repr=False)
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -237,6 +242,7 @@ def prepare(
     check_parent_provenance(client, parent, parent_run, key, files)
     lineage, split, forget_split, recorded = resolve_data(model, request.source, parent_run, spec, forgotten=forgotten,
                                                           key=key, client=client, code=code)
+    forget_split, nonmember = hold_out_nonmembers(forget_split, seed=split.seed, split=split)
     recipe = lin.inherited_params(parent_run) if parent_run is not None else {}
     chash = lin.config_hash(method, config_to_dict(cfg), seed, reference=reference, gate=gate_cfg.to_dict(),
                             retain_eval_size=retain_eval_size, source=lineage.source)
@@ -245,7 +251,7 @@ def prepare(
         split=split, forget=forget_split, forget_spec=recorded, method=method, config=cfg, config_hash=chash,
         gate=gate_cfg, reference=reference,
         retrain_config=retrain_config(recipe) if reference == vocab.RETRAIN_REFERENCE else None, recipe=recipe,
-        seed=seed, device=dev, retain_eval_size=retain_eval_size, code=code, digest_key=key,
+        seed=seed, device=dev, retain_eval_size=retain_eval_size, code=code, digest_key=key, nonmember=nonmember,
     )
 
 

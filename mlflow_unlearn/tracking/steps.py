@@ -61,10 +61,11 @@ def log_plan(logger: RunLogger, plan: UnlearnPlan, *, register: bool, force: boo
 
 
 def run_method(plan: UnlearnPlan, method: str, config: Any) -> UnlearnResult:
-    """Run ``method`` with ``config`` on a copy of the plan's model, forget and retain sets."""
+    """Run ``method`` with ``config`` on a copy of the plan's model, forget and retain sets (and its non-members)."""
     fs = plan.forget
     return run_engine_method(method, plan.model, forget=fs.forget, retain=fs.retain, config=config,
-                             device=plan.device, forget_kind=fs.kind, forget_classes=fs.forget_classes, seed=plan.seed)
+                             device=plan.device, forget_kind=fs.kind, forget_classes=fs.forget_classes, seed=plan.seed,
+                             nonmember=plan.nonmember)
 
 
 def run(plan: UnlearnPlan, result: rep.RunResult | None = None) -> tuple[UnlearnResult, UnlearnResult | None]:

@@ -91,36 +91,38 @@ def test_run_method_hands_the_non_members_to_the_method_and_checks_them(digits):
         with pytest.raises(ValueError, match="Class-count mismatch"):
             run_method("nonmember_spy_for_test", model, nonmember=bad, **kwargs)
     finally:
-        registry._METHODS.pop("nonmember_spy_for_test", None)
+        registry.unregister_method("nonmember_spy_for_test")
 
 
 def test_an_unlearning_run_gives_the_method_non_members_that_no_metric_sees(tmp_path, monkeypatch):
     """The plan carves the non-members out of the test side; the method gets them; evaluation never does."""
-    import mlflow_unlearn.methods as methods
+    from mlflow_unlearn import assess as assessing
+    from mlflow_unlearn.request import UnlearnRequest
     from mlflow_unlearn.tracking import steps
     from mlflow_unlearn.tracking.api import train_model
-    from mlflow_unlearn.tracking.evaluation import evaluate_models
     from mlflow_unlearn.tracking.plan import prepare
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = MlflowClient(uri).create_experiment("nonmember", artifact_location=str(tmp_path / "artifacts"))
     train_model("digits", arch="mlp", registered_model_name="nm-mlp", config={"epochs": 1}, onnx=False,
                 device="cpu", experiment=experiment, tracking_uri=uri, registry_uri=uri)
-    plan = prepare("models:/nm-mlp/1", forget="random:0.1:0", method="finetune", config={"epochs": 1},
-                   device="cpu", tracking_uri=uri, registry_uri=uri)
+    request = UnlearnRequest("random:0.1:0", method="finetune", config={"epochs": 1}, device="cpu")
+    plan = prepare("models:/nm-mlp/1", request, tracking_uri=uri, registry_uri=uri)
     nm_ids, test_ids = set(plan.nonmember.ids.tolist()), set(plan.forget.test.ids.tolist())
     assert nm_ids and not nm_ids & test_ids
     assert nm_ids | test_ids == set(plan.split.test.ids.tolist())
     seen = {}
-    real = methods.run_method
+    real = steps.run_engine_method
 
     def spy(*args, nonmember=None, **kwargs):
         seen["nonmember"] = nonmember
         return real(*args, nonmember=nonmember, **kwargs)
 
-    monkeypatch.setattr(methods, "run_method", spy)
+    monkeypatch.setattr(steps, "run_engine_method", spy)
     result = steps.run_method(plan, plan.method, plan.config)
     assert seen["nonmember"] is plan.nonmember
-    evaluation = evaluate_models(plan, {"original": plan.model, "unlearned": result.model})
+    evaluation = assessing.assess({"original": plan.model, "unlearned": result.model},
+                                  assessing.evaluation_split(plan.forget, plan.retain_eval_size, plan.seed),
+                                  original="original", device=plan.device, seed=plan.seed)
     assert len(evaluation.outputs["unlearned"]["test"].labels) == len(test_ids)
     assert set(evaluation.split.test.ids.tolist()) == test_ids

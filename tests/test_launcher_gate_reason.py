@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from mlflow_unlearn_plugins import launcher
+from mlflow_unlearn_plugins import job
 from mlflow_unlearn_plugins.request import UnlearnRequest
 
 from mlflow_unlearn.tracking import vocabulary as vocab
@@ -24,7 +24,7 @@ class _Client:
 
 
 def _launch(tmp_path, client):
-    launch = object.__new__(launcher._Launch)
+    launch = object.__new__(job.Job)
     launch.client, launch.log_path, launch.request_id = client, str(tmp_path / "job.log"), "r1"
     launch.settings = SimpleNamespace(log_dir=str(tmp_path))
     return launch

@@ -48,6 +48,26 @@ def test_the_plugin_neither_locks_nor_writes_mlflow_private_tables():
             assert not [n for n in names if "dbmodels" in n], (path.name, names)
 
 
+def test_the_library_never_imports_the_plugin_and_serve_is_the_plugins_own_program():
+    """Imports run one way (``mlflow_unlearn`` -> ``mlflow_unlearn_plugins``), so the webhook receiver is the
+    plugin's console script, not a command of ``mlflow-unlearn``."""
+    from configparser import ConfigParser
+
+    from mlflow_unlearn.tracking.cli import cli
+
+    library = PLUGINS.parent / "mlflow_unlearn"
+    for path in sorted(library.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            assert not [n for n in names if n.startswith("mlflow_unlearn_plugins")], path
+    assert "serve" not in cli.commands
+    config = ConfigParser()
+    config.read(PLUGINS.parent / "setup.cfg")
+    scripts = dict(line.split(" = ") for line in config["options.entry_points"]["console_scripts"].split("\n") if line)
+    assert scripts["mlflow-unlearn-serve"] == "mlflow_unlearn_plugins.webhook:main"
+
+
 def _old_ledger_tags(request_id: str, value: str, status: str, **extra: str) -> dict[str, str]:
     return {vocab.STATUS_TAG: status, vocab.REQUEST_TAG: value, vocab.REQUEST_ID_TAG: request_id, **extra}
 

@@ -17,9 +17,12 @@ trigger, whose server cannot load the plugin).
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Iterator
 from typing import Protocol
 
+import sqlalchemy.exc
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
@@ -27,8 +30,9 @@ from mlflow_unlearn_plugins.ledger import ACTIVE, Ledger, RequestState
 
 from mlflow_unlearn.tracking.vocabulary import STATUS_TAG
 
-#: Attempts of one mirror when the row keeps changing under it (the next change's writer mirrors it anyway).
-MIRROR_ATTEMPTS = 3
+#: Attempts of one mirror when the row keeps changing under it (the next change's writer mirrors it anyway) or a
+#: tag write loses a lock race; backoff 0.05 s doubling, with jitter.
+MIRROR_ATTEMPTS = 6
 _PAGE = 1000
 _logger = logging.getLogger(__name__)
 
@@ -113,29 +117,35 @@ def mirror(ledger: Ledger, target: TagTarget, name: str, version: int | str, *,
            have: dict[str, str] | None = None) -> None:
     """Make the tags of ``name``/``version`` show its row in the ledger (nothing for a version never requested).
 
+    Best effort: the ledger holds the state, so a mirror that keeps losing lock races (or a server that is down,
+    for the webhook) is logged and left to the next recovery (:func:`mirror_pending`), never raised.
+
     Args:
         have: the version's tags, if the caller has just read them (saves the first read).
     """
     version = int(version)
-    for _ in range(MIRROR_ATTEMPTS):
-        state = ledger.read(name, version)
-        if state.status is None:
-            return
-        have = target.read(name, version) if have is None else have
-        if have is not None:
-            for key, value in state.tags().items():
-                if have.get(key) != value and (value is not None or key in have):
-                    target.write(name, version, key, value)
-        if ledger.mark_mirrored(name, version, state.row_version):
-            return
+    for attempt in range(MIRROR_ATTEMPTS):
+        try:
+            state = ledger.read(name, version)
+            if state.status is None:
+                return
+            have = target.read(name, version) if have is None else have
+            if have is not None:
+                for key, value in state.tags().items():
+                    if have.get(key) != value and (value is not None or key in have):
+                        target.write(name, version, key, value)
+            if ledger.mark_mirrored(name, version, state.row_version):
+                return
+        except (MlflowException, sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
+            if attempt == MIRROR_ATTEMPTS - 1:
+                _logger.warning("Mirroring the status tags of %s/%s failed (%s); recovery tries again", name,
+                                version, getattr(exc, "error_code", type(exc).__name__))
+                return
+            time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.0))
         have = None
 
 
 def mirror_pending(ledger: Ledger, target: TagTarget) -> None:
     """Mirror every row whose tags may lag (see :meth:`~mlflow_unlearn_plugins.ledger.Ledger.unmirrored`)."""
     for state in ledger.unmirrored():
-        try:
-            mirror(ledger, target, state.name, state.version)
-        except MlflowException as exc:  # one version's tags must not stop the others'
-            _logger.warning("Mirroring the status tags of %s/%s failed (%s)", state.name, state.version,
-                            exc.error_code)
+        mirror(ledger, target, state.name, state.version)

@@ -46,20 +46,13 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
-from mlflow_unlearn_plugins.ledger import ActiveRequestError, Ledger
+from mlflow_unlearn_plugins.guards import check_created_tags, refuse_busy_model, refuse_busy_version, refuse_plugin_tag
+from mlflow_unlearn_plugins.ledger import Ledger
 from mlflow_unlearn_plugins.mirror import StoreTags
-from mlflow_unlearn_plugins.request import RequestRefused, parse_request
 from mlflow_unlearn_plugins.scheduler import Scheduler
 from mlflow_unlearn_plugins.settings import PluginSettings, read_settings
 
-from mlflow_unlearn.tracking.keys import DIGEST_KEY_ENV
-from mlflow_unlearn.tracking.provenance import Provenance, matches_tags
-from mlflow_unlearn.tracking.vocabulary import (
-    PROVENANCE_TAG,
-    REQUEST_TAG,
-    TAG_PREFIX,
-    VERSION_TAG_KEYS,
-)
+from mlflow_unlearn.tracking.vocabulary import REQUEST_TAG
 
 SCHEME_PREFIX = "unlearn+"
 UNLEARN_STAGE = "Unlearn"
@@ -171,49 +164,11 @@ class UnlearnRegistryStore(SqlAlchemyStore):
 
     def create_model_version(self, name, source, run_id=None, tags=None, *args, **kwargs):
         """MLflow's ``create_model_version``, refusing a request tag that would be refused, the plugin's status
-        tags (:data:`~mlflow_unlearn_plugins.ledger.RESERVED_TAGS`), and lineage tags that do not come with this
-        run's provenance record, signed with the deployment key (an unlearning job's result): nothing is created,
-        and the refused value is never stored.
-
-        Raises:
-            MlflowException: ``INVALID_PARAMETER_VALUE`` with one line that repeats no tag value.
-        """
+        tags, and lineage tags without their signed provenance record
+        (:func:`~mlflow_unlearn_plugins.guards.check_created_tags`): nothing is created then."""
         self.recover_once()
-        lineage = {}
-        for tag in tags or ():
-            if tag.key == REQUEST_TAG:
-                try:
-                    parse_request(tag.value, self.settings.policy)
-                except RequestRefused as exc:
-                    raise MlflowException(f"Unlearning request refused, the version is not created: {exc}",
-                                          INVALID_PARAMETER_VALUE) from None
-            elif tag.key.startswith(TAG_PREFIX):
-                lineage[tag.key] = tag.value
-        if lineage:
-            self._check_result_tags(lineage, source=source, run_id=run_id)
+        check_created_tags(tags, self.settings, source=source, run_id=run_id)
         return super().create_model_version(name, source, run_id, tags, *args, **kwargs)
-
-    def _check_result_tags(self, tags: dict[str, str], *, source: str, run_id: str | None) -> None:
-        """Accept ``mlflow_unlearn.*`` tags at creation only as an unlearning job registers its result: exactly the
-        lineage tags and a provenance record of this run and source, signed with the deployment key, that signs
-        those very values.
-
-        Raises:
-            MlflowException: ``INVALID_PARAMETER_VALUE`` naming the first offending tag key (never a value).
-        """
-        allowed = set(VERSION_TAG_KEYS)
-        foreign = sorted(set(tags) - allowed)
-        if foreign:
-            raise MlflowException(f"Tag {foreign[0]!r} is written by the unlearning plugin only; create the version "
-                                  f"without it (set {REQUEST_TAG!r} to submit a request)", INVALID_PARAMETER_VALUE)
-        record = Provenance.from_tag(tags.get(PROVENANCE_TAG))
-        if (record is None or not record.valid(self.settings.digest_key) or record.run_id != (run_id or "")
-                or record.source != source or not matches_tags(record, tags)):
-            first = sorted(set(tags) - {PROVENANCE_TAG}) or [PROVENANCE_TAG]
-            raise MlflowException(
-                f"Tag {first[0]!r} is an unlearning result's lineage, which only mlflow-unlearn's own unlearning "
-                "runs write, with a provenance record of their run signed with this server's digest key "
-                f"({DIGEST_KEY_ENV}); create the version without it", INVALID_PARAMETER_VALUE)
 
     # -- triggers ---------------------------------------------------------------------------------------------
     def transition_model_version_stage(self, name, version, stage, archive_existing_versions=False):
@@ -245,60 +200,37 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         if tag.key == REQUEST_TAG:
             self.scheduler.submit(name, version, tag.value)
             return
-        if tag.key.startswith(TAG_PREFIX):
-            raise MlflowException(
-                f"Tag {tag.key!r} is written by the unlearning plugin only; set {REQUEST_TAG!r} to submit a request",
-                INVALID_PARAMETER_VALUE,
-            )
+        refuse_plugin_tag(tag.key)
         super().set_model_version_tag(name, version, tag)
 
+    # -- the plugin's rules for MLflow's other writes (mlflow_unlearn_plugins.guards) --------------------------
     def delete_model_version_tag(self, name, version, key):
         """The request tag cannot be deleted while its request is queued or running; the plugin's other
         ``mlflow_unlearn.*`` tags (status, lineage, provenance) cannot be deleted at all."""
-        if key.startswith(TAG_PREFIX) and key != REQUEST_TAG:
-            raise MlflowException(f"Tag {key!r} is written by the unlearning plugin only and cannot be deleted",
-                                  INVALID_PARAMETER_VALUE)
+        refuse_plugin_tag(key, deleting=True)
         if key == REQUEST_TAG:
-            state = self.ledger.read(name, version)
-            if state.active:
-                raise ActiveRequestError(
-                    f"Tag {key!r} of {name}/{version} belongs to a request that is {state.status}; wait until it "
-                    "has finished"
-                )
+            refuse_busy_version(self.ledger, name, version, tag=key)
         super().delete_model_version_tag(name, version, key)
 
-    def _refuse_busy_model(self, name: str, action: str) -> None:
-        busy = sorted(f"{s.name}/{s.version} ({s.status})" for s in self.ledger.active() if s.name == name)
-        if busy:
-            raise ActiveRequestError(
-                f"Registered model {name!r} has unlearning requests that are queued or running on "
-                f"{', '.join(busy[:10])}; {action} it after they have finished"
-            )
+    def delete_model_version(self, name, version):
+        """A version cannot be deleted while its unlearning request is queued or running."""
+        refuse_busy_version(self.ledger, name, version)
+        super().delete_model_version(name, version)
+        self.ledger.forget_version(name, version)
 
     def delete_registered_model(self, name):
         """A registered model cannot be deleted while an unlearning request on one of its versions is active."""
-        self._refuse_busy_model(name, "delete")
+        refuse_busy_model(self.ledger, name, "delete")
         super().delete_registered_model(name)
         self.ledger.forget_version(name)
 
     def rename_registered_model(self, name, new_name):
         """A registered model cannot be renamed while an unlearning request on one of its versions is active; its
         requests' records follow the new name."""
-        self._refuse_busy_model(name, "rename")
+        refuse_busy_model(self.ledger, name, "rename")
         renamed = super().rename_registered_model(name, new_name)
         self.ledger.rename(name, new_name)
         return renamed
-
-    def delete_model_version(self, name, version):
-        """A version cannot be deleted while its unlearning request is queued or running."""
-        state = self.ledger.read(name, version)
-        if state.active:
-            raise ActiveRequestError(
-                f"Model version {name}/{version} has an unlearning request that is {state.status}; delete it after "
-                "the request has finished"
-            )
-        super().delete_model_version(name, version)
-        self.ledger.forget_version(name, version)
 
     # -- requests ---------------------------------------------------------------------------------------------
     def submit(self, name: str, version: int | str, value: str) -> str | None:

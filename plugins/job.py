@@ -204,7 +204,8 @@ class Job:
             vocab.REQUEST_TAG: recorded_request(state.request or ""), vocab.STATUS_TAG: "queued",
         })
         self.client.update_run(run.info.run_id, status="SCHEDULED")
-        self._set_fields({"request_run_id": run.info.run_id})
+        self.ledger.set_fields(self.name, self.version, self.request_id, {"request_run_id": run.info.run_id})
+        # the tags show the run with the next status change (running, or failed by the pre-flight)
         return run.info.run_id
 
     # -- running ----------------------------------------------------------------------------------------------
@@ -322,7 +323,7 @@ class Job:
         the launcher's log explains (the request is failed with the reason)."""
         if not self.ledger.claim_lease(self.name, self.version, self.request_id, LAUNCHER_MARKER):
             return 0
-        self._mirror()
+        self._mirror()  # no tag write when the tags show this launcher's provisional lease already
         state = self.ledger.read(self.name, self.version)
         if state.status == "running":
             try:

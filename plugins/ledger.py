@@ -87,6 +87,7 @@ requests_table = sa.Table(
     sa.Column("queue_seq", sa.BigInteger),
     sa.Column("row_version", sa.Integer, nullable=False),
     sa.Column("mirrored_version", sa.Integer, nullable=False),
+    sa.Column("mirrored_tags", sa.Text),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
     sa.Index("mlflow_unlearn_requests_status", "status"),
 )
@@ -125,6 +126,7 @@ class RequestState:
     queue_position: str | None = None
     row_version: int = 0
     mirrored_version: int = 0
+    mirrored_tags: str | None = None
 
     @property
     def active(self) -> bool:
@@ -293,7 +295,7 @@ class Ledger:
             position = str(ahead + 1)
         return RequestState(row.name, int(row.version), row.status, row.request, row.request_id or None,
                             row.request_run_id, row.error, row.result_version, row.lease, row.job, position,
-                            row.row_version, row.mirrored_version)
+                            row.row_version, row.mirrored_version, row.mirrored_tags)
 
     @classmethod
     def _read(cls, conn, name: str, version: int) -> RequestState | None:
@@ -463,9 +465,9 @@ class Ledger:
 
         return self._run(body)
 
-    def mark_mirrored(self, name: str, version: int | str, row_version: int) -> bool:
-        """Record that the tags show ``row_version``; False if the row changed since (mirror again)."""
-        return self._update(name, version, {"mirrored_version": row_version},
+    def mark_mirrored(self, name: str, version: int | str, row_version: int, tags: str) -> bool:
+        """Record that the tags show ``row_version`` (``tags``: their JSON); False if the row changed since."""
+        return self._update(name, version, {"mirrored_version": row_version, "mirrored_tags": tags},
                             requests_table.c.row_version == row_version, mirrored=False)
 
     def forget_version(self, name: str, version: int | str | None = None) -> None:

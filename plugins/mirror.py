@@ -2,9 +2,10 @@
 
 The ledger (:mod:`mlflow_unlearn_plugins.ledger`) holds the state; the tags ``mlflow_unlearn.status``,
 ``.error``, ``.result_version``, ``.queue_position`` ... of the version only show it, for the stock MLflow UI and
-API. :func:`mirror` writes the tags that differ from the ledger's row, then records the row version it showed
-(:meth:`~mlflow_unlearn_plugins.ledger.Ledger.mark_mirrored`); a row that changed meanwhile is mirrored again, so
-the last writer always shows the latest state. A mirror cut short (a killed process) is redone by the next
+API. :func:`mirror` writes the tags that differ from what it showed last (kept in the row, so that a mirror reads
+no tags; a trigger that has just read the version's tags passes them instead), then records the row version it
+showed (:meth:`~mlflow_unlearn_plugins.ledger.Ledger.mark_mirrored`); a row that changed meanwhile is mirrored
+again, so the last writer always shows the latest state. A mirror cut short (a killed process) is redone by the next
 recovery (:func:`mirror_pending`).
 
 Two targets: :class:`StoreTags`, MLflow's SQL registry store (the plugin's store, or a stock store of the same
@@ -16,6 +17,7 @@ trigger, whose server cannot load the plugin).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -121,7 +123,7 @@ def mirror(ledger: Ledger, target: TagTarget, name: str, version: int | str, *,
     for the webhook) is logged and left to the next recovery (:func:`mirror_pending`), never raised.
 
     Args:
-        have: the version's tags, if the caller has just read them (saves the first read).
+        have: the version's tags, if the caller has just read them (a user may have changed the request tag).
     """
     version = int(version)
     for attempt in range(MIRROR_ATTEMPTS):
@@ -129,12 +131,14 @@ def mirror(ledger: Ledger, target: TagTarget, name: str, version: int | str, *,
             state = ledger.read(name, version)
             if state.status is None:
                 return
-            have = target.read(name, version) if have is None else have
+            if have is None:
+                have = json.loads(state.mirrored_tags) if state.mirrored_tags else target.read(name, version)
             if have is not None:
                 for key, value in state.tags().items():
                     if have.get(key) != value and (value is not None or key in have):
                         target.write(name, version, key, value)
-            if ledger.mark_mirrored(name, version, state.row_version):
+            shown = {key: value for key, value in state.tags().items() if value is not None}
+            if ledger.mark_mirrored(name, version, state.row_version, json.dumps(shown, sort_keys=True)):
                 return
         except (MlflowException, sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
             if attempt == MIRROR_ATTEMPTS - 1:

@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 from mlflow_unlearn_plugins.ledger import ACTIVE, Ledger, RequestState
 
-from mlflow_unlearn.tracking.vocabulary import STATUS_TAG
+from mlflow_unlearn.tracking.vocabulary import QUEUE_POSITION_TAG, STATUS_TAG
 
 #: Attempts of one mirror when the row keeps changing under it (the next change's writer mirrors it anyway) or a
 #: tag write loses a lock race; backoff 0.05 s doubling, with jitter.
@@ -134,7 +134,7 @@ def mirror(ledger: Ledger, target: TagTarget, name: str, version: int | str, *,
             if have is None:
                 have = json.loads(state.mirrored_tags) if state.mirrored_tags else target.read(name, version)
             if have is not None:
-                for key, value in state.tags().items():
+                for key, value in _in_safe_order(state.tags()):
                     if have.get(key) != value and (value is not None or key in have):
                         target.write(name, version, key, value)
             shown = {key: value for key, value in state.tags().items() if value is not None}
@@ -147,6 +147,13 @@ def mirror(ledger: Ledger, target: TagTarget, name: str, version: int | str, *,
                 return
             time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.0))
         have = None
+
+
+def _in_safe_order(tags: dict[str, str | None]) -> list[tuple[str, str | None]]:
+    """The tags in the order that keeps every intermediate state honest for a reader of several tags: a queue
+    position is written before the ``queued`` status it qualifies (a queued request without a position reads as
+    admitted, holding a job slot)."""
+    return sorted(tags.items(), key=lambda item: item[0] != QUEUE_POSITION_TAG or item[1] is None)
 
 
 def mirror_pending(ledger: Ledger, target: TagTarget) -> None:

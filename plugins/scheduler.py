@@ -127,10 +127,15 @@ class Scheduler:
     def dispatch(self) -> list[int]:
         """Admit the waiting requests that fit in the free job slots and start their launchers; return their PIDs."""
         pids = []
-        for state in self.ledger.dispatch(self.settings.launcher.max_jobs):
+        admitted = self.ledger.dispatch(self.settings.launcher.max_jobs)
+        for state in admitted:
             pid = self.spawn(state.name, state.version, state.request_id or "")
             if pid is not None:
                 pids.append(pid)
+        if admitted:  # the requests still waiting moved up: their queue positions, first in line first
+            waiting = sorted((s for s in self.ledger.unmirrored() if s.waiting), key=lambda s: int(s.queue_position))
+            for state in waiting:
+                mirror(self.ledger, self.tags, state.name, state.version)
         return pids
 
     def recover(self, *, leased_only: bool = False) -> None:

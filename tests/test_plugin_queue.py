@@ -63,7 +63,8 @@ def server(tmp_path_factory, installed_site) -> Iterator[Server]:  # noqa: F811
 
 class Sampler(threading.Thread):
     """Reads the plugin's tags of ``versions`` every 0.3 s: the peaks of slot holders and running jobs, and the
-    queue positions seen."""
+    queue positions seen (the tags mirror the ledger, so a queued request without a position is admitted: the
+    mirror writes a position before the status it qualifies)."""
 
     def __init__(self, server: Server, versions: list[str]) -> None:
         super().__init__(daemon=True)
@@ -124,7 +125,9 @@ def test_queue_caps_concurrent_jobs_and_loses_nothing(server, parent):  # noqa: 
     assert sampler.samples > 10
     assert sampler.peak_slots <= MAX_JOBS and sampler.peak_running <= MAX_JOBS, vars(sampler)
     assert sampler.peak_running >= 1
-    assert sampler.positions and all(p == list(range(1, len(p) + 1)) for p in sampler.positions), sampler.positions
+    # positions mirror the ledger version by version (not in one transaction): each lies within the queue
+    assert sampler.positions and all(1 <= min(p) and max(p) <= N_REQUESTS for p in sampler.positions), \
+        sampler.positions
     assert max(len(p) for p in sampler.positions) >= N_REQUESTS - MAX_JOBS - 1
     print(f"\n{server.registry_uri.split(':')[0]}: peak slots {sampler.peak_slots}, peak running "
           f"{sampler.peak_running}, {sampler.samples} samples, longest queue {max(len(p) for p in sampler.positions)}")

@@ -68,6 +68,8 @@ RETRY_ATTEMPTS = 16
 #: The schema version this code writes; :meth:`Ledger.ensure_schema` migrates older tables up to it.
 SCHEMA_VERSION = 1
 _retries = {"count": 0}
+PLANTED_ERROR = ("the plugin's tags on this version were not written by the plugin (no request of the plugin); they "
+                 f"were cleared by recovery. Set {REQUEST_TAG!r} to submit a request")
 
 T = TypeVar("T")
 
@@ -258,9 +260,8 @@ class Ledger:
                        "queue_seq": order.get((state.name, state.version)), "row_version": 1,
                        "mirrored_version": 0, "updated_ms": _now_ms(), **{f: getattr(state, f) for f in _FIELDS}}
                 if not state.request_id:  # tags planted outside the plugin, e.g. before it was switched on
-                    row.update(dict.fromkeys(_FIELDS), status="failed", request_id="", queue_seq=None, error=(
-                        "the plugin's tags on this version were not written by the plugin (no request ID); they were "
-                        f"cleared when the plugin's ledger was migrated. Set {REQUEST_TAG!r} to submit a request"))
+                    row.update(dict.fromkeys(_FIELDS), status="failed", request_id="", queue_seq=None,
+                               error=PLANTED_ERROR)
                 conn.execute(requests_table.insert().values(**row))
             if order:
                 conn.execute(queue_table.update().where(queue_table.c.id == 1)
@@ -469,6 +470,20 @@ class Ledger:
         """Record that the tags show ``row_version`` (``tags``: their JSON); False if the row changed since."""
         return self._update(name, version, {"mirrored_version": row_version, "mirrored_tags": tags},
                             requests_table.c.row_version == row_version, mirrored=False)
+
+    def record_planted(self, name: str, version: int | str) -> bool:
+        """Record as ``failed`` a version that has never had a request, whose tags nevertheless say one is queued or
+        running (planted behind the plugin's back); False if the version has a row already."""
+        row = {"name": name, "version": int(version), "request_id": "", "status": "failed", "row_version": 1,
+               "mirrored_version": 0, "updated_ms": _now_ms(), "error": PLANTED_ERROR}
+
+        def body(conn) -> bool:
+            if self._read(conn, name, int(version)) is not None:
+                return False
+            conn.execute(requests_table.insert().values(**row))
+            return True
+
+        return self._run(body)
 
     def forget_version(self, name: str, version: int | str | None = None) -> None:
         """Drop the rows of a deleted version (``version`` None: of every version of a deleted model)."""

@@ -153,8 +153,24 @@ class Scheduler:
                 _logger.info("Resuming unlearning request %s on %s/%s (%s)", state.request_id, state.name,
                              state.version, state.status)
                 self.spawn(state.name, state.version, state.request_id or "")
+        self._repair_planted()
         mirror_pending(self.ledger, self.tags)
         self.dispatch()
+
+    def _repair_planted(self) -> None:
+        """Make the tags that say queued or running without an active request of the ledger show the ledger's
+        state again (tags planted through a stock store, behind the plugin's back); a version that never had a
+        request is recorded as ``failed`` with the reason."""
+        planted = getattr(self.tags, "legacy_states", None)
+        if planted is None:  # a remote server: its tags are the users' to write
+            return
+        for state in planted():
+            if self.ledger.read(state.name, state.version).active:
+                continue
+            self.ledger.record_planted(state.name, state.version)
+            _logger.warning("Model version %s/%s had plugin tags the plugin did not write; repaired", state.name,
+                            state.version)
+            mirror(self.ledger, self.tags, state.name, state.version, have=self.tags.read(state.name, state.version))
 
     def spawn(self, name: str, version: int, request_id: str) -> int | None:
         """Start the launcher of an admitted request and write its provisional lease; a launcher that cannot start

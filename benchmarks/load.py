@@ -9,9 +9,15 @@ server's ``/health`` latency. With ``--faults``, once a quarter of the requests 
 killed with SIGKILL, then the server itself (SIGKILL of its process group), which is restarted 2 s later.
 
 Reported per database (``LOAD.md`` and ``load.json`` next to this file unless ``--out-dir``): time from the first
-submission to the last final state, final states, lost requests (never final) and duplicates (more than one new
-version per request), peak concurrent jobs (``running``) and slot holders, peak memory, health-check latency, the
-machine and its load average.
+submission to the last final state, throughput, final states, lost requests (never final) and duplicates (more than
+one new version per request), peak concurrent jobs (``running``) and slot holders, peak memory, health-check
+latency, database time per request, the machine and its load average.
+
+Database time is measured inside the server, its launchers and their jobs (``benchmarks/dbtime/sitecustomize.py``
+on their ``PYTHONPATH``): every SQL statement and commit, lock waits included, split into the plugin's (ledger,
+queue, tag mirror) and MLflow's own. With ``--baseline-code DIR`` each database is run twice in the same
+invocation, first with the packages under ``DIR`` (``mlflow_unlearn`` and ``mlflow_unlearn_plugins``, e.g. a
+``git archive`` of an earlier commit) ahead of the installed ones, then with the installed code.
 
 Example::
 
@@ -89,8 +95,10 @@ LOAD_DIGEST_KEY = "load-benchmark-key-0123456789ab"
 class Server:
     """``mlflow server`` with the plugin, started and stopped (SIGTERM or SIGKILL) by its process group."""
 
-    def __init__(self, root: Path, backend_uri: str, registry_uri: str, cap: int) -> None:
-        self.root, self.port, self.proc, self.cap = root, _free_port(), None, cap
+    def __init__(self, root: Path, backend_uri: str, registry_uri: str, cap: int, code: Path | None = None) -> None:
+        self.root, self.port, self.proc, self.cap, self.code = root, _free_port(), None, cap, code
+        self.dbtime = root / "dbtime"
+        self.dbtime.mkdir(parents=True, exist_ok=True)
         self.backend_uri, self.registry_uri = backend_uri, registry_uri
         self.url = f"http://127.0.0.1:{self.port}"
         self.allowed = root / "allowed"
@@ -103,7 +111,10 @@ class Server:
         # the deployment's digest key: it signs (and the plugin checks) the provenance of every result
         env["MLFLOW_UNLEARN_DIGEST_KEY"] = os.environ.get("MLFLOW_UNLEARN_DIGEST_KEY") or LOAD_DIGEST_KEY
         env.update(MLFLOW_UNLEARN_ALLOWED_ROOTS=str(self.allowed), MLFLOW_UNLEARN_LOG_DIR=str(self.root / "logs"),
-                   MLFLOW_UNLEARN_DEVICE="cpu", MLFLOW_UNLEARN_MAX_JOBS=str(self.cap))
+                   MLFLOW_UNLEARN_DEVICE="cpu", MLFLOW_UNLEARN_MAX_JOBS=str(self.cap), LOAD_DBTIME_DIR=str(self.dbtime))
+        # the launchers and jobs inherit the server's environment: the same code and the same clock
+        paths = [str(self.code)] if self.code else []
+        env["PYTHONPATH"] = os.pathsep.join([*paths, str(HERE / "dbtime"), env.get("PYTHONPATH", "")]).rstrip(":")
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--backend-store-uri", self.backend_uri, "--registry-store-uri", self.registry_uri,
                "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"]
@@ -178,12 +189,26 @@ class Monitor(threading.Thread):
         return {v: t.get("mlflow_unlearn.status", "") for v, t in self.states.items()}
 
 
-def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float, workdir: Path) -> dict:
+def db_time(folder: Path) -> dict[str, float]:
+    """The database time of every process of one run (one JSON file per process, see ``dbtime/sitecustomize.py``)."""
+    totals = {"plugin_s": 0.0, "other_s": 0.0, "plugin_statements": 0, "other_statements": 0}
+    for path in folder.glob("*.json"):
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for key in totals:
+            totals[key] += values.get(key, 0)
+    return totals
+
+
+def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float, workdir: Path,
+                 code: Path | None = None, label: str = "installed") -> dict:
     from mlflow import MlflowClient
 
     from mlflow_unlearn.tracking import train_model
 
-    root = workdir / database
+    root = workdir / f"{database}-{label}"
     root.mkdir(parents=True)
     cluster = None
     if database == "postgresql":
@@ -196,9 +221,9 @@ def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float
         cluster = PostgresCluster(binaries)
         cluster.start()
         db = cluster.create_database("mlflow")
-        server = Server(root, db, f"unlearn+{db}", cap)
+        server = Server(root, db, f"unlearn+{db}", cap, code)
     else:
-        server = Server(root, f"sqlite:///{root}/tracking.db", f"unlearn+sqlite:///{root}/registry.db", cap)
+        server = Server(root, f"sqlite:///{root}/tracking.db", f"unlearn+sqlite:///{root}/registry.db", cap, code)
     events: list[str] = []
     try:
         server.start()
@@ -219,6 +244,8 @@ def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float
                 "name": MODEL, "version": v, "key": "mlflow_unlearn.request", "value": value}).status_code
 
         threads = [threading.Thread(target=submit, args=(v,)) for v in versions]
+        time.sleep(2.5)  # every process's last flush before the requests
+        db_before = db_time(server.dbtime)  # the model's training and registration are not the requests' time
         monitor.start()
         start = time.time()
         for t in threads:
@@ -260,8 +287,11 @@ def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float
                 children[p] = children.get(p, 0) + 1
         counts = {s: list(final.values()).count(s) for s in FINAL}
         health = sorted(monitor.health_ms)
+        time.sleep(3)  # the launchers' last ledger writes and every process's last flush
+        db = {key: value - db_before.get(key, 0) for key, value in db_time(server.dbtime).items()}
         return {
-            "database": database, "requests": n, "cap": cap, "faults": events, "submit_s": round(submit_s, 2),
+            "database": database, "code": label, "requests": n, "cap": cap, "faults": events,
+            "submit_s": round(submit_s, 2),
             "accepted": sum(1 for c in codes.values() if c == 200), "time_to_final_s": round(total_s, 1),
             "succeeded": counts["succeeded"], "failed": counts["failed"],
             "lost": n - counts["succeeded"] - counts["failed"],
@@ -273,6 +303,10 @@ def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float
             "health_ms_p95": round(health[int(0.95 * (len(health) - 1))], 1) if health else None,
             "health_ms_max": round(health[-1], 1) if health else None,
             "health_failures": monitor.health_failures, "peak_load_1min": round(monitor.peak_load, 1),
+            "requests_per_min": round(60 * n / total_s, 2),
+            "plugin_db_ms_per_request": round(1000 * db["plugin_s"] / n, 1),
+            "plugin_statements_per_request": round(db["plugin_statements"] / n, 1),
+            "all_db_ms_per_request": round(1000 * (db["plugin_s"] + db["other_s"]) / n, 1),
         }
     finally:
         _end_jobs(root)
@@ -294,24 +328,30 @@ def write_report(results: list[dict], out_dir: Path, command: str) -> Path:
     lines = ["# Load and faults of the registry plugin", "",
              f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
              f"Machine: {machine}; load average before the run: {results[0].get('load_before', '?')}.", "",
-             "| database | requests | cap | submitted in (s) | time to final (s) | succeeded | failed | lost | "
-             "duplicates | peak running | peak slots | longest queue | peak launchers+jobs RSS (MiB) | "
+             "| database | code | requests | cap | submitted in (s) | time to final (s) | requests / min | "
+             "plugin DB ms / request | plugin statements / request | all DB ms / request | succeeded | failed | "
+             "lost | duplicates | peak running | peak slots | longest queue | peak launchers+jobs RSS (MiB) | "
              "peak server RSS (MiB) | /health p50 / p95 / max (ms) | health failures | peak load (1 min) |",
-             "|" + "---|" * 17]
+             "|" + "---|" * 22]
     for r in results:
         lines.append(
-            f"| {r['database']} | {r['requests']} | {r['cap']} | {r['submit_s']} | {r['time_to_final_s']} | "
+            f"| {r['database']} | {r['code']} | {r['requests']} | {r['cap']} | {r['submit_s']} | "
+            f"{r['time_to_final_s']} | {r['requests_per_min']} | {r['plugin_db_ms_per_request']} | "
+            f"{r['plugin_statements_per_request']} | {r['all_db_ms_per_request']} | "
             f"{r['succeeded']} | {r['failed']} | {r['lost']} | {r['duplicates']} | {r['peak_running']} | "
             f"{r['peak_slots']} | {r['peak_queue']} | {r['peak_jobs_rss_mib']} | {r['peak_server_rss_mib']} | "
             f"{r['health_ms_p50']} / {r['health_ms_p95']} / {r['health_ms_max']} | {r['health_failures']} | "
             f"{r['peak_load_1min']} |")
     lines += ["", "Faults injected:", ""]
     for r in results:
-        lines += [f"* {r['database']}: " + ("; ".join(r["faults"]) or "none")]
+        lines += [f"* {r['database']} ({r['code']}): " + ("; ".join(r["faults"]) or "none")]
     lines += ["", "A request whose job was killed ends `failed` with a reason; every other request must end "
               "`succeeded`. *Lost* counts requests never final; *duplicates* counts parents with more than one new "
               "version. *Peak slots* counts requests admitted or running (never above the cap); health failures "
-              "are samples taken while the server was down.", ""]
+              "are samples taken while the server was down. *Plugin DB ms / request* is the time of the SQL "
+              "statements and commits sent by the plugin's code (lock waits included) in the server, the launchers "
+              "and the jobs, from the first submission to the last final state, divided by the requests; *all DB "
+              "ms* adds MLflow's own statements (the jobs' runs and metrics, the monitor's searches).", ""]
     path = out_dir / "LOAD.md"
     path.write_text("\n".join(lines))
     (out_dir / "load.json").write_text(json.dumps(results, indent=1))
@@ -326,15 +366,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", action="store_true", help="kill -9 a job and the server in the middle")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds to wait for every final state")
     parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--baseline-code", type=Path, default=None,
+                        help="a folder with earlier mlflow_unlearn and mlflow_unlearn_plugins packages, run first")
+    parser.add_argument("--baseline-label", default="baseline")
+    parser.add_argument("--label", default="this commit")
     args = parser.parse_args(argv)
     load_before = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     results = []
+    sides = [(args.baseline_code.resolve(), args.baseline_label)] if args.baseline_code else []
+    sides.append((None, args.label))
     with tempfile.TemporaryDirectory(prefix="mlflow-unlearn-load-") as work:
         for database in args.databases.split(","):
-            result = run_database(database, args.requests, args.cap, args.faults, args.timeout, Path(work))
-            result["load_before"] = load_before
-            results.append(result)
-            print(json.dumps(result), flush=True)
+            for code, label in sides:
+                result = run_database(database, args.requests, args.cap, args.faults, args.timeout, Path(work),
+                                      code, label)
+                result["load_before"] = load_before
+                results.append(result)
+                print(json.dumps(result), flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/load.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(write_report(results, args.out_dir, command))

@@ -1,7 +1,10 @@
 """MLflow plugin glue of mlflow-unlearn, installed as ``mlflow_unlearn_plugins``.
 
-``registry_store``: the ``unlearn+<dialect>`` model-registry store (entry points in ``setup.cfg``);
-``request``: parsing and security checks of request tags; ``settings``: every setting, read once; ``ledger``: the
-requests' durable state; ``launcher``: the detached process that prepares a request
-(:func:`mlflow_unlearn.tracking.plan.prepare`) and runs it as an MLflow Projects job. See docs/registry_plugin.md.
+``registry_store``: the ``unlearn+<dialect>`` model-registry store (entry points in ``setup.cfg``), which intercepts
+the request tag and the ``Unlearn`` transition; ``webhook``: the same trigger for a stock server
+(``mlflow-unlearn-serve``); ``scheduler``: submit, dispatch, recover, spawn, for both triggers; ``ledger``: the
+requests' durable state in the plugin's own tables; ``mirror``: the version tags that show it; ``job`` and
+``launcher``: the detached process that prepares a request (:func:`mlflow_unlearn.tracking.plan.prepare`) and runs
+it as an MLflow Projects job; ``request``: parsing and security checks of request tags; ``guards``: what the store
+refuses; ``settings``: every setting, read once. See docs/registry_plugin.md.
 """

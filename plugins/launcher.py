@@ -1,468 +1,55 @@
-"""Run an unlearning request as an MLflow Project job, outside the server's request threads.
+"""The detached launcher process of one unlearning request: ``python -m mlflow_unlearn_plugins.launcher``.
 
-The registry store records a request (status ``queued``) and starts this module as a detached process
-(``python -m mlflow_unlearn_plugins.launcher``, its own session, so it outlives a server restart). The launcher:
-
-1. takes the request's lease (exactly one launcher per request, see :mod:`mlflow_unlearn_plugins.ledger`);
-2. persists the request as a run in the ``unlearn-requests`` experiment (reused if it already exists);
-3. prepares the request as its job will (:func:`preflight`, i.e. :func:`mlflow_unlearn.tracking.plan.prepare`,
-   the checks of every door: model version and format, method, config, data and lineage, forget set). A refused
-   request is marked ``failed`` with the API's message and nothing runs;
-4. moves the status to ``running`` and launches the project's ``unlearn`` entry point with
-   ``mlflow.projects.run(..., synchronous=False)`` into that same run, on the ``local`` backend or on
-   ``kubernetes`` (``MLFLOW_UNLEARN_BACKEND``); its ``onnx`` parameter is the request's ``onnx=``, else the
-   server's ``MLFLOW_UNLEARN_ONNX``;
-5. waits, refreshing its lease heartbeat, and finally moves the status to ``succeeded`` (with
-   ``mlflow_unlearn.result_version``) or ``failed`` (with ``mlflow_unlearn.error``).
-
-When it ends (whatever the outcome), the launcher admits the next waiting requests (:func:`dispatch`), so the
-queue moves on without the server; a launcher killed before that is replaced by the store's recovery.
-
-If the launcher finds the request already ``running`` (its previous launcher died), it resumes watching the job
-and finalises the status from the run; a job that is gone without a result is marked ``failed`` with the reason.
+The scheduler (:func:`mlflow_unlearn_plugins.scheduler.start_launcher`) starts it for an admitted request, in its
+own session so that it outlives a server restart. It runs the request's :class:`~mlflow_unlearn_plugins.job.Job`
+(launch, watch, finalise) and, whatever the outcome, admits the next waiting requests
+(:meth:`~mlflow_unlearn_plugins.scheduler.Scheduler.dispatch`), so the queue moves on without the server; a
+launcher killed before that is replaced by the scheduler's recovery.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
 
-from mlflow_unlearn_plugins import ledger
-from mlflow_unlearn_plugins.request import RequestRefused, UnlearnRequest, parse_request
-from mlflow_unlearn_plugins.settings import BACKENDS, TRACKING_URI_ENV, PluginSettings
-
-from mlflow_unlearn.request import RequestStatus
-from mlflow_unlearn.tracking import vocabulary as vocab
-from mlflow_unlearn.tracking.keys import DigestKeyError
-
-REQUESTS_EXPERIMENT = "unlearn-requests"
-#: Present in every launcher's command line; recovery uses it to recognise a live launcher by its PID.
-LAUNCHER_MARKER = "mlflow_unlearn_plugins.launcher"
-POLL_S = 1.0
-HEARTBEAT_S = 10.0
-_ERROR_LINE = re.compile(r"(?:^|\b)(?:Error|[A-Za-z]+(?:Error|Exception)):\s*(.+)$")
-
-
-def spawn(registry_db_uri: str, name: str, version: int | str, request_id: str, *, settings: PluginSettings,
-          job_tracking_uri: str, job_registry_uri: str) -> int:
-    """Start a detached launcher process for one request and return its PID (does not wait).
-
-    The launcher gets ``settings`` on its command line and reads no setting from its environment.
-    """
-    log_dir = settings.launcher.log_dir
-    os.makedirs(log_dir, exist_ok=True)
-    from mlflow_unlearn.tracking.keys import DIGEST_KEY_ENV, DIGEST_KEY_FILE_ENV
-
-    dropped = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", DIGEST_KEY_ENV, DIGEST_KEY_FILE_ENV)
-    env = {k: v for k, v in os.environ.items() if k not in dropped}
-    env.update(MLFLOW_TRACKING_URI=job_tracking_uri, MLFLOW_REGISTRY_URI=job_registry_uri)
-    if settings.digest_key is not None:  # the settings' key, in the environment: never on a command line
-        env[DIGEST_KEY_ENV] = settings.digest_key.secret.decode()
-    log_path = os.path.join(log_dir, f"{request_id}.log")
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", LAUNCHER_MARKER, "--registry-db-uri", registry_db_uri, "--name", name,
-             "--version", str(version), "--request-id", request_id, "--log", log_path,
-             "--settings", settings.to_json()],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-    # Reap the launcher when it exits, so that no zombie stays under a long-lived server.
-    threading.Thread(target=proc.wait, name=f"reap-launcher-{proc.pid}", daemon=True).start()
-    return proc.pid
-
-
-def dispatch(store, registry_db_uri: str, settings: PluginSettings, *, job_tracking_uri: str,
-             job_registry_uri: str, on_error=None) -> list[int]:
-    """Admit waiting requests while fewer than ``settings.launcher.max_jobs`` hold a slot; start their launchers.
-
-    Args:
-        store: a registry ``SqlAlchemyStore`` of ``registry_db_uri``.
-        registry_db_uri: the registry database.
-        settings: the plugin's settings.
-        job_tracking_uri: tracking URI of the jobs.
-        job_registry_uri: registry URI of the jobs.
-        on_error: called as ``on_error(state, exc)`` when a launcher cannot start (default: the request fails).
-
-    Returns:
-        The PIDs of the launchers started.
-    """
-    pids = []
-    for state in ledger.dispatch(store, settings.launcher.max_jobs):
-        try:
-            pid = spawn(registry_db_uri, state.name, state.version, state.request_id or "", settings=settings,
-                        job_tracking_uri=job_tracking_uri, job_registry_uri=job_registry_uri)
-        except (OSError, ValueError) as exc:
-            ledger.advance(store, state.name, state.version, state.request_id or "", expect=ledger.ACTIVE,
-                           to=RequestStatus.FAILED,
-                           tags={vocab.ERROR_TAG: f"the launcher process could not start: {exc}"})
-            continue
-        provisional_lease(store, state.name, state.version, state.request_id or "", pid)
-        pids.append(pid)
-    return pids
-
-
-def provisional_lease(store, name: str, version: int, request_id: str, pid: int) -> None:
-    """Write the lease of launcher ``pid`` just started, unless a launcher holds it already (the new one takes
-    it over when it starts: :func:`ledger.claim_lease` accepts its own PID). A launcher killed before it claims
-    its lease then looks dead to recovery instead of leaving its request admitted forever."""
-    if ledger.read_state(store, name, version).lease is None:
-        ledger.set_fields(store, name, version, request_id, {vocab.LEASE_TAG: ledger.lease_value(pid)})
-
-
-def kubernetes_project_dir(project_dir: str, image: str, out_dir: str) -> str:
-    """Derive a Docker-environment copy of the project for the Kubernetes backend.
-
-    The package's MLproject declares a conda environment; MLflow's Kubernetes backend needs ``docker_env``.
-    The derived project has the same entry points (the commands call the installed package), and
-    ``docker_env.image`` set to ``image`` (built from ``docker/Dockerfile``).
-    """
-    import yaml
-
-    spec = yaml.safe_load(Path(project_dir, "MLproject").read_text())
-    for key in ("conda_env", "python_env"):
-        spec.pop(key, None)
-    spec["docker_env"] = {"image": image}
-    os.makedirs(out_dir, exist_ok=True)
-    Path(out_dir, "MLproject").write_text(yaml.safe_dump(spec, sort_keys=False))
-    return out_dir
-
-
-TRANSIENT_ERRORS = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"})
-"""MLflow error codes that a server restart or overload gives (a download cut off, a 503): tried again."""
-PREFLIGHT_WAIT_S = 120.0
-"""How long a launcher keeps trying a preflight that fails with one of :data:`TRANSIENT_ERRORS`."""
-
-
-def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1, wait_s: float = 0.0,
-              beat: Callable[[], None] | None = None) -> None:
-    """Prepare ``request`` on ``model_uri`` as its job will (:func:`mlflow_unlearn.tracking.plan.prepare`).
-
-    The job prepares it again in its own process (an MLflow Projects run, maybe on another host): this call only
-    makes sure a request that cannot run is refused before anything is launched, with the API's own message.
-
-    Args:
-        request: the parsed request.
-        model_uri: ``models:/<name>/<version>`` of the version the request is on.
-        client: the MLflow client of the job's tracking and registry URIs.
-        nproc: processes of the job; above 1 a method without DistributedDataParallel support is refused.
-        wait_s: how long to keep trying when the registry fails with one of :data:`TRANSIENT_ERRORS` (a server
-            that restarts while the model downloads); 0 = once.
-        beat: called between tries (the launcher's heartbeat).
-
-    Raises:
-        RequestRefused: with the message of :func:`~mlflow_unlearn.tracking.plan.prepare` (a generic one when
-            the message concerns an ID file, which the engine may quote).
-    """
-    from mlflow.exceptions import MlflowException
-
-    from mlflow_unlearn.tracking.plan import prepare
-
-    deadline, pause = time.monotonic() + wait_s, 1.0
-    while True:
-        try:
-            prepare(model_uri, request.replace(device="cpu"), distributed=nproc > 1, client=client)
-            return
-        except (ValueError, OSError, KeyError) as exc:
-            raise RequestRefused(_refusal_message(exc, request)) from None
-        except MlflowException as exc:
-            if exc.error_code not in TRANSIENT_ERRORS or time.monotonic() + pause >= deadline:
-                raise RequestRefused(
-                    f"cannot read {model_uri} from the registry ({exc.error_code}); if the server proxies "
-                    f"artifacts, set {TRACKING_URI_ENV} to its http:// address"
-                ) from None
-            print(f"reading {model_uri} failed ({exc.error_code}); trying again in {pause:.0f} s", flush=True)
-            if beat is not None:
-                beat()
-            time.sleep(pause)
-            pause = min(2 * pause, 15.0)
-
-
-def _refusal_message(exc: BaseException, request: UnlearnRequest) -> str:
-    """The API's message, unless it concerns an ID file (this request's or an earlier forget step's): the
-    engine may quote IDs, and a refusal is stored in a tag anyone can read."""
-    message = str(exc) or type(exc).__name__
-    if isinstance(exc, DigestKeyError):  # no ID, no path: the API's own words (how to set a key)
-        return message
-    id_file = request.forget.path if request.forget.by_ids else None
-    if "IDs" in message or "ids:" in message or (id_file and id_file in message):
-        return ("a forget ID file (this request's, or one of an earlier forget step in the version's lineage) does "
-                "not match the training data (unknown IDs, a wrong format or an empty set); fix the file and submit "
-                "again")
-    return message
-
-
-class _Launch:
-    """One launcher process working on one request."""
-
-    def __init__(self, registry_db_uri: str, name: str, version: int, request_id: str, log_path: str,
-                 settings: PluginSettings) -> None:
-        from mlflow import MlflowClient
-        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
-
-        self.store = SqlAlchemyStore(registry_db_uri)
-        self.client = MlflowClient()
-        self.name, self.version, self.request_id, self.log_path = name, version, request_id, log_path
-        self.policy, self.settings = settings.policy, settings.launcher
-        self._last_beat = time.time()
-
-    # -- bookkeeping -------------------------------------------------------------------------------------------
-    def _beat(self) -> None:
-        if time.time() - self._last_beat >= HEARTBEAT_S:
-            ledger.heartbeat(self.store, self.name, self.version)
-            self._last_beat = time.time()
-
-    def _fail(self, run_id: str | None, reason: str, expect: tuple[str, ...] = ledger.ACTIVE) -> None:
-        from mlflow.entities import RunStatus
-
-        if run_id:  # the run first: once the version says failed, everything else already does
-            self.client.set_tag(run_id, vocab.STATUS_TAG, RequestStatus.FAILED)
-            self.client.set_tag(run_id, vocab.ERROR_TAG, reason[: ledger.MAX_ERROR_CHARS])
-            if not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status)):
-                self.client.set_terminated(run_id, "FAILED")
-        ledger.advance(self.store, self.name, self.version, self.request_id, expect=expect, to=RequestStatus.FAILED,
-                       tags={vocab.ERROR_TAG: reason, vocab.LEASE_TAG: None, vocab.JOB_TAG: None})
-
-    def fail_request(self, reason: str) -> None:
-        """Mark this request failed, whatever its active state, and its request run (if any) too."""
-        if self.request_id == ledger.read_state(self.store, self.name, self.version).request_id:
-            self._fail(ledger.read_state(self.store, self.name, self.version).request_run_id, reason)
-
-    def _request_run(self, state: ledger.RequestState) -> str:
-        if state.request_run_id:
-            return state.request_run_id
-        run_name = f"unlearn {self.name}/{self.version}"
-        run = self.client.create_run(requests_experiment_id(self.client), run_name=run_name, tags={
-            vocab.PARENT_TAG: f"{self.name}/{self.version}", vocab.REQUEST_ID_TAG: self.request_id,
-            vocab.REQUEST_TAG: recorded_request(state.request or ""), vocab.STATUS_TAG: RequestStatus.QUEUED,
-        })
-        self.client.update_run(run.info.run_id, status="SCHEDULED")
-        ledger.set_fields(self.store, self.name, self.version, self.request_id,
-                          {vocab.REQUEST_RUN_TAG: run.info.run_id})
-        return run.info.run_id
-
-    # -- running ----------------------------------------------------------------------------------------------
-    def _launch(self, request: UnlearnRequest, run_id: str):
-        import mlflow.projects
-        from mlflow.entities import RunTag
-        from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_BACKEND
-
-        from mlflow_unlearn.tracking import project_dir
-
-        uri = str(project_dir())
-        backend_config = None
-        if self.settings.backend == "kubernetes":
-            uri = kubernetes_project_dir(uri, self.settings.docker_image,
-                                         os.path.join(self.settings.log_dir, "kubernetes-project"))
-            backend_config = self.settings.backend_config
-        model_uri = vocab.model_uri(self.name, self.version)
-        tags = [RunTag(vocab.PROJECT_TAG, uri)]
-        if self.settings.backend != "kubernetes":
-            # MLflow Projects sets this tag twice on the run, from this process right after it starts ``mlflow run``
-            # and from that ``mlflow run`` itself: while the tag does not exist yet, both insert it, and on a busy
-            # SQLite store the second insert fails the job (UNIQUE constraint failed: tags.key, tags.run_uuid).
-            # Set here first, both are updates.
-            tags.append(RunTag(MLFLOW_PROJECT_BACKEND, self.settings.backend))
-        self.client.log_batch(run_id, tags=tags)
-        parameters = request.replace(device=self.settings.device).project_parameters(model_uri, onnx=self.settings.onnx)
-        if request.forget.by_ids:  # MLflow Projects logs every parameter: the job reads the file through a neutral link
-            parameters["forget"] = "ids:" + self._neutral_link(request.forget.path)
-        entry_point = "unlearn"
-        if self.settings.nproc > 1:
-            entry_point, parameters["nproc"] = "unlearn_distributed", str(self.settings.nproc)
-        return mlflow.projects.run(
-            uri=uri, entry_point=entry_point, parameters=parameters,
-            backend=self.settings.backend, backend_config=backend_config, env_manager="local", synchronous=False,
-            run_id=run_id, experiment_id=self.client.get_run(run_id).info.experiment_id,
-        )
-
-    def _neutral_link(self, path: str) -> str:
-        """A symbolic link to ``path`` named after the request ID (no part of the original path), in the log dir."""
-        folder = Path(self.settings.log_dir, "forget-requests")
-        folder.mkdir(parents=True, exist_ok=True)
-        link = folder / f"{self.request_id}{Path(path).suffix}"
-        link.unlink(missing_ok=True)
-        link.symlink_to(path)
-        return str(link)
-
-    def _job_error(self, request: UnlearnRequest | None, run_id: str) -> str:
-        generic = f"the unlearn job failed; see run {run_id} in the {REQUESTS_EXPERIMENT!r} experiment"
-        if request is None or request.forget.by_ids:
-            return generic
-        try:
-            lines = Path(self.log_path).read_text(errors="replace").splitlines()
-        except OSError:
-            return generic
-        for line in reversed(lines):
-            match = _ERROR_LINE.search(line.strip())
-            if match:
-                return f"{match.group(0)[:500]} (run {run_id})"
-        return generic
-
-    def _finalize(self, request: UnlearnRequest | None, run_id: str, exited_ok: bool | None,
-                  job_run_id: str | None = None) -> None:
-        """Set the final status from the job's run (the request run itself, except on Kubernetes)."""
-        from mlflow.entities import RunStatus
-
-        for link in Path(self.settings.log_dir, "forget-requests").glob(f"{self.request_id}.*"):
-            link.unlink(missing_ok=True)  # the job is over: its neutral link to the forget file goes
-
-        run = self.client.get_run(job_run_id or run_id)
-        result = run.data.tags.get(vocab.RESULT_VERSION_TAG)
-        finished = run.info.status == "FINISHED"
-        if (exited_ok is None or exited_ok) and finished and result:
-            self.client.set_tag(run_id, vocab.STATUS_TAG, RequestStatus.SUCCEEDED)
-            if job_run_id and job_run_id != run_id:
-                self.client.set_tag(run_id, vocab.RESULT_VERSION_TAG, result)
-                self.client.set_terminated(run_id, "FINISHED")
-            ledger.advance(self.store, self.name, self.version, self.request_id, expect=(RequestStatus.RUNNING,),
-                           to=RequestStatus.SUCCEEDED, tags={vocab.RESULT_VERSION_TAG: result, vocab.LEASE_TAG: None,
-                                                 vocab.JOB_TAG: None})
-            return
-        gate_reason = run.data.tags.get(vocab.GATE_REASON_TAG)  # the gate's own words: numbers, never an ID
-        if gate_reason:
-            reason = f"the acceptance gate refused the unlearned model: {gate_reason} (run {run_id})"
-        elif finished:
-            verdict = run.data.tags.get(vocab.VERDICT_TAG, "unknown")
-            reason = (f"the job finished but registered no version (verdict={verdict}): the acceptance gate "
-                      f"refused the result; see run {run_id}")
-        elif RunStatus.is_terminated(RunStatus.from_string(run.info.status)) or exited_ok is False:
-            reason = self._job_error(request, run_id)
-        else:
-            reason = (f"the unlearn job stopped without recording a result (its process ended, e.g. the host "
-                      f"restarted); set the {vocab.REQUEST_TAG!r} tag again to retry (run {run_id})")
-        self._fail(run_id, reason, expect=(RequestStatus.RUNNING,))
-        if request is not None and request.forget.by_ids:
-            Path(self.log_path).unlink(missing_ok=True)
-
-
-    def _watch_orphan(self, request: UnlearnRequest | None, state: ledger.RequestState) -> None:
-        """Resume a running request whose launcher died: wait for its job, then finalise from the run."""
-        from mlflow.entities import RunStatus
-
-        run_id = state.request_run_id
-        if not run_id:
-            self._fail(None, "the launcher stopped before the job started; set the request tag again to retry",
-                       expect=(RequestStatus.RUNNING,))
-            return
-        job_run_id = self.client.get_run(run_id).data.tags.get(vocab.JOB_RUN_TAG, run_id)
-        while not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(job_run_id).info.status)):
-            if not _job_alive(state.job, job_run_id):
-                break
-            self._beat()
-            time.sleep(POLL_S)
-        self._finalize(request, run_id, None, job_run_id)
-
-    def run(self) -> int:
-        if not ledger.claim_lease(self.store, self.name, self.version, self.request_id, LAUNCHER_MARKER):
-            return 0
-        state = ledger.read_state(self.store, self.name, self.version)
-        if state.status == RequestStatus.RUNNING:
-            try:
-                request = parse_request(state.request or "", self.policy)
-            except RequestRefused:
-                request = None
-            self._watch_orphan(request, state)
-            return 0
-        run_id = self._request_run(state)
-        try:
-            request = parse_request(state.request or "", self.policy)
-            preflight(request, vocab.model_uri(self.name, self.version), client=self.client,
-                      nproc=self.settings.nproc, wait_s=PREFLIGHT_WAIT_S, beat=self._beat)
-        except RequestRefused as exc:
-            self._fail(run_id, str(exc), expect=(RequestStatus.QUEUED,))
-            return 0
-        except ImportError as exc:
-            self._fail(run_id, f"the mlflow-unlearn engine cannot be imported on the server: {exc}",
-                       (RequestStatus.QUEUED,))
-            return 1
-        if not ledger.advance(self.store, self.name, self.version, self.request_id, expect=(RequestStatus.QUEUED,),
-                              to=RequestStatus.RUNNING):
-            return 0
-        self.client.set_tag(run_id, vocab.STATUS_TAG, RequestStatus.RUNNING)
-        try:
-            submitted = self._launch(request, run_id)
-        except Exception as exc:
-            self._fail(run_id, f"the job could not be launched: {type(exc).__name__}: {str(exc)[:300]}",
-                       expect=(RequestStatus.RUNNING,))
-            return 1
-        job_run_id = submitted.run_id
-        if job_run_id != run_id:  # the Kubernetes backend always creates its own run
-            self.client.set_tag(run_id, vocab.JOB_RUN_TAG, job_run_id)
-        job = getattr(submitted, "command_proc", None)
-        job_tag = f"{os.uname().nodename}|{job.pid}" if job is not None else f"{self.settings.backend}|{job_run_id}"
-        ledger.set_fields(self.store, self.name, self.version, self.request_id, {vocab.JOB_TAG: job_tag})
-        while submitted.get_status() in ("RUNNING", "SCHEDULED"):
-            self._beat()
-            time.sleep(POLL_S)
-        self._finalize(request, run_id, submitted.get_status() == "FINISHED", job_run_id)
-        return 0
-
-
-def recorded_request(value: str) -> str:
-    """A request as the request run records it: an ``ids:`` file's path replaced (paths can reveal whose data it is).
-
-    >>> recorded_request("forget=ids:/srv/erasure-alice.txt; method=nitc")
-    'forget=ids:<file, not recorded>; method=nitc'
-    """
-    return re.sub(r"ids:[^;]*", "ids:<file, not recorded>", value)
-
-
-def requests_experiment_id(client) -> str:
-    """The ID of the requests experiment, created on first use (safe when launchers start together).
-
-    Raises:
-        MlflowException: if the experiment was deleted (its name stays taken until it is restored or purged).
-    """
-    from mlflow_unlearn.tracking.experiments import get_or_create_experiment
-
-    return get_or_create_experiment(client, REQUESTS_EXPERIMENT, deleted_message=lambda experiment_id: (
-        f"the {REQUESTS_EXPERIMENT!r} experiment (ID {experiment_id}) that records unlearning requests is deleted; "
-        f"restore it (mlflow experiments restore --experiment-id {experiment_id}) and set the request tag again"))
-
-
-def _job_alive(job: str | None, run_id: str) -> bool:
-    """Whether the job recorded in ``mlflow_unlearn.job`` still runs (local backend, same host only)."""
-    host, _, pid = (job or "").partition("|")
-    if host != os.uname().nodename or not pid.isdigit():
-        return host in BACKENDS  # a remote (Kubernetes) job: rely on its run status
-    return ledger.process_alive(int(pid), run_id)
+from mlflow_unlearn_plugins.job import Job
+from mlflow_unlearn_plugins.ledger import contention_retries
+from mlflow_unlearn_plugins.request import RequestRefused, parse_request
+from mlflow_unlearn_plugins.scheduler import LAUNCHER_MARKER, Scheduler
+from mlflow_unlearn_plugins.settings import PluginSettings
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the detached launcher process."""
     parser = argparse.ArgumentParser(prog=LAUNCHER_MARKER, description=__doc__.splitlines()[0])
-    parser.add_argument("--registry-db-uri", required=True)
+    parser.add_argument("--ledger-uri", required=True)
+    parser.add_argument("--mirror-uri", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--version", required=True, type=int)
     parser.add_argument("--request-id", required=True)
     parser.add_argument("--log", required=True)
     parser.add_argument("--settings", required=True, type=PluginSettings.from_json, help="PluginSettings.to_json()")
     args = parser.parse_args(argv)
-    launch = _Launch(args.registry_db_uri, args.name, args.version, args.request_id, args.log, args.settings)
+    job = Job.open(args.ledger_uri, args.mirror_uri, args.name, args.version, args.request_id, args.log,
+                   args.settings)
     try:
-        return launch.run()
+        return job.run()
     except Exception as exc:  # never leave the request queued or running behind a dead launcher
         if _is_contention(exc):
-            print(f"the launcher gave up after {ledger.contention_retries()} lock retries: "
+            print(f"the launcher gave up after {contention_retries()} lock retries: "
                   f"{str(exc).splitlines()[0][:200]}", flush=True)
             return 1
-        state = ledger.read_state(launch.store, args.name, args.version)
+        state = job.ledger.read(args.name, args.version)
         try:
             ids = parse_request(state.request or "", args.settings.policy).forget.by_ids
         except RequestRefused:
             ids = False
         detail = "" if ids else f": {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        launch.fail_request(f"the launcher failed{detail}")
+        job.fail_request(f"the launcher failed{detail}")
         raise
     finally:
-        _next_jobs(launch, args)
+        _next_jobs(job, args)
 
 
 def _is_contention(exc: BaseException) -> bool:
@@ -472,20 +59,20 @@ def _is_contention(exc: BaseException) -> bool:
     return isinstance(cause, sqlalchemy.exc.OperationalError)
 
 
-def _next_jobs(launch: _Launch, args) -> None:
+def _next_jobs(job: Job, args) -> None:
     """Start the next waiting requests now that this one holds no slot; log the ledger's lock retries."""
+    uris = (os.environ.get("MLFLOW_TRACKING_URI", ""), os.environ.get("MLFLOW_REGISTRY_URI", ""))
+    scheduler = Scheduler(job.ledger, job.tags, args.settings, ledger_uri=args.ledger_uri,
+                          mirror_uri=args.mirror_uri, job_uris=lambda: uris)
     try:
-        pids = dispatch(launch.store, args.registry_db_uri, args.settings,
-                        job_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),
-                        job_registry_uri=os.environ.get("MLFLOW_REGISTRY_URI", ""))
+        pids = scheduler.dispatch()
         if pids:
             print(f"started the launchers of the next queued requests: PIDs {pids}", flush=True)
     except Exception as exc:  # the store's next call (recovery) admits them instead
         print(f"could not start the next queued requests ({type(exc).__name__}); the server's next registry call "
               "will", flush=True)
-    print(f"ledger lock retries: {ledger.contention_retries()}", flush=True)
+    print(f"ledger lock retries: {contention_retries()}", flush=True)
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

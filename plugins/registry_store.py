@@ -15,19 +15,22 @@ Two triggers submit a request on a version:
   stage is left unchanged: MLflow knows only four stages, and this store intercepts ``Unlearn`` before MLflow
   validates the stage.
 
-A request is parsed and checked at once (see :mod:`mlflow_unlearn_plugins.request`), recorded in the database
-(:mod:`mlflow_unlearn_plugins.ledger`) and handed to a detached launcher process
-(:mod:`mlflow_unlearn_plugins.launcher`); nothing runs in the request thread.
+The store only intercepts these two triggers (and keeps the plugin's tags read-only); everything else is the
+scheduler's (:mod:`mlflow_unlearn_plugins.scheduler`): it checks the request (:mod:`mlflow_unlearn_plugins.request`),
+records it in the plugin's own tables of the same database (:mod:`mlflow_unlearn_plugins.ledger`), mirrors the state
+into the version's tags for the UI (:mod:`mlflow_unlearn_plugins.mirror`, through this store's public methods) and
+starts a detached launcher process (:mod:`mlflow_unlearn_plugins.launcher`); nothing runs in the request thread.
 
 The constructor only constructs: it parses the URI, opens the database and reads the settings
-(:func:`mlflow_unlearn_plugins.settings.read_settings`). ``mlflow server`` constructs the store once in its own
-process (to check the URI) and once in each worker, at the worker's first request; a worker's store resumes every
-request that is queued or running without a live launcher (:meth:`UnlearnRegistryStore.recover`) at its first
-registry call (:meth:`UnlearnRegistryStore.recover_once`), so a restarted server resumes as soon as anyone, the UI
-included, reads the registry; it checks again every :data:`RECOVERY_INTERVAL_S` seconds of registry calls.
+(:func:`mlflow_unlearn_plugins.settings.read_settings`); the plugin's tables are created or migrated at the first
+call. ``mlflow server`` constructs the store once in its own process (to check the URI) and once in each worker, at
+the worker's first request; a worker's store resumes every request that is queued or running without a live
+launcher (:meth:`~mlflow_unlearn_plugins.scheduler.Scheduler.recover`) at its first registry call
+(:meth:`UnlearnRegistryStore.recover_once`), so a restarted server resumes as soon as anyone, the UI included, reads
+the registry; it checks again every :data:`RECOVERY_INTERVAL_S` seconds of registry calls.
 
-At most ``MLFLOW_UNLEARN_MAX_JOBS`` requests run at once (:func:`mlflow_unlearn_plugins.ledger.dispatch`); the
-others wait as ``queued`` with a ``mlflow_unlearn.queue_position`` tag, and start when a job ends.
+At most ``MLFLOW_UNLEARN_MAX_JOBS`` requests run at once; the others wait as ``queued`` with a
+``mlflow_unlearn.queue_position`` tag, and start when a job ends.
 """
 
 from __future__ import annotations
@@ -37,27 +40,19 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
-from mlflow_unlearn_plugins import launcher, ledger
-from mlflow_unlearn_plugins.request import RequestRefused, parse_request
+from mlflow_unlearn_plugins.guards import check_created_tags, refuse_busy_model, refuse_busy_version, refuse_plugin_tag
+from mlflow_unlearn_plugins.ledger import Ledger
+from mlflow_unlearn_plugins.mirror import StoreTags
+from mlflow_unlearn_plugins.scheduler import Scheduler
 from mlflow_unlearn_plugins.settings import PluginSettings, read_settings
 
-from mlflow_unlearn.request import RequestStatus
-from mlflow_unlearn.tracking.keys import DIGEST_KEY_ENV
-from mlflow_unlearn.tracking.provenance import Provenance, matches_tags
-from mlflow_unlearn.tracking.vocabulary import (
-    ERROR_TAG,
-    PROVENANCE_TAG,
-    REQUEST_TAG,
-    TAG_PREFIX,
-    VERSION_TAG_KEYS,
-)
+from mlflow_unlearn.tracking.vocabulary import REQUEST_TAG
 
 SCHEME_PREFIX = "unlearn+"
 UNLEARN_STAGE = "Unlearn"
@@ -151,6 +146,14 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         super().__init__(db_uri)
         self.store_uri = store_uri
         self.tracking_uri = tracking_uri
+        tags = StoreTags(self)
+        self.ledger = Ledger(self.engine, legacy=tags.legacy_states)
+        self.scheduler = Scheduler(self.ledger, tags, self.settings, ledger_uri=self.db_uri, mirror_uri=self.db_uri,
+                                   job_uris=self._job_uris)
+
+    def _job_uris(self) -> tuple[str, str]:
+        tracking, registry = self.settings.job_uris(self.db_uri, self.tracking_uri, request_address())
+        return absolute_sqlite_uri(tracking), absolute_sqlite_uri(registry)
 
     # The registry calls through which a server (and its UI) first reads a restarted registry.
     get_model_version = _first_call_recovers(SqlAlchemyStore.get_model_version)
@@ -161,49 +164,11 @@ class UnlearnRegistryStore(SqlAlchemyStore):
 
     def create_model_version(self, name, source, run_id=None, tags=None, *args, **kwargs):
         """MLflow's ``create_model_version``, refusing a request tag that would be refused, the plugin's status
-        tags (:data:`ledger.RESERVED_TAGS`), and lineage tags that do not come with this run's provenance record,
-        signed with the deployment key (an unlearning job's result): nothing is created, and the refused value is
-        never stored.
-
-        Raises:
-            MlflowException: ``INVALID_PARAMETER_VALUE`` with one line that repeats no tag value.
-        """
+        tags, and lineage tags without their signed provenance record
+        (:func:`~mlflow_unlearn_plugins.guards.check_created_tags`): nothing is created then."""
         self.recover_once()
-        lineage = {}
-        for tag in tags or ():
-            if tag.key == REQUEST_TAG:
-                try:
-                    parse_request(tag.value, self.settings.policy)
-                except RequestRefused as exc:
-                    raise MlflowException(f"Unlearning request refused, the version is not created: {exc}",
-                                          INVALID_PARAMETER_VALUE) from None
-            elif tag.key.startswith(TAG_PREFIX):
-                lineage[tag.key] = tag.value
-        if lineage:
-            self._check_result_tags(lineage, source=source, run_id=run_id)
+        check_created_tags(tags, self.settings, source=source, run_id=run_id)
         return super().create_model_version(name, source, run_id, tags, *args, **kwargs)
-
-    def _check_result_tags(self, tags: dict[str, str], *, source: str, run_id: str | None) -> None:
-        """Accept ``mlflow_unlearn.*`` tags at creation only as an unlearning job registers its result: exactly the
-        lineage tags and a provenance record of this run and source, signed with the deployment key, that signs
-        those very values.
-
-        Raises:
-            MlflowException: ``INVALID_PARAMETER_VALUE`` naming the first offending tag key (never a value).
-        """
-        allowed = set(VERSION_TAG_KEYS)
-        foreign = sorted(set(tags) - allowed)
-        if foreign:
-            raise MlflowException(f"Tag {foreign[0]!r} is written by the unlearning plugin only; create the version "
-                                  f"without it (set {REQUEST_TAG!r} to submit a request)", INVALID_PARAMETER_VALUE)
-        record = Provenance.from_tag(tags.get(PROVENANCE_TAG))
-        if (record is None or not record.valid(self.settings.digest_key) or record.run_id != (run_id or "")
-                or record.source != source or not matches_tags(record, tags)):
-            first = sorted(set(tags) - {PROVENANCE_TAG}) or [PROVENANCE_TAG]
-            raise MlflowException(
-                f"Tag {first[0]!r} is an unlearning result's lineage, which only mlflow-unlearn's own unlearning "
-                "runs write, with a provenance record of their run signed with this server's digest key "
-                f"({DIGEST_KEY_ENV}); create the version without it", INVALID_PARAMETER_VALUE)
 
     # -- triggers ---------------------------------------------------------------------------------------------
     def transition_model_version_stage(self, name, version, stage, archive_existing_versions=False):
@@ -215,14 +180,14 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         """
         self.recover_once()
         if isinstance(stage, str) and stage.strip().lower() == UNLEARN_STAGE.lower():
-            state = ledger.read_state(self, name, version)
-            if not state.request:
+            request = SqlAlchemyStore.get_model_version(self, name, version).tags.get(REQUEST_TAG)
+            if not request:
                 raise MlflowException(
                     f"Model version {name}/{version} has no {REQUEST_TAG!r} tag. Set it first, e.g. "
                     f"'forget=classes:3; method=nitc', then transition to {UNLEARN_STAGE!r}",
                     INVALID_PARAMETER_VALUE,
                 )
-            refusal = self.submit(name, version, state.request, store_value=False)
+            refusal = self.scheduler.submit(name, version, request)
             if refusal:
                 raise MlflowException(f"Unlearning request refused: {refusal}", INVALID_PARAMETER_VALUE)
             return self.get_model_version(name, version)
@@ -233,82 +198,44 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         lineage, provenance) is written by the plugin and its jobs only, and is read-only here."""
         self.recover_once()
         if tag.key == REQUEST_TAG:
-            self.submit(name, version, tag.value)
+            self.scheduler.submit(name, version, tag.value)
             return
-        if tag.key.startswith(TAG_PREFIX):
-            raise MlflowException(
-                f"Tag {tag.key!r} is written by the unlearning plugin only; set {REQUEST_TAG!r} to submit a request",
-                INVALID_PARAMETER_VALUE,
-            )
+        refuse_plugin_tag(tag.key)
         super().set_model_version_tag(name, version, tag)
 
+    # -- the plugin's rules for MLflow's other writes (mlflow_unlearn_plugins.guards) --------------------------
     def delete_model_version_tag(self, name, version, key):
         """The request tag cannot be deleted while its request is queued or running; the plugin's other
         ``mlflow_unlearn.*`` tags (status, lineage, provenance) cannot be deleted at all."""
-        if key.startswith(TAG_PREFIX) and key != REQUEST_TAG:
-            raise MlflowException(f"Tag {key!r} is written by the unlearning plugin only and cannot be deleted",
-                                  INVALID_PARAMETER_VALUE)
+        refuse_plugin_tag(key, deleting=True)
         if key == REQUEST_TAG:
-            state = ledger.read_state(self, name, version)
-            if state.active:
-                raise ledger.ActiveRequestError(
-                    f"Tag {key!r} of {name}/{version} belongs to a request that is {state.status}; wait until it "
-                    "has finished"
-                )
+            refuse_busy_version(self.ledger, name, version, tag=key)
         super().delete_model_version_tag(name, version, key)
-
-    def delete_registered_model(self, name):
-        """A registered model cannot be deleted while an unlearning request on one of its versions is active."""
-        busy = sorted(f"{s.name}/{s.version} ({s.status})" for s in ledger.active_requests(self) if s.name == name)
-        if busy:
-            raise ledger.ActiveRequestError(
-                f"Registered model {name!r} has unlearning requests that are queued or running on "
-                f"{', '.join(busy[:10])}; delete it after they have finished"
-            )
-        super().delete_registered_model(name)
 
     def delete_model_version(self, name, version):
         """A version cannot be deleted while its unlearning request is queued or running."""
-        state = ledger.read_state(self, name, version)
-        if state.active:
-            raise ledger.ActiveRequestError(
-                f"Model version {name}/{version} has an unlearning request that is {state.status}; delete it after "
-                "the request has finished"
-            )
+        refuse_busy_version(self.ledger, name, version)
         super().delete_model_version(name, version)
+        self.ledger.forget_version(name, version)
+
+    def delete_registered_model(self, name):
+        """A registered model cannot be deleted while an unlearning request on one of its versions is active."""
+        refuse_busy_model(self.ledger, name, "delete")
+        super().delete_registered_model(name)
+        self.ledger.forget_version(name)
+
+    def rename_registered_model(self, name, new_name):
+        """A registered model cannot be renamed while an unlearning request on one of its versions is active; its
+        requests' records follow the new name."""
+        refuse_busy_model(self.ledger, name, "rename")
+        renamed = super().rename_registered_model(name, new_name)
+        self.ledger.rename(name, new_name)
+        return renamed
 
     # -- requests ---------------------------------------------------------------------------------------------
-    def submit(self, name: str, version: int | str, value: str, *, store_value: bool = True) -> str | None:
-        """Record a request on ``name``/``version`` and start its launcher; return the refusal reason, if any.
-
-        Args:
-            name: registered model name.
-            version: model version.
-            value: the request tag value.
-            store_value: write ``value`` into the request tag (False when it is already there).
-
-        Raises:
-            MlflowException: if the version does not exist, or a different request is active on it.
-        """
-        version = int(version)
-        refusal, keep = None, True
-        try:
-            parse_request(value, self.settings.policy)
-        except RequestRefused as exc:
-            refusal, keep = str(exc), exc.keep_value
-        if refusal is None and self.settings.digest_key is None:
-            refusal = (f"this server has no digest key ({DIGEST_KEY_ENV}), so it cannot sign the provenance of a "
-                       "result and would refuse to register it; the operator must set one")
-        request_id = uuid.uuid4().hex
-        # a refused value that may be IDs is removed, also when it was stored before (e.g. at creation)
-        stored = (value if store_value else None) if keep else ""
-        if not ledger.open_request(self, name, version, stored, request_id=request_id, refusal=refusal):
-            return None  # the same request is already queued or running
-        if refusal:
-            _logger.info("Unlearning request %s on %s/%s refused: %s", request_id, name, version, refusal)
-            return refusal
-        self._dispatch()
-        return None
+    def submit(self, name: str, version: int | str, value: str) -> str | None:
+        """Submit request ``value`` on ``name``/``version`` (see :meth:`Scheduler.submit`); the refusal, if any."""
+        return self.scheduler.submit(name, version, value)
 
     def recover_once(self) -> None:
         """Run :meth:`recover` the first time this store serves a registry call (thread-safe; later calls return).
@@ -332,50 +259,5 @@ class UnlearnRegistryStore(SqlAlchemyStore):
                 self._recovered_at = 0.0
 
     def recover(self, *, leased_only: bool = False) -> None:
-        """Resume every admitted or running request whose launcher is gone (a server restart, a killed launcher),
-        then admit waiting requests into the free job slots.
-
-        Args:
-            leased_only: resume only requests whose launcher took its lease and died (the periodic check: a
-                launcher just started may not hold its lease yet).
-        """
-        for state in ledger.active_requests(self):
-            if not state.request_id:  # not written by the plugin (which always writes a request ID): repair
-                if ledger.repair_foreign(self, state.name, state.version):
-                    _logger.warning("Model version %s/%s had plugin tags the plugin did not write; marked failed",
-                                    state.name, state.version)
-                continue
-            if state.waiting or (leased_only and not state.lease):
-                continue
-            if not ledger.lease_alive(state.lease, launcher.LAUNCHER_MARKER):
-                _logger.info("Resuming unlearning request %s on %s/%s (%s)", state.request_id, state.name,
-                             state.version, state.status)
-                self._spawn(state.name, state.version, state.request_id)
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        """Start the launchers of the waiting requests that fit in the free job slots."""
-        try:
-            tracking, registry = self.settings.job_uris(self.db_uri, self.tracking_uri, request_address())
-        except ValueError as exc:
-            for state in ledger.dispatch(self, self.settings.launcher.max_jobs):
-                ledger.advance(self, state.name, state.version, state.request_id or "", expect=ledger.ACTIVE,
-                               to=RequestStatus.FAILED,
-                               tags={ERROR_TAG: f"the launcher process could not start: {exc}"})
-            return
-        for pid in launcher.dispatch(self, self.db_uri, self.settings, job_tracking_uri=absolute_sqlite_uri(tracking),
-                                     job_registry_uri=absolute_sqlite_uri(registry)):
-            _logger.info("Unlearning request admitted: launcher PID %s", pid)
-
-    def _spawn(self, name: str, version: int, request_id: str) -> None:
-        try:
-            tracking, registry = self.settings.job_uris(self.db_uri, self.tracking_uri, request_address())
-            pid = launcher.spawn(self.db_uri, name, version, request_id, settings=self.settings,
-                                 job_tracking_uri=absolute_sqlite_uri(tracking),
-                                 job_registry_uri=absolute_sqlite_uri(registry))
-        except (OSError, ValueError) as exc:
-            ledger.advance(self, name, version, request_id, expect=ledger.ACTIVE, to=RequestStatus.FAILED,
-                           tags={ERROR_TAG: f"the launcher process could not start: {exc}"})
-            return
-        launcher.provisional_lease(self, name, version, request_id, pid)
-        _logger.info("Unlearning request %s on %s/%s: launcher PID %s", request_id, name, version, pid)
+        """Resume requests whose launcher is gone and fill free job slots (:meth:`Scheduler.recover`)."""
+        self.scheduler.recover(leased_only=leased_only)

@@ -181,7 +181,7 @@ class PluginSettings:
     @classmethod
     def from_json(cls, text: str) -> PluginSettings:
         """Inverse of :meth:`to_json`; the digest key, which the JSON never holds, comes from the environment that
-        :func:`mlflow_unlearn_plugins.launcher.spawn` gave this process (through the one reader)."""
+        :func:`mlflow_unlearn_plugins.scheduler.start_launcher` gave this process (through the one reader)."""
         values = json.loads(text)
         policy = values["policy"]
         return cls(

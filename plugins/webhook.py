@@ -1,4 +1,4 @@
-"""A webhook trigger for MLflow servers that cannot load the store plugin (``mlflow-unlearn serve``).
+"""A webhook trigger for MLflow servers that cannot load the store plugin (``mlflow-unlearn-serve``).
 
 A stock ``mlflow server`` (MLflow 3.3+) sends a signed ``model_version_tag.set`` webhook when someone sets a tag on
 a model version. :class:`WebhookService` receives it on 127.0.0.1, and for the tag ``mlflow_unlearn.request``:
@@ -6,15 +6,17 @@ a model version. :class:`WebhookService` receives it on 127.0.0.1, and for the t
 1. verifies the HMAC-SHA256 signature (``X-MLflow-Signature: v1,<base64>`` over
    ``<delivery id>.<timestamp>.<body>``, the shared secret of ``MlflowClient().create_webhook(..., secret=...)``)
    and rejects replays: a timestamp outside :data:`REPLAY_WINDOW_S`, or a delivery ID seen within it;
-2. mirrors the version into its own state database (a private SQLite registry, ``--state-db``), which holds the
-   request's ledger (:mod:`mlflow_unlearn_plugins.ledger`: compare-and-set, leases, the bounded queue);
-3. submits it exactly as the store plugin does (:meth:`UnlearnRegistryStore.submit`: the checks of
-   :mod:`mlflow_unlearn_plugins.request`, the ledger, the launcher); the job reads the parent version from the
-   MLflow server and registers the new version there, through its REST API;
-4. copies the plugin's status tags (``mlflow_unlearn.status``, ``.error``, ``.result_version``, ...) from the state
-   database to the version on the server, through the REST API with this process's own credentials
-   (``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``), every
-   :data:`SYNC_S` seconds.
+2. submits it to the scheduler of the store plugin (:meth:`~mlflow_unlearn_plugins.scheduler.Scheduler.submit`:
+   the checks of :mod:`mlflow_unlearn_plugins.request`, the ledger, the launcher), whose ledger lives in this
+   service's own state database (``--state-db``, a SQLite file holding the plugin's tables only); the job reads the
+   parent version from the MLflow server and registers the new version there, through its REST API;
+3. mirrors the plugin's status tags (``mlflow_unlearn.status``, ``.error``, ``.result_version``, ...) to the version
+   on the server, through the REST API with this process's own credentials (``MLFLOW_TRACKING_TOKEN`` or
+   ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``): at once, from each launcher as its job moves on, and
+   every :data:`SYNC_S` seconds for a mirror cut short (:func:`mlflow_unlearn_plugins.mirror.mirror_pending`).
+
+A state database of the first ledger (a private MLflow registry whose version tags held the state) is migrated at
+start-up: its queued and running requests are imported and resumed.
 
 The server cannot refuse a tag as the plugin does (409): a different request set while one is active is ignored
 and answered 409 to the webhook; the status tags show the request that runs.
@@ -22,19 +24,24 @@ and answered 409 to the webhook; the status tags show the request that runs.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import hmac
 import json
 import logging
+import os
 import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from mlflow_unlearn_plugins import ledger
-from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore
+from mlflow_unlearn_plugins.ledger import ActiveRequestError, Ledger, RequestState, connect
+from mlflow_unlearn_plugins.mirror import ClientTags, StoreTags, mirror_pending
+from mlflow_unlearn_plugins.registry_store import RECOVERY_INTERVAL_S
+from mlflow_unlearn_plugins.scheduler import Scheduler
+from mlflow_unlearn_plugins.settings import read_settings
 
 from mlflow_unlearn.tracking.vocabulary import REQUEST_TAG
 
@@ -45,9 +52,6 @@ SIGNATURE_HEADER, TIMESTAMP_HEADER, DELIVERY_ID_HEADER = "X-MLflow-Signature", "
 REPLAY_WINDOW_S = 300
 SYNC_S = 1.0
 MAX_BODY = 64 * 1024
-#: The status tags copied to the server (the request tag is the server's already; the lease's heartbeat stays in
-#: the state database, or every heartbeat would be a tag write and a webhook).
-MIRRORED_TAGS = tuple(key for key in ledger.RESERVED_TAGS if key != ledger.LEASE_TAG)
 
 _logger = logging.getLogger(__name__)
 
@@ -96,7 +100,7 @@ class WebhookService:
     Args:
         secret: the webhook's shared secret.
         tracking_uri: the MLflow server's ``http(s)://`` address (its tracking and registry).
-        state_db: the SQLite file of this service's ledger (created if absent).
+        state_db: the SQLite file of this service's ledger (created at the first delivery if absent).
 
     Raises:
         ValueError: for an empty secret or a tracking URI that is not ``http(s)://``.
@@ -109,9 +113,22 @@ class WebhookService:
         if not tracking_uri.startswith(("http://", "https://")):
             raise ValueError(f"Expected the MLflow server's http(s):// address but got {tracking_uri!r}")
         self.secret, self.tracking_uri, self.replays = secret, tracking_uri.rstrip("/"), ReplayGuard()
-        self.store = UnlearnRegistryStore(f"unlearn+sqlite:///{Path(state_db).resolve()}", tracking_uri=tracking_uri)
-        self._pushed: dict[tuple[str, int], dict[str, str]] = {}
+        self.state_uri = f"sqlite:///{Path(state_db).resolve()}"
+        self.settings = read_settings()
+        self.tags = ClientTags(self.tracking_uri)
+        self.ledger = Ledger(connect(self.state_uri), legacy=self._legacy_states)
+        self.scheduler = Scheduler(self.ledger, self.tags, self.settings, ledger_uri=self.state_uri,
+                                   mirror_uri=self.tracking_uri, job_uris=lambda: (self.tracking_uri,) * 2)
         self._stop = threading.Event()
+
+    def _legacy_states(self) -> list[RequestState]:
+        """The queued and running requests of a state database of the first ledger: a private MLflow registry."""
+        import sqlalchemy as sa
+        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+        if not sa.inspect(self.ledger.engine).has_table("model_version_tags"):
+            return []
+        return list(StoreTags(SqlAlchemyStore(self.state_uri)).legacy_states())
 
     # -- one delivery ---------------------------------------------------------------------------------------------
     def handle(self, headers, body: bytes) -> tuple[int, str]:
@@ -132,57 +149,24 @@ class WebhookService:
             return HTTPStatus.BAD_REQUEST, "not a model_version_tag.set payload"
         if kind != ("model_version_tag", "set") or key != REQUEST_TAG:
             return HTTPStatus.OK, "ignored"
-        self._mirror(name, version)
         try:
-            refusal = self.store.submit(name, version, value)
-        except ledger.ActiveRequestError as exc:
+            refusal = self.scheduler.submit(name, version, value)
+        except ActiveRequestError as exc:
             return HTTPStatus.CONFLICT, exc.message
-        self.sync()
         return HTTPStatus.OK, f"refused: {refusal}" if refusal else "submitted"
-
-    def _mirror(self, name: str, version: int) -> None:
-        """The version in the state database (same name and number), so that the ledger can hold its tags."""
-        from mlflow.exceptions import MlflowException
-        from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
-
-        try:
-            self.store.create_registered_model(name)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        now = int(time.time() * 1000)
-        with self.store.ManagedSessionMaker(read_only=False) as session:
-            if session.query(SqlModelVersion).filter_by(name=name, version=version).first() is None:
-                session.add(SqlModelVersion(name=name, version=version, creation_time=now, last_updated_time=now,
-                                            current_stage="None", source=f"models:/{name}/{version}",
-                                            status="READY"))
 
     # -- status tags to the server ----------------------------------------------------------------------------
     def sync(self) -> None:
-        """Copy the state database's status tags of every known version to the server (changes only)."""
-        from mlflow import MlflowClient
-        from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
-
-        with self.store.ManagedSessionMaker() as session:
-            keys = [(mv.name, int(mv.version)) for mv in session.query(SqlModelVersion).all()]
-        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-        for name, version in keys:
-            tags = {key: value for key, value in ledger.read_tags(self.store, name, version).items()
-                    if key in MIRRORED_TAGS}
-            before = self._pushed.get((name, version), {})
-            if tags == before:
-                continue
-            for key, value in tags.items():
-                if before.get(key) != value:
-                    client.set_model_version_tag(name, str(version), key, value)
-            for key in set(before) - set(tags):
-                client.delete_model_version_tag(name, str(version), key)
-            self._pushed[(name, version)] = tags
+        """Mirror to the server every request whose status tags lag behind the ledger."""
+        mirror_pending(self.ledger, self.tags)
 
     def _sync_loop(self) -> None:
+        recovered_at = None
         while not self._stop.wait(SYNC_S):
             try:
-                self.store.recover_once()  # dead launchers and free slots, every 30 s
+                if recovered_at is None or time.monotonic() - recovered_at >= RECOVERY_INTERVAL_S:
+                    self.scheduler.recover(leased_only=recovered_at is not None)  # dead launchers, free slots
+                    recovered_at = time.monotonic()
                 self.sync()
             except Exception as exc:  # noqa: BLE001 (the server may be down for a while; try again)
                 _logger.warning("Copying status tags to %s failed (%s); trying again", self.tracking_uri,
@@ -194,7 +178,7 @@ class WebhookService:
         from mlflow_unlearn_plugins.request import RequestRefused, parse_request
 
         try:  # import the engine now, not in the first delivery (MLflow's delivery timeout is short)
-            parse_request("forget=classes:0", self.store.settings.policy)
+            parse_request("forget=classes:0", self.settings.policy)
         except RequestRefused:
             pass
         service = self
@@ -226,9 +210,34 @@ class WebhookService:
         httpd = ThreadingHTTPServer((host, port), Handler)
         syncer = threading.Thread(target=self._sync_loop, name="status-sync", daemon=True)
         syncer.start()
-        _logger.info("mlflow-unlearn serve: webhooks on http://%s:%s for %s", host, port, self.tracking_uri)
+        _logger.info("mlflow-unlearn-serve: webhooks on http://%s:%s for %s", host, port, self.tracking_uri)
         try:
             httpd.serve_forever()
         finally:
             self._stop.set()
             httpd.server_close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``mlflow-unlearn-serve`` program (see the module docstring and docs/registry_plugin.md)."""
+    parser = argparse.ArgumentParser(
+        prog="mlflow-unlearn-serve",
+        description="Run unlearning requests from a stock MLflow server's model_version_tag.set webhooks. The "
+                    f"webhook's shared secret is read from {SECRET_ENV}.")
+    parser.add_argument("--tracking-uri", required=True,
+                        help="The MLflow server's http(s):// address (sends the webhooks).")
+    parser.add_argument("--state-db", required=True,
+                        help="SQLite file of this service's request ledger (created if absent).")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: %(default)s).")
+    parser.add_argument("--port", default=8765, type=int, help="Port (default: %(default)s).")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        service = WebhookService(os.environ.get(SECRET_ENV, ""), args.tracking_uri, args.state_db)
+    except ValueError as exc:
+        parser.error(str(exc))
+    service.serve(args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -286,7 +286,7 @@ def test_no_forget_id_leaks_into_database_artifacts_logs_or_output(uris, base, f
 def test_a_registry_ids_request_records_no_path_anywhere(uris, base, tmp_path, monkeypatch):
     """The registry path up to the job's end (the launcher in this process, as in test_plugin_messages): MLflow
     Projects prints the job's command line, so the job reads the file through a link named after the request."""
-    from mlflow_unlearn_plugins import launcher
+    from mlflow_unlearn_plugins import job, scheduler
     from mlflow_unlearn_plugins.request import SecurityPolicy
     from mlflow_unlearn_plugins.settings import LauncherSettings, PluginSettings
 
@@ -299,11 +299,11 @@ def test_a_registry_ids_request_records_no_path_anywhere(uris, base, tmp_path, m
     settings = PluginSettings(policy=SecurityPolicy(allowed_roots=(tmp_path,)), digest_key=read_digest_key(),
                               launcher=LauncherSettings(device="cpu", log_dir=str(tmp_path / "logs")))
 
-    def run_launcher(db_uri, name, number, request_id, **_):
+    def run_launcher(ledger_uri, mirror_uri, name, number, request_id, **_):
         log = tmp_path / "logs" / f"{request_id}.log"
-        return launcher._Launch(db_uri, name, int(number), request_id, str(log), settings).run()
+        return job.Job.open(ledger_uri, mirror_uri, name, int(number), request_id, str(log), settings).run()
 
-    monkeypatch.setattr(launcher, "spawn", run_launcher)
+    monkeypatch.setattr(scheduler, "start_launcher", run_launcher)
     store = UnlearnRegistryStore("unlearn+" + uri, tracking_uri=uri, settings=settings)
     target = MlflowClient(uri).create_model_version("digits-mlp", base.version.source, base.run_id).version
     store.set_model_version_tag("digits-mlp", target, ModelVersionTag(

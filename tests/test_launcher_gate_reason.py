@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from mlflow_unlearn_plugins import launcher
+from mlflow_unlearn_plugins import job
 
 from mlflow_unlearn.request import UnlearnRequest
 from mlflow_unlearn.tracking import vocabulary as vocab
@@ -24,7 +24,7 @@ class _Client:
 
 
 def _launch(tmp_path, client):
-    launch = object.__new__(launcher._Launch)
+    launch = object.__new__(job.Job)
     launch.client, launch.log_path, launch.request_id = client, str(tmp_path / "job.log"), "r1"
     launch.settings = SimpleNamespace(log_dir=str(tmp_path))
     return launch
@@ -49,3 +49,4 @@ def test_other_job_failures_of_ids_requests_stay_generic(tmp_path):
     launch._fail = lambda run_id, reason, expect=(): failed.append(reason)
     launch._finalize(UnlearnRequest("ids:/x.txt"), "run9", exited_ok=False)
     assert failed and "user-0001" not in failed[0] and failed[0].startswith("the unlearn job failed")
+

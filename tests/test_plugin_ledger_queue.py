@@ -8,7 +8,8 @@ import threading
 
 import pytest
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
-from mlflow_unlearn_plugins import launcher, ledger, settings
+from mlflow_unlearn_plugins import ledger, scheduler, settings
+from mlflow_unlearn_plugins.mirror import StoreTags
 from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore
 
 MODEL = "queued"
@@ -21,45 +22,45 @@ def store(tmp_path):
     stock.create_registered_model(MODEL)
     for _ in range(8):
         stock.create_model_version(MODEL, "file:///nowhere")
-    yield uri, stock
+    yield uri, stock, ledger.Ledger(stock.engine)
     stock.engine.dispose()
 
 
-def _positions(stock) -> dict[int, str | None]:
-    return {v: ledger.read_state(stock, MODEL, v).queue_position for v in range(1, 9)}
+def _positions(led: ledger.Ledger) -> dict[int, str | None]:
+    return {v: led.read(MODEL, v).queue_position for v in range(1, 9)}
 
 
 def test_requests_wait_in_fifo_order_and_are_admitted_up_to_the_cap(store):
-    _, stock = store
+    _, _, led = store
     for v in (3, 1, 2, 4):
-        assert ledger.open_request(stock, MODEL, v, f"forget=classes:{v}", request_id=f"r{v}") is True
-    assert [_positions(stock)[v] for v in (3, 1, 2, 4)] == ["1", "2", "3", "4"]
-    assert [s.version for s in ledger.dispatch(stock, 2)] == [3, 1]
-    assert [_positions(stock)[v] for v in (3, 1, 2, 4)] == [None, None, "1", "2"]
-    assert ledger.dispatch(stock, 2) == []  # both slots held (admitted)
-    assert ledger.advance(stock, MODEL, 3, "r3", expect=("queued",), to="running")
-    assert ledger.dispatch(stock, 2) == []  # running holds its slot too
-    assert ledger.advance(stock, MODEL, 3, "r3", expect=("running",), to="succeeded")
-    assert [s.version for s in ledger.dispatch(stock, 2)] == [2]
-    assert _positions(stock)[4] == "1"
-    ledger.open_request(stock, MODEL, 5, "forget=classes:5", request_id="r5")
-    assert _positions(stock)[5] == "2"  # behind 4
-    assert ledger.advance(stock, MODEL, 1, "r1", expect=ledger.ACTIVE, to="failed", tags={ledger.ERROR_TAG: "x"})
-    assert [s.version for s in ledger.dispatch(stock, 2)] == [4]
-    state = ledger.read_state(stock, MODEL, 5)
+        assert led.open(MODEL, v, f"forget=classes:{v}", request_id=f"r{v}") is True
+    assert [_positions(led)[v] for v in (3, 1, 2, 4)] == ["1", "2", "3", "4"]
+    assert [s.version for s in led.dispatch(2)] == [3, 1]
+    assert [_positions(led)[v] for v in (3, 1, 2, 4)] == [None, None, "1", "2"]
+    assert led.dispatch(2) == []  # both slots held (admitted)
+    assert led.advance(MODEL, 3, "r3", expect=("queued",), to="running")
+    assert led.dispatch(2) == []  # running holds its slot too
+    assert led.advance(MODEL, 3, "r3", expect=("running",), to="succeeded")
+    assert [s.version for s in led.dispatch(2)] == [2]
+    assert _positions(led)[4] == "1"
+    led.open(MODEL, 5, "forget=classes:5", request_id="r5")
+    assert _positions(led)[5] == "2"  # behind 4
+    assert led.advance(MODEL, 1, "r1", expect=ledger.ACTIVE, to="failed", fields={"error": "x"})
+    assert [s.version for s in led.dispatch(2)] == [4]
+    state = led.read(MODEL, 5)
     assert state.waiting and state.queue_position == "1"
     assert ledger.QUEUE_POSITION_TAG in ledger.RESERVED_TAGS
 
 
 def test_racing_dispatchers_never_admit_more_than_the_cap(store):
-    _, stock = store
+    _, _, led = store
     for v in range(1, 9):
-        ledger.open_request(stock, MODEL, v, f"forget=classes:{v % 10}", request_id=f"r{v}")
+        led.open(MODEL, v, f"forget=classes:{v % 10}", request_id=f"r{v}")
     barrier, admitted = threading.Barrier(6), []
 
     def run() -> None:
         barrier.wait()
-        admitted.extend(s.version for s in ledger.dispatch(stock, 3))
+        admitted.extend(s.version for s in led.dispatch(3))
 
     threads = [threading.Thread(target=run) for _ in range(6)]
     for t in threads:
@@ -67,26 +68,29 @@ def test_racing_dispatchers_never_admit_more_than_the_cap(store):
     for t in threads:
         t.join()
     assert sorted(admitted) == [1, 2, 3]
-    assert sorted(int(p) for p in _positions(stock).values() if p) == [1, 2, 3, 4, 5]
+    assert sorted(int(p) for p in _positions(led).values() if p) == [1, 2, 3, 4, 5]
 
 
 def test_a_launcher_takes_over_its_provisional_lease_and_nobody_else_does(store):
-    _, stock = store
-    ledger.open_request(stock, MODEL, 1, "forget=classes:1", request_id="r1")
-    ledger.dispatch(stock, 1)
-    launcher.provisional_lease(stock, MODEL, 1, "r1", os.getpid())  # as if this process were the new launcher
-    assert ledger.read_state(stock, MODEL, 1).lease.endswith("|spawned")
+    _, stock, led = store
+    uri = str(stock.engine.url)
+    sched = scheduler.Scheduler(led, StoreTags(stock), settings.read_settings({}), ledger_uri=uri, mirror_uri=uri,
+                                job_uris=lambda: (uri, uri))
+    led.open(MODEL, 1, "forget=classes:1", request_id="r1")
+    led.dispatch(1)
+    sched.provisional_lease(MODEL, 1, "r1", os.getpid())  # as if this process were the new launcher
+    assert led.read(MODEL, 1).lease.endswith("|spawned")
     marker = open("/proc/self/cmdline", "rb").read().split(b"\0")[0].decode()
-    assert ledger.lease_alive(ledger.read_state(stock, MODEL, 1).lease, marker)
-    assert ledger.claim_lease(stock, MODEL, 1, "r1", marker) is True
-    assert not ledger.read_state(stock, MODEL, 1).lease.endswith("|spawned")
-    assert ledger.claim_lease(stock, MODEL, 1, "r1", marker) is False  # held by a live launcher now
+    assert ledger.lease_alive(led.read(MODEL, 1).lease, marker)
+    assert led.claim_lease(MODEL, 1, "r1", marker) is True
+    assert not led.read(MODEL, 1).lease.endswith("|spawned")
+    assert led.claim_lease(MODEL, 1, "r1", marker) is False  # held by a live launcher now
     # a provisional lease of a dead launcher is replaced by recovery's launcher
-    ledger.open_request(stock, MODEL, 2, "forget=classes:2", request_id="r2")
-    ledger.dispatch(stock, 2)
-    launcher.provisional_lease(stock, MODEL, 2, "r2", 2**22 + 7)  # no such process
-    assert not ledger.lease_alive(ledger.read_state(stock, MODEL, 2).lease, marker)
-    assert ledger.claim_lease(stock, MODEL, 2, "r2", marker) is True
+    led.open(MODEL, 2, "forget=classes:2", request_id="r2")
+    led.dispatch(2)
+    sched.provisional_lease(MODEL, 2, "r2", 2**22 + 7)  # no such process
+    assert not ledger.lease_alive(led.read(MODEL, 2).lease, marker)
+    assert led.claim_lease(MODEL, 2, "r2", marker) is True
 
 
 def test_max_jobs_setting():
@@ -103,16 +107,16 @@ def test_max_jobs_setting():
 
 
 def test_deleting_a_busy_version_or_model_is_refused(store, monkeypatch):
-    uri, stock = store
-    monkeypatch.setattr(launcher, "spawn", lambda *args, **kwargs: 2**22 + 7)
+    uri, _, led = store
+    monkeypatch.setattr(scheduler, "start_launcher", lambda *args, **kwargs: 2**22 + 7)
     plugin = UnlearnRegistryStore("unlearn+" + uri, tracking_uri=uri,
                                   settings=settings.read_settings({"MLFLOW_UNLEARN_MAX_JOBS": "1"}))
-    ledger.open_request(stock, MODEL, 2, "forget=classes:2", request_id="r2")
+    led.open(MODEL, 2, "forget=classes:2", request_id="r2")
     for call in (lambda: plugin.delete_model_version(MODEL, 2), lambda: plugin.delete_registered_model(MODEL)):
         with pytest.raises(ledger.ActiveRequestError, match="queued") as info:
             call()
         assert info.value.error_code == "RESOURCE_CONFLICT"
     plugin.delete_model_version(MODEL, 3)  # an idle version goes
-    assert ledger.advance(stock, MODEL, 2, "r2", expect=ledger.ACTIVE, to="failed")
+    assert led.advance(MODEL, 2, "r2", expect=ledger.ACTIVE, to="failed")
     plugin.delete_registered_model(MODEL)
     assert plugin.search_registered_models() == []

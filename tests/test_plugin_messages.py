@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersionTag
-from mlflow_unlearn_plugins import launcher
+from mlflow_unlearn_plugins import job, scheduler
 from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore
 from mlflow_unlearn_plugins.request import SecurityPolicy
 from mlflow_unlearn_plugins.settings import PluginSettings
@@ -60,11 +60,11 @@ def _registry_error(uri: str, root, version, kwargs: dict, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     settings = PluginSettings(policy=SecurityPolicy(allowed_roots=(root,)), digest_key=read_digest_key())
 
-    def run_launcher(db_uri, name, number, request_id, **_):
+    def run_launcher(ledger_uri, mirror_uri, name, number, request_id, **_):
         log = root / f"{request_id}.log"
-        return launcher._Launch(db_uri, name, int(number), request_id, str(log), settings).run()
+        return job.Job.open(ledger_uri, mirror_uri, name, int(number), request_id, str(log), settings).run()
 
-    monkeypatch.setattr(launcher, "spawn", run_launcher)
+    monkeypatch.setattr(scheduler, "start_launcher", run_launcher)
     store = UnlearnRegistryStore("unlearn+" + uri, tracking_uri=uri, settings=settings)
     target = MlflowClient(uri).create_model_version(MODEL, version.source, version.run_id).version
     value = f"forget={kwargs['forget']}; method={kwargs['method']}"

@@ -282,12 +282,14 @@ RACERS = 8
 
 @pytest.fixture(scope="module")
 def ledger_store(cluster):
-    """MLflow's stock SQL registry store on a database of its own (no server would resume these requests)."""
+    """MLflow's stock SQL registry store on a database of its own (no server would resume these requests), and the
+    plugin's ledger in its own tables of that database."""
     from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+    from mlflow_unlearn_plugins.ledger import Ledger
 
     store = SqlAlchemyStore(cluster.create_database("ledger"))
     store.create_registered_model(LEDGER_MODEL)
-    yield store
+    yield store, Ledger(store.engine)
     store.engine.dispose()
 
 
@@ -299,61 +301,66 @@ def _own_marker() -> str:
 def test_ledger_open_request_is_a_compare_and_set(ledger_store):
     from mlflow_unlearn_plugins import ledger
 
-    version = ledger_store.create_model_version(LEDGER_MODEL, "file:///nowhere").version
+    store, led = ledger_store
+    version = store.create_model_version(LEDGER_MODEL, "file:///nowhere").version
     values = [f"forget=classes:{i}; method=finetune" for i in range(RACERS)]
     ids = [f"request-{i}" for i in range(RACERS)]
-    results = _race([lambda i=i: ledger.open_request(ledger_store, LEDGER_MODEL, version, values[i],
+    results = _race([lambda i=i: led.open(LEDGER_MODEL, version, values[i],
                                                      request_id=ids[i]) for i in range(RACERS)])
     winners = [i for i, r in enumerate(results) if r is True]
     assert len(winners) == 1, results
     losers = [r for r in results if r is not True]
     assert all(isinstance(r, ledger.ActiveRequestError) for r in losers), losers
-    state = ledger.read_state(ledger_store, LEDGER_MODEL, version)
+    state = led.read(LEDGER_MODEL, version)
     (won,) = winners
     assert (state.status, state.request, state.request_id) == ("queued", values[won], ids[won])
     # the identical request is a no-op; a different one is refused while the first is active
-    assert ledger.open_request(ledger_store, LEDGER_MODEL, version, values[won], request_id="again") is False
+    assert led.open(LEDGER_MODEL, version, values[won], request_id="again") is False
     with pytest.raises(ledger.ActiveRequestError):
-        ledger.open_request(ledger_store, LEDGER_MODEL, version, "forget=classes:9", request_id="other")
-    assert ledger.read_state(ledger_store, LEDGER_MODEL, version).request_id == ids[won]
+        led.open(LEDGER_MODEL, version, "forget=classes:9", request_id="other")
+    assert led.read(LEDGER_MODEL, version).request_id == ids[won]
 
 
 def test_ledger_advance_has_one_winner(ledger_store):
     from mlflow_unlearn_plugins import ledger
 
-    version = ledger_store.create_model_version(LEDGER_MODEL, "file:///nowhere").version
-    assert ledger.open_request(ledger_store, LEDGER_MODEL, version, "forget=classes:1", request_id="r1") is True
+    store, led = ledger_store
+    version = store.create_model_version(LEDGER_MODEL, "file:///nowhere").version
+    assert led.open(LEDGER_MODEL, version, "forget=classes:1", request_id="r1") is True
+    led.dispatch(10 * RACERS)  # admitted: a launcher may claim it
     marker = _own_marker()
-    assert ledger.claim_lease(ledger_store, LEDGER_MODEL, version, "r1", marker) is True
-    assert ledger.claim_lease(ledger_store, LEDGER_MODEL, version, "r1", marker) is False  # its holder is alive
-    assert ledger.claim_lease(ledger_store, LEDGER_MODEL, version, "another-request", marker) is False
-    assert [s.version for s in ledger.active_requests(ledger_store) if s.name == LEDGER_MODEL].count(int(version)) == 1
+    assert led.claim_lease(LEDGER_MODEL, version, "r1", marker) is True
+    assert led.claim_lease(LEDGER_MODEL, version, "r1", marker) is False  # its holder is alive
+    assert led.claim_lease(LEDGER_MODEL, version, "another-request", marker) is False
+    assert [s.version for s in led.active() if s.name == LEDGER_MODEL].count(int(version)) == 1
 
-    moves = _race([lambda: ledger.advance(ledger_store, LEDGER_MODEL, version, "r1", expect=("queued",),
-                                          to="running", tags={ledger.JOB_TAG: "host|1"})] * RACERS)
+    moves = _race([lambda: led.advance(LEDGER_MODEL, version, "r1", expect=("queued",),
+                                          to="running", fields={"job": "host|1"})] * RACERS)
     assert moves.count(True) == 1 and moves.count(False) == RACERS - 1, moves
-    assert ledger.advance(ledger_store, LEDGER_MODEL, version, "not-r1", expect=ledger.ACTIVE, to="failed") is False
-    assert ledger.set_fields(ledger_store, LEDGER_MODEL, version, "not-r1", {ledger.ERROR_TAG: "x"}) is False
-    finals = _race([lambda to=to: ledger.advance(ledger_store, LEDGER_MODEL, version, "r1", expect=("running",),
-                                                 to=to, tags={ledger.LEASE_TAG: None, ledger.JOB_TAG: None})
+    assert led.advance(LEDGER_MODEL, version, "not-r1", expect=ledger.ACTIVE, to="failed") is False
+    assert led.set_fields(LEDGER_MODEL, version, "not-r1", {"error": "x"}) is False
+    finals = _race([lambda to=to: led.advance(LEDGER_MODEL, version, "r1", expect=("running",),
+                                                 to=to, fields={"lease": None, "job": None})
                     for to in ("succeeded", "failed") * (RACERS // 2)])
     assert finals.count(True) == 1, finals
-    state = ledger.read_state(ledger_store, LEDGER_MODEL, version)
+    state = led.read(LEDGER_MODEL, version)
     assert state.status in ledger.TERMINAL and state.lease is None and state.job is None
-    assert ledger.set_fields(ledger_store, LEDGER_MODEL, version, "r1", {ledger.ERROR_TAG: "late"}) is False
+    assert led.set_fields(LEDGER_MODEL, version, "r1", {"error": "late"}) is False
     # a finished request frees the version for the next one
-    assert ledger.open_request(ledger_store, LEDGER_MODEL, version, "forget=classes:2", request_id="r2") is True
-    assert ledger.read_state(ledger_store, LEDGER_MODEL, version).status == "queued"
+    assert led.open(LEDGER_MODEL, version, "forget=classes:2", request_id="r2") is True
+    assert led.read(LEDGER_MODEL, version).status == "queued"
 
 
 def test_ledger_lease_is_a_compare_and_set_when_absent(ledger_store, monkeypatch):
     """Launcher L2 reads 'no lease', L1 takes the lease and commits, then L2 writes: L2 must lose."""
     from mlflow_unlearn_plugins import ledger
 
-    version = ledger_store.create_model_version(LEDGER_MODEL, "file:///nowhere").version
-    assert ledger.open_request(ledger_store, LEDGER_MODEL, version, "forget=classes:1", request_id="r1") is True
+    store, led = ledger_store
+    version = store.create_model_version(LEDGER_MODEL, "file:///nowhere").version
+    assert led.open(LEDGER_MODEL, version, "forget=classes:1", request_id="r1") is True
+    led.dispatch(10 * RACERS)
     read_done, first_done, results = threading.Event(), threading.Event(), {}
-    original = ledger._active_request
+    original = ledger.Ledger._lease_of
 
     def read_then_wait(*args, **kwargs):  # pauses the late launcher between its read and its write
         current = original(*args, **kwargs)
@@ -362,14 +369,14 @@ def test_ledger_lease_is_a_compare_and_set_when_absent(ledger_store, monkeypatch
             first_done.wait(30)
         return current
 
-    monkeypatch.setattr(ledger, "_active_request", read_then_wait)
+    monkeypatch.setattr(ledger.Ledger, "_lease_of", staticmethod(read_then_wait))
     marker = _own_marker()
     late = threading.Thread(name="late", target=lambda: results.update(
-        late=ledger.claim_lease(ledger_store, LEDGER_MODEL, version, "r1", marker)))
+        late=led.claim_lease(LEDGER_MODEL, version, "r1", marker)))
     late.start()
     assert read_done.wait(30)
     try:
-        results["first"] = ledger.claim_lease(ledger_store, LEDGER_MODEL, version, "r1", marker)
+        results["first"] = led.claim_lease(LEDGER_MODEL, version, "r1", marker)
     finally:
         first_done.set()
         late.join(60)

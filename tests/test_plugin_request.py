@@ -3,7 +3,6 @@ the store's triggers on a real SQLite registry (refused requests only, so no job
 
 from __future__ import annotations
 
-import sys
 import threading
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
-from mlflow_unlearn_plugins import launcher, ledger, registry_store, settings
+from mlflow_unlearn_plugins import job, ledger, registry_store, scheduler, settings
 from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore, absolute_sqlite_uri, parse_store_uri
 from mlflow_unlearn_plugins.request import (
     MAX_REQUEST_CHARS,
@@ -220,7 +219,7 @@ def test_kubernetes_project_keeps_entry_points_and_uses_docker(tmp_path):
 
     from mlflow_unlearn.tracking import project_dir
 
-    derived = launcher.kubernetes_project_dir(str(project_dir()), "registry.example/mlflow-unlearn:1", str(tmp_path))
+    derived = job.kubernetes_project_dir(str(project_dir()), "registry.example/mlflow-unlearn:1", str(tmp_path))
     original, docker = load_project(str(project_dir())), load_project(derived)
     assert docker.docker_env == {"image": "registry.example/mlflow-unlearn:1"}
     assert docker.env_type == "docker_env" and original.env_type == "conda_env"
@@ -243,15 +242,21 @@ def registry(tmp_path, monkeypatch):
     return uri, stock
 
 
-def test_open_request_is_a_compare_and_set_across_threads(registry):
-    _, stock = registry
+@pytest.fixture()
+def requests_ledger(registry) -> ledger.Ledger:
+    """The plugin's own tables in the registry database (created at the first call)."""
+    return ledger.Ledger(registry[1].engine)
+
+
+def test_open_request_is_a_compare_and_set_across_threads(requests_ledger):
+    led = requests_ledger
     results: list[object] = []
     barrier = threading.Barrier(8)
 
     def submit(i: int) -> None:
         barrier.wait()
         try:
-            results.append(ledger.open_request(stock, "m", 1, f"forget=classes:{i}", request_id=f"r{i}"))
+            results.append(led.open("m", 1, f"forget=classes:{i}", request_id=f"r{i}"))
         except ledger.ActiveRequestError as exc:
             results.append(exc)
 
@@ -262,21 +267,21 @@ def test_open_request_is_a_compare_and_set_across_threads(registry):
         t.join()
     assert results.count(True) == 1
     assert sum(isinstance(r, ledger.ActiveRequestError) for r in results) == 7
-    state = ledger.read_state(stock, "m", 1)
+    state = led.read("m", 1)
     assert state.status == "queued" and state.request == f"forget=classes:{state.request_id[1:]}"
     # the same request again is a no-op; another one is refused while this one is active
-    assert ledger.open_request(stock, "m", 1, state.request, request_id="again") is False
-    assert ledger.read_state(stock, "m", 1).request_id == state.request_id
+    assert led.open("m", 1, state.request, request_id="again") is False
+    assert led.read("m", 1).request_id == state.request_id
     # only the owner moves it, only from the expected state
-    assert not ledger.advance(stock, "m", 1, "someone-else", expect=("queued",), to="running")
-    assert not ledger.advance(stock, "m", 1, state.request_id, expect=("running",), to="succeeded")
-    assert ledger.advance(stock, "m", 1, state.request_id, expect=("queued",), to="running")
-    assert ledger.advance(stock, "m", 1, state.request_id, expect=("running",), to="succeeded",
-                          tags={ledger.RESULT_VERSION_TAG: "m/4"})
-    assert ledger.active_requests(stock) == []
+    assert not led.advance("m", 1, "someone-else", expect=("queued",), to="running")
+    assert not led.advance("m", 1, state.request_id, expect=("running",), to="succeeded")
+    assert led.advance("m", 1, state.request_id, expect=("queued",), to="running")
+    assert led.advance("m", 1, state.request_id, expect=("running",), to="succeeded",
+                       fields={"result_version": "m/4"})
+    assert led.active() == []
     # after it finished, a new request may start
-    assert ledger.open_request(stock, "m", 1, "forget=classes:9", request_id="next")
-    assert ledger.read_state(stock, "m", 1).result_version is None
+    assert led.open("m", 1, "forget=classes:9", request_id="next")
+    assert led.read("m", 1).result_version is None
 
 
 def test_launchers_started_together_share_the_requests_experiment(tmp_path, late_lookup_client):
@@ -285,24 +290,27 @@ def test_launchers_started_together_share_the_requests_experiment(tmp_path, late
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/tracking.db")
-    first = launcher.requests_experiment_id(client)
-    assert launcher.requests_experiment_id(late_lookup_client(client)) == first
-    assert client.get_experiment(first).name == launcher.REQUESTS_EXPERIMENT
-    assert [e.name for e in client.search_experiments()].count(launcher.REQUESTS_EXPERIMENT) == 1
+    first = job.requests_experiment_id(client)
+    assert job.requests_experiment_id(late_lookup_client(client)) == first
+    assert client.get_experiment(first).name == job.REQUESTS_EXPERIMENT
+    assert [e.name for e in client.search_experiments()].count(job.REQUESTS_EXPERIMENT) == 1
     client.delete_experiment(first)  # its name stays taken: the request cannot record its run, and says why
     with pytest.raises(MlflowException, match=f"experiment \\(ID {first}\\) .* is deleted; restore it"):
-        launcher.requests_experiment_id(client)
+        job.requests_experiment_id(client)
 
 
-def test_only_one_launcher_holds_the_lease(registry):
-    _, stock = registry
-    ledger.open_request(stock, "m", 2, "forget=classes:1", request_id="r")
-    alive = sys.executable  # on this process's command line (pytest's, or a pytest-xdist worker's): alive
-    assert ledger.claim_lease(stock, "m", 2, "r", marker=alive)
-    assert not ledger.claim_lease(stock, "m", 2, "r", marker=alive)
-    assert not ledger.claim_lease(stock, "m", 2, "other-request", marker=alive)
+def test_only_one_launcher_holds_the_lease(requests_ledger):
+    led = requests_ledger
+    led.open("m", 1, "forget=classes:1", request_id="first")
+    led.open("m", 2, "forget=classes:1", request_id="r")
+    alive = Path("/proc/self/cmdline").read_bytes().split(b"\0")[0].decode()  # on this process's command line
+    assert not led.claim_lease("m", 2, "r", marker=alive)  # still waiting for a job slot
+    assert [s.version for s in led.dispatch(2)] == [1, 2]
+    assert led.claim_lease("m", 2, "r", marker=alive)
+    assert not led.claim_lease("m", 2, "r", marker=alive)
+    assert not led.claim_lease("m", 2, "other-request", marker=alive)
     # a holder that is not alive (marker absent from this PID's command line) loses the lease
-    assert ledger.claim_lease(stock, "m", 2, "r", marker="no-such-launcher-marker")
+    assert led.claim_lease("m", 2, "r", marker="no-such-launcher-marker")
     assert ledger.lease_alive("elsewhere|1|0", "x", now=1.0)
     assert not ledger.lease_alive("elsewhere|1|0", "x", now=1000.0)
 
@@ -334,11 +342,13 @@ def test_store_records_refusals_and_protects_its_tags(registry):
     with pytest.raises(MlflowException, match="not found"):
         store.set_model_version_tag("m", 99, ModelVersionTag("mlflow_unlearn.request", "forget=classes:1"))
     # a version with an active request cannot be deleted (the request would be orphaned)
-    ledger.open_request(store, "m", 3, "forget=classes:1", request_id="held")
-    assert [s.version for s in ledger.active_requests(store)] == [3]
+    store.ledger.open("m", 3, "forget=classes:1", request_id="held")
+    assert [s.version for s in store.ledger.active()] == [3]
     with pytest.raises(MlflowException, match="delete it after the request has finished"):
         store.delete_model_version("m", 3)
-    ledger.advance(store, "m", 3, "held", expect=("queued",), to="failed", tags={ledger.ERROR_TAG: "test"})
+    with pytest.raises(MlflowException, match="rename it after they have finished"):
+        store.rename_registered_model("m", "m2")
+    store.ledger.advance("m", 3, "held", expect=("queued",), to="failed", fields={"error": "test"})
     # ordinary behaviour is untouched: stage names, other tags
     assert store.transition_model_version_stage("m", 3, "Staging", False).current_stage == "Staging"
     with pytest.raises(MlflowException, match="Invalid Model Version stage"):
@@ -347,7 +357,9 @@ def test_store_records_refusals_and_protects_its_tags(registry):
     assert store.get_model_version("m", 3).tags["team"] == "vision"
     assert store.get_model_version("m", 1).current_stage == "None"
     store.delete_model_version("m", 3)
-    assert ledger.active_requests(store) == []
+    assert store.ledger.active() == [] and store.ledger.read("m", 3).status is None  # its record went with it
+    store.rename_registered_model("m", "m2")  # the records follow the model's new name
+    assert store.ledger.read("m2", 1).status == "failed" and store.ledger.read("m", 1).status is None
 
 
 @pytest.mark.filterwarnings("ignore:.*transition_model_version_stage.*:FutureWarning")
@@ -395,14 +407,16 @@ def test_store_constructor_only_constructs_and_recovery_runs_once(registry, monk
     import os
 
     uri, stock = registry
-    ledger.open_request(stock, "m", 1, "forget=classes:1", request_id="interrupted")  # no launcher holds it
+    led = ledger.Ledger(stock.engine)
+    led.open("m", 1, "forget=classes:1", request_id="interrupted")
+    led.dispatch(1)  # admitted, but no launcher holds it
     spawned: list[tuple] = []
-    monkeypatch.setattr(launcher, "spawn", lambda *args, **kwargs: spawned.append((args, kwargs)) or 4242)
+    monkeypatch.setattr(scheduler, "start_launcher", lambda *args, **kwargs: spawned.append((args, kwargs)) or 4242)
     environ = dict(os.environ)
     store = UnlearnRegistryStore(store_uri="unlearn+" + uri, tracking_uri=uri)
     assert spawned == [] and dict(os.environ) == environ
     assert store.get_model_version("m", 1).tags["mlflow_unlearn.status"] == "queued"
-    assert [args[1:4] for args, _ in spawned] == [("m", 1, "interrupted")]
+    assert [args[2:5] for args, _ in spawned] == [("m", 1, "interrupted")]
     assert spawned[0][1]["settings"] == store.settings and spawned[0][1]["job_tracking_uri"] == uri
     store.search_model_versions("name='m'")
     store.recover_once()
@@ -411,23 +425,25 @@ def test_store_constructor_only_constructs_and_recovery_runs_once(registry, monk
 
 def test_a_failed_recovery_is_tried_again_at_the_next_call(registry, monkeypatch):
     uri, stock = registry
-    ledger.open_request(stock, "m", 2, "forget=classes:1", request_id="interrupted")
+    led = ledger.Ledger(stock.engine)
+    led.open("m", 2, "forget=classes:1", request_id="interrupted")
+    led.dispatch(1)
     spawned: list[tuple] = []
-    monkeypatch.setattr(launcher, "spawn", lambda *args, **kwargs: spawned.append(args) or 4242)
-    real, calls = ledger.active_requests, []
+    monkeypatch.setattr(scheduler, "start_launcher", lambda *args, **kwargs: spawned.append(args) or 4242)
+    real, calls = ledger.Ledger.active, []
 
-    def locked_once(store):
-        calls.append(store)
+    def locked_once(self):
+        calls.append(self)
         if len(calls) == 1:
             raise MlflowException("database is locked")
-        return real(store)
+        return real(self)
 
-    monkeypatch.setattr(ledger, "active_requests", locked_once)
+    monkeypatch.setattr(ledger.Ledger, "active", locked_once)
     store = UnlearnRegistryStore(store_uri="unlearn+" + uri, tracking_uri=uri)
     assert store.get_model_version("m", 2).version == 2  # the call itself goes on
     assert spawned == []
     store.get_model_version("m", 2)
-    assert [args[1:4] for args in spawned] == [("m", 2, "interrupted")] and len(calls) == 2
+    assert [args[2:5] for args in spawned] == [("m", 2, "interrupted")] and len(calls) == 2
 
 
 def test_preflight_tries_again_while_the_server_restarts_and_refuses_a_lasting_failure(monkeypatch):
@@ -448,22 +464,22 @@ def test_preflight_tries_again_while_the_server_restarts_and_refuses_a_lasting_f
             raise outcome
 
     monkeypatch.setattr(plan, "prepare", prepare)
-    monkeypatch.setattr(launcher.time, "sleep", lambda s: None)
+    monkeypatch.setattr(job.time, "sleep", lambda s: None)
     cut_off = MlflowException("download failed", error_code=INTERNAL_ERROR)
     outcomes[:] = [cut_off, cut_off, None]
-    launcher.preflight(request, "models:/m/1", client=None, wait_s=60, beat=lambda: beats.append(1))
+    job.preflight(request, "models:/m/1", client=None, wait_s=60, beat=lambda: beats.append(1))
     assert len(calls) == 3 and len(beats) == 2
 
     calls.clear()
     outcomes[:] = [cut_off] * 3
     with pytest.raises(RequestRefused, match=r"cannot read models:/m/1 from the registry \(INTERNAL_ERROR\)"):
-        launcher.preflight(request, "models:/m/1", client=None)  # wait_s=0: once
+        job.preflight(request, "models:/m/1", client=None)  # wait_s=0: once
     assert len(calls) == 1
 
     calls.clear()
     outcomes[:] = [MlflowException("no such version", error_code=RESOURCE_DOES_NOT_EXIST)]
     with pytest.raises(RequestRefused, match="RESOURCE_DOES_NOT_EXIST"):
-        launcher.preflight(request, "models:/m/1", client=None, wait_s=60)
+        job.preflight(request, "models:/m/1", client=None, wait_s=60)
     assert len(calls) == 1  # not transient: refused at once
 
 
@@ -482,8 +498,8 @@ def test_the_project_backend_tag_exists_before_mlflow_projects_writes_it_twice(r
 
     uri, _ = registry
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/tracking.db")
-    job = launcher._Launch(uri, "m", 1, "r", str(tmp_path / "job.log"), settings.read_settings({}))
-    run_id = MlflowClient().create_run(launcher.requests_experiment_id(job.client)).info.run_id
+    request_job = job.Job.open(uri, uri, "m", 1, "r", str(tmp_path / "job.log"), settings.read_settings({}))
+    run_id = MlflowClient().create_run(job.requests_experiment_id(request_job.client)).info.run_id
     seen: dict[str, str] = {}
 
     def projects_run(**kwargs):
@@ -491,5 +507,5 @@ def test_the_project_backend_tag_exists_before_mlflow_projects_writes_it_twice(r
         return types.SimpleNamespace(run_id=kwargs["run_id"])
 
     monkeypatch.setattr(mlflow.projects, "run", projects_run)
-    job._launch(parse_request("forget=classes:3; method=finetune", SecurityPolicy(allowed_roots=())), run_id)
+    request_job._launch(parse_request("forget=classes:3; method=finetune", SecurityPolicy(allowed_roots=())), run_id)
     assert seen[MLFLOW_PROJECT_BACKEND] == "local" and seen[vocab.PROJECT_TAG]

@@ -1,7 +1,7 @@
-"""The webhook trigger (issue 18, item 4): a stock ``mlflow server`` without the plugin + ``mlflow-unlearn serve``.
+"""The webhook trigger (issue 18, item 4): a stock ``mlflow server`` without the plugin + ``mlflow-unlearn-serve``.
 
 The server's registry is a plain ``sqlite:`` URI (MLflow's own store, no plugin). A webhook for
-``model_version_tag.set`` with a shared secret points at ``mlflow-unlearn serve`` on 127.0.0.1 (the server needs
+``model_version_tag.set`` with a shared secret points at ``mlflow-unlearn-serve`` on 127.0.0.1 (the server needs
 ``MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https`` and ``MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true`` to deliver there).
 Adding the request tag in the stock UI (headless Chromium) makes a new version, with the status tags written back
 through REST. A delivery with a bad signature is refused with 401, a replayed one with 409. Both servers are
@@ -56,7 +56,8 @@ def server(tmp_path_factory, installed_site) -> Iterator[Server]:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def hook(server, installed_site) -> Iterator[str]:  # noqa: F811
-    """``mlflow-unlearn serve`` on 127.0.0.1, registered as the server's webhook; yields its URL."""
+    """``mlflow-unlearn-serve`` (the plugin's own program) on 127.0.0.1, registered as the server's webhook; yields
+    its URL."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
     env["MLFLOW_UNLEARN_DIGEST_KEY"] = os.environ["MLFLOW_UNLEARN_DIGEST_KEY"]  # signs each result's provenance
@@ -65,7 +66,7 @@ def hook(server, installed_site) -> Iterator[str]:  # noqa: F811
                MLFLOW_UNLEARN_ONNX="false", OMP_NUM_THREADS="1",  # as the suite's other servers (test_plugin_server)
                PYTHONPATH=str(server.site))
     log = open(server.root / "serve.log", "ab")  # noqa: SIM115 (kept open for the subprocess)
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow_unlearn", "serve", "--tracking-uri", server.url,
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow_unlearn_plugins.webhook", "--tracking-uri", server.url,
                              "--state-db", str(server.root / "state.db"), "--port", str(port)],
                             cwd=server.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -78,7 +79,7 @@ def hook(server, installed_site) -> Iterator[str]:  # noqa: F811
         except requests.RequestException:
             time.sleep(0.5)
     else:
-        pytest.fail("mlflow-unlearn serve did not answer in 180 s")
+        pytest.fail("mlflow-unlearn-serve did not answer in 180 s")
     _client(server).create_webhook(name="unlearn", url=f"{url}/webhook", events=["model_version_tag.set"],
                                    secret=SECRET)
     yield url

@@ -308,23 +308,6 @@ def demo(state: CliState, data, arch, registered_model_name, epochs, forget, met
     _report_outcome(outcome, as_json=False, register=True)
 
 
-@cli.command()
-@click.option("--tracking-uri", required=True, help="The MLflow server's http(s):// address (sends the webhooks).")
-@click.option("--state-db", required=True, type=click.Path(dir_okay=False),
-              help="SQLite file of this service's request ledger (created if absent).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8765, show_default=True, type=int)
-def serve(tracking_uri, state_db, host, port) -> None:
-    """Run unlearning requests from a stock MLflow server's model_version_tag.set webhooks.
-
-    The webhook's shared secret is read from MLFLOW_UNLEARN_WEBHOOK_SECRET; see docs/registry_plugin.md.
-    """
-    from mlflow_unlearn_plugins.webhook import SECRET_ENV, WebhookService
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    WebhookService(os.environ.get(SECRET_ENV, ""), tracking_uri, state_db).serve(host, port)
-
-
 def main() -> None:
     """The ``mlflow-unlearn`` program (``python -m mlflow_unlearn``): :func:`cli` in a short-lived process.
 

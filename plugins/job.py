@@ -1,0 +1,396 @@
+"""One unlearning request's job: launch, watch, finalise (the work of one launcher process).
+
+:class:`Job` runs in the detached launcher process (:mod:`mlflow_unlearn_plugins.launcher`) that the scheduler
+(:mod:`mlflow_unlearn_plugins.scheduler`) starts for an admitted request. It:
+
+1. takes the request's lease (exactly one launcher per request, see :mod:`mlflow_unlearn_plugins.ledger`);
+2. persists the request as a run in the ``unlearn-requests`` experiment (reused if it already exists);
+3. prepares the request as its job will (:func:`preflight`, i.e. :func:`mlflow_unlearn.tracking.plan.prepare`,
+   the checks of every door: model version and format, method, config, data and lineage, forget set). A refused
+   request is marked ``failed`` with the API's message and nothing runs;
+4. moves the status to ``running`` and launches the project's ``unlearn`` entry point with
+   ``mlflow.projects.run(..., synchronous=False)`` into that same run, on the ``local`` backend or on
+   ``kubernetes`` (``MLFLOW_UNLEARN_BACKEND``); its ``onnx`` parameter is the request's ``onnx=``, else the
+   server's ``MLFLOW_UNLEARN_ONNX``;
+5. waits, refreshing its lease heartbeat, and finally moves the status to ``succeeded`` (with
+   ``mlflow_unlearn.result_version``) or ``failed`` (with ``mlflow_unlearn.error``).
+
+Every change goes to the ledger first, then to the version's tags (:func:`mlflow_unlearn_plugins.mirror.mirror`).
+If the job finds the request already ``running`` (its previous launcher died), it resumes watching the job and
+finalises the status from the run; a job that is gone without a result is marked ``failed`` with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mlflow_unlearn_plugins.ledger import ACTIVE, MAX_ERROR_CHARS, Ledger, RequestState, connect, process_alive
+from mlflow_unlearn_plugins.mirror import StoreTags, TagTarget, mirror, tag_target
+from mlflow_unlearn_plugins.request import RequestRefused, UnlearnRequest, parse_request
+from mlflow_unlearn_plugins.scheduler import LAUNCHER_MARKER
+from mlflow_unlearn_plugins.settings import BACKENDS, TRACKING_URI_ENV, PluginSettings
+
+from mlflow_unlearn.request import RequestStatus
+from mlflow_unlearn.tracking import vocabulary as vocab
+from mlflow_unlearn.tracking.keys import DigestKeyError
+
+REQUESTS_EXPERIMENT = "unlearn-requests"
+POLL_S = 1.0
+HEARTBEAT_S = 10.0
+_ERROR_LINE = re.compile(r"(?:^|\b)(?:Error|[A-Za-z]+(?:Error|Exception)):\s*(.+)$")
+
+
+def kubernetes_project_dir(project_dir: str, image: str, out_dir: str) -> str:
+    """Derive a Docker-environment copy of the project for the Kubernetes backend.
+
+    The package's MLproject declares a conda environment; MLflow's Kubernetes backend needs ``docker_env``.
+    The derived project has the same entry points (the commands call the installed package), and
+    ``docker_env.image`` set to ``image`` (built from ``docker/Dockerfile``).
+    """
+    import yaml
+
+    spec = yaml.safe_load(Path(project_dir, "MLproject").read_text())
+    for key in ("conda_env", "python_env"):
+        spec.pop(key, None)
+    spec["docker_env"] = {"image": image}
+    os.makedirs(out_dir, exist_ok=True)
+    Path(out_dir, "MLproject").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out_dir
+
+
+TRANSIENT_ERRORS = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"})
+"""MLflow error codes that a server restart or overload gives (a download cut off, a 503): tried again."""
+PREFLIGHT_WAIT_S = 120.0
+"""How long a launcher keeps trying a preflight that fails with one of :data:`TRANSIENT_ERRORS`."""
+
+
+def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1, wait_s: float = 0.0,
+              beat: Callable[[], None] | None = None) -> None:
+    """Prepare ``request`` on ``model_uri`` as its job will (:func:`mlflow_unlearn.tracking.plan.prepare`).
+
+    The job prepares it again in its own process (an MLflow Projects run, maybe on another host): this call only
+    makes sure a request that cannot run is refused before anything is launched, with the API's own message.
+
+    Args:
+        request: the parsed request.
+        model_uri: ``models:/<name>/<version>`` of the version the request is on.
+        client: the MLflow client of the job's tracking and registry URIs.
+        nproc: processes of the job; above 1 a method without DistributedDataParallel support is refused.
+        wait_s: how long to keep trying when the registry fails with one of :data:`TRANSIENT_ERRORS` (a server
+            that restarts while the model downloads); 0 = once.
+        beat: called between tries (the launcher's heartbeat).
+
+    Raises:
+        RequestRefused: with the message of :func:`~mlflow_unlearn.tracking.plan.prepare` (a generic one when
+            the message concerns an ID file, which the engine may quote).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_unlearn.tracking.plan import prepare
+
+    deadline, pause = time.monotonic() + wait_s, 1.0
+    while True:
+        try:
+            prepare(model_uri, request.replace(device="cpu"), distributed=nproc > 1, client=client)
+            return
+        except (ValueError, OSError, KeyError) as exc:
+            raise RequestRefused(_refusal_message(exc, request)) from None
+        except MlflowException as exc:
+            if exc.error_code not in TRANSIENT_ERRORS or time.monotonic() + pause >= deadline:
+                raise RequestRefused(
+                    f"cannot read {model_uri} from the registry ({exc.error_code}); if the server proxies "
+                    f"artifacts, set {TRACKING_URI_ENV} to its http:// address"
+                ) from None
+            print(f"reading {model_uri} failed ({exc.error_code}); trying again in {pause:.0f} s", flush=True)
+            if beat is not None:
+                beat()
+            time.sleep(pause)
+            pause = min(2 * pause, 15.0)
+
+
+def _refusal_message(exc: BaseException, request: UnlearnRequest) -> str:
+    """The API's message, unless it concerns an ID file (this request's or an earlier forget step's): the
+    engine may quote IDs, and a refusal is stored in a tag anyone can read."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, DigestKeyError):  # no ID, no path: the API's own words (how to set a key)
+        return message
+    id_file = request.forget.path if request.forget.by_ids else None
+    if "IDs" in message or "ids:" in message or (id_file and id_file in message):
+        return ("a forget ID file (this request's, or one of an earlier forget step in the version's lineage) does "
+                "not match the training data (unknown IDs, a wrong format or an empty set); fix the file and submit "
+                "again")
+    return message
+
+
+class Job:
+    """One request's job, worked on by one launcher process.
+
+    Args:
+        ledger: the request ledger.
+        tags: where the version's tags mirror the ledger.
+        client: the MLflow client of the job's tracking and registry URIs.
+        name: registered model name.
+        version: model version.
+        request_id: the request this launcher was started for.
+        log_path: the launcher's log file (the job's output goes there too).
+        settings: the plugin's settings.
+    """
+
+    def __init__(self, ledger: Ledger, tags: TagTarget, client, name: str, version: int, request_id: str,
+                 log_path: str, settings: PluginSettings) -> None:
+        self.ledger, self.tags, self.client = ledger, tags, client
+        self.name, self.version, self.request_id, self.log_path = name, version, request_id, log_path
+        self.policy, self.settings = settings.policy, settings.launcher
+        self._last_beat = time.time()
+
+    @classmethod
+    def open(cls, ledger_uri: str, mirror_uri: str, name: str, version: int, request_id: str, log_path: str,
+             settings: PluginSettings) -> Job:
+        """The job of a launcher process: the ledger in ``ledger_uri``, tags mirrored to ``mirror_uri`` (a SQL
+        registry database or an MLflow server), MLflow client from the environment the scheduler gave it."""
+        from mlflow import MlflowClient
+
+        tags = tag_target(mirror_uri)
+        legacy = tags.legacy_states if isinstance(tags, StoreTags) and ledger_uri == mirror_uri else None
+        return cls(Ledger(connect(ledger_uri), legacy), tags, MlflowClient(), name, version, request_id, log_path,
+                   settings)
+
+    # -- bookkeeping -------------------------------------------------------------------------------------------
+    def _mirror(self) -> None:
+        mirror(self.ledger, self.tags, self.name, self.version)
+
+    def _advance(self, expect: tuple[str, ...], to: str, fields: dict[str, str | None] | None = None) -> bool:
+        moved = self.ledger.advance(self.name, self.version, self.request_id, expect=expect, to=to, fields=fields)
+        if moved:
+            self._mirror()
+        return moved
+
+    def _set_fields(self, fields: dict[str, str | None]) -> None:
+        if self.ledger.set_fields(self.name, self.version, self.request_id, fields):
+            self._mirror()
+
+    def _beat(self) -> None:
+        if time.time() - self._last_beat >= HEARTBEAT_S:
+            self.ledger.heartbeat(self.name, self.version)
+            self._last_beat = time.time()
+
+    def _fail(self, run_id: str | None, reason: str, expect: tuple[str, ...] = ACTIVE) -> None:
+        from mlflow.entities import RunStatus
+
+        if run_id:  # the run first: once the version says failed, everything else already does
+            self.client.set_tag(run_id, vocab.STATUS_TAG, RequestStatus.FAILED)
+            self.client.set_tag(run_id, vocab.ERROR_TAG, reason[:MAX_ERROR_CHARS])
+            if not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status)):
+                self.client.set_terminated(run_id, "FAILED")
+        self._advance(expect, RequestStatus.FAILED, {"error": reason, "lease": None, "job": None})
+
+    def fail_request(self, reason: str) -> None:
+        """Mark this request failed, whatever its active state, and its request run (if any) too."""
+        state = self.ledger.read(self.name, self.version)
+        if self.request_id == state.request_id:
+            self._fail(state.request_run_id, reason)
+
+    def _request_run(self, state: RequestState) -> str:
+        if state.request_run_id:
+            return state.request_run_id
+        run_name = f"unlearn {self.name}/{self.version}"
+        run = self.client.create_run(requests_experiment_id(self.client), run_name=run_name, tags={
+            vocab.PARENT_TAG: f"{self.name}/{self.version}", vocab.REQUEST_ID_TAG: self.request_id,
+            vocab.REQUEST_TAG: recorded_request(state.request or ""), vocab.STATUS_TAG: RequestStatus.QUEUED,
+        })
+        self.client.update_run(run.info.run_id, status="SCHEDULED")
+        self.ledger.set_fields(self.name, self.version, self.request_id, {"request_run_id": run.info.run_id})
+        # the tags show the run with the next status change (running, or failed by the pre-flight)
+        return run.info.run_id
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def _launch(self, request: UnlearnRequest, run_id: str):
+        import mlflow.projects
+        from mlflow.entities import RunTag
+        from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_BACKEND
+
+        from mlflow_unlearn.tracking import project_dir
+
+        uri = str(project_dir())
+        backend_config = None
+        if self.settings.backend == "kubernetes":
+            uri = kubernetes_project_dir(uri, self.settings.docker_image,
+                                         os.path.join(self.settings.log_dir, "kubernetes-project"))
+            backend_config = self.settings.backend_config
+        model_uri = vocab.model_uri(self.name, self.version)
+        tags = [RunTag(vocab.PROJECT_TAG, uri)]
+        if self.settings.backend != "kubernetes":
+            # MLflow Projects sets this tag twice on the run, from this process right after it starts ``mlflow run``
+            # and from that ``mlflow run`` itself: while the tag does not exist yet, both insert it, and on a busy
+            # SQLite store the second insert fails the job (UNIQUE constraint failed: tags.key, tags.run_uuid).
+            # Set here first, both are updates.
+            tags.append(RunTag(MLFLOW_PROJECT_BACKEND, self.settings.backend))
+        self.client.log_batch(run_id, tags=tags)
+        parameters = request.replace(device=self.settings.device).project_parameters(model_uri, onnx=self.settings.onnx)
+        if request.forget.by_ids:  # MLflow Projects logs every parameter: the job reads the file through a neutral link
+            parameters["forget"] = "ids:" + self._neutral_link(request.forget.path)
+        entry_point = "unlearn"
+        if self.settings.nproc > 1:
+            entry_point, parameters["nproc"] = "unlearn_distributed", str(self.settings.nproc)
+        return mlflow.projects.run(
+            uri=uri, entry_point=entry_point, parameters=parameters,
+            backend=self.settings.backend, backend_config=backend_config, env_manager="local", synchronous=False,
+            run_id=run_id, experiment_id=self.client.get_run(run_id).info.experiment_id,
+        )
+
+    def _neutral_link(self, path: str) -> str:
+        """A symbolic link to ``path`` named after the request ID (no part of the original path), in the log dir."""
+        folder = Path(self.settings.log_dir, "forget-requests")
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / f"{self.request_id}{Path(path).suffix}"
+        link.unlink(missing_ok=True)
+        link.symlink_to(path)
+        return str(link)
+
+    def _job_error(self, request: UnlearnRequest | None, run_id: str) -> str:
+        generic = f"the unlearn job failed; see run {run_id} in the {REQUESTS_EXPERIMENT!r} experiment"
+        if request is None or request.forget.by_ids:
+            return generic
+        try:
+            lines = Path(self.log_path).read_text(errors="replace").splitlines()
+        except OSError:
+            return generic
+        for line in reversed(lines):
+            match = _ERROR_LINE.search(line.strip())
+            if match:
+                return f"{match.group(0)[:500]} (run {run_id})"
+        return generic
+
+    def _finalize(self, request: UnlearnRequest | None, run_id: str, exited_ok: bool | None,
+                  job_run_id: str | None = None) -> None:
+        """Set the final status from the job's run (the request run itself, except on Kubernetes)."""
+        from mlflow.entities import RunStatus
+
+        for link in Path(self.settings.log_dir, "forget-requests").glob(f"{self.request_id}.*"):
+            link.unlink(missing_ok=True)  # the job is over: its neutral link to the forget file goes
+
+        run = self.client.get_run(job_run_id or run_id)
+        result = run.data.tags.get(vocab.RESULT_VERSION_TAG)
+        finished = run.info.status == "FINISHED"
+        if (exited_ok is None or exited_ok) and finished and result:
+            self.client.set_tag(run_id, vocab.STATUS_TAG, RequestStatus.SUCCEEDED)
+            if job_run_id and job_run_id != run_id:
+                self.client.set_tag(run_id, vocab.RESULT_VERSION_TAG, result)
+                self.client.set_terminated(run_id, "FINISHED")
+            self._advance((RequestStatus.RUNNING,), RequestStatus.SUCCEEDED,
+                          {"result_version": result, "lease": None, "job": None})
+            return
+        gate_reason = run.data.tags.get(vocab.GATE_REASON_TAG)  # the gate's own words: numbers, never an ID
+        if gate_reason:
+            reason = f"the acceptance gate refused the unlearned model: {gate_reason} (run {run_id})"
+        elif finished:
+            verdict = run.data.tags.get(vocab.VERDICT_TAG, "unknown")
+            reason = (f"the job finished but registered no version (verdict={verdict}): the acceptance gate "
+                      f"refused the result; see run {run_id}")
+        elif RunStatus.is_terminated(RunStatus.from_string(run.info.status)) or exited_ok is False:
+            reason = self._job_error(request, run_id)
+        else:
+            reason = (f"the unlearn job stopped without recording a result (its process ended, e.g. the host "
+                      f"restarted); set the {vocab.REQUEST_TAG!r} tag again to retry (run {run_id})")
+        self._fail(run_id, reason, expect=(RequestStatus.RUNNING,))
+        if request is not None and request.forget.by_ids:
+            Path(self.log_path).unlink(missing_ok=True)
+
+
+    def _watch_orphan(self, request: UnlearnRequest | None, state: RequestState) -> None:
+        """Resume a running request whose launcher died: wait for its job, then finalise from the run."""
+        from mlflow.entities import RunStatus
+
+        run_id = state.request_run_id
+        if not run_id:
+            self._fail(None, "the launcher stopped before the job started; set the request tag again to retry",
+                       expect=(RequestStatus.RUNNING,))
+            return
+        job_run_id = self.client.get_run(run_id).data.tags.get(vocab.JOB_RUN_TAG, run_id)
+        while not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(job_run_id).info.status)):
+            if not _job_alive(state.job, job_run_id):
+                break
+            self._beat()
+            time.sleep(POLL_S)
+        self._finalize(request, run_id, None, job_run_id)
+
+    def run(self) -> int:
+        """Work on the request until its final status; 0 also when another launcher holds it, 1 on an error that
+        the launcher's log explains (the request is failed with the reason)."""
+        if not self.ledger.claim_lease(self.name, self.version, self.request_id, LAUNCHER_MARKER):
+            return 0
+        self._mirror()  # no tag write when the tags show this launcher's provisional lease already
+        state = self.ledger.read(self.name, self.version)
+        if state.status == RequestStatus.RUNNING:
+            try:
+                request = parse_request(state.request or "", self.policy)
+            except RequestRefused:
+                request = None
+            self._watch_orphan(request, state)
+            return 0
+        run_id = self._request_run(state)
+        try:
+            request = parse_request(state.request or "", self.policy)
+            preflight(request, vocab.model_uri(self.name, self.version), client=self.client,
+                      nproc=self.settings.nproc, wait_s=PREFLIGHT_WAIT_S, beat=self._beat)
+        except RequestRefused as exc:
+            self._fail(run_id, str(exc), expect=(RequestStatus.QUEUED,))
+            return 0
+        except ImportError as exc:
+            self._fail(run_id, f"the mlflow-unlearn engine cannot be imported on the server: {exc}",
+                       (RequestStatus.QUEUED,))
+            return 1
+        if not self._advance((RequestStatus.QUEUED,), RequestStatus.RUNNING):
+            return 0
+        self.client.set_tag(run_id, vocab.STATUS_TAG, RequestStatus.RUNNING)
+        try:
+            submitted = self._launch(request, run_id)
+        except Exception as exc:
+            self._fail(run_id, f"the job could not be launched: {type(exc).__name__}: {str(exc)[:300]}",
+                       expect=(RequestStatus.RUNNING,))
+            return 1
+        job_run_id = submitted.run_id
+        if job_run_id != run_id:  # the Kubernetes backend always creates its own run
+            self.client.set_tag(run_id, vocab.JOB_RUN_TAG, job_run_id)
+        job = getattr(submitted, "command_proc", None)
+        job_tag = f"{os.uname().nodename}|{job.pid}" if job is not None else f"{self.settings.backend}|{job_run_id}"
+        self._set_fields({"job": job_tag})
+        while submitted.get_status() in ("RUNNING", "SCHEDULED"):
+            self._beat()
+            time.sleep(POLL_S)
+        self._finalize(request, run_id, submitted.get_status() == "FINISHED", job_run_id)
+        return 0
+
+def recorded_request(value: str) -> str:
+    """A request as the request run records it: an ``ids:`` file's path replaced (paths can reveal whose data it is).
+
+    >>> recorded_request("forget=ids:/srv/erasure-alice.txt; method=nitc")
+    'forget=ids:<file, not recorded>; method=nitc'
+    """
+    return re.sub(r"ids:[^;]*", "ids:<file, not recorded>", value)
+
+
+def requests_experiment_id(client) -> str:
+    """The ID of the requests experiment, created on first use (safe when launchers start together).
+
+    Raises:
+        MlflowException: if the experiment was deleted (its name stays taken until it is restored or purged).
+    """
+    from mlflow_unlearn.tracking.experiments import get_or_create_experiment
+
+    return get_or_create_experiment(client, REQUESTS_EXPERIMENT, deleted_message=lambda experiment_id: (
+        f"the {REQUESTS_EXPERIMENT!r} experiment (ID {experiment_id}) that records unlearning requests is deleted; "
+        f"restore it (mlflow experiments restore --experiment-id {experiment_id}) and set the request tag again"))
+
+
+def _job_alive(job: str | None, run_id: str) -> bool:
+    """Whether the job recorded in ``mlflow_unlearn.job`` still runs (local backend, same host only)."""
+    host, _, pid = (job or "").partition("|")
+    if host != os.uname().nodename or not pid.isdigit():
+        return host in BACKENDS  # a remote (Kubernetes) job: rely on its run status
+    return process_alive(int(pid), run_id)
+

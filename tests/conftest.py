@@ -19,6 +19,15 @@ os.environ["MLFLOW_UNLEARN_DIGEST_KEY"] = TEST_DIGEST_KEY
 os.environ.pop("MLFLOW_UNLEARN_DIGEST_KEY_FILE", None)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread in each test process: the suite's two workers share two cores, where two threads each only
+    wait on each other, and a test's numbers then do not depend on the worker layout (resnet18's training in the
+    method matrix differed between one thread and two). Subprocesses choose their own."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _isolate():
     saved = {name: os.environ.get(name) for name in _URI_VARIABLES}
     yield

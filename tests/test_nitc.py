@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from measure import accuracy
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -28,12 +29,6 @@ from mlflow_unlearn.models import create_model
 from mlflow_unlearn.training import TrainConfig, train
 
 CPU = torch.device("cpu")
-
-
-def _accuracy(model: torch.nn.Module, data) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(data.to_tensors()[0]).argmax(1) == data.y).float().mean())
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +103,8 @@ def test_class_mask_makes_forgetting_independent_of_the_impair_strength(digits, 
                   forget_classes=split.forget_classes, seed=0)
     masked = run_method("nitc", original, config=weak, **kwargs).model
     unmasked = run_method("nitc", original, config={**weak, "mask_forget_classes": False}, **kwargs).model
-    assert _accuracy(unmasked, split.forget) > 0.5  # the student copies a teacher that still knows class 3
-    assert _accuracy(masked, split.forget) < 0.1
+    assert accuracy(unmasked, split.forget) > 0.5  # the student copies a teacher that still knows class 3
+    assert accuracy(masked, split.forget) < 0.1
 
 
 # ------------------------------------------------------------------------------------------------ unsir noise
@@ -161,9 +156,9 @@ def test_nitc_class_forgetting_drops_forget_accuracy_and_keeps_retain(digits, or
     split = resolve_forget(digits, "classes:3")
     result = run_method("nitc", original, forget=split.forget, retain=split.retain, device="cpu", forget_kind="class",
                         forget_classes=split.forget_classes, seed=0)
-    assert _accuracy(original, split.forget) > 0.9
-    assert _accuracy(result.model, split.forget) < 0.1
-    assert _accuracy(result.model, split.retain) > _accuracy(original, split.retain) - 0.03
+    assert accuracy(original, split.forget) > 0.9
+    assert accuracy(result.model, split.forget) < 0.1
+    assert accuracy(result.model, split.retain) > accuracy(original, split.retain) - 0.03
     stages = [r["stage"] for r in result.history.records]
     assert stages[:3] == ["teacher_noise", "teacher_impair", "teacher_repair"]
     assert list(dict.fromkeys(s for s in stages if s.startswith("distill"))) == ["distill_stage0", "distill_stage1"]
@@ -189,8 +184,8 @@ def test_masked_original_teacher_forgets_classes_without_the_unsir_step(digits, 
     result = run_method("nitc", original, forget=split.forget, retain=split.retain,
                         config={"class_teacher": "original"}, device="cpu", forget_kind="class",
                         forget_classes=split.forget_classes, seed=0)
-    assert _accuracy(result.model, split.forget) < 0.1
-    assert _accuracy(result.model, split.retain) > _accuracy(original, split.retain) - 0.03
+    assert accuracy(result.model, split.forget) < 0.1
+    assert accuracy(result.model, split.retain) > accuracy(original, split.retain) - 0.03
     assert list(dict.fromkeys(r["stage"] for r in result.history.records)) == ["distill_stage0", "distill_stage1"]
     # sample-wise forgetting has no classes to mask: it keeps the impaired teacher
     mask = np.zeros(len(digits.train), dtype=bool)
@@ -206,11 +201,11 @@ def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, or
     mask[rng.permutation(len(mask))[: len(mask) // 10]] = True
     forget, retain = digits.train.subset(mask), digits.train.subset(~mask)
     result = run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0)
-    test_acc = _accuracy(result.model, digits.test)
-    forget_acc = _accuracy(result.model, forget)
+    test_acc = accuracy(result.model, digits.test)
+    forget_acc = accuracy(result.model, forget)
     assert forget_acc > 0.85  # not pushed to random predictions (10%)
     assert abs(forget_acc - test_acc) < 0.06
-    assert _accuracy(result.model, retain) > _accuracy(original, retain) - 0.03
+    assert accuracy(result.model, retain) > accuracy(original, retain) - 0.03
 
 
 def test_sample_wise_nitc_retrains_the_classifier_on_retain_features_only(digits, original, monkeypatch):
@@ -233,7 +228,7 @@ def test_sample_wise_nitc_retrains_the_classifier_on_retain_features_only(digits
     assert features.shape == (len(retain), 64, 4, 4)  # the last stage: every retain sample, no forget sample
     assert targets.shape[1] == 12 and targets[:, -1].eq(1.0).all()  # 10 logits, temperature, weight
     assert result.history.extra["head"] == "head"
-    assert _accuracy(result.model, retain) > _accuracy(original, retain) - 0.03
+    assert accuracy(result.model, retain) > accuracy(original, retain) - 0.03
 
 
 def test_find_head_falls_back_to_the_last_linear_layer():
@@ -269,7 +264,7 @@ def test_a_small_classifier_is_extended_backwards_to_the_share_of_weights_asked_
     for key, value in mlp.named_parameters():  # the re-initialised layers moved from the original's, the rest
         moved = not torch.allclose(weights[key], value)  # is the teacher's (moved a little by UNSIR)
         assert moved, key
-    assert _accuracy(result.model, retain) > _accuracy(mlp, retain) - 0.05
+    assert accuracy(result.model, retain) > accuracy(mlp, retain) - 0.05
 
 
 class GapCNN(nn.Module):
@@ -319,7 +314,7 @@ def test_a_small_classifier_of_a_users_class_is_extended_backwards_through_its_t
     weights = dict(result.model.named_parameters())
     for key in ("conv3.weight", "conv3.bias", "fc.weight", "fc.bias"):
         assert not torch.allclose(weights[key], dict(model.named_parameters())[key]), key
-    assert _accuracy(result.model, retain) > _accuracy(model, retain) - 0.05
+    assert accuracy(result.model, retain) > accuracy(model, retain) - 0.05
 
 
 class CalledTwice(nn.Module):

@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,42 @@ class LateLookupClient:
 def late_lookup_client():
     """Wraps a client so that its first experiment look-up misses (see :class:`LateLookupClient`)."""
     return LateLookupClient
+
+
+@dataclass(frozen=True)
+class SqliteStore:
+    """A SQLite tracking store that is also the model registry, with one experiment whose artifacts stay beside it.
+
+    Attributes:
+        root: the store's own folder (``mlflow.db``, ``artifacts/``); tests may put their inputs there too.
+        uri: the ``sqlite:///`` URI of both the tracking store and the registry.
+        experiment: the ID of the experiment named at creation.
+    """
+
+    root: Path
+    uri: str
+    experiment: str
+
+    @property
+    def uris(self) -> dict[str, str]:
+        """``tracking_uri`` and ``registry_uri``, as the API's keyword arguments."""
+        return {"tracking_uri": self.uri, "registry_uri": self.uri}
+
+
+@pytest.fixture(scope="session")
+def sqlite_store(tmp_path_factory) -> Callable[[str], SqliteStore]:
+    """Creates a new SQLite tracking store and registry in a folder of its own, with an experiment named ``name``:
+    ``sqlite_store("cli")``. Session-scoped, so that module fixtures (one store per module: creating one costs
+    seconds) and single tests alike call it."""
+    from mlflow import MlflowClient
+
+    def create(name: str) -> SqliteStore:
+        root = tmp_path_factory.mktemp(name)
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        experiment = MlflowClient(uri).create_experiment(name, artifact_location=str(root / "artifacts"))
+        return SqliteStore(root, uri, experiment)
+
+    return create
 
 
 @pytest.fixture(scope="session")

@@ -129,6 +129,19 @@ def sqlite_store(tmp_path_factory) -> Callable[[str], SqliteStore]:
 
 
 @pytest.fixture(scope="session")
+def plugin_server(tmp_path_factory, installed_site):
+    """One ``mlflow server`` with the plugin registry (SQLite, MLflow's defaults otherwise), shared by the modules
+    that only send it requests, once per worker: each of them registers its own model names. Modules that stop,
+    restart or configure their server start their own (``test_plugin_server.py``'s ``Server``)."""
+    from test_plugin_server import Server
+
+    srv = Server(tmp_path_factory.mktemp("plugin-server-shared"), installed_site)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
 def installed_site(tmp_path_factory) -> Path:
     """The package built as a wheel and installed into its own folder, once per session (shared by the
     pytest-xdist workers): the servers and jobs of the plugin tests run from there, not from the checkout."""

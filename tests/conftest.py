@@ -69,6 +69,52 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: not _end_to_end_module(item))  # stable: the order within each group is kept
 
 
+#: Seconds the session waits, at its end, for the processes the tests started to exit (a launcher exits a moment
+#: after writing its request's final status) before it counts them as left over.
+LEFTOVER_GRACE_S = 20
+_LEFTOVERS_FILE = "leftover-processes-{worker}.txt"
+
+
+def _session_folder(config: pytest.Config) -> Path:
+    """The session's temporary folder: above each xdist worker's own, where all of the tests' processes run."""
+    base = config._tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After the whole suite, count what it left behind: zombies below each test process, and any process still
+    using the session's temporary folder (servers, launchers, jobs, database clusters). Either fails the run;
+    the leftovers are ended by PID so that they do not outlive it.
+
+    An xdist worker writes its zombies to a file of the session's folder; the controller (or the only process,
+    under ``-n 0``) runs after the workers have exited, and reports them with its own findings."""
+    import time
+
+    from processes import end, processes_using, zombie_descendants
+
+    folder = _session_folder(session.config)
+    deadline = time.time() + LEFTOVER_GRACE_S
+    while (zombies := zombie_descendants(os.getpid())) and time.time() < deadline:
+        time.sleep(0.5)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        if zombies:
+            (folder / _LEFTOVERS_FILE.format(worker=worker)).write_text("\n".join(zombies) + "\n")
+        return
+    while (running := processes_using(folder)) and time.time() < deadline:
+        time.sleep(0.5)
+    found = [f"zombie {z}" for z in zombies]
+    for path in sorted(folder.glob(_LEFTOVERS_FILE.format(worker="*"))):
+        found += [f"zombie under worker {path.stem.rsplit('-', 1)[1]}: {z}" for z in path.read_text().split("\n") if z]
+    found += [f"still running {pid}: {cmdline}" for pid, cmdline in running.items()]
+    end(list(running))
+    if found:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            f"{len(found)} process(es) left behind by the suite (ended now):\n  " + "\n  ".join(found), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 class LateLookupClient:
     """A real ``MlflowClient`` whose first experiment look-up answers "none", as it did for a job that looked the
     experiment up just before a concurrent job created it (the window of the race, which timing cannot force)."""

@@ -24,10 +24,12 @@ os.environ.pop("MLFLOW_UNLEARN_DIGEST_KEY_FILE", None)
 def pytest_configure(config: pytest.Config) -> None:
     """One torch thread in each test process: the suite's two workers share two cores, where two threads each only
     wait on each other, and a test's numbers then do not depend on the worker layout (resnet18's training in the
-    method matrix differed between one thread and two). Subprocesses choose their own."""
+    method matrix differed between one thread and two). The scripts, CLIs, ``mlflow run`` and servers the tests
+    start inherit ``OMP_NUM_THREADS=1`` for the same reason, unless it is set already."""
     import torch
 
     torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _isolate():

@@ -3,7 +3,7 @@ the acceptance gate on, in a job of a real ``mlflow server`` with the plugin, an
 
 The other registry tests use ``method=finetune`` for one epoch with a permissive gate (they are about requests,
 not about forgetting). This one is small too (a ``smallcnn`` trained on ``digits`` for a few epochs) but takes
-every default: method, its config, the gate's thresholds and the membership test.
+every default: the method, its config and the gate's thresholds.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def test_a_request_with_the_defaults_forgets_the_class_and_passes_the_gate(reque
     assert child.tags[vocab.VERDICT_TAG] == "passed"
     run = client.get_run(child.run_id)
     assert run.data.params["unlearn.method"] == "nitc" and run.data.tags[vocab.VERDICT_TAG] == "passed"
-    assert run.data.tags[vocab.GATE_EVIDENCE_TAG] in ("measured", "none")  # the membership test ran
+    # class-wise forgetting: the gate judges the accuracies; the membership test is reported, not gated
+    assert run.data.tags[vocab.GATE_EVIDENCE_TAG] == "not tested"
     metrics = run.data.metrics
     assert metrics["original.forget_accuracy"] > 90  # there was something to forget
     assert metrics["unlearned.forget_accuracy"] <= CHANCE_PLUS_TOLERANCE, metrics

@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,17 @@ _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 TEST_DIGEST_KEY = "test-suite-digest-key-0123456789"
 os.environ["MLFLOW_UNLEARN_DIGEST_KEY"] = TEST_DIGEST_KEY
 os.environ.pop("MLFLOW_UNLEARN_DIGEST_KEY_FILE", None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread in each test process: the suite's two workers share two cores, where two threads each only
+    wait on each other, and a test's numbers then do not depend on the worker layout (resnet18's training in the
+    method matrix differed between one thread and two). The scripts, CLIs, ``mlflow run`` and servers the tests
+    start inherit ``OMP_NUM_THREADS=1`` for the same reason, unless it is set already."""
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _isolate():
@@ -58,6 +71,52 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: not _end_to_end_module(item))  # stable: the order within each group is kept
 
 
+#: Seconds the session waits, at its end, for the processes the tests started to exit (a launcher exits a moment
+#: after writing its request's final status) before it counts them as left over.
+LEFTOVER_GRACE_S = 20
+_LEFTOVERS_FILE = "leftover-processes-{worker}.txt"
+
+
+def _session_folder(config: pytest.Config) -> Path:
+    """The session's temporary folder: above each xdist worker's own, where all of the tests' processes run."""
+    base = config._tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After the whole suite, count what it left behind: zombies below each test process, and any process still
+    using the session's temporary folder (servers, launchers, jobs, database clusters). Either fails the run;
+    the leftovers are ended by PID so that they do not outlive it.
+
+    An xdist worker writes its zombies to a file of the session's folder; the controller (or the only process,
+    under ``-n 0``) runs after the workers have exited, and reports them with its own findings."""
+    import time
+
+    from processes import end, processes_using, zombie_descendants
+
+    folder = _session_folder(session.config)
+    deadline = time.time() + LEFTOVER_GRACE_S
+    while (zombies := zombie_descendants(os.getpid())) and time.time() < deadline:
+        time.sleep(0.5)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        if zombies:
+            (folder / _LEFTOVERS_FILE.format(worker=worker)).write_text("\n".join(zombies) + "\n")
+        return
+    while (running := processes_using(folder)) and time.time() < deadline:
+        time.sleep(0.5)
+    found = [f"zombie {z}" for z in zombies]
+    for path in sorted(folder.glob(_LEFTOVERS_FILE.format(worker="*"))):
+        found += [f"zombie under worker {path.stem.rsplit('-', 1)[1]}: {z}" for z in path.read_text().split("\n") if z]
+    found += [f"still running {pid}: {cmdline}" for pid, cmdline in running.items()]
+    end(list(running))
+    if found:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            f"{len(found)} process(es) left behind by the suite (ended now):\n  " + "\n  ".join(found), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 class LateLookupClient:
     """A real ``MlflowClient`` whose first experiment look-up answers "none", as it did for a job that looked the
     experiment up just before a concurrent job created it (the window of the race, which timing cannot force)."""
@@ -79,6 +138,55 @@ class LateLookupClient:
 def late_lookup_client():
     """Wraps a client so that its first experiment look-up misses (see :class:`LateLookupClient`)."""
     return LateLookupClient
+
+
+@dataclass(frozen=True)
+class SqliteStore:
+    """A SQLite tracking store that is also the model registry, with one experiment whose artifacts stay beside it.
+
+    Attributes:
+        root: the store's own folder (``mlflow.db``, ``artifacts/``); tests may put their inputs there too.
+        uri: the ``sqlite:///`` URI of both the tracking store and the registry.
+        experiment: the ID of the experiment named at creation.
+    """
+
+    root: Path
+    uri: str
+    experiment: str
+
+    @property
+    def uris(self) -> dict[str, str]:
+        """``tracking_uri`` and ``registry_uri``, as the API's keyword arguments."""
+        return {"tracking_uri": self.uri, "registry_uri": self.uri}
+
+
+@pytest.fixture(scope="session")
+def sqlite_store(tmp_path_factory) -> Callable[[str], SqliteStore]:
+    """Creates a new SQLite tracking store and registry in a folder of its own, with an experiment named ``name``:
+    ``sqlite_store("cli")``. Session-scoped, so that module fixtures (one store per module: creating one costs
+    seconds) and single tests alike call it."""
+    from mlflow import MlflowClient
+
+    def create(name: str) -> SqliteStore:
+        root = tmp_path_factory.mktemp(name)
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        experiment = MlflowClient(uri).create_experiment(name, artifact_location=str(root / "artifacts"))
+        return SqliteStore(root, uri, experiment)
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def plugin_server(tmp_path_factory, installed_site):
+    """One ``mlflow server`` with the plugin registry (SQLite, MLflow's defaults otherwise), shared by the modules
+    that only send it requests, once per worker: each of them registers its own model names. Modules that stop,
+    restart or configure their server start their own (``test_plugin_server.py``'s ``Server``)."""
+    from test_plugin_server import Server
+
+    srv = Server(tmp_path_factory.mktemp("plugin-server-shared"), installed_site)
+    srv.start()
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture(scope="session")

@@ -126,11 +126,9 @@ def test_training_script_logs_a_model_that_unlearn_needs_only_the_uri_of(local):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, installed_site):  # noqa: F811
-    srv = Server(tmp_path_factory.mktemp("byo-server"), installed_site)
-    srv.start()
-    yield srv
-    srv.stop()
+def server(plugin_server):
+    """The suite's shared plugin server (conftest.py): this module's models are ``byo`` and ``scans``."""
+    return plugin_server
 
 
 def _request(srv: Server, version: str, value: str, model: str = MODEL) -> dict[str, str]:

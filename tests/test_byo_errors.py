@@ -40,14 +40,13 @@ def _forget_module() -> None:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
+def registry(sqlite_store):
     """Version 1 logged with its module (inferred ``code_paths``), version 2 without (``code_paths=[]``)."""
-    root = tmp_path_factory.mktemp("byo-errors")
+    store = sqlite_store("byo-errors")
+    root, uri, experiment = store.root, store.uri, store.experiment
     code = root / "user_code"
     code.mkdir()
     (code / f"{MODULE}.py").write_text(SOURCE)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    experiment = MlflowClient(uri).create_experiment("byo-errors", artifact_location=str(root / "artifacts"))
     sys.path.insert(0, str(code))
     try:
         import lostnet

@@ -15,18 +15,16 @@ from mlflow_unlearn.tracking.cli import GATE_FAILED_EXIT_CODE, cli
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """One SQLite store for the module (creating one costs seconds), selected through the environment."""
-    tmp = tmp_path_factory.mktemp("cli")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    experiment = MlflowClient(uri).create_experiment("cli", artifact_location=str(tmp / "artifacts"))
+def env(sqlite_store):
+    """One SQLite store for the module, selected through the environment."""
+    store = sqlite_store("cli")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("MLFLOW_EXPERIMENT_ID", experiment)
+        patch.setenv("MLFLOW_TRACKING_URI", store.uri)
+        patch.setenv("MLFLOW_EXPERIMENT_ID", store.experiment)
         patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         patch.setenv("MLFLOW_UNLEARN_QUIET", "1")
         patch.delenv("MLFLOW_RUN_ID", raising=False)
-        yield {"uri": uri, "experiment": experiment, "tmp": tmp}
+        yield {"uri": store.uri, "experiment": store.experiment, "tmp": store.root}
 
 
 @pytest.mark.parametrize("command", ["train", "unlearn", "evaluate", "methods", "report", "demo"])

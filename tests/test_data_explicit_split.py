@@ -6,6 +6,8 @@ seed, and is what `resolve_forget` (training side) and the metrics (test side) w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -134,26 +136,26 @@ def test_imagefolder_train_and_test_folders(tmp_path):
     assert np.array_equal(again.test.ids, split.test.ids) and np.array_equal(again.train.ids, split.train.ids)
 
 
-def test_imagefolder_split_layout_errors(tmp_path):
-    _image(tmp_path / "extra" / "train" / "cat" / "a.png", 1)
-    _image(tmp_path / "extra" / "test" / "cat" / "b.png", 2)
-    _image(tmp_path / "extra" / "valid" / "cat" / "c.png", 3)
-    with pytest.raises(ValueError, match=r"holds test/ and train/ next to other folders \['valid'\].*only train/"):
-        load_data(f"imagefolder:{tmp_path / 'extra'}")
-    _image(tmp_path / "only_train" / "train" / "cat" / "a.png", 1)
-    _image(tmp_path / "only_train" / "train" / "dog" / "b.png", 2)
-    with pytest.raises(ValueError, match=r"all 2 samples on the 'train' side and none on the 'test' side"):
-        load_data(f"imagefolder:{tmp_path / 'only_train'}")
-    _image(tmp_path / "new_class" / "train" / "cat" / "a.png", 1)
-    _image(tmp_path / "new_class" / "train" / "cat" / "b.png", 1)
-    _image(tmp_path / "new_class" / "test" / "cat" / "c.png", 2)
-    _image(tmp_path / "new_class" / "test" / "yak" / "d.png", 3)
-    with pytest.raises(ValueError, match=r"test samples of classes \['yak'\] but no training samples"):
-        load_data(f"imagefolder:{tmp_path / 'new_class'}")
-    (tmp_path / "bare" / "test").mkdir(parents=True)
-    _image(tmp_path / "bare" / "train" / "cat" / "a.png", 1)
-    with pytest.raises(ValueError, match=r"test/ folder of the image folder .* has no class sub-folders"):
-        load_data(f"imagefolder:{tmp_path / 'bare'}")
+#: (name, image files as (path, pixel value), empty folders, message): image folders laid out wrongly.
+BAD_LAYOUTS = [
+    ("extra", [("train/cat/a.png", 1), ("test/cat/b.png", 2), ("valid/cat/c.png", 3)], [],
+     r"holds test/ and train/ next to other folders \['valid'\].*only train/"),
+    ("only_train", [("train/cat/a.png", 1), ("train/dog/b.png", 2)], [],
+     r"all 2 samples on the 'train' side and none on the 'test' side"),
+    ("new_class", [("train/cat/a.png", 1), ("train/cat/b.png", 1), ("test/cat/c.png", 2), ("test/yak/d.png", 3)], [],
+     r"test samples of classes \['yak'\] but no training samples"),
+    ("bare", [("train/cat/a.png", 1)], ["test"], r"test/ folder of the image folder .* has no class sub-folders"),
+]
+
+
+@pytest.mark.parametrize(("name", "images", "folders", "message"), BAD_LAYOUTS, ids=[b[0] for b in BAD_LAYOUTS])
+def test_imagefolder_split_layout_errors(tmp_path, name, images, folders, message):
+    for folder in folders:
+        (tmp_path / name / folder).mkdir(parents=True)
+    for path, value in images:
+        _image(tmp_path / name / path, value)
+    with pytest.raises(ValueError, match=message):
+        load_data(f"imagefolder:{tmp_path / name}")
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -184,18 +186,30 @@ def test_bad_explicit_split_is_one_line_without_ids(tmp_path, values, message):
     assert "\n" not in text and not any(sample_id in text for sample_id in IDS)
 
 
-def test_bad_split_arrays_and_columns(tmp_path):
-    source = _write_npz(tmp_path / "ints.npz", np.arange(N) % 2)
-    with pytest.raises(ValueError, match=r"40 of 40 samples with the values '0', '1'; accepted values: 'train'"):
-        load_data(source)
-    np.savez(tmp_path / "short.npz", x=_pixels(), y=LABELS, split=np.array(["train", "test"]))
-    with pytest.raises(ValueError, match=r"`split` array shaped \(2,\) for 40 samples"):
-        load_data(f"npz:{tmp_path / 'short.npz'}")
+def _int_split(folder: Path) -> str:
+    return _write_npz(folder / "ints.npz", np.arange(N) % 2)
+
+
+def _short_split(folder: Path) -> str:
+    np.savez(folder / "short.npz", x=_pixels(), y=LABELS, split=np.array(["train", "test"]))
+    return f"npz:{folder / 'short.npz'}"
+
+
+def _split_column_with_gaps(folder: Path) -> str:
     table = pd.DataFrame({"id": range(6), "label": [0, 1] * 3, "split": ["train", None, "test", "train", "x", "y"],
                           "p": range(6)})
-    table.to_csv(tmp_path / "gaps.csv", index=False)
-    with pytest.raises(ValueError, match=r"3 of 6 samples with the values empty, 'x', 'y'"):
-        load_data(f"csv:{tmp_path / 'gaps.csv'}")
+    table.to_csv(folder / "gaps.csv", index=False)
+    return f"csv:{folder / 'gaps.csv'}"
+
+
+@pytest.mark.parametrize(("write", "message"), [
+    (_int_split, r"40 of 40 samples with the values '0', '1'; accepted values: 'train'"),
+    (_short_split, r"`split` array shaped \(2,\) for 40 samples"),
+    (_split_column_with_gaps, r"3 of 6 samples with the values empty, 'x', 'y'"),
+], ids=["ints", "short", "gaps"])
+def test_bad_split_arrays_and_columns(tmp_path, write, message):
+    with pytest.raises(ValueError, match=message):
+        load_data(write(tmp_path))
 
 
 # ------------------------------------------------------------------------------------------- forget + metrics

@@ -323,18 +323,15 @@ DOOR_CASES = {  # the issue's bad inputs, as a user writes them at log_model and
 
 
 @pytest.fixture(scope="module")
-def door_registry(tmp_path_factory):
+def door_registry(sqlite_store):
     """A model logged on a good factory (the version the CLI case unlearns with bad data)."""
     import mlflow_unlearn
 
-    root = tmp_path_factory.mktemp("factory-doors")
-    path = root / "code" / "doordata.py"
+    store = sqlite_store("doors")
+    uri, experiment = store.uri, store.experiment
+    path = store.root / "code" / "doordata.py"
     path.parent.mkdir()
     path.write_text(textwrap.dedent(FACTORY))
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    from mlflow import MlflowClient
-
-    experiment = MlflowClient(uri).create_experiment("doors", artifact_location=str(root / "artifacts"))
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
     mlflow_unlearn.log_model(model, data=f"factory:{path}:make", registered_model_name="doors", experiment=experiment,

@@ -327,55 +327,65 @@ def test_torchvision_dataset_without_in_memory_arrays(tmp_path):
         load_data(f"torchvision:ImageFolder?root={tmp_path / 'imgs'}&download=1")
 
 
-def test_torchvision_root_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"needs a local root.*torchvision:MNIST\?root="):
-        load_data("torchvision:MNIST")
-    with pytest.raises(ValueError, match=r"root .*does not exist.*download=1"):
-        load_data(f"torchvision:MNIST?root={tmp_path / 'nowhere'}")
-    with pytest.raises(ValueError, match=r"Cannot load torchvision:MNIST.*download=1"):
-        load_data(f"torchvision:MNIST?root={tmp_path}")  # exists but holds no files, and downloading is off
-    with pytest.raises(ValueError, match=r"Unknown torchvision dataset 'Mnist'"):
-        load_data(f"torchvision:Mnist?root={tmp_path}")
-    with pytest.raises(ValueError, match=r"option `download` to be 1/0.*'maybe'"):
-        load_data(f"torchvision:MNIST?root={tmp_path}&download=maybe")
+@pytest.mark.parametrize(("source", "message"), [
+    ("torchvision:MNIST", r"needs a local root.*torchvision:MNIST\?root="),
+    ("torchvision:MNIST?root={root}/nowhere", r"root .*does not exist.*download=1"),
+    # the root exists but holds no files, and downloading is off
+    ("torchvision:MNIST?root={root}", r"Cannot load torchvision:MNIST.*download=1"),
+    ("torchvision:Mnist?root={root}", r"Unknown torchvision dataset 'Mnist'"),
+    ("torchvision:MNIST?root={root}&download=maybe", r"option `download` to be 1/0.*'maybe'"),
+], ids=["no-root", "missing-root", "empty-root", "unknown-dataset", "bad-download"])
+def test_torchvision_root_errors(tmp_path, source, message):
+    with pytest.raises(ValueError, match=message):
+        load_data(source.format(root=tmp_path))
 
 
 # --------------------------------------------------------------------------------------------- bad input
 
 
-def test_bad_sources_raise_clear_errors(tmp_path):
+@pytest.fixture(scope="module")
+def bad_source_files(tmp_path_factory):
+    """The folder of the broken files that :data:`BAD_SOURCES` name as ``{files}``."""
+    files = tmp_path_factory.mktemp("bad-sources")
     good_x, good_y = _grid_images(6), np.arange(6) % 2
-    np.savez(tmp_path / "no_y.npz", x=good_x)
-    np.savez(tmp_path / "short.npz", x=good_x, y=good_y[:5])
-    np.savez(tmp_path / "dupes.npz", x=good_x, y=good_y, ids=np.array([1, 2, 3, 3, 4, 5]))
-    np.save(tmp_path / "single.npy", good_x)
-    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
-    pd.DataFrame({"ident": [1, 2], "label": [0, 1], "p": [0, 1]}).to_csv(tmp_path / "no_id.csv", index=False)
-    pd.DataFrame({"id": [1, 2], "label": [0, -1], "p": [0, 1]}).to_csv(tmp_path / "neg.csv", index=False)
-    (tmp_path / "broken" / "cat").mkdir(parents=True)
-    (tmp_path / "broken" / "cat" / "x.png").write_bytes(b"\x89PNG not really")
-    cases = [
-        ("mnist", r"Unknown data source 'mnist'.*digits.*mnist5k.*npz:<path>"),
-        ("digits:extra", r"takes no argument but got 'extra'"),
-        ("npz:", r"needs an argument: npz:<path>"),
-        (f"npz:{tmp_path / 'missing.npz'}", r"Cannot read the npz file"),
-        (f"npz:{tmp_path / 'no_y.npz'}", r"lacks array\(s\) \['y'\]"),
-        (f"npz:{tmp_path / 'short.npz'}", r"mismatched lengths: x 6, y 5"),
-        (f"npz:{tmp_path / 'dupes.npz'}", r"1 duplicate sample IDs.*must be unique"),
-        (f"npz:{tmp_path / 'single.npy'}", r"single \.npy array"),
-        (f"parquet:{tmp_path / 'bad.parquet'}", r"Cannot read the parquet manifest file"),
-        (f"csv:{tmp_path / 'no_id.csv'}", r"has no column 'id'"),
-        (f"csv:{tmp_path / 'neg.csv'}", r"non-negative class labels.*-1"),
-        (f"imagefolder:{tmp_path / 'missing'}", r"does not exist or is not a directory"),
-        (f"imagefolder:{tmp_path / 'broken'}", r"Cannot read image file number 1 of the 1 of the image folder"),
-        (f"imagefolder:{tmp_path / 'broken'}?mode=CMYK", r"option `mode` to be one of auto, L, RGB but got 'CMYK'"),
-        ("digits?shape=3", r"unknown options \['shape'\].*accepted options: size, crop, mean, std$"),
-        (f"imagefolder:{tmp_path}?size=0", r"option `size` to be H or HxW"),
-        (f"csv:{tmp_path / 'no_id.csv'}?root", r"Malformed options 'root'"),
-    ]
-    for source, message in cases:
-        with pytest.raises(ValueError, match=message):
-            load_data(source)
+    np.savez(files / "no_y.npz", x=good_x)
+    np.savez(files / "short.npz", x=good_x, y=good_y[:5])
+    np.savez(files / "dupes.npz", x=good_x, y=good_y, ids=np.array([1, 2, 3, 3, 4, 5]))
+    np.save(files / "single.npy", good_x)
+    (files / "bad.parquet").write_bytes(b"not parquet at all")
+    pd.DataFrame({"ident": [1, 2], "label": [0, 1], "p": [0, 1]}).to_csv(files / "no_id.csv", index=False)
+    pd.DataFrame({"id": [1, 2], "label": [0, -1], "p": [0, 1]}).to_csv(files / "neg.csv", index=False)
+    (files / "broken" / "cat").mkdir(parents=True)
+    (files / "broken" / "cat" / "x.png").write_bytes(b"\x89PNG not really")
+    return files
+
+
+#: (data source, message): ``{files}`` is the folder of :func:`bad_source_files`.
+BAD_SOURCES = [
+    ("mnist", r"Unknown data source 'mnist'.*digits.*mnist5k.*npz:<path>"),
+    ("digits:extra", r"takes no argument but got 'extra'"),
+    ("npz:", r"needs an argument: npz:<path>"),
+    ("npz:{files}/missing.npz", r"Cannot read the npz file"),
+    ("npz:{files}/no_y.npz", r"lacks array\(s\) \['y'\]"),
+    ("npz:{files}/short.npz", r"mismatched lengths: x 6, y 5"),
+    ("npz:{files}/dupes.npz", r"1 duplicate sample IDs.*must be unique"),
+    ("npz:{files}/single.npy", r"single \.npy array"),
+    ("parquet:{files}/bad.parquet", r"Cannot read the parquet manifest file"),
+    ("csv:{files}/no_id.csv", r"has no column 'id'"),
+    ("csv:{files}/neg.csv", r"non-negative class labels.*-1"),
+    ("imagefolder:{files}/missing", r"does not exist or is not a directory"),
+    ("imagefolder:{files}/broken", r"Cannot read image file number 1 of the 1 of the image folder"),
+    ("imagefolder:{files}/broken?mode=CMYK", r"option `mode` to be one of auto, L, RGB but got 'CMYK'"),
+    ("digits?shape=3", r"unknown options \['shape'\].*accepted options: size, crop, mean, std$"),
+    ("imagefolder:{files}?size=0", r"option `size` to be H or HxW"),
+    ("csv:{files}/no_id.csv?root", r"Malformed options 'root'"),
+]
+
+
+@pytest.mark.parametrize(("source", "message"), BAD_SOURCES, ids=[source for source, _ in BAD_SOURCES])
+def test_bad_sources_raise_clear_errors(bad_source_files, source, message):
+    with pytest.raises(ValueError, match=message):
+        load_data(source.format(files=bad_source_files))
 
 
 @pytest.mark.parametrize(

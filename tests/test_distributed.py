@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from measure import accuracy
 
 from mlflow_unlearn.data import load_data, resolve_forget
 from mlflow_unlearn.methods import get_method, run_method
@@ -26,12 +27,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _accuracy(model: torch.nn.Module, data) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(data.to_tensors()[0]).argmax(1) == data.y).float().mean())
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +68,12 @@ def test_two_process_ddp_matches_one_process(setup, tmp_path, method):
     single = run_method(method, original, forget=split.forget, retain=split.retain, config=CONFIGS[method],
                         device="cpu", forget_kind=split.kind, forget_classes=split.forget_classes).model
 
-    retain_ddp, retain_single = _accuracy(ddp_model, split.retain), _accuracy(single, split.retain)
-    forget_ddp, forget_single = _accuracy(ddp_model, split.forget), _accuracy(single, split.forget)
+    retain_ddp, retain_single = accuracy(ddp_model, split.retain), accuracy(single, split.retain)
+    forget_ddp, forget_single = accuracy(ddp_model, split.forget), accuracy(single, split.forget)
     assert retain_ddp > 0.9 and abs(retain_ddp - retain_single) < 0.05
     if method == "finetune":
         return  # fine-tuning alone does not forget a class in one epoch; only quality parity is asserted
-    assert _accuracy(original, split.forget) > 0.9
+    assert accuracy(original, split.forget) > 0.9
     assert forget_ddp < 0.1 and abs(forget_ddp - forget_single) < 0.1
 
 
@@ -98,13 +93,13 @@ def _torchrun_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedP
                           env={**os.environ, **env, "OMP_NUM_THREADS": "1", "MLFLOW_UNLEARN_QUIET": "1"})
 
 
-def test_the_cli_under_torchrun_refuses_a_method_without_ddp_before_loading_anything(tmp_path):
+def test_the_cli_under_torchrun_refuses_a_method_without_ddp_before_loading_anything(sqlite_store):
     """``torchrun -m mlflow_unlearn unlearn ... --method unsir``: refused by the argument checks, so the model URI
     is never resolved (none is registered here) and nothing is logged. The registered two-process run is
     ``test_tracking_project.py``'s ``-e unlearn_distributed``, which runs this same command."""
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store("torchrun-refusal").uri
     refused = _torchrun_cli(["unlearn", "models:/ddp-cnn/1", "--forget", FORGET, "--method", "unsir",
                              "--device", "cpu"], {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
     assert refused.returncode != 0 and "does not run under torchrun" in refused.stdout + refused.stderr

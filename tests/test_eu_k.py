@@ -113,10 +113,15 @@ def test_a_classifier_that_is_not_the_last_step_is_refused(split, model, config,
         unlearn(model, split, **config)
 
 
-def test_bad_module_names_are_refused(smallcnn, split):
-    with pytest.raises(ValueError, match="has no submodule 'heads'.*features, head"):
-        unlearn(smallcnn, split, module="heads")
-    with pytest.raises(ValueError, match="no parameters"):
-        unlearn(smallcnn, split, module="head.0")  # the Flatten
+@pytest.mark.parametrize(("module", "message"), [
+    ("heads", "has no submodule 'heads'.*features, head"),
+    ("head.0", "no parameters"),  # the Flatten
+], ids=["unknown-submodule", "no-parameters"])
+def test_bad_module_names_are_refused(smallcnn, split, module, message):
+    with pytest.raises(ValueError, match=message):
+        unlearn(smallcnn, split, module=module)
+
+
+def test_an_empty_module_name_is_refused_and_points_to_retrain():
     with pytest.raises(ValueError, match="retrain"):
         EuKConfig(module="")

@@ -188,43 +188,53 @@ def test_duplicate_ids_are_rejected_without_listing_them(people, tmp_path):
     assert not any(sample_id in str(info.value) for sample_id in chosen)
 
 
-def test_bad_forget_specs_raise_clear_errors(digits, tmp_path):
-    (tmp_path / "empty.txt").write_text("\n\n")
-    pd.DataFrame({"ident": [1, 2]}).to_csv(tmp_path / "no_id.csv", index=False)
-    (tmp_path / "bad.parquet").write_bytes(b"PAR1 garbage")
-    (tmp_path / "ids.json").write_text("[1, 2]")
-    (tmp_path / "blank.csv").write_text("id,x\n1,a\n,b\n")
-    every_class = ",".join(str(c) for c in range(10))
-    cases = [
-        ("classes:3,11", r"Unknown classes \[11\].*training set has classes \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]"),
-        ("classes:a", r"Malformed class list .*1 of its 1 .* not ints \(not repeated.*e.g. classes:3,7"),
-        ("classes:", r"Malformed class list"),
-        ("classes:3;7", r"Malformed class list .*1 of its 1 "),
-        (f"classes:{every_class}", rf"selects the whole training set \({len(digits.train)} samples\)"),
-        ("random:0", r"selects no training samples \(empty forget set\)"),
-        ("random:0.0", r"fraction in \(0, 1\).*but got '0.0'"),
-        ("random:1.0", r"fraction in \(0, 1\).*but got '1.0'"),
-        ("random:1.5", r"fraction in \(0, 1\).*but got '1.5'"),
-        ("random:-0.1", r"fraction in \(0, 1\).*but got '-0.1'"),
-        ("random:many", r"fraction in \(0, 1\).*but got \(4 characters, not repeated"),
-        ("random:5000", r"selects the whole training set"),
-        ("random:0.1:x", r"seed in random:<amount>:<seed> to be a non-negative int but got \(1 characters"),
-        ("forget:3", r"Unknown forget spec kind before ':' \(6 characters, not repeated.*; accepted forms: "
-                     r"classes:.*ids:.*random:"),
-        ("3,7", r"Expected a forget spec like 'classes:3,7' but got text without a '<kind>:' prefix \(3 char"),
-        # a request file is never named by its path (it may name the person): "the forget request file"
-        (f"ids:{tmp_path / 'missing.csv'}", r"^The forget request file does not exist or is not a file$"),
-        (f"ids:{tmp_path / 'empty.txt'}", r"empty forget set"),
-        (f"ids:{tmp_path / 'no_id.csv'}", r"^The forget request file has no column 'id'; expected columns 'id'$"),
-        (f"ids:{tmp_path / 'bad.parquet'}", r"^Cannot read the forget request file as parquet"),
-        (f"ids:{tmp_path / 'ids.json'}", r"^Cannot tell the format of the forget request file from its suffix; "
-                                         r"expected one of: \.csv, \.parquet, \.txt, \.pq$"),
-        (f"ids:{tmp_path / 'blank.csv'}", r"1 rows of the forget request .* have an empty `id`"),
-    ]
-    for spec, message in cases:
-        with pytest.raises(ValueError, match=message) as raised:
-            resolve_forget(digits, spec)
-        assert str(tmp_path) not in str(raised.value) and "ident" not in str(raised.value)
+@pytest.fixture(scope="module")
+def bad_request_files(tmp_path_factory):
+    """The folder of the bad forget request files that :data:`BAD_FORGET_SPECS` name as ``{files}``."""
+    files = tmp_path_factory.mktemp("bad-requests")
+    (files / "empty.txt").write_text("\n\n")
+    pd.DataFrame({"ident": [1, 2]}).to_csv(files / "no_id.csv", index=False)
+    (files / "bad.parquet").write_bytes(b"PAR1 garbage")
+    (files / "ids.json").write_text("[1, 2]")
+    (files / "blank.csv").write_text("id,x\n1,a\n,b\n")
+    return files
+
+
+#: (forget spec, message): ``{files}`` is the folder of :func:`bad_request_files`, ``{n_train}`` the size of the
+#: training set.
+BAD_FORGET_SPECS = [
+    ("classes:3,11", r"Unknown classes \[11\].*training set has classes \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]"),
+    ("classes:a", r"Malformed class list .*1 of its 1 .* not ints \(not repeated.*e.g. classes:3,7"),
+    ("classes:", r"Malformed class list"),
+    ("classes:3;7", r"Malformed class list .*1 of its 1 "),
+    ("classes:" + ",".join(str(c) for c in range(10)), r"selects the whole training set \({n_train} samples\)"),
+    ("random:0", r"selects no training samples \(empty forget set\)"),
+    ("random:0.0", r"fraction in \(0, 1\).*but got '0.0'"),
+    ("random:1.0", r"fraction in \(0, 1\).*but got '1.0'"),
+    ("random:1.5", r"fraction in \(0, 1\).*but got '1.5'"),
+    ("random:-0.1", r"fraction in \(0, 1\).*but got '-0.1'"),
+    ("random:many", r"fraction in \(0, 1\).*but got \(4 characters, not repeated"),
+    ("random:5000", r"selects the whole training set"),
+    ("random:0.1:x", r"seed in random:<amount>:<seed> to be a non-negative int but got \(1 characters"),
+    ("forget:3", r"Unknown forget spec kind before ':' \(6 characters, not repeated.*; accepted forms: "
+                 r"classes:.*ids:.*random:"),
+    ("3,7", r"Expected a forget spec like 'classes:3,7' but got text without a '<kind>:' prefix \(3 char"),
+    # a request file is never named by its path (it may name the person): "the forget request file"
+    ("ids:{files}/missing.csv", r"^The forget request file does not exist or is not a file$"),
+    ("ids:{files}/empty.txt", r"empty forget set"),
+    ("ids:{files}/no_id.csv", r"^The forget request file has no column 'id'; expected columns 'id'$"),
+    ("ids:{files}/bad.parquet", r"^Cannot read the forget request file as parquet"),
+    ("ids:{files}/ids.json", r"^Cannot tell the format of the forget request file from its suffix; "
+                             r"expected one of: \.csv, \.parquet, \.txt, \.pq$"),
+    ("ids:{files}/blank.csv", r"1 rows of the forget request .* have an empty `id`"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), BAD_FORGET_SPECS, ids=[spec[:40] for spec, _ in BAD_FORGET_SPECS])
+def test_bad_forget_specs_raise_clear_errors(digits, bad_request_files, spec, message):
+    with pytest.raises(ValueError, match=message.replace("{n_train}", str(len(digits.train)))) as raised:
+        resolve_forget(digits, spec.format(files=bad_request_files))
+    assert str(bad_request_files) not in str(raised.value) and "ident" not in str(raised.value)
 
 
 def test_bad_salt(digits):
@@ -262,25 +272,31 @@ def test_parse_forget_spec_canonical_and_absolute(tmp_path, monkeypatch):
     assert parse_forget_spec("classes:3").absolute() == parse_forget_spec("classes:3")
 
 
-def test_parse_and_resolve_give_the_same_message(digits):
-    for text in ("3,7", "forget:3", "classes:a", "random:1.5", "random:0.1:x", "ids:x.json"):
-        with pytest.raises(ValueError) as parsed:
-            parse_forget_spec(text)
-        with pytest.raises(ValueError) as resolved:
-            resolve_forget(digits, text)
-        assert str(parsed.value) == str(resolved.value)
+@pytest.mark.parametrize("text", ["3,7", "forget:3", "classes:a", "random:1.5", "random:0.1:x", "ids:x.json"])
+def test_parse_and_resolve_give_the_same_message(digits, text):
+    with pytest.raises(ValueError) as parsed:
+        parse_forget_spec(text)
+    with pytest.raises(ValueError) as resolved:
+        resolve_forget(digits, text)
+    assert str(parsed.value) == str(resolved.value)
 
 
-def test_grammar_errors_never_repeat_inline_ids_or_long_text(digits):
-    secrets = [f"patient-{i:04d}" for i in range(30)]
-    inline = ",".join(secrets)
-    for text in (f"ids:{inline}", f"ids:{secrets[0]}", inline, f"{inline}:x", f"classes:{inline}",
-                 f"random:{inline}"):
-        with pytest.raises(ValueError, match="accepted forms|file name|Malformed class list|fraction in") as info:
-            parse_forget_spec(text)
-        message = str(info.value)
-        assert len(message) < 400 and "\n" not in message
-        assert not any(secret in message for secret in secrets[1:]), message
+SECRETS = [f"patient-{i:04d}" for i in range(30)]
+INLINE = ",".join(SECRETS)
+
+
+@pytest.mark.parametrize("text", [f"ids:{INLINE}", f"ids:{SECRETS[0]}", INLINE, f"{INLINE}:x", f"classes:{INLINE}",
+                                  f"random:{INLINE}"], ids=["ids-list", "ids-one", "bare", "bare-kind", "classes",
+                                                            "random"])
+def test_grammar_errors_never_repeat_inline_ids_or_long_text(text):
+    with pytest.raises(ValueError, match="accepted forms|file name|Malformed class list|fraction in") as info:
+        parse_forget_spec(text)
+    message = str(info.value)
+    assert len(message) < 400 and "\n" not in message
+    assert not any(secret in message for secret in SECRETS[1:]), message
+
+
+def test_inline_ids_are_refused_without_repeating_them(digits):
     with pytest.raises(ValueError, match="not a file name; write the IDs into such a file") as info:
         resolve_forget(digits, "ids:1,2,3")
     assert "1,2,3" not in str(info.value)

@@ -49,11 +49,12 @@ def unchanged_method():
 
 
 @pytest.fixture(scope="module")
-def memorised(tmp_path_factory):
+def memorised(sqlite_store):
     """A version trained on digits with 10% wrong labels, and the ``ids:`` file of exactly those samples."""
     from sklearn.datasets import load_digits
 
-    root = tmp_path_factory.mktemp("memorising")
+    store = sqlite_store("gate")
+    root = store.root
     digits = load_digits()
     rng = np.random.default_rng(0)
     n = len(digits.target)
@@ -66,12 +67,9 @@ def memorised(tmp_path_factory):
     ids = np.array([f"d{i:04d}" for i in range(n)])
     np.savez(root / "noisy.npz", x=(digits.images / 16.0).astype(np.float32), y=labels, ids=ids, split=split)
     (root / "wrong.txt").write_text("\n".join(ids[wrong]) + "\n")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    experiment = MlflowClient(uri).create_experiment("gate", artifact_location=str(root / "artifacts"))
-    uris = {"tracking_uri": uri, "registry_uri": uri}
     trained = train_model(f"npz:{root / 'noisy.npz'}", arch="mlp", registered_model_name="noisy-mlp", config=RECIPE,
-                          onnx=False, device="cpu", experiment=experiment, **uris)
-    return {"uris": uris, "experiment": experiment, "forget": f"ids:{root / 'wrong.txt'}", "root": root,
+                          onnx=False, device="cpu", experiment=store.experiment, **store.uris)
+    return {"uris": store.uris, "experiment": store.experiment, "forget": f"ids:{root / 'wrong.txt'}", "root": root,
             "model_uri": f"models:/noisy-mlp/{trained.version.version}", "count": len(wrong)}
 
 

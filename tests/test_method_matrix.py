@@ -14,13 +14,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from expected_misses import mark_expected_miss
+from measure import accuracy
 from sklearn.datasets import load_digits
 from torch import nn
 from user_models import DictOutputNet, TextClassifier, token_sequences
 
 from mlflow_unlearn.data import load_data, resolve_forget
 from mlflow_unlearn.methods import list_methods, run_method
-from mlflow_unlearn.metrics import accuracy, collect_outputs
 from mlflow_unlearn.models import class_scores, create_model
 from mlflow_unlearn.tracking.vocabulary import DEFAULT_METHOD
 from mlflow_unlearn.training import TrainConfig, train
@@ -85,54 +86,15 @@ def trained(request, tmp_path_factory):
 
 
 def _acc(model, samples) -> float:
-    return 100 * accuracy(*collect_outputs(model, samples, device=torch.device("cpu")))
+    return 100 * accuracy(model, samples)
 
 
-#: Cells whose defaults did not lower the forget accuracy of the class when measured (12:10-12:20 UTC, issue 16
-#: item 4): strict xfails, so that a fix is noticed; the numbers are forget accuracy before -> after.
-NO_FORGETTING = {
-    ("mlp-flat", "finetune"): "100 -> 100", ("mlp-flat", "gradient_ascent"): "100 -> 100",
-    ("mlp-flat", "l1_sparse"): "100 -> 100", ("mlp-flat", "unsir"): "100 -> 100 (retain 88.5)",
-    ("smallcnn", "finetune"): "100 -> 100", ("smallcnn", "gradient_ascent"): "100 -> 100",
-    ("smallcnn", "l1_sparse"): "100 -> 100", ("smallcnn", "scrub"): "100 -> 100",
-    ("user-out_proj", "finetune"): "100 -> 100", ("user-out_proj", "gradient_ascent"): "100 -> 100",
-    ("user-out_proj", "l1_sparse"): "100 -> 100",
-    ("user-out_proj", "scrub"): "100 -> 100", ("user-out_proj", "unsir"): "100 -> 100 (retain 97.2)",
-    # measured for issue 27 (one thread, this machine): a user's dict-output model and token-ID text classifier
-    ("user-dict-output", "finetune"): "100 -> 100", ("user-dict-output", "gradient_ascent"): "100 -> 100",
-    ("user-dict-output", "l1_sparse"): "100 -> 100", ("user-dict-output", "scrub"): "100 -> 100",
-    ("user-dict-output", "unsir"): "100 -> 100 (retain 99.3)",
-    ("user-text-tokens", "gradient_ascent"): "100 -> 100", ("user-text-tokens", "l1_sparse"): "100 -> 100",
-    ("user-text-tokens", "unsir"): "100 -> 100 (retain 87.9)",
-    # bncnn (2026-12-04, issue 26): nitc 100 -> 0 with retain 100 -> 100
-    ("bncnn", "finetune"): "100 -> 100", ("bncnn", "l1_sparse"): "100 -> 100", ("bncnn", "random_label"): "100 -> 100",
-    ("bncnn", "salun"): "100 -> 100",
-    ("bncnn", "unsir"): "collapsed: retain 100 -> 36.5, raised as UnlearningDivergedError",
-    # measured in CI (2026-12-02, 2 cores): resnet18 after 4 epochs (retain 90.3%); again on another machine
-    # (2026-12-03: retain 93.8-95.5%, forget 96.9 -> 100 for both)
-    ("resnet18", "l1_sparse"): "100 -> 100",
-    ("resnet18", "unsir"): "collapsed: retain 90.3 -> 0.0 (CI), 95.5 -> 11.5, raised as UnlearningDivergedError",
-}
-#: Cells whose outcome differed between two machines (resnet18's 4-epoch training is not bit-identical across
-#: CPUs): xfails that are not strict, with both measurements.
-UNSTABLE = {
-    ("resnet18", "finetune"): "no forgetting in CI (2026-12-02) nor on another machine (2026-12-03: forget 96.9 -> "
-                              "100); one forget sample of 32 less in one process with two threads (2026-12-04: "
-                              "96.9 -> 93.8, retain 100)",
-    ("resnet18", "bad_teacher"): "passed in CI (2026-12-02) and with one thread per worker (2026-12-03); "
-                                 "collapsed on another machine with two (retain 93.8 -> 49.7, raised as "
-                                 "UnlearningDivergedError)",
-}
 
 
 @pytest.mark.parametrize("method", list_methods(include_reference=False))
 def test_method_defaults_on_each_architecture(trained, method, request):
     arch, model, split = trained
-    if (arch, method) in NO_FORGETTING:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"{method}'s defaults do not forget a class on "
-                                              f"{arch} here (forget accuracy {NO_FORGETTING[arch, method]})"))
-    if (arch, method) in UNSTABLE:
-        request.applymarker(pytest.mark.xfail(strict=False, reason=f"{method} on {arch}: {UNSTABLE[arch, method]}"))
+    mark_expected_miss(request, arch, method)  # tests/expected_misses.py: cells whose defaults miss, measured
     before_forget, before_retain = _acc(model, split.forget), _acc(model, split.retain)
     assert before_forget > 80 and before_retain > 80, (arch, before_forget, before_retain)
     result = run_method(method, model, forget=split.forget, retain=split.retain, device="cpu", seed=0,

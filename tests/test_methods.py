@@ -11,6 +11,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from expected_misses import mark_expected_miss
+from measure import accuracy
 from torch import nn
 
 from mlflow_unlearn.data import ForgetSplit, SampleSet, forget_digest, load_data, resolve_forget
@@ -37,19 +39,8 @@ TEST_CONFIGS: dict[str, dict] = {"retrain": {"epochs": 8}}
 #   rise" here, and test_gradient_ascent_raises_the_forget_loss checks the quantity it does optimise.
 FORGET_RATIO: dict[str, float] = {"finetune": 1.0, "l1_sparse": 1.0, "gradient_ascent": 1.0}
 RETAIN_DROP_CLASS = 0.1
-# Measured misses of a method's defaults: unsir's impair step costs 10.8 points of retain accuracy on the CI
-# machine (1.000 -> 0.892; also 88.5% on the method matrix's mlp), also at the commit before the issue-14
-# refactor (433164c); on another 2-core machine (2026-12-03) the same test passed (floating-point differences
-# move it across the 0.900 limit), so the xfail is not strict: the miss is borderline, not fixed.
-CLASSWISE_MISSES = {"unsir": "retain accuracy 1.000 -> 0.892 (limit 0.900)"}
 # Random relabelling of scattered samples costs some retain accuracy (measured >= 0.92 of 1.0).
 RETAIN_DROP_SAMPLE = 0.15
-
-
-def accuracy(model: nn.Module, data: SampleSet) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(data.to_tensors()[0]).argmax(1) == data.y).float().mean())
 
 
 def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -135,8 +126,7 @@ def test_method_contract(name, digits, class_results):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_classwise_forgetting(name, digits, class_results, request):
-    if name in CLASSWISE_MISSES:
-        request.applymarker(pytest.mark.xfail(strict=False, reason=f"{name}: {CLASSWISE_MISSES[name]}"))
+    mark_expected_miss(request, name)  # tests/expected_misses.py
     split = digits.by_class
     forget_before, retain_before = accuracy(digits.model, split.forget), accuracy(digits.model, split.retain)
     assert forget_before > 0.9, "the original model should know the class to be forgotten"

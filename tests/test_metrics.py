@@ -59,13 +59,14 @@ def test_accuracy_matches_sklearn(seed):
     assert accuracy(logits, labels) == pytest.approx(accuracy_score(labels.numpy(), logits.argmax(1).numpy()))
 
 
-def test_accuracy_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="one label per row"):
-        accuracy(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ValueError, match="2-D"):
-        accuracy(torch.zeros(3), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match="empty"):
-        accuracy(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+@pytest.mark.parametrize(("rows", "logit_shape", "message"), [
+    (2, (3, 2), "one label per row"),
+    (3, (3,), "2-D"),
+    (0, (0, 2), "empty"),
+], ids=["labels-short", "logits-1d", "empty"])
+def test_accuracy_rejects_bad_shapes(rows, logit_shape, message):
+    with pytest.raises(ValueError, match=message):
+        accuracy(torch.zeros(*logit_shape), torch.zeros(rows, dtype=torch.long))
 
 
 def test_per_sample_loss_hand_computed_and_matches_sklearn_log_loss():
@@ -190,13 +191,14 @@ def test_loss_mia_balances_a_larger_forget_set_and_is_seeded():
     assert loss_mia(forget, test, seed=1) != result
 
 
-def test_loss_mia_rejects_bad_input():
-    with pytest.raises(ValueError, match="at least 2"):
-        loss_mia(np.array([0.1]), np.array([0.5, 0.6]))
-    with pytest.raises(ValueError, match="n_splits"):
-        loss_mia(np.ones(5), np.ones(5), n_splits=1)
-    with pytest.raises(ValueError, match="finite"):
-        loss_mia(np.array([0.1, np.inf]), np.array([0.5, 0.6]))
+@pytest.mark.parametrize(("members", "others", "kwargs", "message"), [
+    ([0.1], [0.5, 0.6], {}, "at least 2"),
+    ([1.0] * 5, [1.0] * 5, {"n_splits": 1}, "n_splits"),
+    ([0.1, np.inf], [0.5, 0.6], {}, "finite"),
+], ids=["one-member", "one-split", "infinite"])
+def test_loss_mia_rejects_bad_input(members, others, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        loss_mia(np.array(members), np.array(others), **kwargs)
 
 
 def _outputs_with_confidence(conf: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -348,18 +350,21 @@ def test_evaluate_optional_columns_and_single_sample_forget(small_split):
     assert table.loc["model", "forget_accuracy"] in (0.0, 100.0)
 
 
-def test_evaluate_validates_before_running(small_split):
+def _empty_forget(split: ForgetSplit) -> ForgetSplit:
+    return ForgetSplit(split.forget.subset(np.array([], dtype=int)), split.retain, split.test, "sample", "ids",
+                       "digest", 0)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda net, split: evaluate({"model": net}, split, reference="gold"), "Unknown reference 'gold'"),
+    (lambda net, split: evaluate({}, split), "non-empty mapping"),
+    (lambda net, split: evaluate({"model": "not a model"}, split), "torch.nn.Module"),
+    (lambda net, split: evaluate({"model": net}, _empty_forget(split)), "empty forget set"),
+], ids=["unknown-reference", "no-models", "not-a-model", "empty-forget-set"])
+def test_evaluate_validates_before_running(small_split, call, message):
     net = CountingNet(0)
-    with pytest.raises(ValueError, match="Unknown reference 'gold'"):
-        evaluate({"model": net}, small_split, reference="gold")
-    with pytest.raises(ValueError, match="non-empty mapping"):
-        evaluate({}, small_split)
-    with pytest.raises(ValueError, match="torch.nn.Module"):
-        evaluate({"model": "not a model"}, small_split)
-    empty = ForgetSplit(small_split.forget.subset(np.array([], dtype=int)), small_split.retain, small_split.test,
-                        "sample", "ids", "digest", 0)
-    with pytest.raises(ValueError, match="empty forget set"):
-        evaluate({"model": net}, empty)
+    with pytest.raises(ValueError, match=message):
+        call(net, small_split)
     assert net.samples_seen == 0
 
 

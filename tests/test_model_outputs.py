@@ -317,15 +317,14 @@ def _forget_bad_module() -> None:
 
 
 @pytest.fixture(scope="module")
-def bad_registry(tmp_path_factory):
+def bad_registry(sqlite_store):
     """One registered version per bad case, logged with MLflow's own ``log_model`` (``mlflow_unlearn.log_model``
     refuses them) in the trainable format with the module of its class."""
-    root = tmp_path_factory.mktemp("bad-outputs")
+    store = sqlite_store("bad-outputs")
+    root, uri, experiment = store.root, store.uri, store.experiment
     code = root / "user_code"
     code.mkdir()
     (code / f"{BAD_MODULE}.py").write_text(BAD_SOURCE)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    experiment = MlflowClient(uri).create_experiment("bad-outputs", artifact_location=str(root / "artifacts"))
     sys.path.insert(0, str(code))
     try:
         import badnets

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from measure import accuracy
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -29,12 +30,6 @@ from mlflow_unlearn.models.surgery import head_suffix, traced_suffix
 from mlflow_unlearn.training import TrainConfig, train
 
 CPU = torch.device("cpu")
-
-
-def _accuracy(model: torch.nn.Module, data) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(data.to_tensors()[0]).argmax(1) == data.y).float().mean())
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +146,9 @@ def test_nitc_class_forgetting_drops_forget_accuracy_and_keeps_retain(digits, or
     split = resolve_forget(digits, "classes:3")
     result = run_method("nitc", original, forget=split.forget, retain=split.retain, device="cpu", forget_kind="class",
                         forget_classes=split.forget_classes, seed=0)
-    assert _accuracy(original, split.forget) > 0.9
-    assert _accuracy(result.model, split.forget) < 0.1
-    assert _accuracy(result.model, split.retain) > _accuracy(original, split.retain) - 0.03
+    assert accuracy(original, split.forget) > 0.9
+    assert accuracy(result.model, split.forget) < 0.1
+    assert accuracy(result.model, split.retain) > accuracy(original, split.retain) - 0.03
     # the masked original is the teacher: no UNSIR noise, impair or repair step
     assert list(dict.fromkeys(r["stage"] for r in result.history.records)) == ["distill_stage0", "distill_stage1"]
 
@@ -199,14 +194,14 @@ def memorising(digits):
 def _near_test_level(model, original, forget, test) -> bool:
     """``model``'s forget accuracy is at least half of the way from ``original``'s to ``model``'s test level."""
     def gap(m):
-        return abs(_accuracy(m, forget) - _accuracy(m, test))
+        return abs(accuracy(m, forget) - accuracy(m, test))
     return gap(model) <= 0.5 * gap(original)
 
 
 def test_the_near_test_level_check_fails_for_the_unchanged_model(digits, memorising):
     """An identity method returns the original, which the check below refuses."""
     original, forget, _ = memorising
-    assert _accuracy(original, forget) == 1.0
+    assert accuracy(original, forget) == 1.0
     assert not _near_test_level(original, original, forget, digits.test)
 
 
@@ -216,8 +211,8 @@ def test_the_near_test_level_check_fails_for_the_unchanged_model(digits, memoris
 def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, memorising):
     original, forget, retain = memorising
     result = run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0)
-    assert _accuracy(result.model, retain) > 0.95
-    assert _accuracy(result.model, forget) > 0.6  # not pushed to random predictions (10%)
+    assert accuracy(result.model, retain) > 0.95
+    assert accuracy(result.model, forget) > 0.6  # not pushed to random predictions (10%)
     assert _near_test_level(result.model, original, forget, digits.test)
 
 
@@ -241,7 +236,7 @@ def test_sample_wise_nitc_retrains_the_classifier_on_retain_features_only(digits
     assert features.shape == (len(retain), 64, 4, 4)  # the last stage: every retain sample, no forget sample
     assert targets.shape[1] == 12 and targets[:, -1].eq(1.0).all()  # 10 logits, temperature, weight
     assert result.history.extra["head"] == "head"
-    assert _accuracy(result.model, retain) > _accuracy(original, retain) - 0.03
+    assert accuracy(result.model, retain) > accuracy(original, retain) - 0.03
 
 
 def test_find_head_falls_back_to_the_last_linear_layer():
@@ -277,7 +272,7 @@ def test_a_small_classifier_is_extended_backwards_to_the_share_of_weights_asked_
     for key, value in mlp.named_parameters():  # the re-initialised layers moved from the original's, the rest
         moved = not torch.allclose(weights[key], value)  # is the teacher's (moved a little by UNSIR)
         assert moved, key
-    assert _accuracy(result.model, retain) > _accuracy(mlp, retain) - 0.05
+    assert accuracy(result.model, retain) > accuracy(mlp, retain) - 0.05
 
 
 class GapCNN(nn.Module):
@@ -327,7 +322,7 @@ def test_a_small_classifier_of_a_users_class_is_extended_backwards_through_its_t
     weights = dict(result.model.named_parameters())
     for key in ("conv3.weight", "conv3.bias", "fc.weight", "fc.bias"):
         assert not torch.allclose(weights[key], dict(model.named_parameters())[key]), key
-    assert _accuracy(result.model, retain) > _accuracy(model, retain) - 0.05
+    assert accuracy(result.model, retain) > accuracy(model, retain) - 0.05
 
 
 class CalledTwice(nn.Module):

@@ -30,14 +30,12 @@ BAD = [
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
+def registry(sqlite_store):
     """A SQLite tracking store and registry with one trained version (no lineage problem, a real model)."""
-    root = tmp_path_factory.mktemp("messages")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    experiment = MlflowClient(uri).create_experiment("messages", artifact_location=str(root / "artifacts"))
+    store = sqlite_store("messages")
     out = train_model("digits", arch="mlp", registered_model_name=MODEL, config={"epochs": 1}, onnx=False,
-                      device="cpu", tracking_uri=uri, experiment=experiment)
-    return uri, root, out.version
+                      device="cpu", tracking_uri=store.uri, experiment=store.experiment)
+    return store.uri, store.root, out.version
 
 
 def _api_message(uri: str, version, kwargs: dict) -> str:

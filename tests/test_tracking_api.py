@@ -26,11 +26,9 @@ LENIENT = {"forget_tolerance": 100.0, "max_retain_drop": 100.0, "max_test_drop":
 
 
 @pytest.fixture(scope="module")
-def uris(tmp_path_factory):
-    root = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    experiment = MlflowClient(uri).create_experiment("tracking-tests", artifact_location=str(root / "artifacts"))
-    return {"tracking_uri": uri, "registry_uri": uri, "experiment": experiment}
+def uris(sqlite_store):
+    store = sqlite_store("tracking-tests")
+    return {**store.uris, "experiment": store.experiment}
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,15 @@ from mlflow_unlearn.tracking.vocabulary import ModelResolutionError
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
+def registry(sqlite_store):
     """A SQLite registry with a trained version, an sklearn model, a pt2 model and a model without lineage."""
     import mlflow
     from sklearn.linear_model import LogisticRegression
 
     from mlflow_unlearn.models import create_model
 
-    root = tmp_path_factory.mktemp("errors")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    experiment = client.create_experiment("errors", artifact_location=str(root / "artifacts"))
+    store = sqlite_store("errors")
+    root, uri, experiment = store.root, store.uri, store.experiment
     train_model("digits", arch="mlp", registered_model_name="digits-mlp", config={"epochs": 2}, onnx=False,
                 device="cpu", tracking_uri=uri, experiment=experiment)
     with pytest.MonkeyPatch.context() as patch:

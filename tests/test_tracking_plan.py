@@ -24,14 +24,11 @@ LENIENT = {"forget_tolerance": 100.0, "max_retain_drop": 100.0, "max_test_drop":
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    root = tmp_path_factory.mktemp("plan-registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    experiment = MlflowClient(uri).create_experiment("plan-tests", artifact_location=str(root / "artifacts"))
-    uris = {"tracking_uri": uri, "registry_uri": uri}
+def registry(sqlite_store):
+    store = sqlite_store("plan-tests")
     train_model("digits", arch="mlp", registered_model_name="plan-mlp", config={"epochs": 3}, onnx=False,
-                device="cpu", experiment=experiment, **uris)
-    return {**uris, "experiment": experiment}
+                device="cpu", experiment=store.experiment, **store.uris)
+    return {**store.uris, "experiment": store.experiment}
 
 
 def _runs(registry) -> int:

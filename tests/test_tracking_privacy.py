@@ -28,7 +28,7 @@ def _texts_of(client: MlflowClient, run_id: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_no_forget_id_in_params_tags_metrics_inputs_artifacts_or_version(tmp_path):
+def test_no_forget_id_in_params_tags_metrics_inputs_artifacts_or_version(tmp_path, sqlite_store):
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -41,9 +41,9 @@ def test_no_forget_id_in_params_tags_metrics_inputs_artifacts_or_version(tmp_pat
     request = tmp_path / "forget_request.csv"
     request.write_text("id\n" + "\n".join(forgotten) + "\n")
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = sqlite_store("privacy")
+    uri, experiment = store.uri, store.experiment
     client = MlflowClient(uri)
-    experiment = client.create_experiment("privacy", artifact_location=str(tmp_path / "artifacts"))
     train_model(source, arch="mlp", registered_model_name="users", config={"epochs": 2}, onnx=False, device="cpu",
                 tracking_uri=uri, experiment=experiment)
     outcome = unlearn("models:/users/1", forget=f"ids:{request}", method="finetune", config={"epochs": 1},

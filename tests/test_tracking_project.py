@@ -17,10 +17,10 @@ REPO = project_dir().parent.parent
 
 
 @pytest.mark.slow
-def test_mlflow_run_unlearn_entry_point(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_mlflow_run_unlearn_entry_point(tmp_path, sqlite_store):
+    store = sqlite_store("project")
+    uri, experiment = store.uri, store.experiment
     client = MlflowClient(uri)
-    experiment = client.create_experiment("project", artifact_location=str(tmp_path / "artifacts"))
     train_model("digits", arch="mlp", registered_model_name="proj", config={"epochs": 3}, onnx=False, device="cpu",
                 tracking_uri=uri, experiment=experiment)
     config = tmp_path / "finetune.yaml"
@@ -48,12 +48,12 @@ def test_mlflow_run_unlearn_entry_point(tmp_path):
 
 
 @pytest.mark.slow
-def test_mlflow_run_unlearn_distributed_entry_point_registers_once(tmp_path):
+def test_mlflow_run_unlearn_distributed_entry_point_registers_once(tmp_path, sqlite_store):
     """``-e unlearn_distributed -P nproc=2 -P onnx=false``: two gloo processes, one run, one new version, no ONNX
     copy."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = sqlite_store("project-ddp")
+    uri, experiment = store.uri, store.experiment
     client = MlflowClient(uri)
-    experiment = client.create_experiment("project-ddp", artifact_location=str(tmp_path / "artifacts"))
     train_model("digits", arch="smallcnn", registered_model_name="ddp", config={"epochs": 3}, onnx=False,
                 device="cpu", tracking_uri=uri, experiment=experiment)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_UNLEARN_QUIET": "1", "OMP_NUM_THREADS": "1"}

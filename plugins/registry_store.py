@@ -45,6 +45,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 from mlflow_unlearn_plugins import launcher, ledger
+from mlflow_unlearn_plugins.public_errors import without_sql
 from mlflow_unlearn_plugins.request import RequestRefused, parse_request
 from mlflow_unlearn_plugins.settings import PluginSettings, read_settings
 
@@ -148,6 +149,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         self._recovered_at = 0.0
         self.settings = read_settings() if settings is None else settings
         super().__init__(db_uri)
+        self.ManagedSessionMaker = without_sql(self.ManagedSessionMaker)  # errors answered without their SQL
         self.store_uri = store_uri
         self.tracking_uri = tracking_uri
 

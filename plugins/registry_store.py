@@ -90,6 +90,23 @@ def parse_store_uri(store_uri: str) -> str:
     return absolute_sqlite_uri(inner)
 
 
+def version_number(version: Any) -> int:
+    """A model version as the integer the registry stores, or MLflow's own 400 for anything else.
+
+    Raises:
+        MlflowException: ``INVALID_PARAMETER_VALUE`` for a version that is not an integer (as stock MLflow answers).
+
+    Example:
+        >>> version_number("3")
+        3
+    """
+    try:
+        return int(str(version))
+    except ValueError:
+        raise MlflowException(f"Expected the model version to be an integer but got {str(version)[:40]!r}",
+                              INVALID_PARAMETER_VALUE) from None
+
+
 def absolute_sqlite_uri(uri: str) -> str:
     """``sqlite:///relative.db`` -> ``sqlite:////abs/relative.db``: a job runs in another working directory."""
     prefix = "sqlite:///"
@@ -215,6 +232,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
                 ``failed``), or another request is queued or running on the version.
         """
         self.recover_once()
+        version = version_number(version)
         if isinstance(stage, str) and stage.strip().lower() == UNLEARN_STAGE.lower():
             state = ledger.read_state(self, name, version)
             if not state.request:
@@ -233,6 +251,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         """Setting ``mlflow_unlearn.request`` submits a request; every other ``mlflow_unlearn.*`` tag (status,
         lineage, provenance) is written by the plugin and its jobs only, and is read-only here."""
         self.recover_once()
+        version = version_number(version)
         if tag.key == REQUEST_TAG:
             self.submit(name, version, tag.value)
             return
@@ -246,6 +265,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
     def delete_model_version_tag(self, name, version, key):
         """The request tag cannot be deleted while its request is queued or running; the plugin's other
         ``mlflow_unlearn.*`` tags (status, lineage, provenance) cannot be deleted at all."""
+        version = version_number(version)
         if key.startswith(TAG_PREFIX) and key != REQUEST_TAG:
             raise MlflowException(f"Tag {key!r} is written by the unlearning plugin only and cannot be deleted",
                                   INVALID_PARAMETER_VALUE)
@@ -270,6 +290,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
 
     def delete_model_version(self, name, version):
         """A version cannot be deleted while its unlearning request is queued or running."""
+        version = version_number(version)
         state = ledger.read_state(self, name, version)
         if state.active:
             raise ledger.ActiveRequestError(
@@ -291,7 +312,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         Raises:
             MlflowException: if the version does not exist, or a different request is active on it.
         """
-        version = int(version)
+        version = version_number(version)
         refusal, keep = None, True
         try:
             parse_request(value, self.settings.policy)

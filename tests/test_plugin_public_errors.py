@@ -92,3 +92,20 @@ def test_a_locked_registry_database_is_answered_503_without_sql(server):
     assert answer.status_code == 503 and answer.json()["error_code"] == "TEMPORARILY_UNAVAILABLE", answer.text
     assert "locked" in answer.json()["message"]
     assert not any(word in answer.text for word in SQL_WORDS), answer.text
+
+
+@pytest.mark.parametrize(("method", "path", "payload"), [
+    ("post", "model-versions/set-tag", {"key": vocab.REQUEST_TAG, "value": "forget=classes:3"}),
+    ("post", "model-versions/set-tag", {"key": "team", "value": "fraud"}),
+    ("post", "model-versions/transition-stage", {"stage": "Unlearn", "archive_existing_versions": False}),
+    ("delete", "model-versions/delete-tag", {"key": vocab.REQUEST_TAG}),
+    ("delete", "model-versions/delete", {}),
+], ids=["request-tag", "other-tag", "unlearn-transition", "delete-request-tag", "delete-version"])
+@pytest.mark.parametrize("version", ["abc", "1.5", ""])
+def test_a_malformed_version_is_answered_400_like_stock_mlflow(server, method, path, payload, version):
+    """Issue 29, defect 4: ``version: "abc"`` on the set-tag path was an HTML 500 with a traceback."""
+    answer = requests.request(method, f"{server.url}/api/2.0/mlflow/{path}",
+                              json={"name": MODEL, "version": version} | payload, timeout=60)
+    assert answer.status_code == 400, answer.text[:500]
+    assert answer.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "Traceback" not in answer.text and len(answer.text) < 500

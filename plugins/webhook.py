@@ -75,7 +75,8 @@ class WebhookService:
                              "MlflowClient().create_webhook(..., secret=...)")
         if not tracking_uri.startswith(("http://", "https://")):
             raise ValueError(f"Expected the MLflow server's http(s):// address but got {tracking_uri!r}")
-        self.secret, self.tracking_uri, self.replays = secret, tracking_uri.rstrip("/"), ReplayGuard(state_db)
+        self.secret, self.tracking_uri = secret, tracking_uri.rstrip("/")
+        self.replays = ReplayGuard(Path(state_db).resolve())  # delivery IDs in the state database's own table
         self.store = UnlearnRegistryStore(f"unlearn+sqlite:///{Path(state_db).resolve()}", tracking_uri=tracking_uri)
         self._pushed: dict[tuple[str, int], dict[str, str]] = {}
         self._stop = threading.Event()
@@ -166,10 +167,10 @@ class WebhookService:
         service, handling = self, threading.BoundedSemaphore(MAX_CONCURRENT)
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = READ_TIMEOUT_S  # a connection that stalls in its headers or body is closed
+
             def do_GET(self) -> None:  # noqa: N802
                 self._reply(HTTPStatus.OK if self.path == "/health" else HTTPStatus.NOT_FOUND, "OK")
-
-            timeout = READ_TIMEOUT_S  # a connection that stalls in its headers or body is closed
 
             def do_POST(self) -> None:  # noqa: N802
                 if not handling.acquire(blocking=False):

@@ -49,6 +49,7 @@ from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 from mlflow_unlearn_plugins.guards import check_created_tags, refuse_busy_model, refuse_busy_version, refuse_plugin_tag
 from mlflow_unlearn_plugins.ledger import Ledger
 from mlflow_unlearn_plugins.mirror import StoreTags
+from mlflow_unlearn_plugins.public_errors import without_sql
 from mlflow_unlearn_plugins.scheduler import Scheduler
 from mlflow_unlearn_plugins.settings import PluginSettings, read_settings
 
@@ -83,6 +84,23 @@ def parse_store_uri(store_uri: str) -> str:
             INVALID_PARAMETER_VALUE,
         )
     return absolute_sqlite_uri(inner)
+
+
+def version_number(version: Any) -> int:
+    """A model version as the integer the registry stores, or MLflow's own 400 for anything else.
+
+    Raises:
+        MlflowException: ``INVALID_PARAMETER_VALUE`` for a version that is not an integer (as stock MLflow answers).
+
+    Example:
+        >>> version_number("3")
+        3
+    """
+    try:
+        return int(str(version))
+    except ValueError:
+        raise MlflowException(f"Expected the model version to be an integer but got {str(version)[:40]!r}",
+                              INVALID_PARAMETER_VALUE) from None
 
 
 def absolute_sqlite_uri(uri: str) -> str:
@@ -144,6 +162,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         self._recovered_at = 0.0
         self.settings = read_settings() if settings is None else settings
         super().__init__(db_uri)
+        self.ManagedSessionMaker = without_sql(self.ManagedSessionMaker)  # errors answered without their SQL
         self.store_uri = store_uri
         self.tracking_uri = tracking_uri
         tags = StoreTags(self)
@@ -179,6 +198,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
                 ``failed``), or another request is queued or running on the version.
         """
         self.recover_once()
+        version = version_number(version)
         if isinstance(stage, str) and stage.strip().lower() == UNLEARN_STAGE.lower():
             request = SqlAlchemyStore.get_model_version(self, name, version).tags.get(REQUEST_TAG)
             if not request:
@@ -197,6 +217,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         """Setting ``mlflow_unlearn.request`` submits a request; every other ``mlflow_unlearn.*`` tag (status,
         lineage, provenance) is written by the plugin and its jobs only, and is read-only here."""
         self.recover_once()
+        version = version_number(version)
         if tag.key == REQUEST_TAG:
             self.scheduler.submit(name, version, tag.value)
             return
@@ -207,6 +228,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
     def delete_model_version_tag(self, name, version, key):
         """The request tag cannot be deleted while its request is queued or running; the plugin's other
         ``mlflow_unlearn.*`` tags (status, lineage, provenance) cannot be deleted at all."""
+        version = version_number(version)
         refuse_plugin_tag(key, deleting=True)
         if key == REQUEST_TAG:
             refuse_busy_version(self.ledger, name, version, tag=key)
@@ -214,6 +236,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
 
     def delete_model_version(self, name, version):
         """A version cannot be deleted while its unlearning request is queued or running."""
+        version = version_number(version)
         refuse_busy_version(self.ledger, name, version)
         super().delete_model_version(name, version)
         self.ledger.forget_version(name, version)
@@ -235,7 +258,7 @@ class UnlearnRegistryStore(SqlAlchemyStore):
     # -- requests ---------------------------------------------------------------------------------------------
     def submit(self, name: str, version: int | str, value: str) -> str | None:
         """Submit request ``value`` on ``name``/``version`` (see :meth:`Scheduler.submit`); the refusal, if any."""
-        return self.scheduler.submit(name, version, value)
+        return self.scheduler.submit(name, version_number(version), value)
 
     def recover_once(self) -> None:
         """Run :meth:`recover` the first time this store serves a registry call (thread-safe; later calls return).

@@ -127,8 +127,9 @@ class SecurityPolicy:
             )
         resolved = Path(os.path.realpath(raw))
         if not any(resolved.is_relative_to(root) for root in self.allowed_roots):
-            roots = ", ".join(str(r) for r in self.allowed_roots)
-            raise RequestRefused(f"{named} is outside the allowed roots ({roots}); move it there")
+            # the roots are the server's layout and the reason is world-readable: named by the setting only
+            raise RequestRefused(f"{named} is outside the allowed roots ({ALLOWED_ROOTS_ENV} on the server); ask its "
+                                 "administrator where to put it")
         exists = {"file": resolved.is_file, "dir": resolved.is_dir, "any": resolved.exists}[kind]
         if not exists():
             raise RequestRefused(f"{named} does not exist" + ("" if kind == "any" else f" or is not a {kind}"))

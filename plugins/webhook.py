@@ -3,9 +3,11 @@
 A stock ``mlflow server`` (MLflow 3.3+) sends a signed ``model_version_tag.set`` webhook when someone sets a tag on
 a model version. :class:`WebhookService` receives it on 127.0.0.1, and for the tag ``mlflow_unlearn.request``:
 
-1. verifies the HMAC-SHA256 signature (``X-MLflow-Signature: v1,<base64>`` over
-   ``<delivery id>.<timestamp>.<body>``, the shared secret of ``MlflowClient().create_webhook(..., secret=...)``)
-   and rejects replays: a timestamp outside :data:`REPLAY_WINDOW_S`, or a delivery ID seen within it;
+1. authenticates it (:mod:`mlflow_unlearn_plugins.webhook_auth`): from the headers alone, before the body is
+   read, a plain ``Content-Length`` of at most 64 KiB, a well-formed signature and a timestamp within 300 s; then
+   the HMAC-SHA256 signature (``X-MLflow-Signature: v1,<base64>`` over ``<delivery id>.<timestamp>.<body>``, the
+   shared secret of ``MlflowClient().create_webhook(..., secret=...)``) and the delivery ID, which is recorded in
+   the state database so that a replay is refused across restarts;
 2. submits it to the scheduler of the store plugin (:meth:`~mlflow_unlearn_plugins.scheduler.Scheduler.submit`:
    the checks of :mod:`mlflow_unlearn_plugins.request`, the ledger, the launcher), whose ledger lives in this
    service's own state database (``--state-db``, a SQLite file holding the plugin's tables only); the job reads the
@@ -25,9 +27,6 @@ and answered 409 to the webhook; the status tags show the request that runs.
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -42,56 +41,24 @@ from mlflow_unlearn_plugins.mirror import ClientTags, StoreTags, mirror_pending
 from mlflow_unlearn_plugins.registry_store import RECOVERY_INTERVAL_S
 from mlflow_unlearn_plugins.scheduler import Scheduler
 from mlflow_unlearn_plugins.settings import read_settings
+from mlflow_unlearn_plugins.webhook_auth import (
+    DELIVERY_ID_HEADER,
+    MAX_CONCURRENT,
+    READ_TIMEOUT_S,
+    DeliveryHeaders,
+    DeliveryRefused,
+    ReplayGuard,
+    read_headers,
+    verify_signature,
+)
+from mlflow_unlearn_plugins.webhook_auth import signature as signature  # the name callers import from here
 
 from mlflow_unlearn.tracking.vocabulary import REQUEST_TAG
 
 SECRET_ENV = "MLFLOW_UNLEARN_WEBHOOK_SECRET"
-SIGNATURE_HEADER, TIMESTAMP_HEADER, DELIVERY_ID_HEADER = "X-MLflow-Signature", "X-MLflow-Timestamp", \
-    "X-MLflow-Delivery-Id"
-#: A delivery whose timestamp is further than this from now is refused; delivery IDs are remembered this long.
-REPLAY_WINDOW_S = 300
 SYNC_S = 1.0
-MAX_BODY = 64 * 1024
 
 _logger = logging.getLogger(__name__)
-
-
-def signature(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
-    """MLflow's webhook signature of ``body``: ``v1,`` + base64 HMAC-SHA256 of ``<delivery id>.<timestamp>.<body>``.
-
-    Example:
-        >>> signature("s3cret", "d1", "1700000000", b'{"a": 1}')
-        'v1,SL09e/IZgMeXvzZRPOdF+ztEGcfCg48OkhwoQmVq2JE='
-    """
-    mac = hmac.new(secret.encode(), f"{delivery_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
-
-
-class ReplayGuard:
-    """Remembers delivery IDs for :data:`REPLAY_WINDOW_S` and refuses stale timestamps (thread-safe).
-
-    Example:
-        >>> guard = ReplayGuard(window_s=300)
-        >>> guard.check("d1", "1000", now=1000.0), guard.check("d1", "1000", now=1001.0)
-        (None, 'delivery d1 was already received')
-        >>> guard.check("d2", "100", now=1000.0)
-        'timestamp 100 is outside the 300 s window'
-    """
-
-    def __init__(self, window_s: float = REPLAY_WINDOW_S) -> None:
-        self.window_s, self._seen, self._lock = window_s, {}, threading.Lock()
-
-    def check(self, delivery_id: str, timestamp: str, *, now: float | None = None) -> str | None:
-        """None if the delivery is fresh (and remember it), else why it is refused."""
-        now = time.time() if now is None else now
-        if not timestamp.isdigit() or abs(now - int(timestamp)) > self.window_s:
-            return f"timestamp {timestamp[:20]} is outside the {self.window_s:.0f} s window"
-        with self._lock:
-            self._seen = {d: t for d, t in self._seen.items() if t > now - self.window_s}
-            if delivery_id in self._seen:
-                return f"delivery {delivery_id[:64]} was already received"
-            self._seen[delivery_id] = now
-        return None
 
 
 class WebhookService:
@@ -112,7 +79,8 @@ class WebhookService:
                              "MlflowClient().create_webhook(..., secret=...)")
         if not tracking_uri.startswith(("http://", "https://")):
             raise ValueError(f"Expected the MLflow server's http(s):// address but got {tracking_uri!r}")
-        self.secret, self.tracking_uri, self.replays = secret, tracking_uri.rstrip("/"), ReplayGuard()
+        self.secret, self.tracking_uri = secret, tracking_uri.rstrip("/")
+        self.replays = ReplayGuard(Path(state_db).resolve())  # delivery IDs in the state database's own table
         self.state_uri = f"sqlite:///{Path(state_db).resolve()}"
         self.settings = read_settings()
         self.tags = ClientTags(self.tracking_uri)
@@ -131,15 +99,14 @@ class WebhookService:
         return list(StoreTags(SqlAlchemyStore(self.state_uri)).legacy_states())
 
     # -- one delivery ---------------------------------------------------------------------------------------------
-    def handle(self, headers, body: bytes) -> tuple[int, str]:
-        """Verify and act on one delivery; return the HTTP status and a one-line message."""
-        delivery, stamp = headers.get(DELIVERY_ID_HEADER, ""), headers.get(TIMESTAMP_HEADER, "")
-        given = headers.get(SIGNATURE_HEADER, "")
-        if not given or not hmac.compare_digest(given, signature(self.secret, delivery, stamp, body)):
-            return HTTPStatus.UNAUTHORIZED, "bad or missing signature"
-        refused = self.replays.check(delivery, stamp)
-        if refused:
-            return HTTPStatus.CONFLICT, f"replay refused: {refused}"
+    def handle(self, delivery: DeliveryHeaders, body: bytes) -> tuple[int, str]:
+        """Verify and act on one delivery whose headers passed :func:`read_headers`; the HTTP status and a line.
+
+        Raises:
+            DeliveryRefused: for a signature that does not match the body, or a delivery already received.
+        """
+        verify_signature(self.secret, delivery, body)
+        self.replays.claim(delivery)
         try:
             event = json.loads(body)
             data = event["data"]
@@ -181,24 +148,54 @@ class WebhookService:
             parse_request("forget=classes:0", self.settings.policy)
         except RequestRefused:
             pass
-        service = self
+        service, handling = self, threading.BoundedSemaphore(MAX_CONCURRENT)
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = READ_TIMEOUT_S  # a connection that stalls in its headers or body is closed
+
             def do_GET(self) -> None:  # noqa: N802
                 self._reply(HTTPStatus.OK if self.path == "/health" else HTTPStatus.NOT_FOUND, "OK")
 
             def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload too large")
+                if not handling.acquire(blocking=False):
+                    self._reply(HTTPStatus.SERVICE_UNAVAILABLE, "busy; retry", retry_after=1)
                     return
-                status, message = service.handle(self.headers, self.rfile.read(length))
-                _logger.info("webhook %s: %s %s", self.headers.get(DELIVERY_ID_HEADER, "-"), int(status), message)
+                try:
+                    status, message = self._deliver()
+                finally:
+                    handling.release()
+                _logger.info("webhook %s: %s %s", self.headers.get(DELIVERY_ID_HEADER, "-")[:64], int(status),
+                             message)
                 self._reply(status, message)
 
-            def _reply(self, status: int, message: str) -> None:
+            def _deliver(self) -> tuple[int, str]:
+                """Authenticate from the headers, then read at most MAX_BODY bytes, then act (webhook_auth)."""
+                try:
+                    delivery = read_headers(self.headers)
+                except DeliveryRefused as refused:  # the body is never read: the connection closes after the answer
+                    return refused.status, refused.message
+                try:
+                    body = self.rfile.read(delivery.length)
+                except TimeoutError:
+                    return HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within {READ_TIMEOUT_S} s"
+                if len(body) < delivery.length:
+                    return HTTPStatus.BAD_REQUEST, "the body is shorter than its Content-Length"
+                try:
+                    return service.handle(delivery, body)
+                except DeliveryRefused as refused:
+                    return refused.status, refused.message
+                except Exception:  # noqa: BLE001 (one line to the sender; the traceback stays in this log)
+                    service.replays.release(delivery.delivery_id)  # MLflow retries a 500 with the same delivery ID
+                    _logger.exception("webhook %s: handling failed", delivery.delivery_id[:64])
+                    return HTTPStatus.INTERNAL_SERVER_ERROR, "the delivery could not be handled; it may be retried"
+
+            def _reply(self, status: int, message: str, retry_after: int | None = None) -> None:
                 body = json.dumps({"message": message}).encode()
+                self.close_connection = True  # an unread body must not be taken for the next request
                 self.send_response(status)
+                self.send_header("Connection", "close")
+                if retry_after is not None:
+                    self.send_header("Retry-After", str(retry_after))
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -1,4 +1,4 @@
-"""Authentication of webhook deliveries to ``mlflow-unlearn serve``, from the headers before the body is read.
+"""Authentication of webhook deliveries to ``mlflow-unlearn-serve``, from the headers before the body is read.
 
 A delivery from MLflow's webhook sender is one ``POST`` with a ``Content-Length`` body (at most :data:`MAX_BODY`
 bytes) and three headers: ``X-MLflow-Delivery-Id``, ``X-MLflow-Timestamp`` (Unix seconds) and

@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
-from mlflow_unlearn_plugins.launcher import preflight
+from mlflow_unlearn_plugins.job import preflight
 from mlflow_unlearn_plugins.request import RequestRefused, SecurityPolicy, parse_request
 
 import mlflow_unlearn

@@ -43,7 +43,7 @@ def _render(tmp_path: Path, monkeypatch, request_value: str, *, nproc: int = 1) 
     from mlflow.projects import _parse_kubernetes_config, _project_spec
     from mlflow.projects.docker import validate_docker_env
     from mlflow.projects.utils import get_entry_point_command, get_run_env_vars
-    from mlflow_unlearn_plugins.launcher import kubernetes_project_dir
+    from mlflow_unlearn_plugins.job import kubernetes_project_dir
     from mlflow_unlearn_plugins.request import SecurityPolicy, parse_request
 
     from mlflow_unlearn.tracking import project_dir
@@ -56,8 +56,8 @@ def _render(tmp_path: Path, monkeypatch, request_value: str, *, nproc: int = 1) 
 
     project = _project_spec.load_project(kubernetes_project_dir(str(project_dir()), IMAGE, str(tmp_path / "k8s")))
     validate_docker_env(project)
-    parameters = parse_request(request_value, SecurityPolicy()).project_parameters("models:/fraud/4", device="cuda",
-                                                                                   onnx=True)
+    request = parse_request(request_value, SecurityPolicy()).replace(device="cuda")  # as the job passes it on
+    parameters = request.project_parameters("models:/fraud/4", onnx=True)
     entry_point = "unlearn"
     if nproc > 1:
         entry_point, parameters = "unlearn_distributed", parameters | {"nproc": str(nproc)}
@@ -89,7 +89,7 @@ def test_the_job_for_a_request_has_its_command_resources_deadline_and_environmen
     flags = dict(zip(command[5::2], command[6::2], strict=True))
     assert flags | {"--config": "", "--data": ""} == {
         "--forget": "classes:3,7", "--method": "scrub", "--data": "", "--config": "", "--reference": "none",
-        "--register": "true", "--device": "cuda", "--onnx-copy": "false"}
+        "--seed": "0", "--register": "true", "--device": "cuda", "--onnx-copy": "false"}
     assert container["image"] == f"{IMAGE}@{DIGEST}"
 
     # resources: a GPU and memory limit, CPU and memory requests

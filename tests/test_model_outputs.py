@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
-from mlflow_unlearn_plugins.launcher import preflight
+from mlflow_unlearn_plugins.job import preflight
 from mlflow_unlearn_plugins.request import RequestRefused, SecurityPolicy, parse_request
 from torch import nn
 from user_models import DictOutputNet, TextClassifier, token_sequences

@@ -106,8 +106,18 @@ def test_an_unlearning_run_gives_the_method_non_members_that_no_metric_sees(tmp_
     experiment = MlflowClient(uri).create_experiment("nonmember", artifact_location=str(tmp_path / "artifacts"))
     train_model("digits", arch="mlp", registered_model_name="nm-mlp", config={"epochs": 1}, onnx=False,
                 device="cpu", experiment=experiment, tracking_uri=uri, registry_uri=uri)
-    request = UnlearnRequest("random:0.1:0", method="finetune", config={"epochs": 1}, device="cpu")
-    plan = prepare("models:/nm-mlp/1", request, tracking_uri=uri, registry_uri=uri)
+    finetune = registry.get_method("finetune")  # the same method, registered as one that reads non-members
+    registry.register_method("finetune_nonmember_for_test", finetune.config_cls, uses_nonmember=True)(finetune.fn)
+    try:
+        plain = prepare("models:/nm-mlp/1", UnlearnRequest("random:0.1:0", method="finetune", device="cpu"),
+                        tracking_uri=uri, registry_uri=uri)
+        request = UnlearnRequest("random:0.1:0", method="finetune_nonmember_for_test", config={"epochs": 1},
+                                 device="cpu")
+        plan = prepare("models:/nm-mlp/1", request, tracking_uri=uri, registry_uri=uri)
+    finally:
+        registry.unregister_method("finetune_nonmember_for_test")
+    # a method that does not read them gets none, and its metrics see the whole test side
+    assert plain.nonmember is None and len(plain.forget.test) == len(plain.split.test)
     nm_ids, test_ids = set(plan.nonmember.ids.tolist()), set(plan.forget.test.ids.tolist())
     assert nm_ids and not nm_ids & test_ids
     assert nm_ids | test_ids == set(plan.split.test.ids.tolist())
@@ -119,7 +129,7 @@ def test_an_unlearning_run_gives_the_method_non_members_that_no_metric_sees(tmp_
         return real(*args, nonmember=nonmember, **kwargs)
 
     monkeypatch.setattr(steps, "run_engine_method", spy)
-    result = steps.run_method(plan, plan.method, plan.config)
+    result = steps.run_method(plan, "finetune", plan.config)
     assert seen["nonmember"] is plan.nonmember
     evaluation = assessing.assess({"original": plan.model, "unlearned": result.model},
                                   assessing.evaluation_split(plan.forget, plan.retain_eval_size, plan.seed),

@@ -1,4 +1,4 @@
-"""The webhook receiver's HTTP layer, against a real ``mlflow-unlearn serve`` process (issue 29, defects 2 and 3).
+"""The webhook receiver's HTTP layer, against a real ``mlflow-unlearn-serve`` process (issue 29, defects 2 and 3).
 
 Nothing here needs an MLflow server: every delivery is refused before the trigger, or is a signed delivery of a tag
 other than the request tag (answered "ignored"). Requests are written on raw sockets, so that the headers are
@@ -32,7 +32,7 @@ HUGE_MIB = 300
 
 
 class Receiver:
-    """``mlflow-unlearn serve`` on 127.0.0.1 with a state database that outlives it (restart with :meth:`start`)."""
+    """``mlflow-unlearn-serve`` on 127.0.0.1 with a state database that outlives it (restart with :meth:`start`)."""
 
     def __init__(self, root: Path) -> None:
         self.root, self.state_db, self.log = root, root / "state.db", root / "serve.log"
@@ -54,7 +54,7 @@ class Receiver:
         with open(self.log, "ab") as log:
             # the tracking URI is never contacted by these tests (a closed port: status copies fail and are retried)
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mlflow_unlearn", "serve", "--tracking-uri", "http://127.0.0.1:9",
+                [sys.executable, "-m", "mlflow_unlearn_plugins.webhook", "--tracking-uri", "http://127.0.0.1:9",
                  "--state-db", str(self.state_db), "--port", str(self.port)],
                 cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 180
@@ -65,7 +65,7 @@ class Receiver:
                     return
             except requests.RequestException:
                 time.sleep(0.5)
-        pytest.fail("mlflow-unlearn serve did not answer in 180 s")
+        pytest.fail("mlflow-unlearn-serve did not answer in 180 s")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -81,6 +81,7 @@ class MethodSpec:
     distributed: bool = False
     is_reference: bool = False
     summary: str = field(default="")
+    uses_nonmember: bool = False
 
 
 METHODS: Registry[MethodSpec] = Registry("unlearning method")
@@ -88,7 +89,8 @@ METHODS: Registry[MethodSpec] = Registry("unlearning method")
 
 
 def register_method(
-    name: str, config_cls: type, *, distributed: bool = False, is_reference: bool = False
+    name: str, config_cls: type, *, distributed: bool = False, is_reference: bool = False,
+    uses_nonmember: bool = False,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn`` as unlearning method ``name`` configured by dataclass ``config_cls``.
 
@@ -97,6 +99,8 @@ def register_method(
         config_cls: a dataclass validated in its ``__post_init__``; every field has a default.
         distributed: the method supports DistributedDataParallel under ``torchrun``.
         is_reference: the method is a reference (``retrain``), not an approximate unlearning method.
+        uses_nonmember: the method reads ``context.nonmember``: only then does a run set non-members aside from
+            the test side (which shrinks what the metrics see).
 
     Raises:
         TypeError: ``config_cls`` is not a dataclass.
@@ -107,7 +111,7 @@ def register_method(
 
     def spec(fn: MethodFn) -> MethodSpec:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        return MethodSpec(name, fn, config_cls, distributed, is_reference, summary)
+        return MethodSpec(name, fn, config_cls, distributed, is_reference, summary, uses_nonmember)
 
     return METHODS.decorator(name, spec)
 

@@ -94,7 +94,8 @@ class UnlearnPlan:
         digest_key: the deployment's digest key (None when none is configured; an ``ids:`` plan always has one).
         nonmember: samples the model never trained on that the method may use and no metric sees: the source's
             validation part, else a seeded per-class carve-out of the test side, which ``forget.test`` then no
-            longer holds (:func:`mlflow_unlearn.data.nonmember.hold_out_nonmembers`).
+            longer holds (:func:`mlflow_unlearn.data.nonmember.hold_out_nonmembers`); None unless the method is
+            registered with ``uses_nonmember``.
     """
 
     model_uri: str
@@ -242,7 +243,9 @@ def prepare(
     check_parent_provenance(client, parent, parent_run, key, files)
     lineage, split, forget_split, recorded = resolve_data(model, request.source, parent_run, spec, forgotten=forgotten,
                                                           key=key, client=client, code=code)
-    forget_split, nonmember = hold_out_nonmembers(forget_split, seed=split.seed, split=split)
+    nonmember = None  # set aside only for a method that uses them: the metrics then see fewer test samples
+    if get_method(method).uses_nonmember:
+        forget_split, nonmember = hold_out_nonmembers(forget_split, seed=split.seed, split=split)
     recipe = lin.inherited_params(parent_run) if parent_run is not None else {}
     chash = lin.config_hash(method, config_to_dict(cfg), seed, reference=reference, gate=gate_cfg.to_dict(),
                             retain_eval_size=retain_eval_size, source=lineage.source)

@@ -21,8 +21,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import sqlalchemy.exc
 from mlflow.entities.model_registry import ModelVersionTag
@@ -49,6 +49,16 @@ class TagTarget(Protocol):
         """Set tag ``key`` (``value`` None: delete it)."""
 
 
+def _tags_or_none(get_version: Callable[[], Any]) -> dict[str, str] | None:
+    """The tags of the version ``get_version()`` returns; None when the registry has no such version."""
+    try:
+        return get_version().tags
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
 class StoreTags:
     """The tags of a SQL registry, through :class:`SqlAlchemyStore`'s public methods (the base class's, so that a
     plugin store does not refuse its own tags)."""
@@ -57,12 +67,7 @@ class StoreTags:
         self.store = store
 
     def read(self, name: str, version: int) -> dict[str, str] | None:
-        try:
-            return SqlAlchemyStore.get_model_version(self.store, name, str(version)).tags
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise
+        return _tags_or_none(lambda: SqlAlchemyStore.get_model_version(self.store, name, str(version)))
 
     def write(self, name: str, version: int, key: str, value: str | None) -> None:
         if value is None:
@@ -94,12 +99,7 @@ class ClientTags:
         self.client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
 
     def read(self, name: str, version: int) -> dict[str, str] | None:
-        try:
-            return self.client.get_model_version(name, str(version)).tags
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise
+        return _tags_or_none(lambda: self.client.get_model_version(name, str(version)))
 
     def write(self, name: str, version: int, key: str, value: str | None) -> None:
         if value is None:

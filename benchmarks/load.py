@@ -149,6 +149,26 @@ class Server:
         return _rss_mib(self.proc.pid) + sum(_rss_mib(int(p)) for p in out.stdout.split())
 
 
+def _job_pid(server: Server, version: str, tags: dict[str, str]) -> int | None:
+    """The PID of a running request's job: in the first ledger's ``mlflow_unlearn.job`` tag, else in the plugin's
+    ledger table (the tags no longer show it)."""
+    job = tags.get("mlflow_unlearn.job", "")
+    if not job:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(server.registry_uri.removeprefix("unlearn+"))
+        try:
+            with engine.connect() as conn:
+                job = conn.execute(sa.text("SELECT job FROM mlflow_unlearn_requests WHERE name = :n AND version = :v"),
+                                   {"n": MODEL, "v": int(version)}).scalar() or ""
+        except sa.exc.DBAPIError:
+            job = ""
+        finally:
+            engine.dispose()
+    pid = job.split("|")[1:2]
+    return int(pid[0]) if pid and pid[0].isdigit() else None
+
+
 class Monitor(threading.Thread):
     """Samples tags, memory, health latency and load average every ``period`` seconds."""
 
@@ -261,10 +281,10 @@ def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float
             if len(states) == n and done == n:
                 break
             if faults and not killed_job and done >= n // 4:
-                for tags in monitor.states.values():
-                    job = tags.get("mlflow_unlearn.job", "").split("|")
-                    if tags.get("mlflow_unlearn.status") == "running" and len(job) == 2 and job[1].isdigit():
-                        os.kill(int(job[1]), signal.SIGKILL)
+                for version, tags in monitor.states.items():
+                    job = _job_pid(server, version, tags) if tags.get("mlflow_unlearn.status") == "running" else None
+                    if job is not None:
+                        os.kill(job, signal.SIGKILL)
                         killed_job = True
                         events.append(f"{time.time() - start:.0f} s: kill -9 of a running job (request ended: "
                                       f"{done}/{n})")

@@ -40,7 +40,7 @@ from mlflow_unlearn.tracking.keys import DigestKeyError
 
 REQUESTS_EXPERIMENT = "unlearn-requests"
 POLL_S = 1.0
-HEARTBEAT_S = 10.0
+HEARTBEAT_S = 20.0  # a third of the lease timeout (ledger.LEASE_TIMEOUT_S): one write per 20 s per running job
 _ERROR_LINE = re.compile(r"(?:^|\b)(?:Error|[A-Za-z]+(?:Error|Exception)):\s*(.+)$")
 
 

@@ -108,8 +108,12 @@ _FIELDS = ("request_run_id", "error", "result_version", "lease", "job")
 #: The tag of each field of a request row that the version's tags mirror.
 FIELD_TAGS = {"status": STATUS_TAG, "request": REQUEST_TAG, "request_id": REQUEST_ID_TAG,
               "request_run_id": REQUEST_RUN_TAG, "error": ERROR_TAG, "result_version": RESULT_VERSION_TAG,
-              "lease": LEASE_TAG, "job": JOB_TAG, "queue_position": QUEUE_POSITION_TAG}
-_TAG_FIELDS = {tag: field for field, tag in FIELD_TAGS.items()}
+              "queue_position": QUEUE_POSITION_TAG}
+#: Fields the ledger keeps for itself and the tags never show: the launcher's lease (with its heartbeat) and the job's
+#: process are bookkeeping for recovery, and each tag write is a transaction of its own on the registry database.
+#: The first ledger kept them in these tags, which the mirror removes from a version it shows.
+UNMIRRORED_TAGS = {"lease": LEASE_TAG, "job": JOB_TAG}
+_TAG_FIELDS = {tag: field for field, tag in (FIELD_TAGS | UNMIRRORED_TAGS).items()}
 
 
 @dataclass(frozen=True)
@@ -142,14 +146,10 @@ class RequestState:
         return self.status == RequestStatus.QUEUED and self.queue_position is not None
 
     def tags(self) -> dict[str, str | None]:
-        """The version tags that show this state in the UI (``None``: the tag is absent).
-
-        The lease shows its holder (``host|pid``), not its heartbeat, so that a heartbeat is no tag write.
-        """
-        tags = {tag: getattr(self, field) for field, tag in FIELD_TAGS.items()}
-        if self.lease:
-            tags[LEASE_TAG] = "|".join(self.lease.split("|")[:2])
-        return tags
+        """The version tags that show this state in the UI (``None``: the tag is absent; the lease and job tags of
+        the first ledger always are)."""
+        shown = {tag: getattr(self, field) for field, tag in FIELD_TAGS.items()}
+        return shown | dict.fromkeys(UNMIRRORED_TAGS.values())
 
     @classmethod
     def from_tags(cls, name: str, version: int, tags: dict[str, str]) -> RequestState:
@@ -395,9 +395,11 @@ class Ledger:
                             requests_table.c.request_id == request_id, requests_table.c.status.in_(tuple(expect)))
 
     def set_fields(self, name: str, version: int | str, request_id: str, fields: dict[str, str | None]) -> bool:
-        """Set bookkeeping ``fields`` of the active request ``request_id``; False if it is no longer the active one."""
+        """Set bookkeeping ``fields`` of the active request ``request_id``; False if it is no longer the active one.
+
+        A change of fields the tags do not show (the lease, the job) leaves the row's mirror up to date."""
         return self._update(name, version, dict(fields), requests_table.c.request_id == request_id,
-                            requests_table.c.status.in_(ACTIVE))
+                            requests_table.c.status.in_(ACTIVE), mirrored=bool(set(fields) & set(FIELD_TAGS)))
 
     def _update(self, name: str, version: int | str, values: dict[str, Any], *where, mirrored: bool = True) -> bool:
         """One compare-and-set ``UPDATE`` of the row of ``name``/``version``; ``mirrored``: the tags show the change."""
@@ -419,8 +421,7 @@ class Ledger:
                 return False
             held = requests_table.c.lease.is_(None) if old is None else requests_table.c.lease == old
             return conn.execute(requests_table.update().where(*_key(name, version), held).values(
-                lease=lease_value(), row_version=requests_table.c.row_version + 1,
-                updated_ms=_now_ms())).rowcount == 1
+                lease=lease_value(), updated_ms=_now_ms())).rowcount == 1  # no tag shows the lease
 
         return self._run(body)
 
@@ -448,9 +449,12 @@ class Ledger:
         Returns:
             The requests admitted now; the caller starts a launcher for each.
         """
+        active = requests_table.c.status.in_(ACTIVE)
+        if not self._run(lambda conn: self._may_admit(conn, max_jobs), write=False):
+            return []  # no write lock when nothing waits or no slot is free (every recovery and submission asks)
+
         def body(conn) -> list[RequestState]:
             self._lock_queue(conn)
-            active = requests_table.c.status.in_(ACTIVE)
             holders = conn.execute(sa.select(sa.func.count()).select_from(requests_table).where(
                 active, requests_table.c.queue_seq.is_(None))).scalar_one()
             free = max_jobs - holders
@@ -468,6 +472,15 @@ class Ledger:
                     for row in rows]
 
         return self._run(body)
+
+    @staticmethod
+    def _may_admit(conn, max_jobs: int) -> bool:
+        """Whether a request waits and a job slot is free, as of this read (the locked admission checks again)."""
+        active = requests_table.c.status.in_(ACTIVE)
+        waiting, holders = conn.execute(sa.select(
+            sa.func.count().filter(requests_table.c.queue_seq.is_not(None)),
+            sa.func.count().filter(requests_table.c.queue_seq.is_(None))).where(active)).one()
+        return waiting > 0 and holders < max_jobs
 
     def mark_mirrored(self, name: str, version: int | str, row_version: int, tags: str) -> bool:
         """Record that the tags show ``row_version`` (``tags``: their JSON); False if the row changed since."""

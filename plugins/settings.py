@@ -37,6 +37,7 @@ DOCKER_IMAGE_ENV = "MLFLOW_UNLEARN_DOCKER_IMAGE"
 LOG_DIR_ENV = "MLFLOW_UNLEARN_LOG_DIR"
 MAX_JOBS_ENV = "MLFLOW_UNLEARN_MAX_JOBS"
 ONNX_ENV = "MLFLOW_UNLEARN_ONNX"
+WEBHOOK_SECRET_ENV = "MLFLOW_UNLEARN_WEBHOOK_SECRET"
 BACKENDS = ("local", "kubernetes")
 # Set by `mlflow server` for its workers (mlflow.server.constants and mlflow.server.handlers).
 _SERVER_BACKEND_URI_ENV = "_MLFLOW_SERVER_FILE_STORE"
@@ -252,6 +253,11 @@ def _read_server(env: Mapping[str, str], tracking_uri: str) -> ServerFacts:
         raise ValueError(f"This server proxies artifacts and runs under {facts.sgi}: set `{TRACKING_URI_ENV}` to "
                          "the server's http:// address so that unlearning jobs can reach it")
     return facts
+
+
+def read_webhook_secret(environ: Mapping[str, str] | None = None) -> str:
+    """The shared secret of ``mlflow-unlearn-serve``'s webhook (:data:`WEBHOOK_SECRET_ENV`; empty if unset)."""
+    return (os.environ if environ is None else environ).get(WEBHOOK_SECRET_ENV, "")
 
 
 def read_settings(environ: Mapping[str, str] | None = None) -> PluginSettings:

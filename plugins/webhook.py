@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import threading
 import time
 from http import HTTPStatus
@@ -40,7 +39,7 @@ from mlflow_unlearn_plugins.ledger import ActiveRequestError, Ledger, RequestSta
 from mlflow_unlearn_plugins.mirror import ClientTags, StoreTags, mirror_pending
 from mlflow_unlearn_plugins.registry_store import RECOVERY_INTERVAL_S
 from mlflow_unlearn_plugins.scheduler import Scheduler
-from mlflow_unlearn_plugins.settings import read_settings
+from mlflow_unlearn_plugins.settings import WEBHOOK_SECRET_ENV, read_settings, read_webhook_secret
 from mlflow_unlearn_plugins.webhook_auth import (
     DELIVERY_ID_HEADER,
     MAX_CONCURRENT,
@@ -55,7 +54,7 @@ from mlflow_unlearn_plugins.webhook_auth import signature as signature  # the na
 
 from mlflow_unlearn.tracking.vocabulary import REQUEST_TAG
 
-SECRET_ENV = "MLFLOW_UNLEARN_WEBHOOK_SECRET"
+SECRET_ENV = WEBHOOK_SECRET_ENV
 SYNC_S = 1.0
 
 _logger = logging.getLogger(__name__)
@@ -230,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        service = WebhookService(os.environ.get(SECRET_ENV, ""), args.tracking_uri, args.state_db)
+        service = WebhookService(read_webhook_secret(), args.tracking_uri, args.state_db)
     except ValueError as exc:
         parser.error(str(exc))
     service.serve(args.host, args.port)

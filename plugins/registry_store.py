@@ -235,8 +235,8 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         cancelled or timed out (:func:`~mlflow_unlearn_plugins.guards.refuse_stopped_result`): nothing is created
         then."""
         self.recover_once()
-        check_created_tags(tags, self.settings, source=source, run_id=run_id)
         refuse_stopped_result(self.ledger, tags, run_id)
+        check_created_tags(tags, self.settings, source=source, run_id=run_id)
         return super().create_model_version(name, source, run_id, tags, *args, **kwargs)
 
     # -- triggers ---------------------------------------------------------------------------------------------

@@ -482,6 +482,10 @@ class Ledger:
             moved = conn.execute(requests_table.update().where(
                 *_key(name, version), requests_table.c.request_id == before.request_id,
                 requests_table.c.status.in_(ACTIVE)).values(**values)).rowcount
+            if moved and before.waiting:  # it left the queue: the positions behind it moved up, their tags are due
+                conn.execute(requests_table.update().where(
+                    requests_table.c.status.in_(ACTIVE), requests_table.c.queue_seq.is_not(None)).values(
+                    row_version=requests_table.c.row_version + 1))
             return moved == 1, before
 
         return self._run(body)

@@ -184,7 +184,8 @@ class Scheduler:
         _logger.info("Unlearning request %s on %s/%s cancelled by %s", state.request_id, name, version, who)
         mirror(self.ledger, self.tags, name, version)
         self._stop_unwatched_job(state)
-        self.dispatch()
+        if not self.dispatch():  # nothing admitted, but a queued request left: the ones behind it moved up
+            self._mirror_waiting()
         return self.ledger.read(name, version)
 
     def _stop_unwatched_job(self, state: RequestState) -> None:
@@ -204,11 +205,15 @@ class Scheduler:
             pid = self.spawn(state.name, state.version, state.request_id or "")
             if pid is not None:
                 pids.append(pid)
-        if admitted:  # the requests still waiting moved up: their queue positions, first in line first
-            waiting = sorted((s for s in self.ledger.unmirrored() if s.waiting), key=lambda s: int(s.queue_position))
-            for state in waiting:
-                mirror(self.ledger, self.tags, state.name, state.version)
+        if admitted:  # the requests still waiting moved up
+            self._mirror_waiting()
         return pids
+
+    def _mirror_waiting(self) -> None:
+        """Show the queue positions of the waiting requests whose tags lag, first in line first."""
+        waiting = sorted((s for s in self.ledger.unmirrored() if s.waiting), key=lambda s: int(s.queue_position))
+        for state in waiting:
+            mirror(self.ledger, self.tags, state.name, state.version)
 
     def recover(self, *, leased_only: bool = False) -> None:
         """Resume every admitted or running request whose launcher is gone, redo tag mirrors cut short, then admit

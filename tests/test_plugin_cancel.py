@@ -269,6 +269,17 @@ def _processes_naming(markers: set[str]) -> dict[int, str]:
     return found
 
 
+def _unlearn_job_in(members: dict[int, int]) -> bool:
+    """Whether one of ``members`` is the project's ``unlearn`` entry point (``python -m mlflow_unlearn unlearn``)."""
+    for pid in members:
+        try:
+            if b"mlflow_unlearn\0unlearn" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def test_a_refused_request_on_the_tag_path_answers_400_with_the_reason_it_records(server, parent):  # noqa: F811
     """Defect 8: the tag path answered HTTP 200 ``{}``; the create and transition paths answer 400."""
     version = _new_version(server, parent)
@@ -318,7 +329,11 @@ def scenario(server, parent):  # noqa: F811
     # a running job cancelled through the tag: its process group goes
     running = _wait(server, first, lambda t: t.get(vocab.STATUS_TAG) == "running" and vocab.JOB_TAG in t, "running")
     job_pid = int(running[vocab.JOB_TAG].split("|")[1])
+    deadline = time.time() + 120
+    while not _unlearn_job_in(group_members(job_pid)) and time.time() < deadline:  # mlflow run started the job
+        time.sleep(0.2)
     seen["group_before"] = group_members(job_pid)
+    seen["job_seen"] = _unlearn_job_in(seen["group_before"])
     start = time.time()
     seen["cancel_answer"] = _cancel_tag(server, first, "bob")
     seen["first"] = _tags(server, first)
@@ -370,7 +385,7 @@ def test_a_request_past_its_deadline_ends_timed_out_and_frees_its_slot(scenario,
 
 def test_a_running_job_is_cancelled_through_the_tag_and_its_process_group_stops(scenario, server):
     assert scenario["cancel_answer"].status_code == 200, scenario["cancel_answer"].text
-    assert len(scenario["group_before"]) >= 2  # mlflow run and the job it started, at least
+    assert scenario["job_seen"] and len(scenario["group_before"]) >= 2  # mlflow run and the unlearn job it started
     assert scenario["group_after"] == {}, f"left: {scenario['group_after']}"
     print(f"\njob process group ({len(scenario['group_before'])} processes) gone {scenario['stopped_in_s']:.1f} s "
           "after the cancel")

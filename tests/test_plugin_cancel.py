@@ -403,3 +403,23 @@ def test_the_cancel_transition_cancels_and_nothing_is_registered_or_left_running
     assert third[vocab.STATUS_TAG] == "cancelled" and third[vocab.CANCELLED_BY_TAG] == "unknown"
     assert scenario["children"] == []
     assert scenario["left"] == {}
+
+
+def test_the_webhook_receiver_cancels_from_the_cancel_tag_and_removes_it(registry, tmp_path):
+    """A stock server stores the cancel tag and sends its webhook; the receiver cancels and removes the tag."""
+    from mlflow_unlearn_plugins.mirror import StoreTags
+    from mlflow_unlearn_plugins.webhook import WebhookService
+
+    uri, stock = registry
+    service = WebhookService("secret", "http://127.0.0.1:9", tmp_path / "state.db")  # the server: the registry
+    service.tags = service.scheduler.tags = StoreTags(stock)
+    service.ledger.open("m", 1, "forget=classes:1", request_id="r1")
+    stock.set_model_version_tag("m", 1, ModelVersionTag(vocab.CANCEL_TAG, "alice"))  # what the stock server stored
+    assert service._cancel("m", 1, "alice") == (200, "cancelled by alice")
+    tags = stock.get_model_version("m", 1).tags
+    assert vocab.CANCEL_TAG not in tags and tags[vocab.STATUS_TAG] == "cancelled"
+    assert tags[vocab.CANCELLED_BY_TAG] == "alice"
+    assert service._cancel("m", 1, "bob") == (200, "cancelled by alice")  # twice: nothing changes
+    status, message = service._cancel("m", 2, "bob")
+    assert status == 409 and message == "Model version m/2 has no unlearning request to cancel"
+    assert service._cancel("m", 1, "not a name!")[0] == 400

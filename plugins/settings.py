@@ -38,6 +38,10 @@ LOG_DIR_ENV = "MLFLOW_UNLEARN_LOG_DIR"
 MAX_JOBS_ENV = "MLFLOW_UNLEARN_MAX_JOBS"
 ONNX_ENV = "MLFLOW_UNLEARN_ONNX"
 WEBHOOK_SECRET_ENV = "MLFLOW_UNLEARN_WEBHOOK_SECRET"
+MAX_RUN_ENV = "MLFLOW_UNLEARN_MAX_RUN_S"
+#: The deployment's longest run time of a request by default: 6 h, the Kubernetes Job template's
+#: ``activeDeadlineSeconds`` (a request that needs longer asks the operator to raise both).
+DEFAULT_MAX_RUN_S = 6 * 3600
 BACKENDS = ("local", "kubernetes")
 # Set by `mlflow server` for its workers (mlflow.server.constants and mlflow.server.handlers).
 _SERVER_BACKEND_URI_ENV = "_MLFLOW_SERVER_FILE_STORE"
@@ -67,6 +71,8 @@ class LauncherSettings:
             others wait as ``queued``, first in first out, with a ``mlflow_unlearn.queue_position`` tag.
         onnx: whether a job logs an ONNX copy of the new version unless its request says ``onnx=`` (:data:`ONNX_ENV`,
             default true); off for models that ONNX cannot export, or to save the export's seconds of CPU per job.
+        max_run_s: the longest run time of a request, in seconds from when it takes a job slot (:data:`MAX_RUN_ENV`,
+            default :data:`DEFAULT_MAX_RUN_S`; 0: no limit). A request's own ``timeout=`` may only be shorter.
 
     Raises:
         ValueError: for a max_jobs or nproc below 1, an unknown backend, a non-boolean onnx, or a Kubernetes backend
@@ -82,8 +88,12 @@ class LauncherSettings:
     log_dir: str = ""
     max_jobs: int = 1
     onnx: bool = True
+    max_run_s: int = DEFAULT_MAX_RUN_S
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_run_s, bool) or not isinstance(self.max_run_s, int) or self.max_run_s < 0:
+            raise ValueError(f"Expected `{MAX_RUN_ENV}` to be a number of seconds (0: no limit) but got "
+                             f"{self.max_run_s!r}")
         if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
             raise ValueError(f"Expected `{NPROC_ENV}` to be a positive int but got {self.nproc!r}")
         if isinstance(self.max_jobs, bool) or not isinstance(self.max_jobs, int) or self.max_jobs < 1:
@@ -207,6 +217,18 @@ def _positive_int(text: str, name: str) -> int:
         raise ValueError(f"Expected `{name}` to be a positive int but got {text!r}") from None
 
 
+def _seconds(text: str, name: str, default: int) -> int:
+    """A number of seconds (``0`` or ``none``: no limit); empty means ``default``."""
+    text = text.strip().lower()
+    if not text:
+        return default
+    if text == "none":
+        return 0
+    if not text.isdigit():
+        raise ValueError(f"Expected `{name}` to be a number of seconds (0 or 'none': no limit) but got {text!r}")
+    return int(text)
+
+
 def visible_gpus(env: Mapping[str, str]) -> int:
     """GPUs a job on this host may use, counted without importing torch.
 
@@ -279,6 +301,7 @@ def read_settings(environ: Mapping[str, str] | None = None) -> PluginSettings:
         log_dir=env.get(LOG_DIR_ENV, "") or os.path.join(tempfile.gettempdir(), "mlflow-unlearn-logs"),
         max_jobs=_positive_int(max_jobs, MAX_JOBS_ENV) if max_jobs else default_max_jobs(env, nproc),
         onnx=_boolean(env.get(ONNX_ENV, ""), ONNX_ENV, True),
+        max_run_s=_seconds(env.get(MAX_RUN_ENV, ""), MAX_RUN_ENV, DEFAULT_MAX_RUN_S),
     )
     return PluginSettings(policy=_read_policy(env), launcher=launcher, server=_read_server(env, launcher.tracking_uri),
                           digest_key=read_digest_key(env))

@@ -22,6 +22,11 @@ start-up: its queued and running requests are imported and resumed.
 
 The server cannot refuse a tag as the plugin does (409): a different request set while one is active is ignored
 and answered 409 to the webhook; the status tags show the request that runs.
+
+The tag ``mlflow_unlearn.cancel`` (its value: who cancels, or empty) cancels the version's queued or running
+request (:meth:`~mlflow_unlearn_plugins.scheduler.Scheduler.cancel`), as on the plugin's store; the receiver then
+removes that tag again. A webhook carries no user, so the tag's value (else ``unknown``) is recorded as who
+cancelled; nothing to cancel is answered 409 to the webhook.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ from pathlib import Path
 
 from mlflow_unlearn_plugins.ledger import ActiveRequestError, Ledger, RequestState, connect
 from mlflow_unlearn_plugins.mirror import ClientTags, StoreTags, mirror_pending
-from mlflow_unlearn_plugins.registry_store import RECOVERY_INTERVAL_S
-from mlflow_unlearn_plugins.scheduler import Scheduler
+from mlflow_unlearn_plugins.registry_store import RECOVERY_INTERVAL_S, requesting_user
+from mlflow_unlearn_plugins.scheduler import CancelRefused, Scheduler
 from mlflow_unlearn_plugins.settings import WEBHOOK_SECRET_ENV, read_settings, read_webhook_secret
 from mlflow_unlearn_plugins.webhook_auth import (
     DELIVERY_ID_HEADER,
@@ -52,7 +57,7 @@ from mlflow_unlearn_plugins.webhook_auth import (
 )
 from mlflow_unlearn_plugins.webhook_auth import signature as signature  # the name callers import from here
 
-from mlflow_unlearn.tracking.vocabulary import REQUEST_TAG
+from mlflow_unlearn.tracking.vocabulary import CANCEL_TAG, REQUEST_TAG
 
 SECRET_ENV = WEBHOOK_SECRET_ENV
 SYNC_S = 1.0
@@ -113,13 +118,30 @@ class WebhookService:
             name, version, key, value = str(data["name"]), int(data["version"]), data["key"], data.get("value", "")
         except (ValueError, KeyError, TypeError):
             return HTTPStatus.BAD_REQUEST, "not a model_version_tag.set payload"
-        if kind != ("model_version_tag", "set") or key != REQUEST_TAG:
+        if kind != ("model_version_tag", "set") or key not in (REQUEST_TAG, CANCEL_TAG):
             return HTTPStatus.OK, "ignored"
+        if key == CANCEL_TAG:
+            return self._cancel(name, version, value)
         try:
             refusal = self.scheduler.submit(name, version, value)
         except ActiveRequestError as exc:
             return HTTPStatus.CONFLICT, exc.message
         return HTTPStatus.OK, f"refused: {refusal}" if refusal else "submitted"
+
+    def _cancel(self, name: str, version: int, value: str) -> tuple[int, str]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            state = self.scheduler.cancel(name, version, by=requesting_user(value))
+        except CancelRefused as exc:
+            return HTTPStatus.CONFLICT, exc.message
+        except MlflowException as exc:
+            return HTTPStatus.BAD_REQUEST, exc.message
+        try:  # the cancel is done; the command tag goes (the status tags say who cancelled and when)
+            self.tags.write(name, version, CANCEL_TAG, None)
+        except MlflowException as exc:
+            _logger.warning("Removing %s from %s/%s failed (%s)", CANCEL_TAG, name, version, exc.error_code)
+        return HTTPStatus.OK, f"cancelled by {state.cancelled_by}"
 
     # -- status tags to the server ----------------------------------------------------------------------------
     def sync(self) -> None:

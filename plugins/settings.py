@@ -37,9 +37,11 @@ DOCKER_IMAGE_ENV = "MLFLOW_UNLEARN_DOCKER_IMAGE"
 LOG_DIR_ENV = "MLFLOW_UNLEARN_LOG_DIR"
 MAX_JOBS_ENV = "MLFLOW_UNLEARN_MAX_JOBS"
 ONNX_ENV = "MLFLOW_UNLEARN_ONNX"
+LOG_RETENTION_ENV = "MLFLOW_UNLEARN_LOG_RETENTION_DAYS"
 BACKENDS = ("local", "kubernetes")
 # Set by `mlflow server` for its workers (mlflow.server.constants and mlflow.server.handlers).
 _SERVER_BACKEND_URI_ENV = "_MLFLOW_SERVER_FILE_STORE"
+_SERVER_REGISTRY_URI_ENV = "_MLFLOW_SERVER_REGISTRY_STORE"
 _SERVER_ARTIFACT_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
 _SERVER_STATIC_PREFIX_ENV = "_MLFLOW_STATIC_PREFIX"
 _SERVER_SGI_ENV = "_MLFLOW_SGI_NAME"
@@ -66,10 +68,13 @@ class LauncherSettings:
             others wait as ``queued``, first in first out, with a ``mlflow_unlearn.queue_position`` tag.
         onnx: whether a job logs an ONNX copy of the new version unless its request says ``onnx=`` (:data:`ONNX_ENV`,
             default true); off for models that ONNX cannot export, or to save the export's seconds of CPU per job.
+        log_retention_days: how long the log file of a request that is no longer queued or running is kept, counted
+            from its last write (:data:`LOG_RETENTION_ENV`, default 30; 0 keeps every log). The scheduler's recovery
+            deletes older ones (:mod:`mlflow_unlearn_plugins.retention`).
 
     Raises:
-        ValueError: for a max_jobs or nproc below 1, an unknown backend, a non-boolean onnx, or a Kubernetes backend
-            without its config file or an HTTP tracking URI.
+        ValueError: for a max_jobs or nproc below 1, an unknown backend, a non-boolean onnx, a negative log retention,
+            or a Kubernetes backend without its config file or an HTTP tracking URI.
     """
 
     backend: str = "local"
@@ -81,8 +86,13 @@ class LauncherSettings:
     log_dir: str = ""
     max_jobs: int = 1
     onnx: bool = True
+    log_retention_days: int = 30
 
     def __post_init__(self) -> None:
+        if (isinstance(self.log_retention_days, bool) or not isinstance(self.log_retention_days, int)
+                or self.log_retention_days < 0):
+            raise ValueError(f"Expected `{LOG_RETENTION_ENV}` to be a non-negative int (days; 0 keeps every log) but "
+                             f"got {self.log_retention_days!r}")
         if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
             raise ValueError(f"Expected `{NPROC_ENV}` to be a positive int but got {self.nproc!r}")
         if isinstance(self.max_jobs, bool) or not isinstance(self.max_jobs, int) or self.max_jobs < 1:
@@ -110,6 +120,7 @@ class ServerFacts:
 
     Args:
         backend_store_uri: the server's tracking backend store.
+        registry_store_uri: the server's ``--registry-store-uri`` (empty: the registry is the backend store).
         proxies_artifacts: the server proxies artifacts (``mlflow-artifacts:`` locations), so a job must be an HTTP
             client of the server.
         static_prefix: the server's ``--static-prefix``.
@@ -117,6 +128,7 @@ class ServerFacts:
     """
 
     backend_store_uri: str = ""
+    registry_store_uri: str = ""
     proxies_artifacts: bool = False
     static_prefix: str = ""
     sgi: str = ""
@@ -206,6 +218,17 @@ def _positive_int(text: str, name: str) -> int:
         raise ValueError(f"Expected `{name}` to be a positive int but got {text!r}") from None
 
 
+def _retention_days(text: str) -> int:
+    """Days of :data:`LOG_RETENTION_ENV` (empty: the default, 30); :class:`LauncherSettings` checks the range."""
+    if not text.strip():
+        return LauncherSettings.log_retention_days
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"Expected `{LOG_RETENTION_ENV}` to be a non-negative int (days; 0 keeps every log) but got "
+                         f"{text!r}") from None
+
+
 def visible_gpus(env: Mapping[str, str]) -> int:
     """GPUs a job on this host may use, counted without importing torch.
 
@@ -242,6 +265,7 @@ def _read_policy(env: Mapping[str, str]) -> SecurityPolicy:
 def _read_server(env: Mapping[str, str], tracking_uri: str) -> ServerFacts:
     facts = ServerFacts(
         backend_store_uri=env.get(_SERVER_BACKEND_URI_ENV, ""),
+        registry_store_uri=env.get(_SERVER_REGISTRY_URI_ENV, ""),
         proxies_artifacts=env.get(_SERVER_ARTIFACT_ROOT_ENV, "").startswith(_PROXIED_ARTIFACTS),
         static_prefix=env.get(_SERVER_STATIC_PREFIX_ENV, ""),
         sgi=env.get(_SERVER_SGI_ENV, ""),
@@ -273,6 +297,7 @@ def read_settings(environ: Mapping[str, str] | None = None) -> PluginSettings:
         log_dir=env.get(LOG_DIR_ENV, "") or os.path.join(tempfile.gettempdir(), "mlflow-unlearn-logs"),
         max_jobs=_positive_int(max_jobs, MAX_JOBS_ENV) if max_jobs else default_max_jobs(env, nproc),
         onnx=_boolean(env.get(ONNX_ENV, ""), ONNX_ENV, True),
+        log_retention_days=_retention_days(env.get(LOG_RETENTION_ENV, "")),
     )
     return PluginSettings(policy=_read_policy(env), launcher=launcher, server=_read_server(env, launcher.tracking_uri),
                           digest_key=read_digest_key(env))

@@ -39,24 +39,23 @@ _FIND_LAUNCHER = ("import importlib.util, sys; "
                   f"sys.exit(0 if importlib.util.find_spec({_LAUNCHER_MODULE!r}) else 3)")
 #: Driver messages (lower case) -> what the probe answers; first match wins, else the error's class name.
 _DATABASE_REASONS = (
-    (("readonly", "read-only", "read only"), "the registry database is read-only"),
-    (("locked", "lock timeout", "lock_timeout", "could not obtain lock"), "the registry database is locked by "
-                                                                           "another writer"),
+    (("readonly", "read-only", "read only"), "{db} is read-only"),
+    (("locked", "lock timeout", "lock_timeout", "could not obtain lock"), "{db} is locked by another writer"),
     (("could not connect", "connection refused", "server closed the connection", "terminating connection",
       "connection is closed", "no such host", "could not translate host", "timeout expired",
-      "the database system is shutting down", "the database system is starting up"),
-     "the registry database cannot be reached"),
+      "the database system is shutting down", "the database system is starting up"), "{db} cannot be reached"),
     (("unable to open", "disk i/o", "no such file", "permission denied", "disk is full", "database or disk is full"),
-     "the registry database's files cannot be written"),
-    (("does not exist", "no such table"), "the registry database lacks the plugin's tables"),
+     "{db}'s files cannot be written"),
+    (("does not exist", "no such table"), "{db} lacks the plugin's tables"),
 )
+REGISTRY_DATABASE = "the registry database"
 
 _logger = logging.getLogger(__name__)
 
 
-def database_reason(exc: BaseException) -> str:
-    """One line for a failed database probe, from the driver's message, without the message itself (it can hold
-    SQL, a file path or a host name).
+def database_reason(exc: BaseException, db: str = REGISTRY_DATABASE) -> str:
+    """One line for a failed probe of database ``db``, from the driver's message, without the message itself (it can
+    hold SQL, a file path or a host name).
 
     Example:
         >>> import sqlite3
@@ -69,12 +68,13 @@ def database_reason(exc: BaseException) -> str:
     text = str(cause).lower()
     for needles, reason in _DATABASE_REASONS:
         if any(needle in text for needle in needles):
-            return reason
-    return f"the registry database cannot be written ({type(cause).__name__})"
+            return reason.format(db=db)
+    return f"{db} cannot be written ({type(cause).__name__})"
 
 
-def probe_database(ledger: Ledger) -> str | None:
-    """Whether the ledger's database accepts a write now: None, or the reason it does not (see the module)."""
+def probe_database(ledger: Ledger, db: str = REGISTRY_DATABASE) -> str | None:
+    """Whether the ledger's database (called ``db`` in the answer) accepts a write now: None, or the reason it does
+    not (see the module)."""
     try:
         ledger.ensure_schema()
         engine = sa.create_engine(ledger.engine.url, poolclass=sa.pool.NullPool)
@@ -91,10 +91,10 @@ def probe_database(ledger: Ledger) -> str | None:
         finally:
             engine.dispose()
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
-        _logger.warning("Readiness: the registry database cannot be written: %s", str(exc).splitlines()[0][:300])
-        return database_reason(exc)
+        _logger.warning("Readiness: %s cannot be written: %s", db, str(exc).splitlines()[0][:300])
+        return database_reason(exc, db)
     if changed != 1:
-        return "the registry database lacks the plugin's queue row"
+        return f"{db} lacks the plugin's queue row"
     return None
 
 
@@ -126,11 +126,12 @@ class Readiness:
             e.g. when the store cannot be constructed because the database cannot be opened.
         launcher: the launcher settings.
         executable: the Python that starts launchers (this process's).
+        db: what the answers call the database.
     """
 
-    def __init__(self, ledger: Callable[[], Ledger], launcher: LauncherSettings,
-                 executable: str = sys.executable) -> None:
-        self._ledger, self.launcher, self.executable = ledger, launcher, executable
+    def __init__(self, ledger: Callable[[], Ledger], launcher: LauncherSettings, executable: str = sys.executable,
+                 db: str = REGISTRY_DATABASE) -> None:
+        self._ledger, self.launcher, self.executable, self.db = ledger, launcher, executable, db
         self._launcher_lock = threading.Lock()
         self._launcher_at, self._launcher_reason = float("-inf"), None
 
@@ -138,14 +139,11 @@ class Readiness:
         """None when ready, else the first reason it is not."""
         try:
             ledger = self._ledger()
-        except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
-            _logger.warning("Readiness: the registry database cannot be opened: %s", str(exc).splitlines()[0][:300])
-            return database_reason(exc)
-        except Exception as exc:  # noqa: BLE001 (MLflow wraps database errors in its own exception)
-            cause = exc.__cause__ if exc.__cause__ is not None else exc
-            _logger.warning("Readiness: the registry store cannot be opened: %s", str(exc).splitlines()[0][:300])
-            return database_reason(cause)
-        return probe_database(ledger) or self._launcher()
+        except Exception as exc:  # noqa: BLE001 (MLflow wraps a database error in its own exception)
+            _logger.warning("Readiness: %s cannot be opened: %s", self.db, str(exc).splitlines()[0][:300])
+            cause = exc if hasattr(exc, "orig") or exc.__cause__ is None else exc.__cause__
+            return database_reason(cause, self.db)
+        return probe_database(ledger, self.db) or self._launcher()
 
     def _launcher(self) -> str | None:
         with self._launcher_lock:

@@ -74,28 +74,38 @@ def database_reason(exc: BaseException, db: str = REGISTRY_DATABASE) -> str:
 
 def probe_database(ledger: Ledger, db: str = REGISTRY_DATABASE) -> str | None:
     """Whether the ledger's database (called ``db`` in the answer) accepts a write now: None, or the reason it does
-    not (see the module)."""
+    not (see the module). The probe runs before anything is retried: a broken database is reported at once; the
+    plugin's tables are created (:meth:`Ledger.ensure_schema`) only in a database that answered."""
     try:
-        ledger.ensure_schema()
-        engine = sa.create_engine(ledger.engine.url, poolclass=sa.pool.NullPool)
-        try:
-            with engine.connect() as conn:
-                transaction = conn.begin()
-                try:
-                    if engine.dialect.name == "postgresql":
-                        conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT_S)}s'"))
-                    changed = conn.execute(queue_table.update().where(queue_table.c.id == 1).values(
-                        next_seq=queue_table.c.next_seq)).rowcount
-                finally:
-                    transaction.rollback()
-        finally:
-            engine.dispose()
+        changed = _probe_write(ledger.engine.url)
+        if changed is None:  # a database the plugin has not used yet
+            ledger.ensure_schema()
+            changed = _probe_write(ledger.engine.url)
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         _logger.warning("Readiness: %s cannot be written: %s", db, str(exc).splitlines()[0][:300])
         return database_reason(exc, db)
     if changed != 1:
         return f"{db} lacks the plugin's queue row"
     return None
+
+
+def _probe_write(url: sa.engine.URL) -> int | None:
+    """On a new connection: update the queue row to its own value and roll back; the rows it matched (None: the
+    plugin's queue table does not exist)."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:  # one transaction, begun by the first statement, rolled back at the end
+            try:
+                if not sa.inspect(conn).has_table(queue_table.name):
+                    return None
+                if engine.dialect.name == "postgresql":
+                    conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT_S)}s'"))
+                return conn.execute(queue_table.update().where(queue_table.c.id == 1).values(
+                    next_seq=queue_table.c.next_seq)).rowcount
+            finally:
+                conn.rollback()
+    finally:
+        engine.dispose()
 
 
 def probe_launcher(settings: LauncherSettings, executable: str = sys.executable) -> str | None:

@@ -70,6 +70,8 @@ LEASE_TIMEOUT_S = 60.0
 MAX_ERROR_CHARS = 2000
 #: Attempts of one transaction under contention; backoff 0.05 s doubling up to 2 s, with jitter (~25 s in all).
 RETRY_ATTEMPTS = 16
+#: Attempts of a metrics read: a scrape of a database that fails is answered at once, not after ~25 s of backoff.
+METRICS_ATTEMPTS = 3
 #: The schema version this code writes; :meth:`Ledger.ensure_schema` migrates older tables up to it.
 SCHEMA_VERSION = 1
 _retries = {"count": 0}
@@ -280,8 +282,9 @@ class Ledger:
         conn.execute(queue_table.update().where(queue_table.c.id == 1).values(next_seq=queue_table.c.next_seq + 1))
         return conn.execute(sa.select(queue_table.c.next_seq).where(queue_table.c.id == 1)).scalar_one()
 
-    def _run(self, body: Callable[[Any], T], *, write: bool = True) -> T:
-        """``body(connection)`` in one transaction (after :meth:`ensure_schema`), retried on races."""
+    def _run(self, body: Callable[[Any], T], *, write: bool = True, attempts: int = RETRY_ATTEMPTS) -> T:
+        """``body(connection)`` in one transaction (after :meth:`ensure_schema`), tried up to ``attempts`` times on
+        races."""
         self.ensure_schema()
 
         def txn() -> T:
@@ -291,7 +294,7 @@ class Ledger:
             with self.engine.begin() as conn:
                 return body(conn)
 
-        return _retrying(txn)
+        return _retrying(txn, attempts)
 
     # -- reads ----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -339,11 +342,11 @@ class Ledger:
                 counts[key] = counts.get(key, 0) + int(count)
             return counts
 
-        return self._run(body, write=False)
+        return self._run(body, write=False, attempts=METRICS_ATTEMPTS)
 
     def event_tallies(self) -> list[events.Tally]:
         """Every event recorded in this database, tallied (:func:`mlflow_unlearn_plugins.events.aggregate`)."""
-        return self._run(events.aggregate, write=False)
+        return self._run(events.aggregate, write=False, attempts=METRICS_ATTEMPTS)
 
     def fold_events(self, now_ms: int | None = None) -> int:
         """Fold the events older than :data:`~mlflow_unlearn_plugins.events.KEEP_DAYS` into their totals, in one

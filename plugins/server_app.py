@@ -11,9 +11,8 @@ two routes added (under ``--static-prefix`` when one is set):
 
 ``create_app`` is the factory that MLflow runs in each worker (``uvicorn --factory``, or ``gunicorn``/``waitress``
 with ``--gunicorn-opts``/``--waitress-opts``), as MLflow's own ``basic-auth`` app does: it adds the routes to
-MLflow's Flask app and, under uvicorn, wraps it in MLflow's FastAPI app. It reads the settings once; the registry
-store (:class:`~mlflow_unlearn_plugins.registry_store.UnlearnRegistryStore`, whose ledger is read) is opened at the
-first request of a route, and again after a failure, so that a database that is down at start-up is reported by
+MLflow's Flask app and, under uvicorn, wraps it in MLflow's FastAPI app. It reads the settings once and touches no
+database: the routes read the registry's ledger when asked, so a database that is down at start-up is reported by
 the health route instead of stopping the worker.
 """
 
@@ -21,8 +20,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
+from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+from mlflow_unlearn_plugins.health import Readiness
+from mlflow_unlearn_plugins.ledger import Ledger, connect
+from mlflow_unlearn_plugins.mirror import StoreTags
+from mlflow_unlearn_plugins.registry_store import SCHEME_PREFIX, parse_store_uri
 from mlflow_unlearn_plugins.settings import PluginSettings, read_settings
 
 METRICS_PATH = "/unlearn/metrics"
@@ -37,34 +40,30 @@ class ServerRoutes:
 
     Args:
         registry_uri: the server's ``unlearn+...`` registry store URI.
-        tracking_uri: the server's backend store URI.
         settings: the plugin's settings.
 
     Raises:
         ValueError: if the registry is not the plugin's (``unlearn+...``).
     """
 
-    def __init__(self, registry_uri: str, tracking_uri: str, settings: PluginSettings) -> None:
-        from mlflow_unlearn_plugins.health import Readiness
-        from mlflow_unlearn_plugins.registry_store import SCHEME_PREFIX
-
+    def __init__(self, registry_uri: str, settings: PluginSettings) -> None:
         if not registry_uri.startswith(SCHEME_PREFIX):
             raise ValueError(f"--app-name {APP_NAME} serves the unlearn registry plugin's metrics and health; start "
                              f"the server with --registry-store-uri {SCHEME_PREFIX}<database URI> (got a registry of "
                              f"scheme {registry_uri.partition(':')[0]!r})")
-        self.registry_uri, self.tracking_uri, self.settings = registry_uri, tracking_uri, settings
-        self._store: Any = None
+        self.registry_uri, self.settings = registry_uri, settings
+        self._ledger: Ledger | None = None
         self._lock = threading.Lock()
         self.readiness = Readiness(self.ledger, settings.launcher)
 
-    def ledger(self):
-        """The registry store's ledger (the store is opened at the first call, and after a failure)."""
+    def ledger(self) -> Ledger:
+        """The registry's ledger. Opening it touches no database; a first-ledger database that its first use
+        migrates reads its tags through MLflow's store, as the plugin's store does."""
         with self._lock:
-            if self._store is None:
-                from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore
-
-                self._store = UnlearnRegistryStore(self.registry_uri, self.tracking_uri, settings=self.settings)
-            return self._store.ledger
+            if self._ledger is None:
+                db_uri = parse_store_uri(self.registry_uri)
+                self._ledger = Ledger(connect(db_uri), legacy=lambda: _legacy_states(db_uri))
+            return self._ledger
 
     def metrics(self) -> tuple[bytes, int, dict[str, str]]:
         """``GET /unlearn/metrics``: the Prometheus text, or 503 with one line when the database cannot be read."""
@@ -85,6 +84,11 @@ class ServerRoutes:
 
 
 _TEXT = {"Content-Type": "text/plain; charset=utf-8"}
+
+
+def _legacy_states(db_uri: str) -> list:
+    """The requests a first-ledger registry kept in its version tags (read once, by the ledger's migration)."""
+    return list(StoreTags(SqlAlchemyStore(db_uri)).legacy_states())
 
 
 def _line(text: str) -> bytes:
@@ -115,7 +119,7 @@ def create_app(app=None):
 
     settings = read_settings()
     server = settings.server
-    routes = ServerRoutes(server.registry_store_uri or server.backend_store_uri, server.backend_store_uri, settings)
+    routes = ServerRoutes(server.registry_store_uri or server.backend_store_uri, settings)
     add_routes(app, routes, server.static_prefix)
     if server.sgi == "uvicorn":
         from mlflow.server.fastapi_app import create_fastapi_app

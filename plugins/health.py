@@ -30,7 +30,7 @@ from mlflow_unlearn_plugins.ledger import Ledger, queue_table
 from mlflow_unlearn_plugins.settings import LOG_DIR_ENV, LauncherSettings
 
 #: Seconds a launcher check is reused (it starts a short Python process).
-LAUNCHER_CHECK_S = 10.0
+LAUNCHER_CHECK_S = 5.0
 LAUNCHER_PROBE_TIMEOUT_S = 30.0
 #: Seconds the database probe waits for a row lock on PostgreSQL before it reports the database as blocked.
 LOCK_TIMEOUT_S = 5

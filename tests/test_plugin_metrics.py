@@ -357,3 +357,44 @@ def test_database_reasons_carry_no_sql_path_or_host(message, reason):
     error = sa.exc.OperationalError("UPDATE mlflow_unlearn_queue SET next_seq=?", (1,), Exception(message))
     assert health.database_reason(error) == reason
     assert not any(word in reason for word in (*SQL_OR_PATH, "db.internal", "10.0.0.5"))
+
+
+def test_events_metrics_and_readiness_on_postgresql(tmp_path):
+    """The same on a private PostgreSQL cluster: events, metrics, a read-only database (a real PostgreSQL setting)
+    and a stopped server, which the readiness probe reports at once."""
+    from pg_cluster import PostgresCluster, binaries_or_skip
+
+    cluster = PostgresCluster(binaries_or_skip())
+    cluster.start()
+    engine = None
+    try:
+        uri = cluster.create_database("observed")
+        engine = ledger.connect(uri)
+        led = ledger.Ledger(engine)
+        ready = health.Readiness(lambda: led, LauncherSettings(log_dir=str(tmp_path / "logs")))
+        assert ready.reason() is None  # the plugin's tables are created by the first check
+        led.open(MODEL, 1, "forget=classes:1", request_id="r1")
+        led.open(MODEL, 2, "forget=classes:2", request_id="r2")
+        led.dispatch(1)
+        led.advance(MODEL, 1, "r1", expect=("queued",), to="running")
+        led.advance(MODEL, 1, "r1", expect=("running",), to="succeeded")
+        now = _scrape(led)
+        assert now["mlflow_unlearn_queue_depth"] == 1 and now["mlflow_unlearn_requests_submitted_total"] == 2
+        assert now['mlflow_unlearn_run_seconds_count{status="succeeded"}'] == 1
+        assert led.fold_events(now_ms=int((time.time() + 8 * DAY_S) * 1000)) == 5
+        assert _scrape(led) == now
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER DATABASE observed SET default_transaction_read_only = on"))
+        assert ready.reason() == "the registry database is read-only"  # a new connection sees the setting
+        with engine.begin() as conn:
+            conn.execute(sa.text("SET TRANSACTION READ WRITE"))
+            conn.execute(sa.text("ALTER DATABASE observed SET default_transaction_read_only = off"))
+        assert ready.reason() is None
+        cluster.stop()
+        started = time.monotonic()
+        assert ready.reason() == "the registry database cannot be reached"
+        assert time.monotonic() - started < 10  # no retries before the answer
+    finally:
+        if engine is not None:
+            engine.dispose()
+        cluster.stop()

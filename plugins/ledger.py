@@ -26,6 +26,9 @@ by :mod:`mlflow_unlearn_plugins.mirror` through the registry store's public meth
 * ``mlflow_unlearn_schema``: the schema version of these tables. Version 1 imported the state of the first ledger,
   which kept it in version tags (see :meth:`Ledger.ensure_schema`); version 2 added the request's deadline, when it
   took its job slot and when it finished, and who cancelled it and when.
+* ``mlflow_unlearn_events`` (and its folded ``mlflow_unlearn_event_totals``): one row per state change, written in
+  the change's own transaction (:mod:`mlflow_unlearn_plugins.events`); the plugin's metrics are computed from it.
+  Created where missing like the other tables, with no schema version of its own.
 
 Lock contention (SQLite's "database is locked", a lost unique-key race) is retried with exponential backoff and
 counted (:func:`contention_retries`), never raised on the first conflict.
@@ -46,6 +49,7 @@ import sqlalchemy as sa
 import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_CONFLICT
+from mlflow_unlearn_plugins import events
 
 from mlflow_unlearn.request import RequestStatus
 from mlflow_unlearn.tracking.vocabulary import (
@@ -75,6 +79,8 @@ LEASE_TIMEOUT_S = 60.0
 MAX_ERROR_CHARS = 2000
 #: Attempts of one transaction under contention; backoff 0.05 s doubling up to 2 s, with jitter (~25 s in all).
 RETRY_ATTEMPTS = 16
+#: Attempts of a metrics read: a scrape of a database that fails is answered at once, not after ~25 s of backoff.
+METRICS_ATTEMPTS = 3
 #: The schema version this code writes; :meth:`Ledger.ensure_schema` migrates older tables up to it.
 SCHEMA_VERSION = 2
 _retries = {"count": 0}
@@ -272,9 +278,11 @@ class Ledger:
     def _create_tables(self) -> None:
         try:
             metadata.create_all(self.engine, checkfirst=True)
+            events.create_tables(self.engine)
         except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError):
             # a concurrent process created a table between the check and the CREATE: check again
             metadata.create_all(self.engine, checkfirst=True)
+            events.create_tables(self.engine)
         for table, row in ((queue_table, {"id": 1, "next_seq": 0}), (schema_table, {"id": 1, "version": 0})):
             with self.engine.begin() as conn:
                 if conn.execute(sa.select(table.c.id)).first() is None:
@@ -332,8 +340,9 @@ class Ledger:
         conn.execute(queue_table.update().where(queue_table.c.id == 1).values(next_seq=queue_table.c.next_seq + 1))
         return conn.execute(sa.select(queue_table.c.next_seq).where(queue_table.c.id == 1)).scalar_one()
 
-    def _run(self, body: Callable[[Any], T], *, write: bool = True) -> T:
-        """``body(connection)`` in one transaction (after :meth:`ensure_schema`), retried on races."""
+    def _run(self, body: Callable[[Any], T], *, write: bool = True, attempts: int = RETRY_ATTEMPTS) -> T:
+        """``body(connection)`` in one transaction (after :meth:`ensure_schema`), tried up to ``attempts`` times on
+        races."""
         self.ensure_schema()
 
         def txn() -> T:
@@ -343,7 +352,7 @@ class Ledger:
             with self.engine.begin() as conn:
                 return body(conn)
 
-        return _retrying(txn)
+        return _retrying(txn, attempts)
 
     # -- reads ----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -378,6 +387,31 @@ class Ledger:
             return [self._state(conn, row) for row in rows]
 
         return self._run(body, write=False)
+
+    def occupancy(self) -> dict[str, int]:
+        """How many requests are active, by state: ``waiting`` (queued, no job slot yet), ``admitted`` (queued, holding
+        a slot: its launcher prepares it), and every other active status (``running``) under its own name."""
+        def body(conn) -> dict[str, int]:
+            counts = dict.fromkeys(("waiting", "admitted", *(str(getattr(s, "value", s)) for s in ACTIVE
+                                                             if s != RequestStatus.QUEUED)), 0)
+            waits = requests_table.c.queue_seq.is_not(None)
+            rows = conn.execute(sa.select(requests_table.c.status, waits, sa.func.count()).where(
+                requests_table.c.status.in_(ACTIVE)).group_by(requests_table.c.status, waits)).all()
+            for status, waiting, count in rows:
+                key = status if status != RequestStatus.QUEUED else ("waiting" if waiting else "admitted")
+                counts[key] = counts.get(key, 0) + int(count)
+            return counts
+
+        return self._run(body, write=False, attempts=METRICS_ATTEMPTS)
+
+    def event_tallies(self) -> list[events.Tally]:
+        """Every event recorded in this database, tallied (:func:`mlflow_unlearn_plugins.events.aggregate`)."""
+        return self._run(events.aggregate, write=False, attempts=METRICS_ATTEMPTS)
+
+    def fold_events(self, now_ms: int | None = None) -> int:
+        """Fold the events older than :data:`~mlflow_unlearn_plugins.events.KEEP_DAYS` into their totals, in one
+        transaction (:func:`mlflow_unlearn_plugins.events.fold`); return how many were folded."""
+        return self._run(lambda conn: events.fold(conn, now_ms=now_ms))
 
     def unmirrored(self) -> list[RequestState]:
         """Requests whose latest change the version tags may not show yet (a mirror cut short by a crash)."""
@@ -422,11 +456,13 @@ class Ledger:
                 *_key(name, version), requests_table.c.status.notin_(ACTIVE)).values(
                 row_version=requests_table.c.row_version + 1, **row)).rowcount
             if moved == 1:
+                _opened_events(conn, name, version, request_id, status)
                 return True
             current = self._read(conn, name, version)
             if current is None:  # never requested: a concurrent insert fails on the key, and _retrying re-reads
                 conn.execute(requests_table.insert().values(name=name, version=version, row_version=1,
                                                             mirrored_version=0, **row))
+                _opened_events(conn, name, version, request_id, status)
                 return True
             if current.request == value:
                 return False
@@ -453,7 +489,8 @@ class Ledger:
         if values.get("error"):
             values["error"] = values["error"][:MAX_ERROR_CHARS]
         return self._update(name, version, values | {"status": to},
-                            requests_table.c.request_id == request_id, requests_table.c.status.in_(tuple(expect)))
+                            requests_table.c.request_id == request_id, requests_table.c.status.in_(tuple(expect)),
+                            event=_advance_event(request_id, to))
 
     def stop(self, name: str, version: int | str, *, to: str, reason: str, by: str | None = None,
              request_id: str | None = None) -> tuple[bool, RequestState]:
@@ -481,6 +518,10 @@ class Ledger:
             moved = conn.execute(requests_table.update().where(
                 *_key(name, version), requests_table.c.request_id == before.request_id,
                 requests_table.c.status.in_(ACTIVE)).values(**values)).rowcount
+            if moved:  # an outcome like any final change (the metrics count it by its status)
+                events.record(conn, request_id=before.request_id or "", name=name, version=version,
+                              event=events.FINISHED, status=to,
+                              since=events.RUNNING if before.status == RequestStatus.RUNNING else None)
             if moved and before.waiting:  # it left the queue: the positions behind it moved up, their tags are due
                 conn.execute(requests_table.update().where(
                     requests_table.c.status.in_(ACTIVE), requests_table.c.queue_seq.is_not(None)).values(
@@ -496,12 +537,21 @@ class Ledger:
         return self._update(name, version, dict(fields), requests_table.c.request_id == request_id,
                             requests_table.c.status.in_(ACTIVE), mirrored=bool(set(fields) & set(FIELD_TAGS)))
 
-    def _update(self, name: str, version: int | str, values: dict[str, Any], *where, mirrored: bool = True) -> bool:
-        """One compare-and-set ``UPDATE`` of the row of ``name``/``version``; ``mirrored``: the tags show the change."""
+    def _update(self, name: str, version: int | str, values: dict[str, Any], *where, mirrored: bool = True,
+                event: dict[str, Any] | None = None) -> bool:
+        """One compare-and-set ``UPDATE`` of the row of ``name``/``version``; ``mirrored``: the tags show the change;
+        ``event``: the arguments of :func:`events.record`, recorded in the same transaction if the row changed."""
         extra = {"row_version": requests_table.c.row_version + 1} if mirrored else {}
         statement = requests_table.update().where(*_key(name, version), *where).values(
             updated_ms=_now_ms(), **extra, **values)
-        return self._run(lambda conn: conn.execute(statement).rowcount == 1)
+
+        def body(conn) -> bool:
+            changed = conn.execute(statement).rowcount == 1
+            if changed and event is not None:
+                events.record(conn, name=name, version=int(version), **event)
+            return changed
+
+        return self._run(body)
 
     def claim_lease(self, name: str, version: int | str, request_id: str, marker: str) -> bool:
         """Make this process the only launcher of the admitted request ``request_id`` (steals a lease whose holder
@@ -534,6 +584,14 @@ class Ledger:
         self._update(name, version, {"lease": lease_value()}, requests_table.c.lease.like(mine + "%"),
                      mirrored=False)
 
+    def release_dead_lease(self, name: str, version: int | str, request_id: str, lease: str) -> bool:
+        """Clear the lease ``lease`` of a launcher that recovery found dead, so that a new launcher can be started,
+        and record the launcher's death; False (and nothing changes) if the lease changed meanwhile, e.g. another
+        worker's recovery got there first: exactly one recovery replaces a dead launcher."""
+        return self._update(name, version, {"lease": None}, requests_table.c.request_id == request_id,
+                            requests_table.c.status.in_(ACTIVE), requests_table.c.lease == lease, mirrored=False,
+                            event={"request_id": request_id, "event": events.LAUNCHER_REPLACED, "status": None})
+
     def dispatch(self, max_jobs: int) -> list[RequestState]:
         """Admit waiting requests, first in first out, while fewer than ``max_jobs`` requests hold a job slot.
 
@@ -561,6 +619,8 @@ class Ledger:
                 conn.execute(requests_table.update().where(*_key(row.name, row.version)).values(
                     queue_seq=None, row_version=requests_table.c.row_version + 1, updated_ms=_now_ms(),
                     started_ms=_now_ms()))
+                events.record(conn, request_id=row.request_id, name=row.name, version=row.version,
+                              event=events.ADMITTED, status=row.status, since=events.SUBMITTED)
             if rows:  # the positions of the requests still waiting moved up: their tags are due a mirror
                 conn.execute(requests_table.update().where(active, requests_table.c.queue_seq.is_not(None)).values(
                     row_version=requests_table.c.row_version + 1))
@@ -607,6 +667,23 @@ class Ledger:
         """Follow a registered model's rename."""
         self._run(lambda conn: conn.execute(requests_table.update().where(requests_table.c.name == name).values(
             name=new_name)))
+
+
+def _opened_events(conn, name: str, version: int, request_id: str, status: str) -> None:
+    """The events of a request just recorded: submitted, and finished too when it was refused."""
+    events.record(conn, request_id=request_id, name=name, version=version, event=events.SUBMITTED, status=status)
+    if status not in ACTIVE:
+        events.record(conn, request_id=request_id, name=name, version=version, event=events.FINISHED, status=status)
+
+
+def _advance_event(request_id: str, to: str) -> dict[str, Any]:
+    """The event of a move to status ``to``: ``running`` (the job started), ``finished`` for any status that is not
+    active (labelled by the status, so a new final status needs no change here), else the status itself."""
+    if to == RequestStatus.RUNNING:
+        return {"request_id": request_id, "event": events.RUNNING, "status": to}
+    if to not in ACTIVE:
+        return {"request_id": request_id, "event": events.FINISHED, "status": to, "since": events.RUNNING}
+    return {"request_id": request_id, "event": getattr(to, "value", to), "status": to}
 
 
 def connect(db_uri: str) -> sa.engine.Engine:

@@ -12,7 +12,8 @@ request to :meth:`Scheduler.submit`; a launcher whose job ended calls :meth:`Sch
 * :meth:`Scheduler.dispatch` admits waiting requests into the free job slots (at most ``MLFLOW_UNLEARN_MAX_JOBS``
   hold one) and starts a launcher for each;
 * :meth:`Scheduler.recover` starts a new launcher for every admitted or running request whose launcher is gone
-  (a server restart, a killed launcher), redoes tag mirrors cut short, then dispatches;
+  (a server restart, a killed launcher; the ledger records the death), redoes tag mirrors cut short, dispatches, and
+  applies the log retention (:mod:`mlflow_unlearn_plugins.retention`);
 * :func:`start_launcher` starts one detached launcher process (``python -m mlflow_unlearn_plugins.launcher``, its
   own session, so it outlives a server restart), which runs the request's :class:`~mlflow_unlearn_plugins.job.Job`.
 """
@@ -30,6 +31,7 @@ from collections.abc import Callable
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+from mlflow_unlearn_plugins import retention
 from mlflow_unlearn_plugins.ledger import (
     ACTIVE,
     Ledger,
@@ -227,12 +229,23 @@ class Scheduler:
             if state.waiting or (leased_only and not state.lease):
                 continue
             if not lease_alive(state.lease, LAUNCHER_MARKER):
+                if state.lease and not self.ledger.release_dead_lease(state.name, state.version,
+                                                                      state.request_id or "", state.lease):
+                    continue  # another recovery (a worker, a server on the same database) replaced it
                 _logger.info("Resuming unlearning request %s on %s/%s (%s)", state.request_id, state.name,
                              state.version, state.status)
                 self.spawn(state.name, state.version, state.request_id or "")
         self._repair_planted()
         mirror_pending(self.ledger, self.tags)
         self.dispatch()
+        self._retention()
+
+    def _retention(self) -> None:
+        """Expired logs and old events (:func:`mlflow_unlearn_plugins.retention.apply`); never fails a recovery."""
+        try:
+            retention.apply(self.ledger, self.settings.launcher.log_dir, self.settings.launcher.log_retention_days)
+        except Exception as exc:  # noqa: BLE001 (a retention pass is housekeeping: the next recovery tries again)
+            _logger.warning("Log and event retention failed (%s); the next recovery tries again", type(exc).__name__)
 
     def _repair_planted(self) -> None:
         """Make the tags that say queued or running without an active request of the ledger show the ledger's

@@ -42,9 +42,11 @@ MAX_RUN_ENV = "MLFLOW_UNLEARN_MAX_RUN_S"
 #: The deployment's longest run time of a request by default: 6 h, the Kubernetes Job template's
 #: ``activeDeadlineSeconds`` (a request that needs longer asks the operator to raise both).
 DEFAULT_MAX_RUN_S = 6 * 3600
+LOG_RETENTION_ENV = "MLFLOW_UNLEARN_LOG_RETENTION_DAYS"
 BACKENDS = ("local", "kubernetes")
 # Set by `mlflow server` for its workers (mlflow.server.constants and mlflow.server.handlers).
 _SERVER_BACKEND_URI_ENV = "_MLFLOW_SERVER_FILE_STORE"
+_SERVER_REGISTRY_URI_ENV = "_MLFLOW_SERVER_REGISTRY_STORE"
 _SERVER_ARTIFACT_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
 _SERVER_STATIC_PREFIX_ENV = "_MLFLOW_STATIC_PREFIX"
 _SERVER_SGI_ENV = "_MLFLOW_SGI_NAME"
@@ -73,10 +75,13 @@ class LauncherSettings:
             default true); off for models that ONNX cannot export, or to save the export's seconds of CPU per job.
         max_run_s: the longest run time of a request, in seconds from when it takes a job slot (:data:`MAX_RUN_ENV`,
             default :data:`DEFAULT_MAX_RUN_S`; 0: no limit). A request's own ``timeout=`` may only be shorter.
+        log_retention_days: how long the log file of a request that is no longer queued or running is kept, counted
+            from its last write (:data:`LOG_RETENTION_ENV`, default 30; 0 keeps every log). The scheduler's recovery
+            deletes older ones (:mod:`mlflow_unlearn_plugins.retention`).
 
     Raises:
-        ValueError: for a max_jobs or nproc below 1, an unknown backend, a non-boolean onnx, or a Kubernetes backend
-            without its config file or an HTTP tracking URI.
+        ValueError: for a max_jobs or nproc below 1, an unknown backend, a non-boolean onnx, a negative log retention,
+            or a Kubernetes backend without its config file or an HTTP tracking URI.
     """
 
     backend: str = "local"
@@ -89,11 +94,16 @@ class LauncherSettings:
     max_jobs: int = 1
     onnx: bool = True
     max_run_s: int = DEFAULT_MAX_RUN_S
+    log_retention_days: int = 30
 
     def __post_init__(self) -> None:
         if isinstance(self.max_run_s, bool) or not isinstance(self.max_run_s, int) or self.max_run_s < 0:
             raise ValueError(f"Expected `{MAX_RUN_ENV}` to be a number of seconds (0: no limit) but got "
                              f"{self.max_run_s!r}")
+        if (isinstance(self.log_retention_days, bool) or not isinstance(self.log_retention_days, int)
+                or self.log_retention_days < 0):
+            raise ValueError(f"Expected `{LOG_RETENTION_ENV}` to be a non-negative int (days; 0 keeps every log) but "
+                             f"got {self.log_retention_days!r}")
         if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
             raise ValueError(f"Expected `{NPROC_ENV}` to be a positive int but got {self.nproc!r}")
         if isinstance(self.max_jobs, bool) or not isinstance(self.max_jobs, int) or self.max_jobs < 1:
@@ -121,6 +131,7 @@ class ServerFacts:
 
     Args:
         backend_store_uri: the server's tracking backend store.
+        registry_store_uri: the server's ``--registry-store-uri`` (empty: the registry is the backend store).
         proxies_artifacts: the server proxies artifacts (``mlflow-artifacts:`` locations), so a job must be an HTTP
             client of the server.
         static_prefix: the server's ``--static-prefix``.
@@ -128,6 +139,7 @@ class ServerFacts:
     """
 
     backend_store_uri: str = ""
+    registry_store_uri: str = ""
     proxies_artifacts: bool = False
     static_prefix: str = ""
     sgi: str = ""
@@ -229,6 +241,17 @@ def _seconds(text: str, name: str, default: int) -> int:
     return int(text)
 
 
+def _retention_days(text: str) -> int:
+    """Days of :data:`LOG_RETENTION_ENV` (empty: the default, 30); :class:`LauncherSettings` checks the range."""
+    if not text.strip():
+        return LauncherSettings.log_retention_days
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"Expected `{LOG_RETENTION_ENV}` to be a non-negative int (days; 0 keeps every log) but got "
+                         f"{text!r}") from None
+
+
 def visible_gpus(env: Mapping[str, str]) -> int:
     """GPUs a job on this host may use, counted without importing torch.
 
@@ -265,6 +288,7 @@ def _read_policy(env: Mapping[str, str]) -> SecurityPolicy:
 def _read_server(env: Mapping[str, str], tracking_uri: str) -> ServerFacts:
     facts = ServerFacts(
         backend_store_uri=env.get(_SERVER_BACKEND_URI_ENV, ""),
+        registry_store_uri=env.get(_SERVER_REGISTRY_URI_ENV, ""),
         proxies_artifacts=env.get(_SERVER_ARTIFACT_ROOT_ENV, "").startswith(_PROXIED_ARTIFACTS),
         static_prefix=env.get(_SERVER_STATIC_PREFIX_ENV, ""),
         sgi=env.get(_SERVER_SGI_ENV, ""),
@@ -302,6 +326,7 @@ def read_settings(environ: Mapping[str, str] | None = None) -> PluginSettings:
         max_jobs=_positive_int(max_jobs, MAX_JOBS_ENV) if max_jobs else default_max_jobs(env, nproc),
         onnx=_boolean(env.get(ONNX_ENV, ""), ONNX_ENV, True),
         max_run_s=_seconds(env.get(MAX_RUN_ENV, ""), MAX_RUN_ENV, DEFAULT_MAX_RUN_S),
+        log_retention_days=_retention_days(env.get(LOG_RETENTION_ENV, "")),
     )
     return PluginSettings(policy=_read_policy(env), launcher=launcher, server=_read_server(env, launcher.tracking_uri),
                           digest_key=read_digest_key(env))

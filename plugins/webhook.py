@@ -20,6 +20,12 @@ a model version. :class:`WebhookService` receives it on 127.0.0.1, and for the t
 A state database of the first ledger (a private MLflow registry whose version tags held the state) is migrated at
 start-up: its queued and running requests are imported and resumed.
 
+``GET /metrics`` answers the plugin's Prometheus metrics of this service's requests (read from the state database,
+:mod:`mlflow_unlearn_plugins.metrics`); ``GET /health`` answers 200 when the state database accepts a write and a
+launcher can start (:mod:`mlflow_unlearn_plugins.health`), else 503 with the reason, in one line. The MLflow server
+being down does not make this service unready: deliveries come from it, and status copies that fail meanwhile are
+retried (and logged).
+
 The server cannot refuse a tag as the plugin does (409): a different request set while one is active is ignored
 and answered 409 to the webhook; the status tags show the request that runs.
 
@@ -40,6 +46,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from mlflow_unlearn_plugins.health import Readiness
 from mlflow_unlearn_plugins.ledger import ActiveRequestError, Ledger, RequestState, connect
 from mlflow_unlearn_plugins.mirror import ClientTags, StoreTags, mirror_pending
 from mlflow_unlearn_plugins.registry_store import RECOVERY_INTERVAL_S, requesting_user
@@ -61,6 +68,7 @@ from mlflow_unlearn.tracking.vocabulary import CANCEL_TAG, REQUEST_TAG
 
 SECRET_ENV = WEBHOOK_SECRET_ENV
 SYNC_S = 1.0
+STATE_DATABASE = "the receiver's state database"
 
 _logger = logging.getLogger(__name__)
 
@@ -91,6 +99,7 @@ class WebhookService:
         self.ledger = Ledger(connect(self.state_uri), legacy=self._legacy_states)
         self.scheduler = Scheduler(self.ledger, self.tags, self.settings, ledger_uri=self.state_uri,
                                    mirror_uri=self.tracking_uri, job_uris=lambda: (self.tracking_uri,) * 2)
+        self.readiness = Readiness(lambda: self.ledger, self.settings.launcher, db=STATE_DATABASE)
         self._stop = threading.Event()
 
     def _legacy_states(self) -> list[RequestState]:
@@ -143,6 +152,18 @@ class WebhookService:
             _logger.warning("Removing %s from %s/%s failed (%s)", CANCEL_TAG, name, version, exc.error_code)
         return HTTPStatus.OK, f"cancelled by {state.cancelled_by}"
 
+    # -- operations -------------------------------------------------------------------------------------------
+    def health(self) -> str | None:
+        """None when this service can record deliveries and start their launchers, else the reason it cannot
+        (:class:`~mlflow_unlearn_plugins.health.Readiness` of the state database)."""
+        return self.readiness.reason()
+
+    def metrics(self) -> bytes:
+        """The Prometheus text of this service's requests (:func:`mlflow_unlearn_plugins.metrics.render`)."""
+        from mlflow_unlearn_plugins.metrics import render
+
+        return render(lambda: self.ledger, self.settings.launcher.max_jobs)
+
     # -- status tags to the server ----------------------------------------------------------------------------
     def sync(self) -> None:
         """Mirror to the server every request whose status tags lag behind the ledger."""
@@ -162,7 +183,9 @@ class WebhookService:
 
     # -- serving ----------------------------------------------------------------------------------------------
     def serve(self, host: str = "127.0.0.1", port: int = 8765) -> None:
-        """Serve webhooks on ``host:port`` until interrupted (any path; ``GET /health`` answers ``OK``)."""
+        """Serve webhooks on ``host:port`` until interrupted (``POST``: any path; ``GET /health``, ``GET /metrics``)."""
+        from mlflow_unlearn_plugins.health import database_reason
+        from mlflow_unlearn_plugins.metrics import CONTENT_TYPE
         from mlflow_unlearn_plugins.request import RequestRefused, parse_request
 
         try:  # import the engine now, not in the first delivery (MLflow's delivery timeout is short)
@@ -175,7 +198,21 @@ class WebhookService:
             timeout = READ_TIMEOUT_S  # a connection that stalls in its headers or body is closed
 
             def do_GET(self) -> None:  # noqa: N802
-                self._reply(HTTPStatus.OK if self.path == "/health" else HTTPStatus.NOT_FOUND, "OK")
+                path = self.path.partition("?")[0]
+                if path == "/health":
+                    reason = service.health()
+                    self._reply(HTTPStatus.OK if reason is None else HTTPStatus.SERVICE_UNAVAILABLE, reason or "OK")
+                elif path == "/metrics":
+                    try:
+                        body = service.metrics()
+                    except Exception as exc:  # noqa: BLE001 (one line to the scraper; the detail to this log)
+                        _logger.warning("metrics: %s", str(exc).splitlines()[0][:300] if str(exc) else exc)
+                        self._reply(HTTPStatus.SERVICE_UNAVAILABLE,
+                                    f"metrics unavailable: {database_reason(exc, STATE_DATABASE)}")
+                        return
+                    self._send(HTTPStatus.OK, body, CONTENT_TYPE)
+                else:
+                    self._reply(HTTPStatus.NOT_FOUND, "not found")
 
             def do_POST(self) -> None:  # noqa: N802
                 if not handling.acquire(blocking=False):
@@ -211,13 +248,15 @@ class WebhookService:
                     return HTTPStatus.INTERNAL_SERVER_ERROR, "the delivery could not be handled; it may be retried"
 
             def _reply(self, status: int, message: str, retry_after: int | None = None) -> None:
-                body = json.dumps({"message": message}).encode()
+                self._send(status, json.dumps({"message": message}).encode(), "application/json", retry_after)
+
+            def _send(self, status: int, body: bytes, content_type: str, retry_after: int | None = None) -> None:
                 self.close_connection = True  # an unread body must not be taken for the next request
                 self.send_response(status)
                 self.send_header("Connection", "close")
                 if retry_after is not None:
                     self.send_header("Retry-After", str(retry_after))
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

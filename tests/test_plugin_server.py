@@ -70,6 +70,7 @@ class Server:
         self.allowed.mkdir(parents=True, exist_ok=True)
         self.url = f"http://127.0.0.1:{self.port}"
         self.env: dict[str, str] = {}  # more environment variables of the server
+        self.args: list[str] = []  # more options of `mlflow server`, after the defaults (a repeated option: the last)
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
@@ -83,7 +84,7 @@ class Server:
         env.update(self.env)
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--backend-store-uri", self.backend_uri, "--registry-store-uri", self.registry_uri,
-               "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"]
+               "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1", *self.args]
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 (kept open for the subprocess)
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

@@ -477,8 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mlflow-unlearn-load-") as work:
         for database in args.databases.split(","):
             for code, label in sides:
+                # the baseline code may predate cancel and deadlines: its side runs the plain requests only
+                stops = (0, 0) if code is not None else (args.cancel, args.timeout_cases)
                 result = run_database(database, args.requests, args.cap, args.faults, args.timeout, Path(work),
-                                      code, label, args.cancel, args.timeout_cases, args.case_timeout)
+                                      code, label, *stops, args.case_timeout)
                 result["load_before"] = load_before
                 results.append(result)
                 print(json.dumps(result), flush=True)

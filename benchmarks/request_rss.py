@@ -145,6 +145,7 @@ class Sampler(threading.Thread):
                 if rss == 0.0:  # a zombie or gone
                     continue
                 record = self.processes.setdefault(pid, ProcessRecord(pid, _role(cmdline), first_s=now))
+                record.role = _role(cmdline)  # a child seen between its fork and its exec has its parent's role
                 record.peak_rss_mib = max(record.peak_rss_mib, hwm, rss)
                 record.last_s = now
                 total += rss

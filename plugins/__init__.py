@@ -4,7 +4,8 @@
 the request tag and the ``Unlearn`` transition; ``webhook``: the same trigger for a stock server
 (``mlflow-unlearn-serve``); ``scheduler``: submit, dispatch, recover, spawn, for both triggers; ``ledger``: the
 requests' durable state in the plugin's own tables; ``mirror``: the version tags that show it; ``job`` and
-``launcher``: the detached process that prepares a request (:func:`mlflow_unlearn.tracking.plan.prepare`) and runs
-it as an MLflow Projects job; ``request``: parsing and security checks of request tags; ``guards``: what the store
-refuses; ``settings``: every setting, read once. See docs/registry_plugin.md.
+``launcher``: the detached process that runs a request as an MLflow Projects job; ``preflight``: its checks before
+the job (the artifact store's write probe; :func:`mlflow_unlearn.tracking.plan.prepare` in a short-lived process);
+``local_job``: the job on the local backend, one process; ``request``: parsing and security checks of request tags;
+``guards``: what the store refuses; ``settings``: every setting, read once. See docs/registry_plugin.md.
 """

@@ -5,13 +5,14 @@
 
 1. takes the request's lease (exactly one launcher per request, see :mod:`mlflow_unlearn_plugins.ledger`);
 2. persists the request as a run in the ``unlearn-requests`` experiment (reused if it already exists);
-3. prepares the request as its job will (:func:`preflight`, i.e. :func:`mlflow_unlearn.tracking.plan.prepare`,
-   the checks of every door: model version and format, method, config, data and lineage, forget set). A refused
-   request is marked ``failed`` with the API's message and nothing runs;
-4. moves the status to ``running`` and launches the project's ``unlearn`` entry point with
-   ``mlflow.projects.run(..., synchronous=False)`` into that same run, on the ``local`` backend or on
-   ``kubernetes`` (``MLFLOW_UNLEARN_BACKEND``); its ``onnx`` parameter is the request's ``onnx=``, else the
-   server's ``MLFLOW_UNLEARN_ONNX``;
+3. checks that the run's artifact store takes a write, then prepares the request as its job will in a short-lived
+   process (:mod:`mlflow_unlearn_plugins.preflight`: :func:`mlflow_unlearn.tracking.plan.prepare`, the checks of
+   every door: model version and format, method, config, data and lineage, forget set); this process never imports
+   the engine. A refused request is marked ``failed`` with the API's message and nothing runs;
+4. moves the status to ``running`` and starts the project's ``unlearn`` entry point into that same run: on the
+   ``local`` backend as one process of its own (:mod:`mlflow_unlearn_plugins.local_job`), on ``kubernetes``
+   (``MLFLOW_UNLEARN_BACKEND``) with ``mlflow.projects.run(..., synchronous=False)``; its ``onnx`` parameter is the
+   request's ``onnx=``, else the server's ``MLFLOW_UNLEARN_ONNX``;
 5. waits, refreshing its lease heartbeat, and finally moves the status to ``succeeded`` (with
    ``mlflow_unlearn.result_version``) or ``failed`` (with ``mlflow_unlearn.error``).
 

@@ -148,7 +148,7 @@ class Watch(threading.Thread):
             found = request_processes(self.root)
             roles = set()
             for pid, (ppid, cmdline) in found.items():
-                role = self.seen.setdefault(pid, _role(cmdline))
+                role = self.seen[pid] = _role(cmdline)  # a child seen before its exec has its parent's command line
                 self.parents.setdefault(pid, ppid)
                 roles.add(role)
                 if role == "launcher" and _maps_torch(pid):
@@ -300,6 +300,9 @@ def test_a_job_is_recognised_by_its_run_in_its_environment(tmp_path):
 
     env = {**os.environ, "MLFLOW_RUN_ID": "0123456789abcdef0123456789abcdef"}
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    deadline = time.time() + 10
+    while b"sleep" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes() and time.time() < deadline:
+        time.sleep(0.01)  # Popen may return before the child's exec
     try:
         assert process_alive(proc.pid, "0123456789abcdef0123456789abcdef")
         assert not process_alive(proc.pid, "fedcba9876543210fedcba9876543210")

@@ -136,8 +136,11 @@ def preflight_in_process(value: str, model_uri: str, settings: PluginSettings, *
     order = json.dumps({"request": value, "model_uri": model_uri, "settings": settings.to_json(), "wait_s": wait_s})
     proc = subprocess.Popen([sys.executable, "-m", "mlflow_unlearn_plugins.preflight"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)  # its stderr: the launcher's log
-    proc.stdin.write(order)
-    proc.stdin.close()
+    try:
+        with proc.stdin as stdin:
+            stdin.write(order)
+    except BrokenPipeError:  # it ended at once: its log says why, and it gives no answer below
+        pass
     while proc.poll() is None:
         if beat is not None:
             beat()

@@ -4,9 +4,11 @@
 the request tag and the ``Unlearn`` transition; ``webhook``: the same trigger for a stock server
 (``mlflow-unlearn-serve``); ``scheduler``: submit, dispatch, recover, spawn, for both triggers; ``ledger``: the
 requests' durable state in the plugin's own tables; ``mirror``: the version tags that show it; ``job`` and
-``launcher``: the detached process that prepares a request (:func:`mlflow_unlearn.tracking.plan.prepare`) and runs
-it as an MLflow Projects job; ``request``: parsing and security checks of request tags; ``guards``: what the store
-refuses; ``settings``: every setting, read once; ``events``, ``metrics``, ``health`` and ``server_app``: the events
-each ledger change writes, the Prometheus metrics and readiness computed from the database, and the ``mlflow.app``
-entry point ``unlearn`` that serves them; ``retention``: expired logs and old events. See docs/registry_plugin.md.
+``launcher``: the detached process that runs a request as an MLflow Projects job; ``preflight``: its checks before
+the job (the artifact store's write probe; :func:`mlflow_unlearn.tracking.plan.prepare` in a short-lived process);
+``local_job``: the job on the local backend, one process; ``process_group``: stopping a job (cancel, deadline);
+``request``: parsing and security checks of request tags; ``guards``: what the store refuses; ``settings``: every
+setting, read once; ``events``, ``metrics``, ``health`` and ``server_app``: the events each ledger change writes, the
+Prometheus metrics and readiness computed from the database, and the ``mlflow.app`` entry point ``unlearn`` that
+serves them; ``retention``: expired logs and old events. See docs/registry_plugin.md.
 """

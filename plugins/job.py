@@ -5,13 +5,14 @@
 
 1. takes the request's lease (exactly one launcher per request, see :mod:`mlflow_unlearn_plugins.ledger`);
 2. persists the request as a run in the ``unlearn-requests`` experiment (reused if it already exists);
-3. prepares the request as its job will (:func:`preflight`, i.e. :func:`mlflow_unlearn.tracking.plan.prepare`,
-   the checks of every door: model version and format, method, config, data and lineage, forget set). A refused
-   request is marked ``failed`` with the API's message and nothing runs;
-4. moves the status to ``running`` and launches the project's ``unlearn`` entry point with
-   ``mlflow.projects.run(..., synchronous=False)`` into that same run, on the ``local`` backend or on
-   ``kubernetes`` (``MLFLOW_UNLEARN_BACKEND``); its ``onnx`` parameter is the request's ``onnx=``, else the
-   server's ``MLFLOW_UNLEARN_ONNX``;
+3. checks that the run's artifact store takes a write, then prepares the request as its job will in a short-lived
+   process (:mod:`mlflow_unlearn_plugins.preflight`: :func:`mlflow_unlearn.tracking.plan.prepare`, the checks of
+   every door: model version and format, method, config, data and lineage, forget set); this process never imports
+   the engine. A refused request is marked ``failed`` with the API's message and nothing runs;
+4. moves the status to ``running`` and starts the project's ``unlearn`` entry point into that same run: on the
+   ``local`` backend as one process of its own (:mod:`mlflow_unlearn_plugins.local_job`), on ``kubernetes``
+   (``MLFLOW_UNLEARN_BACKEND``) with ``mlflow.projects.run(..., synchronous=False)``; its ``onnx`` parameter is the
+   request's ``onnx=``, else the server's ``MLFLOW_UNLEARN_ONNX``;
 5. waits, refreshing its lease heartbeat and reading the request's row every :data:`POLL_S` seconds, and finally
    moves the status to ``succeeded`` (with ``mlflow_unlearn.result_version``) or ``failed`` (with
    ``mlflow_unlearn.error``).
@@ -35,7 +36,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from mlflow_unlearn_plugins.ledger import (
@@ -47,15 +47,22 @@ from mlflow_unlearn_plugins.ledger import (
     connect,
     process_alive,
 )
+from mlflow_unlearn_plugins.local_job import end_orphaned_run, start_local_job
 from mlflow_unlearn_plugins.mirror import StoreTags, TagTarget, mirror, tag_target
+from mlflow_unlearn_plugins.preflight import (  # noqa: F401 (preflight: also imported from here)
+    PREFLIGHT_WAIT_S,
+    PreflightError,
+    preflight,
+    preflight_in_process,
+    probe_artifact_store,
+)
 from mlflow_unlearn_plugins.process_group import stop_process_group
 from mlflow_unlearn_plugins.request import RequestRefused, UnlearnRequest, parse_request
 from mlflow_unlearn_plugins.scheduler import LAUNCHER_MARKER
-from mlflow_unlearn_plugins.settings import BACKENDS, MAX_RUN_ENV, TRACKING_URI_ENV, PluginSettings
+from mlflow_unlearn_plugins.settings import BACKENDS, MAX_RUN_ENV, PluginSettings
 
 from mlflow_unlearn.request import RequestStatus, format_duration
 from mlflow_unlearn.tracking import vocabulary as vocab
-from mlflow_unlearn.tracking.keys import DigestKeyError
 
 REQUESTS_EXPERIMENT = "unlearn-requests"
 POLL_S = 1.0
@@ -79,70 +86,6 @@ def kubernetes_project_dir(project_dir: str, image: str, out_dir: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     Path(out_dir, "MLproject").write_text(yaml.safe_dump(spec, sort_keys=False))
     return out_dir
-
-
-TRANSIENT_ERRORS = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"})
-"""MLflow error codes that a server restart or overload gives (a download cut off, a 503): tried again."""
-PREFLIGHT_WAIT_S = 120.0
-"""How long a launcher keeps trying a preflight that fails with one of :data:`TRANSIENT_ERRORS`."""
-
-
-def preflight(request: UnlearnRequest, model_uri: str, *, client, nproc: int = 1, wait_s: float = 0.0,
-              beat: Callable[[], None] | None = None) -> None:
-    """Prepare ``request`` on ``model_uri`` as its job will (:func:`mlflow_unlearn.tracking.plan.prepare`).
-
-    The job prepares it again in its own process (an MLflow Projects run, maybe on another host): this call only
-    makes sure a request that cannot run is refused before anything is launched, with the API's own message.
-
-    Args:
-        request: the parsed request.
-        model_uri: ``models:/<name>/<version>`` of the version the request is on.
-        client: the MLflow client of the job's tracking and registry URIs.
-        nproc: processes of the job; above 1 a method without DistributedDataParallel support is refused.
-        wait_s: how long to keep trying when the registry fails with one of :data:`TRANSIENT_ERRORS` (a server
-            that restarts while the model downloads); 0 = once.
-        beat: called between tries (the launcher's heartbeat).
-
-    Raises:
-        RequestRefused: with the message of :func:`~mlflow_unlearn.tracking.plan.prepare` (a generic one when
-            the message concerns an ID file, which the engine may quote).
-    """
-    from mlflow.exceptions import MlflowException
-
-    from mlflow_unlearn.tracking.plan import prepare
-
-    deadline, pause = time.monotonic() + wait_s, 1.0
-    while True:
-        try:
-            prepare(model_uri, request.replace(device="cpu"), distributed=nproc > 1, client=client)
-            return
-        except (ValueError, OSError, KeyError) as exc:
-            raise RequestRefused(_refusal_message(exc, request)) from None
-        except MlflowException as exc:
-            if exc.error_code not in TRANSIENT_ERRORS or time.monotonic() + pause >= deadline:
-                raise RequestRefused(
-                    f"cannot read {model_uri} from the registry ({exc.error_code}); if the server proxies "
-                    f"artifacts, set {TRACKING_URI_ENV} to its http:// address"
-                ) from None
-            print(f"reading {model_uri} failed ({exc.error_code}); trying again in {pause:.0f} s", flush=True)
-            if beat is not None:
-                beat()
-            time.sleep(pause)
-            pause = min(2 * pause, 15.0)
-
-
-def _refusal_message(exc: BaseException, request: UnlearnRequest) -> str:
-    """The API's message, unless it concerns an ID file (this request's or an earlier forget step's): the
-    engine may quote IDs, and a refusal is stored in a tag anyone can read."""
-    message = str(exc) or type(exc).__name__
-    if isinstance(exc, DigestKeyError):  # no ID, no path: the API's own words (how to set a key)
-        return message
-    id_file = request.forget.path if request.forget.by_ids else None
-    if "IDs" in message or "ids:" in message or (id_file and id_file in message):
-        return ("a forget ID file (this request's, or one of an earlier forget step in the version's lineage) does "
-                "not match the training data (unknown IDs, a wrong format or an empty set); fix the file and submit "
-                "again")
-    return message
 
 
 class Job:
@@ -287,6 +230,14 @@ class Job:
         return run.info.run_id
 
     # -- running ----------------------------------------------------------------------------------------------
+    def _preflight(self, value: str, run_id: str) -> None:
+        """Check, before the job starts, that its artifact store takes a write (here, within seconds), then that the
+        engine accepts the request (in a short-lived process: this one never imports the engine, which it would
+        hold for the whole job). Raises RequestRefused or PreflightError."""
+        probe_artifact_store(self.client, run_id, wait_s=PREFLIGHT_WAIT_S, beat=self._beat)
+        preflight_in_process(value, vocab.model_uri(self.name, self.version),
+                             PluginSettings(policy=self.policy, launcher=self.settings), beat=self._beat)
+
     def _launch(self, request: UnlearnRequest, run_id: str):
         import mlflow.projects
         from mlflow.entities import RunTag
@@ -302,23 +253,23 @@ class Job:
             backend_config = self.settings.backend_config
         model_uri = vocab.model_uri(self.name, self.version)
         tags = [RunTag(vocab.PROJECT_TAG, uri)]
-        if self.settings.backend != "kubernetes":
-            # MLflow Projects sets this tag twice on the run, from this process right after it starts ``mlflow run``
-            # and from that ``mlflow run`` itself: while the tag does not exist yet, both insert it, and on a busy
-            # SQLite store the second insert fails the job (UNIQUE constraint failed: tags.key, tags.run_uuid).
-            # Set here first, both are updates.
+        if self.settings.backend != "kubernetes":  # the job is started here, not by MLflow Projects, which sets it
             tags.append(RunTag(MLFLOW_PROJECT_BACKEND, self.settings.backend))
         self.client.log_batch(run_id, tags=tags)
         parameters = request.replace(device=self.settings.device).project_parameters(model_uri, onnx=self.settings.onnx)
-        if request.forget.by_ids:  # MLflow Projects logs every parameter: the job reads the file through a neutral link
+        if request.forget.by_ids:  # the job's command line shows every parameter: it reads the file through a link
             parameters["forget"] = "ids:" + self._neutral_link(request.forget.path)
         entry_point = "unlearn"
         if self.settings.nproc > 1:
             entry_point, parameters["nproc"] = "unlearn_distributed", str(self.settings.nproc)
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        if self.settings.backend != "kubernetes":
+            return start_local_job(uri, entry_point, parameters, run_id=run_id, experiment_id=experiment_id,
+                                   client=self.client)
         return mlflow.projects.run(
             uri=uri, entry_point=entry_point, parameters=parameters,
             backend=self.settings.backend, backend_config=backend_config, env_manager="local", synchronous=False,
-            run_id=run_id, experiment_id=self.client.get_run(run_id).info.experiment_id,
+            run_id=run_id, experiment_id=experiment_id,
         )
 
     def _neutral_link(self, path: str) -> str:
@@ -397,6 +348,7 @@ class Job:
         job_run_id = self.client.get_run(run_id).data.tags.get(vocab.JOB_RUN_TAG, run_id)
         while not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(job_run_id).info.status)):
             if not _job_alive(state.job, job_run_id):
+                end_orphaned_run(self.client, job_run_id)
                 break
             self._beat()
             stopped = self._stopped()
@@ -424,14 +376,12 @@ class Job:
         run_id = self._request_run(state)
         try:
             request = parse_request(state.request or "", self.policy)
-            preflight(request, vocab.model_uri(self.name, self.version), client=self.client,
-                      nproc=self.settings.nproc, wait_s=PREFLIGHT_WAIT_S, beat=self._beat)
+            self._preflight(state.request or "", run_id)
         except RequestRefused as exc:
             self._fail(run_id, str(exc), expect=(RequestStatus.QUEUED,))
             return 0
-        except ImportError as exc:
-            self._fail(run_id, f"the mlflow-unlearn engine cannot be imported on the server: {exc}",
-                       (RequestStatus.QUEUED,))
+        except PreflightError as exc:
+            self._fail(run_id, str(exc), (RequestStatus.QUEUED,))
             return 1
         stopped = self._stopped()  # cancelled, or past its deadline, during the pre-flight: nothing is launched
         if stopped or not self._advance((RequestStatus.QUEUED,), RequestStatus.RUNNING):

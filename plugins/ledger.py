@@ -709,7 +709,8 @@ def _spawned_for_me(lease: str) -> bool:
 
 
 def process_alive(pid: int, marker: str) -> bool:
-    """Whether ``pid`` runs on this host, is not a zombie, and its command line contains ``marker``.
+    """Whether ``pid`` runs on this host, is not a zombie, and its command line or its environment contains
+    ``marker`` (a job is recognised by the ``MLFLOW_RUN_ID`` of its run in its environment).
 
     The marker guards against PID reuse after a restart.
     """
@@ -717,10 +718,13 @@ def process_alive(pid: int, marker: str) -> bool:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             state = fh.read().rsplit(b")", 1)[1].split()[0]
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            found = marker in fh.read().replace(b"\0", b" ").decode(errors="replace")
+        if not found and state != b"Z":
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                found = marker.encode() in fh.read()
     except (OSError, IndexError):
         return False
-    return state != b"Z" and marker in cmdline
+    return state != b"Z" and found
 
 
 def lease_alive(lease: str | None, marker: str, *, now: float | None = None) -> bool:

@@ -488,14 +488,12 @@ def test_preflight_tries_again_while_the_server_restarts_and_refuses_a_lasting_f
     assert len(calls) == 1  # not transient: refused at once
 
 
-def test_the_project_backend_tag_exists_before_mlflow_projects_writes_it_twice(registry, tmp_path, monkeypatch):
-    """MLflow Projects sets ``mlflow.project.backend`` on the run from the launcher, right after it starts ``mlflow
-    run``, and again from that ``mlflow run``. Two inserts of one new tag race on a busy SQLite store (CI: "UNIQUE
-    constraint failed: tags.key, tags.run_uuid" failed a request's job), so the launcher sets the tag first and
-    both of those writes update it."""
+def test_the_run_names_its_backend_and_project_before_the_job_starts(registry, tmp_path, monkeypatch):
+    """The launcher starts the local job itself (no ``mlflow run`` between them, ``plugins/local_job.py``), so it
+    writes the tag MLflow Projects would (``mlflow.project.backend``), with the project's folder, before the job
+    starts."""
     import types
 
-    import mlflow.projects
     from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_BACKEND
 
@@ -507,10 +505,10 @@ def test_the_project_backend_tag_exists_before_mlflow_projects_writes_it_twice(r
     run_id = MlflowClient().create_run(job.requests_experiment_id(request_job.client)).info.run_id
     seen: dict[str, str] = {}
 
-    def projects_run(**kwargs):
-        seen.update(MlflowClient().get_run(kwargs["run_id"]).data.tags)
-        return types.SimpleNamespace(run_id=kwargs["run_id"])
+    def start_local_job(uri, entry_point, parameters, *, run_id, **kwargs):
+        seen.update(MlflowClient().get_run(run_id).data.tags)
+        return types.SimpleNamespace(run_id=run_id)
 
-    monkeypatch.setattr(mlflow.projects, "run", projects_run)
+    monkeypatch.setattr(job, "start_local_job", start_local_job)
     request_job._launch(parse_request("forget=classes:3; method=finetune", SecurityPolicy(allowed_roots=())), run_id)
     assert seen[MLFLOW_PROJECT_BACKEND] == "local" and seen[vocab.PROJECT_TAG]

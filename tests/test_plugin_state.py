@@ -126,7 +126,7 @@ def test_an_old_ledger_database_is_migrated_and_its_requests_resumed(old_ledger_
         return types.SimpleNamespace(run_id=run_id, get_status=lambda: "FINISHED")
 
     monkeypatch.setattr(scheduler, "start_launcher", launcher_in_this_process)
-    monkeypatch.setattr(job, "preflight", lambda *args, **kwargs: None)
+    monkeypatch.setattr(job.Job, "_preflight", lambda *args, **kwargs: None)
     monkeypatch.setattr(job.Job, "_launch", project_job)
 
     store = UnlearnRegistryStore("unlearn+" + uri, tracking_uri=uri, settings=settings)

@@ -152,8 +152,18 @@ def mirror(ledger: Ledger, target: TagTarget, name: str, version: int | str, *,
 def _in_safe_order(tags: dict[str, str | None]) -> list[tuple[str, str | None]]:
     """The tags in the order that keeps every intermediate state honest for a reader of several tags: a queue
     position is written before the ``queued`` status it qualifies (a queued request without a position reads as
-    admitted, holding a job slot)."""
-    return sorted(tags.items(), key=lambda item: item[0] != QUEUE_POSITION_TAG or item[1] is None)
+    admitted, holding a job slot); a final status after the tags that go with it, so that a reader who sees
+    ``succeeded`` (or ``cancelled``) also sees its result version (or who cancelled), even through the webhook's
+    slower REST writes; an active status before the previous request's result and error are removed."""
+    final = tags.get(STATUS_TAG) not in ACTIVE
+
+    def rank(item: tuple[str, str | None]) -> int:
+        key, value = item
+        if key == QUEUE_POSITION_TAG and value is not None:
+            return 0
+        return (2 if final else 1) if key == STATUS_TAG else (1 if final else 2)
+
+    return sorted(tags.items(), key=rank)
 
 
 def mirror_pending(ledger: Ledger, target: TagTarget) -> None:

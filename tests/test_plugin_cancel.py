@@ -202,7 +202,7 @@ def test_a_schema_1_database_is_migrated_and_its_requests_recovered(registry, tm
         return types.SimpleNamespace(run_id=run_id, get_status=lambda: "FINISHED")
 
     monkeypatch.setattr(scheduler, "start_launcher", launcher_in_this_process)
-    monkeypatch.setattr(job, "preflight", lambda *args, **kwargs: None)
+    monkeypatch.setattr(job.Job, "_preflight", lambda self, *args, **kwargs: None)
     monkeypatch.setattr(job.Job, "_launch", project_job)
     store = UnlearnRegistryStore("unlearn+" + uri, tracking_uri=uri, settings=_settings(tmp_path))
     store.get_registered_model("m")  # the first registry call migrates and recovers
@@ -387,7 +387,7 @@ def test_a_request_past_its_deadline_ends_timed_out_and_frees_its_slot(scenario,
 
 def test_a_running_job_is_cancelled_through_the_tag_and_its_process_group_stops(scenario, server):
     assert scenario["cancel_answer"].status_code == 200, scenario["cancel_answer"].text
-    assert scenario["job_seen"] and len(scenario["group_before"]) >= 2  # mlflow run and the unlearn job it started
+    assert scenario["job_seen"]  # the unlearn job (the group's leader, started by the launcher) was in the group
     assert scenario["group_after"] == {}, f"left: {scenario['group_after']}"
     print(f"\njob process group ({len(scenario['group_before'])} processes) gone {scenario['stopped_in_s']:.1f} s "
           "after the cancel")

@@ -65,7 +65,7 @@ def server(tmp_path_factory, installed_site) -> Iterator[Server]:
     for _ in range(3):  # each worker imports the engine at its first parsed request
         _warm_up(srv)
     yield srv
-    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "--run-id"}
+    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "MLFLOW_RUN_ID="}  # a job: its environment
     leftovers = [(pid, markers[role]) for pids in request_pids(srv.registry_uri, MODEL).values()
                  for role, pid in pids.items()]
     srv.stop()

@@ -79,7 +79,7 @@ def cluster(tmp_path_factory) -> Iterator[PostgresCluster]:
 
 def _end_leftovers(srv: Server) -> None:
     """Kill launchers and jobs still recorded in the tags (they run in their own sessions and outlive a server)."""
-    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "--run-id"}
+    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "MLFLOW_RUN_ID="}  # a job: its environment
     for pids in request_pids(srv.registry_uri, MODEL).values():
         for role, pid in pids.items():
             _kill_if_ours(pid, markers[role])

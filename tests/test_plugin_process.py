@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from processes import request_pids
 from test_plugin_server import Server
 
 pytestmark = pytest.mark.slow
@@ -196,7 +197,7 @@ def test_a_request_runs_as_a_torch_free_launcher_and_one_job_and_survives_its_la
     assert set(watch.seen.values()) == {"launcher", "pre-flight", "job"}, watch.seen
     assert watch.most_at_once == 2 and all(len(roles) <= 2 for roles in watch.overlaps), watch.overlaps
     assert {"pre-flight", "job"} not in watch.overlaps  # the engine's pre-flight ended before the job started
-    assert _status(server, version)["mlflow_unlearn.job"].endswith(f"|{job}")
+    assert request_pids(server.registry_uri, MODEL)[int(version)]["job"] == job  # the ledger knows the job
 
     os.kill(launcher, signal.SIGKILL)  # the job goes on; the server's recovery starts a new launcher for it
     tags = _wait_final(server, version)

@@ -131,7 +131,7 @@ def server(tmp_path_factory, installed_site) -> Iterator[Server]:
     _warm_up(srv)
     yield srv
     # Launchers and jobs run in their own sessions (they outlive a server restart); end the ones still running.
-    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "--run-id"}
+    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "MLFLOW_RUN_ID="}  # a job: its environment
     leftovers = [(pid, markers[role]) for pids in request_pids(srv.registry_uri, MODEL).values()
                  for role, pid in pids.items()]
     srv.stop()

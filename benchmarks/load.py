@@ -8,6 +8,12 @@ a tiny budget) is submitted from as many threads at once. While they run, a samp
 server's ``/health`` latency. With ``--faults``, once a quarter of the requests have ended, one running job is
 killed with SIGKILL, then the server itself (SIGKILL of its process group), which is restarted 2 s later.
 
+``--cancel N`` adds N requests whose jobs would run for hours (``epochs: 100000``), cancelled through the tag
+``mlflow_unlearn.cancel``: every other one as soon as it is submitted (queued, or just admitted), the others once
+their job runs (the time until the job's process group is gone is measured). ``--timeout-cases N`` adds N such
+requests with ``timeout=<--case-timeout>``, which must end ``timed_out``. Both must leave no version, no launcher
+and no job behind.
+
 Reported per database (``LOAD.md`` and ``load.json`` next to this file unless ``--out-dir``): time from the first
 submission to the last final state, throughput, final states, lost requests (never final) and duplicates (more than
 one new version per request), peak concurrent jobs (``running``) and slot holders, peak memory, health-check
@@ -21,7 +27,8 @@ invocation, first with the packages under ``DIR`` (``mlflow_unlearn`` and ``mlfl
 
 Example::
 
-    python benchmarks/load.py --requests 50 --cap 2 --databases sqlite,postgresql --faults
+    python benchmarks/load.py --requests 50 --cap 2 --databases sqlite,postgresql --faults --cancel 4 \
+        --timeout-cases 2
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ import requests
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODEL = "load"
-FINAL = ("succeeded", "failed")
+FINAL = ("succeeded", "failed", "cancelled", "timed_out")
+STOPPED = ("cancelled", "timed_out")
 
 
 def _free_port() -> int:
@@ -105,6 +113,8 @@ class Server:
         self.allowed.mkdir(parents=True, exist_ok=True)
         (self.allowed / "fast.yaml").write_text(
             "epochs: 1\ngate: {forget_tolerance: 100, max_retain_drop: 100, max_test_drop: 100}\n")
+        (self.allowed / "slow.yaml").write_text(  # hours: the cancel and timeout cases stop it long before
+            "epochs: 100000\ngate: {forget_tolerance: 100, max_retain_drop: 100, max_test_drop: 100}\n")
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "_MLFLOW_"))}
@@ -147,6 +157,26 @@ class Server:
             return 0.0
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
         return _rss_mib(self.proc.pid) + sum(_rss_mib(int(p)) for p in out.stdout.split())
+
+
+def _job_pid(server: Server, version: str, tags: dict[str, str]) -> int | None:
+    """The PID of a running request's job: in the first ledger's ``mlflow_unlearn.job`` tag, else in the plugin's
+    ledger table (the tags no longer show it)."""
+    job = tags.get("mlflow_unlearn.job", "")
+    if not job:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(server.registry_uri.removeprefix("unlearn+"))
+        try:
+            with engine.connect() as conn:
+                job = conn.execute(sa.text("SELECT job FROM mlflow_unlearn_requests WHERE name = :n AND version = :v"),
+                                   {"n": MODEL, "v": int(version)}).scalar() or ""
+        except sa.exc.DBAPIError:
+            job = ""
+        finally:
+            engine.dispose()
+    pid = job.split("|")[1:2]
+    return int(pid[0]) if pid and pid[0].isdigit() else None
 
 
 class Monitor(threading.Thread):
@@ -202,9 +232,24 @@ def db_time(folder: Path) -> dict[str, float]:
     return totals
 
 
+def _processes_naming(markers: set[str]) -> list[int]:
+    """PIDs of live processes whose command line holds one of ``markers`` (a request's ID or run ID)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if entry.name.isdigit() and any(m in cmd for m in markers):
+            found.append(int(entry.name))
+    return found
+
+
 def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float, workdir: Path,
-                 code: Path | None = None, label: str = "installed") -> dict:
+                 code: Path | None = None, label: str = "installed", cancel: int = 0, timeout_cases: int = 0,
+                 case_timeout: str = "30s") -> dict:
     from mlflow import MlflowClient
+    from mlflow_unlearn_plugins.process_group import group_members
 
     from mlflow_unlearn.tracking import train_model
 
@@ -230,18 +275,49 @@ def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float
         client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
         parent = train_model("digits", arch="mlp", registered_model_name=MODEL, config={"epochs": 1}, onnx=False,
                              device="cpu", tracking_uri=server.url, registry_uri=server.url).version
-        versions = [client.create_model_version(MODEL, parent.source, parent.run_id).version for _ in range(n)]
+        total = n + cancel + timeout_cases
+        versions = [client.create_model_version(MODEL, parent.source, parent.run_id).version for _ in range(total)]
         value = f"forget=classes:3; method=finetune; config={server.allowed}/fast.yaml"
+        slow = f"forget=classes:3; method=finetune; onnx=false; config={server.allowed}/slow.yaml"
+        values = {v: value for v in versions[:n]}
+        values.update({v: slow for v in versions[n:n + cancel]})
+        values.update({v: f"{slow}; timeout={case_timeout}" for v in versions[n + cancel:]})
+        # every other cancel case is cancelled at once (queued), the others once their job runs
+        to_cancel = {v: "queued" if i % 2 else "running" for i, v in enumerate(versions[n:n + cancel])}
+        cancel_codes: dict[str, int] = {}
+        stopping: dict[int, float] = {}  # job PID -> when its request was cancelled
+        stop_s: list[float] = []
         # the server's first request imports the engine; one refused request warms it up
         requests.post(f"{server.url}/api/2.0/mlflow/model-versions/set-tag", timeout=600, json={
             "name": MODEL, "version": parent.version, "key": "mlflow_unlearn.request", "value": "forget=x"})
         monitor = Monitor(server, set(versions))
-        barrier, codes = threading.Barrier(n), {}
+        barrier, codes = threading.Barrier(total), {}
 
         def submit(v: str) -> None:
             barrier.wait()
             codes[v] = requests.post(f"{server.url}/api/2.0/mlflow/model-versions/set-tag", timeout=600, json={
-                "name": MODEL, "version": v, "key": "mlflow_unlearn.request", "value": value}).status_code
+                "name": MODEL, "version": v, "key": "mlflow_unlearn.request", "value": values[v]}).status_code
+
+        def cancel_due() -> None:
+            """Cancel the cancel cases that are due; time the stop of each running job cancelled."""
+            for v, when in list(to_cancel.items()):
+                tags = monitor.states.get(v, {})
+                job = _job_pid(server, v, tags) if tags.get("mlflow_unlearn.status") == "running" else None
+                running = job is not None
+                if tags.get("mlflow_unlearn.status") in FINAL:
+                    to_cancel.pop(v)  # finished first: counted by its final state
+                elif when == "queued" or running:
+                    at = time.time()
+                    cancel_codes[v] = requests.post(
+                        f"{server.url}/api/2.0/mlflow/model-versions/set-tag", timeout=600,
+                        json={"name": MODEL, "version": v, "key": "mlflow_unlearn.cancel", "value": "load"}).status_code
+                    to_cancel.pop(v)
+                    if running:
+                        stopping[job] = at
+            for pid, at in list(stopping.items()):
+                if not group_members(pid):
+                    stop_s.append(time.time() - at)
+                    stopping.pop(pid)
 
         threads = [threading.Thread(target=submit, args=(v,)) for v in versions]
         time.sleep(2.5)  # every process's last flush before the requests
@@ -258,13 +334,14 @@ def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float
         while time.time() < deadline:
             states = monitor.final()
             done = sum(1 for s in states.values() if s in FINAL)
-            if len(states) == n and done == n:
+            cancel_due()
+            if len(states) == total and done == total and not stopping:
                 break
             if faults and not killed_job and done >= n // 4:
-                for tags in monitor.states.values():
-                    job = tags.get("mlflow_unlearn.job", "").split("|")
-                    if tags.get("mlflow_unlearn.status") == "running" and len(job) == 2 and job[1].isdigit():
-                        os.kill(int(job[1]), signal.SIGKILL)
+                for version, tags in monitor.states.items():
+                    job = _job_pid(server, version, tags) if tags.get("mlflow_unlearn.status") == "running" else None
+                    if job is not None:
+                        os.kill(job, signal.SIGKILL)
                         killed_job = True
                         events.append(f"{time.time() - start:.0f} s: kill -9 of a running job (request ended: "
                                       f"{done}/{n})")
@@ -287,14 +364,25 @@ def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float
                 children[p] = children.get(p, 0) + 1
         counts = {s: list(final.values()).count(s) for s in FINAL}
         health = sorted(monitor.health_ms)
+        stopped = [v for v, s in final.items() if s in STOPPED]
+        markers = {t[k] for v in stopped for t in [monitor.states[v]]
+                   for k in ("mlflow_unlearn.request_id", "mlflow_unlearn.request_run_id") if k in t}
+        left_deadline = time.time() + 60  # a launcher exits a moment after its final write
+        while (left := _processes_naming(markers)) and time.time() < left_deadline:
+            time.sleep(0.5)
         time.sleep(3)  # the launchers' last ledger writes and every process's last flush
         db = {key: value - db_before.get(key, 0) for key, value in db_time(server.dbtime).items()}
         return {
-            "database": database, "code": label, "requests": n, "cap": cap, "faults": events,
+            "database": database, "code": label, "requests": total, "cap": cap, "faults": events,
             "submit_s": round(submit_s, 2),
             "accepted": sum(1 for c in codes.values() if c == 200), "time_to_final_s": round(total_s, 1),
             "succeeded": counts["succeeded"], "failed": counts["failed"],
-            "lost": n - counts["succeeded"] - counts["failed"],
+            "cancel_cases": cancel, "cancelled": counts["cancelled"], "cancel_answers": sorted(cancel_codes.values()),
+            "timeout_cases": timeout_cases, "timed_out": counts["timed_out"],
+            "stopped_with_version": sum(1 for v in stopped if children.get(f"{MODEL}/{v}")),
+            "stopped_left_running": len(left),
+            "cancel_to_job_gone_s_max": round(max(stop_s), 1) if stop_s else None,
+            "lost": total - sum(counts.values()),
             "duplicates": sum(1 for c in children.values() if c > 1),
             "peak_running": monitor.peak_running, "peak_slots": monitor.peak_slots,
             "peak_queue": monitor.peak_queue, "peak_jobs_rss_mib": round(monitor.peak_jobs_mib),
@@ -342,6 +430,14 @@ def write_report(results: list[dict], out_dir: Path, command: str) -> Path:
             f"{r['peak_slots']} | {r['peak_queue']} | {r['peak_jobs_rss_mib']} | {r['peak_server_rss_mib']} | "
             f"{r['health_ms_p50']} / {r['health_ms_p95']} / {r['health_ms_max']} | {r['health_failures']} | "
             f"{r['peak_load_1min']} |")
+    if any(r.get("cancel_cases") or r.get("timeout_cases") for r in results):
+        lines += ["", "Cancel and deadlines:", "",
+                  "| database | code | cancel cases | cancelled | cancel answers (HTTP) | cancel → job gone, max (s) | "
+                  "timeout cases | timed out | stopped with a version | stopped, left running |", "|" + "---|" * 10]
+        for r in results:
+            lines.append(f"| {r['database']} | {r['code']} | {r['cancel_cases']} | {r['cancelled']} | "
+                         f"{r['cancel_answers']} | {r['cancel_to_job_gone_s_max']} | {r['timeout_cases']} | "
+                         f"{r['timed_out']} | {r['stopped_with_version']} | {r['stopped_left_running']} |")
     lines += ["", "Faults injected:", ""]
     for r in results:
         lines += [f"* {r['database']} ({r['code']}): " + ("; ".join(r["faults"]) or "none")]
@@ -370,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a folder with earlier mlflow_unlearn and mlflow_unlearn_plugins packages, run first")
     parser.add_argument("--baseline-label", default="baseline")
     parser.add_argument("--label", default="this commit")
+    parser.add_argument("--cancel", type=int, default=0, help="requests of long jobs to cancel (queued or running)")
+    parser.add_argument("--timeout-cases", type=int, default=0, help="requests of long jobs with a short timeout=")
+    parser.add_argument("--case-timeout", default="30s", help="the timeout= of the timeout cases")
     args = parser.parse_args(argv)
     load_before = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     results = []
@@ -379,14 +478,15 @@ def main(argv: list[str] | None = None) -> int:
         for database in args.databases.split(","):
             for code, label in sides:
                 result = run_database(database, args.requests, args.cap, args.faults, args.timeout, Path(work),
-                                      code, label)
+                                      code, label, args.cancel, args.timeout_cases, args.case_timeout)
                 result["load_before"] = load_before
                 results.append(result)
                 print(json.dumps(result), flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/load.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(write_report(results, args.out_dir, command))
-    return 0 if all(r["lost"] == 0 and r["duplicates"] == 0 and r["peak_slots"] <= r["cap"] for r in results) else 1
+    return 0 if all(r["lost"] == 0 and r["duplicates"] == 0 and r["peak_slots"] <= r["cap"]
+                    and r["stopped_with_version"] == 0 and r["stopped_left_running"] == 0 for r in results) else 1
 
 
 if __name__ == "__main__":

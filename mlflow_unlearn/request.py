@@ -3,7 +3,8 @@
 :class:`UnlearnRequest` is the request parsed once at the door: the forget spec as a
 :class:`~mlflow_unlearn.data.forget.ForgetSpec` (its keyed record included), the data source as a
 :class:`~mlflow_unlearn.data.grammar.SourceSpec` (which declares its paths), the method, the config, the reference,
-the seed, the device, the ONNX copy and whether to register. It checks itself when it is built, and
+the seed, the device, the ONNX copy, whether to register, and a registry request's run-time limit. It checks
+itself when it is built, and
 :func:`~mlflow_unlearn.tracking.plan.prepare` takes it. The model URI is not a field: it is where the request goes
 (a registry request sits on the version it names).
 
@@ -36,7 +37,8 @@ from mlflow_unlearn.data.grammar import SourceSpec, parse_flag, parse_source
 
 __all__ = ["DEFAULT_METHOD", "DOORS", "MODEL_URI_FORMS", "NO_REFERENCE", "REFERENCES", "REQUEST_FIELDS",
            "RETRAIN_REFERENCE", "ModelResolutionError", "RequestField", "RequestStatus", "UnlearnRequest",
-           "check_reference", "check_seed", "door_fields", "model_uri", "parse_flag", "parse_model_uri", "parse_seed"]
+           "check_reference", "check_seed", "door_fields", "format_duration", "model_uri", "parse_duration",
+           "parse_flag", "parse_model_uri", "parse_seed"]
 
 #: The unlearning method used when none is named.
 DEFAULT_METHOD = "nitc"
@@ -46,6 +48,8 @@ REFERENCES = (NO_REFERENCE, RETRAIN_REFERENCE) = ("none", "retrain")
 DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:<N>", "mps")
 _DEVICE = re.compile(r"auto|cpu|cuda(?::\d+)?|mps")
 _SEED = re.compile(r"\d{1,10}")
+_DURATION = re.compile(r"(\d{1,7})\s*([smhd]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 #: The accepted forms of a registered model URI.
 MODEL_URI_FORMS = ("models:/<name>/<version>", "models:/<name>@<alias>")
@@ -59,8 +63,13 @@ DOORS = (API, CLI, MLPROJECT, REGISTRY) = ("api", "cli", "mlproject", "registry"
 class RequestStatus(str, enum.Enum):
     """The states of a registry request (the value of its ``mlflow_unlearn.status`` tag).
 
+    ``cancelled``: someone cancelled it (who and when are recorded); ``timed_out``: it ran past its deadline and
+    was stopped. Neither registers a result.
+
     >>> RequestStatus("queued").active, RequestStatus.SUCCEEDED.active, RequestStatus.FAILED == "failed"
     (True, False, True)
+    >>> RequestStatus.CANCELLED.active, RequestStatus("timed_out").stopped
+    (False, True)
     >>> RequestStatus.FAILED in {"failed"}, {RequestStatus.QUEUED: 1}["queued"]
     (True, 1)
     """
@@ -69,11 +78,18 @@ class RequestStatus(str, enum.Enum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
 
     @property
     def active(self) -> bool:
         """Whether a job is waiting or running for the request (it is not finished)."""
         return self in (RequestStatus.QUEUED, RequestStatus.RUNNING)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the request was stopped from outside its job (cancelled, or past its deadline)."""
+        return self in (RequestStatus.CANCELLED, RequestStatus.TIMED_OUT)
 
     def __str__(self) -> str:
         return self.value
@@ -124,6 +140,12 @@ REQUEST_FIELDS = (
     RequestField("onnx", "Also log an ONNX copy of the model, checked against onnxruntime."),
     RequestField("register", "Register the unlearned model as the next version when the gate passes.",
                  (API, CLI, MLPROJECT), why_not="a registry request exists to register its result"),
+    RequestField("timeout", "Longest run time of the request from when it takes a job slot (e.g. 90s, 30m, 2h), "
+                            "within the server's MLFLOW_UNLEARN_MAX_RUN_S; past it the job is stopped and the request "
+                            "ends timed_out.", (REGISTRY,),
+                 why_not="a scheduling field: only the registry's launcher owns the job's processes and can stop "
+                         "them; an API call, a CLI command or an `mlflow run` is stopped by whoever started it (a "
+                         "process supervisor, `timeout 2h mlflow-unlearn unlearn ...`)"),
 )
 
 
@@ -131,7 +153,7 @@ def door_fields(door: str) -> tuple[str, ...]:
     """The names of the fields that ``door`` takes.
 
     >>> door_fields("registry")
-    ('forget', 'method', 'data', 'config', 'reference', 'seed', 'onnx')
+    ('forget', 'method', 'data', 'config', 'reference', 'seed', 'onnx', 'timeout')
     """
     if door not in DOORS:
         raise ValueError(f"Unknown door {door!r}; expected one of: {', '.join(DOORS)}")
@@ -174,6 +196,35 @@ def parse_seed(text: str) -> int:
     if not isinstance(text, str) or not _SEED.fullmatch(text.strip()):
         raise ValueError(f"Expected argument `seed` to be a non-negative int but got {str(text)[:40]!r}")
     return check_seed(int(text))
+
+
+def parse_duration(text: str, *, what: str = "timeout") -> int:
+    """A duration written as ``<n>[s|m|h|d]`` (bare digits: seconds), in whole seconds above 0.
+
+    Raises:
+        ValueError: for anything else, naming ``what``.
+
+    >>> parse_duration("90"), parse_duration("30m"), parse_duration("2h")
+    (90, 1800, 7200)
+    """
+    match = _DURATION.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    seconds = int(match[1]) * _DURATION_UNITS[match[2]] if match else 0
+    if seconds <= 0:
+        raise ValueError(f"Expected `{what}` to be a positive duration such as 90s, 30m or 2h but got "
+                         f"{str(text)[:40]!r}")
+    return seconds
+
+
+def format_duration(seconds: int) -> str:
+    """``seconds`` in the largest unit that writes it exactly (the inverse of :func:`parse_duration`).
+
+    >>> format_duration(7200), format_duration(90), format_duration(1800)
+    ('2h', '90s', '30m')
+    """
+    for unit in ("d", "h", "m"):
+        if seconds % _DURATION_UNITS[unit] == 0:
+            return f"{seconds // _DURATION_UNITS[unit]}{unit}"
+    return f"{seconds}s"
 
 
 def model_uri(name: str, version: int | str) -> str:
@@ -223,6 +274,8 @@ class UnlearnRequest:
         onnx: log an ONNX copy; None means the door's default (the API's and the CLI's: yes; a registry request's:
             the server's ``MLFLOW_UNLEARN_ONNX``).
         register: register the result when the gate passes.
+        timeout: a registry request's longest run time in seconds (None: the server's maximum); the job itself
+            never reads it (see :data:`REQUEST_FIELDS`).
 
     Raises:
         ValueError: a field outside its grammar (the forget and source grammars' own messages, which repeat no ID).
@@ -237,6 +290,7 @@ class UnlearnRequest:
     device: str = "auto"
     onnx: bool | None = None
     register: bool = True
+    timeout: int | None = None
 
     def __post_init__(self) -> None:
         forget = self.forget if isinstance(self.forget, ForgetSpec) else parse_forget_spec(self.forget)
@@ -258,6 +312,10 @@ class UnlearnRequest:
             value = getattr(self, name)
             if not isinstance(value, bool) and not (name == "onnx" and value is None):
                 raise ValueError(f"Expected argument `{name}` to be True or False but got {value!r}")
+        if self.timeout is not None and (isinstance(self.timeout, bool) or not isinstance(self.timeout, int)
+                                         or self.timeout <= 0):
+            raise ValueError(f"Expected argument `timeout` to be a positive number of seconds but got "
+                             f"{self.timeout!r}"[:200])
 
     @property
     def source(self) -> str | None:

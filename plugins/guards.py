@@ -7,7 +7,8 @@ Each check raises an ``MlflowException`` with one line that names a tag key or a
   that run and source, signed with the deployment key, that signs those very values);
 * :func:`refuse_plugin_tag`: the plugin's own tags (status, lineage, provenance) are read-only for users;
 * :func:`refuse_busy_version`, :func:`refuse_busy_model`: a version (or model) whose request is queued or running
-  is not deleted or renamed under it (HTTP 409).
+  is not deleted or renamed under it (HTTP 409);
+* :func:`refuse_stopped_result`: a request's job registers no result once the request is cancelled or timed out.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from collections.abc import Iterable
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow_unlearn_plugins.ledger import ActiveRequestError, Ledger
+from mlflow_unlearn_plugins.ledger import STOPPED, ActiveRequestError, Ledger
 from mlflow_unlearn_plugins.request import RequestRefused, parse_request
 from mlflow_unlearn_plugins.settings import PluginSettings
 
 from mlflow_unlearn.tracking.keys import DIGEST_KEY_ENV
 from mlflow_unlearn.tracking.provenance import Provenance, matches_tags
-from mlflow_unlearn.tracking.vocabulary import PROVENANCE_TAG, REQUEST_TAG, TAG_PREFIX, VERSION_TAG_KEYS
+from mlflow_unlearn.tracking.vocabulary import PARENT_TAG, PROVENANCE_TAG, REQUEST_TAG, TAG_PREFIX, VERSION_TAG_KEYS
 
 
 def check_created_tags(tags: Iterable, settings: PluginSettings, *, source: str, run_id: str | None) -> None:
@@ -93,3 +94,21 @@ def refuse_busy_model(ledger: Ledger, name: str, action: str) -> None:
     if busy:
         raise ActiveRequestError(f"Registered model {name!r} has unlearning requests that are queued or running on "
                                  f"{', '.join(busy[:10])}; {action} it after they have finished")
+
+
+def refuse_stopped_result(ledger: Ledger, tags: Iterable | None, run_id: str | None) -> None:
+    """Refuse to register the result of a request's job (its lineage names the parent, and it comes from the
+    request's run) once that request was cancelled or timed out. A job that got there first has registered
+    before the request was stopped, and its launcher deletes that version (:mod:`mlflow_unlearn_plugins.job`).
+
+    Raises:
+        MlflowException: ``INVALID_PARAMETER_VALUE`` naming the parent version and the request's status.
+    """
+    parent = next((tag.value for tag in tags or () if tag.key == PARENT_TAG), None)
+    name, _, version = (parent or "").rpartition("/")
+    if not run_id or not name or not version.isdigit():
+        return
+    state = ledger.read(name, version)
+    if state.status in STOPPED and state.request_run_id == run_id:
+        raise MlflowException(f"The unlearning request on {parent} is {state.status}; its job's result is not "
+                              "registered", INVALID_PARAMETER_VALUE)

@@ -12,8 +12,18 @@
    ``mlflow.projects.run(..., synchronous=False)`` into that same run, on the ``local`` backend or on
    ``kubernetes`` (``MLFLOW_UNLEARN_BACKEND``); its ``onnx`` parameter is the request's ``onnx=``, else the
    server's ``MLFLOW_UNLEARN_ONNX``;
-5. waits, refreshing its lease heartbeat, and finally moves the status to ``succeeded`` (with
-   ``mlflow_unlearn.result_version``) or ``failed`` (with ``mlflow_unlearn.error``).
+5. waits, refreshing its lease heartbeat and reading the request's row every :data:`POLL_S` seconds, and finally
+   moves the status to ``succeeded`` (with ``mlflow_unlearn.result_version``) or ``failed`` (with
+   ``mlflow_unlearn.error``).
+
+A request that is cancelled (:meth:`~mlflow_unlearn_plugins.scheduler.Scheduler.cancel`) or that runs past its
+deadline (the request's ``timeout=``, within the server's ``MLFLOW_UNLEARN_MAX_RUN_S``, counted from when it took
+its job slot; the launcher moves it to ``timed_out``) has its job stopped: the job's whole process group gets
+SIGTERM, then SIGKILL after :data:`~mlflow_unlearn_plugins.process_group.STOP_GRACE_S`
+(:func:`~mlflow_unlearn_plugins.process_group.stop_process_group`); on Kubernetes, MLflow's
+``KubernetesSubmittedRun.cancel()`` deletes the Job. Its request run ends ``KILLED``, and a version the job
+registered in the moment before it was stopped is deleted: the ledger's compare-and-set decided that the request
+was stopped, so no result of it stays registered.
 
 Every change goes to the ledger first, then to the version's tags (:func:`mlflow_unlearn_plugins.mirror.mirror`).
 If the job finds the request already ``running`` (its previous launcher died), it resumes watching the job and
@@ -28,19 +38,28 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mlflow_unlearn_plugins.ledger import ACTIVE, MAX_ERROR_CHARS, Ledger, RequestState, connect, process_alive
+from mlflow_unlearn_plugins.ledger import (
+    ACTIVE,
+    MAX_ERROR_CHARS,
+    STOPPED,
+    Ledger,
+    RequestState,
+    connect,
+    process_alive,
+)
 from mlflow_unlearn_plugins.mirror import StoreTags, TagTarget, mirror, tag_target
+from mlflow_unlearn_plugins.process_group import stop_process_group
 from mlflow_unlearn_plugins.request import RequestRefused, UnlearnRequest, parse_request
 from mlflow_unlearn_plugins.scheduler import LAUNCHER_MARKER
-from mlflow_unlearn_plugins.settings import BACKENDS, TRACKING_URI_ENV, PluginSettings
+from mlflow_unlearn_plugins.settings import BACKENDS, MAX_RUN_ENV, TRACKING_URI_ENV, PluginSettings
 
-from mlflow_unlearn.request import RequestStatus
+from mlflow_unlearn.request import RequestStatus, format_duration
 from mlflow_unlearn.tracking import vocabulary as vocab
 from mlflow_unlearn.tracking.keys import DigestKeyError
 
 REQUESTS_EXPERIMENT = "unlearn-requests"
 POLL_S = 1.0
-HEARTBEAT_S = 10.0
+HEARTBEAT_S = 20.0  # a third of the lease timeout (ledger.LEASE_TIMEOUT_S): one write per 20 s per running job
 _ERROR_LINE = re.compile(r"(?:^|\b)(?:Error|[A-Za-z]+(?:Error|Exception)):\s*(.+)$")
 
 
@@ -194,6 +213,66 @@ class Job:
         if self.request_id == state.request_id:
             self._fail(state.request_run_id, reason)
 
+    # -- cancel and deadline -----------------------------------------------------------------------------------
+    def _stopped(self, *, deadline: bool = True) -> str | None:
+        """``cancelled`` or ``timed_out`` if this request was stopped from outside (or, with ``deadline``, is now
+        past its deadline, which this call records), else None. A new request on the version means this one was
+        stopped before."""
+        state = self.ledger.read(self.name, self.version)
+        if state.request_id != self.request_id:
+            return RequestStatus.CANCELLED
+        if state.status in STOPPED:
+            return state.status
+        if deadline and state.status in ACTIVE and state.past_deadline():
+            reason = (f"stopped at its deadline: it held its job slot for longer than "
+                      f"{format_duration(state.deadline_s)} (the request's timeout=, within the server's "
+                      f"{MAX_RUN_ENV}); nothing was registered")
+            moved, _ = self.ledger.stop(self.name, self.version, to=RequestStatus.TIMED_OUT, reason=reason,
+                                        request_id=self.request_id)
+            if moved:
+                self._mirror()
+                print(f"request {self.request_id} timed out after {state.deadline_s} s", flush=True)
+            return self._stopped(deadline=False)
+        return None
+
+    def _stop_job(self, submitted=None, job: str | None = None) -> None:
+        """Stop the job's processes: its process group on this host, or the Kubernetes Job through MLflow."""
+        proc = getattr(submitted, "command_proc", None)
+        if proc is not None:
+            members = stop_process_group(proc.pid, reap=proc.poll)
+            proc.poll()
+            print(f"stopped the job's process group {proc.pid} ({len(members)} processes)", flush=True)
+            return
+        if submitted is not None:  # Kubernetes: MLflow deletes the Job
+            submitted.cancel()
+            return
+        host, _, pid = (job or "").partition("|")
+        if host == os.uname().nodename and pid.isdigit():  # a job this launcher resumed watching
+            stop_process_group(int(pid))
+        elif host:
+            print(f"the job ({host}) cannot be stopped from this launcher; it is no longer watched", flush=True)
+
+    def _end_stopped(self, status: str, run_id: str | None, job_run_id: str | None = None) -> None:
+        """After a stop: the request run ends KILLED with the status, and no result of this request stays."""
+        from mlflow.entities import RunStatus
+
+        self._drop_links()
+        if run_id:
+            self.client.set_tag(run_id, vocab.STATUS_TAG, status)
+            if not RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status)):
+                self.client.set_terminated(run_id, "KILLED")
+        for run in {run_id, job_run_id} - {None}:
+            for mv in self.client.search_model_versions(f"run_id = '{run}'"):
+                if mv.tags.get(vocab.PARENT_TAG) == f"{self.name}/{self.version}":
+                    self.client.delete_model_version(mv.name, mv.version)
+                    print(f"deleted {mv.name}/{mv.version}, registered by the job of this {status} request just "
+                          "before it was stopped", flush=True)
+        self._mirror()
+
+    def _drop_links(self) -> None:
+        for link in Path(self.settings.log_dir, "forget-requests").glob(f"{self.request_id}.*"):
+            link.unlink(missing_ok=True)  # the job is over: its neutral link to the forget file goes
+
     def _request_run(self, state: RequestState) -> str:
         if state.request_run_id:
             return state.request_run_id
@@ -270,19 +349,24 @@ class Job:
         """Set the final status from the job's run (the request run itself, except on Kubernetes)."""
         from mlflow.entities import RunStatus
 
-        for link in Path(self.settings.log_dir, "forget-requests").glob(f"{self.request_id}.*"):
-            link.unlink(missing_ok=True)  # the job is over: its neutral link to the forget file goes
-
+        self._drop_links()
+        stopped = self._stopped(deadline=False)  # a job that ended before its deadline was noticed is not late
+        if stopped:
+            self._end_stopped(stopped, run_id, job_run_id)
+            return
         run = self.client.get_run(job_run_id or run_id)
         result = run.data.tags.get(vocab.RESULT_VERSION_TAG)
         finished = run.info.status == "FINISHED"
         if (exited_ok is None or exited_ok) and finished and result:
+            # the ledger first: a cancel that won the compare-and-set a moment ago means the result must go
+            if not self._advance((RequestStatus.RUNNING,), RequestStatus.SUCCEEDED,
+                                 {"result_version": result, "lease": None, "job": None}):
+                self._end_stopped(self._stopped(deadline=False) or RequestStatus.CANCELLED, run_id, job_run_id)
+                return
             self.client.set_tag(run_id, vocab.STATUS_TAG, RequestStatus.SUCCEEDED)
             if job_run_id and job_run_id != run_id:
                 self.client.set_tag(run_id, vocab.RESULT_VERSION_TAG, result)
                 self.client.set_terminated(run_id, "FINISHED")
-            self._advance((RequestStatus.RUNNING,), RequestStatus.SUCCEEDED,
-                          {"result_version": result, "lease": None, "job": None})
             return
         gate_reason = run.data.tags.get(vocab.GATE_REASON_TAG)  # the gate's own words: numbers, never an ID
         if gate_reason:
@@ -315,6 +399,11 @@ class Job:
             if not _job_alive(state.job, job_run_id):
                 break
             self._beat()
+            stopped = self._stopped()
+            if stopped:
+                self._stop_job(job=state.job)
+                self._end_stopped(stopped, run_id, job_run_id)
+                return
             time.sleep(POLL_S)
         self._finalize(request, run_id, None, job_run_id)
 
@@ -344,7 +433,11 @@ class Job:
             self._fail(run_id, f"the mlflow-unlearn engine cannot be imported on the server: {exc}",
                        (RequestStatus.QUEUED,))
             return 1
-        if not self._advance((RequestStatus.QUEUED,), RequestStatus.RUNNING):
+        stopped = self._stopped()  # cancelled, or past its deadline, during the pre-flight: nothing is launched
+        if stopped or not self._advance((RequestStatus.QUEUED,), RequestStatus.RUNNING):
+            stopped = stopped or self._stopped(deadline=False)
+            if stopped:
+                self._end_stopped(stopped, run_id)
             return 0
         self.client.set_tag(run_id, vocab.STATUS_TAG, RequestStatus.RUNNING)
         try:
@@ -361,6 +454,11 @@ class Job:
         self._set_fields({"job": job_tag})
         while submitted.get_status() in ("RUNNING", "SCHEDULED"):
             self._beat()
+            stopped = self._stopped()
+            if stopped:
+                self._stop_job(submitted)
+                self._end_stopped(stopped, run_id, job_run_id)
+                return 0
             time.sleep(POLL_S)
         self._finalize(request, run_id, submitted.get_status() == "FINISHED", job_run_id)
         return 0

@@ -15,13 +15,17 @@ by :mod:`mlflow_unlearn_plugins.mirror` through the registry store's public meth
     the *same* request (identical value) is a no-op, so two concurrent requests never produce two jobs;
   * :meth:`Ledger.claim_lease` lets exactly one launcher process work on an admitted request (a lease with a
     heartbeat);
-  * :meth:`Ledger.advance` moves ``queued -> running -> succeeded | failed`` for one request ID only.
+  * :meth:`Ledger.advance` moves ``queued -> running -> succeeded | failed`` for one request ID only;
+  * :meth:`Ledger.stop` moves an active request to ``cancelled`` (with who and when) or ``timed_out``. It is the
+    same compare-and-set as the job's own final change, so of a cancel and a job that finishes at the same moment
+    exactly one wins: the loser's launcher sees the row and acts on it (a cancelled job's result is not kept).
 * ``mlflow_unlearn_queue``: one row, the queue's sequence counter. Enqueueing and admission
   (:meth:`Ledger.dispatch`) first increment it, which locks that row (a row lock on PostgreSQL, MySQL and SQL Server,
   the write lock on SQLite) until the transaction ends, so processes sharing the database never admit more than
   ``max_jobs``. A waiting request holds its sequence number; its queue position (1 = next) is counted when read.
 * ``mlflow_unlearn_schema``: the schema version of these tables. Version 1 imported the state of the first ledger,
-  which kept it in version tags (see :meth:`Ledger.ensure_schema`).
+  which kept it in version tags (see :meth:`Ledger.ensure_schema`); version 2 added the request's deadline, when it
+  took its job slot and when it finished, and who cancelled it and when.
 * ``mlflow_unlearn_events`` (and its folded ``mlflow_unlearn_event_totals``): one row per state change, written in
   the change's own transaction (:mod:`mlflow_unlearn_plugins.events`); the plugin's metrics are computed from it.
   Created where missing like the other tables, with no schema version of its own.
@@ -49,6 +53,9 @@ from mlflow_unlearn_plugins import events
 
 from mlflow_unlearn.request import RequestStatus
 from mlflow_unlearn.tracking.vocabulary import (
+    CANCEL_TAG,
+    CANCELLED_AT_TAG,
+    CANCELLED_BY_TAG,
     ERROR_TAG,
     JOB_TAG,
     LEASE_TAG,
@@ -62,9 +69,11 @@ from mlflow_unlearn.tracking.vocabulary import (
 
 #: Tags only the plugin writes; a client that tries to set or delete them gets an error.
 RESERVED_TAGS = (STATUS_TAG, ERROR_TAG, RESULT_VERSION_TAG, REQUEST_ID_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG,
-                 QUEUE_POSITION_TAG)
+                 QUEUE_POSITION_TAG, CANCELLED_BY_TAG, CANCELLED_AT_TAG)
 ACTIVE = (RequestStatus.QUEUED, RequestStatus.RUNNING)
-TERMINAL = (RequestStatus.SUCCEEDED, RequestStatus.FAILED)
+#: Stopped from outside the job: cancelled by someone, or past the request's deadline.
+STOPPED = (RequestStatus.CANCELLED, RequestStatus.TIMED_OUT)
+TERMINAL = (RequestStatus.SUCCEEDED, RequestStatus.FAILED, *STOPPED)
 #: A lease whose heartbeat is older than this is considered abandoned (its launcher died).
 LEASE_TIMEOUT_S = 60.0
 MAX_ERROR_CHARS = 2000
@@ -73,7 +82,7 @@ RETRY_ATTEMPTS = 16
 #: Attempts of a metrics read: a scrape of a database that fails is answered at once, not after ~25 s of backoff.
 METRICS_ATTEMPTS = 3
 #: The schema version this code writes; :meth:`Ledger.ensure_schema` migrates older tables up to it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _retries = {"count": 0}
 PLANTED_ERROR = ("the plugin's tags on this version were not written by the plugin (no request of the plugin); they "
                  f"were cleared by recovery. Set {REQUEST_TAG!r} to submit a request")
@@ -98,8 +107,16 @@ requests_table = sa.Table(
     sa.Column("mirrored_version", sa.Integer, nullable=False),
     sa.Column("mirrored_tags", sa.Text),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    # schema version 2
+    sa.Column("deadline_s", sa.Integer),
+    sa.Column("started_ms", sa.BigInteger),
+    sa.Column("finished_ms", sa.BigInteger),
+    sa.Column("cancelled_by", sa.String(256)),
+    sa.Column("cancelled_at", sa.BigInteger),
     sa.Index("mlflow_unlearn_requests_status", "status"),
 )
+#: The columns that schema version 2 added to ``mlflow_unlearn_requests`` (:meth:`Ledger._migrate_to_2`).
+V2_COLUMNS = ("deadline_s", "started_ms", "finished_ms", "cancelled_by", "cancelled_at")
 queue_table = sa.Table(
     "mlflow_unlearn_queue", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
@@ -111,11 +128,17 @@ schema_table = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
 )
 _FIELDS = ("request_run_id", "error", "result_version", "lease", "job")
-#: The tag of each field of a request row that the version's tags mirror.
+#: What a new request on a version starts without (the previous request's times and canceller).
+_FRESH = dict.fromkeys(("started_ms", "finished_ms", "cancelled_by", "cancelled_at"))
+#: The tag of each field of a request row that the version's tags mirror (``cancelled_at`` too, as UTC text).
 FIELD_TAGS = {"status": STATUS_TAG, "request": REQUEST_TAG, "request_id": REQUEST_ID_TAG,
               "request_run_id": REQUEST_RUN_TAG, "error": ERROR_TAG, "result_version": RESULT_VERSION_TAG,
-              "lease": LEASE_TAG, "job": JOB_TAG, "queue_position": QUEUE_POSITION_TAG}
-_TAG_FIELDS = {tag: field for field, tag in FIELD_TAGS.items()}
+              "queue_position": QUEUE_POSITION_TAG, "cancelled_by": CANCELLED_BY_TAG}
+#: Fields the ledger keeps for itself and the tags never show: the launcher's lease (with its heartbeat) and the job's
+#: process are bookkeeping for recovery, and each tag write is a transaction of its own on the registry database.
+#: The first ledger kept them in these tags, which the mirror removes from a version it shows.
+UNMIRRORED_TAGS = {"lease": LEASE_TAG, "job": JOB_TAG}
+_TAG_FIELDS = {tag: field for field, tag in (FIELD_TAGS | UNMIRRORED_TAGS).items()}
 
 
 @dataclass(frozen=True)
@@ -136,6 +159,11 @@ class RequestState:
     row_version: int = 0
     mirrored_version: int = 0
     mirrored_tags: str | None = None
+    deadline_s: int | None = None
+    started_ms: int | None = None
+    finished_ms: int | None = None
+    cancelled_by: str | None = None
+    cancelled_at: int | None = None
 
     @property
     def active(self) -> bool:
@@ -148,14 +176,17 @@ class RequestState:
         return self.status == RequestStatus.QUEUED and self.queue_position is not None
 
     def tags(self) -> dict[str, str | None]:
-        """The version tags that show this state in the UI (``None``: the tag is absent).
+        """The version tags that show this state in the UI (``None``: the tag is absent; the lease and job tags of
+        the first ledger always are)."""
+        shown = {tag: getattr(self, field) for field, tag in FIELD_TAGS.items()}
+        shown[CANCELLED_AT_TAG] = utc_text(self.cancelled_at) if self.cancelled_at else None
+        return shown | dict.fromkeys(UNMIRRORED_TAGS.values())
 
-        The lease shows its holder (``host|pid``), not its heartbeat, so that a heartbeat is no tag write.
-        """
-        tags = {tag: getattr(self, field) for field, tag in FIELD_TAGS.items()}
-        if self.lease:
-            tags[LEASE_TAG] = "|".join(self.lease.split("|")[:2])
-        return tags
+    def past_deadline(self, now_ms: int | None = None) -> bool:
+        """Whether the request has held its job slot for longer than its deadline (never without one)."""
+        if not self.deadline_s or self.started_ms is None:
+            return False
+        return (_now_ms() if now_ms is None else now_ms) - self.started_ms > self.deadline_s * 1000
 
     @classmethod
     def from_tags(cls, name: str, version: int, tags: dict[str, str]) -> RequestState:
@@ -191,6 +222,15 @@ def _retrying(fn: Callable[[], T], attempts: int = RETRY_ATTEMPTS) -> T:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def utc_text(ms: int) -> str:
+    """Milliseconds since the epoch as UTC ISO 8601 text, to the second.
+
+    >>> utc_text(0)
+    '1970-01-01T00:00:00Z'
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 def _key(name: str, version: int) -> list:
@@ -231,6 +271,8 @@ class Ledger:
             if self._schema_version() < 1:
                 legacy = list(self._legacy()) if self._legacy is not None else []
                 _retrying(lambda: self._migrate_to_1(legacy))
+            if self._schema_version() < 2:
+                _retrying(self._migrate_to_2)
             self._ready = True
 
     def _create_tables(self) -> None:
@@ -276,6 +318,22 @@ class Ledger:
                 conn.execute(queue_table.update().where(queue_table.c.id == 1)
                              .values(next_seq=seq + len(order)))
 
+    def _migrate_to_2(self) -> None:
+        """Add the columns of :data:`V2_COLUMNS` that the table lacks (a table created by version 1 code). Requests
+        of version 1 keep working: no deadline, no start time (their launcher takes the time it resumes them)."""
+        with self.engine.begin() as conn:
+            self._lock_queue(conn)  # one migration at a time
+            moved = conn.execute(schema_table.update().where(schema_table.c.id == 1, schema_table.c.version == 1)
+                                 .values(version=2)).rowcount
+            if moved != 1:
+                return  # another process migrated
+            have = {column["name"] for column in sa.inspect(conn).get_columns(requests_table.name)}
+            for name in V2_COLUMNS:
+                if name not in have:
+                    column = requests_table.c[name]
+                    conn.execute(sa.text(f"ALTER TABLE {requests_table.name} ADD COLUMN {name} "
+                                         f"{column.type.compile(dialect=conn.dialect)}"))
+
     @staticmethod
     def _lock_queue(conn) -> int:
         """Increment the queue's sequence counter, which locks its row until the transaction ends; return it."""
@@ -307,7 +365,9 @@ class Ledger:
             position = str(ahead + 1)
         return RequestState(row.name, int(row.version), row.status, row.request, row.request_id or None,
                             row.request_run_id, row.error, row.result_version, row.lease, row.job, position,
-                            row.row_version, row.mirrored_version, row.mirrored_tags)
+                            row.row_version, row.mirrored_version, row.mirrored_tags, deadline_s=row.deadline_s,
+                            started_ms=row.started_ms, finished_ms=row.finished_ms, cancelled_by=row.cancelled_by,
+                            cancelled_at=row.cancelled_at)
 
     @classmethod
     def _read(cls, conn, name: str, version: int) -> RequestState | None:
@@ -364,7 +424,7 @@ class Ledger:
 
     # -- changes --------------------------------------------------------------------------------------------------
     def open(self, name: str, version: int | str, value: str | None, *, request_id: str,
-             refusal: str | None = None) -> bool:
+             refusal: str | None = None, deadline_s: int | None = None) -> bool:
         """Record a new request on a version: status ``queued`` at the end of the queue, or ``failed`` with ``refusal``.
 
         A queued request waits until :meth:`dispatch` admits it.
@@ -375,6 +435,7 @@ class Ledger:
             value: the request's value (``None``: not stored, e.g. a refused value that may hold pasted IDs).
             request_id: a fresh unique ID for this request.
             refusal: if given, the request is refused: it is recorded as ``failed`` with this reason and never runs.
+            deadline_s: the request's longest run time from admission (None: none).
 
         Returns:
             True if the request was recorded, False if the very same request is already queued or running.
@@ -387,10 +448,10 @@ class Ledger:
         def body(conn) -> bool:
             seq = None if refusal else self._lock_queue(conn)
             status = RequestStatus.FAILED if refusal else RequestStatus.QUEUED
-            row = {"request_id": request_id, "status": status, "request": value,
-                   "queue_seq": seq, "updated_ms": _now_ms(), **dict.fromkeys(_FIELDS)}
+            row = {"request_id": request_id, "status": status, "request": value, "deadline_s": deadline_s,
+                   "queue_seq": seq, "updated_ms": _now_ms(), **dict.fromkeys(_FIELDS), **_FRESH}
             if refusal:
-                row["error"] = refusal[:MAX_ERROR_CHARS]
+                row.update(error=refusal[:MAX_ERROR_CHARS], finished_ms=row["updated_ms"])
             moved = conn.execute(requests_table.update().where(
                 *_key(name, version), requests_table.c.status.notin_(ACTIVE)).values(
                 row_version=requests_table.c.row_version + 1, **row)).rowcount
@@ -407,8 +468,8 @@ class Ledger:
                 return False
             raise ActiveRequestError(
                 f"Model version {name}/{version} already has an unlearning request {current.status} (request "
-                f"{current.request_id}); wait until its {STATUS_TAG} tag is succeeded or failed, then submit the new "
-                "request")
+                f"{current.request_id}); wait until it has finished, or cancel it (tag {CANCEL_TAG!r}), then submit "
+                "the new request")
 
         return self._run(body)
 
@@ -424,17 +485,55 @@ class Ledger:
         """
         values = dict(fields or {})
         if to in TERMINAL:
-            values["queue_seq"] = None
+            values.update(queue_seq=None, finished_ms=_now_ms())
         if values.get("error"):
             values["error"] = values["error"][:MAX_ERROR_CHARS]
         return self._update(name, version, values | {"status": to},
                             requests_table.c.request_id == request_id, requests_table.c.status.in_(tuple(expect)),
                             event=_advance_event(request_id, to))
 
+    def stop(self, name: str, version: int | str, *, to: str, reason: str, by: str | None = None,
+             request_id: str | None = None) -> tuple[bool, RequestState]:
+        """Stop the active request of a version: ``to`` is ``cancelled`` (``by`` whom, now) or ``timed_out``.
+
+        One compare-and-set on the row (status queued or running, and ``request_id`` if given), like the job's own
+        final change: whichever comes first wins. The request leaves the queue (or frees its job slot) at once; its
+        launcher, which reads the row while it watches the job, stops the job's processes.
+
+        Returns:
+            ``(True, state before the change)`` if this call stopped it, else ``(False, current state)`` (no
+            request, a finished one, or one that was stopped already).
+        """
+        version = int(version)
+
+        def body(conn) -> tuple[bool, RequestState]:
+            before = self._read(conn, name, version)
+            if before is None or before.status not in ACTIVE or (request_id and before.request_id != request_id):
+                return False, before or RequestState(name, version, *([None] * 9))
+            now = _now_ms()
+            values = {"status": to, "error": reason[:MAX_ERROR_CHARS], "queue_seq": None, "finished_ms": now,
+                      "lease": None, "job": None, "updated_ms": now, "row_version": requests_table.c.row_version + 1}
+            if to == RequestStatus.CANCELLED:
+                values.update(cancelled_by=(by or "unknown")[:256], cancelled_at=now)
+            moved = conn.execute(requests_table.update().where(
+                *_key(name, version), requests_table.c.request_id == before.request_id,
+                requests_table.c.status.in_(ACTIVE)).values(**values)).rowcount
+            if moved:
+                events.record(conn, name=name, version=version, **_advance_event(before.request_id or "", to))
+            if moved and before.waiting:  # it left the queue: the positions behind it moved up, their tags are due
+                conn.execute(requests_table.update().where(
+                    requests_table.c.status.in_(ACTIVE), requests_table.c.queue_seq.is_not(None)).values(
+                    row_version=requests_table.c.row_version + 1))
+            return moved == 1, before
+
+        return self._run(body)
+
     def set_fields(self, name: str, version: int | str, request_id: str, fields: dict[str, str | None]) -> bool:
-        """Set bookkeeping ``fields`` of the active request ``request_id``; False if it is no longer the active one."""
+        """Set bookkeeping ``fields`` of the active request ``request_id``; False if it is no longer the active one.
+
+        A change of fields the tags do not show (the lease, the job) leaves the row's mirror up to date."""
         return self._update(name, version, dict(fields), requests_table.c.request_id == request_id,
-                            requests_table.c.status.in_(ACTIVE))
+                            requests_table.c.status.in_(ACTIVE), mirrored=bool(set(fields) & set(FIELD_TAGS)))
 
     def _update(self, name: str, version: int | str, values: dict[str, Any], *where, mirrored: bool = True,
                 event: dict[str, Any] | None = None) -> bool:
@@ -465,8 +564,7 @@ class Ledger:
                 return False
             held = requests_table.c.lease.is_(None) if old is None else requests_table.c.lease == old
             return conn.execute(requests_table.update().where(*_key(name, version), held).values(
-                lease=lease_value(), row_version=requests_table.c.row_version + 1,
-                updated_ms=_now_ms())).rowcount == 1
+                lease=lease_value(), updated_ms=_now_ms())).rowcount == 1  # no tag shows the lease
 
         return self._run(body)
 
@@ -495,16 +593,19 @@ class Ledger:
     def dispatch(self, max_jobs: int) -> list[RequestState]:
         """Admit waiting requests, first in first out, while fewer than ``max_jobs`` requests hold a job slot.
 
-        A request holds a slot from its admission (it leaves the queue) until it is ``succeeded`` or ``failed``.
+        A request holds a slot from its admission (it leaves the queue) until it has finished (any final status).
         Runs under the queue's row lock, so concurrent calls (server workers, launchers, servers sharing the
         database) never admit more than ``max_jobs``.
 
         Returns:
             The requests admitted now; the caller starts a launcher for each.
         """
+        active = requests_table.c.status.in_(ACTIVE)
+        if not self._run(lambda conn: self._may_admit(conn, max_jobs), write=False):
+            return []  # no write lock when nothing waits or no slot is free (every recovery and submission asks)
+
         def body(conn) -> list[RequestState]:
             self._lock_queue(conn)
-            active = requests_table.c.status.in_(ACTIVE)
             holders = conn.execute(sa.select(sa.func.count()).select_from(requests_table).where(
                 active, requests_table.c.queue_seq.is_(None))).scalar_one()
             free = max_jobs - holders
@@ -512,18 +613,28 @@ class Ledger:
                 return []
             rows = conn.execute(sa.select(requests_table).where(active, requests_table.c.queue_seq.is_not(None))
                                 .order_by(requests_table.c.queue_seq).limit(free)).all()
-            for row in rows:
+            for row in rows:  # its deadline runs from here: it holds a slot from admission on
                 conn.execute(requests_table.update().where(*_key(row.name, row.version)).values(
-                    queue_seq=None, row_version=requests_table.c.row_version + 1, updated_ms=_now_ms()))
+                    queue_seq=None, row_version=requests_table.c.row_version + 1, updated_ms=_now_ms(),
+                    started_ms=_now_ms()))
                 events.record(conn, request_id=row.request_id, name=row.name, version=row.version,
                               event=events.ADMITTED, status=row.status, since=events.SUBMITTED)
             if rows:  # the positions of the requests still waiting moved up: their tags are due a mirror
                 conn.execute(requests_table.update().where(active, requests_table.c.queue_seq.is_not(None)).values(
                     row_version=requests_table.c.row_version + 1))
-            return [replace(self._state(conn, row), queue_position=None, row_version=row.row_version + 1)
-                    for row in rows]
+            return [replace(self._state(conn, row), queue_position=None, row_version=row.row_version + 1,
+                            started_ms=_now_ms()) for row in rows]
 
         return self._run(body)
+
+    @staticmethod
+    def _may_admit(conn, max_jobs: int) -> bool:
+        """Whether a request waits and a job slot is free, as of this read (the locked admission checks again)."""
+        active = requests_table.c.status.in_(ACTIVE)
+        waiting, holders = conn.execute(sa.select(
+            sa.func.count().filter(requests_table.c.queue_seq.is_not(None)),
+            sa.func.count().filter(requests_table.c.queue_seq.is_(None))).where(active)).one()
+        return waiting > 0 and holders < max_jobs
 
     def mark_mirrored(self, name: str, version: int | str, row_version: int, tags: str) -> bool:
         """Record that the tags show ``row_version`` (``tags``: their JSON); False if the row changed since."""

@@ -129,8 +129,8 @@ def mirror(ledger: Ledger, target: TagTarget, name: str, version: int | str, *,
     for attempt in range(MIRROR_ATTEMPTS):
         try:
             state = ledger.read(name, version)
-            if state.status is None:
-                return
+            if state.status is None or (have is None and state.mirrored_version >= state.row_version):
+                return  # never requested, or the tags show this row already
             if have is None:
                 have = json.loads(state.mirrored_tags) if state.mirrored_tags else target.read(name, version)
             if have is not None:

@@ -15,7 +15,12 @@ Two triggers submit a request on a version:
   stage is left unchanged: MLflow knows only four stages, and this store intercepts ``Unlearn`` before MLflow
   validates the stage.
 
-The store only intercepts these two triggers (and keeps the plugin's tags read-only); everything else is the
+Two doors cancel the version's queued or running request (:meth:`~mlflow_unlearn_plugins.scheduler.Scheduler.cancel`):
+the tag ``mlflow_unlearn.cancel`` (its value: who cancels, or empty; the tag itself is not stored), and a
+transition to ``Cancel``. Who cancelled is the authenticated user of the HTTP request when the server runs MLflow's
+authentication (``--app-name basic-auth``), else the cancel tag's value, else ``unknown``.
+
+The store only intercepts these triggers (and keeps the plugin's tags read-only); everything else is the
 scheduler's (:mod:`mlflow_unlearn_plugins.scheduler`): it checks the request (:mod:`mlflow_unlearn_plugins.request`),
 records it in the plugin's own tables of the same database (:mod:`mlflow_unlearn_plugins.ledger`), mirrors the state
 into the version's tags for the UI (:mod:`mlflow_unlearn_plugins.mirror`, through this store's public methods) and
@@ -38,6 +43,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,17 +53,26 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
-from mlflow_unlearn_plugins.guards import check_created_tags, refuse_busy_model, refuse_busy_version, refuse_plugin_tag
+from mlflow_unlearn_plugins.guards import (
+    check_created_tags,
+    refuse_busy_model,
+    refuse_busy_version,
+    refuse_plugin_tag,
+    refuse_stopped_result,
+)
 from mlflow_unlearn_plugins.ledger import Ledger
 from mlflow_unlearn_plugins.mirror import StoreTags
 from mlflow_unlearn_plugins.public_errors import without_sql
 from mlflow_unlearn_plugins.scheduler import Scheduler
 from mlflow_unlearn_plugins.settings import PluginSettings, read_settings
 
-from mlflow_unlearn.tracking.vocabulary import REQUEST_TAG
+from mlflow_unlearn.tracking.vocabulary import CANCEL_TAG, REQUEST_TAG
 
 SCHEME_PREFIX = "unlearn+"
 UNLEARN_STAGE = "Unlearn"
+#: The transition that cancels a version's queued or running request.
+CANCEL_STAGE = "Cancel"
+_REQUESTER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}")
 #: SQLAlchemy dialects of MLflow's SQL stores; each has an entry point ``unlearn+<dialect>``.
 DIALECTS = ("sqlite", "postgresql", "mysql", "mssql")
 #: After the first recovery, registry calls look again for dead launchers and free job slots this often.
@@ -129,6 +145,37 @@ def request_address() -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def requesting_user(given: str | None = None) -> str:
+    """Who asks, as the server knows it: the authenticated user of the current HTTP request when the server runs
+    MLflow's authentication app, else ``given`` (a name the client wrote), else ``unknown``.
+
+    Raises:
+        MlflowException: ``INVALID_PARAMETER_VALUE`` for a ``given`` name outside letters, digits and ``._@+-``
+            (at most 100 characters).
+
+    Example:
+        >>> requesting_user("alice@example.com"), requesting_user("")
+        ('alice@example.com', 'unknown')
+    """
+    if "mlflow.server.auth" in sys.modules:  # the auth app answered 401 before this point without a valid user
+        try:
+            from flask import has_request_context, request
+        except ImportError:
+            has_request_context = None
+        if has_request_context is not None and has_request_context():
+            auth = request.authorization
+            if auth is not None and auth.username:
+                return auth.username
+    given = (given or "").strip()
+    if not given:
+        return "unknown"
+    if not _REQUESTER.fullmatch(given):
+        raise MlflowException(f"Expected the value of {CANCEL_TAG!r} to name who cancels (letters, digits and "
+                              "'._@+-', at most 100 characters; e.g. alice@example.com) or to be empty",
+                              INVALID_PARAMETER_VALUE)
+    return given
+
+
 def _first_call_recovers(method: Callable[..., Any]) -> Callable[..., Any]:
     """``method`` of :class:`SqlAlchemyStore`, preceded by :meth:`UnlearnRegistryStore.recover_once`."""
 
@@ -183,22 +230,30 @@ class UnlearnRegistryStore(SqlAlchemyStore):
 
     def create_model_version(self, name, source, run_id=None, tags=None, *args, **kwargs):
         """MLflow's ``create_model_version``, refusing a request tag that would be refused, the plugin's status
-        tags, and lineage tags without their signed provenance record
-        (:func:`~mlflow_unlearn_plugins.guards.check_created_tags`): nothing is created then."""
+        tags, lineage tags without their signed provenance record
+        (:func:`~mlflow_unlearn_plugins.guards.check_created_tags`), and the result of a request that was
+        cancelled or timed out (:func:`~mlflow_unlearn_plugins.guards.refuse_stopped_result`): nothing is created
+        then."""
         self.recover_once()
+        refuse_stopped_result(self.ledger, tags, run_id)
         check_created_tags(tags, self.settings, source=source, run_id=run_id)
         return super().create_model_version(name, source, run_id, tags, *args, **kwargs)
 
     # -- triggers ---------------------------------------------------------------------------------------------
     def transition_model_version_stage(self, name, version, stage, archive_existing_versions=False):
-        """``stage="Unlearn"`` submits the version's request tag and leaves the stage as it is; other stages as usual.
+        """``stage="Unlearn"`` submits the version's request tag, ``stage="Cancel"`` cancels its queued or running
+        request; both leave the stage as it is. Other stages as usual.
 
         Raises:
             MlflowException: if the version has no request tag, the request is refused (it is also recorded as
-                ``failed``), or another request is queued or running on the version.
+                ``failed``), or another request is queued or running on the version; for ``Cancel``, if there is
+                no request to cancel or it has finished (cancelling a cancelled request does nothing).
         """
         self.recover_once()
         version = version_number(version)
+        if isinstance(stage, str) and stage.strip().lower() == CANCEL_STAGE.lower():
+            self.scheduler.cancel(name, version, by=requesting_user())
+            return self.get_model_version(name, version)
         if isinstance(stage, str) and stage.strip().lower() == UNLEARN_STAGE.lower():
             request = SqlAlchemyStore.get_model_version(self, name, version).tags.get(REQUEST_TAG)
             if not request:
@@ -214,12 +269,23 @@ class UnlearnRegistryStore(SqlAlchemyStore):
         return super().transition_model_version_stage(name, version, stage, archive_existing_versions)
 
     def set_model_version_tag(self, name, version, tag):
-        """Setting ``mlflow_unlearn.request`` submits a request; every other ``mlflow_unlearn.*`` tag (status,
-        lineage, provenance) is written by the plugin and its jobs only, and is read-only here."""
+        """Setting ``mlflow_unlearn.request`` submits a request, ``mlflow_unlearn.cancel`` cancels it; every other
+        ``mlflow_unlearn.*`` tag (status, lineage, provenance) is written by the plugin and its jobs only, and is
+        read-only here.
+
+        Raises:
+            MlflowException: ``INVALID_PARAMETER_VALUE`` (HTTP 400) for a refused request, with the reason (which
+                the status and error tags record too), or a cancel with nothing to cancel.
+        """
         self.recover_once()
         version = version_number(version)
         if tag.key == REQUEST_TAG:
-            self.scheduler.submit(name, version, tag.value)
+            refusal = self.scheduler.submit(name, version, tag.value)
+            if refusal:
+                raise MlflowException(f"Unlearning request refused: {refusal}", INVALID_PARAMETER_VALUE)
+            return
+        if tag.key == CANCEL_TAG:
+            self.scheduler.cancel(name, version, by=requesting_user(tag.value))
             return
         refuse_plugin_tag(tag.key)
         super().set_model_version_tag(name, version, tag)

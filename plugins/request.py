@@ -8,7 +8,8 @@ A request is the value of the tag ``mlflow_unlearn.request`` on a registered mod
 It is a ``;``-separated list of ``key=value`` pairs, the keys being the fields of
 :class:`mlflow_unlearn.request.UnlearnRequest` that a registry request takes (:data:`REQUEST_KEYS`, generated from
 :data:`mlflow_unlearn.request.REQUEST_FIELDS`). ``forget`` is required; ``method`` (default ``nitc``), ``data``,
-``config``, ``reference`` (``none`` or ``retrain``), ``seed`` (a non-negative int, default 0) and ``onnx`` (yes/no
+``config``, ``reference`` (``none`` or ``retrain``), ``seed`` (a non-negative int, default 0), ``timeout`` (a
+duration such as ``90s``, ``30m`` or ``2h``, within the server's ``MLFLOW_UNLEARN_MAX_RUN_S``) and ``onnx`` (yes/no
 text read by :func:`mlflow_unlearn.data.grammar.parse_flag`, as everywhere; default: the server's
 ``MLFLOW_UNLEARN_ONNX``) are optional. The device is the server's, and a request always registers its result. Anyone
 who may edit tags in the MLflow UI can write a request, so the value is treated as untrusted input:
@@ -47,7 +48,7 @@ from pathlib import Path
 
 from mlflow_unlearn.data.forget import ForgetSpec
 from mlflow_unlearn.data.grammar import SourceSpec, parse_flag, parse_source
-from mlflow_unlearn.request import REGISTRY, UnlearnRequest, door_fields, parse_seed
+from mlflow_unlearn.request import REGISTRY, UnlearnRequest, door_fields, parse_duration, parse_seed
 from mlflow_unlearn.tracking import vocabulary as vocab
 
 ALLOWED_ROOTS_ENV = "MLFLOW_UNLEARN_ALLOWED_ROOTS"
@@ -267,6 +268,11 @@ def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:
     except ValueError:
         raise RequestRefused("Expected the request's seed to be a non-negative int below 2**32 (not repeated, and the "
                              "request is not stored)", keep_value=False) from None
+    try:
+        timeout = parse_duration(pairs["timeout"]) if "timeout" in pairs else None
+    except ValueError:
+        raise RequestRefused("Expected the request's timeout to be a positive duration such as 90s, 30m or 2h (not "
+                             "repeated, and the request is not stored)", keep_value=False) from None
     config = pairs.get("config", "")
     if config:
         config = policy.check_path(config, what="config file")
@@ -280,4 +286,5 @@ def parse_request(value: str, policy: SecurityPolicy) -> UnlearnRequest:
         reference=reference,
         seed=seed,
         onnx=onnx,
+        timeout=timeout,
     )

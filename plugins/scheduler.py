@@ -6,6 +6,9 @@ request to :meth:`Scheduler.submit`; a launcher whose job ended calls :meth:`Sch
 
 * :meth:`Scheduler.submit` checks the request (:func:`mlflow_unlearn_plugins.request.parse_request`), records it in
   the ledger (``queued``, or ``failed`` with the reason), mirrors the version's tags and dispatches;
+* :meth:`Scheduler.cancel` cancels a queued or running request (the store's cancel tag and ``Cancel``
+  transition, the webhook's cancel tag): the ledger's compare-and-set records who and when, the slot is freed and
+  the next request admitted at once, and the request's launcher stops the job's process group;
 * :meth:`Scheduler.dispatch` admits waiting requests into the free job slots (at most ``MLFLOW_UNLEARN_MAX_JOBS``
   hold one) and starts a launcher for each;
 * :meth:`Scheduler.recover` starts a new launcher for every admitted or running request whose launcher is gone
@@ -22,24 +25,42 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 from mlflow_unlearn_plugins import retention
-from mlflow_unlearn_plugins.ledger import ACTIVE, Ledger, lease_alive, lease_value
+from mlflow_unlearn_plugins.ledger import (
+    ACTIVE,
+    Ledger,
+    RequestState,
+    lease_alive,
+    lease_value,
+    process_alive,
+    utc_text,
+)
 from mlflow_unlearn_plugins.mirror import TagTarget, mirror, mirror_pending
+from mlflow_unlearn_plugins.process_group import stop_process_group
 from mlflow_unlearn_plugins.request import RequestRefused, parse_request
-from mlflow_unlearn_plugins.settings import PluginSettings
+from mlflow_unlearn_plugins.settings import MAX_RUN_ENV, PluginSettings
 
-from mlflow_unlearn.request import RequestStatus
+from mlflow_unlearn.request import RequestStatus, format_duration
 from mlflow_unlearn.tracking.keys import DIGEST_KEY_ENV, DIGEST_KEY_FILE_ENV
+from mlflow_unlearn.tracking.vocabulary import CANCEL_TAG
 
 #: Present in every launcher's command line; recovery uses it to recognise a live launcher by its PID.
 LAUNCHER_MARKER = "mlflow_unlearn_plugins.launcher"
 
 _logger = logging.getLogger(__name__)
+
+
+class CancelRefused(MlflowException):
+    """Nothing to cancel: the version has no request, or its request has finished (HTTP 400)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, INVALID_PARAMETER_VALUE)
 
 
 def start_launcher(ledger_uri: str, mirror_uri: str, name: str, version: int | str, request_id: str, *,
@@ -108,16 +129,22 @@ class Scheduler:
         if tags is None:
             raise MlflowException(f"Model Version (name={name}, version={version}) not found",
                                   RESOURCE_DOES_NOT_EXIST)
-        refusal, keep = None, True
+        refusal, keep, deadline = None, True, None
+        max_run = self.settings.launcher.max_run_s
         try:
-            parse_request(value, self.settings.policy)
+            timeout = parse_request(value, self.settings.policy).timeout
+            if timeout and max_run and timeout > max_run:
+                refusal = (f"the request's timeout={format_duration(timeout)} is longer than this server allows "
+                           f"({format_duration(max_run)}, {MAX_RUN_ENV}); ask for at most that")
+            deadline = timeout or max_run or None
         except RequestRefused as exc:
             refusal, keep = str(exc), exc.keep_value
         if refusal is None and self.settings.digest_key is None:
             refusal = (f"this server has no digest key ({DIGEST_KEY_ENV}), so it cannot sign the provenance of a "
                        "result and would refuse to register it; the operator must set one")
         request_id = uuid.uuid4().hex
-        opened = self.ledger.open(name, version, value if keep else None, request_id=request_id, refusal=refusal)
+        opened = self.ledger.open(name, version, value if keep else None, request_id=request_id, refusal=refusal,
+                                  deadline_s=deadline)
         mirror(self.ledger, self.tags, name, version, have=tags)
         if not opened:
             return None  # the same request is already queued or running
@@ -127,6 +154,51 @@ class Scheduler:
         self.dispatch()
         return None
 
+    def cancel(self, name: str, version: int | str, *, by: str | None = None) -> RequestState:
+        """Cancel the queued or running request on ``name``/``version``; cancelling a cancelled one does nothing.
+
+        The ledger's compare-and-set records ``cancelled`` with ``by`` (who, ``unknown`` if None) and the time; the
+        request leaves the queue, or frees its job slot and the next waiting request is admitted now. A running
+        job is stopped by its launcher within a second (its process group: SIGTERM, then SIGKILL); if that launcher
+        is gone, the job is stopped from here.
+
+        Returns:
+            The request's state now.
+
+        Raises:
+            MlflowException: ``RESOURCE_DOES_NOT_EXIST`` if the version does not exist.
+            CancelRefused: if the version has no request, or its request has already finished.
+        """
+        version = int(version)
+        if self.tags.read(name, version) is None:
+            raise MlflowException(f"Model Version (name={name}, version={version}) not found",
+                                  RESOURCE_DOES_NOT_EXIST)
+        who = by or "unknown"
+        reason = f"cancelled by {who} at {utc_text(int(time.time() * 1000))}; nothing was registered"
+        stopped, state = self.ledger.stop(name, version, to=RequestStatus.CANCELLED, reason=reason, by=who)
+        if not stopped:
+            if state.status == RequestStatus.CANCELLED:
+                return state  # cancelling twice is a no-op
+            if state.status is None:
+                raise CancelRefused(f"Model version {name}/{version} has no unlearning request to cancel")
+            raise CancelRefused(f"The unlearning request on {name}/{version} has already finished ({state.status}); "
+                                f"there is nothing to cancel (tag {CANCEL_TAG!r} cancels a queued or running one)")
+        _logger.info("Unlearning request %s on %s/%s cancelled by %s", state.request_id, name, version, who)
+        mirror(self.ledger, self.tags, name, version)
+        self._stop_unwatched_job(state)
+        if not self.dispatch():  # nothing admitted, but a queued request left: the ones behind it moved up
+            self._mirror_waiting()
+        return self.ledger.read(name, version)
+
+    def _stop_unwatched_job(self, state: RequestState) -> None:
+        """Stop the job of a stopped request whose launcher is gone (its process group, if it runs on this host),
+        in a thread: SIGKILL comes only after a grace period. A live launcher stops its job itself."""
+        host, _, pid = (state.job or "").partition("|")
+        if (lease_alive(state.lease, LAUNCHER_MARKER) or host != os.uname().nodename or not pid.isdigit()
+                or not process_alive(int(pid), state.request_run_id or "--run-id")):
+            return
+        threading.Thread(target=stop_process_group, args=(int(pid),), name=f"stop-job-{pid}", daemon=True).start()
+
     def dispatch(self) -> list[int]:
         """Admit the waiting requests that fit in the free job slots and start their launchers; return their PIDs."""
         pids = []
@@ -135,11 +207,15 @@ class Scheduler:
             pid = self.spawn(state.name, state.version, state.request_id or "")
             if pid is not None:
                 pids.append(pid)
-        if admitted:  # the requests still waiting moved up: their queue positions, first in line first
-            waiting = sorted((s for s in self.ledger.unmirrored() if s.waiting), key=lambda s: int(s.queue_position))
-            for state in waiting:
-                mirror(self.ledger, self.tags, state.name, state.version)
+        if admitted:  # the requests still waiting moved up
+            self._mirror_waiting()
         return pids
+
+    def _mirror_waiting(self) -> None:
+        """Show the queue positions of the waiting requests whose tags lag, first in line first."""
+        waiting = sorted((s for s in self.ledger.unmirrored() if s.waiting), key=lambda s: int(s.queue_position))
+        for state in waiting:
+            mirror(self.ledger, self.tags, state.name, state.version)
 
     def recover(self, *, leased_only: bool = False) -> None:
         """Resume every admitted or running request whose launcher is gone, redo tag mirrors cut short, then admit

@@ -37,6 +37,11 @@ DOCKER_IMAGE_ENV = "MLFLOW_UNLEARN_DOCKER_IMAGE"
 LOG_DIR_ENV = "MLFLOW_UNLEARN_LOG_DIR"
 MAX_JOBS_ENV = "MLFLOW_UNLEARN_MAX_JOBS"
 ONNX_ENV = "MLFLOW_UNLEARN_ONNX"
+WEBHOOK_SECRET_ENV = "MLFLOW_UNLEARN_WEBHOOK_SECRET"
+MAX_RUN_ENV = "MLFLOW_UNLEARN_MAX_RUN_S"
+#: The deployment's longest run time of a request by default: 6 h, the Kubernetes Job template's
+#: ``activeDeadlineSeconds`` (a request that needs longer asks the operator to raise both).
+DEFAULT_MAX_RUN_S = 6 * 3600
 LOG_RETENTION_ENV = "MLFLOW_UNLEARN_LOG_RETENTION_DAYS"
 BACKENDS = ("local", "kubernetes")
 # Set by `mlflow server` for its workers (mlflow.server.constants and mlflow.server.handlers).
@@ -68,6 +73,8 @@ class LauncherSettings:
             others wait as ``queued``, first in first out, with a ``mlflow_unlearn.queue_position`` tag.
         onnx: whether a job logs an ONNX copy of the new version unless its request says ``onnx=`` (:data:`ONNX_ENV`,
             default true); off for models that ONNX cannot export, or to save the export's seconds of CPU per job.
+        max_run_s: the longest run time of a request, in seconds from when it takes a job slot (:data:`MAX_RUN_ENV`,
+            default :data:`DEFAULT_MAX_RUN_S`; 0: no limit). A request's own ``timeout=`` may only be shorter.
         log_retention_days: how long the log file of a request that is no longer queued or running is kept, counted
             from its last write (:data:`LOG_RETENTION_ENV`, default 30; 0 keeps every log). The scheduler's recovery
             deletes older ones (:mod:`mlflow_unlearn_plugins.retention`).
@@ -86,9 +93,13 @@ class LauncherSettings:
     log_dir: str = ""
     max_jobs: int = 1
     onnx: bool = True
+    max_run_s: int = DEFAULT_MAX_RUN_S
     log_retention_days: int = 30
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_run_s, bool) or not isinstance(self.max_run_s, int) or self.max_run_s < 0:
+            raise ValueError(f"Expected `{MAX_RUN_ENV}` to be a number of seconds (0: no limit) but got "
+                             f"{self.max_run_s!r}")
         if (isinstance(self.log_retention_days, bool) or not isinstance(self.log_retention_days, int)
                 or self.log_retention_days < 0):
             raise ValueError(f"Expected `{LOG_RETENTION_ENV}` to be a non-negative int (days; 0 keeps every log) but "
@@ -218,6 +229,18 @@ def _positive_int(text: str, name: str) -> int:
         raise ValueError(f"Expected `{name}` to be a positive int but got {text!r}") from None
 
 
+def _seconds(text: str, name: str, default: int) -> int:
+    """A number of seconds (``0`` or ``none``: no limit); empty means ``default``."""
+    text = text.strip().lower()
+    if not text:
+        return default
+    if text == "none":
+        return 0
+    if not text.isdigit():
+        raise ValueError(f"Expected `{name}` to be a number of seconds (0 or 'none': no limit) but got {text!r}")
+    return int(text)
+
+
 def _retention_days(text: str) -> int:
     """Days of :data:`LOG_RETENTION_ENV` (empty: the default, 30); :class:`LauncherSettings` checks the range."""
     if not text.strip():
@@ -278,6 +301,11 @@ def _read_server(env: Mapping[str, str], tracking_uri: str) -> ServerFacts:
     return facts
 
 
+def read_webhook_secret(environ: Mapping[str, str] | None = None) -> str:
+    """The shared secret of ``mlflow-unlearn-serve``'s webhook (:data:`WEBHOOK_SECRET_ENV`; empty if unset)."""
+    return (os.environ if environ is None else environ).get(WEBHOOK_SECRET_ENV, "")
+
+
 def read_settings(environ: Mapping[str, str] | None = None) -> PluginSettings:
     """Read every setting of the plugin from ``environ`` (default: this process's environment), once.
 
@@ -297,6 +325,7 @@ def read_settings(environ: Mapping[str, str] | None = None) -> PluginSettings:
         log_dir=env.get(LOG_DIR_ENV, "") or os.path.join(tempfile.gettempdir(), "mlflow-unlearn-logs"),
         max_jobs=_positive_int(max_jobs, MAX_JOBS_ENV) if max_jobs else default_max_jobs(env, nproc),
         onnx=_boolean(env.get(ONNX_ENV, ""), ONNX_ENV, True),
+        max_run_s=_seconds(env.get(MAX_RUN_ENV, ""), MAX_RUN_ENV, DEFAULT_MAX_RUN_S),
         log_retention_days=_retention_days(env.get(LOG_RETENTION_ENV, "")),
     )
     return PluginSettings(policy=_read_policy(env), launcher=launcher, server=_read_server(env, launcher.tracking_uri),

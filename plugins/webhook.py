@@ -28,6 +28,11 @@ retried (and logged).
 
 The server cannot refuse a tag as the plugin does (409): a different request set while one is active is ignored
 and answered 409 to the webhook; the status tags show the request that runs.
+
+The tag ``mlflow_unlearn.cancel`` (its value: who cancels, or empty) cancels the version's queued or running
+request (:meth:`~mlflow_unlearn_plugins.scheduler.Scheduler.cancel`), as on the plugin's store; the receiver then
+removes that tag again. A webhook carries no user, so the tag's value (else ``unknown``) is recorded as who
+cancelled; nothing to cancel is answered 409 to the webhook.
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import threading
 import time
 from http import HTTPStatus
@@ -45,9 +49,9 @@ from pathlib import Path
 from mlflow_unlearn_plugins.health import Readiness
 from mlflow_unlearn_plugins.ledger import ActiveRequestError, Ledger, RequestState, connect
 from mlflow_unlearn_plugins.mirror import ClientTags, StoreTags, mirror_pending
-from mlflow_unlearn_plugins.registry_store import RECOVERY_INTERVAL_S
-from mlflow_unlearn_plugins.scheduler import Scheduler
-from mlflow_unlearn_plugins.settings import read_settings
+from mlflow_unlearn_plugins.registry_store import RECOVERY_INTERVAL_S, requesting_user
+from mlflow_unlearn_plugins.scheduler import CancelRefused, Scheduler
+from mlflow_unlearn_plugins.settings import WEBHOOK_SECRET_ENV, read_settings, read_webhook_secret
 from mlflow_unlearn_plugins.webhook_auth import (
     DELIVERY_ID_HEADER,
     MAX_CONCURRENT,
@@ -60,9 +64,9 @@ from mlflow_unlearn_plugins.webhook_auth import (
 )
 from mlflow_unlearn_plugins.webhook_auth import signature as signature  # the name callers import from here
 
-from mlflow_unlearn.tracking.vocabulary import REQUEST_TAG
+from mlflow_unlearn.tracking.vocabulary import CANCEL_TAG, REQUEST_TAG
 
-SECRET_ENV = "MLFLOW_UNLEARN_WEBHOOK_SECRET"
+SECRET_ENV = WEBHOOK_SECRET_ENV
 SYNC_S = 1.0
 STATE_DATABASE = "the receiver's state database"
 
@@ -123,8 +127,10 @@ class WebhookService:
             name, version, key, value = str(data["name"]), int(data["version"]), data["key"], data.get("value", "")
         except (ValueError, KeyError, TypeError):
             return HTTPStatus.BAD_REQUEST, "not a model_version_tag.set payload"
-        if kind != ("model_version_tag", "set") or key != REQUEST_TAG:
+        if kind != ("model_version_tag", "set") or key not in (REQUEST_TAG, CANCEL_TAG):
             return HTTPStatus.OK, "ignored"
+        if key == CANCEL_TAG:
+            return self._cancel(name, version, value)
         try:
             refusal = self.scheduler.submit(name, version, value)
         except ActiveRequestError as exc:
@@ -142,6 +148,21 @@ class WebhookService:
         from mlflow_unlearn_plugins.metrics import render
 
         return render(lambda: self.ledger, self.settings.launcher.max_jobs)
+
+    def _cancel(self, name: str, version: int, value: str) -> tuple[int, str]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            state = self.scheduler.cancel(name, version, by=requesting_user(value))
+        except CancelRefused as exc:
+            return HTTPStatus.CONFLICT, exc.message
+        except MlflowException as exc:
+            return HTTPStatus.BAD_REQUEST, exc.message
+        try:  # the cancel is done; the command tag goes (the status tags say who cancelled and when)
+            self.tags.write(name, version, CANCEL_TAG, None)
+        except MlflowException as exc:
+            _logger.warning("Removing %s from %s/%s failed (%s)", CANCEL_TAG, name, version, exc.error_code)
+        return HTTPStatus.OK, f"cancelled by {state.cancelled_by}"
 
     # -- status tags to the server ----------------------------------------------------------------------------
     def sync(self) -> None:
@@ -269,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        service = WebhookService(os.environ.get(SECRET_ENV, ""), args.tracking_uri, args.state_db)
+        service = WebhookService(read_webhook_secret(), args.tracking_uri, args.state_db)
     except ValueError as exc:
         parser.error(str(exc))
     service.serve(args.host, args.port)

@@ -73,3 +73,25 @@ def end(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def request_pids(registry_uri: str, name: str) -> dict[int, dict[str, int]]:
+    """``{version: {"launcher": pid, "job": pid}}`` of the requests on model ``name`` as the plugin's ledger records
+    them (``unlearn+<database URI>`` or the database URI; the version tags do not show these)."""
+    import sqlalchemy as sa
+    from mlflow_unlearn_plugins.ledger import connect, requests_table
+
+    engine = connect(registry_uri.removeprefix("unlearn+"))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(requests_table.c.version, requests_table.c.lease, requests_table.c.job)
+                                .where(requests_table.c.name == name)).all()
+    finally:
+        engine.dispose()
+    found = {}
+    for version, lease, job in rows:
+        pids = {role: int(value.split("|")[1]) for role, value in (("launcher", lease), ("job", job))
+                if value and value.count("|") >= 1 and value.split("|")[1].isdigit()}
+        if pids:
+            found[int(version)] = pids
+    return found

@@ -201,8 +201,10 @@ def test_bad_input_is_refused_in_one_line_without_an_id_or_a_new_version(uris, b
         monkeypatch.setenv("MLFLOW_UNLEARN_LOG_DIR", str(tmp_path / "logs"))
         store = UnlearnRegistryStore(store_uri="unlearn+" + uris["registry_uri"], tracking_uri=uris["tracking_uri"])
         if door == "tag":
-            store.set_model_version_tag("digits-mlp", 1, ModelVersionTag(vocab.REQUEST_TAG, text))
+            with pytest.raises(MlflowException, match="Unlearning request refused") as info:  # 400 (issue 29)
+                store.set_model_version_tag("digits-mlp", 1, ModelVersionTag(vocab.REQUEST_TAG, text))
             message = store.get_model_version("digits-mlp", 1).tags[vocab.ERROR_TAG]
+            assert info.value.message.endswith(message)
         elif door == "create":
             with pytest.raises(MlflowException) as info:
                 store.create_model_version("digits-mlp", source=str(tmp_path), tags=[ModelVersionTag(

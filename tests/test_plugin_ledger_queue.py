@@ -120,3 +120,63 @@ def test_deleting_a_busy_version_or_model_is_refused(store, monkeypatch):
     assert led.advance(MODEL, 2, "r2", expect=ledger.ACTIVE, to="failed")
     plugin.delete_registered_model(MODEL)
     assert plugin.search_registered_models() == []
+
+
+def test_the_lease_and_the_job_stay_in_the_ledger_and_cost_no_tag_write(store):
+    """Claiming the lease, heartbeats and the job's PID change no tag (each tag write is a registry transaction),
+    the status changes are shown, and the first ledger's lease and job tags are removed from the version."""
+    from mlflow.entities.model_registry import ModelVersionTag
+    from mlflow_unlearn_plugins.mirror import mirror
+
+    _, stock, led = store
+    stock.set_model_version_tag(MODEL, "1", ModelVersionTag(ledger.LEASE_TAG, "old-host|1|1"))  # the first ledger's
+    writes = []
+
+    class Counting(StoreTags):
+        def write(self, name, version, key, value):
+            writes.append(key)
+            super().write(name, version, key, value)
+
+    tags = Counting(stock)
+    led.open(MODEL, 1, "forget=classes:1", request_id="r1")
+    led.dispatch(1)
+    mirror(led, tags, MODEL, 1)
+    assert ledger.LEASE_TAG in writes  # the old tag was deleted
+    writes.clear()
+    led.set_fields(MODEL, 1, "r1", {"lease": ledger.lease_value(os.getpid())})
+    assert led.claim_lease(MODEL, 1, "r1", "pytest") is True
+    led.heartbeat(MODEL, 1)
+    led.set_fields(MODEL, 1, "r1", {"job": "host|123"})
+    mirror(led, tags, MODEL, 1)
+    assert writes == [] and led.read(MODEL, 1).job == "host|123"
+    assert led.advance(MODEL, 1, "r1", expect=("queued",), to="running")
+    mirror(led, tags, MODEL, 1)
+    assert writes == [ledger.STATUS_TAG]
+    shown = stock.get_model_version(MODEL, "1").tags
+    assert shown[ledger.STATUS_TAG] == "running" and not {ledger.LEASE_TAG, ledger.JOB_TAG} & set(shown)
+
+
+def test_dispatch_takes_no_write_lock_when_nothing_waits_or_no_slot_is_free(store):
+    """Every submission and recovery asks for admissions: when nothing can be admitted it only reads."""
+    import sqlalchemy as sa
+
+    _, stock, led = store
+    led.open(MODEL, 1, "forget=classes:1", request_id="r1")
+    assert [s.version for s in led.dispatch(1)] == [1]
+    led.open(MODEL, 2, "forget=classes:2", request_id="r2")
+    writes = []
+
+    def count(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith(("UPDATE", "INSERT", "DELETE")):
+            writes.append(statement)
+
+    sa.event.listen(stock.engine, "before_cursor_execute", count)
+    try:
+        assert led.dispatch(1) == []  # the slot is held: 2 waits
+        assert writes == []
+        assert led.advance(MODEL, 1, "r1", expect=("queued",), to="failed", fields={"error": "x"})
+        writes.clear()
+        assert [s.version for s in led.dispatch(1)] == [2]
+        assert writes  # the admission itself writes, under the queue's lock
+    finally:
+        sa.event.remove(stock.engine, "before_cursor_execute", count)

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersionTag
+from mlflow.exceptions import MlflowException
 from mlflow_unlearn_plugins import job, scheduler
 from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore
 from mlflow_unlearn_plugins.request import SecurityPolicy
@@ -66,9 +67,15 @@ def _registry_error(uri: str, root, version, kwargs: dict, monkeypatch) -> str:
     store = UnlearnRegistryStore("unlearn+" + uri, tracking_uri=uri, settings=settings)
     target = MlflowClient(uri).create_model_version(MODEL, version.source, version.run_id).version
     value = f"forget={kwargs['forget']}; method={kwargs['method']}"
-    store.set_model_version_tag(MODEL, target, ModelVersionTag(vocab.REQUEST_TAG, value))
+    try:
+        store.set_model_version_tag(MODEL, target, ModelVersionTag(vocab.REQUEST_TAG, value))
+        answered = None
+    except MlflowException as exc:  # refused in the request thread: 400 with the reason (issue 29)
+        assert exc.get_http_status_code() == 400
+        answered = exc.message
     tags = store.get_model_version(MODEL, target).tags
     assert tags[vocab.STATUS_TAG] == "failed"
+    assert answered is None or answered == f"Unlearning request refused: {tags[vocab.ERROR_TAG]}"
     return tags[vocab.ERROR_TAG]
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import requests
 from pg_cluster import PostgresCluster, binaries_or_skip
+from processes import request_pids
 from test_plugin_server import (  # noqa: F401  (parent is a fixture used by name)
     JOB_TIMEOUT_S,
     MODEL,
@@ -78,15 +79,10 @@ def cluster(tmp_path_factory) -> Iterator[PostgresCluster]:
 
 def _end_leftovers(srv: Server) -> None:
     """Kill launchers and jobs still recorded in the tags (they run in their own sessions and outlive a server)."""
-    from mlflow_unlearn_plugins import ledger
-
-    if srv.proc is None or srv.proc.poll() is not None:
-        return
-    for version in _client(srv).search_model_versions(f"name='{MODEL}'"):
-        for key, marker in ((ledger.LEASE_TAG, "mlflow_unlearn_plugins.launcher"), (ledger.JOB_TAG, "--run-id")):
-            pid = version.tags.get(key, "").split("|")[1:2]
-            if pid and pid[0].isdigit():
-                _kill_if_ours(int(pid[0]), marker)
+    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "--run-id"}
+    for pids in request_pids(srv.registry_uri, MODEL).values():
+        for role, pid in pids.items():
+            _kill_if_ours(pid, markers[role])
 
 
 WARM_UP_MODEL = "warm-up"
@@ -119,7 +115,7 @@ def _warm_up(srv: Server) -> float:
     response = requests.post(f"{srv.url}/api/2.0/mlflow/model-versions/set-tag", timeout=300, json={
         "name": WARM_UP_MODEL, "version": version, "key": "mlflow_unlearn.request", "value": WARM_UP_REQUEST})
     elapsed = time.time() - start
-    assert response.status_code == 200, response.text
+    assert response.status_code == 400 and "is a URL" in response.json()["message"], response.text  # issue 29
     tags = client.get_model_version(WARM_UP_MODEL, version).tags
     assert tags["mlflow_unlearn.status"] == "failed" and "is a URL" in tags["mlflow_unlearn.error"], tags
     print(f"\nfirst request on {srv.url}: {elapsed:.1f} s")
@@ -214,13 +210,13 @@ def test_busy_version_refuses_a_different_request(server, busy_job, victim_job, 
 def test_server_killed_mid_job_resumes_or_fails_requests_with_a_reason(server, server_b, busy_job, victim_job):
     """SIGKILL server A while two of its jobs run, and kill one job (as if its host had rebooted); restart A.
     The surviving request ends succeeded, the killed one failed with a reason; server B serves throughout."""
-    from mlflow_unlearn_plugins import ledger
-
     survivor, victim = busy_job[0], victim_job
     deadline = time.time() + JOB_TIMEOUT_S
     while time.time() < deadline:
         states = [_client(server).get_model_version(MODEL, v).tags for v in (survivor, victim)]
-        if all(s.get("mlflow_unlearn.status") == "running" and ledger.JOB_TAG in s for s in states):
+        if all(s.get("mlflow_unlearn.status") == "running" for s in states) \
+                and all("job" in pids.get(int(v), {}) for pids in [request_pids(server.registry_uri, MODEL)]
+                        for v in (survivor, victim)):
             break
         ended = {v: (s.get("mlflow_unlearn.status"), s.get("mlflow_unlearn.error"))
                  for v, s in zip((survivor, victim), states, strict=True)
@@ -232,8 +228,9 @@ def test_server_killed_mid_job_resumes_or_fails_requests_with_a_reason(server, s
     victim_tags = states[1]
     os.killpg(server.proc.pid, signal.SIGKILL)
     server.proc.wait(30)
-    _kill_if_ours(int(victim_tags[ledger.LEASE_TAG].split("|")[1]), "mlflow_unlearn_plugins.launcher")
-    _kill_if_ours(int(victim_tags[ledger.JOB_TAG].split("|")[1]), victim_tags["mlflow_unlearn.request_run_id"])
+    victim_pids = request_pids(server.registry_uri, MODEL)[int(victim)]
+    _kill_if_ours(victim_pids["launcher"], "mlflow_unlearn_plugins.launcher")
+    _kill_if_ours(victim_pids["job"], victim_tags["mlflow_unlearn.request_run_id"])
     # while A is down, B reads the same database
     assert _client(server_b).get_model_version(MODEL, survivor).tags["mlflow_unlearn.status"] == "running"
     server.start()

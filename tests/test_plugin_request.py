@@ -318,16 +318,21 @@ def test_only_one_launcher_holds_the_lease(requests_ledger):
 def test_store_records_refusals_and_protects_its_tags(registry):
     uri, stock = registry
     store = UnlearnRegistryStore(store_uri="unlearn+" + uri, tracking_uri=uri)
-    store.set_model_version_tag("m", 1, ModelVersionTag("mlflow_unlearn.request", "forget=classes:x"))
+    with pytest.raises(MlflowException, match="Unlearning request refused") as refused:  # issue 29: 400, not 200
+        store.set_model_version_tag("m", 1, ModelVersionTag("mlflow_unlearn.request", "forget=classes:x"))
+    assert refused.value.get_http_status_code() == 400
     tags = store.get_model_version("m", 1).tags
     assert tags["mlflow_unlearn.status"] == "failed"
     assert "expected comma-separated ints" in tags["mlflow_unlearn.error"]
     assert "mlflow_unlearn.request" not in tags  # issue 17: a value outside the grammar is never stored
     oversized = "forget=classes:" + "1," * MAX_REQUEST_CHARS + "1"
-    store.set_model_version_tag("m", 2, ModelVersionTag("mlflow_unlearn.request", oversized))
+    with pytest.raises(MlflowException, match="limit is"):
+        store.set_model_version_tag("m", 2, ModelVersionTag("mlflow_unlearn.request", oversized))
     tags = store.get_model_version("m", 2).tags
     assert "limit is" in tags["mlflow_unlearn.error"] and "mlflow_unlearn.request" not in tags
-    store.set_model_version_tag("m", 2, ModelVersionTag("mlflow_unlearn.request", "forget=ids:1017,2044"))
+    with pytest.raises(MlflowException, match="not stored") as refused:
+        store.set_model_version_tag("m", 2, ModelVersionTag("mlflow_unlearn.request", "forget=ids:1017,2044"))
+    assert "1017" not in refused.value.message
     tags = store.get_model_version("m", 2).tags
     assert "not stored" in tags["mlflow_unlearn.error"] and "mlflow_unlearn.request" not in tags
     assert not any("1017" in v for v in tags.values())

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from processes import request_pids
 
 pytestmark = pytest.mark.slow
 
@@ -130,15 +131,9 @@ def server(tmp_path_factory, installed_site) -> Iterator[Server]:
     _warm_up(srv)
     yield srv
     # Launchers and jobs run in their own sessions (they outlive a server restart); end the ones still running.
-    from mlflow_unlearn_plugins import ledger
-
-    leftovers = []
-    if srv.proc is not None and srv.proc.poll() is None:
-        for version in _client(srv).search_model_versions(f"name='{MODEL}'"):
-            for key, marker in ((ledger.LEASE_TAG, "mlflow_unlearn_plugins.launcher"), (ledger.JOB_TAG, "--run-id")):
-                pid = version.tags.get(key, "").split("|")[1:2]
-                if pid and pid[0].isdigit():
-                    leftovers.append((int(pid[0]), marker))
+    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "--run-id"}
+    leftovers = [(pid, markers[role]) for pids in request_pids(srv.registry_uri, MODEL).values()
+                 for role, pid in pids.items()]
     srv.stop()
     for pid, marker in leftovers:
         _kill_if_ours(pid, marker)
@@ -297,13 +292,13 @@ def test_project_is_found_from_the_installed_package(installed_site):
 def test_server_restart_resumes_or_fails_requests_with_a_reason(server, transition_job, victim_job):
     """Stop the server while jobs run; one job is also killed (as if its host had rebooted). After the restart the
     surviving request ends succeeded and the killed one failed with a reason; none is left queued or running."""
-    from mlflow_unlearn_plugins import ledger
-
     survivor, victim = transition_job[0], victim_job
     deadline = time.time() + JOB_TIMEOUT_S
     while time.time() < deadline:
         states = [_client(server).get_model_version(MODEL, v).tags for v in (survivor, victim)]
-        if all(s.get("mlflow_unlearn.status") == "running" and ledger.JOB_TAG in s for s in states):
+        if all(s.get("mlflow_unlearn.status") == "running" for s in states) \
+                and all("job" in pids.get(int(v), {}) for pids in [request_pids(server.registry_uri, MODEL)]
+                        for v in (survivor, victim)):
             break
         ended = {v: (s.get("mlflow_unlearn.status"), s.get("mlflow_unlearn.error"))
                  for v, s in zip((survivor, victim), states, strict=True)
@@ -314,8 +309,9 @@ def test_server_restart_resumes_or_fails_requests_with_a_reason(server, transiti
         pytest.fail(f"the two requests did not start running: {states}")
     victim_tags = states[1]
     server.stop()
-    _kill_if_ours(int(victim_tags[ledger.LEASE_TAG].split("|")[1]), "mlflow_unlearn_plugins.launcher")
-    _kill_if_ours(int(victim_tags[ledger.JOB_TAG].split("|")[1]), victim_tags["mlflow_unlearn.request_run_id"])
+    victim_pids = request_pids(server.registry_uri, MODEL)[int(victim)]
+    _kill_if_ours(victim_pids["launcher"], "mlflow_unlearn_plugins.launcher")
+    _kill_if_ours(victim_pids["job"], victim_tags["mlflow_unlearn.request_run_id"])
     server.start()
     victim_tags = _wait_done(server, victim)
     assert victim_tags["mlflow_unlearn.status"] == "failed"
@@ -444,7 +440,11 @@ def bad_requests(server, parent):
         else:
             versions[case] = _new_version(server, parent)
         response = _set_tag(server, versions[case], value.format(allowed=server.allowed))
-        assert response.status_code == 200, response.text  # the tag is accepted; the request is marked failed
+        if response.status_code == 400:  # refused in the request thread: answered with the reason it records
+            error = _client(server).get_model_version(MODEL, versions[case]).tags["mlflow_unlearn.error"]
+            assert response.json()["message"] == f"Unlearning request refused: {error}"
+        else:  # accepted; the launcher's pre-flight refuses it and marks it failed
+            assert response.status_code == 200, response.text
     return versions
 
 

@@ -169,13 +169,18 @@ def test_one_yes_no_parser_for_every_door(text, value):
 
 
 def test_the_status_enum_is_the_tag_vocabulary():
-    assert [s.value for s in RequestStatus] == ["queued", "running", "succeeded", "failed"]
+    assert [s.value for s in RequestStatus] == ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
     assert RequestStatus.QUEUED == "queued" and str(RequestStatus.FAILED) == "failed"
     assert [s for s in RequestStatus if s.active] == [RequestStatus.QUEUED, RequestStatus.RUNNING]
+    assert [s for s in RequestStatus if s.stopped] == [RequestStatus.CANCELLED, RequestStatus.TIMED_OUT]
+
+
+#: Scheduling fields: only the registry's launcher, which owns the job's processes, can honour them (issue 29).
+SCHEDULING_FIELDS = {"timeout"}
 
 
 def test_door_fields_names_the_doors():
-    assert door_fields(API) == tuple(f.name for f in REQUEST_FIELDS)
+    assert door_fields(API) == tuple(f.name for f in REQUEST_FIELDS if f.name not in SCHEDULING_FIELDS)
     assert "device" not in door_fields(REGISTRY) and "register" not in door_fields(REGISTRY)
     with pytest.raises(ValueError, match="Unknown door 'ui'"):
         door_fields("ui")
@@ -184,3 +189,25 @@ def test_door_fields_names_the_doors():
 def test_a_status_is_its_tag_value_in_sets_and_dicts():
     assert RequestStatus.RUNNING in {"running"} and {"failed": 1}[RequestStatus.FAILED] == 1
     assert RequestStatus("succeeded") is RequestStatus.SUCCEEDED
+
+
+def test_the_timeout_is_a_scheduling_field_of_the_registry_door_only():
+    """The API, the CLI and ``mlflow run`` are stopped by whoever runs them; the registry's launcher stops a job
+    past its deadline. The field says so, and a job's parameters never carry it."""
+    (field,) = [f for f in REQUEST_FIELDS if f.name in SCHEDULING_FIELDS]
+    assert field.doors == (REGISTRY,) and "scheduling field" in field.why_not
+    for door in (API, CLI, MLPROJECT):
+        assert "timeout" not in door_names()[door]
+    request = parse_request("forget=classes:3; timeout=30m", SecurityPolicy())
+    assert request.timeout == 1800
+    assert "timeout" not in request.replace(device="cpu").project_parameters("models:/m/1")
+    assert parse_request("forget=classes:3; timeout=90", SecurityPolicy()).timeout == 90
+
+
+@pytest.mark.parametrize("value", ["000", "-5m", "soon", "1.5h", "12345678h", "30 minutes"])
+def test_a_bad_registry_timeout_is_refused_without_repeating_it(value):
+    with pytest.raises(RequestRefused, match="timeout to be a positive duration") as info:
+        parse_request(f"forget=classes:3; timeout={value}", SecurityPolicy())
+    assert info.value.keep_value is False and value not in str(info.value)
+    with pytest.raises(ValueError, match="Expected argument `timeout`"):
+        UnlearnRequest("classes:3", timeout=0)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-__all__ = ["TrainOutcome", "UnlearnOutcome", "UnlearnPlan", "evaluate_version", "prepare", "project_dir", "train_model",
-           "unlearn"]
+__all__ = ["TrainOutcome", "UnlearnOutcome", "UnlearnPlan", "cancel_request", "evaluate_version", "prepare",
+           "project_dir", "train_model", "unlearn"]
 _LAZY = {"TrainOutcome": "api", "UnlearnOutcome": "api", "evaluate_version": "api", "train_model": "api",
-         "unlearn": "api", "UnlearnPlan": "plan", "prepare": "plan"}
+         "unlearn": "api", "UnlearnPlan": "plan", "prepare": "plan", "cancel_request": "requests"}
 
 
 def project_dir() -> Path:

@@ -97,6 +97,9 @@ MAX_GATE_REASON_CHARS = 1000
                       "job_run_id")
 #: A request waiting for a job slot (``MLFLOW_UNLEARN_MAX_JOBS``): its place in the queue, 1 = next to start.
 QUEUE_POSITION_TAG = TAG_PREFIX + "queue_position"
+#: Setting this tag on a version cancels its queued or running request (the value: who cancels, or empty); the
+#: plugin records who cancelled and when (UTC, ISO 8601) in the other two.
+CANCEL_TAG, CANCELLED_BY_TAG, CANCELLED_AT_TAG = _tags("cancel", "cancelled_by", "cancelled_at")
 
 #: Context tag values of the dataset inputs we log.
 TRAIN_CONTEXT, RETAIN_CONTEXT, TEST_CONTEXT = "train", "retain", "test"

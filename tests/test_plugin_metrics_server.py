@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from processes import request_pids
 from test_plugin_metrics import SQL_OR_PATH, samples, unwritable
 from test_plugin_server import (  # noqa: F401  (parent is a fixture used by name)
     MODEL,
@@ -64,13 +65,10 @@ def server(tmp_path_factory, installed_site) -> Iterator[Server]:
     for _ in range(3):  # each worker imports the engine at its first parsed request
         _warm_up(srv)
     yield srv
-    leftovers = []
-    if srv.proc is not None and srv.proc.poll() is None:
-        for version in _client(srv).search_model_versions(f"name='{MODEL}'"):
-            for key, marker in ((vocab.LEASE_TAG, "mlflow_unlearn_plugins.launcher"), (vocab.JOB_TAG, "--run-id")):
-                pid = version.tags.get(key, "").split("|")[1:2]
-                if pid and pid[0].isdigit():
-                    leftovers.append((int(pid[0]), marker))
+    # launchers and jobs run in their own sessions; end the ones still running (their PIDs are in the ledger)
+    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "--run-id"}
+    leftovers = [(pid, markers[role]) for pids in request_pids(srv.registry_uri, MODEL).values()
+                 for role, pid in pids.items()]
     srv.stop()
     for pid, marker in leftovers:
         _kill_if_ours(pid, marker)
@@ -95,10 +93,10 @@ def _health(url: str) -> tuple[int, str]:
     return answer.status_code, answer.text
 
 
-def _set_tag(srv: Server, version: str, value: str) -> None:
+def _set_tag(srv: Server, version: str, value: str, status: int = 200) -> None:
     answer = requests.post(f"{srv.url}/api/2.0/mlflow/model-versions/set-tag", timeout=300, json={
         "name": MODEL, "version": version, "key": vocab.REQUEST_TAG, "value": value})
-    assert answer.status_code == 200, answer.text
+    assert answer.status_code == status, answer.text
 
 
 def _tags(srv: Server, version: str) -> dict[str, str]:
@@ -128,11 +126,13 @@ def test_an_idle_server_is_ready_and_counts_nothing(server):
 
 def test_metrics_follow_requests_through_the_queue_a_launcher_death_and_the_end(server, parent):  # noqa: F811
     first, second, refused = parent.version, _new_version(server, parent), _new_version(server, parent)
-    for version, value in ((first, _request(server)), (second, NO_SUCH_CLASS), (refused, REFUSED)):
-        _set_tag(server, version, value)
-    states = _wait_for("one request running and one waiting", lambda: (
+    for version, value, status in ((first, _request(server), 200), (second, NO_SUCH_CLASS, 200),
+                                   (refused, REFUSED, 400)):  # a refusal is recorded, and answered 400
+        _set_tag(server, version, value, status)
+    _wait_for("one request running and one waiting", lambda: (
         (tags := [_tags(server, v) for v in (first, second)])[0].get(vocab.STATUS_TAG) == "running"
-        and vocab.JOB_TAG in tags[0] and tags[1].get(vocab.QUEUE_POSITION_TAG) == "1" and tags), srv=server)
+        and "job" in request_pids(server.registry_uri, MODEL).get(int(first), {})
+        and tags[1].get(vocab.QUEUE_POSITION_TAG) == "1"), srv=server)
     busy = _scrapes(server)
     assert {key: busy[f"mlflow_unlearn_{key}"] for key in (
         "queue_depth", "requests_admitted", "requests_running", "requests_submitted_total", "wait_seconds_count",
@@ -143,13 +143,13 @@ def test_metrics_follow_requests_through_the_queue_a_launcher_death_and_the_end(
     assert _tags(server, refused)[vocab.STATUS_TAG] == "failed"
 
     # the running request's launcher dies (its job goes on): recovery starts another, and counts the death
-    launcher = int(states[0][vocab.LEASE_TAG].split("|")[1])
-    _kill_if_ours(launcher, "mlflow_unlearn_plugins.launcher")
+    _kill_if_ours(request_pids(server.registry_uri, MODEL)[int(first)]["launcher"], "mlflow_unlearn_plugins.launcher")
     _wait_for("the launcher's death in the metrics", lambda: (
         _tags(server, first) and _scrape(server)["mlflow_unlearn_launcher_deaths_total"] == 1), srv=server)
 
-    ended = [_wait_for(f"the end of {MODEL}/{version}", lambda v=version: (
-        (t := _tags(server, v)).get(vocab.STATUS_TAG) in ("succeeded", "failed") and t), srv=server)
+    ended = [_wait_for(f"the end of {MODEL}/{version}", lambda v=version: (  # status and reason (two tag writes)
+        (t := _tags(server, v)).get(vocab.STATUS_TAG) in ("succeeded", "failed")
+        and (vocab.RESULT_VERSION_TAG in t or vocab.ERROR_TAG in t) and t), srv=server)
         for version in (first, second)]
     assert ended[0][vocab.STATUS_TAG] == "succeeded", ended[0].get(vocab.ERROR_TAG)
     assert ended[1][vocab.STATUS_TAG] == "failed" and "42" in ended[1][vocab.ERROR_TAG], ended[1]

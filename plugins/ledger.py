@@ -518,10 +518,8 @@ class Ledger:
             moved = conn.execute(requests_table.update().where(
                 *_key(name, version), requests_table.c.request_id == before.request_id,
                 requests_table.c.status.in_(ACTIVE)).values(**values)).rowcount
-            if moved:  # an outcome like any final change (the metrics count it by its status)
-                events.record(conn, request_id=before.request_id or "", name=name, version=version,
-                              event=events.FINISHED, status=to,
-                              since=events.RUNNING if before.status == RequestStatus.RUNNING else None)
+            if moved:
+                events.record(conn, name=name, version=version, **_advance_event(before.request_id or "", to))
             if moved and before.waiting:  # it left the queue: the positions behind it moved up, their tags are due
                 conn.execute(requests_table.update().where(
                     requests_table.c.status.in_(ACTIVE), requests_table.c.queue_seq.is_not(None)).values(

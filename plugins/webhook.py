@@ -137,6 +137,18 @@ class WebhookService:
             return HTTPStatus.CONFLICT, exc.message
         return HTTPStatus.OK, f"refused: {refusal}" if refusal else "submitted"
 
+    # -- operations -------------------------------------------------------------------------------------------
+    def health(self) -> str | None:
+        """None when this service can record deliveries and start their launchers, else the reason it cannot
+        (:class:`~mlflow_unlearn_plugins.health.Readiness` of the state database)."""
+        return self.readiness.reason()
+
+    def metrics(self) -> bytes:
+        """The Prometheus text of this service's requests (:func:`mlflow_unlearn_plugins.metrics.render`)."""
+        from mlflow_unlearn_plugins.metrics import render
+
+        return render(lambda: self.ledger, self.settings.launcher.max_jobs)
+
     def _cancel(self, name: str, version: int, value: str) -> tuple[int, str]:
         from mlflow.exceptions import MlflowException
 
@@ -151,18 +163,6 @@ class WebhookService:
         except MlflowException as exc:
             _logger.warning("Removing %s from %s/%s failed (%s)", CANCEL_TAG, name, version, exc.error_code)
         return HTTPStatus.OK, f"cancelled by {state.cancelled_by}"
-
-    # -- operations -------------------------------------------------------------------------------------------
-    def health(self) -> str | None:
-        """None when this service can record deliveries and start their launchers, else the reason it cannot
-        (:class:`~mlflow_unlearn_plugins.health.Readiness` of the state database)."""
-        return self.readiness.reason()
-
-    def metrics(self) -> bytes:
-        """The Prometheus text of this service's requests (:func:`mlflow_unlearn_plugins.metrics.render`)."""
-        from mlflow_unlearn_plugins.metrics import render
-
-        return render(lambda: self.ledger, self.settings.launcher.max_jobs)
 
     # -- status tags to the server ----------------------------------------------------------------------------
     def sync(self) -> None:

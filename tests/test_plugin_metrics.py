@@ -120,6 +120,24 @@ def test_a_new_final_status_is_a_label_without_code_changes(led):
     assert now["mlflow_unlearn_requests_running"] == 0
 
 
+def test_cancels_and_deadlines_are_outcomes(led):
+    """``Ledger.stop`` (a cancel, a deadline) writes its event like every other final change."""
+    led.open(MODEL, 1, "forget=classes:1", request_id="r1")
+    led.open(MODEL, 2, "forget=classes:2", request_id="r2")
+    led.dispatch(1)
+    led.advance(MODEL, 1, "r1", expect=("queued",), to="running")
+    assert led.stop(MODEL, 1, to="timed_out", reason="past its deadline")[0]
+    assert led.stop(MODEL, 2, to="cancelled", reason="cancelled", by="alice")[0]  # still waiting
+    assert not led.stop(MODEL, 2, to="cancelled", reason="again", by="bob")[0]  # no change, no event
+    now = _scrape(led)
+    assert now['mlflow_unlearn_requests_finished_total{status="timed_out"}'] == 1
+    assert now['mlflow_unlearn_requests_finished_total{status="cancelled"}'] == 1
+    assert now['mlflow_unlearn_run_seconds_count{status="timed_out"}'] == 1  # it ran until its deadline
+    assert 'mlflow_unlearn_run_seconds_count{status="cancelled"}' not in now  # it never ran
+    assert now["mlflow_unlearn_queue_depth"] == 0 and now["mlflow_unlearn_requests_running"] == 0
+    assert not any("alice" in key for key in now)
+
+
 def test_histograms_bucket_the_measured_durations(led, monkeypatch):
     clock = {"ms": 1_000_000}
     monkeypatch.setattr(events, "_now_ms", lambda: clock["ms"])

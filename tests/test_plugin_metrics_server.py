@@ -147,8 +147,9 @@ def test_metrics_follow_requests_through_the_queue_a_launcher_death_and_the_end(
     _wait_for("the launcher's death in the metrics", lambda: (
         _tags(server, first) and _scrape(server)["mlflow_unlearn_launcher_deaths_total"] == 1), srv=server)
 
-    ended = [_wait_for(f"the end of {MODEL}/{version}", lambda v=version: (
-        (t := _tags(server, v)).get(vocab.STATUS_TAG) in ("succeeded", "failed") and t), srv=server)
+    ended = [_wait_for(f"the end of {MODEL}/{version}", lambda v=version: (  # status and reason (two tag writes)
+        (t := _tags(server, v)).get(vocab.STATUS_TAG) in ("succeeded", "failed")
+        and (vocab.RESULT_VERSION_TAG in t or vocab.ERROR_TAG in t) and t), srv=server)
         for version in (first, second)]
     assert ended[0][vocab.STATUS_TAG] == "succeeded", ended[0].get(vocab.ERROR_TAG)
     assert ended[1][vocab.STATUS_TAG] == "failed" and "42" in ended[1][vocab.ERROR_TAG], ended[1]

@@ -165,11 +165,12 @@ def sqlite_store(tmp_path_factory) -> Callable[[str], SqliteStore]:
     """Creates a new SQLite tracking store and registry in a folder of its own, with an experiment named ``name``:
     ``sqlite_store("cli")``. Session-scoped, so that module fixtures (one store per module: creating one costs
     seconds) and single tests alike call it."""
+    from fresh_db import migrated_sqlite
     from mlflow import MlflowClient
 
     def create(name: str) -> SqliteStore:
         root = tmp_path_factory.mktemp(name)
-        uri = f"sqlite:///{root / 'mlflow.db'}"
+        uri = migrated_sqlite(root / "mlflow.db")  # a copy of a migrated schema: see fresh_db.py
         experiment = MlflowClient(uri).create_experiment(name, artifact_location=str(root / "artifacts"))
         return SqliteStore(root, uri, experiment)
 

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from fresh_db import migrated_sqlite
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
@@ -234,7 +235,7 @@ def test_kubernetes_project_keeps_entry_points_and_uses_docker(tmp_path):
 def registry(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_UNLEARN_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.delenv("MLFLOW_UNLEARN_ALLOWED_ROOTS", raising=False)
-    uri = f"sqlite:///{tmp_path}/registry.db"
+    uri = migrated_sqlite(tmp_path / "registry.db")
     stock = SqlAlchemyStore(uri)
     stock.create_registered_model("m")
     for _ in range(3):
@@ -289,7 +290,7 @@ def test_launchers_started_together_share_the_requests_experiment(tmp_path, late
     create fails with RESOURCE_ALREADY_EXISTS) instead of failing its request."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/tracking.db")
+    client = MlflowClient(tracking_uri=migrated_sqlite(tmp_path / "tracking.db"))
     first = job.requests_experiment_id(client)
     assert job.requests_experiment_id(late_lookup_client(client)) == first
     assert client.get_experiment(first).name == job.REQUESTS_EXPERIMENT

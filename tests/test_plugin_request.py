@@ -498,7 +498,7 @@ def test_the_project_backend_tag_exists_before_mlflow_projects_writes_it_twice(r
     from mlflow_unlearn.tracking import vocabulary as vocab
 
     uri, _ = registry
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/tracking.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", migrated_sqlite(tmp_path / "tracking.db"))
     request_job = job.Job.open(uri, uri, "m", 1, "r", str(tmp_path / "job.log"), settings.read_settings({}))
     run_id = MlflowClient().create_run(job.requests_experiment_id(request_job.client)).info.run_id
     seen: dict[str, str] = {}

@@ -165,11 +165,12 @@ def sqlite_store(tmp_path_factory) -> Callable[[str], SqliteStore]:
     """Creates a new SQLite tracking store and registry in a folder of its own, with an experiment named ``name``:
     ``sqlite_store("cli")``. Session-scoped, so that module fixtures (one store per module: creating one costs
     seconds) and single tests alike call it."""
+    from fresh_db import migrated_sqlite
     from mlflow import MlflowClient
 
     def create(name: str) -> SqliteStore:
         root = tmp_path_factory.mktemp(name)
-        uri = f"sqlite:///{root / 'mlflow.db'}"
+        uri = migrated_sqlite(root / "mlflow.db")  # a copy of a migrated schema: see fresh_db.py
         experiment = MlflowClient(uri).create_experiment(name, artifact_location=str(root / "artifacts"))
         return SqliteStore(root, uri, experiment)
 
@@ -179,8 +180,10 @@ def sqlite_store(tmp_path_factory) -> Callable[[str], SqliteStore]:
 @pytest.fixture(scope="session")
 def plugin_server(tmp_path_factory, installed_site):
     """One ``mlflow server`` with the plugin registry (SQLite, MLflow's defaults otherwise), shared by the modules
-    that only send it requests, once per worker: each of them registers its own model names. Modules that stop,
-    restart or configure their server start their own (``test_plugin_server.py``'s ``Server``)."""
+    that only send it requests, once per worker: each of them registers its own model names (and experiment
+    names) and puts its own files under ``allowed`` (``test_byo``, ``test_byo_text``, ``test_plugin_public_errors``,
+    ``test_registry_default_method``). A module must leave no request of its own queued or running when it ends.
+    Modules that stop, restart or configure their server start their own (``test_plugin_server.py``'s ``Server``)."""
     from test_plugin_server import Server
 
     srv = Server(tmp_path_factory.mktemp("plugin-server-shared"), installed_site)

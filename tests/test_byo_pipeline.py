@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fresh_db import migrated_sqlite
 from mlflow import MlflowClient
 from test_byo import (
     SCANS,
@@ -30,7 +31,7 @@ from test_byo import (
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory):
     root = tmp_path_factory.mktemp("scans")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = migrated_sqlite(root / "mlflow.db")
     return root, _train_scans(root, uri), uri
 
 
@@ -73,7 +74,7 @@ def test_logged_accuracies_equal_the_users_own_for_a_model_trained_on_preprocess
     project.mkdir()
     elsewhere.mkdir()
     (project / "folder_train.py").write_text(pipeline_scripts()["folder_train.py"])
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = migrated_sqlite(tmp_path / "mlflow.db")
     printed = _run([sys.executable, "folder_train.py"], project, uri)
     mine_test, mine_threes = map(float, re.findall(r"[\d.]+(?=,|$)", printed.strip().splitlines()[-1]))
     client = MlflowClient(uri, uri)

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from fresh_db import migrated_sqlite
 from mlflow import MlflowClient
 
 from mlflow_unlearn import runtime as rt
@@ -102,7 +103,7 @@ def test_an_unlearning_run_gives_the_method_non_members_that_no_metric_sees(tmp_
     from mlflow_unlearn.tracking.api import train_model
     from mlflow_unlearn.tracking.plan import prepare
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = migrated_sqlite(tmp_path / "mlflow.db")
     experiment = MlflowClient(uri).create_experiment("nonmember", artifact_location=str(tmp_path / "artifacts"))
     train_model("digits", arch="mlp", registered_model_name="nm-mlp", config={"epochs": 1}, onnx=False,
                 device="cpu", experiment=experiment, tracking_uri=uri, registry_uri=uri)

@@ -7,6 +7,7 @@ import os
 import threading
 
 import pytest
+from fresh_db import migrated_sqlite
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 from mlflow_unlearn_plugins import ledger, scheduler, settings
 from mlflow_unlearn_plugins.mirror import StoreTags
@@ -17,7 +18,7 @@ MODEL = "queued"
 
 @pytest.fixture()
 def store(tmp_path):
-    uri = f"sqlite:///{tmp_path}/registry.db"
+    uri = migrated_sqlite(tmp_path / "registry.db")
     stock = SqlAlchemyStore(uri)
     stock.create_registered_model(MODEL)
     for _ in range(8):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -26,21 +25,24 @@ SQL_WORDS = ("[SQL", "INSERT INTO", "UPDATE ", "SELECT ", "[parameters", "sqlalc
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, installed_site) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("public-errors"), installed_site)
+def server(plugin_server) -> Server:
+    """The suite's shared plugin server (conftest.py; its settings are MLflow's and the plugin's defaults, as this
+    module needs), with this module's files under its allowed root and outside it, and the model ``public-errors``
+    (version 1, no files: every request here is refused before a job would load it)."""
+    srv = plugin_server
     (srv.allowed / "fast.yaml").write_text("epochs: 1\n")
     outside = srv.root / "elsewhere"
-    outside.mkdir()
+    outside.mkdir(exist_ok=True)
     for name in ("c.yaml", "ids.txt", "d.npz"):
         (outside / name).write_text("x\n")
-    (srv.allowed / "link.yaml").symlink_to(outside / "c.yaml")
-    srv.start()
+    link = srv.allowed / "link.yaml"
+    if not link.is_symlink():
+        link.symlink_to(outside / "c.yaml")
     client = _client(srv)
     client.create_registered_model(MODEL)
     run = client.create_run(client.create_experiment("public-errors"))
     client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id)
-    yield srv
-    srv.stop()
+    return srv
 
 
 def _roots(server: Server) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from fresh_db import migrated_sqlite
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
@@ -234,7 +235,7 @@ def test_kubernetes_project_keeps_entry_points_and_uses_docker(tmp_path):
 def registry(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_UNLEARN_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.delenv("MLFLOW_UNLEARN_ALLOWED_ROOTS", raising=False)
-    uri = f"sqlite:///{tmp_path}/registry.db"
+    uri = migrated_sqlite(tmp_path / "registry.db")
     stock = SqlAlchemyStore(uri)
     stock.create_registered_model("m")
     for _ in range(3):
@@ -289,7 +290,7 @@ def test_launchers_started_together_share_the_requests_experiment(tmp_path, late
     create fails with RESOURCE_ALREADY_EXISTS) instead of failing its request."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/tracking.db")
+    client = MlflowClient(tracking_uri=migrated_sqlite(tmp_path / "tracking.db"))
     first = job.requests_experiment_id(client)
     assert job.requests_experiment_id(late_lookup_client(client)) == first
     assert client.get_experiment(first).name == job.REQUESTS_EXPERIMENT
@@ -500,7 +501,7 @@ def test_the_run_names_its_backend_and_project_before_the_job_starts(registry, t
     from mlflow_unlearn.tracking import vocabulary as vocab
 
     uri, _ = registry
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/tracking.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", migrated_sqlite(tmp_path / "tracking.db"))
     request_job = job.Job.open(uri, uri, "m", 1, "r", str(tmp_path / "job.log"), settings.read_settings({}))
     run_id = MlflowClient().create_run(job.requests_experiment_id(request_job.client)).info.run_id
     seen: dict[str, str] = {}

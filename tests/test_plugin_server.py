@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from fresh_db import migrated_sqlite
 from processes import request_pids
 
 pytestmark = pytest.mark.slow
@@ -82,6 +83,9 @@ class Server:
                    OMP_NUM_THREADS="1")  # jobs run side by side on 2 cores: one thread each, not two that wait
         env.update(MLFLOW_JOBS_OFF)
         env.update(self.env)
+        for uri in (self.backend_uri, self.registry_uri):  # new SQLite stores: a copy of a migrated schema
+            if uri.removeprefix("unlearn+").startswith("sqlite:///"):
+                migrated_sqlite(Path(uri.removeprefix("unlearn+").removeprefix("sqlite:///")))
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--backend-store-uri", self.backend_uri, "--registry-store-uri", self.registry_uri,
                "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1", *self.args]

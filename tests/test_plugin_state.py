@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from fresh_db import migrated_sqlite
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
@@ -75,7 +76,7 @@ def _old_ledger_tags(request_id: str, value: str, status: str, **extra: str) -> 
 @pytest.fixture()
 def old_ledger_db(tmp_path):
     """A registry (and tracking) database as the first ledger left it after its server and launcher died."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = migrated_sqlite(tmp_path / "mlflow.db")
     stock = SqlAlchemyStore(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     stock.create_registered_model(MODEL)

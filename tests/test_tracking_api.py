@@ -8,6 +8,7 @@ import os
 
 import mlflow
 import pytest
+from fresh_db import migrated_sqlite
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -225,7 +226,7 @@ def test_jobs_started_together_share_a_named_experiment(tmp_path, late_lookup_cl
     """A job that looked its experiment up just before a concurrent job created it uses that experiment."""
     from mlflow_unlearn.tracking.runlog import experiment_id
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/tracking.db")
+    client = MlflowClient(tracking_uri=migrated_sqlite(tmp_path / "tracking.db"))
     first = experiment_id(client, "deletion-requests", None)
     assert experiment_id(late_lookup_client(client), "deletion-requests", None) == first
     assert [e.name for e in client.search_experiments()].count("deletion-requests") == 1

@@ -11,6 +11,7 @@ import time
 import urllib.request
 
 import pytest
+from fresh_db import migrated_sqlite
 from mlflow import MlflowClient
 from test_plugin_server import MLFLOW_JOBS_OFF
 
@@ -44,7 +45,7 @@ def server(tmp_path):
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--backend-store-uri", migrated_sqlite(tmp_path / "server.db"),
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
         env={**os.environ, **MLFLOW_JOBS_OFF},

@@ -181,7 +181,7 @@ def sqlite_store(tmp_path_factory) -> Callable[[str], SqliteStore]:
 def plugin_server(tmp_path_factory, installed_site):
     """One ``mlflow server`` with the plugin registry (SQLite, MLflow's defaults otherwise), shared by the modules
     that only send it requests, once per worker: each of them registers its own model names (and experiment
-    names) and puts its own files under ``allowed`` (``test_byo``, ``test_byo_text``, ``test_plugin_public_errors``,
+    names) and puts its own files under ``allowed`` (``test_byo``, ``test_plugin_public_errors``,
     ``test_registry_default_method``). A module must leave no request of its own queued or running when it ends.
     Modules that stop, restart or configure their server start their own (``test_plugin_server.py``'s ``Server``)."""
     from test_plugin_server import Server

@@ -4,15 +4,12 @@ script this test runs.
 The README's ``textmodels.py`` (a transformer classifier on token IDs that returns a tensor, a convolutional one
 that returns a dict with ``logits``) and ``train_text.py`` (int64 token IDs in an npz with string IDs and a split,
 ``mlflow_unlearn.log_model``) run in a project folder; then, from another folder and without ``PYTHONPATH``, the
-README's ``unlearn_text.py`` (the API, with the ONNX copy), the CLI (chained), and registry requests on both models.
-All of it goes through the suite's shared ``mlflow server`` with the plugin (conftest.py's ``plugin_server``): the
-README's "set ``MLFLOW_TRACKING_URI`` to a server", so that the models are trained once and no server of this
-module's own is started; the scripts run with the deployment's digest key, which the plugin checks on every result.
+README's ``unlearn_text.py`` (the API, with the ONNX copy), the CLI (chained), and registry requests on both models
+through a real ``mlflow server`` with the plugin over the same store.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +20,7 @@ import requests
 import torch
 from mlflow import MlflowClient
 from test_byo import TIMEOUT_S, _run, readme_scripts
+from test_plugin_server import Server
 
 from mlflow_unlearn.tracking.formats import ONNX_TOLERANCE, load_trainable_module
 from mlflow_unlearn.tracking.runlog import ONNX_DIFF_METRIC
@@ -60,17 +58,11 @@ def _assert_child(client: MlflowClient, name: str, version: str, parent: str, fo
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory, plugin_server):
-    """The user's project (outside the server's allowed roots), trained into the shared plugin server."""
+def local(tmp_path_factory):
     root = tmp_path_factory.mktemp("byo-text")
-    uri = plugin_server.url
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     project = _train(root, uri)
     return root, project, uri
-
-
-def _key() -> dict[str, str]:
-    """One deployment, one digest key (conftest.py's): the plugin checks each result's provenance record with it."""
-    return {"MLFLOW_UNLEARN_DIGEST_KEY": os.environ["MLFLOW_UNLEARN_DIGEST_KEY"]}
 
 
 def test_token_models_unlearn_through_the_api_and_the_cli_from_another_folder(local, tmp_path):
@@ -85,9 +77,8 @@ def test_token_models_unlearn_through_the_api_and_the_cli_from_another_folder(lo
     elsewhere = root / "elsewhere"  # not the project: textmodels is importable only from the logged code
     elsewhere.mkdir()
     (elsewhere / "unlearn_text.py").write_text(readme_scripts(SECTION, SCRIPTS)["unlearn_text.py"])
-    printed = _run([sys.executable, "unlearn_text.py"], elsewhere, uri, **_key()).strip().splitlines()
-    printed = [line for line in printed if line.startswith("models:/")]  # the script's lines, not MLflow's run links
-    assert [line.split()[0] for line in printed] == ["models:/text-clf/2", "models:/cnn-clf/2"]
+    printed = _run([sys.executable, "unlearn_text.py"], elsewhere, uri).strip().splitlines()
+    assert [line.split()[0] for line in printed[-2:]] == ["models:/text-clf/2", "models:/cnn-clf/2"]
     for name, (cls, output_type) in MODELS.items():
         _assert_child(client, name, "2", "1", 1)
         run = client.get_run(client.get_model_version(name, "2").run_id)
@@ -101,15 +92,19 @@ def test_token_models_unlearn_through_the_api_and_the_cli_from_another_folder(lo
 
     cli = Path(sys.executable).parent / "mlflow-unlearn"
     out = _run([str(cli), "unlearn", "models:/cnn-clf/2", "--forget", "classes:2", "--device", "cpu", "--no-onnx"],
-               elsewhere, uri, **_key())
+               elsewhere, uri)
     assert "models:/cnn-clf/3" in out, out
     _assert_child(client, "cnn-clf", "3", "2", 2)
 
 
 @pytest.fixture(scope="module")
-def server(local, plugin_server):
-    """The shared plugin server that ``train_text.py`` logged into (no second training)."""
-    return plugin_server
+def server(local, installed_site):
+    """A server with the plugin over the store that ``train_text.py`` logged into (no second training)."""
+    root, _, uri = local
+    srv = Server(root / "server", installed_site, backend_uri=uri, registry_uri=f"unlearn+{uri}")
+    srv.start()
+    yield srv
+    srv.stop()
 
 
 def test_registry_requests_unlearn_both_token_models(server):

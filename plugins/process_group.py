@@ -69,12 +69,7 @@ def stop_process_group(pgid: int, *, grace_s: float = STOP_GRACE_S, reap=None) -
     members = group_members(pgid)
     if not members:
         return {}
-    for pid, started in members.items():
-        if _alive(pid, started):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
+    _signal(members, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         if reap is not None:
@@ -83,15 +78,20 @@ def stop_process_group(pgid: int, *, grace_s: float = STOP_GRACE_S, reap=None) -
             return members
         time.sleep(0.1)
     members.update(group_members(pgid))  # anything it started during the grace period
-    for pid, started in members.items():
-        if _alive(pid, started):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+    _signal(members, signal.SIGKILL)
     end = time.monotonic() + 5.0
     while time.monotonic() < end and any(_alive(pid, started) for pid, started in members.items()):
         if reap is not None:
             reap()
         time.sleep(0.05)
     return members
+
+
+def _signal(members: dict[int, float], sig: int) -> None:
+    """Send ``sig`` to every member still alive (a process that ended meanwhile is skipped)."""
+    for pid, started in members.items():
+        if _alive(pid, started):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass

@@ -41,6 +41,8 @@ from test_plugin_server import (  # noqa: F401  (parent is a fixture used by nam
     _new_version,
     _request,
     _warm_up,
+    end_processes,
+    leftover_processes,
     parent,
 )
 
@@ -65,12 +67,9 @@ def server(tmp_path_factory, installed_site) -> Iterator[Server]:
     for _ in range(3):  # each worker imports the engine at its first parsed request
         _warm_up(srv)
     yield srv
-    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "MLFLOW_RUN_ID="}  # a job: its environment
-    leftovers = [(pid, markers[role]) for pids in request_pids(srv.registry_uri, MODEL).values()
-                 for role, pid in pids.items()]
+    leftovers = leftover_processes(srv)
     srv.stop()
-    for pid, marker in leftovers:
-        _kill_if_ours(pid, marker)
+    end_processes(leftovers)
 
 
 def _scrape(srv: Server) -> dict[str, float]:

@@ -43,6 +43,8 @@ from test_plugin_server import (  # noqa: F401  (parent is a fixture used by nam
     _request,
     _set_tag,
     _wait_done,
+    end_processes,
+    leftover_processes,
     parent,
 )
 
@@ -78,11 +80,8 @@ def cluster(tmp_path_factory) -> Iterator[PostgresCluster]:
 
 
 def _end_leftovers(srv: Server) -> None:
-    """Kill launchers and jobs still recorded in the tags (they run in their own sessions and outlive a server)."""
-    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "MLFLOW_RUN_ID="}  # a job: its environment
-    for pids in request_pids(srv.registry_uri, MODEL).values():
-        for role, pid in pids.items():
-            _kill_if_ours(pid, markers[role])
+    """Kill launchers and jobs still recorded in the ledger (they run in their own sessions and outlive a server)."""
+    end_processes(leftover_processes(srv))
 
 
 WARM_UP_MODEL = "warm-up"

@@ -135,10 +135,20 @@ def server(tmp_path_factory, installed_site) -> Iterator[Server]:
     _warm_up(srv)
     yield srv
     # Launchers and jobs run in their own sessions (they outlive a server restart); end the ones still running.
-    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "MLFLOW_RUN_ID="}  # a job: its environment
-    leftovers = [(pid, markers[role]) for pids in request_pids(srv.registry_uri, MODEL).values()
-                 for role, pid in pids.items()]
+    leftovers = leftover_processes(srv)
     srv.stop()
+    end_processes(leftovers)
+
+
+def leftover_processes(srv: Server) -> list[tuple[int, str]]:
+    """``(pid, marker)`` of the launchers and jobs of the requests on ``MODEL`` that the ledger records."""
+    markers = {"launcher": "mlflow_unlearn_plugins.launcher", "job": "MLFLOW_RUN_ID="}  # a job: its environment
+    return [(pid, markers[role]) for pids in request_pids(srv.registry_uri, MODEL).values()
+            for role, pid in pids.items()]
+
+
+def end_processes(leftovers: list[tuple[int, str]]) -> None:
+    """Kill each process of ``leftovers`` that still runs with its marker (see :func:`leftover_processes`)."""
     for pid, marker in leftovers:
         _kill_if_ours(pid, marker)
 

@@ -17,7 +17,8 @@ from collections.abc import Iterable
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow_unlearn_plugins.ledger import STOPPED, ActiveRequestError, Ledger
+from mlflow_unlearn_plugins.errors import ActiveRequestError
+from mlflow_unlearn_plugins.ledger import STOPPED, Ledger
 from mlflow_unlearn_plugins.request import RequestRefused, parse_request
 from mlflow_unlearn_plugins.settings import PluginSettings
 

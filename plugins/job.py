@@ -13,7 +13,10 @@
    ``local`` backend as one process of its own (:mod:`mlflow_unlearn_plugins.local_job`), on ``kubernetes``
    (``MLFLOW_UNLEARN_BACKEND``) with ``mlflow.projects.run(..., synchronous=False)``; its ``onnx`` parameter is the
    request's ``onnx=``, else the server's ``MLFLOW_UNLEARN_ONNX``;
-5. waits, refreshing its lease heartbeat and reading the request's row every :data:`POLL_S` seconds, and finally
+5. waits (:mod:`mlflow_unlearn_plugins.watch`: on the local backend in the same process after ``os.execv``, without
+   MLflow), checking the job every second, refreshing its lease heartbeat, and reading the request's row when a
+   cancel wakes it, when its deadline has passed, and at least every
+   :data:`~mlflow_unlearn_plugins.watch.STOP_READ_S` seconds; and finally
    moves the status to ``succeeded`` (with ``mlflow_unlearn.result_version``) or ``failed`` (with
    ``mlflow_unlearn.error``).
 
@@ -36,18 +39,20 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from mlflow_unlearn_plugins import watch
 from mlflow_unlearn_plugins.ledger import (
     ACTIVE,
+    LAUNCHER_MARKER,
     MAX_ERROR_CHARS,
-    STOPPED,
     Ledger,
     RequestState,
     connect,
     process_alive,
 )
-from mlflow_unlearn_plugins.local_job import end_orphaned_run, start_local_job
+from mlflow_unlearn_plugins.local_job import end_orphaned_run, end_run, start_local_job
 from mlflow_unlearn_plugins.mirror import StoreTags, TagTarget, mirror, tag_target
 from mlflow_unlearn_plugins.preflight import (  # noqa: F401 (preflight: also imported from here)
     PREFLIGHT_WAIT_S,
@@ -58,15 +63,13 @@ from mlflow_unlearn_plugins.preflight import (  # noqa: F401 (preflight: also im
 )
 from mlflow_unlearn_plugins.process_group import stop_process_group
 from mlflow_unlearn_plugins.request import RequestRefused, UnlearnRequest, parse_request
-from mlflow_unlearn_plugins.scheduler import LAUNCHER_MARKER
-from mlflow_unlearn_plugins.settings import BACKENDS, MAX_RUN_ENV, PluginSettings
+from mlflow_unlearn_plugins.settings import BACKENDS, PluginSettings
+from mlflow_unlearn_plugins.watch import StopCheck
 
-from mlflow_unlearn.request import RequestStatus, format_duration
+from mlflow_unlearn.request import RequestStatus
 from mlflow_unlearn.tracking import vocabulary as vocab
 
 REQUESTS_EXPERIMENT = "unlearn-requests"
-POLL_S = 1.0
-HEARTBEAT_S = 20.0  # a third of the lease timeout (ledger.LEASE_TIMEOUT_S): one write per 20 s per running job
 _ERROR_LINE = re.compile(r"(?:^|\b)(?:Error|[A-Za-z]+(?:Error|Exception)):\s*(.+)$")
 
 
@@ -107,7 +110,7 @@ class Job:
         self.ledger, self.tags, self.client = ledger, tags, client
         self.name, self.version, self.request_id, self.log_path = name, version, request_id, log_path
         self.policy, self.settings = settings.policy, settings.launcher
-        self._last_beat = time.time()
+        self.stops = StopCheck(ledger, name, version, request_id, on_timed_out=self._mirror)
 
     @classmethod
     def open(cls, ledger_uri: str, mirror_uri: str, name: str, version: int, request_id: str, log_path: str,
@@ -135,11 +138,6 @@ class Job:
         if self.ledger.set_fields(self.name, self.version, self.request_id, fields):
             self._mirror()
 
-    def _beat(self) -> None:
-        if time.time() - self._last_beat >= HEARTBEAT_S:
-            self.ledger.heartbeat(self.name, self.version)
-            self._last_beat = time.time()
-
     def _fail(self, run_id: str | None, reason: str, expect: tuple[str, ...] = ACTIVE) -> None:
         from mlflow.entities import RunStatus
 
@@ -158,25 +156,7 @@ class Job:
 
     # -- cancel and deadline -----------------------------------------------------------------------------------
     def _stopped(self, *, deadline: bool = True) -> str | None:
-        """``cancelled`` or ``timed_out`` if this request was stopped from outside (or, with ``deadline``, is now
-        past its deadline, which this call records), else None. A new request on the version means this one was
-        stopped before."""
-        state = self.ledger.read(self.name, self.version)
-        if state.request_id != self.request_id:
-            return RequestStatus.CANCELLED
-        if state.status in STOPPED:
-            return state.status
-        if deadline and state.status in ACTIVE and state.past_deadline():
-            reason = (f"stopped at its deadline: it held its job slot for longer than "
-                      f"{format_duration(state.deadline_s)} (the request's timeout=, within the server's "
-                      f"{MAX_RUN_ENV}); nothing was registered")
-            moved, _ = self.ledger.stop(self.name, self.version, to=RequestStatus.TIMED_OUT, reason=reason,
-                                        request_id=self.request_id)
-            if moved:
-                self._mirror()
-                print(f"request {self.request_id} timed out after {state.deadline_s} s", flush=True)
-            return self._stopped(deadline=False)
-        return None
+        return self.stops.stopped(deadline=deadline)
 
     def _stop_job(self, submitted=None, job: str | None = None) -> None:
         """Stop the job's processes: its process group on this host, or the Kubernetes Job through MLflow."""
@@ -234,9 +214,9 @@ class Job:
         """Check, before the job starts, that its artifact store takes a write (here, within seconds), then that the
         engine accepts the request (in a short-lived process: this one never imports the engine, which it would
         hold for the whole job). Raises RequestRefused or PreflightError."""
-        probe_artifact_store(self.client, run_id, wait_s=PREFLIGHT_WAIT_S, beat=self._beat)
+        probe_artifact_store(self.client, run_id, wait_s=PREFLIGHT_WAIT_S, beat=self.stops.beat)
         preflight_in_process(value, vocab.model_uri(self.name, self.version),
-                             PluginSettings(policy=self.policy, launcher=self.settings), beat=self._beat)
+                             PluginSettings(policy=self.policy, launcher=self.settings), beat=self.stops.beat)
 
     def _launch(self, request: UnlearnRequest, run_id: str):
         import mlflow.projects
@@ -350,18 +330,25 @@ class Job:
             if not _job_alive(state.job, job_run_id):
                 end_orphaned_run(self.client, job_run_id)
                 break
-            self._beat()
-            stopped = self._stopped()
+            self.stops.beat()
+            stopped = self.stops.stopped_while_running()
             if stopped:
                 self._stop_job(job=state.job)
                 self._end_stopped(stopped, run_id, job_run_id)
                 return
-            time.sleep(POLL_S)
+            time.sleep(watch.POLL_S)
         self._finalize(request, run_id, None, job_run_id)
 
-    def run(self) -> int:
+    def run(self, handoff: Callable[[int, str], None] | None = None) -> int:
         """Work on the request until its final status; 0 also when another launcher holds it, 1 on an error that
-        the launcher's log explains (the request is failed with the reason)."""
+        the launcher's log explains (the request is failed with the reason).
+
+        Args:
+            handoff: called with the local job's PID and the request run once the job runs (or when this launcher
+                resumes a running job on this host), to wait for it in a process without MLflow (the launcher's
+                ``os.execv``, which does not return); if it returns, the job is waited for here.
+        """
+        self.stops.listen()
         if not self.ledger.claim_lease(self.name, self.version, self.request_id, LAUNCHER_MARKER):
             return 0
         self._mirror()  # no tag write when the tags show this launcher's provisional lease already
@@ -371,6 +358,10 @@ class Job:
                 request = parse_request(state.request or "", self.policy)
             except RequestRefused:
                 request = None
+            host, _, pid = (state.job or "").partition("|")
+            if (handoff is not None and state.request_run_id and host == os.uname().nodename and pid.isdigit()
+                    and _job_alive(state.job, state.request_run_id)):
+                handoff(int(pid), state.request_run_id)  # returns only if the handoff failed
             self._watch_orphan(request, state)
             return 0
         run_id = self._request_run(state)
@@ -402,15 +393,45 @@ class Job:
         job = getattr(submitted, "command_proc", None)
         job_tag = f"{os.uname().nodename}|{job.pid}" if job is not None else f"{self.settings.backend}|{job_run_id}"
         self._set_fields({"job": job_tag})
+        if handoff is not None and job is not None:
+            handoff(job.pid, run_id)  # returns only if the handoff failed: the job is waited for here
+        if not self._watch(submitted, run_id, job_run_id):
+            self._finalize(request, run_id, submitted.get_status() == "FINISHED", job_run_id)
+        return 0
+
+    def _watch(self, submitted, run_id: str, job_run_id: str) -> bool:
+        """Wait for the launched job to end; True if it was stopped instead (cancelled or past its deadline)."""
         while submitted.get_status() in ("RUNNING", "SCHEDULED"):
-            self._beat()
-            stopped = self._stopped()
+            self.stops.beat()
+            stopped = self.stops.stopped_while_running()
             if stopped:
                 self._stop_job(submitted)
                 self._end_stopped(stopped, run_id, job_run_id)
-                return 0
-            time.sleep(POLL_S)
-        self._finalize(request, run_id, submitted.get_status() == "FINISHED", job_run_id)
+                return True
+            time.sleep(watch.POLL_S)
+        return False
+
+    def finish_waited(self, waited: tuple[str | None, int | None] | None, run_id: str) -> int:
+        """Finalise the request after :func:`~mlflow_unlearn_plugins.watch.wait_for_job` waited for its local job
+        (``waited``: its outcome), in the launcher that handed its wait off; None: that wait failed, the job is
+        watched from here as a job whose launcher died."""
+        state = self.ledger.read(self.name, self.version)
+        try:
+            request = parse_request(state.request or "", self.policy)
+        except RequestRefused:
+            request = None
+        if waited is None:
+            self._watch_orphan(request, state)
+            return 0
+        stopped, exit_code = waited
+        if stopped:
+            self._end_stopped(stopped, run_id, run_id)
+            return 0
+        if exit_code is not None:  # what the job's process did not record, as ``mlflow run`` would
+            end_run(self.client, run_id, "FINISHED" if exit_code == 0 else "FAILED")
+        else:  # a job resumed after its launcher died: its exit code is lost
+            end_orphaned_run(self.client, run_id)
+        self._finalize(request, run_id, None if exit_code is None else exit_code == 0, run_id)
         return 0
 
 def recorded_request(value: str) -> str:

@@ -47,8 +47,6 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import sqlalchemy.exc
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_CONFLICT
 from mlflow_unlearn_plugins import events
 
 from mlflow_unlearn.request import RequestStatus
@@ -67,6 +65,8 @@ from mlflow_unlearn.tracking.vocabulary import (
     STATUS_TAG,
 )
 
+#: Present in every launcher's command line (its module); recovery uses it to recognise a live launcher by its PID.
+LAUNCHER_MARKER = "mlflow_unlearn_plugins.launcher"
 #: Tags only the plugin writes; a client that tries to set or delete them gets an error.
 RESERVED_TAGS = (STATUS_TAG, ERROR_TAG, RESULT_VERSION_TAG, REQUEST_ID_TAG, REQUEST_RUN_TAG, LEASE_TAG, JOB_TAG,
                  QUEUE_POSITION_TAG, CANCELLED_BY_TAG, CANCELLED_AT_TAG)
@@ -192,13 +192,6 @@ class RequestState:
     def from_tags(cls, name: str, version: int, tags: dict[str, str]) -> RequestState:
         """The state that the first ledger kept in the version's tags (how :meth:`Ledger.ensure_schema` imports it)."""
         return cls(name, int(version), **{field: tags.get(tag) for tag, field in _TAG_FIELDS.items()})
-
-
-class ActiveRequestError(MlflowException):
-    """Another request is queued or running on this version (HTTP 409, ``RESOURCE_CONFLICT``)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, error_code=RESOURCE_CONFLICT)
 
 
 def contention_retries() -> int:
@@ -441,7 +434,8 @@ class Ledger:
             True if the request was recorded, False if the very same request is already queued or running.
 
         Raises:
-            ActiveRequestError: if a different request is queued or running on this version.
+            ~mlflow_unlearn_plugins.errors.ActiveRequestError: if a different request is queued or running on this
+                version.
         """
         version = int(version)
 
@@ -466,6 +460,8 @@ class Ledger:
                 return True
             if current.request == value:
                 return False
+            from mlflow_unlearn_plugins.errors import ActiveRequestError  # MLflow's exception: imported to refuse
+
             raise ActiveRequestError(
                 f"Model version {name}/{version} already has an unlearning request {current.status} (request "
                 f"{current.request_id}); wait until it has finished, or cancel it (tag {CANCEL_TAG!r}), then submit "

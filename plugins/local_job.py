@@ -34,12 +34,13 @@ class LocalJob(LocalSubmittedRun):
     def get_status(self) -> str:
         status = super().get_status()
         if status != "RUNNING" and not self._ended:
-            _end_run(self._client, self.run_id, status)
+            end_run(self._client, self.run_id, status)
             self._ended = True
         return status
 
 
-def _end_run(client, run_id: str, status: str) -> None:
+def end_run(client, run_id: str, status: str) -> None:
+    """End run ``run_id`` with ``status`` (``FINISHED``, ``FAILED``) unless it has ended already."""
     from mlflow.entities import RunStatus
 
     if not RunStatus.is_terminated(RunStatus.from_string(client.get_run(run_id).info.status)):
@@ -51,7 +52,7 @@ def end_orphaned_run(client, run_id: str) -> None:
     tagged its result, which it does last, once the run is complete; otherwise the run is left for the launcher to
     fail with a reason."""
     if client.get_run(run_id).data.tags.get(vocab.RESULT_VERSION_TAG):
-        _end_run(client, run_id, "FINISHED")
+        end_run(client, run_id, "FINISHED")
 
 
 def start_local_job(project_uri: str, entry_point: str, parameters: dict[str, str], *, run_id: str,

@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
+from mlflow_unlearn_plugins.ledger import process_alive
+
 #: Seconds between SIGTERM and SIGKILL: time for the job to end its run and for torchrun to stop its workers.
 STOP_GRACE_S = 10.0
+#: The signal that tells a launcher to read its request's row now (a cancel); sent only to a launcher that has
+#: claimed its lease, i.e. that has installed its handler (the default action of SIGUSR1 would end the process).
+WAKE_SIGNAL = signal.SIGUSR1
 _PROC = Path("/proc")
 
 
@@ -95,3 +101,20 @@ def _signal(members: dict[int, float], sig: int) -> None:
                 os.kill(pid, sig)
             except OSError:
                 pass
+
+
+def wake_launcher(lease: str | None, marker: str) -> bool:
+    """Send :data:`WAKE_SIGNAL` to the launcher holding ``lease`` if it runs on this host and has claimed its lease
+    (``host|pid|heartbeat``; a provisional ``...|spawned`` lease belongs to a launcher that may not have its handler
+    yet). True if the signal was sent; a launcher on another host reads its row on its own within its read period.
+    """
+    host, pid, *rest = (lease or "").split("|")
+    if host != socket.gethostname() or not pid.isdigit() or rest[1:] == ["spawned"]:
+        return False
+    if not process_alive(int(pid), marker):
+        return False
+    try:
+        os.kill(int(pid), WAKE_SIGNAL)
+    except OSError:
+        return False
+    return True

@@ -34,6 +34,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 from mlflow_unlearn_plugins import retention
 from mlflow_unlearn_plugins.ledger import (
     ACTIVE,
+    LAUNCHER_MARKER,
     Ledger,
     RequestState,
     lease_alive,
@@ -42,16 +43,13 @@ from mlflow_unlearn_plugins.ledger import (
     utc_text,
 )
 from mlflow_unlearn_plugins.mirror import TagTarget, mirror, mirror_pending
-from mlflow_unlearn_plugins.process_group import stop_process_group
+from mlflow_unlearn_plugins.process_group import stop_process_group, wake_launcher
 from mlflow_unlearn_plugins.request import RequestRefused, parse_request
 from mlflow_unlearn_plugins.settings import MAX_RUN_ENV, PluginSettings
 
 from mlflow_unlearn.request import RequestStatus, format_duration
 from mlflow_unlearn.tracking.keys import DIGEST_KEY_ENV, DIGEST_KEY_FILE_ENV
 from mlflow_unlearn.tracking.vocabulary import CANCEL_TAG
-
-#: Present in every launcher's command line; recovery uses it to recognise a live launcher by its PID.
-LAUNCHER_MARKER = "mlflow_unlearn_plugins.launcher"
 
 _logger = logging.getLogger(__name__)
 
@@ -159,8 +157,9 @@ class Scheduler:
 
         The ledger's compare-and-set records ``cancelled`` with ``by`` (who, ``unknown`` if None) and the time; the
         request leaves the queue, or frees its job slot and the next waiting request is admitted now. A running
-        job is stopped by its launcher within a second (its process group: SIGTERM, then SIGKILL); if that launcher
-        is gone, the job is stopped from here.
+        job is stopped by its launcher (its process group: SIGTERM, then SIGKILL): within a second when the
+        launcher runs on this host (it is woken by a signal), else within its row-read period
+        (:data:`~mlflow_unlearn_plugins.job.STOP_READ_S`); if that launcher is gone, the job is stopped from here.
 
         Returns:
             The request's state now.
@@ -185,16 +184,20 @@ class Scheduler:
                                 f"there is nothing to cancel (tag {CANCEL_TAG!r} cancels a queued or running one)")
         _logger.info("Unlearning request %s on %s/%s cancelled by %s", state.request_id, name, version, who)
         mirror(self.ledger, self.tags, name, version)
-        self._stop_unwatched_job(state)
+        self._stop_job(state)
         if not self.dispatch():  # nothing admitted, but a queued request left: the ones behind it moved up
             self._mirror_waiting()
         return self.ledger.read(name, version)
 
-    def _stop_unwatched_job(self, state: RequestState) -> None:
-        """Stop the job of a stopped request whose launcher is gone (its process group, if it runs on this host),
-        in a thread: SIGKILL comes only after a grace period. A live launcher stops its job itself."""
+    def _stop_job(self, state: RequestState) -> None:
+        """Have the job of a stopped request stopped: a live launcher stops it itself (woken now if it runs on this
+        host); a job whose launcher is gone is stopped from here (its process group, if it runs on this host), in
+        a thread: SIGKILL comes only after a grace period."""
+        if lease_alive(state.lease, LAUNCHER_MARKER):
+            wake_launcher(state.lease, LAUNCHER_MARKER)
+            return
         host, _, pid = (state.job or "").partition("|")
-        if (lease_alive(state.lease, LAUNCHER_MARKER) or host != os.uname().nodename or not pid.isdigit()
+        if (host != os.uname().nodename or not pid.isdigit()
                 or not process_alive(int(pid), state.request_run_id or "--run-id")):
             return
         threading.Thread(target=stop_process_group, args=(int(pid),), name=f"stop-job-{pid}", daemon=True).start()

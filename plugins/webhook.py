@@ -46,8 +46,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from mlflow_unlearn_plugins.errors import ActiveRequestError
 from mlflow_unlearn_plugins.health import Readiness
-from mlflow_unlearn_plugins.ledger import ActiveRequestError, Ledger, RequestState, connect
+from mlflow_unlearn_plugins.ledger import Ledger, RequestState, connect
 from mlflow_unlearn_plugins.mirror import ClientTags, StoreTags, mirror_pending
 from mlflow_unlearn_plugins.registry_store import RECOVERY_INTERVAL_S, requesting_user
 from mlflow_unlearn_plugins.scheduler import CancelRefused, Scheduler

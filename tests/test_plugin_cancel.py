@@ -18,7 +18,12 @@ cancelling a finished request is refused. No version is registered and no proces
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -31,9 +36,9 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
-from mlflow_unlearn_plugins import job, launcher, scheduler
+from mlflow_unlearn_plugins import job, launcher, scheduler, watch
 from mlflow_unlearn_plugins.ledger import SCHEMA_VERSION, V2_COLUMNS, Ledger
-from mlflow_unlearn_plugins.process_group import group_members
+from mlflow_unlearn_plugins.process_group import WAKE_SIGNAL, group_members, wake_launcher
 from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore
 from mlflow_unlearn_plugins.request import SecurityPolicy
 from mlflow_unlearn_plugins.settings import LauncherSettings, PluginSettings
@@ -138,6 +143,98 @@ def test_a_launcher_that_finds_its_request_cancelled_deletes_the_result_it_regis
         store.set_model_version_tag("m", 1, ModelVersionTag(vocab.CANCEL_TAG, "alice; drop table"))
     with pytest.raises(MlflowException, match="not found"):
         store.transition_model_version_stage("m", 99, "Cancel", False)
+
+
+class _RunningJob:
+    """A launched job as the launcher sees it (``mlflow.projects.SubmittedRun``): running until it is cancelled."""
+
+    command_proc = None
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id, self.cancelled = run_id, False
+
+    def get_status(self) -> str:
+        return "KILLED" if self.cancelled else "RUNNING"
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_a_watching_launcher_reads_its_row_only_when_woken_at_its_deadline_or_every_read_period(
+        registry, tmp_path, monkeypatch):
+    """While its job runs, a launcher polls the job every POLL_S but reads its request's row only when a cancel's
+    wake signal came, when the deadline of its last read has passed, or every STOP_READ_S: the row reads were one
+    per POLL_S, the launcher's largest share of database statements on SQLite."""
+    uri, _ = registry
+    monkeypatch.setattr(watch, "POLL_S", 0.02)
+    settings = _settings(tmp_path)
+    store = UnlearnRegistryStore("unlearn+" + uri, tracking_uri=uri, settings=settings)
+    reads, real_read = [], store.ledger.read
+    monkeypatch.setattr(store.ledger, "read", lambda *args: reads.append(args) or real_read(*args))
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run_id = client.create_run(client.create_experiment("requests")).info.run_id
+
+    def watch_job(version: int, *, read_period_s: float, cancel_at_s: float | None = None, wake: bool = False,
+                  deadline_s: int | None = None) -> tuple[bool, float]:
+        monkeypatch.setattr(watch, "STOP_READ_S", read_period_s)
+        store.ledger.open("m", version, "forget=classes:1", request_id=f"r{version}", deadline_s=deadline_s)
+        assert [state.version for state in store.ledger.dispatch(1)] == [version]
+        watcher = job.Job(store.ledger, store.scheduler.tags, client, "m", version, f"r{version}",
+                          str(tmp_path / "r.log"), settings)
+        watcher.stops.listen()
+        assert watcher._advance(("queued",), "running")
+        reads.clear()
+
+        def cancel() -> None:
+            store.ledger.stop("m", version, to="cancelled", reason="cancelled by alice", by="alice")
+            if wake:
+                os.kill(os.getpid(), WAKE_SIGNAL)  # what the server does for a launcher on its host (wake_launcher)
+
+        if cancel_at_s is not None:
+            threading.Timer(cancel_at_s, cancel).start()
+        submitted = _RunningJob(run_id)
+        start = time.monotonic()
+        stopped = watcher._watch(submitted, run_id, run_id)
+        return stopped and submitted.cancelled, time.monotonic() - start
+
+    try:
+        # woken by the cancel: seen at the next poll, long before the read period
+        stopped, took = watch_job(1, read_period_s=60, cancel_at_s=1.0, wake=True)
+        assert stopped and 1.0 <= took < 10, took
+        assert len(reads) <= 3, len(reads)  # the first read, the wake's, the mirror's: not one per poll (about 50)
+        assert store.ledger.read("m", 1).status == "cancelled"
+        # a cancel from another host (no signal): seen at the next read period
+        stopped, took = watch_job(2, read_period_s=0.5, cancel_at_s=1.0)
+        assert stopped and 1.0 <= took < 10, took
+        assert 2 <= len(reads) <= 3 + int(took / 0.5), len(reads)
+        # the deadline (1 s from admission) is known from the first read: no read until it has passed
+        stopped, took = watch_job(3, read_period_s=60, deadline_s=1)
+        assert stopped and 0.5 <= took < 10, took
+        assert len(reads) <= 6, len(reads)  # the first, then the stop's own (recording timed_out, the mirrors)
+        assert store.ledger.read("m", 3).status == "timed_out"
+    finally:
+        signal.signal(WAKE_SIGNAL, signal.SIG_DFL)
+
+
+def test_wake_launcher_signals_only_a_launcher_on_this_host_that_claimed_its_lease(tmp_path):
+    waiting = subprocess.Popen(  # the marker on its command line, like a launcher's
+        [sys.executable, "-c", "import signal, sys, time\n"
+         "signal.signal(signal.SIGUSR1, lambda *_: (print('woken', flush=True), sys.exit(0)))\n"
+         "print('ready', flush=True)\ntime.sleep(60)", scheduler.LAUNCHER_MARKER],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiting.stdout.readline() == "ready\n"
+        host, pid = socket.gethostname(), waiting.pid
+        assert not wake_launcher(f"{host}|{pid}|1|spawned", scheduler.LAUNCHER_MARKER)  # no handler yet, maybe
+        assert not wake_launcher(f"elsewhere|{pid}|1", scheduler.LAUNCHER_MARKER)
+        assert not wake_launcher(f"{host}|{pid}|1", "another-marker")  # a reused PID is not signalled
+        assert not wake_launcher(f"{host}|{DEAD_PID}|1", scheduler.LAUNCHER_MARKER)
+        assert waiting.poll() is None
+        assert wake_launcher(f"{host}|{pid}|1", scheduler.LAUNCHER_MARKER)
+        assert waiting.stdout.readline() == "woken\n" and waiting.wait(10) == 0
+    finally:
+        waiting.kill()
+        waiting.wait()
 
 
 # -- schema version 1 -> 2 ----------------------------------------------------------------------------------------

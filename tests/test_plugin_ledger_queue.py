@@ -9,7 +9,7 @@ import threading
 import pytest
 from fresh_db import migrated_sqlite
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
-from mlflow_unlearn_plugins import ledger, scheduler, settings
+from mlflow_unlearn_plugins import errors, ledger, scheduler, settings
 from mlflow_unlearn_plugins.mirror import StoreTags
 from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore
 
@@ -114,7 +114,7 @@ def test_deleting_a_busy_version_or_model_is_refused(store, monkeypatch):
                                   settings=settings.read_settings({"MLFLOW_UNLEARN_MAX_JOBS": "1"}))
     led.open(MODEL, 2, "forget=classes:2", request_id="r2")
     for call in (lambda: plugin.delete_model_version(MODEL, 2), lambda: plugin.delete_registered_model(MODEL)):
-        with pytest.raises(ledger.ActiveRequestError, match="queued") as info:
+        with pytest.raises(errors.ActiveRequestError, match="queued") as info:
             call()
         assert info.value.error_code == "RESOURCE_CONFLICT"
     plugin.delete_model_version(MODEL, 3)  # an idle version goes

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from mlflow_unlearn_plugins import events, health, ledger, metrics, retention, scheduler, settings
+from mlflow_unlearn_plugins import errors, events, health, ledger, metrics, retention, scheduler, settings
 from mlflow_unlearn_plugins.settings import LauncherSettings, PluginSettings
 
 MODEL = "observed"
@@ -63,7 +63,7 @@ def test_each_ledger_change_writes_its_event_in_the_same_transaction(led):
     assert led.open(MODEL, 2, "forget=classes:2", request_id="r2")
     assert led.open(MODEL, 3, "forget=ids:/srv/alice.txt", request_id="r3", refusal="refused")
     assert not led.open(MODEL, 1, "forget=classes:1", request_id="r1-again")  # the same request: a no-op
-    with pytest.raises(ledger.ActiveRequestError):
+    with pytest.raises(errors.ActiveRequestError):
         led.open(MODEL, 1, "forget=classes:9", request_id="r1-other")  # refused: its transaction rolls back
     assert [s.version for s in led.dispatch(1)] == [1]
     assert not led.advance(MODEL, 1, "r1", expect=("running",), to="succeeded")  # no change, no event

@@ -295,7 +295,7 @@ def _own_marker() -> str:
 
 
 def test_ledger_open_request_is_a_compare_and_set(ledger_store):
-    from mlflow_unlearn_plugins import ledger
+    from mlflow_unlearn_plugins import errors
 
     store, led = ledger_store
     version = store.create_model_version(LEDGER_MODEL, "file:///nowhere").version
@@ -306,13 +306,13 @@ def test_ledger_open_request_is_a_compare_and_set(ledger_store):
     winners = [i for i, r in enumerate(results) if r is True]
     assert len(winners) == 1, results
     losers = [r for r in results if r is not True]
-    assert all(isinstance(r, ledger.ActiveRequestError) for r in losers), losers
+    assert all(isinstance(r, errors.ActiveRequestError) for r in losers), losers
     state = led.read(LEDGER_MODEL, version)
     (won,) = winners
     assert (state.status, state.request, state.request_id) == ("queued", values[won], ids[won])
     # the identical request is a no-op; a different one is refused while the first is active
     assert led.open(LEDGER_MODEL, version, values[won], request_id="again") is False
-    with pytest.raises(ledger.ActiveRequestError):
+    with pytest.raises(errors.ActiveRequestError):
         led.open(LEDGER_MODEL, version, "forget=classes:9", request_id="other")
     assert led.read(LEDGER_MODEL, version).request_id == ids[won]
 

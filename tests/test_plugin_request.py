@@ -11,7 +11,7 @@ from fresh_db import migrated_sqlite
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
-from mlflow_unlearn_plugins import job, ledger, registry_store, scheduler, settings
+from mlflow_unlearn_plugins import errors, job, ledger, registry_store, scheduler, settings
 from mlflow_unlearn_plugins.registry_store import UnlearnRegistryStore, absolute_sqlite_uri, parse_store_uri
 from mlflow_unlearn_plugins.request import (
     MAX_REQUEST_CHARS,
@@ -258,7 +258,7 @@ def test_open_request_is_a_compare_and_set_across_threads(requests_ledger):
         barrier.wait()
         try:
             results.append(led.open("m", 1, f"forget=classes:{i}", request_id=f"r{i}"))
-        except ledger.ActiveRequestError as exc:
+        except errors.ActiveRequestError as exc:
             results.append(exc)
 
     threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
@@ -267,7 +267,7 @@ def test_open_request_is_a_compare_and_set_across_threads(requests_ledger):
     for t in threads:
         t.join()
     assert results.count(True) == 1
-    assert sum(isinstance(r, ledger.ActiveRequestError) for r in results) == 7
+    assert sum(isinstance(r, errors.ActiveRequestError) for r in results) == 7
     state = led.read("m", 1)
     assert state.status == "queued" and state.request == f"forget=classes:{state.request_id[1:]}"
     # the same request again is a no-op; another one is refused while this one is active

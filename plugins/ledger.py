@@ -36,6 +36,7 @@ counted (:func:`contention_retries`), never raised on the first conflict.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -77,6 +78,10 @@ TERMINAL = (RequestStatus.SUCCEEDED, RequestStatus.FAILED, *STOPPED)
 #: A lease whose heartbeat is older than this is considered abandoned (its launcher died).
 LEASE_TIMEOUT_S = 60.0
 MAX_ERROR_CHARS = 2000
+#: A request that has ended still holds its job slot while its version's tags show it admitted or running (its
+#: mirror not done yet), so that the UI never shows more slot holders than the cap; for at most this long, so that a
+#: mirror that keeps failing does not hold the slot.
+SLOT_RELEASE_GRACE_S = 30.0
 #: Attempts of one transaction under contention; backoff 0.05 s doubling up to 2 s, with jitter (~25 s in all).
 RETRY_ATTEMPTS = 16
 #: Attempts of a metrics read: a scrape of a database that fails is answered at once, not after ~25 s of backoff.
@@ -589,9 +594,10 @@ class Ledger:
     def dispatch(self, max_jobs: int) -> list[RequestState]:
         """Admit waiting requests, first in first out, while fewer than ``max_jobs`` requests hold a job slot.
 
-        A request holds a slot from its admission (it leaves the queue) until it has finished (any final status).
-        Runs under the queue's row lock, so concurrent calls (server workers, launchers, servers sharing the
-        database) never admit more than ``max_jobs``.
+        A request holds a slot from its admission (it leaves the queue) until it has finished (any final status)
+        and its tags show it (at most :data:`SLOT_RELEASE_GRACE_S` after it finished). Runs under the queue's row
+        lock, so concurrent calls (server workers, launchers, servers sharing the database) never admit more than
+        ``max_jobs``.
 
         Returns:
             The requests admitted now; the caller starts a launcher for each.
@@ -603,7 +609,7 @@ class Ledger:
         def body(conn) -> list[RequestState]:
             self._lock_queue(conn)
             holders = conn.execute(sa.select(sa.func.count()).select_from(requests_table).where(
-                active, requests_table.c.queue_seq.is_(None))).scalar_one()
+                _slot_holder())).scalar_one()
             free = max_jobs - holders
             if free <= 0:
                 return []
@@ -626,10 +632,9 @@ class Ledger:
     @staticmethod
     def _may_admit(conn, max_jobs: int) -> bool:
         """Whether a request waits and a job slot is free, as of this read (the locked admission checks again)."""
-        active = requests_table.c.status.in_(ACTIVE)
         waiting, holders = conn.execute(sa.select(
-            sa.func.count().filter(requests_table.c.queue_seq.is_not(None)),
-            sa.func.count().filter(requests_table.c.queue_seq.is_(None))).where(active)).one()
+            sa.func.count().filter(requests_table.c.status.in_(ACTIVE), requests_table.c.queue_seq.is_not(None)),
+            sa.func.count().filter(_slot_holder()))).one()
         return waiting > 0 and holders < max_jobs
 
     def mark_mirrored(self, name: str, version: int | str, row_version: int, tags: str) -> bool:
@@ -683,6 +688,21 @@ def _advance_event(request_id: str, to: str) -> dict[str, Any]:
 def connect(db_uri: str) -> sa.engine.Engine:
     """A SQLAlchemy engine for a ledger outside a registry store (a launcher, the webhook's state database)."""
     return sa.create_engine(db_uri, pool_pre_ping=True)
+
+
+def _slot_holder():
+    """The rows that hold a job slot: admitted and active, or ended less than :data:`SLOT_RELEASE_GRACE_S` ago with
+    tags that still show them admitted or running (the tags' JSON in ``mirrored_tags``, see :func:`mirror`)."""
+    table = requests_table.c
+    shown = table.mirrored_tags
+    def showing(status: str):  # the JSON pair '"mlflow_unlearn.status": "running"', as mirror() writes it
+        return shown.contains(json.dumps({STATUS_TAG: str(status)})[1:-1], autoescape=True)
+
+    shown_holding = sa.or_(showing(RequestStatus.RUNNING.value), sa.and_(
+        showing(RequestStatus.QUEUED.value), sa.not_(shown.contains(QUEUE_POSITION_TAG, autoescape=True))))
+    return sa.or_(sa.and_(table.status.in_(ACTIVE), table.queue_seq.is_(None)),
+                  sa.and_(table.status.notin_(ACTIVE), table.mirrored_version < table.row_version,
+                          table.updated_ms > _now_ms() - int(SLOT_RELEASE_GRACE_S * 1000), shown_holding))
 
 
 def lease_value(spawned: int | None = None) -> str:

@@ -263,7 +263,8 @@ class Ledger:
         if self._ready:
             return
         with self._schema_lock:
-            if self._ready:
+            if self._ready or self._current():
+                self._ready = True
                 return
             _retrying(self._create_tables)
             if self._schema_version() < 1:
@@ -285,6 +286,18 @@ class Ledger:
             with self.engine.begin() as conn:
                 if conn.execute(sa.select(table.c.id)).first() is None:
                     conn.execute(table.insert().values(**row))  # a concurrent insert fails; _retrying re-reads
+
+    def _current(self) -> bool:
+        """Whether the tables exist at :data:`SCHEMA_VERSION` already: one statement, where creating and checking
+        them is about a dozen (every launcher, and every server worker, asks once)."""
+        try:
+            with self.engine.connect() as conn:
+                exist = [sa.select(sa.func.count()).select_from(table).where(sa.literal_column("1") == 0)
+                         .scalar_subquery() for table in (events.events_table, events.totals_table)]
+                return conn.execute(sa.select(schema_table.c.version, *exist).where(
+                    schema_table.c.id == 1)).scalar() == SCHEMA_VERSION
+        except sqlalchemy.exc.DBAPIError:  # no such table: create them
+            return False
 
     def _schema_version(self) -> int:
         with self.engine.connect() as conn:

@@ -207,3 +207,26 @@ def test_dispatch_takes_no_write_lock_when_nothing_waits_or_no_slot_is_free(stor
         assert writes  # the admission itself writes, under the queue's lock
     finally:
         sa.event.remove(stock.engine, "before_cursor_execute", count)
+
+
+def test_a_ledger_on_an_up_to_date_database_checks_its_schema_with_one_statement(store):
+    """Every launcher (and, since it waits without MLflow, each of its phases) and every server worker opens the
+    ledger: on tables at the current schema version that costs one statement, not the dozen of creating them."""
+    import sqlalchemy as sa
+
+    uri, _, led = store
+    led.read(MODEL, 1)  # the fixture's ledger created the tables
+    engine = sa.create_engine(uri)
+    statements = []
+    sa.event.listen(engine, "before_cursor_execute", lambda conn, cursor, statement, *a: statements.append(statement))
+    try:
+        ledger.Ledger(engine).ensure_schema()
+        assert len(statements) == 1, statements
+        with engine.begin() as conn:  # a table missing at the current version is created again
+            conn.execute(sa.text("DROP TABLE mlflow_unlearn_events"))
+        statements.clear()
+        fresh = ledger.Ledger(engine)
+        fresh.ensure_schema()
+        assert len(statements) > 1 and fresh._current()
+    finally:
+        engine.dispose()

@@ -341,7 +341,10 @@ def run_database(database: str, n: int, cap: int, faults: bool, timeout_s: float
                 for version, tags in monitor.states.items():
                     job = _job_pid(server, version, tags) if tags.get("mlflow_unlearn.status") == "running" else None
                     if job is not None:
-                        os.kill(job, signal.SIGKILL)
+                        try:
+                            os.kill(job, signal.SIGKILL)
+                        except ProcessLookupError:  # it ended between the read and the kill: try the next one
+                            continue
                         killed_job = True
                         events.append(f"{time.time() - start:.0f} s: kill -9 of a running job (request ended: "
                                       f"{done}/{n})")

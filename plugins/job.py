@@ -434,6 +434,7 @@ class Job:
         self._finalize(request, run_id, None if exit_code is None else exit_code == 0, run_id)
         return 0
 
+
 def recorded_request(value: str) -> str:
     """A request as the request run records it: an ``ids:`` file's path replaced (paths can reveal whose data it is).
 

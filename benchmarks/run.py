@@ -826,8 +826,14 @@ def target_lines(results: pd.DataFrame) -> list[TargetLine]:
                                 cpu <= NITC_TIME_TARGET))
         if "gate_verdict" in rows.columns and rows["gate_verdict"].notna().any():
             failed = rows[rows["gate_verdict"] != "passed"]
-            reasons = "; ".join(f"seed {int(r.seed)}: {r.gate_failures if isinstance(r.gate_failures, str) else ''}"
-                                for r in failed.itertuples()) if "gate_failures" in rows.columns else ""
+            recorded = failed["gate_failures"].map(lambda v: isinstance(v, str) and bool(v)) \
+                if "gate_failures" in rows.columns else failed["gate_verdict"].map(lambda _: False)
+            reasons = "; ".join(f"seed {int(r.seed)}: {r.gate_failures}"
+                                for r, ok in zip(failed.itertuples(), recorded, strict=True) if ok)
+            if not recorded.all() and not failed.empty:  # rows written before the reasons were kept
+                seeds = [str(int(seed)) for seed in failed.loc[~recorded, "seed"]]
+                missing = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}: reason not recorded in these rows"
+                reasons = "; ".join(filter(None, [reasons, missing]))
             lines.append(TargetLine(cell, "gate passes (reference retrain)", f"{len(rows) - len(failed)} of "
                                     f"{len(rows)} seeds", "every seed", failed.empty, reasons))
         if model in NITC_MAX_RETAIN_DROP and task == "A":

@@ -250,6 +250,10 @@ def test_target_lines_state_each_bound_of_issue_26() -> None:
     assert not found["CPU time / retraining's"].met
     gate = found["gate passes (reference retrain)"]
     assert not gate.met and gate.value == "1 of 2 seeds" and "seed 1: retain: dropped 6.0 points" in gate.note
+    older = _rows("B", {"original": 2.0, "nitc": 1.6}, verdicts=("failed", "failed"))  # rows without the reasons
+    older.loc[older["method"] == "nitc", "gate_failures"] = [float("nan"), "retain: dropped 6.0 points"]
+    gate = next(line for line in bench.target_lines(older) if line.target == "gate passes (reference retrain)")
+    assert gate.note == "seed 1: retain: dropped 6.0 points; seed 0: reason not recorded in these rows", gate.note
     bn = bench.target_lines(_rows("A", {"original": 50.0, "nitc": 0.3}, model="bncnn", retain=(100.0, 97.5)))
     drop = next(line for line in bn if line.target == "retain accuracy lost, worst seed")
     assert not drop.met and drop.value == "2.50"

@@ -316,6 +316,13 @@ class Job:
             Path(self.log_path).unlink(missing_ok=True)
 
 
+    def _parsed(self, state: RequestState) -> UnlearnRequest | None:
+        """The request of a running job, or None if it no longer parses (its reason is then the job's own)."""
+        try:
+            return parse_request(state.request or "", self.policy)
+        except RequestRefused:
+            return None
+
     def _watch_orphan(self, request: UnlearnRequest | None, state: RequestState) -> None:
         """Resume a running request whose launcher died: wait for its job, then finalise from the run."""
         from mlflow.entities import RunStatus
@@ -354,10 +361,7 @@ class Job:
         self._mirror()  # no tag write when the tags show this launcher's provisional lease already
         state = self.ledger.read(self.name, self.version)
         if state.status == RequestStatus.RUNNING:
-            try:
-                request = parse_request(state.request or "", self.policy)
-            except RequestRefused:
-                request = None
+            request = self._parsed(state)
             host, _, pid = (state.job or "").partition("|")
             if (handoff is not None and state.request_run_id and host == os.uname().nodename and pid.isdigit()
                     and _job_alive(state.job, state.request_run_id)):
@@ -416,10 +420,7 @@ class Job:
         (``waited``: its outcome), in the launcher that handed its wait off; None: that wait failed, the job is
         watched from here as a job whose launcher died."""
         state = self.ledger.read(self.name, self.version)
-        try:
-            request = parse_request(state.request or "", self.policy)
-        except RequestRefused:
-            request = None
+        request = self._parsed(state)
         if waited is None:
             self._watch_orphan(request, state)
             return 0

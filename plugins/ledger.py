@@ -708,11 +708,12 @@ def _slot_holder():
     tags that still show them admitted or running (the tags' JSON in ``mirrored_tags``, see :func:`mirror`)."""
     table = requests_table.c
     shown = table.mirrored_tags
-    def showing(status: str):  # the JSON pair '"mlflow_unlearn.status": "running"', as mirror() writes it
-        return shown.contains(json.dumps({STATUS_TAG: str(status)})[1:-1], autoescape=True)
 
-    shown_holding = sa.or_(showing(RequestStatus.RUNNING.value), sa.and_(
-        showing(RequestStatus.QUEUED.value), sa.not_(shown.contains(QUEUE_POSITION_TAG, autoescape=True))))
+    def showing(status: RequestStatus):  # the JSON pair '"mlflow_unlearn.status": "running"', as mirror() writes it
+        return shown.contains(json.dumps({STATUS_TAG: status.value})[1:-1], autoescape=True)
+
+    shown_holding = sa.or_(showing(RequestStatus.RUNNING), sa.and_(
+        showing(RequestStatus.QUEUED), sa.not_(shown.contains(QUEUE_POSITION_TAG, autoescape=True))))
     return sa.or_(sa.and_(table.status.in_(ACTIVE), table.queue_seq.is_(None)),
                   sa.and_(table.status.notin_(ACTIVE), table.mirrored_version < table.row_version,
                           table.updated_ms > _now_ms() - int(SLOT_RELEASE_GRACE_S * 1000), shown_holding))

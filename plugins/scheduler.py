@@ -159,7 +159,7 @@ class Scheduler:
         request leaves the queue, or frees its job slot and the next waiting request is admitted now. A running
         job is stopped by its launcher (its process group: SIGTERM, then SIGKILL): within a second when the
         launcher runs on this host (it is woken by a signal), else within its row-read period
-        (:data:`~mlflow_unlearn_plugins.job.STOP_READ_S`); if that launcher is gone, the job is stopped from here.
+        (:data:`~mlflow_unlearn_plugins.watch.STOP_READ_S`); if that launcher is gone, the job is stopped from here.
 
         Returns:
             The request's state now.

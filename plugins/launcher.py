@@ -78,8 +78,7 @@ def _wait(args) -> tuple[str | None, int | None] | None:
     try:
         return wait_for_job(check, args.wait_job, args.run_id)
     except Exception as exc:  # the job is then watched as one whose launcher died (Job.finish_waited)
-        print(f"the wait for the job failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); watching "
-              "it with MLflow", flush=True)
+        print(f"the wait for the job failed ({type(exc).__name__}); watching it with MLflow", flush=True)
         return None
     finally:
         ledger.engine.dispose()

@@ -22,7 +22,7 @@ from mlflow_unlearn.methods.curriculum import (
     sample_difficulty,
     staged_subsets,
 )
-from mlflow_unlearn.methods.nitc import find_head, mask_classes
+from mlflow_unlearn.methods.nitc import find_head, mask_classes, stage_epochs
 from mlflow_unlearn.methods.registry import UnlearnContext, config_to_dict
 from mlflow_unlearn.methods.unsir import UnsirConfig, impair_and_repair, learn_error_max_noise
 from mlflow_unlearn.models import create_model
@@ -176,6 +176,23 @@ def test_sample_wise_nitc_keeps_the_impaired_teacher(digits, original):
     stages = list(dict.fromkeys(r["stage"] for r in sample.history.records))
     assert stages[:3] == ["teacher_noise", "teacher_impair", "teacher_repair"]
     assert stages[3:] == ["head_stage0", "head_stage1"]
+
+
+@pytest.mark.parametrize("head_epochs,head_min_steps", [(5, 1), (1, 60), (5, 60)])
+def test_the_reinitialised_classifier_takes_its_passes_or_its_step_floor(digits, original, head_epochs,
+                                                                         head_min_steps):
+    """Each cumulative stage trains for its share of ``head_epochs`` passes or of ``head_min_steps``, whichever is
+    more steps, and not one step beyond."""
+    mask = np.zeros(len(digits.train), dtype=bool)
+    mask[::10] = True
+    retain = digits.train.subset(~mask)
+    config = {"head_epochs": head_epochs, "head_min_steps": head_min_steps, "head_batch_size": 128}
+    result = run_method("nitc", original, forget=digits.train.subset(mask), retain=retain, config=config,
+                        device="cpu", forget_kind="sample", seed=0)
+    rows = [-(-len(retain) // 2), len(retain)]  # the curriculum's two cumulative stages
+    for stage, (count, passes) in enumerate(zip(rows, stage_epochs(head_epochs, 2), strict=True)):
+        taken = [r for r in result.history.records if r["stage"] == f"head_stage{stage}"][-1]["steps"]
+        assert taken == max(-(-head_min_steps // 2), passes * -(-count // 128)), (stage, taken)
 
 
 @pytest.fixture(scope="module")
@@ -422,6 +439,8 @@ def test_a_higher_forget_temperature_moves_a_near_certain_student_towards_its_te
         {"teacher": {"no_such_key": 1}},
         {"teacher": "strong"},
         {"head_epochs": 0},
+        {"head_min_steps": 0},
+        {"head_min_steps": 12.5},
         {"head_module": ""},
         {"optimizer": "auto"},
         {"sample_student": "whole"},  # a variant that was tried and removed (benchmarks/RESULTS.md)

@@ -561,6 +561,7 @@ class Settings:
     quick: bool
     cache: ModelCache
     sources: dict[str, str]  # method -> source digest, taken at start-up: the code this process imported
+    retime: bool = True  # a reference loaded from the cache is run again here, for its time (see cached_retrain)
 
     def recipe(self, seed: int, task: Task | None = None) -> TrainConfig:
         """The training recipe of the original and the reference (``task.epochs`` unless ``--epochs``/``--quick``)."""
@@ -591,19 +592,31 @@ def retrain_key(original: dict[str, object], role: str, spec: str, config: objec
 
 
 def cached_retrain(settings: Settings, original: torch.nn.Module, fsplit: ForgetSplit, key: dict[str, object],
-                   config: object, *, label: str) -> tuple[torch.nn.Module, dict[str, float]]:
+                   config: object, *, label: str, retime: bool = False) -> tuple[torch.nn.Module, dict[str, float]]:
     """The retrain recipe ``config`` run on ``fsplit`` (seeded by ``config.seed``), or its cached copy under
     ``key`` (whose ``architecture`` is the original's); returns the model (eval mode, on the device) and its
-    measured time and memory."""
+    measured time and memory.
+
+    With ``retime``, a cached copy's recipe is run again in this process and that run's time and memory are
+    returned (the model is the cached one: the recipe is seeded). Every ``time / retrain`` ratio then divides two
+    runs of one process; a cached time was measured by another process under that moment's load (tuning references
+    cached under a load average of 7-15 took 0.51-0.57 of their cached CPU time when run again on a quieter machine)."""
+    def retrain() -> torch.nn.Module:
+        return run_method(REFERENCE, original, forget=fsplit.forget, retain=fsplit.retain, config=config,
+                          device=settings.device, forget_kind=fsplit.kind, forget_classes=fsplit.forget_classes,
+                          seed=config.seed).model
+
     model = fresh_model(fsplit, key["architecture"])
     measurement = settings.cache.load(model, **key)
     if measurement is None:
         print(f"{label} ...", flush=True)
         with measured(settings.device) as measurement:
-            model = run_method(REFERENCE, original, forget=fsplit.forget, retain=fsplit.retain, config=config,
-                               device=settings.device, forget_kind=fsplit.kind,
-                               forget_classes=fsplit.forget_classes, seed=config.seed).model
+            model = retrain()
         settings.cache.save(model, measurement, **key)
+    elif retime:
+        print(f"{label} (cached; timed again) ...", flush=True)
+        with measured(settings.device) as measurement:
+            retrain()
     return rt.prepare_model(model, settings.device).eval(), measurement
 
 
@@ -656,7 +669,8 @@ def run_dataset_seed(dataset: str, model: str, seed: int, settings: Settings) ->
             retrains[FLOOR] = dataclasses.replace(ref_cfg, seed=ref_cfg.seed + FLOOR_SEED_OFFSET)
         for role, cfg in retrains.items():
             models[role], timing[role] = cached_retrain(settings, original, fsplit, retrain_key(key, role, spec, cfg),
-                                                        cfg, label=f"{cell} {role}")
+                                                        cfg, label=f"{cell} {role}",
+                                                        retime=settings.retime and role == REFERENCE)
             configs[role] = config_json(cfg)
         loads = {}
         diverged: list[str] = []
@@ -993,7 +1007,8 @@ Time: `time (s)` is wall time around `run_method` (it includes the copy of the m
 s is timed three times and the median reported (`timed_runs` in `results.csv`; the methods are seeded, so
 every repeat computes the same model), because a fraction of a second is within reach of one scheduler
 hiccup. `time / retrain` divides it by the wall time of the retrain reference of the same dataset, model, seed
-and task (the issue's measure), which is timed once. The CPU is shared with other jobs, so wall times grow with
+and task (the issue's measure), which is timed once, in the same process: a reference that comes from the cache
+is run again for its time (`--no-retime` skips that). The CPU is shared with other jobs, so wall times grow with
 their load (the 1-minute load average at the start of each method is in `results.csv`, `loadavg_1m`); `CPU
 time / retrain` is the same ratio of this process's CPU time, which the load disturbs much less (torch runs
 single-threaded here, so on an idle machine CPU time and wall time coincide). Peak memory: on CPU, the
@@ -1177,6 +1192,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", default=None,
                         help="where originals/retrain references are cached (default: <out-dir>/.cache)")
     parser.add_argument("--no-cache", action="store_true", help="train originals and references afresh")
+    parser.add_argument("--no-retime", action="store_true",
+                        help="take a cached reference's time from the cache instead of running it again in this "
+                             "process (faster; its time was then measured under another moment's load)")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite RESULTS.md and the plot from the existing results.csv")
     parser.add_argument("--readme", default=None,
@@ -1239,7 +1257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     version = code_version()
     sources = {name: method_source_digest(name) for name in (ORIGINAL, REFERENCE, *methods)}
     settings = Settings(_csv_list(args.datasets), models, tasks, seeds, methods, device, recipe_overrides, overrides,
-                        args.quick, ModelCache(cache_root), sources)
+                        args.quick, ModelCache(cache_root), sources, retime=not args.no_retime)
     started = time.perf_counter()
     results = run_benchmark(settings)
     machine = machine_info(device)

@@ -8,7 +8,8 @@ The originals and retrain references come from the cache that ``run.py`` writes,
 
 Each variant is ``label:method:json-config`` (an empty config means the method's defaults). Every variant
 runs on every cell (``dataset:task:seed``) from the same original; the table gives per-cell and mean Avg Gap,
-forget / retain / test accuracy, MIA-efficacy and the CPU time as a fraction of the reference's (measured in
+forget / retain / test accuracy, MIA-efficacy, the product's gate verdict (reference ``retrain``; the failed checks
+by name; ``passed`` is the share of cells that pass) and the CPU time as a fraction of the reference's (measured in
 this process, so only comparable between variants of one call). Seeds below 100 are refused: they are the
 reported ones. ``--model`` picks the architecture of the cached originals (default ``smallcnn``; it must be one
 that ``run.py --models`` built).
@@ -28,10 +29,10 @@ import pandas as pd
 import torch
 
 from mlflow_unlearn import runtime as rt
+from mlflow_unlearn.assess import assess
 from mlflow_unlearn.data import load_data
 from mlflow_unlearn.data.nonmember import hold_out_nonmembers
 from mlflow_unlearn.methods import run_method
-from mlflow_unlearn.metrics import evaluate
 from mlflow_unlearn.training import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -129,13 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpu_fraction[label] = (time.process_time() - start) / ref_cpu
             models[label] = result.model.eval()
         rt.seed_everything(seed)
-        table = evaluate(models, fsplit, reference=bench.REFERENCE,
-                         incompetent=bench.fresh_model(fsplit, args.model).eval(), device="cpu", seed=seed)
-        for name, metrics in table.iterrows():
+        # scored and judged as run.py does: the metrics and the product's gate (reference retrain) per variant
+        assessment = assess(models, fsplit, original=bench.ORIGINAL, reference=bench.REFERENCE,
+                            incompetent=bench.fresh_model(fsplit, args.model).eval(), candidates=list(cpu_fraction),
+                            device="cpu", seed=seed)
+        for name, metrics in assessment.metrics.iterrows():
+            verdict = assessment.verdicts.get(name)
+            gate = "" if verdict is None else verdict.verdict if verdict.verdict != "failed" else ",".join(
+                failure.split(":", 1)[0] for failure in verdict.failures())
             rows.append({"task": task, "cell": f"{dataset}:{task}:{seed}", "model": name, "avg_gap": metrics["avg_gap"],
                          "forget": metrics["forget_accuracy"], "retain": metrics["retain_accuracy"],
                          "test": metrics["test_accuracy"], "mia": metrics["mia_efficacy"],
-                         "cpu_fraction": cpu_fraction.get(name, float("nan"))})
+                         "cpu_fraction": cpu_fraction.get(name, float("nan")), "gate": gate,
+                         "passed": float(gate == "passed") if verdict is not None else float("nan")})
     frame = pd.DataFrame(rows)
     with pd.option_context("display.width", 200):
         print(frame.round(3).to_string(index=False))

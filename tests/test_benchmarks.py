@@ -134,8 +134,17 @@ def test_noise_floor_row_is_the_reference_recipe_with_another_seed_and_is_cached
     again = _script("run.py", *args, "--merge", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{bench.FLOOR} ..." not in again.stdout  # loaded from the cache, not retrained
-    rerun = pd.read_csv(tmp_path / "results.csv").set_index("method").loc[bench.FLOOR]
-    assert rerun["wall_time_s"] == floor["wall_time_s"] and rerun["avg_gap"] == floor["avg_gap"]
+    rerun = pd.read_csv(tmp_path / "results.csv").set_index("method")
+    assert rerun.loc[bench.FLOOR, "wall_time_s"] == floor["wall_time_s"]
+    assert rerun.loc[bench.FLOOR, "avg_gap"] == floor["avg_gap"]
+    # the reference comes from the cache too (the same model: a zero gap to itself) but is timed again in this
+    # process, so that every time ratio divides two runs of one process
+    assert "retrain (cached; timed again) ..." in again.stdout and "] retrain ..." not in again.stdout
+    assert rerun.loc["retrain", "cpu_time_s"] != reference["cpu_time_s"] and rerun.loc["retrain", "avg_gap"] == 0
+    cached_time = _script("run.py", *args, "--merge", "--no-retime", cwd=tmp_path)
+    assert cached_time.returncode == 0 and "timed again" not in cached_time.stdout
+    kept = pd.read_csv(tmp_path / "results.csv").set_index("method").loc["retrain"]
+    assert kept["cpu_time_s"] == reference["cpu_time_s"]  # the time measured when it was cached
 
     unknown = _script("run.py", *args[:-2], "--methods", "retrain_twice", cwd=tmp_path)
     assert unknown.returncode != 0 and bench.FLOOR in unknown.stderr

@@ -38,6 +38,7 @@ def fit(
     after_backward: Callable[[nn.Module], None] | None = None,
     max_steps: int | None = None,
     freeze_norm_stats: bool = False,
+    stop_below: float | None = None,
 ) -> nn.Module:
     """Minimise ``loss_fn(net, x, y)`` over ``data`` for ``epochs`` epochs; return the (unwrapped) model.
 
@@ -55,13 +56,26 @@ def fit(
         freeze_norm_stats: keep normalization layers with running statistics (BatchNorm) in eval mode: they
             normalise with, and keep, the model's running statistics, so the loss is that of the model as it
             is evaluated; their affine weights still train.
+        stop_below: end after the first epoch whose mean loss (averaged over the ranks under ``torchrun``) is at
+            most this.
     """
     for stats in train_epochs(model, data, loss_fn, device=context.device, seed=context.seed, epochs=epochs, lr=lr,
                               batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
                               schedule=schedule, params=params, after_backward=after_backward,
                               max_steps=max_steps, freeze_norm_stats=freeze_norm_stats, where=stage):
         history.log(stage=stage, epoch=stats.epoch, loss=stats.loss, steps=stats.steps)
+        if stop_below is not None and _mean_over_ranks(stats.loss, context.device) <= stop_below:
+            break
     return model
+
+
+def _mean_over_ranks(value: float, device: torch.device) -> float:
+    """``value`` averaged over the ranks under ``torchrun`` (itself otherwise): every rank stops alike."""
+    if not rt.is_distributed():
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return float(total.item()) / rt.world_size()
 
 
 def input_shape(data: Dataset) -> tuple[int, ...]:

@@ -444,6 +444,7 @@ def test_a_higher_forget_temperature_moves_a_near_certain_student_towards_its_te
         {"head_epochs": 0},
         {"head_tolerance": -0.1},
         {"head_tolerance": "small"},
+        {"head_tolerance": True},
         {"head_module": ""},
         {"optimizer": "auto"},
         {"sample_student": "whole"},  # a variant that was tried and removed (benchmarks/RESULTS.md)

@@ -160,7 +160,8 @@ class NitcConfig:
             if not isinstance(getattr(self, name), int):
                 raise ValueError(f"Expected argument `{name}` to be a positive int but got {getattr(self, name)!r}")
         check_fraction(self, "retain_fraction", "head_retain_fraction", allow_zero=False)
-        if not (isinstance(self.head_tolerance, int | float) and self.head_tolerance >= 0):
+        if isinstance(self.head_tolerance, bool) or not (isinstance(self.head_tolerance, int | float)
+                                                         and self.head_tolerance >= 0):
             raise ValueError(f"Expected argument `head_tolerance` to be a non-negative KL in nats but got "
                              f"{self.head_tolerance!r}")
         if not (isinstance(self.head_min_share, int | float) and 0 <= self.head_min_share <= 1):

@@ -135,9 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             incompetent=bench.fresh_model(fsplit, args.model).eval(), candidates=list(cpu_fraction),
                             device="cpu", seed=seed)
         for name, metrics in assessment.metrics.iterrows():
-            verdict = assessment.verdicts.get(name)
-            gate = "" if verdict is None else verdict.verdict if verdict.verdict != "failed" else ",".join(
-                failure.split(":", 1)[0] for failure in verdict.failures())
+            verdict = assessment.verdicts.get(name)  # None for the original and the reference
+            gate = "" if verdict is None else verdict.verdict
+            if gate == "failed":  # the failed checks by name
+                gate = ",".join(failure.split(":", 1)[0] for failure in verdict.failures())
             rows.append({"task": task, "cell": f"{dataset}:{task}:{seed}", "model": name, "avg_gap": metrics["avg_gap"],
                          "forget": metrics["forget_accuracy"], "retain": metrics["retain_accuracy"],
                          "test": metrics["test_accuracy"], "mia": metrics["mia_efficacy"],

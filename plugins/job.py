@@ -315,7 +315,6 @@ class Job:
         if request is not None and request.forget.by_ids:
             Path(self.log_path).unlink(missing_ok=True)
 
-
     def _parsed(self, state: RequestState) -> UnlearnRequest | None:
         """The request of a running job, or None if it no longer parses (its reason is then the job's own)."""
         try:

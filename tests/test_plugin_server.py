@@ -279,7 +279,7 @@ def test_plugin_is_loaded_through_its_entry_point(server, parent, transition_job
     from importlib.metadata import entry_points
 
     (ep,) = [e for e in entry_points(group="mlflow.model_registry_store") if e.name == "unlearn+sqlite"]
-    assert ep.value == "mlflow_unlearn_plugins.registry_store:UnlearnRegistryStore"
+    assert ep.value == "mlflow_unlearn_plugins.store_entry:unlearn_registry_store"
     # The server's registry is the plugin: "Unlearn" is understood, other stages behave as in MLflow.
     url = f"{server.url}/api/2.0/mlflow/model-versions/transition-stage"
     bogus = requests.post(url, json={"name": MODEL, "version": parent.version, "stage": "Forgotten",

@@ -9,7 +9,7 @@ migrated to schema 2 and recovered.
 Through one real ``mlflow server`` (plugin store on SQLite, ``MLFLOW_UNLEARN_MAX_JOBS=1``,
 ``MLFLOW_UNLEARN_MAX_RUN_S=3600``): a refused request on the tag path answers 400 with the reason it records; a
 timeout over the server's maximum is refused at submit; then one scenario of jobs that would run for hours
-(``epochs: 100000``): a request with ``timeout=30s`` holds the slot while three wait; the second waiting one is
+(``epochs: 100000``): a request with ``timeout=15s`` holds the slot while three wait; the second waiting one is
 cancelled from the Python client (it leaves the queue); the first ends ``timed_out`` and the next is admitted; that
 one is cancelled through the cancel tag while its job runs (its process group is gone within the grace period,
 the next is admitted); the last is cancelled by the ``Cancel`` transition; cancelling twice does nothing and
@@ -410,7 +410,7 @@ def scenario(server, parent):  # noqa: F811
     """One deadline and three cancels on a cap of one job slot (see the module docstring); what was seen."""
     late, first, second, third = (_new_version(server, parent) for _ in range(4))
     seen: dict = {"versions": (late, first, second, third)}
-    assert _set_tag(server, late, _slow(server, "; timeout=30s")).status_code == 200
+    assert _set_tag(server, late, _slow(server, "; timeout=15s")).status_code == 200
     for version in (first, second, third):
         assert _set_tag(server, version, _slow(server)).status_code == 200
     seen["positions"] = [_tags(server, v).get(vocab.QUEUE_POSITION_TAG) for v in (first, second, third)]
@@ -474,7 +474,7 @@ def test_a_queued_request_cancelled_from_python_leaves_the_queue(scenario):
 
 def test_a_request_past_its_deadline_ends_timed_out_and_frees_its_slot(scenario, server):
     late = scenario["late"]
-    assert late[vocab.ERROR_TAG].startswith("stopped at its deadline: it held its job slot for longer than 30s")
+    assert late[vocab.ERROR_TAG].startswith("stopped at its deadline: it held its job slot for longer than 15s")
     assert not {vocab.LEASE_TAG, vocab.JOB_TAG, vocab.CANCELLED_BY_TAG} & set(late)
     run = _client(server).get_run(late[vocab.REQUEST_RUN_TAG])
     assert run.info.status == "KILLED" and run.data.tags[vocab.STATUS_TAG] == "timed_out"

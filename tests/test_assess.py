@@ -96,3 +96,40 @@ def test_bad_input_is_refused_before_any_forward_pass(small, models, kwargs, mes
     args = {"models": models, **kwargs}
     with pytest.raises(ValueError, match=message):
         assess(args.pop("models"), split, device="cpu", **args)
+
+
+def _outputs(logits: torch.Tensor, labels: torch.Tensor, n_forget: int):
+    from mlflow_unlearn.metrics.functional import ModelOutputs
+
+    return {"forget": ModelOutputs(logits[:n_forget], labels[:n_forget]),
+            "test": ModelOutputs(logits[n_forget:], labels[n_forget:])}
+
+
+def test_the_paired_membership_test_does_not_depend_on_a_models_temperature() -> None:
+    """A temperature on a model's logits forgets nothing and remembers nothing: the paired test against the reference
+    must answer alike for it. (On score differences, the original with its logits times 0.6 passed it on forgetting
+    random samples, and a retrained model times 0.6 failed it on mislabelled ones: benchmarks/RESULTS.md.)"""
+    from mlflow_unlearn.assess.membership import membership_columns
+
+    gen = torch.Generator().manual_seed(0)
+    n_forget, n_test, classes = 30, 400, 10
+    rows = torch.arange(n_forget + n_test)
+    labels = torch.randint(0, classes, (len(rows),), generator=gen)
+    reference = torch.randn(len(rows), classes, generator=gen)  # never saw the forget samples (the first 30)
+    reference[rows, labels] += 4 + torch.randn(len(rows), generator=gen)
+    remembered = reference + 0.5 * torch.randn(reference.shape, generator=gen)
+    remembered[rows[:n_forget], labels[:n_forget]] += 1.5  # the forget samples fitted more than non-members
+    wrong = labels.clone()  # corrective forgetting: the forget samples carry wrong labels, which no model here fits
+    wrong[:n_forget] = (labels[:n_forget] + 1 + torch.randint(0, classes - 1, (n_forget,), generator=gen)) % classes
+    outputs = {"retrain": _outputs(reference, labels, n_forget)}
+    mislabelled = {"retrain": _outputs(reference, wrong, n_forget)}
+    for scale in (1.0, 0.6, 1.6):
+        outputs[f"remembered x {scale}"] = _outputs(remembered * scale, labels, n_forget)
+        mislabelled[f"retrain x {scale}"] = _outputs(reference * scale, wrong, n_forget)
+    random_samples = membership_columns(outputs, seed=0, reference="retrain")
+    corrective = membership_columns(mislabelled, seed=0, reference="retrain")
+    auc, low = PAIRED_MEMBERSHIP_COLUMNS[0], PAIRED_MEMBERSHIP_COLUMNS[1]
+    for scale in (0.6, 1.6):
+        assert abs(random_samples.loc[f"remembered x {scale}", auc] - random_samples.loc["remembered x 1.0", auc]) < 5
+        assert random_samples.loc[f"remembered x {scale}", low] > 50  # still more member-like than the reference
+        assert corrective.loc[f"retrain x {scale}", low] <= 50  # the reference itself, only less or more sure

@@ -14,9 +14,9 @@
     difference of each sample's rank under the two models, by per-sample loss among the forget and test samples
     (columns ``membership_vs_reference_auc``, ``_low``, ``_high``; ranks, so that a model's overall confidence, a
     temperature on its logits, moves nothing): above chance, the model finds the forget set more member-like than
-    the reference does, relative to same-class non-members. Decided by :func:`sample_membership_verdict`; the rule uses only the intervals' position
-    against chance (50) and against each other, so by default it has no threshold and no scale
-    (``membership_margin``, 0 by default, only relaxes it: a lenient gate for tests of other things):
+    the reference does, relative to same-class non-members. Decided by :func:`sample_membership_verdict`; the rule
+    uses only the intervals' position against chance (50) and against each other, so by default it has no threshold
+    and no scale (``membership_margin``, 0 by default, only relaxes it: a lenient gate for tests of other things):
 
     * with the paired columns (a reference was trained): the evidence is measured when the original is more
       member-like than the reference (its paired interval lies above chance), and the check fails when the

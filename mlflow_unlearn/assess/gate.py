@@ -11,12 +11,11 @@
     unlearned model and the reference. The interval is widened to the spread of the AUC under exchangeability, so
     "it lies above chance" is a permutation test at 2.5% that holds for a forget set of any size (one sample
     included). With a reference, each model is also compared with it sample by sample: the same test on the
-    difference of each sample's rank under the two models, by per-sample loss among the forget and test samples
-    (columns ``membership_vs_reference_auc``, ``_low``, ``_high``; ranks, so that a model's overall confidence, a
-    temperature on its logits, moves nothing): above chance, the model finds the forget set more member-like than
-    the reference does, relative to same-class non-members. Decided by :func:`sample_membership_verdict`; the rule
-    uses only the intervals' position against chance (50) and against each other, so by default it has no threshold
-    and no scale (``membership_margin``, 0 by default, only relaxes it: a lenient gate for tests of other things):
+    difference of the two models' per-sample losses (columns ``membership_vs_reference_auc``, ``_low``,
+    ``_high``): above chance, the model finds the forget set more member-like than the reference does, relative to
+    same-class non-members. Decided by :func:`sample_membership_verdict`; the rule uses only the intervals' position
+    against chance (50) and against each other, so by default it has no threshold and no scale
+    (``membership_margin``, 0 by default, only relaxes it: a lenient gate for tests of other things):
 
     * with the paired columns (a reference was trained): the evidence is measured when the original is more
       member-like than the reference (its paired interval lies above chance), and the check fails when the
@@ -216,7 +215,7 @@ def _interval(test: Any) -> str:
 
 def paired_membership_verdict(original: Any, unlearned: Any, *, margin: float = 0.0) -> MembershipVerdict:
     """Decide the membership check from the paired tests against the reference (see the module docstring): each
-    argument is the test of a model's per-sample loss ranks minus the reference's (above chance: more member-like than
+    argument is the test of a model's per-sample losses minus the reference's (above chance: more member-like than
     the reference on the forget set, relative to same-class non-members).
 
     >>> from mlflow_unlearn.metrics.mia import MembershipTest

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-import torch
-from scipy.stats import rankdata
 
 from mlflow_unlearn.assess.gate import MEMBERSHIP_COLUMNS, PAIRED_MEMBERSHIP_COLUMNS
 from mlflow_unlearn.metrics.functional import ModelOutputs, accuracy, membership_score, per_sample_loss
@@ -51,21 +49,20 @@ def membership_columns(outputs: Mapping[str, Mapping[str, ModelOutputs]], *, see
     forget set's classes).
 
     With ``reference`` (a row of ``outputs``), also the paired test of every other model against it
-    (:data:`~mlflow_unlearn.assess.gate.PAIRED_MEMBERSHIP_COLUMNS`): the same test on each sample's rank under
-    the model minus its rank under the reference (:func:`paired_ranks`), so that what the reference also finds
-    member-like (samples that are easy for any model) does not count, and what the model alone remembers does.
+    (:data:`~mlflow_unlearn.assess.gate.PAIRED_MEMBERSHIP_COLUMNS`): the same test on each sample's score under
+    the model minus its score under the reference, so that what the reference also finds member-like (samples that
+    are easy for any model) does not count, and what the model alone remembers does.
     """
     # the loss on a scale that does not saturate (the same order): a rank test needs no ties at 0
     scores = {name: (membership_score(*per_split["forget"]), membership_score(*per_split["test"]))
               for name, per_split in outputs.items()}
-    ranks = {name: paired_ranks(*pair) for name, pair in scores.items()}
     rows = {}
     for name, per_split in outputs.items():
         forget, test = per_split["forget"], per_split["test"]
         tests = [(MEMBERSHIP_COLUMNS, scores[name])]
         if reference is not None:
-            ref = ranks[reference]
-            tests.append((PAIRED_MEMBERSHIP_COLUMNS, (ranks[name][0] - ref[0], ranks[name][1] - ref[1])))
+            ref = scores[reference]
+            tests.append((PAIRED_MEMBERSHIP_COLUMNS, (scores[name][0] - ref[0], scores[name][1] - ref[1])))
         rows[name] = {}
         for columns, (forget_scores, test_scores) in tests:
             if columns is PAIRED_MEMBERSHIP_COLUMNS and name == reference:
@@ -80,26 +77,6 @@ def membership_columns(outputs: Mapping[str, Mapping[str, ModelOutputs]], *, see
                 _logger.info("Membership test skipped for %s: %s", name, exc)
                 rows[name].update(dict.fromkeys(columns, float("nan")))
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def paired_ranks(forget_scores: torch.Tensor, test_scores: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Each sample's rank (a fraction, ties averaged) among the forget and test samples by one model's membership
-    scores: what the paired test against the reference subtracts, sample by sample.
-
-    Ranks, not the scores themselves: a model's overall confidence (its logits times a temperature) then moves
-    nothing. On the scores, a reference subtracted in another scale decided the test: the original with its logits
-    times 0.6 passed it on forgetting random samples, and a model retrained with another seed, its logits times 0.6,
-    failed it on mislabelled samples (benchmarks/RESULTS.md, issue 26's fourth sitting). The forget and test samples
-    are ranked alike, so a model that never saw the forget set still passes at the test's level.
-
-    >>> [r.tolist() for r in paired_ranks(torch.tensor([-9.0, 1.0]), torch.tensor([0.0, 2.0]))]
-    [[0.25, 0.75], [0.5, 1.0]]
-    >>> [r.tolist() for r in paired_ranks(torch.tensor([-9.0, 1.0]) * 3, torch.tensor([0.0, 2.0]) * 3)]
-    [[0.25, 0.75], [0.5, 1.0]]
-    """
-    pooled = torch.cat([forget_scores, test_scores]).double().numpy()
-    ranks = rankdata(pooled) / len(pooled)
-    return ranks[:len(forget_scores)], ranks[len(forget_scores):]
 
 
 def retained_test_accuracy(outputs: Mapping[str, Mapping[str, ModelOutputs]],

@@ -105,10 +105,6 @@ def _outputs(logits: torch.Tensor, labels: torch.Tensor, n_forget: int):
             "test": ModelOutputs(logits[n_forget:], labels[n_forget:])}
 
 
-@pytest.mark.xfail(strict=True, reason="measured: the paired test compares score differences, so a temperature "
-                   "moves it (a remembering model's AUC by 9.5 points here; the untouched original times 0.6 passed "
-                   "it on 5 of 6 tuning cells); the rank and regression-residual pairings that fix it are in "
-                   "RESULTS.md, not adopted yet")
 def test_the_paired_membership_test_does_not_depend_on_a_models_temperature() -> None:
     """A temperature on a model's logits forgets nothing and remembers nothing: the paired test against the reference
     must answer alike for it. (On score differences, the original with its logits times 0.6 passed it on forgetting

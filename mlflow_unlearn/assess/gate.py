@@ -11,11 +11,13 @@
     unlearned model and the reference. The interval is widened to the spread of the AUC under exchangeability, so
     "it lies above chance" is a permutation test at 2.5% that holds for a forget set of any size (one sample
     included). With a reference, each model is also compared with it sample by sample: the same test on the
-    difference of the two models' per-sample losses (columns ``membership_vs_reference_auc``, ``_low``,
-    ``_high``): above chance, the model finds the forget set more member-like than the reference does, relative to
-    same-class non-members. Decided by :func:`sample_membership_verdict`; the rule uses only the intervals' position
-    against chance (50) and against each other, so by default it has no threshold and no scale
-    (``membership_margin``, 0 by default, only relaxes it: a lenient gate for tests of other things):
+    difference of the two models' per-sample losses, the model's logits first brought to the reference's
+    temperature (``membership.aligned_temperature``: a model's overall confidence is no memory; columns
+    ``membership_vs_reference_auc``, ``_low``, ``_high``): above chance, the model finds the forget set more
+    member-like than the reference does, relative to same-class non-members. Decided by
+    :func:`sample_membership_verdict`; the rule uses only the intervals' position against chance (50) and against
+    each other, so by default it has no threshold and no scale (``membership_margin``, 0 by default, only relaxes it:
+    a lenient gate for tests of other things):
 
     * with the paired columns (a reference was trained): the evidence is measured when the original is more
       member-like than the reference (its paired interval lies above chance), and the check fails when the

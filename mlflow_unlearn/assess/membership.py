@@ -111,8 +111,8 @@ def aligned_temperature(model: Mapping[str, ModelOutputs], reference: Mapping[st
     >>> ref = {"forget": ModelOutputs(torch.tensor([[3.0, 0.0]]), torch.tensor([0])),
     ...        "test": ModelOutputs(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 1]))}
     >>> hotter = {s: ModelOutputs(o.logits * 2.5, o.labels) for s, o in ref.items()}
-    >>> round(aligned_temperature(hotter, ref), 2)
-    2.5
+    >>> round(aligned_temperature(hotter, ref), 2), aligned_temperature(ref, ref)
+    (2.5, 1.0)
     """
     def scores(outputs: Mapping[str, ModelOutputs], t: float) -> torch.Tensor:
         return torch.cat([membership_score(outputs[s].logits.double() / t, outputs[s].labels)
@@ -126,7 +126,10 @@ def aligned_temperature(model: Mapping[str, ModelOutputs], reference: Mapping[st
     grid = np.log(TEMPERATURES)
     best = int(np.nanargmin([error(v) for v in grid]))
     low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    return math.exp(minimize_scalar(error, bounds=(low, high), method="bounded", options={"xatol": 1e-6}).x)
+    found = minimize_scalar(error, bounds=(low, high), method="bounded", options={"xatol": 1e-6}).x
+    # exactly 1 when it fits as well: a search ends a hair away from it, and for a model identical to the reference
+    # (``retrain`` judged against its own recipe) that hair alone would order the differences by score
+    return 1.0 if error(0.0) <= error(found) else math.exp(found)
 
 
 def retained_test_accuracy(outputs: Mapping[str, Mapping[str, ModelOutputs]],

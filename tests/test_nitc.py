@@ -13,8 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mlflow_unlearn import runtime as rt
-from mlflow_unlearn.data import load_data, resolve_forget
+from mlflow_unlearn.data import SampleSet, load_data, resolve_forget
+from mlflow_unlearn.data.nonmember import carve_out_mask
 from mlflow_unlearn.methods import build_config, run_method
+from mlflow_unlearn.methods._loops import predict_logits
 from mlflow_unlearn.methods.bad_teacher import distill, kl_to_teacher, randomly_initialised_copy, with_temperatures
 from mlflow_unlearn.methods.curriculum import (
     curriculum_order,
@@ -22,7 +24,15 @@ from mlflow_unlearn.methods.curriculum import (
     sample_difficulty,
     staged_subsets,
 )
-from mlflow_unlearn.methods.nitc import find_head, mask_classes, stage_epochs
+from mlflow_unlearn.methods.nitc import (
+    FORGET_BATCH,
+    NONMEMBER_LOSS_RISE,
+    find_head,
+    forget_below_head,
+    mask_classes,
+    mean_loss,
+    stage_epochs,
+)
 from mlflow_unlearn.methods.registry import UnlearnContext, config_to_dict
 from mlflow_unlearn.methods.unsir import UnsirConfig, impair_and_repair, learn_error_max_noise
 from mlflow_unlearn.models import create_model
@@ -225,15 +235,84 @@ def test_the_near_test_level_check_fails_for_the_unchanged_model(digits, memoris
     assert not _near_test_level(original, original, forget, digits.test)
 
 
-@pytest.mark.xfail(strict=True, reason="measured: forget 98.8% vs test 92.8% after nitc, 100% vs 94.7% before: the "
-                                       "memorisation sits in the layers that sample-wise NITC keeps (issue 26's B-mem "
-                                       "target, not met)")
+def _nonmembers(test):
+    """``(non-members, the test samples left)``: the carve-out the plan makes when a source names no ``val`` part."""
+    mask = carve_out_mask(test.y.numpy(), test.ids, seed=0)
+    return test.subset(mask), test.subset(~mask)
+
+
+@pytest.mark.xfail(strict=True, reason="measured: forget 97.5% vs test 93.4% after nitc (its layers below the "
+                                       "classifier stop after 8 steps, at the non-members' mean loss), 98.8% vs 93.7% "
+                                       "without that phase, 100% vs 94.4% before: the mean loss is matched, not the "
+                                       "accuracy (issue 26's B-mem target)")
 def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, memorising):
     original, forget, retain = memorising
-    result = run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0)
+    nonmember, test = _nonmembers(digits.test)
+    result = run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0,
+                        nonmember=nonmember)
     assert accuracy(result.model, retain) > 0.95
     assert accuracy(result.model, forget) > 0.6  # not pushed to random predictions (10%)
-    assert _near_test_level(result.model, original, forget, digits.test)
+    assert _near_test_level(result.model, original, forget, test)
+    assert result.history.extra["forget_steps"] > 0
+
+
+def test_without_nonmembers_sample_wise_nitc_leaves_the_layers_below_its_classifier_as_the_teacher_left_them(
+        digits, memorising):
+    original, forget, retain = memorising
+    result = run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0)
+    assert "forget_steps" not in result.history.extra
+    assert not any(record["stage"] == "forget_below_head" for record in result.history.records)
+
+
+def _forget_below_head(original, forget, retain, nonmember, epochs=50):
+    model = copy.deepcopy(original)
+    config = build_config("nitc", {"forget_epochs": epochs})
+    history = rt.History()
+    model = forget_below_head(model, model.head, forget=forget, retain=retain,
+                              retain_targets=predict_logits(original, retain, device=CPU), nonmember=nonmember,
+                              config=config, context=UnlearnContext(CPU, 10, "sample", (), 0, nonmember),
+                              history=history)
+    return model, history.extra["forget_steps"]
+
+
+def test_forget_below_head_raises_the_forget_loss_below_the_classifier_only(digits, memorising):
+    """It ends at the non-members' mean loss, or where the next step would raise theirs by more than
+    ``NONMEMBER_LOSS_RISE`` (that step undone); the classifier and the BatchNorm statistics stay as they were."""
+    original, forget, retain = memorising
+    nonmember, _ = _nonmembers(digits.test)
+    level, start = mean_loss(original, nonmember, device=CPU), mean_loss(original, forget, device=CPU)
+    assert start < level / 10  # memorised: far below the unseen samples' loss
+    model, steps = _forget_below_head(original, forget, retain, nonmember)
+    assert 0 < steps < 50 * -(-len(forget) // FORGET_BATCH)  # stopped by a level, not by the budget
+    assert mean_loss(model, forget, device=CPU) > 2 * start
+    assert mean_loss(model, nonmember, device=CPU) <= (1 + NONMEMBER_LOSS_RISE) * level
+    for (name, before), after in zip(original.named_parameters(), model.parameters(), strict=True):
+        assert torch.equal(before, after) == name.startswith("head."), name  # the classifier is fixed
+    for before, after in zip(original.buffers(), model.buffers(), strict=True):
+        assert torch.equal(before, after)  # BatchNorm statistics frozen
+    assert accuracy(model, retain) > 0.9
+
+
+def test_forget_below_head_undoes_a_step_that_raises_the_nonmembers_loss(digits, memorising, monkeypatch):
+    """Non-members that are the forget samples themselves (and one unseen sample, so that their mean loss is
+    higher): no step can raise the forget samples' loss without raising theirs; with no rise allowed, the first step
+    is undone."""
+    import mlflow_unlearn.methods.nitc as nitc_module
+
+    monkeypatch.setattr(nitc_module, "NONMEMBER_LOSS_RISE", 0.0)
+    original, forget, retain = memorising
+    logits = predict_logits(original, digits.test, device=CPU)
+    loss = F.cross_entropy(logits, digits.test.y, reduction="none")
+    loss[logits.argmax(1) != digits.test.y] = 0  # the least sure of the unseen samples the model gets right
+    unseen = digits.test.subset(np.asarray([int(loss.argmax())]))
+    x, y = forget.to_tensors()
+    nonmember = SampleSet(torch.cat([x, unseen.to_tensors()[0]]), torch.cat([y, unseen.y]),
+                          np.concatenate([forget.ids, unseen.ids]), 10)
+    assert mean_loss(original, forget, device=CPU) < mean_loss(original, nonmember, device=CPU)
+    model, steps = _forget_below_head(original, forget, retain, nonmember)
+    assert steps == 0
+    for before, after in zip(original.parameters(), model.parameters(), strict=True):
+        assert torch.equal(before, after)
 
 
 def test_sample_wise_nitc_retrains_the_classifier_on_retain_features_only(digits, original, monkeypatch):

@@ -137,3 +137,9 @@ def test_an_unlearning_run_gives_the_method_non_members_that_no_metric_sees(tmp_
                                   original="original", device=plan.device, seed=plan.seed)
     assert len(evaluation.outputs["unlearned"]["test"].labels) == len(test_ids)
     assert set(evaluation.split.test.ids.tolist()) == test_ids
+    # nitc reads them when it forgets samples only: a class request's metrics keep the whole test side
+    by_kind = {spec: prepare("models:/nm-mlp/1", UnlearnRequest(spec, method="nitc", device="cpu"),
+                             tracking_uri=uri, registry_uri=uri) for spec in ("classes:1", "random:0.1:0")}
+    assert by_kind["classes:1"].nonmember is None
+    assert len(by_kind["classes:1"].forget.test) == len(by_kind["classes:1"].split.test)
+    assert set(by_kind["random:0.1:0"].nonmember.ids.tolist()) == nm_ids

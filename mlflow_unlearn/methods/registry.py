@@ -81,7 +81,15 @@ class MethodSpec:
     distributed: bool = False
     is_reference: bool = False
     summary: str = field(default="")
-    uses_nonmember: bool = False
+    uses_nonmember: bool | tuple[str, ...] = False
+
+    def reads_nonmember(self, forget_kind: str) -> bool:
+        """Whether the method reads ``context.nonmember`` when it forgets ``forget_kind`` (``"class"``/``"sample"``).
+
+        >>> MethodSpec("m", print, object, uses_nonmember=("sample",)).reads_nonmember("class")
+        False
+        """
+        return forget_kind in self.uses_nonmember if isinstance(self.uses_nonmember, tuple) else self.uses_nonmember
 
 
 METHODS: Registry[MethodSpec] = Registry("unlearning method")
@@ -90,7 +98,7 @@ METHODS: Registry[MethodSpec] = Registry("unlearning method")
 
 def register_method(
     name: str, config_cls: type, *, distributed: bool = False, is_reference: bool = False,
-    uses_nonmember: bool = False,
+    uses_nonmember: bool | tuple[str, ...] = False,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn`` as unlearning method ``name`` configured by dataclass ``config_cls``.
 
@@ -99,8 +107,9 @@ def register_method(
         config_cls: a dataclass validated in its ``__post_init__``; every field has a default.
         distributed: the method supports DistributedDataParallel under ``torchrun``.
         is_reference: the method is a reference (``retrain``), not an approximate unlearning method.
-        uses_nonmember: the method reads ``context.nonmember``: only then does a run set non-members aside from
-            the test side (which shrinks what the metrics see).
+        uses_nonmember: the method reads ``context.nonmember`` (``True``, or the forget kinds for which it does, e.g.
+            ``("sample",)``): only then does a run set non-members aside from the test side (which shrinks what the
+            metrics see).
 
     Raises:
         TypeError: ``config_cls`` is not a dataclass.

@@ -95,7 +95,7 @@ class UnlearnPlan:
         nonmember: samples the model never trained on that the method may use and no metric sees: the source's
             validation part, else a seeded per-class carve-out of the test side, which ``forget.test`` then no
             longer holds (:func:`mlflow_unlearn.data.nonmember.hold_out_nonmembers`); None unless the method is
-            registered with ``uses_nonmember``.
+            registered with ``uses_nonmember`` for this kind of forgetting.
     """
 
     model_uri: str
@@ -244,7 +244,7 @@ def prepare(
     lineage, split, forget_split, recorded = resolve_data(model, request.source, parent_run, spec, forgotten=forgotten,
                                                           key=key, client=client, code=code)
     nonmember = None  # set aside only for a method that uses them: the metrics then see fewer test samples
-    if get_method(method).uses_nonmember:
+    if get_method(method).reads_nonmember(forget_split.kind):
         forget_split, nonmember = hold_out_nonmembers(forget_split, seed=split.seed, split=split)
     recipe = lin.inherited_params(parent_run) if parent_run is not None else {}
     chash = lin.config_hash(method, config_to_dict(cfg), seed, reference=reference, gate=gate_cfg.to_dict(),

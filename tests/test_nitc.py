@@ -293,6 +293,24 @@ def test_forget_below_head_raises_the_forget_loss_below_the_classifier_only(digi
     assert accuracy(model, retain) > 0.9
 
 
+def test_forget_below_head_measures_its_levels_on_at_most_check_samples(digits, memorising, monkeypatch):
+    import mlflow_unlearn.methods.nitc as nitc_module
+
+    original, forget, retain = memorising
+    nonmember, _ = _nonmembers(digits.test)
+    sizes = []
+    real = nitc_module.mean_loss
+
+    def spy(model, data, *, device):
+        sizes.append(len(data))
+        return real(model, data, device=device)
+
+    monkeypatch.setattr(nitc_module, "CHECK_SAMPLES", 20)
+    monkeypatch.setattr(nitc_module, "mean_loss", spy)
+    _, steps = _forget_below_head(original, forget, retain, nonmember)
+    assert steps > 0 and len(sizes) >= 3 and set(sizes) == {20}  # 80 forget samples, 33 non-members: 20 of each
+
+
 def test_forget_below_head_undoes_a_step_that_raises_the_nonmembers_loss(digits, memorising, monkeypatch):
     """Non-members that are the forget samples themselves (and one unseen sample, so that their mean loss is
     higher): no step can raise the forget samples' loss without raising theirs; with no rise allowed, the first step

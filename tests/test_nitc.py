@@ -241,10 +241,10 @@ def _nonmembers(test):
     return test.subset(mask), test.subset(~mask)
 
 
-@pytest.mark.xfail(strict=True, reason="measured: forget 97.5% vs test 93.4% after nitc (its layers below the "
-                                       "classifier stop after 8 steps, at the non-members' mean loss), 98.8% vs 93.7% "
-                                       "without that phase, 100% vs 94.4% before: the mean loss is matched, not the "
-                                       "accuracy (issue 26's B-mem target)")
+@pytest.mark.xfail(strict=True, reason="measured: forget 98.8% vs test 93.1% after nitc (2 steps of its layers "
+                                       "below the classifier, to within one standard error of the non-members' mean "
+                                       "loss), 98.8% vs 93.7% without them, 100% vs 94.4% before: the mean loss is "
+                                       "matched, not the accuracy (issue 26's B-mem target)")
 def test_nitc_sample_forgetting_keeps_forget_accuracy_near_test_level(digits, memorising):
     original, forget, retain = memorising
     nonmember, test = _nonmembers(digits.test)
@@ -276,8 +276,9 @@ def _forget_below_head(original, forget, retain, nonmember, epochs=50):
 
 
 def test_forget_below_head_raises_the_forget_loss_below_the_classifier_only(digits, memorising):
-    """It ends at the non-members' mean loss, or where the next step would raise theirs by more than
-    ``NONMEMBER_LOSS_RISE`` (that step undone); the classifier and the BatchNorm statistics stay as they were."""
+    """It ends within one standard error of the non-members' mean loss, or where the next step would raise theirs by
+    more than ``NONMEMBER_LOSS_RISE`` (that step undone); the classifier and the BatchNorm statistics stay as they
+    were."""
     original, forget, retain = memorising
     nonmember, _ = _nonmembers(digits.test)
     level, start = mean_loss(original, nonmember, device=CPU), mean_loss(original, forget, device=CPU)

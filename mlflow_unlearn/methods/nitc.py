@@ -27,7 +27,7 @@ original keeps what it memorised (benchmarks/RESULTS.md: parameters moved by 1% 
 at 100%); a classifier that never fitted the forget samples has nothing of them to keep. What the layers below it
 still hold is reached last (:func:`forget_below_head`): with non-members at hand (``context.nonmember``), those layers
 ascend the forget samples' loss, the new classifier fixed and a retain subset held to the original, until the forget
-samples are on average no better fitted than samples the model never saw.
+samples are on average about as well fitted as samples the model never saw (within one standard error).
 
 Every default was chosen on tuning seeds (>= 100) only; the measurements behind them are in
 benchmarks/RESULTS.md (the issue-15 table and "NITC's tuning history").

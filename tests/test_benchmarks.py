@@ -83,35 +83,33 @@ def test_run_writes_csv_markdown_plot_and_merges(tmp_path: Path) -> None:
 
     with (tmp_path / "RESULTS.md").open("a") as handle:  # hand-written and gpu.py sections survive a rewrite
         handle.write("\n## Discussion\n\nwhy nitc wins\n\n## GPU check (earlier)\n\nH100 numbers\n")
-    again = _script("run.py", *args, "--tasks", "A", "--methods", "finetune", "--merge", cwd=tmp_path)
+    # Task A again, merged in, and the architecture as a dimension: mlp adds its own rows.
+    again = _script("run.py", *args, "--tasks", "A", "--methods", "finetune", "--models", "smallcnn,mlp", "--merge",
+                    cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     merged = pd.read_csv(tmp_path / "results.csv")
-    assert len(merged) == 8 and merged["command"].nunique() == 2
+    assert len(merged) == 11 and merged["command"].nunique() == 2
     rerun = merged["command"].str.contains("--merge")
     assert set(merged.loc[rerun, "method"]) == {"original", "retrain", "finetune"}
     assert set(merged.loc[rerun, "task"]) == {"A"}
+    assert set(merged.loc[merged["model"] == "mlp", "method"]) == {"original", "retrain", "finetune"}
     # The retrain reference came from the run's model cache (the same model: a zero gap) and was timed again in this
     # run's process; task B's rows were not re-run and keep theirs.
+    smallcnn = merged[merged["model"] == "smallcnn"]
+    pd.testing.assert_frame_equal(smallcnn[smallcnn["task"] == "B"].reset_index(drop=True),
+                                  results[results["task"] == "B"].reset_index(drop=True))
     before = reference.set_index("task")["wall_time_s"]
-    after = merged[merged["method"] == "retrain"].set_index("task")
+    after = smallcnn[smallcnn["method"] == "retrain"].set_index("task")
     assert after.loc["A", "wall_time_s"] != before["A"] and after.loc["B", "wall_time_s"] == before["B"]
-    assert (after["avg_gap"] == 0).all()
+    assert (merged.loc[merged["method"] == "retrain", "avg_gap"] == 0).all()
     rewritten = (tmp_path / "RESULTS.md").read_text()
     assert rewritten.count("why nitc wins") == 1 and rewritten.count("H100 numbers") == 1
     assert rewritten.index("## Discussion") < rewritten.index("## Results") < rewritten.index("## GPU check")
-
-    # The architecture is a dimension: an mlp run merged in adds its own rows and leaves smallcnn's untouched.
-    mlp = _script("run.py", *args, "--tasks", "A", "--methods", "finetune", "--models", "mlp", "--merge", cwd=tmp_path)
-    assert mlp.returncode == 0, mlp.stderr[-3000:]
-    both = pd.read_csv(tmp_path / "results.csv")
-    assert len(both) == 11 and set(both.loc[both["model"] == "mlp", "method"]) == {"original", "retrain", "finetune"}
-    pd.testing.assert_frame_equal(both[both["model"] == "smallcnn"].reset_index(drop=True), merged)
     cached = [torch.load(path, weights_only=False)["key"] for path in (tmp_path / ".cache").glob("*.pt")]
     assert {(key["role"], key["architecture"]) for key in cached} == {
         (role, model) for role in ("original", "retrain") for model in ("mlp", "smallcnn")}
-    markdown = (tmp_path / "RESULTS.md").read_text()
-    assert "### digits, mlp, task A" in markdown and "### digits, smallcnn, task B" in markdown
-    assert "Models `mlp`, `smallcnn`; training recipe" in markdown
+    assert "### digits, mlp, task A" in rewritten and "### digits, smallcnn, task B" in rewritten
+    assert "Models `mlp`, `smallcnn`; training recipe" in rewritten
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from mlflow_unlearn.methods.nitc import (
     find_head,
     forget_below_head,
     mask_classes,
-    mean_loss,
+    sample_losses,
     stage_epochs,
 )
 from mlflow_unlearn.methods.registry import UnlearnContext, config_to_dict
@@ -261,6 +261,10 @@ def test_without_nonmembers_sample_wise_nitc_leaves_the_layers_below_its_classif
     result = run_method("nitc", original, forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0)
     assert "forget_steps" not in result.history.extra
     assert not any(record["stage"] == "forget_below_head" for record in result.history.records)
+
+
+def mean_loss(model, data, *, device):
+    return float(sample_losses(model, data, device=device).mean())
 
 
 def _forget_below_head(original, forget, retain, nonmember, epochs=50):

@@ -67,6 +67,7 @@ from mlflow_unlearn.methods.eu_k import classifier_inputs, find_classifier
 from mlflow_unlearn.methods.registry import UnlearnContext, register_method
 from mlflow_unlearn.methods.unsir import UnsirConfig, impair_and_repair
 from mlflow_unlearn.methods.validation import check_choice, check_fraction, check_positive
+from mlflow_unlearn.metrics.functional import per_sample_loss
 from mlflow_unlearn.models.interface import class_scores
 from mlflow_unlearn.models.surgery import head_suffix, reinitialize
 from mlflow_unlearn.training import OPTIMIZERS, make_optimizer
@@ -302,12 +303,7 @@ samples already looked unseen lost 2.5 points of test accuracy in a first step t
 def sample_losses(model: nn.Module, data: Dataset, *, device: torch.device) -> torch.Tensor:
     """``model``'s cross-entropy on each of ``data``'s samples against its label (eval mode, one streaming pass)."""
     logits = predict_logits(model, data, device=device)
-    return torch.nn.functional.cross_entropy(logits, labels_of(data).to(logits.device), reduction="none").cpu()
-
-
-def mean_loss(model: nn.Module, data: Dataset, *, device: torch.device) -> float:
-    """``model``'s mean cross-entropy over ``data``'s samples against their labels."""
-    return float(sample_losses(model, data, device=device).mean())
+    return per_sample_loss(logits, labels_of(data).to(logits.device)).cpu()
 
 
 def _mean_log(losses: torch.Tensor) -> float:

@@ -11,7 +11,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from expected_misses import mark_expected_miss
 from measure import accuracy
 from torch import nn
 
@@ -39,6 +38,10 @@ TEST_CONFIGS: dict[str, dict] = {"retrain": {"epochs": 8}}
 #   rise" here, and test_gradient_ascent_raises_the_forget_loss checks the quantity it does optimise.
 FORGET_RATIO: dict[str, float] = {"finetune": 1.0, "l1_sparse": 1.0, "gradient_ascent": 1.0}
 RETAIN_DROP_CLASS = 0.1
+# Documented exception: unsir's impair step costs 8.6-10.8 points of retain accuracy here, depending on the CPU that
+# trained the original (1.000 -> 0.892 on the CI machine, -> 0.914 on an AMD EPYC; benchmarks/RESULTS.md, "Expected
+# misses"), astride the default bar, so a strict xfail flipped between machines; 0.15 still catches a collapse.
+RETAIN_DROP_CLASS_BY_METHOD: dict[str, float] = {"unsir": 0.15}
 # Random relabelling of scattered samples costs some retain accuracy (measured >= 0.92 of 1.0).
 RETAIN_DROP_SAMPLE = 0.15
 
@@ -125,15 +128,15 @@ def test_method_contract(name, digits, class_results):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_classwise_forgetting(name, digits, class_results, request):
-    mark_expected_miss(request, name)  # tests/expected_misses.py
+def test_classwise_forgetting(name, digits, class_results):
     split = digits.by_class
     forget_before, retain_before = accuracy(digits.model, split.forget), accuracy(digits.model, split.retain)
     assert forget_before > 0.9, "the original model should know the class to be forgotten"
     result = class_results(name)
     forget_after, retain_after = accuracy(result.model, split.forget), accuracy(result.model, split.retain)
     assert forget_after <= FORGET_RATIO.get(name, 0.5) * forget_before, (name, forget_before, forget_after)
-    assert retain_after >= retain_before - RETAIN_DROP_CLASS, (name, retain_before, retain_after)
+    retain_drop = RETAIN_DROP_CLASS_BY_METHOD.get(name, RETAIN_DROP_CLASS)
+    assert retain_after >= retain_before - retain_drop, (name, retain_before, retain_after)
 
 
 @pytest.mark.parametrize("name", METHODS)

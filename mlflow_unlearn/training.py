@@ -213,12 +213,18 @@ def _epochs(
             for module in net.modules():
                 if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
                     module.eval()
+        batch_stats = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules())
         loader = rt.make_loader(data, batch_size=batch_size, shuffle=True, seed=seed, epoch=epoch, device=device)
         total = torch.zeros((), device=device)
         seen = 0
         for x, y in loader:
             if step >= total_steps:
                 break
+            if batch_stats and y.shape[0] == 1:  # BatchNorm cannot take batch statistics of one sample
+                if seen:
+                    continue  # the epoch's last, one-sample batch: skipped, as a loader with drop_last would
+                raise ValueError(f"{where}: the model's BatchNorm layers need batches of at least 2 samples to train, "
+                                 f"but its first batch has 1 (batch size {batch_size}, {len(data)} samples)")
             x, y = rt.to_device(x, device), y.to(device, non_blocking=True)
             with rt.autocast(device):
                 loss = loss_fn(net, x, y)

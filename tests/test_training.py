@@ -69,3 +69,15 @@ def test_unknown_optimizer_and_schedule_names_list_the_registered_ones():
     with pytest.raises(ValueError, match="expected one of: constant, cosine, onecycle"):
         train_epochs(nn.Linear(2, 2), [], lambda net, x, y: net(x).sum(), device=torch.device("cpu"), seed=0,
                      epochs=1, lr=0.1, batch_size=1, schedule="step")
+
+
+def test_a_batchnorm_model_trains_when_the_last_batch_holds_one_sample():
+    split = load_data("digits", seed=0)
+    data = split.train.subset(list(range(65)))  # batches of 64 and 1: BatchNorm cannot train on the second
+    model = create_model("bncnn", in_channels=1, num_classes=10, input_size=8)
+    stats = list(train_epochs(model, data, lambda net, x, y: nn.functional.cross_entropy(net(x), y),
+                              device=torch.device("cpu"), seed=0, epochs=2, lr=0.01, batch_size=64))
+    assert [s.steps for s in stats] == [1, 2] and [s.samples for s in stats] == [64, 64]
+    with pytest.raises(ValueError, match="BatchNorm layers need batches of at least 2 samples.*batch size 1"):
+        train(create_model("bncnn", in_channels=1, num_classes=10, input_size=8), data,
+              TrainConfig(epochs=1, batch_size=1), device="cpu")

@@ -42,6 +42,8 @@ SUBPARTS = {  # label -> (module, function name); each nests in a part above and
     "  of which: impair and repair epochs": (unsir_module, "fit"),
     "  of which: the input range (one pass)": (unsir_module, "value_range"),
     "  curriculum order (scores, sort, stages)": (nitc_module, "staged_subsets"),
+    "  new classifier (features and its training)": (nitc_module, "distill_new_head"),
+    "  layers below it forget (forget_below_head)": (nitc_module, "forget_below_head"),
 }
 
 

@@ -16,7 +16,7 @@ from mlflow_unlearn import runtime as rt
 from mlflow_unlearn.data import SampleSet, load_data, resolve_forget
 from mlflow_unlearn.data.nonmember import carve_out_mask
 from mlflow_unlearn.methods import build_config, run_method
-from mlflow_unlearn.methods._loops import predict_logits
+from mlflow_unlearn.methods._loops import predict_logits, random_subset, recalibrate_norm_stats
 from mlflow_unlearn.methods.bad_teacher import distill, kl_to_teacher, randomly_initialised_copy, with_temperatures
 from mlflow_unlearn.methods.curriculum import (
     curriculum_order,
@@ -161,6 +161,40 @@ def test_nitc_class_forgetting_drops_forget_accuracy_and_keeps_retain(digits, or
     assert accuracy(result.model, split.retain) > accuracy(original, split.retain) - 0.03
     # the masked original is the teacher: no UNSIR noise, impair or repair step
     assert list(dict.fromkeys(r["stage"] for r in result.history.records)) == ["distill_stage0", "distill_stage1"]
+
+
+def test_class_wise_nitc_leaves_batchnorm_statistics_of_the_retain_subset(digits, original):
+    """The distillation's batches hold forget samples; the statistics it leaves are those of the retain subset."""
+    split = resolve_forget(digits, "classes:3")
+    config = build_config("nitc", {})
+    result = run_method("nitc", original, forget=split.forget, retain=split.retain, device="cpu", forget_kind="class",
+                        forget_classes=split.forget_classes, seed=0)
+    conv, norm = result.model.features[0], result.model.features[1]
+    retain_part = random_subset(split.retain, config.retain_fraction, seed=1)
+    with torch.no_grad():
+        x = torch.stack([retain_part[i][0] for i in range(len(retain_part))])
+        with_forget = torch.cat([x, torch.stack([split.forget[i][0] for i in range(len(split.forget))])])
+        retain_mean = conv(x).mean(dim=(0, 2, 3))
+        mixed_mean = conv(with_forget).mean(dim=(0, 2, 3))
+    assert not torch.allclose(retain_mean, mixed_mean, atol=1e-3)  # the forget samples would move them
+    torch.testing.assert_close(norm.running_mean, retain_mean, atol=1e-4, rtol=1e-4)
+    assert norm.momentum == 0.1 and not result.model.training
+
+
+def test_recalibrate_norm_stats_restores_modes_and_momenta_and_skips_dropout():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.9), nn.BatchNorm1d(4, momentum=0.3), nn.BatchNorm1d(4,
+                        track_running_stats=False))
+    net.train()
+    net[0].eval()
+    data = torch.utils.data.TensorDataset(torch.randn(50, 3))
+    assert recalibrate_norm_stats(net, data, device=CPU, batch_size=7) == 1
+    with torch.no_grad():
+        hidden = net[0](data.tensors[0])  # dropout was in eval mode during the pass: no sample was zeroed
+    # batches of 7, 7, ..., 1: each counts by its size; the trailing single sample cannot train BatchNorm
+    torch.testing.assert_close(net[2].running_mean, hidden[:49].mean(0), atol=1e-5, rtol=1e-5)
+    assert net[2].momentum == 0.3 and net[2].training and net[1].training and not net[0].training
+    assert recalibrate_norm_stats(nn.Linear(2, 2), data, device=CPU) == 0
 
 
 @pytest.mark.parametrize("min_steps", [1, 40, 90])

@@ -135,6 +135,54 @@ def predict_logits(model: nn.Module, data: Dataset | torch.Tensor, *, device: to
     return torch.cat(outputs)
 
 
+@torch.no_grad()
+def recalibrate_norm_stats(model: nn.Module, data: Dataset, *, device: torch.device,
+                           batch_size: int | None = None) -> int:
+    """Re-estimate, in place, the running statistics of ``model``'s BatchNorm layers on ``data`` (one streaming
+    pass); return how many layers were re-estimated.
+
+    Each batch counts by its number of samples (the means are those of ``data``, less a trailing single sample; the
+    variances, as in ``torch.optim.swa_utils.update_bn``, average the batches' own). Only the BatchNorm layers are in training mode
+    for the pass (dropout and the rest stay in eval mode); modes and momenta are restored, layers without running
+    statistics are left alone, and so is every layer when ``data`` has fewer than 2 samples. A model trained on
+    batches that mixed in other samples (forget samples, a curriculum's easy half first) then normalises as a
+    model trained on ``data`` alone does.
+
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    >>> recalibrate_norm_stats(net, torch.utils.data.TensorDataset(torch.ones(4, 2)), device=torch.device("cpu"))
+    1
+    >>> net[1].running_var.tolist()  # four equal inputs: no spread left
+    [0.0, 0.0]
+    """
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None]
+    if not norms or len(data) < 2:
+        return 0
+    modes = {m: m.training for m in model.modules()}
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.train()
+    seen = 0
+    try:
+        for batch in rt.inference_loader(data, batch_size=max(2, batch_size or rt.inference_batch_size(device)),
+                                         device=device):
+            x = batch[0]
+            if len(x) < 2:  # a trailing single sample: BatchNorm cannot train on it, and it weighs 1 / len(data)
+                continue
+            seen += len(x)
+            for m in norms:
+                m.momentum = len(x) / seen  # running = the sample-weighted mean of the batches so far
+            model(rt.to_device(x, device))
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        for m, mode in modes.items():
+            m.train(mode)
+    return len(norms)
+
+
 def labels_of(data: Dataset) -> torch.Tensor:
     """All labels of ``data`` as an int64 CPU tensor (see :func:`mlflow_unlearn.runtime.dataset_labels`)."""
     return rt.dataset_labels(data)

@@ -410,6 +410,23 @@ def test_sample_wise_nitc_retrains_the_classifier_on_retain_features_only(digits
     assert accuracy(result.model, retain) > accuracy(original, retain) - 0.03
 
 
+def test_the_new_classifiers_batchnorm_takes_its_statistics_from_all_retain_features(digits):
+    """Not from the last stage's last batches: the statistics of every retain sample's features."""
+    torch.manual_seed(0)
+    model = create_model("bncnn", in_channels=1, num_classes=10, input_size=8)
+    model, _ = train(model, digits.train, TrainConfig(epochs=2, seed=0), device="cpu")
+    mask = np.zeros(len(digits.train), dtype=bool)
+    mask[np.random.default_rng(3).permutation(len(mask))[: len(mask) // 10]] = True
+    forget, retain = digits.train.subset(mask), digits.train.subset(~mask)
+    result = run_method("nitc", model.eval(), forget=forget, retain=retain, device="cpu", forget_kind="sample", seed=0)
+    net = result.model.eval()
+    assert result.history.extra["head"] == "features.8..classifier"  # the last conv block, its BatchNorm, onwards
+    with torch.no_grad():
+        x = torch.stack([retain[i][0] for i in range(len(retain))])
+        hidden = net.features[8](net.features[:8](x))
+    torch.testing.assert_close(net.features[9].running_mean, hidden.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
+
+
 def test_find_head_falls_back_to_the_last_linear_layer():
     mlp = create_model("mlp", in_channels=1, num_classes=10, input_size=8)
     name, module = find_head(mlp, None, torch.zeros(2, 1, 8, 8))

@@ -26,6 +26,8 @@ from mlflow_unlearn.methods.curriculum import (
 )
 from mlflow_unlearn.methods.nitc import (
     FORGET_BATCH,
+    FORGET_EXTRA_PASSES,
+    FORGOTTEN_SHARE,
     NONMEMBER_LOSS_RISE,
     find_head,
     forget_below_head,
@@ -161,6 +163,22 @@ def test_nitc_class_forgetting_drops_forget_accuracy_and_keeps_retain(digits, or
     assert accuracy(result.model, split.retain) > accuracy(original, split.retain) - 0.03
     # the masked original is the teacher: no UNSIR noise, impair or repair step
     assert list(dict.fromkeys(r["stage"] for r in result.history.records)) == ["distill_stage0", "distill_stage1"]
+
+
+@pytest.mark.parametrize("lr", [1e-4, 1e-6])
+def test_a_slow_student_distils_on_until_the_forget_samples_are_forgotten(digits, original, lr):
+    """After its stages, passes over all its samples until the forgotten class is no longer predicted, at most
+    ``FORGET_EXTRA_PASSES`` (a step size of 1e-6 never gets there)."""
+    split = resolve_forget(digits, "classes:3")
+    result = run_method("nitc", original, forget=split.forget, retain=split.retain, config={"lr": lr}, device="cpu",
+                        forget_kind="class", forget_classes=split.forget_classes, seed=0)
+    extra = result.history.extra["extra_passes"]
+    assert [r["stage"] for r in result.history.records].count("distill_until_forgotten") == extra
+    if lr == 1e-4:
+        assert 1 <= extra < FORGET_EXTRA_PASSES
+        assert accuracy(result.model, split.forget) <= FORGOTTEN_SHARE
+    else:
+        assert extra == FORGET_EXTRA_PASSES and accuracy(result.model, split.forget) > FORGOTTEN_SHARE
 
 
 def test_class_wise_nitc_leaves_batchnorm_statistics_of_all_the_students_samples(digits, original):

@@ -142,11 +142,11 @@ def recalibrate_norm_stats(model: nn.Module, data: Dataset, *, device: torch.dev
     pass); return how many layers were re-estimated.
 
     Each batch counts by its number of samples (the means are those of ``data``, less a trailing single sample; the
-    variances, as in ``torch.optim.swa_utils.update_bn``, average the batches' own). Only the BatchNorm layers are in training mode
-    for the pass (dropout and the rest stay in eval mode); modes and momenta are restored, layers without running
-    statistics are left alone, and so is every layer when ``data`` has fewer than 2 samples. A model trained on
-    batches that mixed in other samples (forget samples, a curriculum's easy half first) then normalises as a
-    model trained on ``data`` alone does.
+    variances, as in ``torch.optim.swa_utils.update_bn``, average the batches' own). Only the BatchNorm layers are in
+    training mode for the pass (dropout and the rest stay in eval mode); modes and momenta are restored, layers
+    without running statistics are left alone, and so is every layer when ``data`` has fewer than 2 samples. A model
+    trained on batches that were not all of ``data`` (a curriculum's last stage, say) then normalises as a model
+    trained on ``data`` does.
 
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     >>> recalibrate_norm_stats(net, torch.utils.data.TensorDataset(torch.ones(4, 2)), device=torch.device("cpu"))

@@ -159,6 +159,9 @@ class Watch(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             found = request_processes(self.root)
+            jobs = {pid for pid, (_, cmdline) in found.items() if _role(cmdline) == "job"}
+            # a job's own short-lived helpers (Python's `platform` runs `uname -p`) are not request processes
+            found = {pid: entry for pid, entry in found.items() if entry[0] not in jobs}
             roles = set()
             for pid, (ppid, cmdline) in found.items():
                 role = self.seen[pid] = _role(cmdline)  # a child seen before its exec has its parent's command line

@@ -19,8 +19,9 @@ from mlflow_unlearn.training import TrainConfig, train
 
 FORGET = "classes:3"
 # Tiny budgets so that each two-process run takes seconds.
-#: NITC (distillation stages, the impaired teacher) and retrain (the training loop that finetune shares).
-CONFIGS = {"nitc": {}, "retrain": {"epochs": 4}}
+#: case -> (method, config): NITC (distillation stages; with a small step size also its passes until forgotten, whose
+#: every decision all ranks must take alike) and retrain (the training loop that finetune shares).
+CASES = {"nitc": ("nitc", {}), "nitc-slow": ("nitc", {"lr": 1e-4}), "retrain": ("retrain", {"epochs": 4})}
 
 
 def _free_port() -> int:
@@ -41,11 +42,11 @@ def setup(tmp_path_factory):
     return split, model.eval(), path
 
 
-def _torchrun(method: str, model_in, out, nproc: int = 2) -> dict:
+def _torchrun(method: str, config: dict, model_in, out, nproc: int = 2) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "mlflow_unlearn.distributed",
            "--method", method, "--data", "digits", "--forget", FORGET, "--model-in", str(model_in),
-           "--model-arch", "smallcnn", "--out", str(out), "--config", json.dumps(CONFIGS[method]), "--device", "cpu"]
+           "--model-arch", "smallcnn", "--out", str(out), "--config", json.dumps(config), "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_UNLEARN_QUIET": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -55,17 +56,18 @@ def _torchrun(method: str, model_in, out, nproc: int = 2) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", sorted(CONFIGS))
-def test_two_process_ddp_matches_one_process(setup, tmp_path, method):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_two_process_ddp_matches_one_process(setup, tmp_path, case):
     split, original, model_in = setup
+    method, config = CASES[case]
     assert get_method(method).distributed
-    out = tmp_path / f"{method}.pt"
-    summary = _torchrun(method, model_in, out)
+    out = tmp_path / f"{case}.pt"
+    summary = _torchrun(method, config, model_in, out)
     assert summary["world_size"] == 2 and summary["method"] == method
 
     ddp_model = create_model("smallcnn", in_channels=1, num_classes=10, input_size=8)
     ddp_model.load_state_dict(torch.load(out, weights_only=True))
-    single = run_method(method, original, forget=split.forget, retain=split.retain, config=CONFIGS[method],
+    single = run_method(method, original, forget=split.forget, retain=split.retain, config=config,
                         device="cpu", forget_kind=split.kind, forget_classes=split.forget_classes).model
 
     retain_ddp, retain_single = accuracy(ddp_model, split.retain), accuracy(single, split.retain)

@@ -181,6 +181,25 @@ def test_a_slow_student_distils_on_until_the_forget_samples_are_forgotten(digits
         assert extra == FORGET_EXTRA_PASSES and accuracy(result.model, split.forget) > FORGOTTEN_SHARE
 
 
+def test_class_wise_checks_and_statistics_read_bounded_seeded_subsets(digits, original, monkeypatch):
+    """On large data the forgotten-share check and the BatchNorm re-estimation read at most their caps."""
+    import mlflow_unlearn.methods.nitc as nitc_module
+
+    read = {"check": [], "norm": []}
+    real_share, real_norm = nitc_module.still_predicted_share, nitc_module.recalibrate_norm_stats
+    monkeypatch.setattr(nitc_module, "CHECK_SAMPLES", 50)
+    monkeypatch.setattr(nitc_module, "NORM_STATS_SAMPLES", 100)
+    monkeypatch.setattr(nitc_module, "still_predicted_share",
+                        lambda model, data, *a: read["check"].append(len(data)) or real_share(model, data, *a))
+    monkeypatch.setattr(nitc_module, "recalibrate_norm_stats",
+                        lambda model, data, **k: read["norm"].append(len(data)) or real_norm(model, data, **k))
+    split = resolve_forget(digits, "classes:3")
+    assert len(split.forget) > 100
+    run_method("nitc", original, forget=split.forget, retain=split.retain, config={"lr": 1e-4}, device="cpu",
+               forget_kind="class", forget_classes=split.forget_classes, seed=0)
+    assert len(read["check"]) >= 2 and set(read["check"]) == {50} and read["norm"] == [100]
+
+
 def test_class_wise_nitc_leaves_batchnorm_statistics_of_all_the_students_samples(digits, original):
     """Not those of the last (hardest) stage's batches: the forget samples and the retain subset, all of them."""
     split = resolve_forget(digits, "classes:3")

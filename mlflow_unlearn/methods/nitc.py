@@ -299,8 +299,9 @@ def distill_new_head(model: nn.Module, *, x: Dataset, targets: torch.Tensor, sta
 FORGET_BATCH = 32
 """Forget samples per step of :func:`forget_below_head`; each step also holds twice as many retain samples."""
 CHECK_SAMPLES = 512
-"""At most this many forget samples and non-members (seeded subsets) measure :func:`forget_below_head`'s levels: the
-check after every step then costs a bounded forward pass however large the sets are."""
+"""At most this many forget samples and non-members (seeded subsets) measure :func:`forget_below_head`'s levels, and
+the class-wise student's :data:`FORGOTTEN_SHARE`: each check then costs a bounded forward pass however large the sets
+are."""
 SELECTIVITY = 1.5
 """A step of :func:`forget_below_head` is kept only while, since the first, the forget samples' mean log-loss has
 risen at least this many times as much as the non-members' (51 tuning cells, 1.5 against 2: mnist5k `mlp` B-mem
@@ -451,23 +452,28 @@ def forget_classes(model: nn.Module, *, forget: Dataset, retain: Dataset, config
                         stage=f"distill_stage{stage}")
     everything = ConcatDataset([forget, retain_part])
     # A model that learns slowly has not forgotten yet: more passes over all of the student's samples, until it has.
-    extra = 0
-    while extra < FORGET_EXTRA_PASSES and still_predicted_share(model, forget, classes, context) > FORGOTTEN_SHARE:
+    extra, check = 0, random_subset(forget, CHECK_SAMPLES / len(forget), seed=context.seed + 3)
+    while extra < FORGET_EXTRA_PASSES and still_predicted_share(model, check, classes, context) > FORGOTTEN_SHARE:
         model = distill(model, Retargeted(everything, torch.cat([forget_targets, retain_targets])),
                         temperature=temperature, context=context, epochs=1, lr=lr, batch_size=config.batch_size,
                         optimizer=opt, history=history, stage="distill_until_forgotten")
         extra += 1
-    # BatchNorm's running statistics: those of all the student's samples, not an average of the hardest stage's last
-    # batches (the curriculum ends there).
-    recalibrate_norm_stats(model, everything, device=context.device)
+    # BatchNorm's running statistics: those of all the student's samples (a seeded subset on large data), not an
+    # average of the hardest stage's last batches (the curriculum ends there).
+    norm_part = random_subset(everything, NORM_STATS_SAMPLES / len(everything), seed=context.seed + 4)
+    recalibrate_norm_stats(model, norm_part, device=context.device)
     history.extra.update(forget=len(forget), retain_subset=len(retain_part), stages=config.num_stages,
                          extra_passes=extra)
     return model
 
 
 FORGOTTEN_SHARE = 0.05
-"""Class-wise, the student has forgotten once at most this share of the forget samples is still predicted as a
-forgotten class (a model retrained without them predicts none)."""
+"""Class-wise, the student has forgotten once at most this share of the forget samples (a seeded subset of at most
+``CHECK_SAMPLES``) is still predicted as a forgotten class (a model retrained without them predicts none)."""
+NORM_STATS_SAMPLES = 4096
+"""Class-wise, BatchNorm's statistics are re-estimated on at most this many of the student's samples (a seeded
+subset): a channel's mean is then known to about 1/64 of its standard deviation, eight times finer than one batch of
+64 gives it, at a bounded cost on large data."""
 FORGET_EXTRA_PASSES = 10
 """Class-wise, the most passes over all of the student's samples after its stages, while it has not forgotten (a
 user's bag-of-embeddings text model kept 65-91% of its forgotten class after 20-40 steps; benchmarks/RESULTS.md)."""

@@ -453,10 +453,10 @@ def forget_classes(model: nn.Module, *, forget: Dataset, retain: Dataset, config
     everything = ConcatDataset([forget, retain_part])
     # A model that learns slowly has not forgotten yet: more passes over all of the student's samples, until it has.
     extra, check = 0, random_subset(forget, CHECK_SAMPLES / len(forget), seed=context.seed + 3)
+    all_targets = Retargeted(everything, torch.cat([forget_targets, retain_targets]))
     while extra < FORGET_EXTRA_PASSES and still_predicted_share(model, check, classes, context) > FORGOTTEN_SHARE:
-        model = distill(model, Retargeted(everything, torch.cat([forget_targets, retain_targets])),
-                        temperature=temperature, context=context, epochs=1, lr=lr, batch_size=config.batch_size,
-                        optimizer=opt, history=history, stage="distill_until_forgotten")
+        model = distill(model, all_targets, temperature=temperature, context=context, epochs=1, lr=lr,
+                        batch_size=config.batch_size, optimizer=opt, history=history, stage="distill_until_forgotten")
         extra += 1
     # BatchNorm's running statistics: those of all the student's samples (a seeded subset on large data), not an
     # average of the hardest stage's last batches (the curriculum ends there).

@@ -127,6 +127,8 @@ def test_noise_floor_row_is_the_reference_recipe_with_another_seed_and_is_cached
     assert floor["method_source"] == reference["method_source"]
     # Another initialisation and shuffling order: a different model, so a non-zero gap to the reference.
     assert floor["avg_gap"] > 0
+    # the gate judges it as it judges a method (against the reference); the reference itself is not judged
+    assert floor["gate_verdict"] in {"passed", "failed"} and pd.isna(reference["gate_verdict"])
     assert bench.FLOOR not in bench.stale_methods(tmp_path / "results.csv")
     markdown = (tmp_path / "RESULTS.md").read_text()
     assert f"| *{bench.FLOOR}* |" in markdown and f"| **{bench.FLOOR}** |" not in markdown
@@ -271,6 +273,19 @@ def test_target_lines_state_each_bound_of_issue_26() -> None:
     assert all(line.target != "rows with the non-member carve-out" for line in bench.target_lines(current))
     table = "\n".join(bench.target_table(_rows("B-mem", bmem)))
     assert table.startswith("| cell | target | nitc | bound | |") and "**missed**" in table
+
+
+def test_gate_target_line_reads_against_the_noise_floors_verdicts() -> None:
+    rows = _rows("B-mem", {"original": 4.0, "retrain_reseeded": 0.8, "nitc": 1.5}, verdicts=("passed", "failed"))
+    floor = rows["method"] == "retrain_reseeded"
+    rows.loc[floor, "gate_verdict"] = ["passed", "failed"]
+    rows.loc[floor, "gate_failures"] = ["", "membership: AUC above chance"]
+    gate = next(line for line in bench.target_lines(rows) if line.target == "gate passes (reference retrain)")
+    assert not gate.met and gate.value == "1 of 2 seeds"
+    assert gate.note.startswith("the noise floor (retrain, another seed) passes 1 of 2; seed 1: retain:"), gate.note
+    unjudged = _rows("B-mem", {"original": 4.0, "retrain_reseeded": 0.8, "nitc": 1.5})  # older rows: no floor verdict
+    gate = next(line for line in bench.target_lines(unjudged) if line.target == "gate passes (reference retrain)")
+    assert gate.met and "noise floor" not in gate.note
 
 
 def test_the_readme_blocks_are_written_and_checked_from_the_csv(tmp_path: Path) -> None:

@@ -56,11 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=6, help="retrains with other seeds per cell and seed")
     parser.add_argument("--cache-dir", required=True, help="run.py's cache of originals and references")
     parser.add_argument("--out", type=Path, required=True, help="CSV to write (appends to an existing one)")
+    parser.add_argument("--quick", action="store_true", help="run.py's --quick (2-epoch recipes: a smoke test)")
     args = parser.parse_args(argv)
     if args.replicas < 1:
         parser.error("--replicas must be at least 1")
     common = ["--datasets", args.datasets, "--models", args.models, "--tasks", args.tasks, "--seeds", args.seeds,
-              "--cache-dir", args.cache_dir]
+              "--cache-dir", args.cache_dir, *(["--quick"] if args.quick else [])]
     frames = [replica_rows(common, replica) for replica in range(1, args.replicas + 1)]
     if args.out.exists():
         frames.insert(0, pd.read_csv(args.out))

@@ -113,6 +113,26 @@ def test_run_writes_csv_markdown_plot_and_merges(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_floor_spread_replicas_are_retrains_with_other_seeds_and_the_first_is_run_pys_row(tmp_path: Path) -> None:
+    cache, out = tmp_path / ".cache", tmp_path / "spread.csv"
+    common = ["--datasets", "digits", "--seeds", "0", "--tasks", "B-mem", "--quick", "--cache-dir", str(cache)]
+    spread = _script("floor_spread.py", *common, "--replicas", "2", "--out", str(out), cwd=tmp_path)
+    assert spread.returncode == 0, spread.stderr[-3000:]
+    rows = pd.read_csv(out).set_index("replica")
+    assert list(rows.index) == [1, 2] and list(rows["seed_offset"]) == [bench.FLOOR_SEED_OFFSET,
+                                                                        2 * bench.FLOOR_SEED_OFFSET]
+    assert set(rows["gate_verdict"]) <= {"passed", "failed"}
+    assert rows.loc[1, "avg_gap"] != rows.loc[2, "avg_gap"]  # another seed: another model
+    single = _script("run.py", *common, "--threads", "1", "--methods", bench.FLOOR, "--out-dir", str(tmp_path / "r"),
+                     cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    floor = pd.read_csv(tmp_path / "r" / "results.csv").set_index("method").loc[bench.FLOOR]
+    assert floor["avg_gap"] == rows.loc[1, "avg_gap"]  # replica 1 is run.py's own noise-floor row
+    again = _script("floor_spread.py", *common, "--replicas", "1", "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 0 and len(pd.read_csv(out)) == 2  # appended, one row per (cell, seed, replica)
+
+
+@pytest.mark.slow
 def test_noise_floor_row_is_the_reference_recipe_with_another_seed_and_is_cached(tmp_path: Path) -> None:
     args = ["--datasets", "digits", "--seeds", "0", "--tasks", "B", "--quick", "--threads", "1", "--out-dir",
             str(tmp_path), "--methods", bench.FLOOR]

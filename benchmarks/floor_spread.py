@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,6 +29,8 @@ import run as bench  # noqa: E402
 
 COLUMNS = ["dataset", "model", "task", "seed", "replica", "seed_offset", "avg_gap", "forget_accuracy",
            "retain_accuracy", "test_accuracy", "mia_efficacy", "gate_verdict", "gate_failures", "code_version"]
+DRAWS = 20_000
+"""Draws of :func:`three_seed_means`."""
 
 
 def replica_rows(argv: list[str], replica: int) -> pd.DataFrame:
@@ -45,6 +48,14 @@ def replica_rows(argv: list[str], replica: int) -> pd.DataFrame:
         rows = pd.read_csv(Path(out) / bench.RESULTS_CSV)
     rows = rows[rows["method"] == bench.FLOOR].assign(replica=replica, seed_offset=offset)
     return rows.reindex(columns=COLUMNS)
+
+
+def three_seed_means(group: pd.DataFrame, draws: int = DRAWS) -> np.ndarray:
+    """Means of ``group``'s Avg Gap over its seeds, one replica drawn per seed (seeded): the spread of the mean that a
+    method's rows over the same seeds are read against (RESULTS.md quotes its 95th percentile)."""
+    rng = np.random.default_rng(0)
+    per_seed = [part["avg_gap"].to_numpy() for _, part in group.groupby("seed")]
+    return np.mean([rng.choice(values, size=draws) for values in per_seed], axis=0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,10 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     key = ["dataset", "model", "task", "seed", "replica"]
     result = pd.concat(frames, ignore_index=True).drop_duplicates(subset=key, keep="last").sort_values(key)
     result.to_csv(args.out, index=False)
-    summary = result.groupby(["dataset", "model", "task"]).agg(
-        runs=("avg_gap", "size"), mean=("avg_gap", "mean"), p90=("avg_gap", lambda s: s.quantile(0.9)),
-        gate_passed=("gate_verdict", lambda s: f"{(s == 'passed').sum()} of {s.notna().sum()}"))
-    print(summary.round(2).to_string())
+    summary = pd.DataFrame({cell: {"runs": len(group), "mean": group["avg_gap"].mean(),
+                                   "3-seed p95": float(np.quantile(three_seed_means(group), 0.95)),
+                                   "gate passed": f"{(group['gate_verdict'] == 'passed').sum()} of {len(group)}"}
+                            for cell, group in result.groupby(["dataset", "model", "task"])}).T
+    print(summary.to_string(float_format="{:.2f}".format))
     print(f"Wrote {args.out}")
     return 0
 

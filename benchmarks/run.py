@@ -805,8 +805,8 @@ def target_lines(results: pd.DataFrame) -> list[TargetLine]:
         if "nitc" not in by.index or pd.isna(by.loc["nitc", "avg_gap"]):
             continue
         cell = f"{dataset} {model} {task}"
-        rows = results[(results["dataset"] == dataset) & (results["model"] == model) & (results["task"] == task)
-                       & (results["method"] == "nitc")].sort_values("seed")
+        in_cell = results[(results["dataset"] == dataset) & (results["model"] == model) & (results["task"] == task)]
+        rows = in_cell[in_cell["method"] == "nitc"].sort_values("seed")
         if "nonmember_count" not in rows.columns or rows["nonmember_count"].isna().any():
             versions = sorted(set(rows["code_version"].dropna().astype(str))) if "code_version" in rows else []
             lines.append(TargetLine(cell, "rows with the non-member carve-out",
@@ -850,9 +850,7 @@ def target_lines(results: pd.DataFrame) -> list[TargetLine]:
                 seeds = [str(int(seed)) for seed in failed.loc[~recorded, "seed"]]
                 missing = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}: reason not recorded in these rows"
                 reasons = "; ".join(filter(None, [reasons, missing]))
-            floor_rows = results[(results["dataset"] == dataset) & (results["model"] == model)
-                                 & (results["task"] == task) & (results["method"] == FLOOR)]
-            floor_verdicts = floor_rows["gate_verdict"].dropna() if "gate_verdict" in floor_rows else pd.Series()
+            floor_verdicts = in_cell.loc[in_cell["method"] == FLOOR, "gate_verdict"].dropna()
             if len(floor_verdicts):  # rows written before the floor was judged carry no verdict for it
                 passed = int((floor_verdicts == "passed").sum())
                 reasons = "; ".join(filter(None, [f"the noise floor (retrain, another seed) passes {passed} of "
@@ -860,8 +858,7 @@ def target_lines(results: pd.DataFrame) -> list[TargetLine]:
             lines.append(TargetLine(cell, "gate passes (reference retrain)", f"{len(rows) - len(failed)} of "
                                     f"{len(rows)} seeds", "every seed", failed.empty, reasons))
         if model in NITC_MAX_RETAIN_DROP and task == "A":
-            original_rows = results[(results["dataset"] == dataset) & (results["model"] == model)
-                                    & (results["task"] == task) & (results["method"] == ORIGINAL)]
+            original_rows = in_cell[in_cell["method"] == ORIGINAL]
             drops = (original_rows.set_index("seed")["retain_accuracy"]
                      - rows.set_index("seed")["retain_accuracy"]).dropna()
             limit = NITC_MAX_RETAIN_DROP[model]
